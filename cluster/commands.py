@@ -1,0 +1,335 @@
+"""Commands: the only way broker state changes.
+
+Every command is a small frozen dataclass with a stable numeric ``TAG``. A node
+groups everything it produces in one event-loop turn into a :class:`Batch`,
+which travels through the Raft log as one msgpack ``bytes`` object. Tags and
+field order are part of the on-disk format: append new commands and new
+trailing fields, never renumber or reorder.
+
+Identifiers used throughout:
+
+* ``NodeId`` – a node's configured id (``str``).
+* ``ConnKey`` – ``(node_id, connection_number)``; unique within one incarnation
+  of a node (a ``NodeUp`` for a new incarnation clears everything of the old).
+* ``ChKey`` – ``(node_id, connection_number, channel_number)``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+NodeId = str
+ConnKey = tuple[str, int]
+ChKey = tuple[str, int, int]
+
+FORMAT_VERSION = 1
+
+Arguments = dict[str, Any]
+
+
+class Command:
+    """Base of all commands; subclasses are frozen slotted dataclasses."""
+
+    TAG: ClassVar[int]
+    __slots__ = ()
+
+
+_REGISTRY: dict[int, type[Command]] = {}
+
+
+def _command(tag: int):  # type: ignore[no-untyped-def]
+    def wrap(cls):  # type: ignore[no-untyped-def]
+        cls = dataclass(frozen=True, slots=True)(cls)
+        cls.TAG = tag
+        assert tag not in _REGISTRY, tag
+        _REGISTRY[tag] = cls
+        cls._FIELDS = tuple(f.name for f in fields(cls))
+        return cls
+
+    return wrap
+
+
+# --- node and connection lifecycle -------------------------------------------------
+
+
+@_command(1)
+class NodeUp(Command):
+    """A node (re)started with a new incarnation: forget its previous life."""
+
+    node: str
+    incarnation: int
+
+
+@_command(2)
+class NodeDown(Command):
+    """The leader saw ``node`` (in ``incarnation``) go away."""
+
+    node: str
+    incarnation: int
+
+
+@_command(3)
+class ConnectionOpen(Command):
+    conn: ConnKey
+    vhost: str
+    user: str
+
+
+@_command(4)
+class ConnectionClose(Command):
+    conn: ConnKey
+
+
+@_command(5)
+class ChannelOpen(Command):
+    ch: ChKey
+
+
+@_command(6)
+class ChannelClose(Command):
+    ch: ChKey
+
+
+# --- topology ------------------------------------------------------------------------
+
+
+@_command(10)
+class ExchangeDeclare(Command):
+    ch: ChKey
+    exchange: str
+    type: str
+    passive: bool
+    durable: bool
+    auto_delete: bool
+    internal: bool
+    nowait: bool
+    arguments: Arguments
+
+
+@_command(11)
+class ExchangeDelete(Command):
+    ch: ChKey
+    exchange: str
+    if_unused: bool
+    nowait: bool
+
+
+@_command(12)
+class ExchangeBind(Command):
+    ch: ChKey
+    destination: str
+    source: str
+    routing_key: str
+    nowait: bool
+    arguments: Arguments
+
+
+@_command(13)
+class ExchangeUnbind(Command):
+    ch: ChKey
+    destination: str
+    source: str
+    routing_key: str
+    nowait: bool
+    arguments: Arguments
+
+
+@_command(20)
+class QueueDeclare(Command):
+    ch: ChKey
+    queue: str  # "" asks the server for a name
+    passive: bool
+    durable: bool
+    exclusive: bool
+    auto_delete: bool
+    nowait: bool
+    arguments: Arguments
+
+
+@_command(21)
+class QueueBind(Command):
+    ch: ChKey
+    queue: str
+    exchange: str
+    routing_key: str
+    nowait: bool
+    arguments: Arguments
+
+
+@_command(22)
+class QueueUnbind(Command):
+    ch: ChKey
+    queue: str
+    exchange: str
+    routing_key: str
+    arguments: Arguments
+
+
+@_command(23)
+class QueuePurge(Command):
+    ch: ChKey
+    queue: str
+    nowait: bool
+
+
+@_command(24)
+class QueueDelete(Command):
+    ch: ChKey
+    queue: str
+    if_unused: bool
+    if_empty: bool
+    nowait: bool
+
+
+# --- messages ------------------------------------------------------------------------
+
+
+@_command(30)
+class Publish(Command):
+    """basic.publish with its content. ``properties`` is the content header's
+    property flags + property list exactly as received (wire form)."""
+
+    ch: ChKey
+    exchange: str
+    routing_key: str
+    mandatory: bool
+    properties: bytes
+    body: bytes
+    confirm_seq: int  # 0: channel not in confirm mode
+
+
+@_command(31)
+class Consume(Command):
+    ch: ChKey
+    queue: str
+    consumer_tag: str  # "" asks the server for a tag
+    no_ack: bool
+    exclusive: bool
+    nowait: bool
+    arguments: Arguments
+
+
+@_command(32)
+class Cancel(Command):
+    ch: ChKey
+    consumer_tag: str
+    nowait: bool
+
+
+@_command(33)
+class Get(Command):
+    ch: ChKey
+    queue: str
+    no_ack: bool
+
+
+@_command(34)
+class Ack(Command):
+    ch: ChKey
+    delivery_tag: int
+    multiple: bool
+
+
+@_command(35)
+class Nack(Command):
+    """basic.nack, and basic.reject (``multiple=False``)."""
+
+    ch: ChKey
+    delivery_tag: int
+    multiple: bool
+    requeue: bool
+
+
+@_command(36)
+class Recover(Command):
+    """basic.recover(requeue=True): every unacked message of the channel goes back."""
+
+    ch: ChKey
+
+
+@_command(37)
+class Qos(Command):
+    ch: ChKey
+    prefetch_count: int
+    global_: bool
+
+
+@_command(38)
+class Flow(Command):
+    ch: ChKey
+    active: bool
+
+
+# --- batches -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One Raft entry: everything one node proposed in one event-loop turn.
+
+    ``(node, incarnation, seq)`` is the idempotency key: the machine applies a
+    given key once, however often it is resubmitted. ``timestamp_ms`` is the
+    proposer's wall clock; the machine only ever moves its clock forward.
+    """
+
+    node: str
+    incarnation: int
+    seq: int
+    timestamp_ms: int
+    commands: tuple[Command, ...]
+
+
+# Field tables may carry values msgpack cannot encode natively.
+_EXT_DECIMAL = 1
+_EXT_DATETIME = 2
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, decimal.Decimal):
+        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
+    if isinstance(obj, datetime.datetime):
+        return msgpack.ExtType(_EXT_DATETIME, str(int(obj.timestamp())).encode())
+    raise TypeError(f"cannot encode {type(obj).__name__} in a command")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == _EXT_DATETIME:
+        return datetime.datetime.fromtimestamp(int(data), tz=datetime.UTC)
+    return msgpack.ExtType(code, data)
+
+
+def encode_command(cmd: Command) -> list[Any]:
+    return [cmd.TAG, *(getattr(cmd, f) for f in cmd._FIELDS)]  # type: ignore[attr-defined]
+
+
+def decode_command(raw: Any) -> Command:
+    cls = _REGISTRY[raw[0]]
+    return cls(*raw[1:])
+
+
+def encode_batch(batch: Batch) -> bytes:
+    payload = [
+        FORMAT_VERSION,
+        batch.node,
+        batch.incarnation,
+        batch.seq,
+        batch.timestamp_ms,
+        [encode_command(c) for c in batch.commands],
+    ]
+    return msgpack.packb(payload, use_bin_type=True, default=_default)  # type: ignore[no-any-return]
+
+
+def decode_batch(data: bytes) -> Batch:
+    raw = msgpack.unpackb(data, raw=False, use_list=False, ext_hook=_ext_hook, strict_map_key=False)
+    version = raw[0]
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unsupported command format version {version}")
+    _, node, incarnation, seq, ts, cmds = raw
+    return Batch(node, incarnation, seq, ts, tuple(decode_command(c) for c in cmds))

@@ -1,0 +1,187 @@
+"""Effects: what applying a command asks the nodes to do.
+
+Effects are plain data. Every replica computes the same effects; a node runs
+only those addressed to its own connections and channels (``ch[0]`` /
+``conn[0]`` is the node id). Effects are never persisted and may be run more
+than once across a leader change, so the node treats them idempotently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cluster.commands import ChKey, ConnKey
+
+
+class Effect:
+    __slots__ = ()
+
+
+_ef = dataclass(frozen=True, slots=True)
+
+
+# --- synchronous replies (one per command that expects one, unless nowait) -------------
+
+
+@_ef
+class ExchangeDeclareOk(Effect):
+    ch: ChKey
+
+
+@_ef
+class ExchangeDeleteOk(Effect):
+    ch: ChKey
+
+
+@_ef
+class ExchangeBindOk(Effect):
+    ch: ChKey
+
+
+@_ef
+class ExchangeUnbindOk(Effect):
+    ch: ChKey
+
+
+@_ef
+class QueueDeclareOk(Effect):
+    ch: ChKey
+    queue: str
+    message_count: int
+    consumer_count: int
+
+
+@_ef
+class QueueBindOk(Effect):
+    ch: ChKey
+
+
+@_ef
+class QueueUnbindOk(Effect):
+    ch: ChKey
+
+
+@_ef
+class QueuePurgeOk(Effect):
+    ch: ChKey
+    message_count: int
+
+
+@_ef
+class QueueDeleteOk(Effect):
+    ch: ChKey
+    message_count: int
+
+
+@_ef
+class ConsumeOk(Effect):
+    ch: ChKey
+    consumer_tag: str
+
+
+@_ef
+class CancelOk(Effect):
+    ch: ChKey
+    consumer_tag: str
+
+
+@_ef
+class QosOk(Effect):
+    ch: ChKey
+
+
+@_ef
+class FlowOk(Effect):
+    ch: ChKey
+    active: bool
+
+
+@_ef
+class RecoverOk(Effect):
+    ch: ChKey
+
+
+@_ef
+class GetEmpty(Effect):
+    ch: ChKey
+
+
+@_ef
+class GetOk(Effect):
+    ch: ChKey
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    message_count: int  # messages left ready in the queue
+    properties: bytes
+    body: bytes
+
+
+# --- asynchronous ----------------------------------------------------------------------
+
+
+@_ef
+class Deliver(Effect):
+    ch: ChKey
+    consumer_tag: str
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    properties: bytes
+    body: bytes
+
+
+@_ef
+class Return(Effect):
+    """basic.return of an unroutable mandatory message (sent before its confirm)."""
+
+    ch: ChKey
+    reply_code: int
+    reply_text: str
+    exchange: str
+    routing_key: str
+    properties: bytes
+    body: bytes
+
+
+@_ef
+class Confirm(Effect):
+    """Publisher confirm for ``seq`` on ``ch``: ack, or nack when ``ack`` is False."""
+
+    ch: ChKey
+    seq: int
+    ack: bool
+
+
+@_ef
+class ConsumerCancelled(Effect):
+    """The server cancelled a consumer (its queue was deleted, …): basic.cancel."""
+
+    ch: ChKey
+    consumer_tag: str
+
+
+@_ef
+class ChannelError(Effect):
+    """Close the channel with this reply code. The machine has already
+    forgotten the channel (consumers cancelled, unacked requeued) and ignores
+    further commands for it until the next ``ChannelOpen``."""
+
+    ch: ChKey
+    reply_code: int
+    reply_text: str
+    class_id: int
+    method_id: int
+
+
+@_ef
+class ConnectionError(Effect):
+    """Close the whole connection with this reply code."""
+
+    conn: ConnKey
+    reply_code: int
+    reply_text: str
+    class_id: int
+    method_id: int
