@@ -1,0 +1,177 @@
+"""The node process's core: the Raft replica, the AMQP connections, and the
+loop that joins them.
+
+Everything the connections produce during one event-loop turn is proposed as
+one Raft entry (group commit). After each tick the journal is flushed to disk
+and the effects addressed to this node are handed to their connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cluster import machine
+from cluster.commands import Batch, Command, NodeUp, encode_batch
+from cluster.effects import Effect
+from cluster.raft import RaftNode
+from node.config import Config
+from node.metrics import Metrics
+
+if TYPE_CHECKING:
+    from node.connection import AMQPConnection
+
+log = logging.getLogger(__name__)
+
+# Housekeeping tick (elections, heartbeats to peers, log compaction) when idle.
+IDLE_TICK_S = 0.02
+
+
+class Broker:
+    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.node_id = cfg.node_id
+        # Each process life gets a new incarnation; NodeUp with it clears the
+        # previous life's connections, consumers and transient queues.
+        self.incarnation = time.time_ns() // 1_000_000
+        self.raft = RaftNode(
+            cfg.node_id,
+            cfg.raft_address,
+            list(cfg.peers),
+            cfg.data_path,
+            secret=cfg.cluster_secret,
+            fsync=cfg.fsync,
+            election_timeout=cfg.election_timeout,
+            snapshot_entries=cfg.snapshot_entries,
+        )
+        self.raft.set_incarnation(self.incarnation)
+        self.connections: dict[int, AMQPConnection] = {}
+        # Connection numbers are unique across this node's lives, so a stale
+        # effect from an old life can never reach a new connection.
+        self._next_conn = (self.incarnation % (1 << 31)) << 16
+        self._batch: list[Command] = []
+        self._batch_seq = 0
+        self._flush_scheduled = False
+        self._after_apply: dict[int, list[Callable[[], None]]] = {}
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self.metrics = Metrics(self)
+        self.ready = False
+
+    # --- proposing ----------------------------------------------------------------
+
+    def new_conn_no(self) -> int:
+        self._next_conn += 1
+        return self._next_conn
+
+    def propose(self, cmd: Command) -> None:
+        """Queue a command for the Raft entry of this loop turn."""
+        self._batch.append(cmd)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def after_apply(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the commands proposed so far in this turn are applied."""
+        self._after_apply.setdefault(self._batch_seq + 1, []).append(fn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._batch or (self._batch_seq + 1) in self._after_apply:
+            self._batch_seq += 1
+            batch = Batch(self.node_id, self.incarnation, self._batch_seq,
+                          time.time_ns() // 1_000_000, tuple(self._batch))
+            self._batch = []
+            self.raft.propose(encode_batch(batch))
+            self.metrics.batches.inc()
+            # A lone node commits its own entry on the next tick.
+            self._tick()
+        self._tick()
+
+    def _tick(self) -> None:
+        effects = self.raft.tick()
+        applied = self.raft.take_applied()
+        if not effects and not applied:
+            return
+        # Nothing that an applied entry causes leaves this node before the
+        # entry is on disk here.
+        self.raft.flush()
+        if effects:
+            self.dispatch(effects)
+        for seq in applied:
+            for fn in self._after_apply.pop(seq, ()):
+                fn()
+
+    def _idle_tick(self) -> None:
+        try:
+            self._tick()
+        finally:
+            self._tick_handle = self.loop.call_later(IDLE_TICK_S, self._idle_tick)
+
+    # --- effects -------------------------------------------------------------------
+
+    def dispatch(self, effects: list[Effect]) -> None:
+        node = self.node_id
+        conns = self.connections
+        touched: dict[int, AMQPConnection] = {}
+        for ef in effects:
+            key = getattr(ef, "ch", None) or ef.conn  # type: ignore[attr-defined]
+            if key[0] != node:
+                continue
+            conn = conns.get(key[1])
+            if conn is None:
+                continue
+            conn.run_effect(ef)
+            touched[key[1]] = conn
+        for conn in touched.values():
+            conn.effects_done()
+        self.metrics.count_effects(effects, node)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self, timeout: float | None = None) -> None:
+        self._tick_handle = self.loop.call_later(0, self._idle_tick)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        log.info("node %s waiting for a Raft leader", self.node_id)
+        while not self.raft.is_ready:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("no Raft leader elected")
+            await asyncio.sleep(0.01)
+        done = self.loop.create_future()
+        self.propose(NodeUp(self.node_id, self.incarnation))
+        self.after_apply(lambda: done.done() or done.set_result(None))
+        await asyncio.wait_for(done, timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
+        self.ready = True
+        log.info("node %s up (incarnation %d); state has %d queues", self.node_id, self.incarnation,
+                 sum(1 for _ in machine.queue_stats(self.raft.state)))
+
+    async def serve(self) -> None:
+        from node.connection import AMQPConnection
+
+        self._server = await self.loop.create_server(
+            lambda: AMQPConnection(self), self.cfg.amqp_host, self.cfg.amqp_port,
+            reuse_address=True, backlog=1024,
+        )
+        log.info("AMQP listening on %s:%d", self.cfg.amqp_host, self.cfg.amqp_port)
+
+    async def stop(self) -> None:
+        """Close the listener and every connection (320), flush, and stop Raft."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections.values()):
+            conn.force_close(320, "CONNECTION_FORCED - broker shutdown")
+        # Let the ConnectionClose commands reach the log.
+        self._flush()
+        await asyncio.sleep(0.05)
+        self._tick()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self.raft.flush()
+        self.raft.close()

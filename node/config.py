@@ -1,0 +1,243 @@
+"""Node configuration: one table of options, read from the command line or
+``RAFTMQ_<NAME>`` environment variables, validated before anything starts.
+
+A bad value stops start-up with a message naming the option (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message names the option."""
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("must be 0..65535")
+    return port
+
+
+def _host(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be HOST:PORT")
+    if _port(port) == 0:
+        raise ValueError("port must not be 0")
+    return value
+
+
+def _addresses(value: str) -> tuple[str, ...]:
+    return tuple(_address(v.strip()) for v in value.split(",") if v.strip())
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError("must be >= 0")
+    return n
+
+
+def _frame_max(value: str) -> int:
+    n = int(value)
+    if n != 0 and n < 4096:
+        raise ValueError("must be 0 (no limit) or >= 4096")
+    return n
+
+
+def _channel_max(value: str) -> int:
+    n = int(value)
+    if not 0 <= n <= 65535:
+        raise ValueError("must be 0..65535")
+    return n
+
+
+def _log_level(value: str) -> str:
+    v = value.upper()
+    if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be one of debug, info, warning, error")
+    return v
+
+
+def _node_id(value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("must be a non-empty word")
+    return value
+
+
+def _seconds(value: str) -> float:
+    v = float(value)
+    if v <= 0:
+        raise ValueError("must be > 0")
+    return v
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("node_id", _node_id, "n1", "this node's id, unique in the cluster"),
+    Option("amqp_host", _host, "127.0.0.1", "address the AMQP listener binds"),
+    Option("amqp_port", _port, "5672", "AMQP port"),
+    Option("metrics_host", _host, "127.0.0.1", "address of the HTTP /metrics listener"),
+    Option("metrics_port", _port, "15692", "HTTP port for /metrics and /healthz (0 disables)"),
+    Option(
+        "raft_address",
+        _address,
+        None,
+        "HOST:PORT of this node's Raft listener (default: AMQP host, AMQP port + 20000)",
+    ),
+    Option("peers", _addresses, "", "comma-separated Raft addresses of the other members"),
+    Option("cluster_secret", str, "", "shared secret encrypting Raft traffic (required with peers)"),
+    Option("data_dir", str, "./data", "directory for the Raft journal and snapshots"),
+    Option("default_user", str, "guest", "user created at start-up"),
+    Option("default_pass", str, "guest", "password of the default user"),
+    Option(
+        "loopback_users",
+        lambda v: tuple(u for u in v.split(",") if u),
+        "guest",
+        "users that may only connect from loopback (comma-separated; empty for none)",
+    ),
+    Option("frame_max", _frame_max, "131072", "largest frame offered to clients"),
+    Option("channel_max", _channel_max, "2047", "most channels per connection offered"),
+    Option("heartbeat", _positive_int, "60", "heartbeat interval offered to clients, s (0 off)"),
+    Option("flow_high_water", _positive_int, "2000",
+           "pause publishers while a queue with consumers holds this many ready messages"),
+    Option("snapshot_entries", _positive_int, "200000",
+           "compact the Raft log after this many entries"),
+    Option("fsync", lambda v: _bool(v), "true", "fsync the journal before confirming (true/false)"),
+    Option("election_timeout", _seconds, "0.5", "Raft election timeout, s (min; max is 2.5x)"),
+    Option("log_level", _log_level, "info", "debug, info, warning or error"),
+)
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+@dataclass(frozen=True)
+class Config:
+    node_id: str = "n1"
+    amqp_host: str = "127.0.0.1"
+    amqp_port: int = 5672
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 15692
+    raft_address: str = ""
+    peers: tuple[str, ...] = ()
+    cluster_secret: str = ""
+    data_dir: str = "./data"
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    loopback_users: tuple[str, ...] = ("guest",)
+    frame_max: int = 131072
+    channel_max: int = 2047
+    heartbeat: int = 60
+    flow_high_water: int = 2000
+    snapshot_entries: int = 200000
+    fsync: bool = True
+    election_timeout: float = 0.5
+    log_level: str = "INFO"
+    users: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def env_name(option: str) -> str:
+    return "RAFTMQ_" + option.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for opt in OPTIONS:
+        flag = "--" + opt.name.replace("_", "-")
+        default = f" (default: {opt.default})" if opt.default not in (None, "") else ""
+        parser.add_argument(
+            flag, dest=opt.name, default=None, metavar=opt.name.upper(),
+            help=f"{opt.help}{default}; env {env_name(opt.name)}",
+        )
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Resolve every option: command line, then environment, then default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = getattr(args, opt.name, None) if args is not None else None
+        source = "--" + opt.name.replace("_", "-")
+        if raw is None and env_name(opt.name) in environ:
+            raw, source = environ[env_name(opt.name)], env_name(opt.name)
+        if raw is None:
+            raw = opt.default
+        if raw is None:
+            continue
+        try:
+            values[opt.name] = opt.parse(raw)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"invalid value {raw!r} for {source}: {e}") from None
+    cfg = Config(**values)
+    if not cfg.raft_address:
+        cfg = _replace(cfg, raft_address=f"{cfg.amqp_host}:{(cfg.amqp_port + 20000) % 65536 or 25672}")
+    cfg = _replace(cfg, users={cfg.default_user: cfg.default_pass})
+    _check(cfg)
+    return cfg
+
+
+def _replace(cfg: Config, **changes: Any) -> Config:
+    data = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    data.update(changes)
+    return Config(**data)
+
+
+def _check(cfg: Config) -> None:
+    """Cross-option checks."""
+    if cfg.peers and not cfg.cluster_secret:
+        raise ConfigError(
+            "--peers given without --cluster-secret (RAFTMQ_CLUSTER_SECRET): a multi-node "
+            "cluster needs a secret, otherwise its Raft port accepts anyone's pickles"
+        )
+    if cfg.raft_address in cfg.peers:
+        raise ConfigError(f"--peers must not contain this node's own --raft-address {cfg.raft_address}")
+    raft_host = cfg.raft_address.rpartition(":")[0]
+    try:
+        ip = ipaddress.ip_address(raft_host)
+    except ValueError:
+        ip = None
+    if ip is not None and ip.is_unspecified:
+        raise ConfigError(
+            f"--raft-address {cfg.raft_address}: bind the Raft port to a specific address, not {raft_host}"
+        )
+
+
+def describe(cfg: Config, secrets: Sequence[str] = ("cluster_secret", "default_pass")) -> str:
+    parts = []
+    for f in fields(cfg):
+        if f.name == "users":
+            continue
+        v = getattr(cfg, f.name)
+        parts.append(f"{f.name}={'***' if f.name in secrets and v else v}")
+    return " ".join(parts)

@@ -1,0 +1,679 @@
+"""One client connection: bytes in, commands out; effects in, bytes out.
+
+The sans-I/O :class:`protocol.connection.ServerConnection` parses and encodes;
+this class decides. Methods that change broker state become commands proposed
+to the Raft log; their replies come back as effects once applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands as spec
+
+from cluster import commands as c
+from cluster import effects as e
+from cluster import machine
+from protocol.connection import ServerConnection
+from protocol.constants import (
+    ACCESS_REFUSED,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    CONNECTION_FORCED,
+    NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+)
+from protocol.errors import AMQPConnectionError, AMQPError, BadProtocolHeader, ChannelError
+from protocol.events import (
+    NEED_DATA,
+    AckReceived,
+    HeartbeatReceived,
+    MessagePublished,
+    MethodReceived,
+    NackReceived,
+    ProtocolHeaderReceived,
+)
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+log = logging.getLogger(__name__)
+
+PRODUCT = "RaftMQ"
+VERSION = "0.1.0"
+
+SERVER_CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+}
+
+
+class Channel:
+    """Node-side channel state (the replicated part lives in the machine)."""
+
+    __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "tx",
+                 "tx_commands", "closing")
+
+    def __init__(self, number: int, key: c.ChKey) -> None:
+        self.number = number
+        self.key = key
+        self.confirm = False
+        self.publish_seq = 0
+        self.confirm_upto = 0  # acks accumulated during one dispatch, sent with multiple
+        self.tx = False
+        self.tx_commands: list[c.Command] = []
+        self.closing = False
+
+
+class AMQPConnection(asyncio.Protocol):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.cfg = broker.cfg
+        self.conn_no = broker.new_conn_no()
+        self.key: c.ConnKey = (broker.node_id, self.conn_no)
+        self.proto = ServerConnection(
+            frame_max=self.cfg.frame_max or 131072,
+            channel_max=self.cfg.channel_max,
+            heartbeat=self.cfg.heartbeat,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.channels: dict[int, Channel] = {}
+        self.user = ""
+        self.vhost = ""
+        self.opened = False  # connection.open done and proposed
+        self.closed = False
+        self.client_properties: dict[str, Any] = {}
+        self.peer: tuple[Any, ...] | None = None
+        self._out: list[bytes] = []
+        self._write_scheduled = False
+        self._last_recv = time.monotonic()
+        self._last_send = time.monotonic()
+        self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self.cancel_notify = False
+        self._channel_gen = 0
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.peer = transport.get_extra_info("peername")
+        self.broker.connections[self.conn_no] = self
+        self.broker.metrics.connections_opened.inc()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_recv = time.monotonic()
+        proto = self.proto
+        try:
+            proto.receive_data(data)
+            while not self.closed:
+                try:
+                    ev = proto.next_event()
+                    if ev is NEED_DATA:
+                        break
+                    self._handle(ev)
+                except ChannelError as err:
+                    # Soft error: that channel closes, the rest of the input
+                    # is still parsed.
+                    self._channel_error(err.channel, err)
+        except BadProtocolHeader as err:
+            self._write(err.reply)
+            self._flush_writes()
+            self._drop()
+        except AMQPConnectionError as err:
+            self.force_close(err.reply_code, err.reply_text, err.class_id, err.method_id)
+        except Exception:
+            log.exception("internal error on connection %s", self.peer)
+            self.force_close(541, "INTERNAL_ERROR - see the broker log")
+        self._flush_writes()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._heartbeat_handle is not None:
+            self._heartbeat_handle.cancel()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self.broker.connections.pop(self.conn_no, None)
+        if self.opened:
+            self.broker.propose(c.ConnectionClose(self.key))
+        self.broker.metrics.connections_closed.inc()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    # --- output -------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def _flush_writes(self) -> None:
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(self._out)
+            self._last_send = time.monotonic()
+        self._out.clear()
+
+    def _drop(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def force_close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        """Start a server-initiated connection.close; drop the socket if the
+        client does not answer close-ok in time."""
+        if self.closed or self.transport is None:
+            return
+        try:
+            self._write(self.proto.close_connection(code, text, class_id, method_id))
+        except Exception:
+            self._drop()
+            return
+        self._flush_writes()
+        if self._close_timer is None:
+            self._close_timer = self.broker.loop.call_later(2.0, self._drop)
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _handle(self, ev: object) -> None:
+        t = type(ev)
+        if t is MessagePublished:
+            self._on_publish(ev)  # type: ignore[arg-type]
+        elif t is AckReceived:
+            ch = self._channel(ev.channel)  # type: ignore[attr-defined]
+            if ch is not None:
+                self._propose(ch, c.Ack(ch.key, ev.delivery_tag, ev.multiple))  # type: ignore[attr-defined]
+                self.broker.metrics.acked.inc()
+        elif t is NackReceived:
+            ch = self._channel(ev.channel)  # type: ignore[attr-defined]
+            if ch is not None:
+                self._propose(ch, c.Nack(ch.key, ev.delivery_tag, ev.multiple, ev.requeue))  # type: ignore[attr-defined]
+        elif t is MethodReceived:
+            self._on_method(ev.channel, ev.method)  # type: ignore[attr-defined]
+        elif t is ProtocolHeaderReceived:
+            props = {
+                "product": PRODUCT,
+                "version": VERSION,
+                "platform": "Python",
+                "copyright": "RaftMQ authors",
+                "information": "https://example.invalid/raftmq",
+                "cluster_name": "raftmq",
+                "capabilities": SERVER_CAPABILITIES,
+            }
+            self._write(self.proto.start(props))
+        elif t is HeartbeatReceived:
+            pass
+
+    def _channel(self, number: int) -> Channel | None:
+        ch = self.channels.get(number)
+        if ch is None or ch.closing:
+            return None
+        return ch
+
+    def _propose(self, ch: Channel, cmd: c.Command) -> None:
+        if ch.tx and isinstance(cmd, c.Publish | c.Ack | c.Nack):
+            ch.tx_commands.append(cmd)
+        else:
+            self.broker.propose(cmd)
+
+    def _on_publish(self, ev: MessagePublished) -> None:
+        ch = self._channel(ev.channel)
+        if ch is None:
+            return
+        if ev.immediate:
+            raise AMQPConnectionError(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - immediate=true", 60, 40)
+        seq = 0
+        if ch.confirm:
+            ch.publish_seq += 1
+            seq = ch.publish_seq
+        self._propose(ch, c.Publish(ch.key, ev.exchange, ev.routing_key, ev.mandatory,
+                                    ev.properties, ev.body, seq))
+        self.broker.metrics.published.inc()
+
+    # --- methods ----------------------------------------------------------------------------
+
+    def _on_method(self, channel: int, m: Any) -> None:
+        if channel == 0:
+            self._on_connection_method(m)
+            return
+        if isinstance(m, spec.Channel.Open):
+            # The key carries a generation above the channel number, so effects
+            # meant for a closed channel never reach a reopened one.
+            self._channel_gen += 1
+            key = (self.broker.node_id, self.conn_no, channel | (self._channel_gen << 16))
+            self.channels[channel] = Channel(channel, key)
+            self.broker.propose(c.ChannelOpen(key))
+            self._write(self.proto.channel_open_ok(channel))
+            self.broker.metrics.channels_opened.inc()
+            return
+        if isinstance(m, spec.Channel.CloseOk):
+            self.channels.pop(channel, None)
+            return
+        ch = self.channels.get(channel)
+        if ch is None:
+            return
+        if isinstance(m, spec.Channel.Close):
+            self.channels.pop(channel, None)
+            self.broker.propose(c.ChannelClose(ch.key))
+            self._write(self.proto.channel_close_ok(channel))
+            return
+        if ch.closing:
+            return
+        handler = _METHODS.get(type(m))
+        if handler is None:
+            raise AMQPConnectionError(NOT_IMPLEMENTED, f"NOT_IMPLEMENTED - {m.name}", *_ids(m))
+        handler(self, ch, m)
+
+    def _on_connection_method(self, m: Any) -> None:
+        if isinstance(m, spec.Connection.StartOk):
+            self._authenticate(m)
+        elif isinstance(m, spec.Connection.TuneOk):
+            self._start_heartbeats(self.proto.heartbeat)
+        elif isinstance(m, spec.Connection.Open):
+            vhost = m.virtual_host or "/"
+            if not machine.vhost_exists(self.broker.raft.state, vhost):
+                raise AMQPConnectionError(NOT_ALLOWED, f"NOT_ALLOWED - vhost {vhost} not found", 10, 40)
+            self.vhost = vhost
+            self.opened = True
+            self.broker.propose(c.ConnectionOpen(self.key, vhost, self.user))
+            self._write(self.proto.open_ok())
+        elif isinstance(m, spec.Connection.Close):
+            self._write(self.proto.close_ok())
+            self._flush_writes()
+            self._drop()
+        elif isinstance(m, spec.Connection.CloseOk):
+            self._drop()
+        elif isinstance(m, spec.Connection.Blocked | spec.Connection.Unblocked):
+            pass
+        else:
+            raise AMQPConnectionError(COMMAND_INVALID, f"COMMAND_INVALID - unexpected {m.name}", *_ids(m))
+
+    def _authenticate(self, m: Any) -> None:
+        self.client_properties = m.client_properties or {}
+        caps = self.client_properties.get("capabilities") or {}
+        self.cancel_notify = bool(caps.get("consumer_cancel_notify"))
+        user, password = _credentials(m.mechanism, m.response)
+        if user is None:
+            raise AMQPConnectionError(
+                ACCESS_REFUSED, f"ACCESS_REFUSED - unsupported mechanism {m.mechanism}", 10, 11)
+        expected = self.cfg.users.get(user)
+        if expected is None or expected != password:
+            raise AMQPConnectionError(
+                ACCESS_REFUSED,
+                f"ACCESS_REFUSED - Login was refused using authentication mechanism {m.mechanism}. "
+                "For details see the broker logfile.", 10, 11)
+        if user in self.cfg.loopback_users and not _is_loopback(self.peer):
+            raise AMQPConnectionError(
+                ACCESS_REFUSED, f"ACCESS_REFUSED - user '{user}' can only connect via localhost", 10, 11)
+        self.user = user
+        self._write(self.proto.tune())
+
+    # --- heartbeats ----------------------------------------------------------------------
+
+    def _start_heartbeats(self, interval: int) -> None:
+        if interval > 0 and self._heartbeat_handle is None:
+            self._heartbeat_handle = self.broker.loop.call_later(interval / 2, self._heartbeat, interval)
+
+    def _heartbeat(self, interval: int) -> None:
+        now = time.monotonic()
+        if now - self._last_recv > 2 * interval:
+            log.info("connection %s missed heartbeats; closing", self.peer)
+            self._drop()
+            return
+        if now - self._last_send >= interval / 2:
+            self._write(self.proto.heartbeat())
+            self._flush_writes()
+        self._heartbeat_handle = self.broker.loop.call_later(interval / 2, self._heartbeat, interval)
+
+    # --- channel errors --------------------------------------------------------------
+
+    def _channel_error(self, number: int, err: AMQPError) -> None:
+        ch = self.channels.get(number)
+        if ch is None or ch.closing:
+            return
+        ch.closing = True
+        self.broker.propose(c.ChannelClose(ch.key))
+        self._write(self.proto.close_channel(number, err.reply_code, err.reply_text, err.class_id, err.method_id))
+
+    # --- effects -------------------------------------------------------------------------
+
+    def run_effect(self, ef: e.Effect) -> None:
+        handler = _EFFECTS.get(type(ef))
+        if handler is not None:
+            handler(self, ef)
+
+    def effects_done(self) -> None:
+        for ch in self.channels.values():
+            if ch.confirm_upto:
+                self._send_confirm_acks(ch)
+        self._flush_writes()
+
+    def _send_confirm_acks(self, ch: Channel) -> None:
+        # Confirms arrive in sequence order; everything up to confirm_upto is acked.
+        upto = ch.confirm_upto
+        ch.confirm_upto = 0
+        self._write(self.proto.ack(ch.number, upto, multiple=True))
+
+
+def _ids(m: Any) -> tuple[int, int]:
+    return m.frame_id >> 16, m.frame_id & 0xFFFF
+
+
+def _is_loopback(peer: tuple[Any, ...] | None) -> bool:
+    if not peer:
+        return True  # unix socket / unknown: treat as local
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials(mechanism: str, response: Any) -> tuple[str | None, str]:
+    if isinstance(response, str):
+        response = response.encode("latin-1", "replace")
+    if mechanism == "PLAIN":
+        parts = bytes(response).split(b"\x00")
+        if len(parts) != 3:
+            return None, ""
+        return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
+    if mechanism == "AMQPLAIN":
+        from pamqp import decode
+
+        try:
+            # AMQPLAIN's response is a field table without its length prefix.
+            raw = bytes(response)
+            _, table = decode.field_table(len(raw).to_bytes(4, "big") + raw)
+        except Exception:
+            return None, ""
+        login, password = table.get("LOGIN"), table.get("PASSWORD")
+        if login is None:
+            return None, ""
+        return _text(login), _text(password or "")
+    return None, ""
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+# --- method handlers (channel methods) ------------------------------------------------
+
+
+def _exchange_declare(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.ExchangeDeclare(ch.key, m.exchange, m.exchange_type, m.passive, m.durable,
+                                          m.auto_delete, m.internal, m.nowait, m.arguments or {}))
+
+
+def _exchange_delete(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.ExchangeDelete(ch.key, m.exchange, m.if_unused, m.nowait))
+
+
+def _exchange_bind(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.ExchangeBind(ch.key, m.destination, m.source, m.routing_key, m.nowait,
+                                       m.arguments or {}))
+
+
+def _exchange_unbind(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.ExchangeUnbind(ch.key, m.destination, m.source, m.routing_key, m.nowait,
+                                         m.arguments or {}))
+
+
+def _queue_declare(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.QueueDeclare(ch.key, m.queue, m.passive, m.durable, m.exclusive,
+                                       m.auto_delete, m.nowait, m.arguments or {}))
+
+
+def _queue_bind(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.QueueBind(ch.key, m.queue, m.exchange, m.routing_key, m.nowait,
+                                    m.arguments or {}))
+
+
+def _queue_unbind(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.QueueUnbind(ch.key, m.queue, m.exchange, m.routing_key, m.arguments or {}))
+
+
+def _queue_purge(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.QueuePurge(ch.key, m.queue, m.nowait))
+
+
+def _queue_delete(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.QueueDelete(ch.key, m.queue, m.if_unused, m.if_empty, m.nowait))
+
+
+def _basic_qos(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.Qos(ch.key, m.prefetch_count, m.global_))
+
+
+def _basic_consume(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.Consume(ch.key, m.queue, m.consumer_tag or "", m.no_ack, m.exclusive,
+                                  m.nowait, m.arguments or {}))
+
+
+def _basic_cancel(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.Cancel(ch.key, m.consumer_tag or "", m.nowait))
+
+
+def _basic_get(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.Get(ch.key, m.queue, m.no_ack))
+
+
+def _basic_recover(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    if not m.requeue:
+        # RabbitMQ does not implement redelivery to the original consumer either.
+        raise AMQPConnectionError(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - requeue=false", 60, 110)
+    conn.broker.propose(c.Recover(ch.key))
+
+
+def _basic_recover_async(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.Recover(ch.key))
+
+
+def _channel_flow(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    conn.broker.propose(c.Flow(ch.key, m.active))
+
+
+def _confirm_select(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    if ch.tx:
+        raise ChannelError(PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - cannot switch from tx to confirm mode", 85, 10,
+                           channel=ch.number)
+    ch.confirm = True
+    if not m.nowait:
+        conn._write(conn.proto.send_method(ch.number, spec.Confirm.SelectOk()))
+
+
+def _tx_select(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    if ch.confirm:
+        raise ChannelError(PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - cannot switch from confirm to tx mode", 90, 10,
+                           channel=ch.number)
+    ch.tx = True
+    conn._write(conn.proto.send_method(ch.number, spec.Tx.SelectOk()))
+
+
+def _tx_commit(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    if not ch.tx:
+        raise ChannelError(PRECONDITION_FAILED, "PRECONDITION_FAILED - channel is not transactional",
+                           90, 20, channel=ch.number)
+    # The whole transaction goes into one Raft entry: applied atomically.
+    for cmd in ch.tx_commands:
+        conn.broker.propose(cmd)
+    ch.tx_commands = []
+    number = ch.number
+
+    def reply() -> None:
+        if conn.channels.get(number) is ch and not ch.closing:
+            conn._write(conn.proto.send_method(number, spec.Tx.CommitOk()))
+            conn._flush_writes()
+
+    conn.broker.after_apply(reply)
+
+
+def _tx_rollback(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    if not ch.tx:
+        raise ChannelError(PRECONDITION_FAILED, "PRECONDITION_FAILED - channel is not transactional",
+                           90, 30, channel=ch.number)
+    ch.tx_commands = []
+    conn._write(conn.proto.send_method(ch.number, spec.Tx.RollbackOk()))
+
+
+def _unexpected(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    raise AMQPConnectionError(COMMAND_INVALID, f"COMMAND_INVALID - unexpected {m.name}", *_ids(m))
+
+
+_METHODS: dict[type, Any] = {
+    spec.Exchange.Declare: _exchange_declare,
+    spec.Exchange.Delete: _exchange_delete,
+    spec.Exchange.Bind: _exchange_bind,
+    spec.Exchange.Unbind: _exchange_unbind,
+    spec.Queue.Declare: _queue_declare,
+    spec.Queue.Bind: _queue_bind,
+    spec.Queue.Unbind: _queue_unbind,
+    spec.Queue.Purge: _queue_purge,
+    spec.Queue.Delete: _queue_delete,
+    spec.Basic.Qos: _basic_qos,
+    spec.Basic.Consume: _basic_consume,
+    spec.Basic.Cancel: _basic_cancel,
+    spec.Basic.Get: _basic_get,
+    spec.Basic.Recover: _basic_recover,
+    spec.Basic.RecoverAsync: _basic_recover_async,
+    spec.Channel.Flow: _channel_flow,
+    spec.Channel.FlowOk: lambda conn, ch, m: None,
+    spec.Confirm.Select: _confirm_select,
+    spec.Tx.Select: _tx_select,
+    spec.Tx.Commit: _tx_commit,
+    spec.Tx.Rollback: _tx_rollback,
+    spec.Basic.CancelOk: lambda conn, ch, m: None,  # answer to our basic.cancel
+}
+
+
+# --- effect handlers -------------------------------------------------------------------
+
+
+def _live_channel(conn: AMQPConnection, key: c.ChKey) -> Channel | None:
+    ch = conn.channels.get(key[2] & 0xFFFF)
+    if ch is None or ch.key != key or ch.closing:
+        return None
+    return ch
+
+
+def _reply(method_factory: Any) -> Any:
+    def run(conn: AMQPConnection, ef: Any) -> None:
+        ch = _live_channel(conn, ef.ch)
+        if ch is not None:
+            conn._write(conn.proto.send_method(ch.number, method_factory(ef)))
+
+    return run
+
+
+def _deliver(conn: AMQPConnection, ef: e.Deliver) -> None:
+    ch = _live_channel(conn, ef.ch)
+    if ch is None:
+        return  # the channel is closing: the machine requeues on ChannelClose
+    conn._write(conn.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag, ef.redelivered,
+                                   ef.exchange, ef.routing_key, ef.properties, ef.body))
+    conn.broker.metrics.delivered.inc()
+
+
+def _get_ok(conn: AMQPConnection, ef: e.GetOk) -> None:
+    ch = _live_channel(conn, ef.ch)
+    if ch is None:
+        return
+    conn._write(conn.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, ef.exchange,
+                                  ef.routing_key, ef.message_count, ef.properties, ef.body))
+    conn.broker.metrics.delivered.inc()
+
+
+def _return(conn: AMQPConnection, ef: e.Return) -> None:
+    ch = _live_channel(conn, ef.ch)
+    if ch is None:
+        return
+    if ch.confirm_upto:
+        conn._send_confirm_acks(ch)
+    conn._write(conn.proto.basic_return(ch.number, ef.reply_code, ef.reply_text, ef.exchange,
+                                        ef.routing_key, ef.properties, ef.body))
+
+
+def _confirm(conn: AMQPConnection, ef: e.Confirm) -> None:
+    ch = _live_channel(conn, ef.ch)
+    if ch is None or not ch.confirm:
+        return
+    conn.broker.metrics.confirmed.inc()
+    if ef.ack:
+        ch.confirm_upto = ef.seq
+        return
+    if ch.confirm_upto:
+        conn._send_confirm_acks(ch)
+    conn._write(conn.proto.nack(ch.number, ef.seq, multiple=False))
+
+
+def _consumer_cancelled(conn: AMQPConnection, ef: e.ConsumerCancelled) -> None:
+    ch = _live_channel(conn, ef.ch)
+    if ch is not None and conn.cancel_notify:
+        conn._write(conn.proto.send_method(ch.number, spec.Basic.Cancel(ef.consumer_tag, nowait=True)))
+
+
+def _channel_error_effect(conn: AMQPConnection, ef: e.ChannelError) -> None:
+    ch = _live_channel(conn, ef.ch)
+    if ch is None:
+        return
+    ch.closing = True
+    # The machine already closed the channel in the replicated state.
+    conn._write(conn.proto.close_channel(ch.number, ef.reply_code, ef.reply_text, ef.class_id,
+                                         ef.method_id))
+
+
+def _connection_error_effect(conn: AMQPConnection, ef: e.ConnectionError) -> None:
+    conn.force_close(ef.reply_code, ef.reply_text, ef.class_id, ef.method_id)
+
+
+_EFFECTS: dict[type, Any] = {
+    e.Deliver: _deliver,
+    e.Confirm: _confirm,
+    e.GetOk: _get_ok,
+    e.GetEmpty: _reply(lambda ef: spec.Basic.GetEmpty()),
+    e.Return: _return,
+    e.ExchangeDeclareOk: _reply(lambda ef: spec.Exchange.DeclareOk()),
+    e.ExchangeDeleteOk: _reply(lambda ef: spec.Exchange.DeleteOk()),
+    e.ExchangeBindOk: _reply(lambda ef: spec.Exchange.BindOk()),
+    e.ExchangeUnbindOk: _reply(lambda ef: spec.Exchange.UnbindOk()),
+    e.QueueDeclareOk: _reply(lambda ef: spec.Queue.DeclareOk(ef.queue, ef.message_count,
+                                                             ef.consumer_count)),
+    e.QueueBindOk: _reply(lambda ef: spec.Queue.BindOk()),
+    e.QueueUnbindOk: _reply(lambda ef: spec.Queue.UnbindOk()),
+    e.QueuePurgeOk: _reply(lambda ef: spec.Queue.PurgeOk(ef.message_count)),
+    e.QueueDeleteOk: _reply(lambda ef: spec.Queue.DeleteOk(ef.message_count)),
+    e.ConsumeOk: _reply(lambda ef: spec.Basic.ConsumeOk(ef.consumer_tag)),
+    e.CancelOk: _reply(lambda ef: spec.Basic.CancelOk(ef.consumer_tag)),
+    e.QosOk: _reply(lambda ef: spec.Basic.QosOk()),
+    e.FlowOk: _reply(lambda ef: spec.Channel.FlowOk(ef.active)),
+    e.RecoverOk: _reply(lambda ef: spec.Basic.RecoverOk()),
+    e.ConsumerCancelled: _consumer_cancelled,
+    e.ChannelError: _channel_error_effect,
+    e.ConnectionError: _connection_error_effect,
+}
+
+__all__ = ["AMQPConnection", "CHANNEL_ERROR", "CONNECTION_FORCED"]
