@@ -1,0 +1,78 @@
+"""Loopback port helpers: pick a free port, wait for a listener or an AMQP server."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a port that was free on ``host`` a moment ago (bind port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _check_alive(alive: Callable[[], bool] | None, what: str) -> None:
+    if alive is not None and not alive():
+        raise RuntimeError(f"{what}: the process exited while we were waiting for it")
+
+
+def wait_port(
+    host: str, port: int, timeout: float, alive: Callable[[], bool] | None = None
+) -> None:
+    """Wait until a TCP connect to ``host:port`` succeeds; TimeoutError after ``timeout`` s.
+
+    ``alive``, when given, is polled between attempts; if it returns False we give up early.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        _check_alive(alive, f"{host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from exc
+        time.sleep(0.05)
+
+
+def _amqp_answers(host: str, port: int, io_timeout: float) -> bool:
+    """One attempt: send the protocol header, expect a connection.start method frame."""
+    with socket.create_connection((host, port), timeout=io_timeout) as s:
+        s.settimeout(io_timeout)
+        s.sendall(AMQP_HEADER)
+        head = b""
+        while len(head) < 11:  # 7-byte frame header + class id + method id
+            chunk = s.recv(11 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+        ftype, channel, _size, class_id, method_id = struct.unpack(">BHIHH", head)
+        return ftype == 1 and channel == 0 and (class_id, method_id) == (10, 10)
+
+
+def wait_amqp(
+    host: str, port: int, timeout: float, alive: Callable[[], bool] | None = None
+) -> None:
+    """Wait until ``host:port`` answers the AMQP 0-9-1 header with connection.start."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        _check_alive(alive, f"AMQP {host}:{port}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(
+                f"no AMQP connection.start from {host}:{port} after {timeout}s: {last!r}"
+            )
+        try:
+            if _amqp_answers(host, port, min(2.0, max(remaining, 0.1))):
+                return
+            last = None
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)

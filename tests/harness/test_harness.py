@@ -1,0 +1,67 @@
+"""The harness itself: a real RabbitMQ (and, once it exists, a RaftMQ node) started, used, stopped."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pika
+import pytest
+
+from .ports import free_port, wait_amqp, wait_port
+from .procs import wait_gone
+from .rabbitmq import RabbitMQ
+from .raftmq import REPO_ROOT, RaftMQNode
+
+
+def _publish_get(url: str) -> bytes | None:
+    conn = pika.BlockingConnection(
+        pika.URLParameters(url + "?connection_attempts=3&retry_delay=0.5")
+    )
+    try:
+        ch = conn.channel()
+        ch.queue_declare("harness-q", durable=True)
+        ch.basic_publish("", "harness-q", b"hello", pika.BasicProperties(delivery_mode=2))
+        for _ in range(50):  # basic.get may race the enqueue on a replicated broker
+            _m, _p, body = ch.basic_get("harness-q", auto_ack=True)
+            if body is not None:
+                return body
+            conn.sleep(0.05)
+        return None
+    finally:
+        conn.close()
+
+
+def test_free_port_and_wait_timeouts() -> None:
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        wait_port("127.0.0.1", port, timeout=2)
+        with pytest.raises(TimeoutError):  # listening, but never says connection.start
+            wait_amqp("127.0.0.1", port, timeout=0.5)
+    with pytest.raises(TimeoutError):
+        wait_port("127.0.0.1", free_port(), timeout=0.3)
+
+
+def test_rabbitmq_start_publish_get_stop(tmp_path: Path) -> None:
+    rmq = RabbitMQ(tmp_path / "rmq")
+    with rmq:
+        assert rmq.beam_pid() is not None
+        assert rmq.rss_bytes() > 10 * 2**20
+        started = rmq.pids()
+        assert _publish_get(rmq.url) == b"hello"
+    assert wait_gone(started, timeout=5) == []
+
+
+@pytest.mark.skipif(
+    not (REPO_ROOT / "node" / "__main__.py").exists(),
+    reason="node CLI (python -m node) not there yet",
+)
+def test_raftmq_node_start_publish_get_stop(tmp_path: Path) -> None:
+    node = RaftMQNode(tmp_path / "n1")
+    with node:
+        pid = node.pid
+        assert pid is not None and node.rss_bytes() > 0
+        assert _publish_get(node.url) == b"hello"
+    assert wait_gone([pid], timeout=5) == []
