@@ -141,6 +141,8 @@ class AMQPConnection(asyncio.Protocol):
             self._drop()
         except AMQPConnectionError as err:
             self.force_close(err.reply_code, err.reply_text, err.class_id, err.method_id)
+            if err.framing_lost:
+                self._drop()  # nothing more can be parsed, so no close-ok will come
         except Exception:
             log.exception("internal error on connection %s", self.peer)
             self.force_close(541, "INTERNAL_ERROR - see the broker log")
@@ -497,9 +499,8 @@ def _channel_flow(conn: AMQPConnection, ch: Channel, m: Any) -> None:
 
 def _confirm_select(conn: AMQPConnection, ch: Channel, m: Any) -> None:
     if ch.tx:
-        raise ChannelError(PRECONDITION_FAILED,
-                           "PRECONDITION_FAILED - cannot switch from tx to confirm mode", 85, 10,
-                           channel=ch.number)
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - cannot switch from tx to confirm mode", 85, 10)
     ch.confirm = True
     if not m.nowait:
         conn._write(conn.proto.send_method(ch.number, spec.Confirm.SelectOk()))
@@ -507,17 +508,15 @@ def _confirm_select(conn: AMQPConnection, ch: Channel, m: Any) -> None:
 
 def _tx_select(conn: AMQPConnection, ch: Channel, m: Any) -> None:
     if ch.confirm:
-        raise ChannelError(PRECONDITION_FAILED,
-                           "PRECONDITION_FAILED - cannot switch from confirm to tx mode", 90, 10,
-                           channel=ch.number)
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - cannot switch from confirm to tx mode", 90, 10)
     ch.tx = True
     conn._write(conn.proto.send_method(ch.number, spec.Tx.SelectOk()))
 
 
 def _tx_commit(conn: AMQPConnection, ch: Channel, m: Any) -> None:
     if not ch.tx:
-        raise ChannelError(PRECONDITION_FAILED, "PRECONDITION_FAILED - channel is not transactional",
-                           90, 20, channel=ch.number)
+        raise ChannelError(ch.number, PRECONDITION_FAILED, "PRECONDITION_FAILED - channel is not transactional", 90, 20)
     # The whole transaction goes into one Raft entry: applied atomically.
     for cmd in ch.tx_commands:
         conn.broker.propose(cmd)
@@ -534,8 +533,7 @@ def _tx_commit(conn: AMQPConnection, ch: Channel, m: Any) -> None:
 
 def _tx_rollback(conn: AMQPConnection, ch: Channel, m: Any) -> None:
     if not ch.tx:
-        raise ChannelError(PRECONDITION_FAILED, "PRECONDITION_FAILED - channel is not transactional",
-                           90, 30, channel=ch.number)
+        raise ChannelError(ch.number, PRECONDITION_FAILED, "PRECONDITION_FAILED - channel is not transactional", 90, 30)
     ch.tx_commands = []
     conn._write(conn.proto.send_method(ch.number, spec.Tx.RollbackOk()))
 
