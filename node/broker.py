@@ -61,6 +61,9 @@ class Broker:
         self._server: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
         self.ready = False
+        self._flow_paused: list[AMQPConnection] = []
+        self._flow_checked = 0.0
+        self.last_ack = 0.0
 
     # --- proposing ----------------------------------------------------------------
 
@@ -108,10 +111,38 @@ class Broker:
         for seq in applied:
             for fn in self._after_apply.pop(seq, ()):
                 fn()
+        self._check_flow()
+
+    def _check_flow(self) -> None:
+        """Pause reading from publishers while a consumed queue backs up.
+
+        Without this, publishing outruns delivery on one core and end-to-end
+        latency grows without bound (measured: seconds). Queues without
+        consumers may grow freely, as in RabbitMQ, and so may queues whose
+        consumers stopped acknowledging: pausing only helps while acks flow."""
+        high = self.cfg.flow_high_water
+        now = time.monotonic()
+        if not high or now - self._flow_checked < 0.005:
+            return
+        self._flow_checked = now
+        worst = max((ready for _, _, ready, _, consumers in machine.queue_stats(self.raft.state)
+                     if consumers), default=0)
+        if now - self.last_ack > 0.25:
+            worst = 0  # consumers are stuck or gone: never block publishers on them
+        if not self._flow_paused and worst > high:
+            recent = now - 1.0
+            self._flow_paused = [c for c in self.connections.values() if c.last_publish > recent]
+            for conn in self._flow_paused:
+                conn.pause_reading()
+        elif self._flow_paused and worst <= high // 2:
+            for conn in self._flow_paused:
+                conn.resume_reading()
+            self._flow_paused = []
 
     def _idle_tick(self) -> None:
         try:
             self._tick()
+            self._check_flow()
         finally:
             self._tick_handle = self.loop.call_later(IDLE_TICK_S, self._idle_tick)
 

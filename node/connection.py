@@ -102,6 +102,8 @@ class AMQPConnection(asyncio.Protocol):
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._reading_paused = False
+        self.last_publish = 0.0
         self.cancel_notify = False
         self._channel_gen = 0
 
@@ -162,6 +164,17 @@ class AMQPConnection(asyncio.Protocol):
             self.broker.propose(c.ConnectionClose(self.key))
         self.broker.metrics.connections_closed.inc()
 
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self._reading_paused:
+            self._reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
     def pause_writing(self) -> None:
         self._paused = True
 
@@ -208,6 +221,7 @@ class AMQPConnection(asyncio.Protocol):
             ch = self._channel(ev.channel)  # type: ignore[attr-defined]
             if ch is not None:
                 self._propose(ch, c.Ack(ch.key, ev.delivery_tag, ev.multiple))  # type: ignore[attr-defined]
+                self.broker.last_ack = self._last_recv
                 self.broker.metrics.acked.inc()
         elif t is NackReceived:
             ch = self._channel(ev.channel)  # type: ignore[attr-defined]
@@ -253,6 +267,7 @@ class AMQPConnection(asyncio.Protocol):
             seq = ch.publish_seq
         self._propose(ch, c.Publish(ch.key, ev.exchange, ev.routing_key, ev.mandatory,
                                     ev.properties, ev.body, seq))
+        self.last_publish = self._last_recv
         self.broker.metrics.published.inc()
 
     # --- methods ----------------------------------------------------------------------------
@@ -346,7 +361,7 @@ class AMQPConnection(asyncio.Protocol):
             self._drop()
             return
         if now - self._last_send >= interval / 2:
-            self._write(self.proto.heartbeat())
+            self._write(self.proto.heartbeat_frame())
             self._flush_writes()
         self._heartbeat_handle = self.broker.loop.call_later(interval / 2, self._heartbeat, interval)
 
