@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import datetime
 import decimal
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgpack
 
@@ -42,13 +43,17 @@ class Command:
 _REGISTRY: dict[int, type[Command]] = {}
 
 
-def _command(tag: int):  # type: ignore[no-untyped-def]
-    def wrap(cls):  # type: ignore[no-untyped-def]
+_C = TypeVar("_C", bound=Command)
+
+
+@dataclass_transform(frozen_default=True)
+def _command(tag: int) -> Callable[[type[_C]], type[_C]]:
+    def wrap(cls: type[_C]) -> type[_C]:
         cls = dataclass(frozen=True, slots=True)(cls)
         cls.TAG = tag
         assert tag not in _REGISTRY, tag
         _REGISTRY[tag] = cls
-        cls._FIELDS = tuple(f.name for f in fields(cls))
+        cls._FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[attr-defined,arg-type]
         return cls
 
     return wrap
@@ -323,7 +328,7 @@ def encode_batch(batch: Batch) -> bytes:
         batch.timestamp_ms,
         [encode_command(c) for c in batch.commands],
     ]
-    return msgpack.packb(payload, use_bin_type=True, default=_default)  # type: ignore[no-any-return]
+    return msgpack.packb(payload, use_bin_type=True, default=_default)
 
 
 def decode_batch(data: bytes) -> Batch:

@@ -9,6 +9,7 @@ than once across a leader change, so the node treats them idempotently.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar, dataclass_transform
 
 from cluster.commands import ChKey, ConnKey
 
@@ -17,7 +18,13 @@ class Effect:
     __slots__ = ()
 
 
-_ef = dataclass(frozen=True, slots=True)
+_E = TypeVar("_E", bound=Effect)
+
+
+@dataclass_transform(frozen_default=True)
+def _ef(cls: type[_E]) -> type[_E]:
+    """Frozen slotted dataclass; spelled as a function mypy understands."""
+    return dataclass(frozen=True, slots=True)(cls)
 
 
 # --- synchronous replies (one per command that expects one, unless nowait) -------------

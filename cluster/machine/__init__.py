@@ -1,0 +1,26 @@
+"""The pure, deterministic broker state machine (modelled on rabbit_fifo).
+
+Every replica applies the same batches of :mod:`cluster.commands` to a
+:class:`State` and gets the same state and the same :mod:`cluster.effects`.
+"""
+
+from cluster.machine.apply import (
+    apply,
+    apply_batch,
+    queue_stats,
+    restore,
+    snapshot,
+    vhost_exists,
+)
+from cluster.machine.state import State, new_state
+
+__all__ = [
+    "State",
+    "apply",
+    "apply_batch",
+    "new_state",
+    "queue_stats",
+    "restore",
+    "snapshot",
+    "vhost_exists",
+]

@@ -1,0 +1,228 @@
+"""basic.* and channel.flow: publish, consume, cancel, get, ack, nack, recover,
+qos, flow. Publish and ack are the hot path: keep them lean."""
+
+from __future__ import annotations
+
+from cluster import commands as C
+from cluster.effects import (
+    CancelOk,
+    Confirm,
+    ConsumeOk,
+    Effect,
+    FlowOk,
+    GetEmpty,
+    GetOk,
+    QosOk,
+    RecoverOk,
+    Return,
+)
+from cluster.machine import errors as E
+from cluster.machine.errors import AmqpError, rs
+from cluster.machine.queues import (
+    reactivate,
+    reactivate_channel,
+    release,
+    remove_consumer,
+    run_queue,
+    run_touched,
+    take,
+)
+from cluster.machine.routing import index_of, match
+from cluster.machine.state import Channel, Consumer, Exchange, Msg, Queue, State, VHost
+from cluster.machine.topology import generate_name, lookup_queue, resolve_queue_name
+
+# --- publish -------------------------------------------------------------------------
+
+
+def route(vh: VHost, ex: Exchange, routing_key: str, properties: bytes) -> list[Queue]:
+    """Queues a message reaches, each once, following exchange-to-exchange
+    bindings without looping."""
+    dests = match(ex, routing_key, properties)
+    queues = vh.queues
+    if not index_of(ex).has_exchange_dests:
+        return [queues[name] for _, name in dests]
+    found: dict[str, Queue] = {}
+    seen = {ex.name}
+    pending = [dests]
+    while pending:
+        for is_ex, name in pending.pop(0):
+            if is_ex:
+                if name not in seen:
+                    seen.add(name)
+                    pending.append(match(vh.exchanges[name], routing_key, properties))
+            elif name not in found:
+                found[name] = queues[name]
+    return list(found.values())
+
+
+def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> None:
+    vh = state.vhosts[ch.vhost]
+    name = cmd.exchange
+    if name == "":
+        q = vh.queues.get(cmd.routing_key)
+        targets = [q] if q is not None else []
+    else:
+        ex = vh.exchanges.get(name)
+        if ex is None:
+            raise E.no_exchange(name, ch.vhost, E.BASIC_PUBLISH)
+        if ex.internal:
+            raise AmqpError(E.ACCESS_REFUSED,
+                            f"cannot publish to internal {rs('exchange', name, ch.vhost)}",
+                            E.BASIC_PUBLISH)
+        targets = route(vh, ex, cmd.routing_key, cmd.properties)
+    msg_id = state.next_msg_id
+    state.next_msg_id = msg_id + 1
+    for q in targets:
+        q.ready.append(Msg(msg_id, name, cmd.routing_key, cmd.properties, cmd.body))
+        if q.service:
+            run_queue(state, q, out)
+    if not targets and cmd.mandatory:
+        out.append(Return(ch.key, 312, "NO_ROUTE", name, cmd.routing_key, cmd.properties,
+                          cmd.body))
+    if cmd.confirm_seq:
+        out.append(Confirm(ch.key, cmd.confirm_seq, True))
+
+
+# --- consumers -----------------------------------------------------------------------
+
+
+def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> None:
+    m = E.BASIC_CONSUME
+    tag = cmd.consumer_tag
+    if tag in ch.consumers:
+        raise AmqpError(E.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", m)
+    q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
+    if q.exclusive_consumer or (cmd.exclusive and q.consumers):
+        raise AmqpError(E.ACCESS_REFUSED, f"{rs('queue', q.name, q.vhost)} in exclusive use", m)
+    if not tag:
+        tag = generate_name(state, "amq.ctag-", ch.key)
+        while tag in ch.consumers:
+            tag = generate_name(state, "amq.ctag-", ch.key)
+    c = Consumer(ch.key, tag, q.qid, cmd.no_ack, cmd.exclusive, ch.consumer_prefetch,
+                 dict(cmd.arguments))
+    ch.consumers[tag] = c
+    q.consumers[(ch.key, tag)] = c
+    q.had_consumer = True
+    if cmd.exclusive:
+        q.exclusive_consumer = True
+    if not cmd.nowait:
+        out.append(ConsumeOk(ch.key, tag))
+    touched: dict[int, Queue] = {}
+    reactivate(c, ch, q, touched)
+    run_touched(state, touched, out)
+
+
+def cancel(state: State, ch: Channel, cmd: C.Cancel, out: list[Effect]) -> None:
+    c = ch.consumers.get(cmd.consumer_tag)
+    if not cmd.nowait:
+        out.append(CancelOk(ch.key, cmd.consumer_tag))
+    if c is not None:
+        remove_consumer(state, c, out, notify=False)
+
+
+def get(state: State, ch: Channel, cmd: C.Get, out: list[Effect]) -> None:
+    m = E.BASIC_GET
+    q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
+    if not (q.ready or q.returned):
+        out.append(GetEmpty(ch.key))
+        return
+    msg = take(q)
+    ch.last_tag = tag = ch.last_tag + 1
+    if not cmd.no_ack:
+        # basic.get ignores prefetch and is tied to no consumer
+        ch.unacked[tag] = (q, msg, None)
+        q.unacked += 1
+    out.append(GetOk(ch.key, tag, msg.redelivered, msg.exchange, msg.routing_key,
+                     q.ready_count(), msg.properties, msg.body))
+
+
+# --- settlement ----------------------------------------------------------------------
+
+
+def _tags(ch: Channel, delivery_tag: int, multiple: bool, method: tuple[int, int]) -> list[int]:
+    """Tags an ack/nack covers, validated as rabbit_channel's collect_acks does:
+    multiple with tag 0 means all; otherwise the tag itself must be outstanding."""
+    unacked = ch.unacked
+    if multiple and delivery_tag == 0:
+        return list(unacked)
+    if delivery_tag not in unacked:
+        raise AmqpError(E.PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}", method)
+    if not multiple:
+        return [delivery_tag]
+    tags = []
+    for t in unacked:  # insertion order is tag order
+        if t > delivery_tag:
+            break
+        tags.append(t)
+    return tags
+
+
+def _settle(state: State, ch: Channel, tags: list[int], requeue: bool,
+            out: list[Effect]) -> None:
+    touched: dict[int, Queue] = {}
+    release(ch, tags, requeue, touched)
+    if ch.global_prefetch:
+        reactivate_channel(state, ch, touched)
+    if touched:
+        run_touched(state, touched, out)
+
+
+def ack(state: State, ch: Channel, cmd: C.Ack, out: list[Effect]) -> None:
+    tag = cmd.delivery_tag
+    if not cmd.multiple:
+        # fast path: one tag, one consumer
+        entry = ch.unacked.pop(tag, None)
+        if entry is None:
+            raise AmqpError(E.PRECONDITION_FAILED, f"unknown delivery tag {tag}", E.BASIC_ACK)
+        q, _msg, c = entry
+        if not q.deleted:
+            q.unacked -= 1
+        if c is None:
+            return
+        c.unacked -= 1
+        ch.global_unacked -= 1
+        if c.in_service and not ch.global_prefetch:
+            return
+        touched: dict[int, Queue] = {}
+        if c.active and not c.in_service:
+            reactivate(c, ch, q, touched)
+        if ch.global_prefetch:
+            reactivate_channel(state, ch, touched)
+        if touched:
+            run_touched(state, touched, out)
+        return
+    _settle(state, ch, _tags(ch, tag, True, E.BASIC_ACK), False, out)
+
+
+def nack(state: State, ch: Channel, cmd: C.Nack, out: list[Effect]) -> None:
+    # basic.reject arrives as a nack without ``multiple``: report it as reject (60, 90)
+    method = E.BASIC_NACK if cmd.multiple else E.BASIC_REJECT
+    _settle(state, ch, _tags(ch, cmd.delivery_tag, cmd.multiple, method), cmd.requeue, out)
+
+
+def recover(state: State, ch: Channel, cmd: C.Recover, out: list[Effect]) -> None:
+    out.append(RecoverOk(ch.key))
+    _settle(state, ch, list(ch.unacked), True, out)
+
+
+# --- credit --------------------------------------------------------------------------
+
+
+def qos(state: State, ch: Channel, cmd: C.Qos, out: list[Effect]) -> None:
+    out.append(QosOk(ch.key))
+    if cmd.global_:
+        ch.global_prefetch = cmd.prefetch_count
+        touched: dict[int, Queue] = {}
+        reactivate_channel(state, ch, touched)
+        run_touched(state, touched, out)
+    else:
+        ch.consumer_prefetch = cmd.prefetch_count
+
+
+def flow(state: State, ch: Channel, cmd: C.Flow, out: list[Effect]) -> None:
+    ch.flow = cmd.active
+    out.append(FlowOk(ch.key, cmd.active))
+    if cmd.active:
+        touched: dict[int, Queue] = {}
+        reactivate_channel(state, ch, touched)
+        run_touched(state, touched, out)

@@ -1,0 +1,116 @@
+"""Nodes, connections and channels coming and going.
+
+A connection remembers the incarnation of the node that opened it (the batch's
+incarnation), so ``NodeUp(node, n)`` can drop exactly the leftovers of the
+node's earlier lives, and transient queues remember their home node the same way.
+"""
+
+from __future__ import annotations
+
+from cluster import commands as C
+from cluster.effects import Effect
+from cluster.machine.queues import delete_queue, remove_consumer, return_msg, run_touched
+from cluster.machine.state import Channel, Connection, NodeInfo, Queue, State
+
+
+def close_channel(state: State, ch: Channel, out: list[Effect]) -> None:
+    """Forget a channel: cancel its consumers (no ConsumerCancelled: the channel is
+    going away), then return its unacked messages to their queues."""
+    del state.channels[ch.key]
+    conn = state.conns.get(ch.key[:2])
+    if conn is not None:
+        conn.channels.pop(ch.key[2], None)
+    for c in list(ch.consumers.values()):
+        remove_consumer(state, c, out, notify=False)
+    touched: dict[int, Queue] = {}
+    for q, msg, _c in ch.unacked.values():
+        if not q.deleted:
+            return_msg(q, msg)
+            touched[q.qid] = q
+    ch.unacked.clear()
+    ch.global_unacked = 0
+    run_touched(state, touched, out)
+
+
+def close_connection(state: State, conn: Connection, out: list[Effect]) -> None:
+    for num in list(conn.channels):
+        ch = state.channels.get((conn.key[0], conn.key[1], num))
+        if ch is not None:
+            close_channel(state, ch, out)
+    del state.conns[conn.key]
+    for qid in list(conn.exclusive_queues):
+        q = state.queues.get(qid)
+        if q is not None:
+            delete_queue(state, q, out)
+    conn.exclusive_queues.clear()
+
+
+def _incarnation_of(state: State, node: str) -> int:
+    """The incarnation to stamp on something ``node`` creates now."""
+    if state.origin is not None and state.origin[0] == node:
+        return state.origin[1]
+    info = state.nodes.get(node)
+    return info.incarnation if info is not None else 0
+
+
+def connection_open(state: State, cmd: C.ConnectionOpen, out: list[Effect]) -> None:
+    node = cmd.conn[0]
+    inc = _incarnation_of(state, node)
+    info = state.nodes.get(node)
+    if info is not None and (inc < info.incarnation or (info.down and inc == info.incarnation)):
+        return  # a late command from a life already cleaned up
+    if cmd.conn in state.conns or cmd.vhost not in state.vhosts:
+        return
+    state.conns[cmd.conn] = Connection(cmd.conn, cmd.vhost, cmd.user, inc)
+
+
+def connection_close(state: State, cmd: C.ConnectionClose, out: list[Effect]) -> None:
+    conn = state.conns.get(cmd.conn)
+    if conn is not None:
+        close_connection(state, conn, out)
+
+
+def channel_open(state: State, cmd: C.ChannelOpen, out: list[Effect]) -> None:
+    conn = state.conns.get(cmd.ch[:2])
+    if conn is None or cmd.ch in state.channels:
+        return
+    state.channels[cmd.ch] = Channel(cmd.ch, conn.vhost)
+    conn.channels[cmd.ch[2]] = None
+
+
+def channel_close(state: State, cmd: C.ChannelClose, out: list[Effect]) -> None:
+    ch = state.channels.get(cmd.ch)
+    if ch is not None:
+        close_channel(state, ch, out)
+
+
+def _forget_node(state: State, node: str, doomed: object, out: list[Effect]) -> None:
+    """Close the node's connections and delete its transient queues whose
+    incarnation satisfies ``doomed(incarnation)``."""
+    assert callable(doomed)
+    for conn in [c for k, c in state.conns.items() if k[0] == node and doomed(c.incarnation)]:
+        close_connection(state, conn, out)
+    for q in [q for q in state.queues.values()
+              if not q.durable and q.home[0] == node and doomed(q.home[1])]:
+        if not q.deleted:
+            delete_queue(state, q, out)
+
+
+def node_up(state: State, cmd: C.NodeUp, out: list[Effect]) -> None:
+    info = state.nodes.get(cmd.node)
+    if info is not None and cmd.incarnation < info.incarnation:
+        return  # stale
+    state.nodes[cmd.node] = NodeInfo(cmd.incarnation)
+    inc = cmd.incarnation
+    _forget_node(state, cmd.node, lambda i: i != inc, out)
+    for key in [k for k in state.dedupe if k[0] == cmd.node and k[1] < inc]:
+        del state.dedupe[key]
+
+
+def node_down(state: State, cmd: C.NodeDown, out: list[Effect]) -> None:
+    info = state.nodes.get(cmd.node)
+    if info is not None and info.incarnation != cmd.incarnation:
+        return  # about a life that is already over (or not yet seen)
+    state.nodes[cmd.node] = NodeInfo(cmd.incarnation, down=True)
+    inc = cmd.incarnation
+    _forget_node(state, cmd.node, lambda i: i <= inc, out)

@@ -1,0 +1,163 @@
+"""Queue internals: enqueue, delivery assignment, settle/return, consumer
+removal, and queue deletion.
+
+Delivery assignment (the core, modelled on rabbit_fifo's service queue): each
+queue keeps a deque of consumers that may have credit. ``run_queue`` pops the
+head consumer, gives it the next message if it still has credit, and puts it
+back at the tail: round robin without scanning all consumers per message.
+Consumers out of credit (per-consumer prefetch, channel-wide prefetch, or
+channel.flow off) drop out of the deque when reached, and are put back by
+``reactivate`` when credit frees up.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from cluster.effects import ConsumerCancelled, Deliver, Effect
+from cluster.machine.state import Channel, Consumer, Msg, Queue, State
+
+
+def has_credit(c: Consumer, ch: Channel) -> bool:
+    if not ch.flow:
+        return False
+    if c.no_ack:
+        return True
+    if c.prefetch and c.unacked >= c.prefetch:
+        return False
+    return not (ch.global_prefetch and ch.global_unacked >= ch.global_prefetch)
+
+
+def take(q: Queue) -> Msg:
+    """The next message to hand out: returned ones first, in original order."""
+    if q.returned:
+        return heapq.heappop(q.returned)[1]
+    return q.ready.popleft()
+
+
+def run_queue(state: State, q: Queue, out: list[Effect]) -> None:
+    """Hand ready messages to consumers with credit, round robin."""
+    service = q.service
+    channels = state.channels
+    while service and (q.ready or q.returned):
+        c = service.popleft()
+        ch = channels[c.ch]
+        if not has_credit(c, ch):
+            c.in_service = False
+            continue
+        msg = heapq.heappop(q.returned)[1] if q.returned else q.ready.popleft()
+        ch.last_tag = tag = ch.last_tag + 1
+        if not c.no_ack:
+            ch.unacked[tag] = (q, msg, c)
+            c.unacked += 1
+            ch.global_unacked += 1
+            q.unacked += 1
+        out.append(
+            Deliver(ch.key, c.tag, tag, msg.redelivered, msg.exchange, msg.routing_key,
+                    msg.properties, msg.body)
+        )
+        service.append(c)
+
+
+def reactivate(c: Consumer, ch: Channel, q: Queue, touched: dict[int, Queue]) -> None:
+    """Put a consumer that may have regained credit back in its queue's service."""
+    if c.active and not c.in_service and has_credit(c, ch):
+        c.in_service = True
+        q.service.append(c)
+        touched[q.qid] = q
+
+
+def reactivate_channel(state: State, ch: Channel, touched: dict[int, Queue]) -> None:
+    queues = state.queues
+    for c in ch.consumers.values():
+        if not c.in_service:
+            reactivate(c, ch, queues[c.qid], touched)
+
+
+def run_touched(state: State, touched: dict[int, Queue], out: list[Effect]) -> None:
+    for q in touched.values():
+        if not q.deleted:
+            run_queue(state, q, out)
+
+
+def return_msg(q: Queue, msg: Msg) -> None:
+    """A checked-out message goes back to the queue head (redelivered)."""
+    if q.deleted:
+        return
+    q.unacked -= 1
+    msg.redelivered = True
+    msg.delivery_count += 1
+    heapq.heappush(q.returned, (msg.id, msg))
+
+
+def release(ch: Channel, tags: list[int], requeue: bool, touched: dict[int, Queue]) -> None:
+    """Settle (ack, or nack without requeue) or return the given unacked tags."""
+    unacked = ch.unacked
+    for tag in tags:
+        q, msg, c = unacked.pop(tag)
+        if requeue:
+            return_msg(q, msg)
+            touched[q.qid] = q
+        elif not q.deleted:
+            q.unacked -= 1
+        if c is not None:
+            c.unacked -= 1
+            ch.global_unacked -= 1
+            if c.active and not c.in_service:
+                reactivate(c, ch, q, touched)
+
+
+def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool) -> None:
+    """Cancel ``c`` (its unacked messages stay on its channel); ``notify`` emits
+    ConsumerCancelled (server-initiated cancel). May auto-delete the queue."""
+    c.active = False
+    ch = state.channels.get(c.ch)
+    if ch is not None and ch.consumers.get(c.tag) is c:
+        del ch.consumers[c.tag]
+    q = state.queues.get(c.qid)
+    if q is None:
+        return
+    del q.consumers[(c.ch, c.tag)]
+    if c.exclusive:
+        q.exclusive_consumer = False
+    if c.in_service:
+        c.in_service = False
+        q.service = type(q.service)(x for x in q.service if x is not c)
+    if notify:
+        out.append(ConsumerCancelled(c.ch, c.tag))
+    if q.auto_delete and q.had_consumer and not q.consumers:
+        delete_queue(state, q, out)
+
+
+def delete_queue(state: State, q: Queue, out: list[Effect]) -> int:
+    """Delete ``q``: cancel its consumers (ConsumerCancelled: channels being
+    closed have already dropped theirs), drop its bindings and messages. Returns
+    the ready count. Messages checked out stay on their channels; settling them
+    is then a no-op."""
+    from cluster.machine.topology import remove_binding  # cycle: topology uses queues
+
+    count = q.ready_count()
+    q.deleted = True
+    vh = state.vhosts[q.vhost]
+    if vh.queues.get(q.name) is q:
+        del vh.queues[q.name]
+    state.queues.pop(q.qid, None)
+    for c in list(q.consumers.values()):
+        c.active = False
+        c.in_service = False
+        ch = state.channels.get(c.ch)
+        if ch is not None and ch.consumers.get(c.tag) is c:
+            del ch.consumers[c.tag]
+            out.append(ConsumerCancelled(c.ch, c.tag))
+    q.consumers.clear()
+    q.service.clear()
+    q.ready.clear()
+    q.returned.clear()
+    if q.exclusive_owner is not None:
+        conn = state.conns.get(q.exclusive_owner)
+        if conn is not None:
+            conn.exclusive_queues.pop(q.qid, None)
+    for source, key in list(q.bindings):
+        remove_binding(state, vh, source, key, out)
+    q.bindings.clear()
+    return count

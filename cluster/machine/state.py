@@ -1,0 +1,199 @@
+"""The replicated broker state: plain dataclasses, compared by value.
+
+Design notes:
+
+* Objects reference each other without cycles so that dataclass ``==`` (used by
+  the replica/snapshot tests) terminates: a channel's unacked entries point at
+  the :class:`Queue` and :class:`Consumer` objects, a queue points at its
+  consumers, but consumers and queues never point back (they hold keys/ids).
+  Pickle keeps the shared identities, so a restored snapshot behaves the same.
+* Everything iterated is a ``dict`` (insertion ordered) or a ``deque``: never a
+  ``set`` of strings, whose order depends on the process' hash seed.
+* Derived data (routing indexes, topic tries, route caches) lives in fields
+  with ``compare=False`` and is dropped on pickling; it is rebuilt on demand.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.commands import ChKey, ConnKey
+
+# A binding destination: (is_exchange, name).
+Dest = tuple[bool, str]
+# A binding, as the source exchange stores it: (destination, routing key, frozen args).
+BindKey = tuple[Dest, str, Any]
+
+DEFAULT_EXCHANGES: tuple[tuple[str, str], ...] = (
+    ("", "direct"),
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+@dataclass(slots=True, eq=True)
+class Msg:
+    """One message as stored in one queue (a message routed to N queues has N
+    records sharing the same ``properties``/``body`` bytes objects)."""
+
+    id: int
+    exchange: str
+    routing_key: str
+    properties: bytes
+    body: bytes
+    redelivered: bool = False
+    delivery_count: int = 0
+
+
+@dataclass(slots=True, eq=True)
+class Consumer:
+    ch: ChKey
+    tag: str
+    qid: int
+    no_ack: bool
+    exclusive: bool
+    prefetch: int  # 0 = unlimited (per-consumer basic.qos global=false)
+    arguments: dict[str, Any]
+    unacked: int = 0
+    in_service: bool = False  # currently in its queue's service deque
+    active: bool = True  # False once cancelled (unacked entries may still point here)
+
+
+@dataclass(eq=True)
+class Queue:
+    qid: int  # unique for the life of the cluster: a re-declared name gets a new id
+    vhost: str
+    name: str
+    durable: bool
+    exclusive_owner: ConnKey | None
+    auto_delete: bool
+    arguments: dict[str, Any]
+    home: tuple[str, int]  # (node, incarnation) of the declaring connection
+    # Never-delivered messages in FIFO order.
+    ready: deque[Msg] = field(default_factory=deque)
+    # Messages returned by consumers (nack/requeue, channel closed, ...): a heap of
+    # (msg id, msg); served before ``ready`` so they go back to the queue head in
+    # their original order.
+    returned: list[tuple[int, Msg]] = field(default_factory=list)
+    consumers: dict[tuple[ChKey, str], Consumer] = field(default_factory=dict)
+    # Round-robin service order of consumers that (probably) have credit; entries
+    # without credit are dropped lazily when reached.
+    service: deque[Consumer] = field(default_factory=deque)
+    unacked: int = 0  # checked out to a channel, not settled
+    had_consumer: bool = False  # auto-delete only fires after a first consumer
+    exclusive_consumer: bool = False
+    # Bindings pointing at this queue: (source exchange, bind key) -> None.
+    bindings: dict[tuple[str, BindKey], None] = field(default_factory=dict)
+    deleted: bool = False
+
+    def ready_count(self) -> int:
+        return len(self.ready) + len(self.returned)
+
+
+@dataclass(eq=True)
+class Exchange:
+    name: str
+    type: str
+    durable: bool
+    auto_delete: bool
+    internal: bool
+    arguments: dict[str, Any]
+    # Bindings where this exchange is the source: bind key -> original arguments.
+    bindings: dict[BindKey, dict[str, Any]] = field(default_factory=dict)
+    # Bindings where this exchange is the destination: (source, bind key) -> None.
+    dest_bindings: dict[tuple[str, BindKey], None] = field(default_factory=dict)
+    # Derived indexes, rebuilt from ``bindings`` on demand.
+    index: Any = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["index"] = None
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+
+
+@dataclass(eq=True)
+class VHost:
+    name: str
+    exchanges: dict[str, Exchange] = field(default_factory=dict)
+    queues: dict[str, Queue] = field(default_factory=dict)
+
+
+# One unacked delivery on a channel: the queue it came from, the message, and the
+# consumer it was delivered to (None for basic.get).
+Unacked = tuple[Queue, Msg, Consumer | None]
+
+
+@dataclass(eq=True)
+class Channel:
+    key: ChKey
+    vhost: str
+    last_tag: int = 0
+    unacked: dict[int, Unacked] = field(default_factory=dict)
+    consumers: dict[str, Consumer] = field(default_factory=dict)
+    consumer_prefetch: int = 0  # basic.qos global=false: for consumers created later
+    global_prefetch: int = 0  # basic.qos global=true: shared by the channel's consumers
+    global_unacked: int = 0  # unacked deliveries made to consumers (not basic.get)
+    flow: bool = True
+    last_queue: str = ""  # most recently declared queue (AMQP "" shortcut)
+
+
+@dataclass(eq=True)
+class Connection:
+    key: ConnKey
+    vhost: str
+    user: str
+    incarnation: int
+    channels: dict[int, None] = field(default_factory=dict)
+    exclusive_queues: dict[int, None] = field(default_factory=dict)  # qid -> None
+
+
+@dataclass(eq=True)
+class NodeInfo:
+    incarnation: int
+    down: bool = False
+
+
+@dataclass(eq=True)
+class DedupeWindow:
+    """Batch seqs applied for one (node, incarnation): ``seen`` holds those in
+    ``(high - WINDOW, high]``; anything older counts as applied."""
+
+    high: int = -1
+    seen: set[int] = field(default_factory=set)
+
+
+@dataclass(eq=True)
+class State:
+    now_ms: int = 0
+    vhosts: dict[str, VHost] = field(default_factory=dict)
+    queues: dict[int, Queue] = field(default_factory=dict)  # qid -> queue
+    conns: dict[ConnKey, Connection] = field(default_factory=dict)
+    channels: dict[ChKey, Channel] = field(default_factory=dict)
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    dedupe: dict[tuple[str, int], DedupeWindow] = field(default_factory=dict)
+    next_msg_id: int = 1
+    next_qid: int = 1
+    name_counter: int = 0
+    # (node, incarnation) of the batch being applied, to stamp new connections.
+    origin: tuple[str, int] | None = None
+
+
+def new_exchange(name: str, type_: str, durable: bool = True) -> Exchange:
+    return Exchange(name, type_, durable, False, False, {})
+
+
+def new_state() -> State:
+    state = State()
+    vh = VHost("/")
+    for name, type_ in DEFAULT_EXCHANGES:
+        vh.exchanges[name] = new_exchange(name, type_)
+    state.vhosts["/"] = vh
+    return state

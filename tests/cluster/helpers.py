@@ -1,0 +1,91 @@
+"""Tiny builders for machine tests (in the spirit of rabbit_fifo_SUITE's enq/checkout/settle)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster import commands as C
+from cluster.effects import Effect
+from cluster.machine import State, apply, new_state
+
+CH = ("n1", 1, 1)
+CONN = ("n1", 1)
+EMPTY_PROPS = b"\x00\x00"
+
+
+def q_declare(ch: C.ChKey, name: str, *, passive: bool = False, durable: bool = False,
+              exclusive: bool = False, auto_delete: bool = False, nowait: bool = False,
+              arguments: dict[str, Any] | None = None) -> C.QueueDeclare:
+    return C.QueueDeclare(ch, name, passive, durable, exclusive, auto_delete, nowait,
+                          arguments or {})
+
+
+def x_declare(ch: C.ChKey, name: str, type_: str = "direct", *, passive: bool = False,
+              durable: bool = False, auto_delete: bool = False, internal: bool = False,
+              nowait: bool = False, arguments: dict[str, Any] | None = None) -> C.ExchangeDeclare:
+    return C.ExchangeDeclare(ch, name, type_, passive, durable, auto_delete, internal, nowait,
+                             arguments or {})
+
+
+def bind(ch: C.ChKey, queue: str, exchange: str, key: str = "",
+         arguments: dict[str, Any] | None = None, nowait: bool = False) -> C.QueueBind:
+    return C.QueueBind(ch, queue, exchange, key, nowait, arguments or {})
+
+
+def unbind(ch: C.ChKey, queue: str, exchange: str, key: str = "",
+           arguments: dict[str, Any] | None = None) -> C.QueueUnbind:
+    return C.QueueUnbind(ch, queue, exchange, key, arguments or {})
+
+
+def pub(ch: C.ChKey, exchange: str, key: str, body: bytes = b"m", *, mandatory: bool = False,
+        props: bytes = EMPTY_PROPS, confirm: int = 0) -> C.Publish:
+    return C.Publish(ch, exchange, key, mandatory, props, body, confirm)
+
+
+def enq(ch: C.ChKey, queue: str, body: bytes = b"m", **kw: Any) -> C.Publish:
+    return pub(ch, "", queue, body, **kw)
+
+
+def consume(ch: C.ChKey, queue: str, tag: str = "", *, no_ack: bool = False,
+            exclusive: bool = False, nowait: bool = False) -> C.Consume:
+    return C.Consume(ch, queue, tag, no_ack, exclusive, nowait, {})
+
+
+def ack(ch: C.ChKey, tag: int, multiple: bool = False) -> C.Ack:
+    return C.Ack(ch, tag, multiple)
+
+
+def nack(ch: C.ChKey, tag: int, multiple: bool = False, requeue: bool = True) -> C.Nack:
+    return C.Nack(ch, tag, multiple, requeue)
+
+
+def qos(ch: C.ChKey, n: int, global_: bool = False) -> C.Qos:
+    return C.Qos(ch, n, global_)
+
+
+def open_cmds(ch: C.ChKey = CH, vhost: str = "/") -> list[C.Command]:
+    return [C.ConnectionOpen(ch[:2], vhost, "guest"), C.ChannelOpen(ch)]
+
+
+class Machine:
+    """A state plus a convenience runner returning the effects of some commands."""
+
+    def __init__(self, state: State | None = None) -> None:
+        self.state = state or new_state()
+        self.now = 0
+
+    def run(self, *cmds: C.Command) -> list[Effect]:
+        out: list[Effect] = []
+        for cmd in cmds:
+            apply(self.state, self.now, cmd, out)
+        return out
+
+    def open(self, ch: C.ChKey = CH) -> C.ChKey:
+        if ch[:2] not in self.state.conns:
+            self.run(C.ConnectionOpen(ch[:2], "/", "guest"))
+        self.run(C.ChannelOpen(ch))
+        return ch
+
+
+def of_type(effects: list[Effect], cls: type) -> list[Any]:
+    return [e for e in effects if isinstance(e, cls)]
