@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-_ev = dataclass(frozen=True, slots=True)
-
 
 class Event:
     __slots__ = ()
@@ -27,12 +25,12 @@ class _NeedData:
 NEED_DATA = _NeedData()
 
 
-@_ev
+@dataclass(frozen=True, slots=True)
 class ProtocolHeaderReceived(Event):
     """A valid ``AMQP\\x00\\x00\\x09\\x01`` header: answer with connection.start."""
 
 
-@_ev
+@dataclass(frozen=True, slots=True)
 class MethodReceived(Event):
     """Any method except the hot-path ones below. ``method`` is a pamqp
     ``pamqp.base.Frame`` subclass instance (e.g. ``pamqp.commands.Queue.Declare``)."""
@@ -41,7 +39,7 @@ class MethodReceived(Event):
     method: Any
 
 
-@_ev
+@dataclass(frozen=True, slots=True)
 class MessagePublished(Event):
     """basic.publish assembled with its content header and body frames.
 
@@ -57,14 +55,14 @@ class MessagePublished(Event):
     body: bytes
 
 
-@_ev
+@dataclass(frozen=True, slots=True)
 class AckReceived(Event):
     channel: int
     delivery_tag: int
     multiple: bool
 
 
-@_ev
+@dataclass(frozen=True, slots=True)
 class NackReceived(Event):
     """basic.nack; basic.reject arrives as ``multiple=False, reject=True``."""
 
@@ -75,6 +73,6 @@ class NackReceived(Event):
     reject: bool = False
 
 
-@_ev
+@dataclass(frozen=True, slots=True)
 class HeartbeatReceived(Event):
     pass

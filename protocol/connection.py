@@ -1,0 +1,731 @@
+"""Server side of one AMQP 0-9-1 connection, without I/O (h11 style).
+
+    conn = ServerConnection()
+    conn.receive_data(data)                 # b"" = EOF
+    while (event := conn.next_event()) is not NEED_DATA:
+        ...                                 # node reacts, writes conn.<encoder>(...)
+
+``next_event`` raises :class:`AMQPConnectionError` (hard: write
+``close_connection(e.reply_code, ...)``), :class:`ChannelError` (soft: write
+``close_channel(e.channel, ...)``; parsing carries on) or
+:class:`BadProtocolHeader` (write ``e.reply``, drop the socket).
+
+After a hard error ``next_event`` returns NEED_DATA (it does not raise again)
+until the node calls ``close_connection``; from then on frames are parsed in
+closing mode and only connection.close / close-ok come out. If the error
+broke framing (``e.framing_lost``) nothing is ever parsed again.
+
+Error codes follow the spec; where it is loose we follow RabbitMQ's
+rabbit_reader / rabbit_command_assembler and say so inline.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pamqp import base, commands
+
+from protocol import frames
+from protocol.constants import (
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    FRAME_ERROR,
+    FRAME_MIN_SIZE,
+    NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    PROTOCOL_HEADER,
+    UNEXPECTED_FRAME,
+)
+from protocol.errors import AMQPConnectionError, BadProtocolHeader, ChannelError
+from protocol.events import (
+    NEED_DATA,
+    AckReceived,
+    Event,
+    HeartbeatReceived,
+    MessagePublished,
+    MethodReceived,
+    NackReceived,
+    ProtocolHeaderReceived,
+    _NeedData,
+)
+from protocol.methods import METHODS, DecodeError, decode_method
+
+_FRAME_HDR = struct.Struct(">BHI")
+_CLASS_METHOD = struct.Struct(">I")
+_CONTENT_HDR = struct.Struct(">HHQ")
+_TAG_BITS = struct.Struct(">QB")
+
+
+def _idx(class_id: int, method_id: int) -> int:
+    return class_id << 16 | method_id
+
+
+# Connection-class methods, as (class << 16 | method) indices.
+_C_START_OK = _idx(10, 11)
+_C_SECURE_OK = _idx(10, 21)
+_C_TUNE_OK = _idx(10, 31)
+_C_OPEN = _idx(10, 40)
+_C_CLOSE = _idx(10, 50)
+_C_CLOSE_OK = _idx(10, 51)
+_C_UPDATE_SECRET = _idx(10, 70)
+# Channel-level methods with special handling.
+_CH_OPEN = _idx(20, 10)
+_CH_CLOSE = _idx(20, 40)
+_CH_CLOSE_OK = _idx(20, 41)
+_PUBLISH = _idx(60, 40)
+_ACK = _idx(60, 80)
+_REJECT = _idx(60, 90)
+_NACK = _idx(60, 120)
+
+# Methods a client may send on an open channel (spec chassis "server", plus
+# RabbitMQ's extensions). Known but server-to-client methods -> 503, as
+# RabbitMQ's rabbit_channel answers "unimplemented method" with command_invalid.
+CLIENT_CHANNEL_METHODS = frozenset(
+    {
+        _idx(20, 20), _idx(20, 21),  # channel.flow / flow-ok
+        _idx(40, 10), _idx(40, 20), _idx(40, 30), _idx(40, 40),  # exchange.*
+        _idx(50, 10), _idx(50, 20), _idx(50, 30), _idx(50, 40), _idx(50, 50),  # queue.*
+        _idx(60, 10), _idx(60, 20), _idx(60, 30), _idx(60, 70),  # qos consume cancel get
+        _idx(60, 100), _idx(60, 110),  # recover-async, recover
+        _idx(90, 10), _idx(90, 20), _idx(90, 30),  # tx.*
+        _idx(85, 10),  # confirm.select
+    }
+)  # fmt: skip
+
+# Connection states.
+_HEADER = 0  # waiting for the protocol header
+_START = 1  # header seen (node sends start); waiting for start-ok
+_SECURE = 2  # start-ok seen; node authenticates (secure/secure-ok) then sends tune
+_TUNE = 3  # tune sent; waiting for tune-ok
+_OPENING = 4  # tune-ok seen; waiting for connection.open
+_OPEN = 5  # connection.open seen: channels may be used
+_CLOSING = 6  # we sent connection.close: only close / close-ok matter
+_CLIENT_CLOSING = 7  # client sent connection.close: everything else is dropped
+_CLOSED = 8  # close handshake finished; input ignored
+_ERROR = 9  # hard error raised, close_connection not called yet
+_DEAD = 10  # framing lost or bad header: input ignored forever
+
+# Which connection-class method each handshake state accepts.
+_HANDSHAKE_EXPECTS = {
+    _START: _C_START_OK,
+    _SECURE: _C_SECURE_OK,
+    _TUNE: _C_TUNE_OK,
+    _OPENING: _C_OPEN,
+}
+
+# Channel states.
+_CH_IS_OPEN = 1
+_CH_IS_CLOSING = 2  # we sent channel.close: drop everything but close / close-ok
+
+_COMPACT_AT = 1 << 16  # drop consumed bytes once this many have piled up
+
+
+class _Content:
+    """A basic.publish waiting for its header / body frames."""
+
+    __slots__ = (
+        "exchange",
+        "routing_key",
+        "mandatory",
+        "immediate",
+        "properties",
+        "remaining",
+        "chunks",
+    )
+
+    def __init__(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mandatory = mandatory
+        self.immediate = immediate
+        self.properties: bytes | None = None  # None until the header frame arrives
+        self.remaining = 0
+        self.chunks: list[bytes] = []
+
+
+def default_server_properties(product: str, version: str) -> dict[str, Any]:
+    """Server properties for connection.start, advertising what RaftMQ supports."""
+    return {
+        "product": product,
+        "version": version,
+        "platform": "Python",
+        "capabilities": {
+            "publisher_confirms": True,
+            "exchange_exchange_bindings": True,
+            "basic.nack": True,
+            "consumer_cancel_notify": True,
+            "connection.blocked": True,
+            "consumer_priorities": True,
+            "authentication_failure_close": True,
+            "per_consumer_qos": True,
+            "direct_reply_to": True,
+        },
+    }
+
+
+class ServerConnection:
+    """Parses client bytes into events and encodes server frames. Pure."""
+
+    def __init__(
+        self,
+        *,
+        frame_max: int = 131072,
+        channel_max: int = 2047,
+        heartbeat: int = 60,
+        max_message_size: int = 128 * 1024 * 1024,
+    ) -> None:
+        if frame_max and frame_max < FRAME_MIN_SIZE:
+            raise ValueError(f"frame_max must be 0 or >= {FRAME_MIN_SIZE}")
+        # Offered in connection.tune; 0 = no limit, as in the spec.
+        self.server_frame_max = frame_max
+        self.server_channel_max = channel_max
+        self.server_heartbeat = heartbeat
+        # Larger declared bodies are refused with a soft 406, like RabbitMQ's
+        # max_message_size; it also bounds what one publish can make us buffer.
+        self.max_message_size = max_message_size
+        # Negotiated values (set by tune-ok). Until then frames up to
+        # frame-min-size must be accepted (spec), and RabbitMQ accepts no more.
+        self.frame_max = FRAME_MIN_SIZE
+        self.channel_max = channel_max or 65535
+        self.heartbeat = heartbeat
+        self.client_properties: dict[str, Any] = {}
+        self.vhost: str | None = None
+        self.eof = False
+        self._state = _HEADER
+        self._buf = bytearray()
+        self._pos = 0
+        self._channels: dict[int, int] = {}
+        self._content: dict[int, _Content] = {}
+        self._error: AMQPConnectionError | None = None
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self.eof = True
+            return
+        if self.eof:
+            raise RuntimeError("receive_data after EOF")
+        buf = self._buf
+        pos = self._pos
+        # Deleting a prefix of a bytearray is O(1) in CPython (it moves the
+        # start pointer), but do it only when all is consumed or a lot is.
+        if pos and (pos == len(buf) or pos >= _COMPACT_AT):
+            del buf[:pos]
+            self._pos = 0
+        buf += data
+
+    @property
+    def is_open(self) -> bool:
+        """True once connection.open has been received and no close started."""
+        return self._state == _OPEN
+
+    @property
+    def open_channels(self) -> frozenset[int]:
+        return frozenset(self._channels)
+
+    def next_event(self) -> Event | _NeedData:
+        state = self._state
+        if state >= _CLOSED:  # _CLOSED, _ERROR, _DEAD
+            return NEED_DATA
+        if state == _HEADER:
+            return self._read_header()
+        buf = self._buf
+        while True:
+            pos = self._pos
+            if len(buf) - pos < 8:
+                return NEED_DATA
+            ftype, ch, size = _FRAME_HDR.unpack_from(buf, pos)
+            # RabbitMQ tolerates payloads up to frame_max (not frame_max - 8):
+            # several clients get the overhead wrong. We do the same.
+            if size > self.frame_max and self.frame_max:
+                raise self._hard(
+                    FRAME_ERROR,
+                    f"frame payload {size} larger than negotiated frame_max {self.frame_max}",
+                    framing_lost=True,
+                )
+            end = pos + 7 + size
+            if end >= len(buf):
+                return NEED_DATA
+            if buf[end] != 0xCE:
+                raise self._hard(
+                    FRAME_ERROR, f"invalid frame end marker 0x{buf[end]:02x}", framing_lost=True
+                )
+            self._pos = end + 1
+            start = pos + 7
+            if ftype == 1:
+                event = self._on_method(ch, buf, start, end)
+            elif ftype == 3:
+                event = self._on_body(ch, buf, start, end)
+            elif ftype == 2:
+                event = self._on_header(ch, buf, start, end)
+            elif ftype == 8:
+                event = self._on_heartbeat(ch, size)
+            else:
+                # rabbit_reader: frame_error(unknown_frame); the frame itself was
+                # well delimited, so the stream is still in sync.
+                raise self._hard(FRAME_ERROR, f"unknown frame type {ftype}")
+            if event is not None:
+                return event
+            if self._state >= _CLOSED:
+                return NEED_DATA
+
+    def _read_header(self) -> Event | _NeedData:
+        got = bytes(self._buf[self._pos : self._pos + 8])
+        n = min(len(got), 4)
+        if got[:n] != PROTOCOL_HEADER[:n] or (len(got) == 8 and got != PROTOCOL_HEADER):
+            self._state = _DEAD
+            raise BadProtocolHeader(got)
+        if len(got) < 8:
+            return NEED_DATA
+        self._pos += 8
+        self._state = _START
+        return ProtocolHeaderReceived()
+
+    def _hard(
+        self,
+        code: int,
+        text: str,
+        class_id: int = 0,
+        method_id: int = 0,
+        *,
+        framing_lost: bool = False,
+    ) -> AMQPConnectionError:
+        err = AMQPConnectionError(code, text, class_id, method_id, framing_lost=framing_lost)
+        self._state = _DEAD if framing_lost else _ERROR
+        self._error = err
+        self._content.clear()
+        return err
+
+    # -------------------------------------------------------------- frames
+
+    def _on_heartbeat(self, ch: int, size: int) -> Event | None:
+        if ch != 0 or size != 0:
+            # Spec 4.2.7: a heartbeat on a non-zero channel is a 501 frame
+            # error (RabbitMQ answers 505 unexpected_frame; we follow the spec).
+            raise self._hard(FRAME_ERROR, f"invalid heartbeat frame (channel {ch}, size {size})")
+        return HeartbeatReceived()
+
+    def _check_channel(self, ch: int, what: str) -> int | None:
+        """Common checks for a frame on channel ``ch`` != 0; returns its state."""
+        if self._state != _OPEN:
+            if self._state in (_CLOSING, _CLIENT_CLOSING):
+                return None  # being torn down: drop silently
+            raise self._hard(
+                UNEXPECTED_FRAME if what != "method" else COMMAND_INVALID,
+                f"{what} frame on channel {ch} before connection.open",
+            )
+        if ch > self.channel_max:
+            raise self._hard(
+                CHANNEL_ERROR, f"channel {ch} above negotiated channel_max {self.channel_max}"
+            )
+        return self._channels.get(ch, 0)
+
+    def _on_method(self, ch: int, buf: bytearray, start: int, end: int) -> Event | None:
+        if end - start < 4:
+            raise self._hard(FRAME_ERROR, "method frame shorter than class and method ids")
+        (index,) = _CLASS_METHOD.unpack_from(buf, start)
+        class_id = index >> 16
+        if ch == 0:
+            return self._on_connection_method(index, buf, start + 4, end)
+        if class_id == 10:
+            raise self._hard(
+                COMMAND_INVALID, "connection class method on a non-zero channel", 10, index & 0xFFFF
+            )
+        chstate = self._check_channel(ch, "method")
+        if chstate is None:
+            return None
+        if chstate != _CH_IS_OPEN:
+            if chstate == _CH_IS_CLOSING:
+                if index == _CH_CLOSE_OK:
+                    del self._channels[ch]
+                    return MethodReceived(ch, commands.Channel.CloseOk())
+                if index == _CH_CLOSE:  # closes crossed: node answers close-ok
+                    return MethodReceived(ch, self._decode(index, buf, start + 4, end))
+                return None  # spec: discard everything else until close-ok
+            if index != _CH_OPEN:
+                raise self._hard(
+                    CHANNEL_ERROR, f"channel {ch} is not open (expected channel.open)",
+                    class_id, index & 0xFFFF,
+                )  # fmt: skip
+            method = self._decode(index, buf, start + 4, end)
+            self._channels[ch] = _CH_IS_OPEN
+            return MethodReceived(ch, method)
+        if ch in self._content:
+            # rabbit_command_assembler: unexpected_frame("expected content ...")
+            raise self._hard(
+                UNEXPECTED_FRAME, f"method frame on channel {ch} while content expected",
+                class_id, index & 0xFFFF,
+            )  # fmt: skip
+        # Hot path: fixed layouts decoded by hand.
+        try:
+            if index == _PUBLISH:
+                return self._on_publish(ch, buf, start + 4, end)
+            if index in (_ACK, _NACK, _REJECT):
+                if end - start != 13:
+                    raise IndexError
+                tag, bits = _TAG_BITS.unpack_from(buf, start + 4)
+                if index == _ACK:
+                    return AckReceived(ch, tag, bool(bits & 1))
+                if index == _NACK:
+                    return NackReceived(ch, tag, bool(bits & 1), bool(bits & 2))
+                return NackReceived(ch, tag, False, bool(bits & 1), reject=True)
+        except (IndexError, struct.error, UnicodeDecodeError):
+            raise self._hard(
+                FRAME_ERROR, "cannot decode method fields", class_id, index & 0xFFFF
+            ) from None
+        if index == _CH_CLOSE_OK:
+            # Close-ok without our close: free the channel anyway, as
+            # rabbit_reader's post_process_frame does.
+            del self._channels[ch]
+            return MethodReceived(ch, commands.Channel.CloseOk())
+        if index == _CH_OPEN:
+            raise self._hard(CHANNEL_ERROR, f"second channel.open on channel {ch}", 20, 10)
+        if index not in CLIENT_CHANNEL_METHODS and index != _CH_CLOSE:
+            if index in METHODS:
+                raise self._hard(
+                    COMMAND_INVALID, f"{METHODS[index].name} cannot be sent by a client",
+                    class_id, index & 0xFFFF,
+                )  # fmt: skip
+            raise self._hard(
+                NOT_IMPLEMENTED, f"unknown method {class_id}.{index & 0xFFFF}",
+                class_id, index & 0xFFFF,
+            )  # fmt: skip
+        return MethodReceived(ch, self._decode(index, buf, start + 4, end))
+
+    def _on_publish(self, ch: int, buf: bytearray, pos: int, end: int) -> Event | None:
+        # basic.publish: reserved short, exchange shortstr, routing-key shortstr, bits
+        n = buf[pos + 2]
+        pos += 3
+        exchange = buf[pos : pos + n].decode("utf-8")
+        pos += n
+        n = buf[pos]
+        pos += 1
+        routing_key = buf[pos : pos + n].decode("utf-8")
+        pos += n
+        bits = buf[pos]
+        if pos + 1 != end:
+            raise IndexError
+        self._content[ch] = _Content(exchange, routing_key, bool(bits & 1), bool(bits & 2))
+        return None
+
+    def _on_header(self, ch: int, buf: bytearray, start: int, end: int) -> Event | None:
+        if ch == 0:
+            raise self._hard(UNEXPECTED_FRAME, "content header frame on channel 0")
+        chstate = self._check_channel(ch, "content header")
+        if chstate is None or chstate == _CH_IS_CLOSING:
+            return None
+        if chstate != _CH_IS_OPEN:
+            raise self._hard(CHANNEL_ERROR, f"content header on channel {ch} which is not open")
+        content = self._content.get(ch)
+        if content is None or content.properties is not None:
+            raise self._hard(
+                UNEXPECTED_FRAME, f"content header on channel {ch} without basic.publish", 60, 40
+            )
+        if end - start < 14:
+            raise self._hard(FRAME_ERROR, "content header frame too short", 60, 40)
+        class_id, weight, body_size = _CONTENT_HDR.unpack_from(buf, start)
+        if class_id != 60 or weight != 0:
+            # rabbit_command_assembler: any header not matching {ClassId, 0, ...}
+            # of the pending method is unexpected_frame.
+            raise self._hard(
+                UNEXPECTED_FRAME,
+                f"content header class {class_id} weight {weight}; expected class 60 weight 0",
+                60, 40,
+            )  # fmt: skip
+        if body_size > self.max_message_size:
+            del self._content[ch]
+            self._channels[ch] = _CH_IS_CLOSING  # the body frames will be dropped
+            raise ChannelError(
+                ch, PRECONDITION_FAILED,
+                f"message size {body_size} is larger than max size {self.max_message_size}",
+                60, 40,
+            )  # fmt: skip
+        properties = bytes(buf[start + 12 : end])
+        if body_size == 0:
+            del self._content[ch]
+            return MessagePublished(
+                ch, content.exchange, content.routing_key, content.mandatory,
+                content.immediate, properties, b"",
+            )  # fmt: skip
+        content.properties = properties
+        content.remaining = body_size
+        return None
+
+    def _on_body(self, ch: int, buf: bytearray, start: int, end: int) -> Event | None:
+        if ch == 0:
+            raise self._hard(UNEXPECTED_FRAME, "content body frame on channel 0")
+        chstate = self._check_channel(ch, "content body")
+        if chstate is None or chstate == _CH_IS_CLOSING:
+            return None
+        if chstate != _CH_IS_OPEN:
+            raise self._hard(CHANNEL_ERROR, f"content body on channel {ch} which is not open")
+        content = self._content.get(ch)
+        if content is None or content.properties is None:
+            raise self._hard(
+                UNEXPECTED_FRAME, f"content body on channel {ch} without header", 60, 40
+            )
+        size = end - start
+        remaining = content.remaining - size
+        if remaining < 0:
+            # RabbitMQ does not check this at all (it then waits forever and
+            # fails on the next method with unexpected_frame); we fail at once
+            # with the same code: the frame does not fit the content sequence.
+            raise self._hard(
+                UNEXPECTED_FRAME,
+                f"content body overruns declared size by {-remaining} bytes",
+                60, 40,
+            )  # fmt: skip
+        if remaining:
+            content.chunks.append(bytes(buf[start:end]))
+            content.remaining = remaining
+            return None
+        del self._content[ch]
+        chunks = content.chunks
+        if chunks:
+            chunks.append(bytes(buf[start:end]))
+            body = b"".join(chunks)
+        else:
+            body = bytes(buf[start:end])
+        return MessagePublished(
+            ch, content.exchange, content.routing_key, content.mandatory,
+            content.immediate, content.properties, body,
+        )  # fmt: skip
+
+    def _decode(self, index: int, buf: bytearray, start: int, end: int) -> base.Frame:
+        try:
+            return decode_method(index, bytes(buf[start:end]))
+        except KeyError:
+            raise self._hard(
+                NOT_IMPLEMENTED, f"unknown method {index >> 16}.{index & 0xFFFF}",
+                index >> 16, index & 0xFFFF,
+            ) from None  # fmt: skip
+        except DecodeError as exc:
+            # RabbitMQ: rabbit_misc:frame_error -> 501 "cannot decode".
+            raise self._hard(
+                FRAME_ERROR, f"cannot decode method fields: {exc}", index >> 16, index & 0xFFFF
+            ) from None
+
+    # ---------------------------------------------------------- channel 0
+
+    def _on_connection_method(
+        self, index: int, buf: bytearray, start: int, end: int
+    ) -> Event | None:
+        state = self._state
+        class_id, method_id = index >> 16, index & 0xFFFF
+        if state == _CLIENT_CLOSING:
+            return None
+        if state == _CLOSING:
+            # Spec: after sending close, discard all but close and close-ok.
+            if index == _C_CLOSE_OK:
+                self._state = _CLOSED
+                return MethodReceived(0, commands.Connection.CloseOk())
+            if index == _C_CLOSE:  # crossing closes: node answers with close_ok()
+                return MethodReceived(0, self._decode(index, buf, start, end))
+            return None
+        if class_id != 10:
+            # Spec: channel 0 carries only connection-class methods. (RabbitMQ
+            # answers 504 "unexpected method in connection state"; 503 says more.)
+            raise self._hard(
+                COMMAND_INVALID, f"method {class_id}.{method_id} on channel 0", class_id, method_id
+            )
+        if index == _C_CLOSE:
+            # The client may give up at any point of the handshake or later.
+            method = self._decode(index, buf, start, end)
+            self._state = _CLIENT_CLOSING
+            self._content.clear()
+            return MethodReceived(0, method)
+        if state == _OPEN:
+            if index == _C_UPDATE_SECRET:
+                return MethodReceived(0, self._decode(index, buf, start, end))
+            expected = -1
+        else:
+            expected = _HANDSHAKE_EXPECTS.get(state, -1)
+        if index != expected:
+            if index not in METHODS:
+                raise self._hard(
+                    NOT_IMPLEMENTED, f"unknown method {class_id}.{method_id}", class_id, method_id
+                )
+            # RabbitMQ: channel_error "unexpected method in connection state";
+            # 503 COMMAND_INVALID ("invalid sequence of frames") fits the spec better.
+            raise self._hard(
+                COMMAND_INVALID,
+                f"{METHODS[index].name} not expected in this connection state",
+                class_id, method_id,
+            )  # fmt: skip
+        decoded: Any = self._decode(index, buf, start, end)
+        if index == _C_START_OK:
+            self.client_properties = decoded.client_properties or {}
+            self._state = _SECURE
+        elif index == _C_TUNE_OK:
+            self._negotiate(decoded.frame_max, decoded.channel_max, decoded.heartbeat)
+            self._state = _OPENING
+        elif index == _C_OPEN:
+            self.vhost = decoded.virtual_host
+            self._state = _OPEN
+        return MethodReceived(0, decoded)
+
+    def _negotiate(self, frame_max: int, channel_max: int, heartbeat: int) -> None:
+        # Same rules as rabbit_reader:validate_negotiated_integer_value, except
+        # that 0 ("no limit") takes the server's offer instead of failing.
+        server = self.server_frame_max
+        if frame_max and frame_max < FRAME_MIN_SIZE:
+            raise self._hard(
+                NOT_ALLOWED, f"negotiated frame_max = {frame_max} is lower than the minimum "
+                f"allowed value ({FRAME_MIN_SIZE})", 10, 31,
+            )  # fmt: skip
+        if server and frame_max > server:
+            raise self._hard(
+                NOT_ALLOWED, f"negotiated frame_max = {frame_max} is higher than the maximum "
+                f"allowed value ({server})", 10, 31,
+            )  # fmt: skip
+        server_ch = self.server_channel_max
+        if server_ch and channel_max > server_ch:
+            raise self._hard(
+                NOT_ALLOWED, f"negotiated channel_max = {channel_max} is higher than the maximum "
+                f"allowed value ({server_ch})", 10, 31,
+            )  # fmt: skip
+        self.frame_max = frame_max or server
+        self.channel_max = channel_max or server_ch or 65535
+        # The client's heartbeat wins (what RabbitMQ does): it has seen our offer.
+        self.heartbeat = heartbeat
+
+    # ----------------------------------------------------------------- output
+
+    def start(
+        self,
+        server_properties: dict[str, Any],
+        mechanisms: str = "PLAIN AMQPLAIN",
+        locales: str = "en_US",
+    ) -> bytes:
+        """connection.start (protocol 0-9)."""
+        return frames.method_frame(
+            0, commands.Connection.Start(0, 9, server_properties, mechanisms, locales)
+        )
+
+    def tune(self) -> bytes:
+        """connection.tune with the offered limits; tune-ok is accepted after it."""
+        if self._state in (_START, _SECURE):
+            self._state = _TUNE
+        return frames.method_frame(
+            0,
+            commands.Connection.Tune(
+                self.server_channel_max, self.server_frame_max, self.server_heartbeat
+            ),
+        )
+
+    def open_ok(self) -> bytes:
+        return _OPEN_OK
+
+    def close_ok(self) -> bytes:
+        """connection.close-ok, answering the client's close: we are done."""
+        self._state = _CLOSED
+        self._channels.clear()
+        self._content.clear()
+        return _CONNECTION_CLOSE_OK
+
+    def close_connection(
+        self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0
+    ) -> bytes:
+        """connection.close; afterwards only close / close-ok are reported."""
+        if self._state not in (_DEAD, _CLOSED, _CLIENT_CLOSING):
+            self._state = _CLOSING
+        self._content.clear()
+        return frames.method_frame(
+            0, commands.Connection.Close(reply_code, reply_text[:255], class_id, method_id)
+        )
+
+    def channel_open_ok(self, channel: int) -> bytes:
+        return frames.raw_frame(1, channel, b"\x00\x14\x00\x0b\x00\x00\x00\x00")
+
+    def channel_close_ok(self, channel: int) -> bytes:
+        """channel.close-ok for the client's channel.close; frees the channel,
+        unless our own close is in flight (closes crossed): then the client's
+        close-ok frees it."""
+        if self._channels.get(channel) == _CH_IS_OPEN:
+            del self._channels[channel]
+        self._content.pop(channel, None)
+        return frames.raw_frame(1, channel, b"\x00\x14\x00\x29")
+
+    def close_channel(
+        self,
+        channel: int,
+        reply_code: int,
+        reply_text: str,
+        class_id: int = 0,
+        method_id: int = 0,
+    ) -> bytes:
+        """Server-initiated channel.close: until the client's close-ok, frames
+        on the channel are dropped (spec)."""
+        if channel in self._channels:
+            self._channels[channel] = _CH_IS_CLOSING
+        self._content.pop(channel, None)
+        return frames.method_frame(
+            channel, commands.Channel.Close(reply_code, reply_text[:255], class_id, method_id)
+        )
+
+    def heartbeat_frame(self) -> bytes:
+        return frames.HEARTBEAT
+
+    def send_method(self, channel: int, method: base.Frame) -> bytes:
+        """Any other method (declare-ok, consume-ok, qos-ok, ...), via pamqp."""
+        return frames.method_frame(channel, method)
+
+    def deliver(
+        self,
+        channel: int,
+        consumer_tag: str,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        properties: bytes,
+        body: bytes,
+    ) -> bytes:
+        return frames.deliver(
+            channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key,
+            properties, body, self.frame_max,
+        )  # fmt: skip
+
+    def get_ok(
+        self,
+        channel: int,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        message_count: int,
+        properties: bytes,
+        body: bytes,
+    ) -> bytes:
+        return frames.get_ok(
+            channel, delivery_tag, redelivered, exchange, routing_key, message_count,
+            properties, body, self.frame_max,
+        )  # fmt: skip
+
+    def basic_return(
+        self,
+        channel: int,
+        reply_code: int,
+        reply_text: str,
+        exchange: str,
+        routing_key: str,
+        properties: bytes,
+        body: bytes,
+    ) -> bytes:
+        return frames.basic_return(
+            channel, reply_code, reply_text, exchange, routing_key, properties, body,
+            self.frame_max,
+        )  # fmt: skip
+
+    def ack(self, channel: int, delivery_tag: int, multiple: bool) -> bytes:
+        return frames.ack(channel, delivery_tag, multiple)
+
+    def nack(self, channel: int, delivery_tag: int, multiple: bool, requeue: bool = False) -> bytes:
+        return frames.nack(channel, delivery_tag, multiple, requeue)
+
+
+_OPEN_OK = frames.method_frame(0, commands.Connection.OpenOk())
+_CONNECTION_CLOSE_OK = frames.method_frame(0, commands.Connection.CloseOk())
