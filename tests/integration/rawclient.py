@@ -61,7 +61,10 @@ class RawClient:
             if remaining <= 0:
                 raise TimeoutError(f"waited {self.timeout}s for {n} bytes, have {len(self.buf)}")
             self.sock.settimeout(remaining)
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 raise ConnectionClosedError(f"peer closed; {len(self.buf)} unparsed bytes")
             self.buf += chunk
