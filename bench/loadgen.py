@@ -1,0 +1,530 @@
+"""A lean AMQP 0-9-1 load generator: one confirming producer, one acking consumer.
+
+pika / aio-pika spend more CPU per message than a fast broker does, so this client uses pamqp
+only for the handshake and declares, then writes basic.publish + content header + body frames and
+basic.ack frames built with ``struct``, and parses only the frames it needs (basic.ack / nack
+confirms, basic.deliver + header + body). Producer and consumer each run in their own process.
+
+Timeline (all clocks are CLOCK_MONOTONIC, shared by processes on one Linux machine): both sides
+connect and set up; the consumer is consuming before the producer publishes anything; then the
+producer publishes for ``warmup + duration`` seconds and only the last ``duration`` seconds are
+measured. Every phase has a deadline, so a stalled broker gives zeros, not a hang.
+
+Run alone: ``python -m bench.loadgen --port 5672 --size 100 --duration 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, cast
+
+from pamqp import commands as cmd
+from pamqp import frame as pframe
+from pamqp.header import ProtocolHeader
+
+FRAME_END = 0xCE
+_HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
+_CLASS_METHOD = struct.Struct(">HH")
+_U64 = struct.Struct(">Q")
+_ACK_OR_NACK = struct.Struct(">QB")  # delivery tag, bits (multiple = bit 0)
+CHANNEL = 1
+SETUP_TIMEOUT = 15.0  # connect + handshake + declares
+RESULT_GRACE = 15.0  # after the end of the run, how long the parent waits for results
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    host: str = "127.0.0.1"
+    port: int = 5672
+    size: int = 100  # body bytes (>= 8: the body starts with the publish timestamp)
+    duration: float = 20.0
+    warmup: float = 3.0
+    window: int = 100  # unconfirmed messages in flight
+    prefetch: int = 100
+    queue: str = "bench"
+    user: str = "guest"
+    password: str = "guest"
+    vhost: str = "/"
+
+
+@dataclass
+class LoadResult:
+    size: int
+    duration: float
+    published_per_s: float = 0.0  # confirmed by the broker within the measured window
+    consumed_per_s: float = 0.0
+    confirm_p50_ms: float | None = None
+    confirm_p99_ms: float | None = None
+    e2e_p50_ms: float | None = None
+    e2e_p99_ms: float | None = None
+    confirmed: int = 0
+    nacked: int = 0
+    consumed: int = 0
+    redelivered: int = 0
+    producer_cpu: float = 0.0  # CPU seconds per wall second (1.0 = one core busy)
+    consumer_cpu: float = 0.0
+    stalled: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile_ms(sorted_ns: list[int], q: float) -> float | None:
+    if not sorted_ns:
+        return None
+    i = min(len(sorted_ns) - 1, max(0, round(q * (len(sorted_ns) - 1))))
+    return sorted_ns[i] / 1e6
+
+
+def _frame(ftype: int, payload: bytes) -> bytes:
+    return _HEAD.pack(ftype, CHANNEL, len(payload)) + payload + bytes([FRAME_END])
+
+
+def _shortstr(s: str) -> bytes:
+    b = s.encode()
+    return bytes([len(b)]) + b
+
+
+def publish_template(queue: str, size: int, frame_max: int) -> tuple[bytes, bytes]:
+    """(head, tail) such that ``head + pack('>Q', timestamp_ns) + tail`` is one complete persistent
+    basic.publish to the default exchange: method frame, content header (delivery_mode=2) and
+    body frame(s) of ``size`` bytes whose first 8 bytes are the timestamp."""
+    assert size >= 8
+    method = _frame(
+        1, _CLASS_METHOD.pack(60, 40) + b"\0\0" + _shortstr("") + _shortstr(queue) + b"\0"
+    )
+    header = _frame(2, struct.pack(">HHQH", 60, 0, size, 0x1000) + b"\x02")  # delivery-mode flag
+    chunk = max(frame_max - 8, 4096) if frame_max else 131072 - 8
+    pad = bytes(range(256)) * (size // 256 + 1)
+    rest = pad[: size - 8]
+    first_len = min(size, chunk)
+    head = method + header + _HEAD.pack(3, CHANNEL, first_len)
+    tail = rest[: first_len - 8] + bytes([FRAME_END])
+    for i in range(first_len - 8, len(rest), chunk):
+        tail += _frame(3, rest[i : i + chunk])
+    return head, tail
+
+
+def ack_frame(delivery_tag: int) -> bytes:
+    return _HEAD.pack(1, CHANNEL, 13) + struct.pack(">HHQB", 60, 80, delivery_tag, 0) + b"\xce"
+
+
+class AmqpError(Exception):
+    pass
+
+
+class LeanClient(asyncio.Protocol):
+    """Frame splitting for both phases: pamqp-decoded frames into a queue during setup, then
+    ``on_fast_frame(type, buf, start, end)`` for every frame once ``fast`` is set."""
+
+    def __init__(self, cfg: LoadConfig) -> None:
+        self.cfg = cfg
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.frames: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self.fast = False
+        self.switch_after: type | None = None  # first frame of this type turns on the fast path
+        self.frame_max = 131072
+        self.closed = asyncio.get_running_loop().create_future()
+        self.error: str | None = None
+        self.closing = False
+        self.out: list[bytes] = []  # frames to write at the end of this data_received
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(pframe.marshal(ProtocolHeader(), 0))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.error is None and not self.closing:
+            self.error = f"connection lost: {exc!r}"
+        self.frames.put_nowait((-1, None))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos, n = 0, len(buf)
+        now = time.monotonic_ns()
+        while n - pos >= 8:
+            ftype, channel, size = _HEAD.unpack_from(buf, pos)
+            end = pos + 7 + size
+            if end >= n:
+                break
+            if buf[end] != FRAME_END:
+                self.fail("bad frame end")
+                return
+            if self.fast:
+                self.on_fast_frame(ftype, buf, pos + 7, end, now)
+            else:
+                _, _, value = pframe.unmarshal(bytes(buf[pos : end + 1]))
+                self.frames.put_nowait((channel, value))
+                if self.switch_after is not None and isinstance(value, self.switch_after):
+                    self.fast = True
+            pos = end + 1
+        del buf[:pos]
+        self.after_data(now)
+        if self.out and self.transport is not None:
+            self.transport.write(b"".join(self.out))
+            self.out.clear()
+
+    # -- hooks --------------------------------------------------------------------------------
+    def on_fast_frame(self, ftype: int, buf: bytearray, start: int, end: int, now: int) -> None:
+        if ftype == 1:
+            cm = _CLASS_METHOD.unpack_from(buf, start)
+            if cm in ((10, 50), (20, 40)):  # connection.close / channel.close from the broker
+                code = struct.unpack_from(">H", buf, start + 4)[0]
+                text = bytes(buf[start + 7 : start + 7 + buf[start + 6]]).decode(errors="replace")
+                self.fail(
+                    f"broker closed {'connection' if cm[0] == 10 else 'channel'}: {code} {text}"
+                )
+            elif cm == (10, 51) and self.transport is not None:  # connection.close-ok
+                self.transport.close()
+
+    def after_data(self, now: int) -> None:
+        pass
+
+    # -- helpers ------------------------------------------------------------------------------
+    def fail(self, why: str) -> None:
+        if self.error is None:
+            self.error = why
+        if self.transport is not None:
+            self.transport.close()
+
+    def send(self, value: Any, channel: int = CHANNEL) -> None:
+        assert self.transport is not None
+        self.transport.write(pframe.marshal(value, channel))
+
+    async def expect(self, kind: type) -> Any:
+        while True:
+            channel, value = await self.frames.get()
+            if value is None:
+                raise AmqpError(self.error or "connection lost")
+            if isinstance(value, (cmd.Connection.Close, cmd.Channel.Close)):
+                raise AmqpError(f"{type(value).__name__}: {value.reply_code} {value.reply_text}")
+            if isinstance(value, kind):
+                return value
+
+    async def setup(self) -> None:
+        c = self.cfg
+        await self.expect(cmd.Connection.Start)
+        props: dict[str, Any] = {
+            "product": "raftmq-bench",
+            "capabilities": {"publisher_confirms": True},
+        }
+        self.send(cmd.Connection.StartOk(props, "PLAIN", f"\0{c.user}\0{c.password}"), 0)
+        tune = await self.expect(cmd.Connection.Tune)
+        self.frame_max = tune.frame_max or 131072
+        self.send(cmd.Connection.TuneOk(tune.channel_max or 2047, self.frame_max, 0), 0)
+        self.send(cmd.Connection.Open(c.vhost), 0)
+        await self.expect(cmd.Connection.OpenOk)
+        self.send(cmd.Channel.Open())
+        await self.expect(cmd.Channel.OpenOk)
+        self.send(cmd.Queue.Declare(queue=c.queue, durable=True))
+        await self.expect(cmd.Queue.DeclareOk)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.closing = True
+        self.fast = True  # whatever comes now goes through on_fast_frame, which sees close-ok
+        self.send(cmd.Connection.Close(200, "bench done", 0, 0), 0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        self.transport.close()
+
+
+class Producer(LeanClient):
+    def __init__(self, cfg: LoadConfig) -> None:
+        super().__init__(cfg)
+        self.head = self.tail = b""
+        self.pending: dict[int, int] = {}  # delivery tag -> publish time (ns)
+        self.next_tag = 1
+        self.low = 1  # lowest tag that may still be unconfirmed
+        self.publishing = False
+        self.t_begin = self.t_end = 0
+        self.latencies: list[int] = []
+        self.confirmed = self.nacked = 0
+
+    async def setup(self) -> None:
+        await super().setup()
+        self.send(cmd.Confirm.Select())
+        self.switch_after = cmd.Confirm.SelectOk
+        await self.expect(cmd.Confirm.SelectOk)
+        self.head, self.tail = publish_template(self.cfg.queue, self.cfg.size, self.frame_max)
+
+    def settle(self, tag: int, ok: bool, now: int) -> None:
+        ts = self.pending.pop(tag, None)
+        if ts is None:
+            return
+        if self.t_begin <= now < self.t_end:
+            if ok:
+                self.confirmed += 1
+                self.latencies.append(now - ts)
+            else:
+                self.nacked += 1
+
+    def on_fast_frame(self, ftype: int, buf: bytearray, start: int, end: int, now: int) -> None:
+        if ftype != 1:
+            return
+        cm = _CLASS_METHOD.unpack_from(buf, start)
+        if cm == (60, 80) or cm == (60, 120):  # basic.ack / basic.nack
+            tag, bits = _ACK_OR_NACK.unpack_from(buf, start + 4)
+            ok = cm[1] == 80
+            if bits & 1:
+                for t in range(self.low, tag + 1):
+                    self.settle(t, ok, now)
+                self.low = max(self.low, tag + 1)
+            else:
+                self.settle(tag, ok, now)
+            while self.low < self.next_tag and self.low not in self.pending:
+                self.low += 1
+        else:
+            super().on_fast_frame(ftype, buf, start, end, now)
+
+    def after_data(self, now: int) -> None:
+        self.fill(now)
+
+    def fill(self, now: int) -> None:
+        if not self.publishing or now >= self.t_end or self.error:
+            return
+        want = self.cfg.window - len(self.pending)
+        if want <= 0:
+            return
+        ts = _U64.pack(now)
+        msg = self.head + ts + self.tail
+        tag = self.next_tag
+        for t in range(tag, tag + want):
+            self.pending[t] = now
+        self.next_tag = tag + want
+        self.out.append(msg * want)
+
+    def start_publishing(self, t_begin: int, t_end: int) -> None:
+        self.t_begin, self.t_end = t_begin, t_end
+        self.publishing = True
+        self.fill(time.monotonic_ns())
+        if self.out and self.transport is not None:
+            self.transport.write(b"".join(self.out))
+            self.out.clear()
+
+
+class Consumer(LeanClient):
+    def __init__(self, cfg: LoadConfig) -> None:
+        super().__init__(cfg)
+        self.t_begin = self.t_end = 0
+        self.tag = 0
+        self.remaining = -1  # body bytes still to come for the current delivery
+        self.first_body = False
+        self.sent_ts = 0
+        self.latencies: list[int] = []
+        self.consumed = self.redelivered = 0
+        self.redelivered_flag = False
+
+    async def setup(self) -> None:
+        await super().setup()
+        self.send(cmd.Basic.Qos(prefetch_count=self.cfg.prefetch))
+        await self.expect(cmd.Basic.QosOk)
+        self.switch_after = cmd.Basic.ConsumeOk
+        self.send(cmd.Basic.Consume(queue=self.cfg.queue, consumer_tag="bench"))
+        await self.expect(cmd.Basic.ConsumeOk)
+
+    def on_fast_frame(self, ftype: int, buf: bytearray, start: int, end: int, now: int) -> None:
+        if ftype == 3:  # body
+            if self.first_body:
+                self.sent_ts = _U64.unpack_from(buf, start)[0]
+                self.first_body = False
+            self.remaining -= end - start
+            if self.remaining <= 0:
+                self.delivered(now)
+        elif ftype == 2:  # content header
+            self.remaining = _U64.unpack_from(buf, start + 4)[0]
+            self.first_body = True
+            if self.remaining == 0:
+                self.delivered(now)
+        elif ftype == 1 and _CLASS_METHOD.unpack_from(buf, start) == (60, 60):  # basic.deliver
+            o = start + 4
+            o += 1 + buf[o]  # consumer tag
+            self.tag = _U64.unpack_from(buf, o)[0]
+            self.redelivered_flag = bool(buf[o + 8] & 1)
+        else:
+            super().on_fast_frame(ftype, buf, start, end, now)
+
+    def delivered(self, now: int) -> None:
+        self.out.append(ack_frame(self.tag))
+        self.remaining = -1
+        if self.t_begin <= now < self.t_end:
+            self.consumed += 1
+            self.redelivered += self.redelivered_flag
+            if self.sent_ts:
+                self.latencies.append(now - self.sent_ts)
+        self.sent_ts = 0
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    client: Producer | Consumer = Producer(cfg) if role == "producer" else Consumer(cfg)
+    try:
+        await asyncio.wait_for(
+            loop.create_connection(lambda: client, cfg.host, cfg.port), SETUP_TIMEOUT
+        )
+        await asyncio.wait_for(client.setup(), SETUP_TIMEOUT)
+    except (TimeoutError, OSError, AmqpError) as exc:
+        pipe.send(("error", f"{role} setup: {exc!r} {client.error or ''}"))
+        return
+    pipe.send(("ready", None))
+    if not pipe.poll(SETUP_TIMEOUT * 3):  # parent waits for the other side; nothing flows yet
+        pipe.send(("error", f"{role}: no start signal"))
+        return
+    try:
+        t_begin, t_end = pipe.recv()
+    except EOFError:  # the parent gave up
+        return
+    client.t_begin, client.t_end = t_begin, t_end
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    if isinstance(client, Producer):
+        client.start_publishing(t_begin, t_end)
+    remaining = (t_end - time.monotonic_ns()) / 1e9
+    # run until the end of the window, or until the connection dies
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(client.closed), max(remaining, 0))
+    if isinstance(client, Producer):
+        client.publishing = False
+    cpu = (time.process_time() - cpu0) / max(time.monotonic() - wall0, 1e-3)
+    try:
+        await client.close()
+    except Exception as exc:  # the numbers are in; a failed goodbye must not lose them
+        client.error = client.error or f"close: {exc!r}"
+    lat = sorted(client.latencies)
+    out: dict[str, Any] = {
+        "p50": percentile_ms(lat, 0.50),
+        "p99": percentile_ms(lat, 0.99),
+        "error": client.error,
+        "cpu": round(cpu, 3),
+    }
+    if isinstance(client, Producer):
+        out.update(confirmed=client.confirmed, nacked=client.nacked)
+    else:
+        out.update(consumed=client.consumed, redelivered=client.redelivered)
+    pipe.send(("result", out))
+
+
+def _child(role: str, cfg: LoadConfig, pipe: Connection) -> None:
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_child_main(role, cfg, pipe))
+        else:
+            uvloop.run(_child_main(role, cfg, pipe))
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    finally:
+        pipe.close()
+
+
+def _recv(pipe: Connection, timeout: float, who: str) -> tuple[str, Any]:
+    if not pipe.poll(max(timeout, 0.0)):
+        return "error", f"{who}: no answer within {timeout:.0f}s"
+    try:
+        msg: tuple[str, Any] = pipe.recv()
+        return msg
+    except EOFError:
+        return "error", f"{who}: process died"
+
+
+def run_load(cfg: LoadConfig) -> LoadResult:
+    """Run one producer and one consumer process against ``cfg.host:cfg.port``; always returns
+    (with zeros and ``errors`` when the broker fails or stalls) and never leaves a process behind."""
+    ctx = mp.get_context("spawn")
+    result = LoadResult(size=cfg.size, duration=cfg.duration)
+    procs: list[Any] = []
+    pipes: dict[str, Connection] = {}
+    try:
+        for role in ("consumer", "producer"):  # the consumer is consuming before anything is sent
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(
+                target=_child, args=(role, cfg, theirs), name=f"bench-{role}", daemon=True
+            )
+            p.start()
+            theirs.close()
+            procs.append(p)
+            pipes[role] = mine
+            kind, info = _recv(mine, SETUP_TIMEOUT + 10, role)
+            if kind != "ready":
+                result.errors.append(str(info))
+                result.stalled = True
+                return result
+        t_begin = time.monotonic_ns() + int(cfg.warmup * 1e9)
+        t_end = t_begin + int(cfg.duration * 1e9)
+        for pipe in pipes.values():
+            pipe.send((t_begin, t_end))
+        deadline = t_end / 1e9 + RESULT_GRACE
+        for role, pipe in pipes.items():
+            kind, info = _recv(pipe, deadline - time.monotonic(), role)
+            if kind != "result":
+                result.errors.append(str(info))
+                continue
+            if info["error"]:
+                result.errors.append(f"{role}: {info['error']}")
+            if role == "producer":
+                result.confirmed, result.nacked = info["confirmed"], info["nacked"]
+                result.confirm_p50_ms, result.confirm_p99_ms = info["p50"], info["p99"]
+                result.producer_cpu = info["cpu"]
+            else:
+                result.consumed, result.redelivered = info["consumed"], info["redelivered"]
+                result.e2e_p50_ms, result.e2e_p99_ms = info["p50"], info["p99"]
+                result.consumer_cpu = info["cpu"]
+        result.published_per_s = result.confirmed / cfg.duration
+        result.consumed_per_s = result.consumed / cfg.duration
+        result.stalled = result.confirmed == 0 or result.consumed == 0
+        return result
+    finally:
+        for pipe in pipes.values():
+            pipe.close()
+        for p in procs:
+            p.join(timeout=3)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--window", type=int, default=100)
+    ap.add_argument("--prefetch", type=int, default=100)
+    ap.add_argument("--queue", default="bench")
+    a = ap.parse_args(argv)
+    if not a.host.startswith("127."):
+        ap.error("benchmarks talk to 127.0.0.0/8 only")
+    cfg = LoadConfig(
+        a.host, a.port, max(a.size, 8), a.duration, a.warmup, a.window, a.prefetch, a.queue
+    )
+    res = run_load(cfg)
+    json.dump(res.as_dict(), sys.stdout, indent=2)
+    print()
+    return 1 if res.stalled else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
