@@ -1,0 +1,156 @@
+"""Nodes, connections, channels, batches: NodeUp/NodeDown cleanup, dedupe, snapshots."""
+
+from __future__ import annotations
+
+from cluster import commands as C
+from cluster.effects import ConsumerCancelled, Deliver, QueueDeclareOk
+from cluster.machine import apply_batch, new_state, queue_stats, restore, snapshot
+from cluster.machine.state import State
+from tests.cluster.helpers import consume, enq, of_type, q_declare
+
+A1 = ("a", 1, 1)  # node a, connection 1, channel 1
+B1 = ("b", 1, 1)
+
+
+class Cluster:
+    """Feeds batches the way cluster/raft.py will: one batch per proposal."""
+
+    def __init__(self) -> None:
+        self.state = new_state()
+        self.seqs: dict[tuple[str, int], int] = {}
+
+    def batch(self, node: str, inc: int, *cmds: C.Command, ts: int = 0) -> C.Batch:
+        seq = self.seqs.get((node, inc), 0) + 1
+        self.seqs[(node, inc)] = seq
+        return C.Batch(node, inc, seq, ts, tuple(cmds))
+
+    def send(self, node: str, inc: int, *cmds: C.Command, ts: int = 0) -> list:
+        return apply_batch(self.state, self.batch(node, inc, *cmds, ts=ts))
+
+
+def open_ch(ch: C.ChKey) -> list[C.Command]:
+    return [C.ConnectionOpen(ch[:2], "/", "u"), C.ChannelOpen(ch)]
+
+
+def setup() -> Cluster:
+    c = Cluster()
+    c.send("a", 1, C.NodeUp("a", 1))
+    c.send("b", 1, C.NodeUp("b", 1))
+    c.send("a", 1, *open_ch(A1), q_declare(A1, "transient"), q_declare(A1, "durable", durable=True),
+           q_declare(A1, "excl", exclusive=True))
+    c.send("b", 1, *open_ch(B1), q_declare(B1, "b-transient"))
+    return c
+
+
+def test_node_up_drops_previous_life() -> None:
+    c = setup()
+    # a consumer on b for a's transient queue, and a's consumer holding a message
+    c.send("b", 1, consume(B1, "transient", "bc"))
+    c.send("a", 1, consume(A1, "durable", "ac"), enq(A1, "durable", b"m"))
+    assert c.state.channels[A1].unacked
+    eff = c.send("a", 2, C.NodeUp("a", 2))
+    queues = c.state.vhosts["/"].queues
+    assert sorted(queues) == ["b-transient", "durable"]
+    assert eff == [ConsumerCancelled(B1, "bc")]  # only the other node's consumer is told
+    assert ("a", 1) not in c.state.conns and ("b", 1) in c.state.conns
+    assert ("/", "durable", 1, 0, 0) in list(queue_stats(c.state))
+    assert queues["durable"].returned[0][1].redelivered
+
+
+def test_node_up_arriving_after_new_life_started_keeps_it() -> None:
+    c = setup()
+    c.send("a", 2, *open_ch(("a", 7, 1)), q_declare(("a", 7, 1), "new-transient"))
+    c.send("a", 2, C.NodeUp("a", 2))
+    assert ("a", 7) in c.state.conns and ("a", 1) not in c.state.conns
+    assert "new-transient" in c.state.vhosts["/"].queues
+    assert "transient" not in c.state.vhosts["/"].queues
+
+
+def test_node_down_requeues_and_cancels() -> None:
+    c = setup()
+    c.send("a", 1, enq(A1, "durable", b"m"), consume(A1, "durable", "ac"))
+    c.send("b", 1, consume(B1, "durable", "bc"))
+    eff = c.send("b", 1, C.NodeDown("a", 1))  # proposed by the leader, b
+    # a's unacked message goes to b's consumer, redelivered
+    assert [(d.ch, d.consumer_tag, d.redelivered) for d in of_type(eff, Deliver)] == [
+        (B1, "bc", True)]
+    assert sorted(c.state.vhosts["/"].queues) == ["b-transient", "durable"]
+    # a late command of that life is ignored
+    c.send("a", 1, *open_ch(("a", 9, 1)))
+    assert ("a", 9) not in c.state.conns
+
+
+def test_node_down_for_other_incarnation_ignored() -> None:
+    c = setup()
+    c.send("b", 1, C.NodeDown("a", 0))
+    assert ("a", 1) in c.state.conns
+
+
+def test_batches_from_an_older_incarnation_are_ignored() -> None:
+    c = setup()
+    c.send("a", 2, C.NodeUp("a", 2))
+    assert c.send("a", 1, *open_ch(("a", 5, 1))) == []
+    assert ("a", 5) not in c.state.conns
+
+
+def test_dedupe_resubmitted_batch() -> None:
+    c = setup()
+    b = c.batch("b", 1, enq(B1, "b-transient", b"x"))
+    apply_batch(c.state, b)
+    assert apply_batch(c.state, b) == []
+    assert list(queue_stats(c.state))[-1] == ("/", "b-transient", 1, 0, 0)
+
+
+def test_out_of_order_seqs_each_applied_once() -> None:
+    s = new_state()
+    cmds = tuple(open_ch(B1))
+    assert apply_batch(s, C.Batch("b", 1, 1, 0, cmds)) == []
+    declare = (q_declare(B1, "q1"),)
+    e5 = apply_batch(s, C.Batch("b", 1, 5, 0, declare))
+    e3 = apply_batch(s, C.Batch("b", 1, 3, 0, (q_declare(B1, "q2"),)))
+    assert e5 == [QueueDeclareOk(B1, "q1", 0, 0)] and e3 == [QueueDeclareOk(B1, "q2", 0, 0)]
+    assert apply_batch(s, C.Batch("b", 1, 3, 0, (enq(B1, "q2"),))) == []
+    assert apply_batch(s, C.Batch("b", 1, 5, 0, (enq(B1, "q1"),))) == []
+    assert apply_batch(s, C.Batch("b", 1, 4, 0, (enq(B1, "q1"),))) == []  # new seq: applied
+    assert list(queue_stats(s)) == [("/", "q1", 1, 0, 0), ("/", "q2", 0, 0, 0)]
+    # same seq from another incarnation or node is a different key
+    assert apply_batch(s, C.Batch("c", 1, 5, 0, ())) == []
+    assert ("c", 1) in s.dedupe
+
+
+def test_dedupe_window_is_bounded() -> None:
+    s = new_state()
+    for seq in range(1, 20000):
+        apply_batch(s, C.Batch("b", 1, seq, 0, ()))
+    w = s.dedupe[("b", 1)]
+    assert len(w.seen) <= 2 * 4096 + 1
+    assert apply_batch(s, C.Batch("b", 1, 10, 0, (C.ConnectionOpen(("b", 1), "/", "u"),))) == []
+    assert ("b", 1) not in s.conns  # far too old: treated as applied
+
+
+def test_clock_only_moves_forward() -> None:
+    s = new_state()
+    apply_batch(s, C.Batch("b", 1, 1, 1000, ()))
+    apply_batch(s, C.Batch("b", 1, 2, 500, ()))
+    assert s.now_ms == 1000
+
+
+def test_connection_open_to_unknown_vhost_ignored() -> None:
+    s = new_state()
+    apply_batch(s, C.Batch("b", 1, 1, 0, (C.ConnectionOpen(("b", 1), "/nope", "u"),
+                                           C.ChannelOpen(B1), q_declare(B1, "q"))))
+    assert s.conns == {} and s.vhosts["/"].queues == {}
+
+
+def test_snapshot_round_trip_preserves_sharing() -> None:
+    c = setup()
+    c.send("a", 1, consume(A1, "durable", "ac"), enq(A1, "durable", b"m"))
+    s2 = restore(snapshot(c.state))
+    assert isinstance(s2, State) and s2 == c.state
+    # shared identities survive: the unacked entry's queue is the live queue object
+    q, _msg, consumer = s2.channels[A1].unacked[1]
+    assert q is s2.vhosts["/"].queues["durable"]
+    assert consumer is s2.channels[A1].consumers["ac"]
+    e1 = apply_batch(c.state, C.Batch("a", 1, 100, 0, (C.Ack(A1, 1, False),)))
+    e2 = apply_batch(s2, C.Batch("a", 1, 100, 0, (C.Ack(A1, 1, False),)))
+    assert e1 == e2 and s2 == c.state
