@@ -93,10 +93,7 @@ def _rabbitmq_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brok
     if EXTERNAL_URL:
         yield _from_url("rabbitmq", EXTERNAL_URL)
         return
-    try:
-        from tests.harness.rabbitmq import RabbitMQ
-    except ImportError:  # harness not landed yet: a minimal local launcher
-        from tests.integration._rabbit_fallback import RabbitMQ  # type: ignore[assignment]
+    from tests.harness.rabbitmq import RabbitMQ
     server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
     server.start()
     try:

@@ -17,14 +17,6 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_END = bytes([constants.FRAME_END])  # 0xCE
 
 
-def amqp_answers(host: str, port: int, timeout: float) -> bool:
-    """True if ``host:port`` answers the protocol header with connection.start."""
-    with RawClient(host, port, timeout) as c:
-        c.send(PROTOCOL_HEADER)
-        _, f = c.recv_frame()
-        return isinstance(f, commands.Connection.Start)
-
-
 class ConnectionClosedError(Exception):
     """The peer closed the TCP connection."""
 
