@@ -37,7 +37,6 @@ _CLASS_METHOD = struct.Struct(">HH")
 _U64 = struct.Struct(">Q")
 _ACK_OR_NACK = struct.Struct(">QB")  # delivery tag, bits (multiple = bit 0)
 CHANNEL = 1
-SETUP_TIMEOUT = 15.0  # connect + handshake + declares
 RESULT_GRACE = 15.0  # after the end of the run, how long the parent waits for results
 
 
@@ -54,6 +53,7 @@ class LoadConfig:
     user: str = "guest"
     password: str = "guest"
     vhost: str = "/"
+    setup_timeout: float = 15.0  # connect + handshake + declares, per client
 
 
 @dataclass
@@ -379,14 +379,14 @@ async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
     client: Producer | Consumer = Producer(cfg) if role == "producer" else Consumer(cfg)
     try:
         await asyncio.wait_for(
-            loop.create_connection(lambda: client, cfg.host, cfg.port), SETUP_TIMEOUT
+            loop.create_connection(lambda: client, cfg.host, cfg.port), cfg.setup_timeout
         )
-        await asyncio.wait_for(client.setup(), SETUP_TIMEOUT)
+        await asyncio.wait_for(client.setup(), cfg.setup_timeout)
     except (TimeoutError, OSError, AmqpError) as exc:
         pipe.send(("error", f"{role} setup: {exc!r} {client.error or ''}"))
         return
     pipe.send(("ready", None))
-    if not pipe.poll(SETUP_TIMEOUT * 3):  # parent waits for the other side; nothing flows yet
+    if not pipe.poll(cfg.setup_timeout * 3):  # parent waits for the other side; nothing flows yet
         pipe.send(("error", f"{role}: no start signal"))
         return
     try:
@@ -463,7 +463,7 @@ def run_load(cfg: LoadConfig) -> LoadResult:
             theirs.close()
             procs.append(p)
             pipes[role] = mine
-            kind, info = _recv(mine, SETUP_TIMEOUT + 10, role)
+            kind, info = _recv(mine, cfg.setup_timeout + 10, role)
             if kind != "ready":
                 result.errors.append(str(info))
                 result.stalled = True

@@ -151,3 +151,12 @@ def wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time consumed so far by ``pid`` (0.0 if it is gone)."""
+    fields = _stat_fields(pid)
+    if not fields:
+        return 0.0
+    # stat fields 14 (utime) and 15 (stime), in clock ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pika
 import pytest
+
+from bench.loadgen import LoadConfig, run_load
 
 from .ports import free_port, wait_amqp, wait_port
 from .procs import wait_gone
@@ -51,7 +54,21 @@ def test_rabbitmq_start_publish_get_stop(tmp_path: Path) -> None:
         assert rmq.rss_bytes() > 10 * 2**20
         started = rmq.pids()
         assert _publish_get(rmq.url) == b"hello"
+        res = run_load(LoadConfig(port=rmq.amqp_port, size=100, duration=1.5, warmup=0.5))
+        assert res.errors == [] and not res.stalled
+        assert res.confirmed > 100 and res.consumed > 100
+        assert res.confirm_p50_ms is not None and res.e2e_p99_ms is not None
     assert wait_gone(started, timeout=5) == []
+
+
+def test_loadgen_gives_up_on_a_silent_server() -> None:
+    with socket.socket() as s:  # accepts connections (backlog) but never says a word
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        t0 = time.monotonic()
+        res = run_load(LoadConfig(port=s.getsockname()[1], duration=1, warmup=0, setup_timeout=1))
+    assert res.stalled and res.errors and res.consumed_per_s == 0
+    assert time.monotonic() - t0 < 15
 
 
 @pytest.mark.skipif(
