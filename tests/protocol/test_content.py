@@ -173,3 +173,13 @@ def test_message_too_large_is_soft(mode: str) -> None:
     assert isinstance(events[4].method, commands.Channel.Open)
     assert events[5].body == b"z"
     assert len(events) == 6
+
+
+def test_accepts_any_buffer_type_and_partial_reads() -> None:
+    conn = opened(1)
+    data = publish(1, b"payload" * 1000) * 3
+    third = len(data) // 3
+    conn.receive_data(memoryview(data)[: third + 5])
+    conn.receive_data(bytearray(data[third + 5 : 2 * third + 9]))
+    events = feed(conn, data[2 * third + 9 :])  # nothing was drained before this
+    assert [e.body for e in events] == [b"payload" * 1000] * 3
