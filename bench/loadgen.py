@@ -72,6 +72,8 @@ class LoadResult:
     redelivered: int = 0
     producer_cpu: float = 0.0  # CPU seconds per wall second (1.0 = one core busy)
     consumer_cpu: float = 0.0
+    max_confirm_gap_ms: float | None = None  # longest time in the window without a confirm
+    max_deliver_gap_ms: float | None = None  # ... without a delivery
     stalled: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -139,6 +141,10 @@ class LeanClient(asyncio.Protocol):
         self.error: str | None = None
         self.closing = False
         self.out: list[bytes] = []  # frames to write at the end of this data_received
+        self.t_begin = self.t_end = 0  # the measured window (monotonic ns)
+        self.last_progress = 0  # when the last counted confirm / delivery arrived
+        self.max_gap = 0  # longest time in the window without one (ns)
+        self._seen = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,6 +180,11 @@ class LeanClient(asyncio.Protocol):
                     self.fast = True
             pos = end + 1
         del buf[:pos]
+        done = self.done_count()
+        if done != self._seen:
+            self._seen = done
+            self.max_gap = max(self.max_gap, now - max(self.last_progress, self.t_begin))
+            self.last_progress = now
         self.after_data(now)
         if self.out and self.transport is not None:
             self.transport.write(b"".join(self.out))
@@ -194,6 +205,14 @@ class LeanClient(asyncio.Protocol):
 
     def after_data(self, now: int) -> None:
         pass
+
+    def done_count(self) -> int:
+        """Confirms or deliveries counted so far (only those inside the window are counted)."""
+        return 0
+
+    def finish_window(self) -> None:
+        end = min(time.monotonic_ns(), self.t_end)
+        self.max_gap = max(self.max_gap, end - max(self.last_progress, self.t_begin))
 
     # -- helpers ------------------------------------------------------------------------------
     def fail(self, why: str) -> None:
@@ -253,7 +272,6 @@ class Producer(LeanClient):
         self.next_tag = 1
         self.low = 1  # lowest tag that may still be unconfirmed
         self.publishing = False
-        self.t_begin = self.t_end = 0
         self.latencies: list[int] = []
         self.confirmed = self.nacked = 0
 
@@ -296,6 +314,9 @@ class Producer(LeanClient):
     def after_data(self, now: int) -> None:
         self.fill(now)
 
+    def done_count(self) -> int:
+        return self.confirmed + self.nacked
+
     def fill(self, now: int) -> None:
         if not self.publishing or now >= self.t_end or self.error:
             return
@@ -322,7 +343,6 @@ class Producer(LeanClient):
 class Consumer(LeanClient):
     def __init__(self, cfg: LoadConfig) -> None:
         super().__init__(cfg)
-        self.t_begin = self.t_end = 0
         self.tag = 0
         self.remaining = -1  # body bytes still to come for the current delivery
         self.first_body = False
@@ -359,6 +379,9 @@ class Consumer(LeanClient):
             self.redelivered_flag = bool(buf[o + 8] & 1)
         else:
             super().on_fast_frame(ftype, buf, start, end, now)
+
+    def done_count(self) -> int:
+        return self.consumed
 
     def delivered(self, now: int) -> None:
         self.out.append(ack_frame(self.tag))
@@ -403,6 +426,7 @@ async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
         await asyncio.wait_for(asyncio.shield(client.closed), max(remaining, 0))
     if isinstance(client, Producer):
         client.publishing = False
+    client.finish_window()
     cpu = (time.process_time() - cpu0) / max(time.monotonic() - wall0, 1e-3)
     try:
         await client.close()
@@ -414,6 +438,7 @@ async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
         "p99": percentile_ms(lat, 0.99),
         "error": client.error,
         "cpu": round(cpu, 3),
+        "max_gap_ms": client.max_gap / 1e6,
     }
     if isinstance(client, Producer):
         out.update(confirmed=client.confirmed, nacked=client.nacked)
@@ -484,10 +509,12 @@ def run_load(cfg: LoadConfig) -> LoadResult:
                 result.confirmed, result.nacked = info["confirmed"], info["nacked"]
                 result.confirm_p50_ms, result.confirm_p99_ms = info["p50"], info["p99"]
                 result.producer_cpu = info["cpu"]
+                result.max_confirm_gap_ms = info["max_gap_ms"]
             else:
                 result.consumed, result.redelivered = info["consumed"], info["redelivered"]
                 result.e2e_p50_ms, result.e2e_p99_ms = info["p50"], info["p99"]
                 result.consumer_cpu = info["cpu"]
+                result.max_deliver_gap_ms = info["max_gap_ms"]
         result.published_per_s = result.confirmed / cfg.duration
         result.consumed_per_s = result.consumed / cfg.duration
         result.stalled = result.confirmed == 0 or result.consumed == 0

@@ -49,6 +49,8 @@ METRICS = (
     "rss_peak_mib",
     "rss_after_mib",
     "broker_cpu",
+    "max_confirm_gap_ms",
+    "max_deliver_gap_ms",
 )
 
 
@@ -282,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"[run {run}/{args.runs}] {name:<8} {size:>6} B: "
                         f"{t.get('consumed_per_s', 0):>9,.0f} msg/s consumed, "
-                        f"confirm p50 {_fmt(t.get('confirm_p50_ms'), '.1f')} ms"
+                        f"confirm p50 {_fmt(t.get('confirm_p50_ms'), '.1f')} ms, "
+                        f"longest pause {_fmt(t.get('max_deliver_gap_ms'), '.0f')} ms"
                         + (f"  ERRORS: {t['errors']}" if t.get("errors") else ""),
                         file=sys.stderr,
                     )
