@@ -19,6 +19,7 @@ from pamqp import commands as spec
 from cluster import commands as c
 from cluster import effects as e
 from cluster import machine
+from protocol import properties
 from protocol.connection import ServerConnection
 from protocol.constants import (
     ACCESS_REFUSED,
@@ -259,7 +260,12 @@ class AMQPConnection(asyncio.Protocol):
         if ch is None:
             return
         if ev.immediate:
-            raise AMQPConnectionError(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - immediate=true", 60, 40)
+            raise AMQPConnectionError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        uid = properties.user_id(ev.properties)
+        if uid is not None and uid != self.user:
+            raise ChannelError(ch.number, PRECONDITION_FAILED,
+                               f"user_id property set to '{uid}' but authenticated user was "
+                               f"'{self.user}'", 60, 40)
         seq = 0
         if ch.confirm:
             ch.publish_seq += 1
@@ -480,6 +486,8 @@ def _queue_delete(conn: AMQPConnection, ch: Channel, m: Any) -> None:
 
 
 def _basic_qos(conn: AMQPConnection, ch: Channel, m: Any) -> None:
+    if m.prefetch_size:
+        raise AMQPConnectionError(NOT_IMPLEMENTED, f"prefetch_size!={m.prefetch_size}", 60, 10)
     conn.broker.propose(c.Qos(ch.key, m.prefetch_count, m.global_))
 
 

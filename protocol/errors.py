@@ -12,6 +12,10 @@ class AMQPError(Exception):
     def __init__(
         self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0
     ) -> None:
+        name = REPLY_NAMES.get(reply_code)
+        # Clients (and people) expect RabbitMQ's form: "NOT_FOUND - no queue 'q'".
+        if name and not reply_text.startswith(name):
+            reply_text = f"{name} - {reply_text}"
         super().__init__(reply_code, reply_text, class_id, method_id)
         self.reply_code = reply_code
         self.reply_text = reply_text
@@ -19,8 +23,7 @@ class AMQPError(Exception):
         self.method_id = method_id
 
     def __str__(self) -> str:
-        name = REPLY_NAMES.get(self.reply_code, "?")
-        return f"{self.reply_code} {name} - {self.reply_text}"
+        return f"{self.reply_code} {self.reply_text}"
 
 
 class ChannelError(AMQPError):

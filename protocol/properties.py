@@ -20,6 +20,7 @@ _U32 = struct.Struct(">I")
 # s = shortstr, t = table, o = octet, T = timestamp.
 _KINDS = "sstoossssTssss"
 _CONTENT_TYPE, _HEADERS, _DELIVERY_MODE, _PRIORITY, _EXPIRATION = 0, 2, 3, 4, 7
+_USER_ID = 11
 
 
 def _field_offset(props: bytes, field: int) -> int:
@@ -57,21 +58,28 @@ def priority(props: bytes) -> int | None:
     return props[pos] if pos >= 0 else None
 
 
-def expiration(props: bytes) -> str | None:
-    """The per-message TTL property as sent (milliseconds, as a string)."""
-    pos = _field_offset(props, _EXPIRATION)
+def _shortstr(props: bytes, field: int) -> str | None:
+    pos = _field_offset(props, field)
     if pos < 0:
         return None
     n = props[pos]
-    return props[pos + 1 : pos + 1 + n].decode("utf-8")
+    return props[pos + 1 : pos + 1 + n].decode("utf-8", "replace")
+
+
+def expiration(props: bytes) -> str | None:
+    """The per-message TTL property as sent (milliseconds, as a string)."""
+    return _shortstr(props, _EXPIRATION)
 
 
 def content_type(props: bytes) -> str | None:
-    pos = _field_offset(props, _CONTENT_TYPE)
-    if pos < 0:
+    return _shortstr(props, _CONTENT_TYPE)
+
+
+def user_id(props: bytes) -> str | None:
+    """The user-id property; RabbitMQ refuses a publish whose user-id is not the login."""
+    if len(props) < 2 or not props[1] & 0x10:  # fast exit: user-id's flag bit is clear
         return None
-    n = props[pos]
-    return props[pos + 1 : pos + 1 + n].decode("utf-8")
+    return _shortstr(props, _USER_ID)
 
 
 def decode_properties(props: bytes) -> dict[str, Any]:
