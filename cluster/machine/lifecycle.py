@@ -14,35 +14,47 @@ from cluster.machine.state import Channel, Connection, NodeInfo, Queue, State
 
 
 def close_channel(state: State, ch: Channel, out: list[Effect]) -> None:
-    """Forget a channel: cancel its consumers (no ConsumerCancelled: the channel is
-    going away), then return its unacked messages to their queues."""
-    del state.channels[ch.key]
-    conn = state.conns.get(ch.key[:2])
-    if conn is not None:
-        conn.channels.pop(ch.key[2], None)
-    for c in list(ch.consumers.values()):
-        remove_consumer(state, c, out, notify=False)
+    close_channels(state, [ch], out)
+
+
+def close_channels(state: State, chs: list[Channel], out: list[Effect]) -> None:
+    """Forget channels: first cancel all their consumers (no ConsumerCancelled:
+    the channels are going away), then return their unacked messages, so that
+    nothing is redelivered to a channel that is closing in the same step."""
+    for ch in chs:
+        del state.channels[ch.key]
+        conn = state.conns.get(ch.key[:2])
+        if conn is not None:
+            conn.channels.pop(ch.key[2], None)
+        for c in list(ch.consumers.values()):
+            remove_consumer(state, c, out, notify=False)
     touched: dict[int, Queue] = {}
-    for q, msg, _c in ch.unacked.values():
-        if not q.deleted:
-            return_msg(q, msg)
-            touched[q.qid] = q
-    ch.unacked.clear()
-    ch.global_unacked = 0
+    for ch in chs:
+        for q, msg, _c in ch.unacked.values():
+            if not q.deleted:
+                return_msg(q, msg)
+                touched[q.qid] = q
+        ch.unacked.clear()
+        ch.global_unacked = 0
     run_touched(state, touched, out)
 
 
 def close_connection(state: State, conn: Connection, out: list[Effect]) -> None:
-    for num in list(conn.channels):
-        ch = state.channels.get((conn.key[0], conn.key[1], num))
-        if ch is not None:
-            close_channel(state, ch, out)
-    del state.conns[conn.key]
-    for qid in list(conn.exclusive_queues):
-        q = state.queues.get(qid)
-        if q is not None:
-            delete_queue(state, q, out)
-    conn.exclusive_queues.clear()
+    close_connections(state, [conn], out)
+
+
+def close_connections(state: State, conns: list[Connection], out: list[Effect]) -> None:
+    chs = [state.channels[(conn.key[0], conn.key[1], num)]
+           for conn in conns for num in conn.channels]
+    close_channels(state, chs, out)
+    for conn in conns:
+        del state.conns[conn.key]
+    for conn in conns:
+        for qid in list(conn.exclusive_queues):
+            q = state.queues.get(qid)
+            if q is not None:
+                delete_queue(state, q, out)
+        conn.exclusive_queues.clear()
 
 
 def _incarnation_of(state: State, node: str) -> int:
@@ -88,8 +100,8 @@ def _forget_node(state: State, node: str, doomed: object, out: list[Effect]) -> 
     """Close the node's connections and delete its transient queues whose
     incarnation satisfies ``doomed(incarnation)``."""
     assert callable(doomed)
-    for conn in [c for k, c in state.conns.items() if k[0] == node and doomed(c.incarnation)]:
-        close_connection(state, conn, out)
+    close_connections(
+        state, [c for k, c in state.conns.items() if k[0] == node and doomed(c.incarnation)], out)
     for q in [q for q in state.queues.values()
               if not q.durable and q.home[0] == node and doomed(q.home[1])]:
         if not q.deleted:

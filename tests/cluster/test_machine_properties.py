@@ -1,0 +1,451 @@
+"""Generated command logs checked against invariants after every step.
+
+A small model tracks where every routed message copy must be (ready in its
+queue, or unacked under one delivery tag on one channel); after each step the
+real state must hold exactly those copies: none lost, none duplicated. Two
+replicas fed the same batches (one of them restored from a mid-log snapshot)
+must stay equal and emit identical effects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from cluster import commands as C
+from cluster import effects as E
+from cluster.machine import apply_batch, new_state, restore, snapshot
+from cluster.machine.queues import has_credit
+from cluster.machine.state import State
+
+QUEUES = ["q0", "q1"]
+CHANNELS = [("n1", 1, 1), ("n1", 1, 2), ("n2", 1, 1), ("n2", 1, 2)]
+CONNS = [("n1", 1), ("n2", 1)]
+FANOUT = "fan"
+
+channels = st.sampled_from(CHANNELS)
+queues = st.sampled_from(QUEUES)
+
+
+class MachineLog(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.main = new_state()
+        self.replica = new_state()
+        self.restored: State | None = None
+        self.incarnation = {"n1": 1, "n2": 1}
+        self.seqs: dict[tuple[str, int], int] = {}
+        self.log: list[C.Batch] = []
+        self.body_n = 0
+        self.tag_n = 0
+        # the model
+        self.open_chs: set[C.ChKey] = set()
+        self.open_conns: set[C.ConnKey] = set()
+        self.model_queues: set[str] = set()
+        self.bound: set[str] = set()
+        self.ledger: Counter[tuple[bytes, str]] = Counter()
+        self.tags: dict[C.ChKey, dict[int, tuple[bytes, str, bool]]] = {}  # tag -> body, q, ghost
+        self.consumers: dict[C.ChKey, dict[str, tuple[str, bool]]] = {}  # tag -> queue, no_ack
+        self.step_effects: list[E.Effect] = []
+        for node in ("n1", "n2"):
+            self.send(node, C.NodeUp(node, 1))
+        admin = CHANNELS[0]
+        self.open_channel(admin)
+        self.send("n1", C.ExchangeDeclare(admin, FANOUT, "fanout", False, True, False, False,
+                                          False, {}))
+        for q in QUEUES:
+            self.declare(admin, q)
+        for ch in CHANNELS[1:]:
+            self.open_channel(ch)
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def send(self, node: str, cmd: C.Command) -> list[E.Effect]:
+        inc = self.incarnation[node]
+        seq = self.seqs.get((node, inc), 0) + 1
+        self.seqs[(node, inc)] = seq
+        batch = C.Batch(node, inc, seq, len(self.log), (cmd,))
+        self.log.append(batch)
+        eff = apply_batch(self.main, batch)
+        assert apply_batch(self.replica, batch) == eff
+        if self.restored is not None:
+            assert apply_batch(self.restored, batch) == eff
+        self.step_effects = eff
+        return eff
+
+    def ch_cmd(self, ch: C.ChKey, cmd: C.Command) -> list[E.Effect]:
+        """Send a channel command; closed channels must ignore it silently."""
+        eff = self.send(ch[0], cmd)
+        if ch not in self.open_chs:
+            assert eff == []
+        return eff
+
+    def open_channel(self, ch: C.ChKey) -> None:
+        if ch[:2] not in self.open_conns:
+            self.send(ch[0], C.ConnectionOpen(ch[:2], "/", "guest"))
+            self.open_conns.add(ch[:2])
+        if ch not in self.open_chs:
+            self.send(ch[0], C.ChannelOpen(ch))
+            self.open_chs.add(ch)
+            self.tags[ch] = {}
+            self.consumers[ch] = {}
+
+    def declare(self, ch: C.ChKey, q: str) -> None:
+        self.ch_cmd(ch, C.QueueDeclare(ch, q, False, True, False, False, False, {}))
+        self.ch_cmd(ch, C.QueueBind(ch, q, FANOUT, "", False, {}))
+        self.model_queues.add(q)
+        self.bound.add(q)
+
+    def close_model_channel(self, ch: C.ChKey) -> None:
+        self.open_chs.discard(ch)
+        self.tags.pop(ch, None)  # unacked copies go back to their queues: still in the ledger
+        self.consumers.pop(ch, None)
+
+    def close_model_conn(self, conn: C.ConnKey) -> None:
+        self.open_conns.discard(conn)
+        for ch in [c for c in self.open_chs if c[:2] == conn]:
+            self.close_model_channel(ch)
+
+    def process(self, eff: list[E.Effect], get_cmd: C.Get | None = None) -> None:
+        """Follow the effects: deliveries move copies to a channel (or settle them)."""
+        for e in eff:
+            if isinstance(e, E.Deliver):
+                q, no_ack = self.consumers[e.ch][e.consumer_tag]
+                self.take(e.ch, e.delivery_tag, e.body, q, no_ack)
+            elif isinstance(e, E.GetOk):
+                assert get_cmd is not None
+                self.take(e.ch, e.delivery_tag, e.body, get_cmd.queue, get_cmd.no_ack)
+            elif isinstance(e, E.ConsumerCancelled):
+                del self.consumers[e.ch][e.consumer_tag]
+            elif isinstance(e, E.ChannelError):
+                self.close_model_channel(e.ch)
+            elif isinstance(e, E.ConnectionError):
+                self.close_model_conn(e.conn)
+
+    def take(self, ch: C.ChKey, tag: int, body: bytes, q: str, no_ack: bool) -> None:
+        assert self.ledger[(body, q)] == 1
+        assert tag not in self.tags[ch]
+        if no_ack:
+            del self.ledger[(body, q)]
+        else:
+            self.tags[ch][tag] = (body, q, False)
+
+    def ready_in_model(self, q: str) -> list[tuple[bytes, str]]:
+        held = {(b, qq) for t in self.tags.values() for b, qq, ghost in t.values() if not ghost}
+        return [k for k in self.ledger if k[1] == q and k not in held]
+
+    def settle(self, ch: C.ChKey, tags: list[int], requeue: bool) -> None:
+        for tag in tags:
+            body, q, ghost = self.tags[ch].pop(tag)
+            if not requeue and not ghost:
+                del self.ledger[(body, q)]
+
+    def errors(self) -> list[E.Effect]:
+        return [e for e in self.step_effects if isinstance(e, E.ChannelError | E.ConnectionError)]
+
+    # --- rules ----------------------------------------------------------------------
+
+    @rule(ch=channels, dest=st.sampled_from(["q0", "q0", "q1", FANOUT, "nosuch"]),
+          mandatory=st.booleans(), confirm=st.booleans(), n=st.integers(1, 4))
+    def publish_some(self, ch: C.ChKey, dest: str, mandatory: bool, confirm: bool,
+                     n: int) -> None:
+        for _ in range(n):
+            self.publish(ch, dest, mandatory, confirm)
+
+    def publish(self, ch: C.ChKey, target: str, mandatory: bool, confirm: bool) -> None:
+        self.body_n += 1
+        body = b"m%d" % self.body_n
+        exchange, key = (FANOUT, "") if target == FANOUT else ("", target)
+        if ch in self.open_chs:
+            dests = sorted(self.bound) if target == FANOUT else (
+                [target] if target in self.model_queues else [])
+            for q in dests:
+                self.ledger[(body, q)] += 1
+        eff = self.ch_cmd(ch, C.Publish(ch, exchange, key, mandatory, b"\x00\x00", body,
+                                        self.body_n if confirm else 0))
+        self.process(eff)
+        if ch in self.open_chs:
+            kinds = [type(e) for e in eff if not isinstance(e, E.Deliver)]
+            expect: list[type] = []
+            if mandatory and not dests:
+                expect.append(E.Return)
+            if confirm:
+                expect.append(E.Confirm)
+            assert kinds == expect
+
+    @rule(ch=channels, q=queues, no_ack=st.booleans())
+    def consume(self, ch: C.ChKey, q: str, no_ack: bool) -> None:
+        self.tag_n += 1
+        tag = "t%d" % self.tag_n
+        was_open = ch in self.open_chs
+        if was_open and q in self.model_queues:
+            self.consumers[ch][tag] = (q, no_ack)
+        eff = self.ch_cmd(ch, C.Consume(ch, q, tag, no_ack, False, False, {}))
+        if was_open:
+            if q in self.model_queues:
+                assert eff[0] == E.ConsumeOk(ch, tag)
+            else:
+                assert isinstance(eff[0], E.ChannelError) and eff[0].reply_code == 404
+        self.process(eff)
+
+    @rule(ch=channels, data=st.data())
+    def cancel(self, ch: C.ChKey, data: Any) -> None:
+        tags = sorted(self.consumers.get(ch, {}))
+        tag = data.draw(st.sampled_from(tags)) if tags else "unknown"
+        self.consumers.get(ch, {}).pop(tag, None)
+        eff = self.ch_cmd(ch, C.Cancel(ch, tag, False))
+        self.process(eff)
+
+    def pick_tag(self, ch: C.ChKey, data: Any) -> int:
+        known = sorted(self.tags.get(ch, {}))
+        if known and data.draw(st.booleans()):
+            return int(data.draw(st.sampled_from(known)))
+        return int(data.draw(st.integers(0, 12)))
+
+    def covered(self, ch: C.ChKey, tag: int, multiple: bool) -> list[int] | None:
+        """The tags an ack/nack settles, or None when it must fail (406)."""
+        known = self.tags[ch]
+        if multiple and tag == 0:
+            return sorted(known)
+        if tag not in known:
+            return None
+        return sorted(t for t in known if t <= tag) if multiple else [tag]
+
+    @rule(ch=channels, multiple=st.booleans(), data=st.data())
+    def ack(self, ch: C.ChKey, multiple: bool, data: Any) -> None:
+        tag = self.pick_tag(ch, data)
+        self.settle_rule(ch, C.Ack(ch, tag, multiple), tag, multiple, False)
+
+    @rule(ch=channels, multiple=st.booleans(), requeue=st.booleans(), data=st.data())
+    def nack(self, ch: C.ChKey, multiple: bool, requeue: bool, data: Any) -> None:
+        tag = self.pick_tag(ch, data)
+        self.settle_rule(ch, C.Nack(ch, tag, multiple, requeue), tag, multiple, requeue)
+
+    def settle_rule(self, ch: C.ChKey, cmd: C.Command, tag: int, multiple: bool,
+                    requeue: bool) -> None:
+        tags = self.covered(ch, tag, multiple) if ch in self.open_chs else []
+        eff = self.ch_cmd(ch, cmd)
+        if tags is None:
+            assert isinstance(eff[0], E.ChannelError) and eff[0].reply_code == 406
+        else:
+            assert not self.errors()
+            self.settle(ch, tags, requeue)
+        self.process(eff)
+
+    @rule(ch=channels, q=queues, no_ack=st.booleans())
+    def get(self, ch: C.ChKey, q: str, no_ack: bool) -> None:
+        cmd = C.Get(ch, q, no_ack)
+        expected_ready = len(self.ready_in_model(q)) if ch in self.open_chs else 0
+        eff = self.ch_cmd(ch, cmd)
+        if ch in self.open_chs and q in self.model_queues:
+            (e,) = eff
+            if expected_ready:
+                assert isinstance(e, E.GetOk) and e.message_count == expected_ready - 1
+            else:
+                assert isinstance(e, E.GetEmpty)
+        self.process(eff, get_cmd=cmd)
+
+    @rule(ch=channels, n=st.integers(0, 3), global_=st.booleans())
+    def qos(self, ch: C.ChKey, n: int, global_: bool) -> None:
+        self.process(self.ch_cmd(ch, C.Qos(ch, n, global_)))
+
+    @rule(ch=channels, active=st.booleans())
+    def flow(self, ch: C.ChKey, active: bool) -> None:
+        self.process(self.ch_cmd(ch, C.Flow(ch, active)))
+
+    @rule(ch=channels)
+    def recover(self, ch: C.ChKey) -> None:
+        eff = self.ch_cmd(ch, C.Recover(ch))
+        if ch in self.open_chs:
+            self.settle(ch, sorted(self.tags[ch]), True)
+        self.process(eff)
+
+    @rule(ch=channels, q=queues)
+    def purge(self, ch: C.ChKey, q: str) -> None:
+        ready = self.ready_in_model(q)
+        eff = self.ch_cmd(ch, C.QueuePurge(ch, q, False))
+        if ch in self.open_chs and q in self.model_queues:
+            assert eff == [E.QueuePurgeOk(ch, len(ready))]
+            for k in ready:
+                del self.ledger[k]
+        self.process(eff)
+
+    @rule(ch=channels, q=queues)
+    def delete_queue(self, ch: C.ChKey, q: str) -> None:
+        ready = self.ready_in_model(q)
+        was_open = ch in self.open_chs
+        eff = self.ch_cmd(ch, C.QueueDelete(ch, q, False, False, False))
+        if was_open:
+            assert eff[-1] == E.QueueDeleteOk(ch, len(ready) if q in self.model_queues else 0)
+            if q in self.model_queues:
+                self.model_queues.discard(q)
+                self.bound.discard(q)
+                for k in [k for k in self.ledger if k[1] == q]:
+                    del self.ledger[k]
+                for t in self.tags.values():
+                    for tag, (body, qq, _ghost) in list(t.items()):
+                        if qq == q:
+                            t[tag] = (body, qq, True)
+        self.process(eff)
+        if was_open:
+            for cons in self.consumers.values():
+                assert all(qq != q for qq, _ in cons.values())
+
+    @rule(ch=channels, q=queues)
+    def redeclare(self, ch: C.ChKey, q: str) -> None:
+        if ch in self.open_chs:
+            self.declare(ch, q)
+
+    @rule(ch=channels)
+    def close_channel(self, ch: C.ChKey) -> None:
+        eff = self.send(ch[0], C.ChannelClose(ch))
+        self.close_model_channel(ch)
+        self.process(eff)
+
+    @rule(ch=channels)
+    def open_ch(self, ch: C.ChKey) -> None:
+        self.open_channel(ch)
+
+    @rule(conn=st.sampled_from(CONNS))
+    def close_connection(self, conn: C.ConnKey) -> None:
+        eff = self.send(conn[0], C.ConnectionClose(conn))
+        self.close_model_conn(conn)
+        self.process(eff)
+
+    @rule(down_first=st.booleans())
+    def restart_n2(self, down_first: bool) -> None:
+        if down_first:  # the leader (n1) notices n2 went away
+            eff = self.send("n1", C.NodeDown("n2", self.incarnation["n2"]))
+            self.close_model_conn(("n2", 1))
+            self.process(eff)
+        self.incarnation["n2"] += 1
+        eff = self.send("n2", C.NodeUp("n2", self.incarnation["n2"]))
+        self.close_model_conn(("n2", 1))
+        self.process(eff)
+
+    @rule()
+    def snapshot_and_restore(self) -> None:
+        self.restored = restore(snapshot(self.main))
+        assert self.restored == self.main
+
+    @rule(data=st.data())
+    def resubmit_old_batch(self, data: Any) -> None:
+        live = [b for b in self.log if b.incarnation == self.incarnation[b.node]]
+        batch = data.draw(st.sampled_from(live))
+        assert apply_batch(self.main, batch) == []
+        self.step_effects = []
+
+    # --- invariants ---------------------------------------------------------------------
+
+    @invariant()
+    def replicas_equal(self) -> None:
+        assert self.main == self.replica
+        if self.restored is not None:
+            assert self.restored == self.main
+
+    @invariant()
+    def every_copy_in_exactly_one_place(self) -> None:
+        s = self.main
+        actual: Counter[tuple[bytes, str]] = Counter()
+        for q in s.vhosts["/"].queues.values():
+            for m in q.ready:
+                actual[(m.body, q.name)] += 1
+            for _, m in q.returned:
+                actual[(m.body, q.name)] += 1
+        for ch in s.channels.values():
+            for q, m, _c in ch.unacked.values():
+                if not q.deleted:
+                    actual[(m.body, q.name)] += 1
+        assert actual == self.ledger
+        assert all(n == 1 for n in actual.values())
+
+    @invariant()
+    def channels_and_tags_match_model(self) -> None:
+        s = self.main
+        assert set(s.channels) == self.open_chs
+        assert set(s.conns) == self.open_conns
+        for key, ch in s.channels.items():
+            assert {t: m.body for t, (_q, m, _c) in ch.unacked.items()} == {
+                t: b for t, (b, _q, _g) in self.tags[key].items()}
+            assert set(ch.consumers) == set(self.consumers[key])
+
+    @invariant()
+    def credit_respected_and_no_stuck_messages(self) -> None:
+        s = self.main
+        delivered_to = {e.ch for e in self.step_effects if isinstance(e, E.Deliver)
+                        and e.ch in s.channels and e.delivery_tag in s.channels[e.ch].unacked}
+        for ch in s.channels.values():
+            per_consumer: Counter[str] = Counter()
+            for _q, _m, c in ch.unacked.values():
+                if c is not None:
+                    per_consumer[c.tag] += 1
+            for c in ch.consumers.values():
+                assert c.unacked == per_consumer[c.tag]
+                if c.prefetch and not c.no_ack:
+                    assert c.unacked <= c.prefetch
+            assert ch.global_unacked == sum(per_consumer.values())
+            if ch.global_prefetch and ch.key in delivered_to:
+                assert ch.global_unacked <= ch.global_prefetch
+        for q in s.vhosts["/"].queues.values():
+            assert q.unacked == sum(1 for ch in s.channels.values()
+                                    for qq, _m, _c in ch.unacked.values() if qq is q)
+            if q.ready_count():
+                for c in q.consumers.values():
+                    assert not has_credit(c, s.channels[c.ch]), "a ready message is stuck"
+
+
+MachineLog.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestMachineLog = MachineLog.TestCase
+
+
+# --- batching does not change the outcome ---------------------------------------------------
+
+
+def _simple_log() -> list[C.Command]:
+    ch = ("n1", 1, 1)
+    return [
+        C.ConnectionOpen(ch[:2], "/", "g"), C.ChannelOpen(ch),
+        C.QueueDeclare(ch, "q", False, False, False, False, False, {}),
+        C.Qos(ch, 2, False), C.Consume(ch, "q", "c", False, False, False, {}),
+        *[C.Publish(ch, "", "q", False, b"\x00\x00", b"%d" % i, i + 1) for i in range(5)],
+        C.Ack(ch, 1, False), C.Nack(ch, 2, False, True), C.Ack(ch, 4, True),
+        C.ChannelClose(ch),
+    ]
+
+
+@st.composite
+def _splits(draw: Any) -> list[int]:
+    n = len(_simple_log())
+    return sorted(draw(st.sets(st.integers(1, n - 1), max_size=n - 1)))
+
+
+def test_batch_boundaries_do_not_matter() -> None:
+    from hypothesis import given
+
+    cmds = _simple_log()
+    ref = new_state()
+    ref_eff: list[E.Effect] = []
+    for i, cmd in enumerate(cmds):  # one command per batch
+        ref_eff += apply_batch(ref, C.Batch("n1", 1, 1000 + i, 0, (cmd,)))
+    ref.dedupe.clear()
+
+    @settings(max_examples=50, deadline=None)
+    @given(_splits())
+    def check(cuts: list[int]) -> None:
+        s = new_state()
+        eff: list[E.Effect] = []
+        bounds = [0, *cuts, len(cmds)]
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            eff += apply_batch(s, C.Batch("n1", 1, i + 1, 0, tuple(cmds[a:b])))
+        assert eff == ref_eff
+        s.dedupe.clear()
+        assert s == ref
+
+    check()
