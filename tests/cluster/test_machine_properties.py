@@ -180,7 +180,7 @@ class MachineLog(RuleBasedStateMachine):
     @rule(ch=channels, q=queues, no_ack=st.booleans())
     def consume(self, ch: C.ChKey, q: str, no_ack: bool) -> None:
         self.tag_n += 1
-        tag = "t%d" % self.tag_n
+        tag = f"t{self.tag_n}"
         was_open = ch in self.open_chs
         if was_open and q in self.model_queues:
             self.consumers[ch][tag] = (q, no_ack)
