@@ -9,7 +9,10 @@ The suite runs unchanged against either broker:
 * ``BROKER_URL=amqp://...`` additionally points the suite at an already running broker of kind
   ``BROKER`` (nothing is started; tests needing ``fresh_broker`` or the node are skipped).
 
-Tests marked ``@pytest.mark.raftmq_only`` are skipped on RabbitMQ.
+Tests marked ``@pytest.mark.raftmq_only`` are skipped on RabbitMQ. Tests marked
+``@pytest.mark.restart`` (kill -9 / restart, using ``fresh_broker``) are skipped on RabbitMQ
+unless ``BROKER_RESTARTS=1``: then each gets a RabbitMQ of its own (slow, ~20 s a test), which
+is how their expectations were checked against the reference broker.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tests.integration.helpers import Names, close_quietly, connect
 
 BROKER_KIND = os.environ.get("BROKER", "raftmq").strip().lower()
 EXTERNAL_URL = os.environ.get("BROKER_URL", "").strip()
+RESTARTS_ON_RABBITMQ = os.environ.get("BROKER_RESTARTS", "") == "1"
 if BROKER_KIND not in ("raftmq", "rabbitmq"):
     raise pytest.UsageError(f"BROKER must be 'raftmq' or 'rabbitmq', not {BROKER_KIND!r}")
 
@@ -59,16 +63,21 @@ def _from_url(kind: str, url: str, node: Any = None) -> Broker:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "raftmq_only: needs a RaftMQ node (kill/restart, metrics); skipped on RabbitMQ")
+        "markers", "raftmq_only: needs a RaftMQ node (e.g. metrics); skipped on RabbitMQ")
+    config.addinivalue_line(
+        "markers", "restart: kills/restarts its own broker; on RabbitMQ only with BROKER_RESTARTS=1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if BROKER_KIND == "raftmq":
         return
     skip = pytest.mark.skip(reason="RaftMQ-only test (BROKER=rabbitmq)")
+    skip_restart = pytest.mark.skip(reason="restart test: set BROKER_RESTARTS=1 to run on RabbitMQ")
     for item in items:
         if "raftmq_only" in item.keywords:
             item.add_marker(skip)
+        elif "restart" in item.keywords and not RESTARTS_ON_RABBITMQ:
+            item.add_marker(skip_restart)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -120,11 +129,22 @@ def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A RaftMQ node of this test's own, free to be killed and restarted."""
-    if BROKER_KIND != "raftmq":
-        pytest.skip("fresh_broker is RaftMQ-only")
+    """A broker of this test's own, free to be killed (``.node.kill()``) and started again on
+    the same data directory and ports (``.node.start()``)."""
     if EXTERNAL_URL:
-        pytest.skip("fresh_broker needs a node the suite starts itself (BROKER_URL is set)")
+        pytest.skip("fresh_broker needs a broker the suite starts itself (BROKER_URL is set)")
+    if BROKER_KIND == "rabbitmq":
+        if not RESTARTS_ON_RABBITMQ:
+            pytest.skip("fresh_broker on RabbitMQ needs BROKER_RESTARTS=1")
+        from tests.harness.rabbitmq import RabbitMQ
+
+        server = RabbitMQ(tmp_path / "rabbitmq")
+        server.start()
+        try:
+            yield _from_url("rabbitmq", server.url, server)
+        finally:
+            server.stop()
+        return
     node = _start_raftmq(tmp_path)
     try:
         yield _from_url("raftmq", node.url, node)

@@ -1,4 +1,7 @@
-"""RaftMQ only: crash (kill -9) and restart on the same data directory and ports.
+"""Crash (kill -9) and restart on the same data directory and ports.
+
+RaftMQ; on RabbitMQ only with BROKER_RESTARTS=1 (a RabbitMQ per test, slow), which is how these
+expectations were checked against the reference.
 
 Durable queues, exchanges and bindings and persistent messages that were confirmed must all
 be back, in order; transient entities (non-durable and exclusive queues, non-durable
@@ -23,7 +26,7 @@ from tests.integration.helpers import (
     unique,
 )
 
-pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.restart, pytest.mark.timeout(180)]
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
@@ -32,8 +35,8 @@ def crash_and_restart(broker) -> None:
     node = broker.node
     old_pid = node.pid
     node.kill()  # SIGKILL to the whole process group, reaped
-    assert not node.is_running()
-    node.start(wait=True, timeout=30)  # same data dir, same ports
+    assert node.proc.poll() is not None
+    node.start()  # same data dir, same ports; returns once AMQP answers
     assert node.pid != old_pid
 
 
@@ -116,7 +119,9 @@ def test_kill9_with_unacked_messages_makes_them_ready_again(fresh_broker):
         close_quietly(conn)
 
 
-def test_acked_messages_stay_acked_after_kill9(fresh_broker):
+def test_unacked_survive_kill9_and_acked_do_not_duplicate(fresh_broker):
+    """Acked messages may come back after a crash (RabbitMQ writes acks lazily, so at-least-once
+    is all AMQP promises), but nothing unacked is lost, order holds and nothing is doubled."""
     b = fresh_broker
     q = unique("acked")
     conn = connect(b.url)
@@ -136,8 +141,10 @@ def test_acked_messages_stay_acked_after_kill9(fresh_broker):
 
     conn = connect(b.url)
     try:
-        got = get_all(conn.channel(), q)
-        assert [d.body for d in got] == [b"a4", b"a5"]
+        got = [d.body for d in get_all(conn.channel(), q)]
+        assert got[-2:] == [b"a4", b"a5"]
+        assert got == sorted(set(got)), got  # in order, no duplicates
+        assert set(got) <= {b"a%d" % i for i in range(6)}
     finally:
         close_quietly(conn)
 
@@ -153,7 +160,7 @@ def test_graceful_restart_keeps_durable_queue(fresh_broker):
         ch.basic_publish("", q, b"g%d" % i, PERSISTENT)
     close_quietly(conn)
     b.node.stop()  # SIGTERM
-    b.node.start(wait=True, timeout=30)
+    b.node.start()
     conn = connect(b.url)
     try:
         assert [d.body for d in get_all(conn.channel(), q)] == [b"g%d" % i for i in range(20)]
