@@ -242,12 +242,13 @@ class Ack(Command):
 
 @_command(35)
 class Nack(Command):
-    """basic.nack, and basic.reject (``multiple=False``)."""
+    """basic.nack, and basic.reject (``multiple=False, reject=True``)."""
 
     ch: ChKey
     delivery_tag: int
     multiple: bool
     requeue: bool
+    reject: bool = False  # only names the method (60,90 vs 60,120) in an error reply
 
 
 @_command(36)

@@ -195,8 +195,7 @@ def ack(state: State, ch: Channel, cmd: C.Ack, out: list[Effect]) -> None:
 
 
 def nack(state: State, ch: Channel, cmd: C.Nack, out: list[Effect]) -> None:
-    # basic.reject arrives as a nack without ``multiple``: report it as reject (60, 90)
-    method = E.BASIC_NACK if cmd.multiple else E.BASIC_REJECT
+    method = E.BASIC_REJECT if cmd.reject else E.BASIC_NACK
     _settle(state, ch, _tags(ch, cmd.delivery_tag, cmd.multiple, method), cmd.requeue, out)
 
 

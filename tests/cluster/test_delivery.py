@@ -142,7 +142,8 @@ def test_requeued_message_redelivered_immediately(m: Machine) -> None:
     (C.Ack(CH, 99, True), (60, 80)),
     (C.Ack(CH, 0, False), (60, 80)),
     (C.Nack(CH, 99, True, True), (60, 120)),
-    (C.Nack(CH, 99, False, True), (60, 90)),
+    (C.Nack(CH, 99, False, True), (60, 120)),
+    (C.Nack(CH, 99, False, True, reject=True), (60, 90)),
 ])
 def test_unknown_delivery_tag_406_closes_channel(m: Machine, cmd: C.Command,
                                                  method: tuple[int, int]) -> None:
