@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadConfig, run_load
-from tests.harness.procs import cpu_seconds, rss_bytes
+from tests.harness.procs import cpu_seconds, rss_bytes, system_busy_seconds
 from tests.harness.rabbitmq import RabbitMQ, ensure_installed
 from tests.harness.raftmq import REPO_ROOT, RaftMQNode
 
@@ -49,6 +49,7 @@ METRICS = (
     "rss_peak_mib",
     "rss_after_mib",
     "broker_cpu",
+    "other_cpu",
     "max_confirm_gap_ms",
     "max_deliver_gap_ms",
 )
@@ -127,12 +128,15 @@ def run_trial(
         time.sleep(IDLE_SETTLE_S)
         trial["rss_idle_mib"] = rss_bytes(broker.pid) / MiB
         cfg = LoadConfig(port=broker.port, size=size, duration=args.duration, warmup=args.warmup)
-        cpu0, wall0 = cpu_seconds(broker.pid), time.monotonic()
+        cpu0, sys0, wall0 = cpu_seconds(broker.pid), system_busy_seconds(), time.monotonic()
         with RssSampler(broker.pid) as rss:
             res = run_load(cfg)
-        trial["broker_cpu"] = round(
-            (cpu_seconds(broker.pid) - cpu0) / (time.monotonic() - wall0), 3
-        )
+        wall = time.monotonic() - wall0
+        trial["broker_cpu"] = round((cpu_seconds(broker.pid) - cpu0) / wall, 3)
+        # everything else the machine did meanwhile (other jobs sharing the cores skew results)
+        system = (system_busy_seconds() - sys0) / wall
+        clients = res.producer_cpu + res.consumer_cpu
+        trial["other_cpu"] = round(system - trial["broker_cpu"] - clients, 3)
         trial["rss_peak_mib"] = rss.peak / MiB
         trial["rss_after_mib"] = rss_bytes(broker.pid) / MiB
         trial.update(res.as_dict())
@@ -208,6 +212,12 @@ def print_table(rows: list[dict[str, Any]], out: Any = sys.stdout) -> None:
         for e in r["errors"][:3]:
             print(f"! {r['broker']} {r['size']} B: {e[:300]}", file=out)
     print("(medians over runs; cpu = broker CPU cores used during the load)", file=out)
+    worst = max((r.get("other_cpu") or 0.0 for r in rows), default=0.0)
+    if worst > 0.25:
+        print(
+            f"WARNING: other processes used ~{worst:.2f} cores during trials: noisy numbers",
+            file=out,
+        )
 
 
 def _versions() -> dict[str, str]:
@@ -285,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"[run {run}/{args.runs}] {name:<8} {size:>6} B: "
                         f"{t.get('consumed_per_s', 0):>9,.0f} msg/s consumed, "
                         f"confirm p50 {_fmt(t.get('confirm_p50_ms'), '.1f')} ms, "
-                        f"longest pause {_fmt(t.get('max_deliver_gap_ms'), '.0f')} ms"
+                        f"longest pause {_fmt(t.get('max_deliver_gap_ms'), '.0f')} ms, "
+                        f"other load {_fmt(t.get('other_cpu'), '.2f')} cores"
                         + (f"  ERRORS: {t['errors']}" if t.get("errors") else ""),
                         file=sys.stderr,
                     )

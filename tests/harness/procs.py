@@ -160,3 +160,9 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     # stat fields 14 (utime) and 15 (stime), in clock ticks
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat: total - idle - iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
