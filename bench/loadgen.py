@@ -50,6 +50,8 @@ class LoadConfig:
     window: int = 100  # unconfirmed messages in flight
     prefetch: int = 100
     queue: str = "bench"
+    queue_type: str = "classic"  # or "quorum" (x-queue-type), for RabbitMQ clusters
+    consumer_port: int | None = None  # consumer on another node of a cluster (default: port)
     user: str = "guest"
     password: str = "guest"
     vhost: str = "/"
@@ -250,7 +252,10 @@ class LeanClient(asyncio.Protocol):
         await self.expect(cmd.Connection.OpenOk)
         self.send(cmd.Channel.Open())
         await self.expect(cmd.Channel.OpenOk)
-        self.send(cmd.Queue.Declare(queue=c.queue, durable=True))
+        args: dict[str, Any] | None = None
+        if c.queue_type != "classic":
+            args = {"x-queue-type": c.queue_type}
+        self.send(cmd.Queue.Declare(queue=c.queue, durable=True, arguments=args))
         await self.expect(cmd.Queue.DeclareOk)
 
     async def close(self, timeout: float = 2.0) -> None:
@@ -400,9 +405,10 @@ class Consumer(LeanClient):
 async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
     loop = asyncio.get_running_loop()
     client: Producer | Consumer = Producer(cfg) if role == "producer" else Consumer(cfg)
+    port = cfg.consumer_port if role == "consumer" and cfg.consumer_port else cfg.port
     try:
         await asyncio.wait_for(
-            loop.create_connection(lambda: client, cfg.host, cfg.port), cfg.setup_timeout
+            loop.create_connection(lambda: client, cfg.host, port), cfg.setup_timeout
         )
         await asyncio.wait_for(client.setup(), cfg.setup_timeout)
     except (TimeoutError, OSError, AmqpError) as exc:
@@ -541,12 +547,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=100)
     ap.add_argument("--prefetch", type=int, default=100)
     ap.add_argument("--queue", default="bench")
+    ap.add_argument("--queue-type", default="classic", choices=["classic", "quorum"])
+    ap.add_argument("--consumer-port", type=int, help="consume from another node (default --port)")
     a = ap.parse_args(argv)
     if not a.host.startswith("127."):
         ap.error("benchmarks talk to 127.0.0.0/8 only")
     cfg = LoadConfig(
-        a.host, a.port, max(a.size, 8), a.duration, a.warmup, a.window, a.prefetch, a.queue
-    )
+        a.host, a.port, max(a.size, 8), a.duration, a.warmup, a.window, a.prefetch, a.queue,
+        queue_type=a.queue_type, consumer_port=a.consumer_port,
+    )  # fmt: skip
     res = run_load(cfg)
     json.dump(res.as_dict(), sys.stdout, indent=2)
     print()

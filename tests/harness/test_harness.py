@@ -13,7 +13,7 @@ from bench.loadgen import LoadConfig, run_load
 
 from .ports import free_port, wait_amqp, wait_port
 from .procs import wait_gone
-from .rabbitmq import RabbitMQ
+from .rabbitmq import RabbitMQ, RabbitMQCluster
 from .raftmq import REPO_ROOT, RaftMQNode
 
 
@@ -82,3 +82,24 @@ def test_raftmq_node_start_publish_get_stop(tmp_path: Path) -> None:
         assert pid is not None and node.rss_bytes() > 0
         assert _publish_get(node.url) == b"hello"
     assert wait_gone([pid], timeout=5) == []
+
+
+@pytest.mark.slow
+def test_rabbitmq_cluster_quorum_queue_and_load(tmp_path: Path) -> None:
+    cluster = RabbitMQCluster(tmp_path / "cluster", n=3)
+    with cluster:
+        assert len(cluster.running_nodes()) == 3
+        started = cluster.pids()
+        a, b, c = cluster.nodes
+        conn = pika.BlockingConnection(pika.URLParameters(a.url))
+        conn.channel().queue_declare("bench", durable=True, arguments={"x-queue-type": "quorum"})
+        conn.close()
+        res = run_load(  # the queue's leader is on a, which declared it; the clients use b and c
+            LoadConfig(
+                port=b.amqp_port, consumer_port=c.amqp_port, queue_type="quorum",
+                duration=2, warmup=0.5,
+            )
+        )  # fmt: skip
+        assert res.errors == [] and res.confirmed > 100 and res.consumed > 100
+        assert "quorum" in a.ctl("list_queues", "name", "type")
+    assert wait_gone(started, timeout=5) == []
