@@ -50,7 +50,7 @@ class RaftStatus:
 _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
-class _Replica(SyncObj):  # type: ignore[misc]
+class _Replica(SyncObj):
     """The replicated object: pysyncobj pickles attributes set after its
     ``__init__`` (here ``state``) into snapshots."""
 

@@ -175,9 +175,14 @@ class Broker:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("no Raft leader elected")
             await asyncio.sleep(0.01)
-        done = self.loop.create_future()
+        done: asyncio.Future[None] = self.loop.create_future()
+
+        def up() -> None:
+            if not done.done():
+                done.set_result(None)
+
         self.propose(NodeUp(self.node_id, self.incarnation))
-        self.after_apply(lambda: done.done() or done.set_result(None))
+        self.after_apply(up)
         await asyncio.wait_for(done, timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
         self.ready = True
         log.info("node %s up (incarnation %d); state has %d queues", self.node_id, self.incarnation,

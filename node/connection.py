@@ -8,6 +8,7 @@ to the Raft log; their replies come back as effects once applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -114,10 +115,8 @@ class AMQPConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self.peer = transport.get_extra_info("peername")
         self.broker.connections[self.conn_no] = self
         self.broker.metrics.connections_opened.inc()

@@ -125,7 +125,7 @@ async def serve_http(broker: Broker, host: str, port: int) -> asyncio.AbstractSe
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
             writer.write(head.encode() + (body if parts and parts[0] != "HEAD" else b""))
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         except Exception:
             log.exception("metrics request failed")

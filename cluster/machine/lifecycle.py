@@ -11,6 +11,7 @@ from cluster import commands as C
 from cluster.effects import Effect
 from cluster.machine.queues import delete_queue, remove_consumer, return_msg, run_touched
 from cluster.machine.state import Channel, Connection, NodeInfo, Queue, State
+from cluster.machine.topology import delete_exchange
 
 
 def close_channel(state: State, ch: Channel, out: list[Effect]) -> None:
@@ -106,6 +107,11 @@ def _forget_node(state: State, node: str, doomed: object, out: list[Effect]) -> 
               if not q.durable and q.home[0] == node and doomed(q.home[1])]:
         if not q.deleted:
             delete_queue(state, q, out)
+    for vh in state.vhosts.values():
+        for ex in [x for x in vh.exchanges.values()
+                   if not x.durable and x.home[0] == node and doomed(x.home[1])]:
+            if ex.name in vh.exchanges:
+                delete_exchange(state, vh, ex, out)
 
 
 def node_up(state: State, cmd: C.NodeUp, out: list[Effect]) -> None:

@@ -107,6 +107,9 @@ class Exchange:
     bindings: dict[BindKey, dict[str, Any]] = field(default_factory=dict)
     # Bindings where this exchange is the destination: (source, bind key) -> None.
     dest_bindings: dict[tuple[str, BindKey], None] = field(default_factory=dict)
+    # (node, incarnation) of the declaring connection: a transient exchange
+    # goes when that node's life ends, as a transient queue does.
+    home: tuple[str, int] = ("", 0)
     # Derived indexes, rebuilt from ``bindings`` on demand.
     index: Any = field(default=None, compare=False, repr=False)
 

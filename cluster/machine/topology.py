@@ -215,8 +215,10 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
                 raise AmqpError(
                     E.ACCESS_REFUSED,
                     f"exchange name '{name}' contains reserved prefix 'amq.*'", m)
+            conn = state.conns[ch.key[:2]]
             vh.exchanges[name] = Exchange(name, cmd.type, cmd.durable, cmd.auto_delete,
-                                          cmd.internal, dict(cmd.arguments))
+                                          cmd.internal, dict(cmd.arguments),
+                                          home=(conn.key[0], conn.incarnation))
         else:
             for field, current, received in (
                 ("type", ex.type, cmd.type),

@@ -6,7 +6,7 @@ from cluster import commands as C
 from cluster.effects import ConsumerCancelled, Deliver, QueueDeclareOk
 from cluster.machine import apply_batch, new_state, queue_stats, restore, snapshot
 from cluster.machine.state import State
-from tests.cluster.helpers import consume, enq, of_type, q_declare
+from tests.cluster.helpers import consume, enq, of_type, q_declare, x_declare
 
 A1 = ("a", 1, 1)  # node a, connection 1, channel 1
 B1 = ("b", 1, 1)
@@ -55,6 +55,16 @@ def test_node_up_drops_previous_life() -> None:
     assert ("a", 1) not in c.state.conns and ("b", 1) in c.state.conns
     assert ("/", "durable", 1, 0, 0) in list(queue_stats(c.state))
     assert queues["durable"].returned[0][1].redelivered
+
+
+def test_node_up_drops_transient_exchanges_of_previous_life() -> None:
+    c = setup()
+    c.send("a", 1, x_declare(A1, "a-transient-x", durable=False), x_declare(A1, "a-durable-x", durable=True))
+    c.send("b", 1, x_declare(B1, "b-transient-x", durable=False))
+    c.send("a", 2, C.NodeUp("a", 2))
+    exchanges = c.state.vhosts["/"].exchanges
+    assert "a-transient-x" not in exchanges
+    assert "a-durable-x" in exchanges and "b-transient-x" in exchanges
 
 
 def test_node_up_arriving_after_new_life_started_keeps_it() -> None:
