@@ -225,7 +225,7 @@ class AMQPConnection(asyncio.Protocol):
         elif t is NackReceived:
             ch = self._channel(ev.channel)  # type: ignore[attr-defined]
             if ch is not None:
-                self._propose(ch, c.Nack(ch.key, ev.delivery_tag, ev.multiple, ev.requeue))  # type: ignore[attr-defined]
+                self._propose(ch, c.Nack(ch.key, ev.delivery_tag, ev.multiple, ev.requeue, ev.reject))  # type: ignore[attr-defined]
         elif t is MethodReceived:
             self._on_method(ev.channel, ev.method)  # type: ignore[attr-defined]
         elif t is ProtocolHeaderReceived:
