@@ -84,7 +84,10 @@ class RawClient:
     def recv_method(self, timeout: float | None = None, skip_heartbeats: bool = True) -> tuple[int, Any]:
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
-            ch, value = self.recv_frame(max(0.01, deadline - time.monotonic()))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no method frame in time (only heartbeats)")
+            ch, value = self.recv_frame(remaining)
             if skip_heartbeats and value.name == "Heartbeat":
                 continue
             return ch, value

@@ -157,7 +157,7 @@ def test_queue_ready_unacked_and_counters(broker, node, names):
         got = Collector()
         cons_ch.basic_consume(q, got)
         cons_ch.basic_consume(q, Collector())
-        pump(c, lambda: len(got) + 0 >= 1, what="a delivery to the consumer")
+        pump(c, lambda: len(got) >= 1, what="a delivery to the consumer")
         wait_metric(node, lambda s: s.total("raftmq_consumers") == cons0 + 2, "consumers +2")
         cons_ch.close()
         wait_metric(node, lambda s: s.total("raftmq_consumers") == cons0
