@@ -6,22 +6,32 @@ method ids never change across versions. Ticks are driven by the node's event
 loop (``autoTick=False``): applying commands and collecting their effects
 happens on the loop's thread, no locks needed.
 
+Sockets: pysyncobj's poller is replaced by :class:`_LoopPoller`, which hands
+its sockets to the asyncio loop; readiness runs pysyncobj's own callback and
+asks the node for a tick, so Raft traffic is handled as soon as it arrives
+instead of on a timer.
+
 Durability: pysyncobj writes its journal through an mmap and never flushes
-it. :meth:`RaftNode.flush` ``fdatasync``s the journal; the node calls it once
-per batch of applied entries, before it sends any confirm.
+it. Here the journal is ``fdatasync``ed (once per tick that wrote entries, and
+on a follower before it acknowledges entries to the leader), so an entry is
+on disk on a majority before it commits, and so before any confirm.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import select
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pysyncobj.pickle as _sync_pickle
+import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.poller import POLL_EVENT_TYPE
 
 from cluster import machine
 from cluster.commands import Batch, decode_batch
@@ -35,6 +45,64 @@ log = logging.getLogger(__name__)
 setattr(_sync_pickle, "__protocol", 5)  # noqa: B010 - the name is dunder-ish on purpose
 
 
+# Cross-thread wake-ups through a pipe are useless here: everything runs on the loop.
+_syncobj_module.PIPE_NOTIFIER_ENABLED = False
+
+_READ, _WRITE, _ERROR = POLL_EVENT_TYPE.READ, POLL_EVENT_TYPE.WRITE, POLL_EVENT_TYPE.ERROR
+
+
+class _LoopPoller:
+    """pysyncobj's poller interface on top of an asyncio loop.
+
+    Before :meth:`attach` (and in tests without a loop) ``poll`` falls back to
+    ``select``."""
+
+    def __init__(self) -> None:
+        self._subs: dict[int, tuple[Callable[[int, int], None], int]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_event: Callable[[], None] = lambda: None
+
+    def attach(self, loop: asyncio.AbstractEventLoop, on_event: Callable[[], None]) -> None:
+        self._loop, self._on_event = loop, on_event
+        for fd, (_, mask) in self._subs.items():
+            self._register(fd, mask)
+
+    def subscribe(self, descr: int, callback: Callable[[int, int], None], eventMask: int) -> None:  # noqa: N803
+        self.unsubscribe(descr)
+        self._subs[descr] = (callback, eventMask)
+        if self._loop is not None:
+            self._register(descr, eventMask)
+
+    def unsubscribe(self, descr: int) -> None:
+        if self._subs.pop(descr, None) is not None and self._loop is not None:
+            self._loop.remove_reader(descr)
+            self._loop.remove_writer(descr)
+
+    def _register(self, fd: int, mask: int) -> None:
+        assert self._loop is not None
+        if mask & (_READ | _ERROR):
+            self._loop.add_reader(fd, self._fire, fd, _READ)
+        if mask & _WRITE:
+            self._loop.add_writer(fd, self._fire, fd, _WRITE)
+
+    def _fire(self, fd: int, event: int) -> None:
+        sub = self._subs.get(fd)
+        if sub is not None:
+            sub[0](fd, event)
+            self._on_event()
+
+    def poll(self, timeout: float) -> None:
+        if self._loop is not None or not self._subs:
+            return  # the loop delivers events
+        rd = [fd for fd, (_, m) in self._subs.items() if m & _READ]
+        wr = [fd for fd, (_, m) in self._subs.items() if m & _WRITE]
+        r, w, _ = select.select(rd, wr, [], timeout)
+        for fd in set(r) | set(w):
+            sub = self._subs.get(fd)
+            if sub is not None:
+                sub[0](fd, (_READ if fd in r else 0) | (_WRITE if fd in w else 0))
+
+
 @dataclass(frozen=True)
 class RaftStatus:
     node: str
@@ -45,6 +113,9 @@ class RaftStatus:
     last_applied: int
     log_len: int
     has_quorum: bool
+    members: tuple[str, ...] = ()
+    connected: tuple[str, ...] = ()
+    match_index: tuple[tuple[str, int], ...] = ()
 
 
 _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -111,9 +182,41 @@ class RaftNode:
         self._pending: list[Effect] = []
         self._applied_seqs: list[int] = []
         self._incarnation: int | None = None
-        self._replica = _Replica(self_addr, list(peers), conf, self._on_applied)
+        self.self_addr = self_addr
+        self._poller = _LoopPoller()
+        original = _syncobj_module.createPoller
+        _syncobj_module.createPoller = lambda _type: self._poller
+        try:
+            self._replica = _Replica(self_addr, list(peers), conf, self._on_applied)
+        finally:
+            _syncobj_module.createPoller = original
         self._journal_fd: int | None = None
         self._dirty = False
+        self._hook_durability()
+
+    def _hook_durability(self) -> None:
+        """Mark the journal dirty on every append, and make a follower fsync
+        before it tells the leader it has entries (pysyncobj would ack entries
+        that are only in an unflushed mmap)."""
+        journal = self._replica._SyncObj__raftLog
+        transport = self._replica._SyncObj__transport
+        add, send = journal.add, transport.send
+
+        def add_entry(*args: Any) -> Any:
+            self._dirty = True
+            return add(*args)
+
+        def send_message(node: Any, message: Any) -> Any:
+            if self._dirty and isinstance(message, dict) and message.get("type") == "next_node_idx":
+                self.flush()
+            return send(node, message)
+
+        journal.add = add_entry
+        transport.send = send_message
+
+    def attach(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+        """Serve Raft sockets from ``loop``; ``wake`` is called after socket events."""
+        self._poller.attach(loop, wake)
 
     def _on_applied(self, batch: Batch, effects: list[Effect]) -> None:
         self._pending.extend(effects)
@@ -135,11 +238,16 @@ class RaftNode:
     def propose(self, data: bytes) -> None:
         """Append an encoded batch to the log (forwarded to the leader if need be)."""
         self._replica.apply_batch(data)
-        self._dirty = True
 
     def tick(self) -> list[Effect]:
-        """Run one non-blocking pysyncobj tick; return the effects applied in it."""
+        """Run one non-blocking pysyncobj tick; return the effects applied in it.
+
+        Entries appended during the tick are fsynced before it returns, so the
+        leader's own copy is on disk before the next tick counts it towards a
+        commit."""
         self._replica.doTick(0.0)
+        if self._dirty:
+            self.flush()
         return self.take_effects()
 
     def take_effects(self) -> list[Effect]:
@@ -151,6 +259,7 @@ class RaftNode:
 
     def flush(self) -> None:
         """Make every journal entry written so far durable (fdatasync)."""
+        self._dirty = False
         if not self._fsync:
             return
         if self._journal_fd is None:
@@ -176,6 +285,29 @@ class RaftNode:
         return self._replica.state
 
     @property
+    def leader(self) -> str | None:
+        leader = self._replica._getLeader()
+        return leader.id if leader is not None else None
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self._replica._isLeader())
+
+    def is_connected(self, peer: str) -> bool:
+        return any(n.id == peer and self._replica.isNodeConnected(n)
+                   for n in self._replica.otherNodes)
+
+    def peers(self) -> list[str]:
+        return sorted(n.id for n in self._replica.otherNodes)
+
+    def add_member(self, addr: str, callback: Callable[[Any, Any], None]) -> None:
+        """Add a member (leader only; one change at a time)."""
+        self._replica.addNodeToCluster(addr, callback=callback)
+
+    def remove_member(self, addr: str, callback: Callable[[Any, Any], None]) -> None:
+        self._replica.removeNodeFromCluster(addr, callback=callback)
+
+    @property
     def is_ready(self) -> bool:
         """A leader is known and this replica has applied up to its commit index."""
         return bool(self._replica.isReady())
@@ -183,7 +315,12 @@ class RaftNode:
     def status(self) -> RaftStatus:
         s = self._replica.getStatus()
         leader = s.get("leader")
+        peers = sorted(n.id for n in self._replica.otherNodes)
         return RaftStatus(
+            members=tuple(sorted([self.self_addr, *peers])),
+            connected=tuple(p for p in peers if s.get("partner_node_status_server_" + p) == 2),
+            match_index=tuple((k[len("match_idx_server_"):], int(v)) for k, v in sorted(s.items())
+                              if k.startswith("match_idx_server_")),
             node=self.node_id,
             state=_STATE_NAMES.get(s.get("state", 0), str(s.get("state"))),
             leader=leader.id if leader is not None else None,

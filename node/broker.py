@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 # Housekeeping tick (elections, heartbeats to peers, log compaction) when idle.
 IDLE_TICK_S = 0.02
+# A batch not applied this long after it was proposed is proposed again (its
+# idempotency key makes that safe): pysyncobj may drop a forwarded command
+# across a leader change without ever calling back.
+RESUBMIT_AFTER_S = 1.0
 
 
 class Broker:
@@ -57,6 +61,10 @@ class Broker:
         self._batch_seq = 0
         self._flush_scheduled = False
         self._after_apply: dict[int, list[Callable[[], None]]] = {}
+        # seq -> (encoded batch, when last proposed): proposed, not yet applied
+        self._in_flight: dict[int, tuple[bytes, float]] = {}
+        self._known_leader: str | None = None
+        self._tick_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
@@ -92,23 +100,52 @@ class Broker:
             batch = Batch(self.node_id, self.incarnation, self._batch_seq,
                           time.time_ns() // 1_000_000, tuple(self._batch))
             self._batch = []
-            self.raft.propose(encode_batch(batch))
+            data = encode_batch(batch)
+            self._in_flight[batch.seq] = (data, time.monotonic())
+            self.raft.propose(data)
             self.metrics.batches.inc()
-            # A lone node commits its own entry on the next tick.
+            # The entry is appended (and fsynced) in one tick; a lone node
+            # commits and applies it in the next.
             self._tick()
         self._tick()
 
+    def wake(self) -> None:
+        """A Raft socket had an event: tick soon (once per loop turn)."""
+        if not self._tick_scheduled:
+            self._tick_scheduled = True
+            self.loop.call_soon(self._woken)
+
+    def _woken(self) -> None:
+        self._tick_scheduled = False
+        self._tick()
+
+    def _resubmit(self) -> None:
+        """Propose again what was lost on the way to the leader."""
+        if not self._in_flight:
+            return
+        leader = self.raft.leader
+        changed = leader != self._known_leader
+        self._known_leader = leader
+        if leader is None:
+            return
+        now = time.monotonic()
+        for seq, (data, sent) in list(self._in_flight.items()):
+            if changed or now - sent > RESUBMIT_AFTER_S:
+                self._in_flight[seq] = (data, now)
+                self.raft.propose(data)
+                self.metrics.resubmitted.inc()
+
     def _tick(self) -> None:
+        # Entries are on disk (here and, for committed ones, on a majority)
+        # by the time tick() returns their effects.
         effects = self.raft.tick()
         applied = self.raft.take_applied()
         if not effects and not applied:
             return
-        # Nothing that an applied entry causes leaves this node before the
-        # entry is on disk here.
-        self.raft.flush()
         if effects:
             self.dispatch(effects)
         for seq in applied:
+            self._in_flight.pop(seq, None)
             for fn in self._after_apply.pop(seq, ()):
                 fn()
         self._check_flow()
@@ -142,6 +179,7 @@ class Broker:
     def _idle_tick(self) -> None:
         try:
             self._tick()
+            self._resubmit()
             self._check_flow()
         finally:
             self._tick_handle = self.loop.call_later(IDLE_TICK_S, self._idle_tick)
@@ -168,6 +206,7 @@ class Broker:
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self, timeout: float | None = None) -> None:
+        self.raft.attach(self.loop, self.wake)
         self._tick_handle = self.loop.call_later(0, self._idle_tick)
         deadline = None if timeout is None else time.monotonic() + timeout
         log.info("node %s waiting for a Raft leader", self.node_id)

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pamqp import commands as spec
@@ -64,8 +65,8 @@ SERVER_CAPABILITIES = {
 class Channel:
     """Node-side channel state (the replicated part lives in the machine)."""
 
-    __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "tx",
-                 "tx_commands", "closing")
+    __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "acked_upto",
+                 "unconfirmed", "early", "tx", "tx_commands", "closing")
 
     def __init__(self, number: int, key: c.ChKey) -> None:
         self.number = number
@@ -73,6 +74,13 @@ class Channel:
         self.confirm = False
         self.publish_seq = 0
         self.confirm_upto = 0  # acks accumulated during one dispatch, sent with multiple
+        self.acked_upto = 0  # highest seq covered by an ack already sent
+        # Publish seqs not yet confirmed, in order, and confirms that arrived
+        # ahead of an earlier seq (a batch resubmitted after a leader change
+        # can apply after a later one): an ack with multiple=True may only
+        # cover a contiguous run.
+        self.unconfirmed: deque[int] = deque()
+        self.early: set[int] = set()
         self.tx = False
         self.tx_commands: list[c.Command] = []
         self.closing = False
@@ -269,6 +277,7 @@ class AMQPConnection(asyncio.Protocol):
         if ch.confirm:
             ch.publish_seq += 1
             seq = ch.publish_seq
+            ch.unconfirmed.append(seq)
         self._propose(ch, c.Publish(ch.key, ev.exchange, ev.routing_key, ev.mandatory,
                                     ev.properties, ev.body, seq))
         self.last_publish = self._last_recv
@@ -396,6 +405,7 @@ class AMQPConnection(asyncio.Protocol):
         # Confirms arrive in sequence order; everything up to confirm_upto is acked.
         upto = ch.confirm_upto
         ch.confirm_upto = 0
+        ch.acked_upto = upto
         self._write(self.proto.ack(ch.number, upto, multiple=True))
 
 
@@ -640,13 +650,23 @@ def _confirm(conn: AMQPConnection, ef: e.Confirm) -> None:
     ch = _live_channel(conn, ef.ch)
     if ch is None or not ch.confirm:
         return
+    pending = ch.unconfirmed
+    if pending and pending[0] == ef.seq:
+        pending.popleft()
+        while pending and pending[0] in ch.early:
+            ch.early.discard(pending.popleft())
+    elif ef.seq > ch.acked_upto and ef.seq not in ch.early:
+        ch.early.add(ef.seq)
+    else:
+        return  # a confirm seen twice (effects can repeat across a leader change)
     conn.broker.metrics.confirmed.inc()
-    if ef.ack:
-        ch.confirm_upto = ef.seq
-        return
-    if ch.confirm_upto:
-        conn._send_confirm_acks(ch)
-    conn._write(conn.proto.nack(ch.number, ef.seq, multiple=False))
+    if not ef.ack:
+        if ch.confirm_upto:
+            conn._send_confirm_acks(ch)
+        conn._write(conn.proto.nack(ch.number, ef.seq, multiple=False))
+    upto = pending[0] - 1 if pending else ch.publish_seq
+    if upto > max(ch.acked_upto, ch.confirm_upto):
+        ch.confirm_upto = upto
 
 
 def _consumer_cancelled(conn: AMQPConnection, ef: e.ConsumerCancelled) -> None:

@@ -88,6 +88,8 @@ class Metrics:
                                  registry=r)
         self.batches = Counter("raftmq_raft_batches", "Raft entries proposed by this node",
                                registry=r)
+        self.resubmitted = Counter("raftmq_raft_resubmitted",
+                                   "Batches proposed again after no apply in time", registry=r)
         self.connections_opened = Counter("raftmq_connections_opened",
                                           "AMQP connections accepted", registry=r)
         self.connections_closed = Counter("raftmq_connections_closed",
