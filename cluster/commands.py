@@ -253,9 +253,11 @@ class Nack(Command):
 
 @_command(36)
 class Recover(Command):
-    """basic.recover(requeue=True): every unacked message of the channel goes back."""
+    """basic.recover(requeue=True): every unacked message of the channel goes back.
+    ``nowait``: basic.recover-async, which gets no reply."""
 
     ch: ChKey
+    nowait: bool = False
 
 
 @_command(37)

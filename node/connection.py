@@ -338,6 +338,9 @@ class AMQPConnection(asyncio.Protocol):
             self._drop()
         elif isinstance(m, spec.Connection.Blocked | spec.Connection.Unblocked):
             pass
+        elif isinstance(m, spec.Connection.UpdateSecret):
+            # Credentials here do not expire; accept the new secret as RabbitMQ does.
+            self._write(self.proto.send_method(0, spec.Connection.UpdateSecretOk()))
         else:
             raise AMQPConnectionError(COMMAND_INVALID, f"COMMAND_INVALID - unexpected {m.name}", *_ids(m))
 
@@ -521,7 +524,7 @@ def _basic_recover(conn: AMQPConnection, ch: Channel, m: Any) -> None:
 
 
 def _basic_recover_async(conn: AMQPConnection, ch: Channel, m: Any) -> None:
-    conn.broker.propose(c.Recover(ch.key))
+    conn.broker.propose(c.Recover(ch.key, nowait=True))
 
 
 def _channel_flow(conn: AMQPConnection, ch: Channel, m: Any) -> None:

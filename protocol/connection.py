@@ -354,7 +354,9 @@ class ServerConnection:
 
     def _check_channel(self, ch: int, what: str) -> int | None:
         """Common checks for a frame on channel ``ch`` != 0; returns its state."""
-        if self._state == _OPEN and ch <= self.channel_max:
+        if self._state == _OPEN:
+            # channel_max caps how many channels are open at once, not their
+            # numbers (RabbitMQ's rabbit_reader does the same).
             return self._channels.get(ch, 0)
         if self._state != _OPEN:
             if self._state in (_CLOSING, _CLIENT_CLOSING):
@@ -362,10 +364,6 @@ class ServerConnection:
             raise self._hard(
                 UNEXPECTED_FRAME if what != "method" else COMMAND_INVALID,
                 f"{what} frame on channel {ch} before connection.open",
-            )
-        if ch > self.channel_max:
-            raise self._hard(
-                CHANNEL_ERROR, f"channel {ch} above negotiated channel_max {self.channel_max}"
             )
         return self._channels.get(ch, 0)
 
@@ -397,6 +395,11 @@ class ServerConnection:
                     class_id, index & 0xFFFF,
                 )  # fmt: skip
             method = self._decode(index, buf, start + 4, end)
+            if len(self._channels) >= self.channel_max:
+                raise self._hard(
+                    NOT_ALLOWED, f"number of channels opened ({len(self._channels)}) has reached "
+                    f"the negotiated channel_max ({self.channel_max})", class_id, index & 0xFFFF,
+                )  # fmt: skip
             self._channels[ch] = _CH_IS_OPEN
             return MethodReceived(ch, method)
         if ch in self._content:

@@ -200,7 +200,8 @@ def nack(state: State, ch: Channel, cmd: C.Nack, out: list[Effect]) -> None:
 
 
 def recover(state: State, ch: Channel, cmd: C.Recover, out: list[Effect]) -> None:
-    out.append(RecoverOk(ch.key))
+    if not cmd.nowait:
+        out.append(RecoverOk(ch.key))
     _settle(state, ch, list(ch.unacked), True, out)
 
 

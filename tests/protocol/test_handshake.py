@@ -215,7 +215,6 @@ def test_tune_negotiation(
         (method(1, commands.Connection.Open("/")), COMMAND_INVALID),  # connection class on ch 1
         (method(0, commands.Connection.Open("/")), COMMAND_INVALID),  # second open
         (method(0, commands.Connection.StartOk()), COMMAND_INVALID),
-        (method(2048, commands.Channel.Open()), CHANNEL_ERROR),  # above channel_max
         (method(2, commands.Queue.Declare(queue="q")), CHANNEL_ERROR),  # channel not open
         (raw(2, 2, b"\x00\x3c" + bytes(12)), CHANNEL_ERROR),
         (raw(3, 2, b"x"), CHANNEL_ERROR),
@@ -356,3 +355,17 @@ def test_secure_ok_round() -> None:
     conn.receive_data(method(0, commands.Connection.SecureOk("answer")))
     ev = conn.next_event()
     assert isinstance(ev, MethodReceived) and ev.method.response == "answer"
+
+
+def test_channel_max_caps_open_channels_not_numbers() -> None:
+    """As RabbitMQ: any channel number may be used, but no more than
+    channel_max channels may be open at once (530)."""
+    conn = ServerConnection(channel_max=3)
+    events = feed(conn, handshake(channel_max=3) + method(65535, commands.Channel.Open())
+                  + method(2, commands.Channel.Open()) + method(7, commands.Channel.Open())
+                  + method(9, commands.Channel.Open()))
+    errors = [e for e in events if isinstance(e, Exception)]
+    opened = [e.channel for e in events if isinstance(e, MethodReceived)
+              and isinstance(e.method, commands.Channel.Open)]
+    assert opened == [65535, 2, 7]
+    assert len(errors) == 1 and errors[0].reply_code == NOT_ALLOWED
