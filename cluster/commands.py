@@ -64,10 +64,15 @@ def _command(tag: int) -> Callable[[type[_C]], type[_C]]:
 
 @_command(1)
 class NodeUp(Command):
-    """A node (re)started with a new incarnation: forget its previous life."""
+    """A node (re)started with a new incarnation: forget its previous life.
+    ``raft_address`` lets the leader match Raft peers to node ids;
+    ``http_address`` is where the node serves /metrics and /api (for
+    ``raftmq cluster status``)."""
 
     node: str
     incarnation: int
+    raft_address: str = ""
+    http_address: str = ""
 
 
 @_command(2)

@@ -290,6 +290,11 @@ class RaftNode:
         return leader.id if leader is not None else None
 
     @property
+    def has_quorum(self) -> bool:
+        """This node is connected to a majority (itself included)."""
+        return bool(self._replica.hasQuorum)
+
+    @property
     def is_leader(self) -> bool:
         return bool(self._replica._isLeader())
 

@@ -19,6 +19,7 @@ from cluster.commands import Batch, Command, NodeUp, encode_batch
 from cluster.effects import Effect
 from cluster.raft import RaftNode
 from node.config import Config
+from node.membership import MembershipWatch
 from node.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ class Broker:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
+        self.membership = MembershipWatch(self)
         self.ready = False
+        self.isolated = False  # cut off from the majority: clients are refused
         self._flow_paused: list[AMQPConnection] = []
         self._flow_checked = 0.0
         self.last_ack = 0.0
@@ -181,6 +184,8 @@ class Broker:
             self._tick()
             self._resubmit()
             self._check_flow()
+            if self.ready:
+                self.membership.check()
         finally:
             self._tick_handle = self.loop.call_later(IDLE_TICK_S, self._idle_tick)
 
@@ -220,12 +225,31 @@ class Broker:
             if not done.done():
                 done.set_result(None)
 
-        self.propose(NodeUp(self.node_id, self.incarnation))
+        self._propose_node_up()
         self.after_apply(up)
         await asyncio.wait_for(done, timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
         self.ready = True
         log.info("node %s up (incarnation %d); state has %d queues", self.node_id, self.incarnation,
                  sum(1 for _ in machine.queue_stats(self.raft.state)))
+
+    def _propose_node_up(self) -> None:
+        http = f"{self.cfg.metrics_host}:{self.cfg.metrics_port}" if self.cfg.metrics_port else ""
+        self.propose(NodeUp(self.node_id, self.incarnation, self.cfg.raft_address, http))
+
+    def close_clients(self, reason: str) -> None:
+        for conn in list(self.connections.values()):
+            conn.force_close(320, reason)
+
+    def new_life(self) -> None:
+        """The cluster recorded this node's life as over (NodeDown): drop its
+        clients and everything in flight, and come back as a new incarnation."""
+        self.close_clients("CONNECTION_FORCED - node was declared down by the cluster")
+        self.incarnation = max(time.time_ns() // 1_000_000, self.incarnation + 1)
+        self.raft.set_incarnation(self.incarnation)
+        self._in_flight.clear()
+        self._after_apply.clear()
+        self._batch = []
+        self._propose_node_up()
 
     async def serve(self) -> None:
         from node.connection import AMQPConnection
@@ -240,8 +264,7 @@ class Broker:
         """Close the listener and every connection (320), flush, and stop Raft."""
         if self._server is not None:
             self._server.close()
-        for conn in list(self.connections.values()):
-            conn.force_close(320, "CONNECTION_FORCED - broker shutdown")
+        self.close_clients("CONNECTION_FORCED - broker shutdown")
         # Let the ConnectionClose commands reach the log.
         self._flush()
         await asyncio.sleep(0.05)

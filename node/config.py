@@ -126,6 +126,10 @@ OPTIONS: tuple[Option, ...] = (
            "compact the Raft log after this many entries"),
     Option("fsync", lambda v: _bool(v), "true", "fsync the journal before confirming (true/false)"),
     Option("election_timeout", _seconds, "0.5", "Raft election timeout, s (min; max is 2.5x)"),
+    Option("node_down_after", _seconds, "5",
+           "the leader records a member down after this long unreachable, s"),
+    Option("isolation_timeout", _seconds, "3",
+           "cut off from the majority this long, a node closes its clients (320), s"),
     Option("log_level", _log_level, "info", "debug, info, warning or error"),
 )
 
@@ -160,6 +164,8 @@ class Config:
     snapshot_entries: int = 200000
     fsync: bool = True
     election_timeout: float = 0.5
+    node_down_after: float = 5.0
+    isolation_timeout: float = 3.0
     log_level: str = "INFO"
     users: dict[str, str] = field(default_factory=dict)
 

@@ -126,6 +126,11 @@ class AMQPConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = transport.get_extra_info("peername")
+        if self.broker.isolated:
+            # Cut off from the majority: send the client to another member.
+            self.closed = True
+            transport.close()
+            return
         self.broker.connections[self.conn_no] = self
         self.broker.metrics.connections_opened.inc()
 

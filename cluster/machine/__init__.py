@@ -7,18 +7,21 @@ Every replica applies the same batches of :mod:`cluster.commands` to a
 from cluster.machine.apply import (
     apply,
     apply_batch,
+    nodes,
     queue_stats,
     restore,
     snapshot,
     vhost_exists,
 )
-from cluster.machine.state import State, new_state
+from cluster.machine.state import NodeInfo, State, new_state
 
 __all__ = [
+    "NodeInfo",
     "State",
     "apply",
     "apply_batch",
     "new_state",
+    "nodes",
     "queue_stats",
     "restore",
     "snapshot",

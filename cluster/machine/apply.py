@@ -10,7 +10,7 @@ from cluster.effects import ChannelError, ConnectionError, Effect
 from cluster.machine import basic, lifecycle, topology
 from cluster.machine.errors import AmqpError
 from cluster.machine.lifecycle import close_channel, close_connection
-from cluster.machine.state import DedupeWindow, State
+from cluster.machine.state import DedupeWindow, NodeInfo, State
 
 DEDUPE_WINDOW = 4096
 
@@ -135,3 +135,8 @@ def queue_stats(state: State) -> Iterable[tuple[str, str, int, int, int]]:
 
 
 
+
+
+def nodes(state: State) -> dict[str, NodeInfo]:
+    """Every node the log has seen: incarnation, down flag and addresses."""
+    return dict(state.nodes)

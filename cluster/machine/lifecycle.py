@@ -118,7 +118,7 @@ def node_up(state: State, cmd: C.NodeUp, out: list[Effect]) -> None:
     info = state.nodes.get(cmd.node)
     if info is not None and cmd.incarnation < info.incarnation:
         return  # stale
-    state.nodes[cmd.node] = NodeInfo(cmd.incarnation)
+    state.nodes[cmd.node] = NodeInfo(cmd.incarnation, False, cmd.raft_address, cmd.http_address)
     inc = cmd.incarnation
     _forget_node(state, cmd.node, lambda i: i != inc, out)
     for key in [k for k in state.dedupe if k[0] == cmd.node and k[1] < inc]:
@@ -129,6 +129,7 @@ def node_down(state: State, cmd: C.NodeDown, out: list[Effect]) -> None:
     info = state.nodes.get(cmd.node)
     if info is not None and info.incarnation != cmd.incarnation:
         return  # about a life that is already over (or not yet seen)
-    state.nodes[cmd.node] = NodeInfo(cmd.incarnation, down=True)
+    state.nodes[cmd.node] = NodeInfo(cmd.incarnation, True, info.raft_address if info else "",
+                                     info.http_address if info else "")
     inc = cmd.incarnation
     _forget_node(state, cmd.node, lambda i: i <= inc, out)

@@ -162,6 +162,8 @@ class Connection:
 class NodeInfo:
     incarnation: int
     down: bool = False
+    raft_address: str = ""
+    http_address: str = ""
 
 
 @dataclass(eq=True)

@@ -1,0 +1,97 @@
+"""Watching the cluster's members from one node.
+
+Three duties, checked a few times a second from the broker's housekeeping tick:
+
+* **Leader only:** a member unreachable for ``node_down_after`` seconds (or
+  removed from the cluster) is recorded in the log as ``NodeDown`` with the
+  incarnation it had, so its consumers are cancelled and its unacked
+  messages go back to their queues for the other nodes' consumers.
+* **Every node:** if the log says *this* node's current life is down (it was
+  partitioned or paused long enough for the leader to give up on it), close
+  every client connection and start a new life (``NodeUp``) — the clients
+  reconnect and nothing of the old life lingers.
+* **Every node:** cut off from the majority for ``isolation_timeout`` seconds,
+  close client connections with 320 and refuse new ones until the node sees a
+  leader and a quorum again, so clients fail over to a healthy member.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from cluster import machine
+from cluster.commands import NodeDown
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 0.1
+
+
+class MembershipWatch:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._checked = 0.0
+        self._unhealthy_since: float | None = None
+        self._lost_since: dict[str, float] = {}
+        self._proposed_down: set[tuple[str, int]] = set()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < CHECK_EVERY_S:
+            return
+        self._checked = now
+        self._check_isolation(now)
+        self._check_own_life()
+        self._check_peers(now)
+
+    def _check_isolation(self, now: float) -> None:
+        b = self.broker
+        healthy = b.raft.leader is not None and b.raft.has_quorum
+        if healthy:
+            self._unhealthy_since = None
+            if b.isolated:
+                log.info("node %s sees a leader and a quorum again; accepting clients", b.node_id)
+                b.isolated = False
+            return
+        if self._unhealthy_since is None:
+            self._unhealthy_since = now
+        elif not b.isolated and now - self._unhealthy_since > b.cfg.isolation_timeout:
+            log.warning("node %s cut off from the majority for %.1fs: closing client connections",
+                        b.node_id, now - self._unhealthy_since)
+            b.isolated = True
+            b.close_clients("CONNECTION_FORCED - node is cut off from the cluster majority")
+
+    def _check_own_life(self) -> None:
+        b = self.broker
+        info = machine.nodes(b.raft.state).get(b.node_id)
+        if b.ready and info is not None and info.down and info.incarnation == b.incarnation:
+            log.warning("node %s was declared down by the cluster; starting a new life", b.node_id)
+            b.new_life()
+
+    def _check_peers(self, now: float) -> None:
+        b = self.broker
+        if not b.raft.is_leader:
+            self._lost_since.clear()
+            return
+        members = set(b.raft.peers())
+        for node, info in machine.nodes(b.raft.state).items():
+            if node == b.node_id or info.down or not info.raft_address:
+                continue
+            key = (node, info.incarnation)
+            if key in self._proposed_down:
+                continue
+            removed = info.raft_address not in members
+            if not removed and b.raft.is_connected(info.raft_address):
+                self._lost_since.pop(node, None)
+                continue
+            since = self._lost_since.setdefault(node, now)
+            if removed or now - since > b.cfg.node_down_after:
+                log.warning("node %s (%s) %s: recording it down", node, info.raft_address,
+                            "was removed" if removed else f"unreachable for {now - since:.1f}s")
+                self._proposed_down.add(key)
+                b.propose(NodeDown(node, info.incarnation))
