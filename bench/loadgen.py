@@ -108,7 +108,7 @@ def publish_template(queue: str, size: int, frame_max: int) -> tuple[bytes, byte
         1, _CLASS_METHOD.pack(60, 40) + b"\0\0" + _shortstr("") + _shortstr(queue) + b"\0"
     )
     header = _frame(2, struct.pack(">HHQH", 60, 0, size, 0x1000) + b"\x02")  # delivery-mode flag
-    chunk = max(frame_max - 8, 4096) if frame_max else 131072 - 8
+    chunk = (frame_max or 131072) - 8  # frame payload limit: frame_max minus header and end
     pad = bytes(range(256)) * (size // 256 + 1)
     rest = pad[: size - 8]
     first_len = min(size, chunk)
