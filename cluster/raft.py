@@ -309,6 +309,10 @@ class RaftNode:
         """Add a member (leader only; one change at a time)."""
         self._replica.addNodeToCluster(addr, callback=callback)
 
+    def transfer_leadership(self) -> None:
+        """Leader only: ask the most caught-up follower to take over."""
+        self._replica.transferLeadership(None, callback=lambda *_: None)
+
     def remove_member(self, addr: str, callback: Callable[[Any, Any], None]) -> None:
         self._replica.removeNodeFromCluster(addr, callback=callback)
 

@@ -20,6 +20,17 @@ def _parser() -> argparse.ArgumentParser:
                     "environment variable (e.g. RAFTMQ_AMQP_PORT); the command line wins.",
     )
     config.add_arguments(serve)
+
+    cluster = sub.add_parser("cluster", help="inspect and change cluster membership")
+    csub = cluster.add_subparsers(dest="action", required=True)
+    node_help = ("HTTP address of any running node (default: $RAFTMQ_ADMIN_URL or "
+                 "http://127.0.0.1:15692)")
+    st = csub.add_parser("status", help="members, leader, term, commit/applied index and lag")
+    st.add_argument("--node", help=node_help)
+    for action, verb in (("add", "add"), ("remove", "remove")):
+        p = csub.add_parser(action, help=f"{verb} a member by its Raft address (one at a time)")
+        p.add_argument("address", help="the member's Raft address, HOST:PORT")
+        p.add_argument("--node", help=node_help)
     return parser
 
 
@@ -32,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raftmq: {e}", file=sys.stderr)
             return 2
         return serve(cfg)
+    if args.command == "cluster":
+        from node import admin
+
+        url = admin.admin_url(args.node)
+        if args.action == "status":
+            return admin.status(url)
+        return admin.change(url, "POST" if args.action == "add" else "DELETE", args.address)
     return 2
 
 
@@ -57,7 +75,7 @@ def serve(cfg: config.Config) -> int:
 
 async def _run(cfg: config.Config) -> None:
     from node.broker import Broker
-    from node.metrics import serve_http
+    from node.http import serve_http
 
     log = logging.getLogger("raftmq")
     log.info("starting: %s", config.describe(cfg))

@@ -1,13 +1,12 @@
-"""Prometheus metrics and the small HTTP endpoint serving them.
+"""Prometheus metrics.
 
 Counters are bumped on the hot path; gauges that describe replicated state
 (queues, consumers, Raft indexes) are computed at scrape time from the local
-replica. The HTTP server runs on the event loop (no thread touches the state).
+replica, on the event loop (see node/http.py: no thread touches the state).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -102,36 +101,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-async def serve_http(broker: Broker, host: str, port: int) -> asyncio.AbstractServer:
-    """A minimal HTTP/1.0 server: GET /metrics and GET /healthz."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            line = request.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = line.split()
-            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
-            if parts and parts[0] not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"method not allowed\n"
-            elif path == "/metrics":
-                status, ctype, body = "200 OK", "text/plain; version=0.0.4", broker.metrics.render()
-            elif path == "/healthz":
-                ok = broker.ready and broker.raft.status().leader is not None
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", (b"ok\n" if ok else b"not ready\n")
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            head = (f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-            writer.write(head.encode() + (body if parts and parts[0] != "HEAD" else b""))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("metrics request failed")
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)
