@@ -266,13 +266,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: brokers and clients stop
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through every finally: brokers and clients stop
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    # Ctrl-C and SIGTERM (also when started in the background, where SIGINT may be ignored)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
     brokers = [args.only] if args.only else ["raftmq", "rabbitmq"]
     if "rabbitmq" in brokers:
         ensure_installed()
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                         file=sys.stderr,
                     )
     except KeyboardInterrupt:
+        interrupted = True
         print("interrupted: reporting the trials done so far", file=sys.stderr)
     finally:
         if not args.keep:
@@ -328,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     path.write_text(json.dumps(doc, indent=2))
     print(f"\nresults: {path}" + (f"\nbroker dirs kept in {workroot}" if args.keep else ""))
+    if interrupted:
+        return 130
     return 0 if trials and all(not t.get("stalled") for t in trials) else 1
 
 
