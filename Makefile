@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-codec clean install
+.PHONY: run test lint typecheck bench bench-quick bench-codec clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy tests/harness bench
 	$(BIN)/python -m pytest -q
+
+cluster: $(STAMP)
+	deploy/local-cluster.sh start
+
+cluster-stop:
+	deploy/local-cluster.sh stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,8 +34,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# RaftMQ and RabbitMQ (installed from Debian by the harness if missing) side by side.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run_bench --duration 5 --warmup 1 --runs 1
 
 bench-codec: $(STAMP)
 	$(BIN)/python bench/codec_bench.py

@@ -126,7 +126,7 @@ class _Replica(SyncObj):
     ``__init__`` (here ``state``) into snapshots."""
 
     def __init__(self, self_addr: str, peers: list[str], conf: SyncObjConf,
-                 sink: Callable[[Batch, list[Effect]], None]) -> None:
+                 sink: Callable[[Batch, list[Effect], int], None]) -> None:
         # Attributes that exist when SyncObj.__init__ ends are left out of
         # snapshots: the sink must be one of them, the state must not.
         self._sink = sink
@@ -136,7 +136,7 @@ class _Replica(SyncObj):
     @replicated
     def apply_batch(self, data: bytes) -> None:
         batch: Batch = decode_batch(data)
-        self._sink(batch, machine.apply_batch(self.state, batch))
+        self._sink(batch, machine.apply_batch(self.state, batch), len(data))
 
 
 class RaftNode:
@@ -153,6 +153,7 @@ class RaftNode:
         fsync: bool = True,
         election_timeout: float = 0.5,
         snapshot_entries: int = 200000,
+        snapshot_bytes: int = 64 << 20,
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id
@@ -192,6 +193,11 @@ class RaftNode:
             _syncobj_module.createPoller = original
         self._journal_fd: int | None = None
         self._dirty = False
+        # pysyncobj keeps every entry since the last snapshot in memory and
+        # counts only entries; at 4 KiB messages that is gigabytes. Compact
+        # by bytes as well.
+        self._log_bytes = 0
+        self._snapshot_bytes = snapshot_bytes
         self._hook_durability()
 
     def _hook_durability(self) -> None:
@@ -218,8 +224,9 @@ class RaftNode:
         """Serve Raft sockets from ``loop``; ``wake`` is called after socket events."""
         self._poller.attach(loop, wake)
 
-    def _on_applied(self, batch: Batch, effects: list[Effect]) -> None:
+    def _on_applied(self, batch: Batch, effects: list[Effect], size: int) -> None:
         self._pending.extend(effects)
+        self._log_bytes += size
         if batch.node == self.node_id and batch.incarnation == self._incarnation:
             self._applied_seqs.append(batch.seq)
 
@@ -248,6 +255,9 @@ class RaftNode:
         self._replica.doTick(0.0)
         if self._dirty:
             self.flush()
+        if self._snapshot_bytes and self._log_bytes > self._snapshot_bytes:
+            self._log_bytes = 0
+            self._replica.forceLogCompaction()
         return self.take_effects()
 
     def take_effects(self) -> list[Effect]:

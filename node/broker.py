@@ -52,6 +52,7 @@ class Broker:
             fsync=cfg.fsync,
             election_timeout=cfg.election_timeout,
             snapshot_entries=cfg.snapshot_entries,
+            snapshot_bytes=cfg.snapshot_mib << 20,
         )
         self.raft.set_incarnation(self.incarnation)
         self.connections: dict[int, AMQPConnection] = {}

@@ -120,10 +120,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("frame_max", _frame_max, "131072", "largest frame offered to clients"),
     Option("channel_max", _channel_max, "2047", "most channels per connection offered"),
     Option("heartbeat", _positive_int, "60", "heartbeat interval offered to clients, s (0 off)"),
-    Option("flow_high_water", _positive_int, "2000",
+    Option("flow_high_water", _positive_int, "300",
            "pause publishers while a queue with consumers holds this many ready messages"),
-    Option("snapshot_entries", _positive_int, "200000",
+    Option("snapshot_entries", _positive_int, "100000",
            "compact the Raft log after this many entries"),
+    Option("snapshot_mib", _positive_int, "64",
+           "compact the Raft log after this many MiB of entries (0: by entries only)"),
     Option("fsync", lambda v: _bool(v), "true", "fsync the journal before confirming (true/false)"),
     Option("election_timeout", _seconds, "0.5", "Raft election timeout, s (min; max is 2.5x)"),
     Option("node_down_after", _seconds, "5",
@@ -160,8 +162,9 @@ class Config:
     frame_max: int = 131072
     channel_max: int = 2047
     heartbeat: int = 60
-    flow_high_water: int = 2000
-    snapshot_entries: int = 200000
+    flow_high_water: int = 300
+    snapshot_entries: int = 100000
+    snapshot_mib: int = 64
     fsync: bool = True
     election_timeout: float = 0.5
     node_down_after: float = 5.0
