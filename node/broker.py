@@ -107,7 +107,7 @@ class Broker:
             data = encode_batch(batch)
             self._in_flight[batch.seq] = (data, time.monotonic())
             self.raft.propose(data)
-            self.metrics.batches.inc()
+            self.metrics.batches += 1
             # The entry is appended (and fsynced) in one tick; a lone node
             # commits and applies it in the next.
             self._tick()
@@ -137,7 +137,7 @@ class Broker:
             if changed or now - sent > RESUBMIT_AFTER_S:
                 self._in_flight[seq] = (data, now)
                 self.raft.propose(data)
-                self.metrics.resubmitted.inc()
+                self.metrics.resubmitted += 1
 
     def _tick(self) -> None:
         # Entries are on disk (here and, for committed ones, on a majority)
@@ -207,7 +207,6 @@ class Broker:
             touched[key[1]] = conn
         for conn in touched.values():
             conn.effects_done()
-        self.metrics.count_effects(effects, node)
 
     # --- lifecycle ------------------------------------------------------------------
 

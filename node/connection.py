@@ -132,7 +132,7 @@ class AMQPConnection(asyncio.Protocol):
             transport.close()
             return
         self.broker.connections[self.conn_no] = self
-        self.broker.metrics.connections_opened.inc()
+        self.broker.metrics.connections_opened += 1
 
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
@@ -174,7 +174,7 @@ class AMQPConnection(asyncio.Protocol):
         self.broker.connections.pop(self.conn_no, None)
         if self.opened:
             self.broker.propose(c.ConnectionClose(self.key))
-        self.broker.metrics.connections_closed.inc()
+        self.broker.metrics.connections_closed += 1
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self._reading_paused and not self.closed:
@@ -234,7 +234,7 @@ class AMQPConnection(asyncio.Protocol):
             if ch is not None:
                 self._propose(ch, c.Ack(ch.key, ev.delivery_tag, ev.multiple))  # type: ignore[attr-defined]
                 self.broker.last_ack = self._last_recv
-                self.broker.metrics.acked.inc()
+                self.broker.metrics.acked += 1
         elif t is NackReceived:
             ch = self._channel(ev.channel)  # type: ignore[attr-defined]
             if ch is not None:
@@ -286,7 +286,7 @@ class AMQPConnection(asyncio.Protocol):
         self._propose(ch, c.Publish(ch.key, ev.exchange, ev.routing_key, ev.mandatory,
                                     ev.properties, ev.body, seq))
         self.last_publish = self._last_recv
-        self.broker.metrics.published.inc()
+        self.broker.metrics.published += 1
 
     # --- methods ----------------------------------------------------------------------------
 
@@ -302,7 +302,7 @@ class AMQPConnection(asyncio.Protocol):
             self.channels[channel] = Channel(channel, key)
             self.broker.propose(c.ChannelOpen(key))
             self._write(self.proto.channel_open_ok(channel))
-            self.broker.metrics.channels_opened.inc()
+            self.broker.metrics.channels_opened += 1
             return
         if isinstance(m, spec.Channel.CloseOk):
             self.channels.pop(channel, None)
@@ -632,7 +632,7 @@ def _deliver(conn: AMQPConnection, ef: e.Deliver) -> None:
         return  # the channel is closing: the machine requeues on ChannelClose
     conn._write(conn.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag, ef.redelivered,
                                    ef.exchange, ef.routing_key, ef.properties, ef.body))
-    conn.broker.metrics.delivered.inc()
+    conn.broker.metrics.delivered += 1
 
 
 def _get_ok(conn: AMQPConnection, ef: e.GetOk) -> None:
@@ -641,7 +641,7 @@ def _get_ok(conn: AMQPConnection, ef: e.GetOk) -> None:
         return
     conn._write(conn.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, ef.exchange,
                                   ef.routing_key, ef.message_count, ef.properties, ef.body))
-    conn.broker.metrics.delivered.inc()
+    conn.broker.metrics.delivered += 1
 
 
 def _return(conn: AMQPConnection, ef: e.Return) -> None:
@@ -667,7 +667,7 @@ def _confirm(conn: AMQPConnection, ef: e.Confirm) -> None:
         ch.early.add(ef.seq)
     else:
         return  # a confirm seen twice (effects can repeat across a leader change)
-    conn.broker.metrics.confirmed.inc()
+    conn.broker.metrics.confirmed += 1
     if not ef.ack:
         if ch.confirm_upto:
             conn._send_confirm_acks(ch)
