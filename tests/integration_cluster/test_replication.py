@@ -1,0 +1,170 @@
+"""Replication across nodes, whole-cluster crash recovery, and the cluster's start-up checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+import pytest
+
+from tests.harness.cluster import RaftMQCluster
+from tests.harness.ports import free_port
+from tests.harness.raftmq import REPO_ROOT
+from tests.integration.helpers import (
+    Collector,
+    close_quietly,
+    connect,
+    consume_n,
+    expect_channel_error,
+    pump,
+    queue_depth,
+    unique,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(150)
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+def test_publish_on_follower_consume_on_other_follower(cluster: RaftMQCluster) -> None:
+    """500 persistent messages confirmed on one follower arrive on the other follower in order,
+    exactly once, and the queue is empty everywhere afterwards."""
+    f1, f2 = cluster.followers()
+    q = unique("repl")
+    bodies = [b"msg-%04d" % i for i in range(500)]
+    pconn = connect(f1.url)
+    cconn = connect(f2.url)
+    try:
+        pch = pconn.channel()
+        pch.queue_declare(q, durable=True)
+        pch.confirm_delivery()
+        t0 = time.monotonic()
+        for body in bodies:
+            pch.basic_publish("", q, body, PERSISTENT)  # raises unless acked
+        print(f"500 confirmed publishes on a follower: {time.monotonic() - t0:.2f}s")
+        cluster.wait_converged()
+        cch = cconn.channel()
+        assert queue_depth(cch, q) == 500
+        cch.basic_qos(prefetch_count=100)
+        got = consume_n(cconn, cch, q, 500, timeout=30)
+        assert len(got) == 500
+        assert [d.body for d in got] == bodies
+        assert not any(d.method.redelivered for d in got)
+        # the acks reach every replica: the queue is empty on all three nodes
+        for nd in cluster.nodes:
+            c = connect(nd.url)
+            try:
+                ch = c.channel()
+                wait_until(lambda ch=ch: queue_depth(ch, q) == 0, 10, what=f"{q} empty on {nd.node_id}")
+            finally:
+                close_quietly(c)
+    finally:
+        close_quietly(pconn)
+        close_quietly(cconn)
+
+
+def test_whole_cluster_kill9_restart(cluster: RaftMQCluster) -> None:
+    """kill -9 of all three nodes, restart of all three: every confirmed persistent message of a
+    durable queue is back exactly once, in order (the ones a consumer held unacked first, marked
+    redelivered); non-durable queues are gone."""
+    n1, n2, n3 = cluster.nodes
+    durable, transient = unique("durable"), unique("transient")
+    bodies = [b"d-%04d" % i for i in range(300)]
+    conn = connect(n1.url)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(durable, durable=True)
+        for body in bodies:
+            ch.basic_publish("", durable, body, PERSISTENT)
+    finally:
+        close_quietly(conn)
+    conn = connect(n2.url)
+    holder = connect(n3.url)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(transient, durable=False)
+        for i in range(10):
+            ch.basic_publish("", transient, b"t-%d" % i, PERSISTENT)
+        # a consumer on n3 holds the first 5 unacked when everything dies
+        hch = holder.channel()
+        hch.basic_qos(prefetch_count=5)
+        held = Collector(ack=False)
+        hch.basic_consume(durable, held)
+        pump(holder, lambda: len(held) >= 5, 10, what="5 deliveries on n3")
+        assert held.bodies == bodies[:5]
+        cluster.wait_converged()
+        for nd in cluster.nodes:
+            cluster.kill(nd)
+    finally:
+        close_quietly(conn)
+        close_quietly(holder)
+    for nd in cluster.nodes:
+        assert not nd.is_running()
+        nd.start(wait=False)
+    cluster.wait_ready(timeout=45)
+    cluster.leader()
+    for nd in cluster.nodes:
+        conn = connect(nd.url)
+        try:
+            ch = conn.channel()
+            wait_until(lambda ch=ch: queue_depth(ch, durable) == 300, 10,
+                       what=f"300 messages in {durable} on {nd.node_id}")
+            expect_channel_error(404, lambda ch=ch: ch.queue_declare(transient, passive=True))
+        finally:
+            close_quietly(conn)
+    conn = connect(n2.url)
+    try:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=100)
+        got = consume_n(conn, ch, durable, 300, timeout=30)
+        assert [d.body for d in got] == bodies
+        assert [d.method.redelivered for d in got[:5]] == [True] * 5
+        assert not any(d.method.redelivered for d in got[5:])
+        assert queue_depth(ch, durable) == 0
+    finally:
+        close_quietly(conn)
+
+
+def _serve_argv(tmp_path: Path) -> list[str]:
+    return [sys.executable, "-m", "node", "serve", "--node-id", "n1",
+            "--amqp-port", str(free_port()), "--metrics-port", str(free_port()),
+            "--raft-address", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "data")]
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "empty-secret"])
+def test_peers_without_secret_refuses_to_start(tmp_path: Path, how: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAFTMQ_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    argv = _serve_argv(tmp_path)
+    peer = f"127.0.0.1:{free_port()}"
+    if how == "flag":
+        argv += ["--peers", peer]
+    else:
+        env["RAFTMQ_PEERS"] = peer
+    if how == "empty-secret":
+        env["RAFTMQ_CLUSTER_SECRET"] = ""
+    r = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "--cluster-secret" in r.stderr, r.stderr
+    assert not (tmp_path / "data" / "raft.journal").exists()
+
+
+def test_raft_port_binds_only_the_configured_address(cluster: RaftMQCluster) -> None:
+    """Every listener is bound to 127.0.0.1, not 0.0.0.0: on Linux any 127/8 address reaches a
+    0.0.0.0 listener, so 127.0.0.2 must be refused."""
+    for nd in cluster.nodes:
+        for port in (nd.raft_port, nd.amqp_port, nd.metrics_port):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.2", port), timeout=2).close()
+    # and the cluster is none the worse for the stray connections
+    cluster.leader()
