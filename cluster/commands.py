@@ -278,6 +278,17 @@ class Flow(Command):
     active: bool
 
 
+# --- time ----------------------------------------------------------------------------
+
+
+@_command(40)
+class Tick(Command):
+    """Nothing but the passing of time: the batch's timestamp advances the machine's
+    clock, and whatever is due by then expires (message TTLs at queue heads, queues
+    unused for their x-expires). The leader proposes one at
+    ``cluster.machine.next_deadline(state)``."""
+
+
 # --- batches -------------------------------------------------------------------------
 
 

@@ -249,12 +249,11 @@ class RaftNode:
     def tick(self) -> list[Effect]:
         """Run one non-blocking pysyncobj tick; return the effects applied in it.
 
-        Entries appended during the tick are fsynced before it returns, so the
-        leader's own copy is on disk before the next tick counts it towards a
-        commit."""
+        Entries this tick appends are NOT yet durable: the caller must make
+        them so (:meth:`flush`, or :meth:`journal_fd_to_sync` from a worker
+        thread) before the next tick, in which the leader counts its own copy
+        towards a commit."""
         self._replica.doTick(0.0)
-        if self._dirty:
-            self.flush()
         if self._snapshot_bytes and self._log_bytes > self._snapshot_bytes:
             self._log_bytes = 0
             self._replica.forceLogCompaction()
@@ -267,17 +266,30 @@ class RaftNode:
         self._pending.clear()
         return effects
 
-    def flush(self) -> None:
-        """Make every journal entry written so far durable (fdatasync)."""
+    @property
+    def dirty(self) -> bool:
+        """Entries were appended since the last flush."""
+        return self._dirty
+
+    def journal_fd_to_sync(self) -> int | None:
+        """Clear the dirty mark and return the journal's fd for the caller to
+        ``fdatasync`` (e.g. in a worker thread); None when there is nothing
+        to do (fsync disabled)."""
         self._dirty = False
         if not self._fsync:
-            return
+            return None
         if self._journal_fd is None:
             try:
                 self._journal_fd = os.open(self._journal_path, os.O_RDONLY)
             except FileNotFoundError:
-                return
-        os.fdatasync(self._journal_fd)
+                return None
+        return self._journal_fd
+
+    def flush(self) -> None:
+        """Make every journal entry written so far durable (fdatasync), now."""
+        fd = self.journal_fd_to_sync()
+        if fd is not None:
+            os.fdatasync(fd)
 
     def close(self) -> None:
         try:

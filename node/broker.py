@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from cluster import machine
@@ -67,6 +69,8 @@ class Broker:
         self._in_flight: dict[int, tuple[bytes, float]] = {}
         self._known_leader: str | None = None
         self._tick_scheduled = False
+        self._syncing = False
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._tick_handle: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
@@ -108,9 +112,8 @@ class Broker:
             self._in_flight[batch.seq] = (data, time.monotonic())
             self.raft.propose(data)
             self.metrics.batches += 1
-            # The entry is appended (and fsynced) in one tick; a lone node
-            # commits and applies it in the next.
-            self._tick()
+            # The entry is appended in this tick, synced to disk, and then
+            # (a lone node) committed and applied in the next.
         self._tick()
 
     def wake(self) -> None:
@@ -121,6 +124,8 @@ class Broker:
 
     def _woken(self) -> None:
         self._tick_scheduled = False
+        self._syncing = False
+        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._tick()
 
     def _resubmit(self) -> None:
@@ -140,19 +145,45 @@ class Broker:
                 self.metrics.resubmitted += 1
 
     def _tick(self) -> None:
-        # Entries are on disk (here and, for committed ones, on a majority)
-        # by the time tick() returns their effects.
+        """One Raft tick, unless the journal is being synced.
+
+        Entries appended by a tick are fdatasync'ed in a worker thread while
+        the loop keeps reading and parsing; no tick runs until that is done,
+        so a leader never counts its own copy of an entry towards a commit
+        before it is on disk (and neither confirms nor deliveries leave
+        before that). Followers sync before they acknowledge entries (see
+        cluster/raft.py)."""
+        if self._syncing:
+            return
         effects = self.raft.tick()
         applied = self.raft.take_applied()
-        if not effects and not applied:
-            return
         if effects:
             self.dispatch(effects)
         for seq in applied:
             self._in_flight.pop(seq, None)
             for fn in self._after_apply.pop(seq, ()):
                 fn()
-        self._check_flow()
+        if self.raft.dirty:
+            self._start_sync()
+        if effects or applied:
+            self._check_flow()
+
+    def _start_sync(self) -> None:
+        fd = self.raft.journal_fd_to_sync()
+        if fd is None:  # fsync disabled: commit on the next tick straight away
+            self.wake()
+            return
+        self._syncing = True
+        self.loop.run_in_executor(self._sync_pool, os.fdatasync, fd).add_done_callback(self._synced)
+
+    def _synced(self, fut: asyncio.Future[None]) -> None:
+        self._syncing = False
+        if fut.exception() is not None:
+            # A journal that cannot be made durable must not confirm anything.
+            log.critical("fdatasync of the Raft journal failed: %s; stopping", fut.exception())
+            self.loop.stop()
+            return
+        self._tick()
 
     def _check_flow(self) -> None:
         """Pause reading from publishers while a consumed queue backs up.
@@ -273,3 +304,4 @@ class Broker:
             self._tick_handle.cancel()
         self.raft.flush()
         self.raft.close()
+        self._sync_pool.shutdown(wait=True)

@@ -16,7 +16,7 @@ Design notes:
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from cluster.commands import ChKey, ConnKey
@@ -36,6 +36,19 @@ DEFAULT_EXCHANGES: tuple[tuple[str, str], ...] = (
 )
 
 
+def _set_slots(obj: Any, values: list[Any]) -> None:
+    """Restore a slotted dataclass pickled as a list of field values; fields added
+    since the snapshot was taken (always trailing, with defaults) get their default."""
+    for i, f in enumerate(fields(obj)):
+        if i < len(values):
+            v = values[i]
+        elif f.default_factory is not MISSING:
+            v = f.default_factory()
+        else:
+            v = f.default
+        object.__setattr__(obj, f.name, v)
+
+
 @dataclass(slots=True, eq=True)
 class Msg:
     """One message as stored in one queue (a message routed to N queues has N
@@ -48,6 +61,14 @@ class Msg:
     body: bytes
     redelivered: bool = False
     delivery_count: int = 0
+    # now_ms at which the message expires (queue or per-message TTL), None: never.
+    expires_at: int | None = None
+
+    def __getstate__(self) -> list[Any]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def __setstate__(self, values: list[Any]) -> None:
+        _set_slots(self, values)
 
 
 @dataclass(slots=True, eq=True)
@@ -62,6 +83,13 @@ class Consumer:
     unacked: int = 0
     in_service: bool = False  # currently in its queue's service deque
     active: bool = True  # False once cancelled (unacked entries may still point here)
+    priority: int = 0  # x-priority consume argument: higher is served first
+
+    def __getstate__(self) -> list[Any]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def __setstate__(self, values: list[Any]) -> None:
+        _set_slots(self, values)
 
 
 @dataclass(eq=True)
@@ -90,6 +118,22 @@ class Queue:
     # Bindings pointing at this queue: (source exchange, bind key) -> None.
     bindings: dict[tuple[str, BindKey], None] = field(default_factory=dict)
     deleted: bool = False
+    # --- optional features, from the queue arguments (see features.py) ---------------
+    message_ttl: int | None = None  # x-message-ttl (ms)
+    dlx: str | None = None  # x-dead-letter-exchange
+    dlrk: str | None = None  # x-dead-letter-routing-key
+    max_length: int | None = None  # x-max-length (ready messages)
+    max_length_bytes: int | None = None  # x-max-length-bytes (ready body bytes)
+    overflow: str = "drop-head"  # x-overflow
+    expires: int | None = None  # x-expires (ms unused before the queue is deleted)
+    max_priority: int = 0  # x-max-priority; 0: not a priority queue
+    single_active: bool = False  # x-single-active-consumer
+    # The queue needs the feature-aware (slower) paths: TTL, length limits, priorities,
+    # consumer priorities, or it holds messages with a per-message TTL.
+    slow: bool = False
+    consumer_priorities: bool = False  # some consumer has a non-zero x-priority
+    ready_bytes: int = 0  # body bytes of ready messages (kept when max_length_bytes is set)
+    last_used: int = 0  # now_ms of the last declare / get / consumer leaving (x-expires)
 
     def ready_count(self) -> int:
         return len(self.ready) + len(self.returned)
@@ -189,6 +233,23 @@ class State:
     name_counter: int = 0
     # (node, incarnation) of the batch being applied, to stamp new connections.
     origin: tuple[str, int] | None = None
+    # Queues that may have a deadline (a TTL'd message at their head, or x-expires):
+    # qid -> None. ``next_due`` is a lower bound of their earliest deadline.
+    timed: dict[int, None] = field(default_factory=dict)
+    next_due: int | None = None
+    # Dead-lettered messages waiting to be republished within the current command
+    # (always empty between commands).
+    dl_pending: list[Any] = field(default_factory=list)
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        # snapshots taken before a field existed get its default
+        for f in fields(State):
+            if f.name not in d:
+                if f.default_factory is not MISSING:
+                    d[f.name] = f.default_factory()
+                else:
+                    d[f.name] = f.default
+        self.__dict__.update(d)
 
 
 def new_exchange(name: str, type_: str, durable: bool = True) -> Exchange:

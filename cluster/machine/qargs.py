@@ -1,0 +1,219 @@
+"""Queue and consumer arguments: validation as RabbitMQ 3.10's rabbit_amqqueue does
+(``check_arguments`` / ``check_consume_arguments``), and parsing into a queue's
+feature fields.
+
+Arguments arrive decoded by the protocol layer into Python values, so the AMQP
+field type is inferred from the Python type (int -> long, str/bytes -> longstr…).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from collections.abc import Callable
+from typing import Any
+
+from cluster.machine import errors as E
+from cluster.machine.errors import AmqpError, rs
+from cluster.machine.state import Queue
+
+MAX_EXPIRY = 4294967295  # rabbit_misc's ?MAX_EXPIRY_TIMER
+MAX_PRIORITY = 255  # rabbit_priority_queue's ?MAX_SUPPORTED_PRIORITY
+OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+
+def type_name(v: Any) -> str:
+    """The AMQP field type RabbitMQ would name in an error for this value."""
+    if v is None:
+        return "void"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "long"
+    if isinstance(v, float):
+        return "double"
+    if isinstance(v, str | bytes):
+        return "longstr"
+    if isinstance(v, decimal.Decimal):
+        return "decimal"
+    if isinstance(v, datetime.datetime):
+        return "timestamp"
+    if isinstance(v, dict):
+        return "table"
+    if isinstance(v, list | tuple):
+        return "array"
+    return type(v).__name__
+
+
+def text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _erl_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# Each check returns None (ok) or the Erlang term RabbitMQ reports, as text.
+_Check = Callable[[Any, dict[str, Any]], str | None]
+
+
+def _int(v: Any, _args: dict[str, Any]) -> str | None:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return None
+    return f"{{unacceptable_type,{type_name(v)}}}"
+
+
+def _non_neg_int(v: Any, args: dict[str, Any]) -> str | None:
+    err = _int(v, args)
+    if err is None and v < 0:
+        return f"{{value_negative,{v}}}"
+    return err
+
+
+def _expiry(v: int) -> str | None:
+    if v < 0:
+        return f"{{value_negative,{v}}}"
+    if v > MAX_EXPIRY:
+        return f"{{value_too_large,{v}}}"
+    return None
+
+
+def _expires(v: Any, args: dict[str, Any]) -> str | None:
+    err = _int(v, args)
+    if err is not None:
+        return err
+    if v == 0:
+        return "{value_zero,0}"
+    return _expiry(v)
+
+
+def _message_ttl(v: Any, args: dict[str, Any]) -> str | None:
+    err = _int(v, args)
+    return err if err is not None else _expiry(v)
+
+
+def _longstr(v: Any, _args: dict[str, Any]) -> str | None:
+    return None if isinstance(v, str | bytes) else f"{{unacceptable_type,{type_name(v)}}}"
+
+
+def _dlrk(v: Any, args: dict[str, Any]) -> str | None:
+    err = _longstr(v, args)
+    if err is None and "x-dead-letter-exchange" not in args:
+        return "routing_key_but_no_dlx_defined"
+    return err
+
+
+def _max_priority(v: Any, args: dict[str, Any]) -> str | None:
+    err = _non_neg_int(v, args)
+    if err is None and v > MAX_PRIORITY:
+        return f"{{max_value_exceeded,{v}}}"
+    return err
+
+
+def _one_of(values: tuple[str, ...], error: str) -> _Check:
+    def check(v: Any, args: dict[str, Any]) -> str | None:
+        err = _longstr(v, args)
+        if err is None and text(v) not in values:
+            return error
+        return err
+    return check
+
+
+def _bool(v: Any, _args: dict[str, Any]) -> str | None:
+    return None if isinstance(v, bool) else f"{{unacceptable_type,{type_name(v)}}}"
+
+
+# In rabbit_amqqueue:declare_args() order: the first failing argument is reported.
+_QUEUE_CHECKS: tuple[tuple[str, _Check], ...] = (
+    ("x-expires", _expires),
+    ("x-message-ttl", _message_ttl),
+    ("x-dead-letter-exchange", _longstr),
+    ("x-dead-letter-routing-key", _dlrk),
+    ("x-max-length", _non_neg_int),
+    ("x-max-length-bytes", _non_neg_int),
+    ("x-max-in-memory-length", _non_neg_int),
+    ("x-max-in-memory-bytes", _non_neg_int),
+    ("x-max-priority", _max_priority),
+    ("x-overflow", _one_of(OVERFLOW, "invalid_overflow")),
+    ("x-queue-mode", _one_of(("default", "lazy"), "invalid_queue_mode")),
+    ("x-single-active-consumer", _bool),
+)
+
+_CONSUME_CHECKS: tuple[tuple[str, _Check], ...] = (
+    ("x-priority", _int),
+    ("x-cancel-on-ha-failover", _bool),
+)
+
+
+def _check(kind: str, name: str, vhost: str, args: dict[str, Any],
+           checks: tuple[tuple[str, _Check], ...], method: tuple[int, int]) -> None:
+    for key, check in checks:
+        if key in args:
+            err = check(args[key], args)
+            if err is not None:
+                raise AmqpError(E.PRECONDITION_FAILED,
+                                f"invalid arg '{key}' for {rs(kind, name, vhost)}: {err}", method)
+
+
+def validate_queue_args(name: str, vhost: str, args: dict[str, Any]) -> None:
+    """Raise 406 as RabbitMQ does at queue.declare (new queues only)."""
+    m = E.QUEUE_DECLARE
+    dlx = args.get("x-dead-letter-exchange")
+    if dlx is not None and not isinstance(dlx, str | bytes):
+        # rabbit_channel checks the DLX's type before rabbit_amqqueue's checks
+        raise AmqpError(E.PRECONDITION_FAILED,
+                        f"invalid type '{type_name(dlx)}' for arg 'x-dead-letter-exchange' in "
+                        f"{rs('queue', name, vhost)}", m)
+    _check("queue", name, vhost, args, _QUEUE_CHECKS, m)
+
+
+def validate_consume_args(name: str, vhost: str, args: dict[str, Any]) -> None:
+    _check("queue", name, vhost, args, _CONSUME_CHECKS, E.BASIC_CONSUME)
+
+
+def configure(q: Queue) -> None:
+    """Set the queue's feature fields from its (validated) arguments."""
+    args = q.arguments
+    q.message_ttl = args.get("x-message-ttl")
+    if "x-dead-letter-exchange" in args:
+        q.dlx = text(args["x-dead-letter-exchange"])
+        if "x-dead-letter-routing-key" in args:
+            q.dlrk = text(args["x-dead-letter-routing-key"])
+    q.max_length = args.get("x-max-length")
+    q.max_length_bytes = args.get("x-max-length-bytes")
+    if "x-overflow" in args:
+        q.overflow = text(args["x-overflow"])
+    q.expires = args.get("x-expires")
+    q.max_priority = args.get("x-max-priority") or 0
+    q.single_active = args.get("x-single-active-consumer") is True
+    q.slow = needs_slow(q)
+
+
+def needs_slow(q: Queue) -> bool:
+    """Whether the queue's configuration alone needs the feature-aware paths."""
+    return (q.message_ttl is not None or q.max_length is not None
+            or q.max_length_bytes is not None or q.max_priority > 0 or q.consumer_priorities)
+
+
+def consumer_priority(args: dict[str, Any]) -> int:
+    v = args.get("x-priority", 0)
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def parse_expiration(raw: str) -> int | str:
+    """The per-message TTL in ms, or the error term RabbitMQ reports for it
+    (rabbit_basic:parse_expiration, using Erlang's string:to_integer)."""
+    i = 0
+    n = len(raw)
+    if i < n and raw[i] in "+-":
+        i += 1
+    j = i
+    while j < n and "0" <= raw[j] <= "9":
+        j += 1
+    if j == i:
+        return "no_integer"
+    if j < n:
+        return f"{{leftover_string,{_erl_string(raw[j:])}}}"
+    value = int(raw[:j])
+    err = _expiry(value)
+    return err if err is not None else value
