@@ -154,7 +154,14 @@ class RaftNode:
         election_timeout: float = 0.5,
         snapshot_entries: int = 200000,
         snapshot_bytes: int = 64 << 20,
+        bind_address: str | None = None,
+        dns_cache_s: float | None = None,
     ) -> None:
+        """``bind_address`` (HOST:PORT): where the Raft listener binds when it is
+        not ``self_addr`` (a DNS name that other members dial, e.g. in Kubernetes).
+        ``dns_cache_s``: how long pysyncobj keeps a peer name's address (and a
+        failed lookup); its own defaults are 600 s and 30 s, too long for pods
+        that come back with a new IP."""
         data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id
         self._journal_path = str(data_dir / "raft.journal")
@@ -166,7 +173,7 @@ class RaftNode:
             journalFile=self._journal_path,
             fullDumpFile=str(data_dir / "raft.dump"),
             # only the configured address, never 0.0.0.0
-            bindAddress=self_addr if host else None,
+            bindAddress=bind_address or (self_addr if host else None),
             password=secret or None,
             raftMinTimeout=election_timeout,
             raftMaxTimeout=election_timeout * 2.5,
@@ -179,6 +186,8 @@ class RaftNode:
             commandsWaitLeader=True,
             # pysyncobj forks to write snapshots, so the loop does not stall
             useFork=True,
+            **({} if dns_cache_s is None else
+               {"dnsCacheTime": dns_cache_s, "dnsFailCacheTime": dns_cache_s}),
         )
         self._pending: list[Effect] = []
         self._applied_seqs: list[int] = []

@@ -55,6 +55,7 @@ class Broker:
             election_timeout=cfg.election_timeout,
             snapshot_entries=cfg.snapshot_entries,
             snapshot_bytes=cfg.snapshot_mib << 20,
+            bind_address=cfg.raft_bind or None, dns_cache_s=cfg.raft_dns_cache,
         )
         self.raft.set_incarnation(self.incarnation)
         self.connections: dict[int, AMQPConnection] = {}

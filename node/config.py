@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from node import discovery
+
 
 class ConfigError(Exception):
     """A configuration value is invalid; the message names the option."""
@@ -133,6 +135,28 @@ OPTIONS: tuple[Option, ...] = (
     Option("isolation_timeout", _seconds, "3",
            "cut off from the majority this long, a node closes its clients (320), s"),
     Option("log_level", _log_level, "info", "debug, info, warning or error"),
+    # Deployment: peer discovery and name resolution (node/discovery.py).
+    Option("peer_discovery", discovery.parse_mode, "none",
+           "none (use --node-id/--raft-address/--peers) or statefulset (derive them from the "
+           "pod's hostname <statefulset>-<ordinal>)"),
+    Option("statefulset_name", discovery.parse_label, "",
+           "statefulset discovery: the StatefulSet's name (default: the hostname's prefix)"),
+    Option("headless_service", discovery.parse_label, "",
+           "statefulset discovery: the headless Service giving pods their DNS names"),
+    Option("namespace", discovery.parse_label, "",
+           "statefulset discovery: the namespace; with it, peer names are fully qualified"),
+    Option("cluster_domain", discovery.parse_domain, "cluster.local",
+           "statefulset discovery: the cluster's DNS domain"),
+    Option("replicas", _positive_int, "0",
+           "statefulset discovery: the number of pods of a new cluster (seeds the peers)"),
+    Option("raft_port", _port, "25672", "statefulset discovery: the Raft port of every pod"),
+    Option("raft_bind", discovery.parse_bind, "",
+           "address (or HOST:PORT) the Raft listener binds when --raft-address is a name "
+           "others dial (statefulset discovery: default $POD_IP)"),
+    Option("static_hosts", discovery.parse_static_hosts, "",
+           "name=ip,... resolved inside this process before DNS (tests, hosts without DNS)"),
+    Option("raft_dns_cache", _seconds, "5",
+           "how long a peer's resolved address (or failed lookup) is reused, s"),
 )
 
 
@@ -171,6 +195,16 @@ class Config:
     isolation_timeout: float = 3.0
     log_level: str = "INFO"
     users: dict[str, str] = field(default_factory=dict)
+    peer_discovery: str = "none"
+    statefulset_name: str = ""
+    headless_service: str = ""
+    namespace: str = ""
+    cluster_domain: str = "cluster.local"
+    replicas: int = 0
+    raft_port: int = 25672
+    raft_bind: str = ""
+    static_hosts: tuple[tuple[str, str], ...] = ()
+    raft_dns_cache: float = 5.0
 
     @property
     def data_path(self) -> Path:
@@ -195,11 +229,14 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     """Resolve every option: command line, then environment, then default."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    given: set[str] = set()  # options set by flag or variable, not by default
     for opt in OPTIONS:
         raw = getattr(args, opt.name, None) if args is not None else None
         source = "--" + opt.name.replace("_", "-")
         if raw is None and env_name(opt.name) in environ:
             raw, source = environ[env_name(opt.name)], env_name(opt.name)
+        if raw is not None:
+            given.add(opt.name)
         if raw is None:
             raw = opt.default
         if raw is None:
@@ -212,6 +249,10 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     if not cfg.raft_address:
         cfg = _replace(cfg, raft_address=f"{cfg.amqp_host}:{(cfg.amqp_port + 20000) % 65536 or 25672}")
     cfg = _replace(cfg, users={cfg.default_user: cfg.default_pass})
+    try:
+        cfg = _replace(cfg, **discovery.configure(cfg, environ, given))
+    except discovery.DiscoveryError as e:
+        raise ConfigError(str(e)) from None
     _check(cfg)
     return cfg
 
@@ -240,6 +281,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"--raft-address {cfg.raft_address}: bind the Raft port to a specific address, not {raft_host}"
         )
+    if cfg.raft_bind and discovery._is_unspecified(discovery.split_host_port(cfg.raft_bind)[0]):
+        raise ConfigError(f"--raft-bind {cfg.raft_bind}: bind the Raft port to a specific address")
 
 
 def describe(cfg: Config, secrets: Sequence[str] = ("cluster_secret", "default_pass")) -> str:
