@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal as _signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +54,7 @@ class RaftMQCluster:
         self.extra_env = dict(extra_env or {})
         self._ports: set[int] = set()
         self._all: list[RaftMQNode] = []  # every node ever made, for stop()
+        self.add_result: Any = None  # the last add_node's HTTP answer
         self.nodes: list[RaftMQNode] = []  # current members, in order of creation
         for i in range(1, n + 1):
             self.nodes.append(self._make_node(f"n{i}"))
@@ -241,13 +243,16 @@ class RaftMQCluster:
         """Raft addresses of the members, as the leader sees them."""
         return sorted(self.status(self.leader(timeout))["raft"]["members"])
 
-    def _change(self, via: RaftMQNode, method: str, address: str, timeout: float = 30.0) -> None:
+    def _change(self, via: RaftMQNode, method: str, address: str, done: Callable[[], bool],
+                timeout: float = 30.0) -> Any:
+        """Send a membership change to ``via`` until it answers ok or ``done()`` (the change is
+        visible); returns the last answer."""
         url = f"{self.http_url(via)}/api/members?address={address}"
         deadline = time.monotonic() + timeout
         while True:
             result = http_json(url, method=method, timeout=15)
-            if result.get("ok"):
-                return
+            if result.get("ok") or done():
+                return result
             # pysyncobj allows one change at a time: a change still in progress answers an
             # error; try again until the deadline.
             if time.monotonic() >= deadline:
@@ -263,22 +268,45 @@ class RaftMQCluster:
         nd = self._make_node(node_id, peers=members)
         deadline = time.monotonic() + timeout
         nd.start(wait=False)
-        self._change(self.leader(), "POST", nd.raft_address, timeout)
+        leader = self.leader()
+        self.add_result = self._change(
+            leader, "POST", nd.raft_address,
+            lambda: nd.raft_address in self.status(leader)["raft"]["members"], timeout)
         self.nodes.append(nd)
         self.wait_ready([nd], max(1.0, deadline - time.monotonic()))
         return nd
 
     def remove_node(self, node: RaftMQNode, via: RaftMQNode | None = None,
-                    timeout: float = 30.0) -> None:
-        """Remove ``node`` with ``DELETE /api/members`` sent to ``via`` (default: the leader,
-        as ``raftmq cluster remove`` does), wait until the others agree, then stop its process."""
+                    timeout: float = 30.0, response_timeout: float | None = None) -> Any:
+        """Remove ``node`` with ``DELETE /api/members`` sent to ``via`` (default: the leader, as
+        ``raftmq cluster remove`` does), wait until every other member agrees on the new
+        membership, then stop its process. Returns the HTTP answer (JSON), or None when it had not
+        come ``response_timeout`` s (default: the rest of ``timeout``) after the membership
+        changed. A failed answer is *returned*, not raised, when the membership did change: the
+        test decides what it makes of it. Raises if the membership never changes."""
         via = via or self.leader()
-        self._change(via, "DELETE", node.raft_address, timeout)
+        url = f"{self.http_url(via)}/api/members?address={node.raft_address}"
+        rest = sorted(nd.raft_address for nd in self.nodes if nd is not node)
+        deadline = time.monotonic() + timeout
+        answer: list[Any] = []
+
+        def send() -> None:
+            try:
+                answer.append(http_json(url, method="DELETE", timeout=timeout))
+            except Exception as e:  # noqa: BLE001 - reported in the answer
+                answer.append({"ok": False, "error": f"{type(e).__name__}: {e}"})
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        others = [nd for nd in self.alive() if nd is not node]
+        self.wait_for(lambda: all((s := self.try_status(nd)) and sorted(s["raft"]["members"]) == rest
+                                  for nd in others), timeout,
+                      f"members without {node.node_id} (DELETE {url}: {answer})")
+        wait = max(0.0, deadline - time.monotonic()) if response_timeout is None else response_timeout
+        sender.join(wait)
         self.nodes.remove(node)
-        rest = [nd.raft_address for nd in self.nodes]
-        self.wait_for(lambda: all((s := self.try_status(nd)) and sorted(s["raft"]["members"]) == sorted(rest)
-                                  for nd in self.alive()), timeout, f"members without {node.node_id}")
         node.stop()
+        return answer[0] if answer else None
 
     def stop(self) -> None:
         """Stop every node ever started here (SIGTERM, then SIGKILL), by process group."""
