@@ -13,6 +13,7 @@ from cluster.machine.apply import (
     snapshot,
     vhost_exists,
 )
+from cluster.machine.expiry import next_deadline
 from cluster.machine.state import NodeInfo, State, new_state
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "apply",
     "apply_batch",
     "new_state",
+    "next_deadline",
     "nodes",
     "queue_stats",
     "restore",

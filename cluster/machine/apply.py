@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterable
 
 from cluster import commands as C
 from cluster.effects import ChannelError, ConnectionError, Effect
-from cluster.machine import basic, lifecycle, topology
+from cluster.machine import basic, expiry, lifecycle, topology
 from cluster.machine.errors import AmqpError
+from cluster.machine.expiry import expire_due, flush_dead_letters
 from cluster.machine.lifecycle import close_channel, close_connection
 from cluster.machine.state import DedupeWindow, NodeInfo, State
 
@@ -44,6 +45,7 @@ _OTHER_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.ConnectionClose: lifecycle.connection_close,
     C.ChannelOpen: lifecycle.channel_open,
     C.ChannelClose: lifecycle.channel_close,
+    C.Tick: expiry.tick,
 }
 
 
@@ -51,25 +53,30 @@ def apply(state: State, now_ms: int, cmd: C.Command, out: list[Effect]) -> None:
     """Apply one command, appending its effects to ``out``."""
     if now_ms > state.now_ms:
         state.now_ms = now_ms
+    due = state.next_due
+    if due is not None and state.now_ms >= due:
+        expire_due(state, out)  # nothing overdue is visible to the command
     handler = _CHANNEL_HANDLERS.get(type(cmd))
     if handler is None:
         other = _OTHER_HANDLERS.get(type(cmd))
         if other is not None:
             other(state, cmd, out)
-        return
-    ch = state.channels.get(cmd.ch)  # type: ignore[attr-defined]
-    if ch is None:
-        return  # raced a channel/connection close or error: ignore silently
-    try:
-        handler(state, ch, cmd, out)
-    except AmqpError as e:
-        if e.hard:
-            conn = state.conns[ch.key[:2]]
-            out.append(ConnectionError(conn.key, e.code, e.text, e.class_id, e.method_id))
-            close_connection(state, conn, out)
-        else:
-            out.append(ChannelError(ch.key, e.code, e.text, e.class_id, e.method_id))
-            close_channel(state, ch, out)
+    else:
+        ch = state.channels.get(cmd.ch)  # type: ignore[attr-defined]
+        if ch is None:
+            return  # raced a channel/connection close or error: ignore silently
+        try:
+            handler(state, ch, cmd, out)
+        except AmqpError as e:
+            if e.hard:
+                conn = state.conns[ch.key[:2]]
+                out.append(ConnectionError(conn.key, e.code, e.text, e.class_id, e.method_id))
+                close_connection(state, conn, out)
+            else:
+                out.append(ChannelError(ch.key, e.code, e.text, e.class_id, e.method_id))
+                close_channel(state, ch, out)
+    if state.dl_pending:
+        flush_dead_letters(state, out)
 
 
 def _seen_before(state: State, batch: C.Batch) -> bool:

@@ -18,6 +18,8 @@ from cluster.effects import (
 )
 from cluster.machine import errors as E
 from cluster.machine.errors import AmqpError, rs
+from cluster.machine.features import enqueue, expire_head, pop_head, run_slow
+from cluster.machine.qargs import consumer_priority, parse_expiration, validate_consume_args
 from cluster.machine.queues import (
     reactivate,
     reactivate_channel,
@@ -27,32 +29,24 @@ from cluster.machine.queues import (
     run_touched,
     take,
 )
-from cluster.machine.routing import index_of, match
-from cluster.machine.state import Channel, Consumer, Exchange, Msg, Queue, State, VHost
+from cluster.machine.routing import route
+from cluster.machine.state import Channel, Consumer, Msg, Queue, State
 from cluster.machine.topology import generate_name, lookup_queue, resolve_queue_name
+from protocol.properties import expiration
+
+__all__ = ["route"]  # re-exported: routing lives in routing.py
 
 # --- publish -------------------------------------------------------------------------
 
 
-def route(vh: VHost, ex: Exchange, routing_key: str, properties: bytes) -> list[Queue]:
-    """Queues a message reaches, each once, following exchange-to-exchange
-    bindings without looping."""
-    dests = match(ex, routing_key, properties)
-    queues = vh.queues
-    if not index_of(ex).has_exchange_dests:
-        return [queues[name] for _, name in dests]
-    found: dict[str, Queue] = {}
-    seen = {ex.name}
-    pending = [dests]
-    while pending:
-        for is_ex, name in pending.pop(0):
-            if is_ex:
-                if name not in seen:
-                    seen.add(name)
-                    pending.append(match(vh.exchanges[name], routing_key, properties))
-            elif name not in found:
-                found[name] = queues[name]
-    return list(found.values())
+def _message_ttl(props: bytes) -> int:
+    """The expiration property as a TTL in ms; 406 when RabbitMQ would refuse it."""
+    raw = expiration(props) or ""
+    ttl = parse_expiration(raw)
+    if isinstance(ttl, str):
+        raise AmqpError(E.PRECONDITION_FAILED, f"invalid expiration '{raw}': {ttl}",
+                        E.BASIC_PUBLISH)
+    return ttl
 
 
 def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> None:
@@ -70,17 +64,26 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
                             f"cannot publish to internal {rs('exchange', name, ch.vhost)}",
                             E.BASIC_PUBLISH)
         targets = route(vh, ex, cmd.routing_key, cmd.properties)
+    props = cmd.properties
+    # the expiration property's flag bit (0x0100) is bit 0 of the first flags byte
+    msg_ttl = _message_ttl(props) if props and props[0] & 1 else None
     msg_id = state.next_msg_id
     state.next_msg_id = msg_id + 1
+    refused = False
     for q in targets:
-        q.ready.append(Msg(msg_id, name, cmd.routing_key, cmd.properties, cmd.body))
+        if q.slow or msg_ttl is not None:
+            if not enqueue(state, q, Msg(msg_id, name, cmd.routing_key, props, cmd.body),
+                           msg_ttl, out):
+                refused = True
+            continue
+        q.ready.append(Msg(msg_id, name, cmd.routing_key, props, cmd.body))
         if q.service:
             run_queue(state, q, out)
     if not targets and cmd.mandatory:
-        out.append(Return(ch.key, 312, "NO_ROUTE", name, cmd.routing_key, cmd.properties,
-                          cmd.body))
+        out.append(Return(ch.key, 312, "NO_ROUTE", name, cmd.routing_key, props, cmd.body))
     if cmd.confirm_seq:
-        out.append(Confirm(ch.key, cmd.confirm_seq, True))
+        # a queue refusing the message (x-overflow reject-publish) nacks it
+        out.append(Confirm(ch.key, cmd.confirm_seq, not refused))
 
 
 # --- consumers -----------------------------------------------------------------------
@@ -92,6 +95,8 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
     if tag in ch.consumers:
         raise AmqpError(E.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", m)
     q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
+    if cmd.arguments:
+        validate_consume_args(q.name, q.vhost, cmd.arguments)
     if q.exclusive_consumer or (cmd.exclusive and q.consumers):
         raise AmqpError(E.ACCESS_REFUSED, f"{rs('queue', q.name, q.vhost)} in exclusive use", m)
     if not tag:
@@ -100,6 +105,12 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
             tag = generate_name(state, "amq.ctag-", ch.key)
     c = Consumer(ch.key, tag, q.qid, cmd.no_ack, cmd.exclusive, ch.consumer_prefetch,
                  dict(cmd.arguments))
+    if cmd.arguments:
+        c.priority = consumer_priority(cmd.arguments)
+        if c.priority and not q.consumer_priorities:
+            q.consumer_priorities = True  # from now on the service deque is kept sorted
+            q.slow = True
+            q.service = type(q.service)(sorted(q.service, key=lambda x: -x.priority))
     ch.consumers[tag] = c
     q.consumers[(ch.key, tag)] = c
     q.had_consumer = True
@@ -123,17 +134,28 @@ def cancel(state: State, ch: Channel, cmd: C.Cancel, out: list[Effect]) -> None:
 def get(state: State, ch: Channel, cmd: C.Get, out: list[Effect]) -> None:
     m = E.BASIC_GET
     q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
+    if q.expires is not None:
+        q.last_used = state.now_ms
+    slow = q.slow
+    if slow:
+        expire_head(state, q)
     if not (q.ready or q.returned):
         out.append(GetEmpty(ch.key))
+        if slow:
+            run_slow(state, q, out)
         return
-    msg = take(q)
+    msg = pop_head(q) if slow else take(q)
     ch.last_tag = tag = ch.last_tag + 1
     if not cmd.no_ack:
         # basic.get ignores prefetch and is tied to no consumer
         ch.unacked[tag] = (q, msg, None)
         q.unacked += 1
+    if slow:
+        expire_head(state, q)
     out.append(GetOk(ch.key, tag, msg.redelivered, msg.exchange, msg.routing_key,
                      q.ready_count(), msg.properties, msg.body))
+    if slow:
+        run_slow(state, q, out)
 
 
 # --- settlement ----------------------------------------------------------------------
@@ -158,9 +180,9 @@ def _tags(ch: Channel, delivery_tag: int, multiple: bool, method: tuple[int, int
 
 
 def _settle(state: State, ch: Channel, tags: list[int], requeue: bool,
-            out: list[Effect]) -> None:
+            out: list[Effect], reject: bool = False) -> None:
     touched: dict[int, Queue] = {}
-    release(ch, tags, requeue, touched)
+    release(state, ch, tags, requeue, touched, reject)
     if ch.global_prefetch:
         reactivate_channel(state, ch, touched)
     if touched:
@@ -196,7 +218,8 @@ def ack(state: State, ch: Channel, cmd: C.Ack, out: list[Effect]) -> None:
 
 def nack(state: State, ch: Channel, cmd: C.Nack, out: list[Effect]) -> None:
     method = E.BASIC_REJECT if cmd.reject else E.BASIC_NACK
-    _settle(state, ch, _tags(ch, cmd.delivery_tag, cmd.multiple, method), cmd.requeue, out)
+    _settle(state, ch, _tags(ch, cmd.delivery_tag, cmd.multiple, method), cmd.requeue, out,
+            reject=not cmd.requeue)
 
 
 def recover(state: State, ch: Channel, cmd: C.Recover, out: list[Effect]) -> None:

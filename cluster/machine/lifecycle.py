@@ -22,14 +22,14 @@ def close_channels(state: State, chs: list[Channel], out: list[Effect]) -> None:
     """Forget channels: first cancel all their consumers (no ConsumerCancelled:
     the channels are going away), then return their unacked messages, so that
     nothing is redelivered to a channel that is closing in the same step."""
+    touched: dict[int, Queue] = {}
     for ch in chs:
         del state.channels[ch.key]
         conn = state.conns.get(ch.key[:2])
         if conn is not None:
             conn.channels.pop(ch.key[2], None)
         for c in list(ch.consumers.values()):
-            remove_consumer(state, c, out, notify=False)
-    touched: dict[int, Queue] = {}
+            remove_consumer(state, c, out, notify=False, touched=touched)
     for ch in chs:
         for q, msg, _c in ch.unacked.values():
             if not q.deleted:

@@ -15,21 +15,21 @@ from __future__ import annotations
 import heapq
 
 from cluster.effects import ConsumerCancelled, Deliver, Effect
+from cluster.machine.features import (
+    dead_letter,
+    has_credit,
+    insert_service,
+    is_active,
+    requeue,
+    run_slow,
+    touch,
+)
 from cluster.machine.state import Channel, Consumer, Msg, Queue, State
 
 
-def has_credit(c: Consumer, ch: Channel) -> bool:
-    if not ch.flow:
-        return False
-    if c.no_ack:
-        return True
-    if c.prefetch and c.unacked >= c.prefetch:
-        return False
-    return not (ch.global_prefetch and ch.global_unacked >= ch.global_prefetch)
-
-
 def take(q: Queue) -> Msg:
-    """The next message to hand out: returned ones first, in original order."""
+    """The next message to hand out: returned ones first, in original order
+    (plain queues only; slow queues go through features.pop_head)."""
     if q.returned:
         return heapq.heappop(q.returned)[1]
     return q.ready.popleft()
@@ -37,6 +37,9 @@ def take(q: Queue) -> Msg:
 
 def run_queue(state: State, q: Queue, out: list[Effect]) -> None:
     """Hand ready messages to consumers with credit, round robin."""
+    if q.slow:
+        run_slow(state, q, out)
+        return
     service = q.service
     channels = state.channels
     while service and (q.ready or q.returned):
@@ -62,8 +65,13 @@ def run_queue(state: State, q: Queue, out: list[Effect]) -> None:
 def reactivate(c: Consumer, ch: Channel, q: Queue, touched: dict[int, Queue]) -> None:
     """Put a consumer that may have regained credit back in its queue's service."""
     if c.active and not c.in_service and has_credit(c, ch):
+        if q.single_active and not is_active(q, c):
+            return
         c.in_service = True
-        q.service.append(c)
+        if q.consumer_priorities:
+            insert_service(q, c)
+        else:
+            q.service.append(c)
         touched[q.qid] = q
 
 
@@ -87,11 +95,16 @@ def return_msg(q: Queue, msg: Msg) -> None:
     q.unacked -= 1
     msg.redelivered = True
     msg.delivery_count += 1
-    heapq.heappush(q.returned, (msg.id, msg))
+    if q.slow:
+        requeue(q, msg)
+    else:
+        heapq.heappush(q.returned, (msg.id, msg))
 
 
-def release(ch: Channel, tags: list[int], requeue: bool, touched: dict[int, Queue]) -> None:
-    """Settle (ack, or nack without requeue) or return the given unacked tags."""
+def release(state: State, ch: Channel, tags: list[int], requeue: bool,
+            touched: dict[int, Queue], reject: bool = False) -> None:
+    """Settle (ack, or nack without requeue) or return the given unacked tags.
+    ``reject``: a nack/reject without requeue, which dead-letters."""
     unacked = ch.unacked
     for tag in tags:
         q, msg, c = unacked.pop(tag)
@@ -100,6 +113,8 @@ def release(ch: Channel, tags: list[int], requeue: bool, touched: dict[int, Queu
             touched[q.qid] = q
         elif not q.deleted:
             q.unacked -= 1
+            if reject and q.dlx is not None:
+                dead_letter(state, q, msg, "rejected")
         if c is not None:
             c.unacked -= 1
             ch.global_unacked -= 1
@@ -107,9 +122,12 @@ def release(ch: Channel, tags: list[int], requeue: bool, touched: dict[int, Queu
                 reactivate(c, ch, q, touched)
 
 
-def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool) -> None:
+def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool,
+                    touched: dict[int, Queue] | None = None) -> None:
     """Cancel ``c`` (its unacked messages stay on its channel); ``notify`` emits
-    ConsumerCancelled (server-initiated cancel). May auto-delete the queue."""
+    ConsumerCancelled (server-initiated cancel). May auto-delete the queue.
+    With single active consumer the next consumer takes over: the queue is run at
+    once, or added to ``touched`` for the caller to run."""
     c.active = False
     ch = state.channels.get(c.ch)
     if ch is not None and ch.consumers.get(c.tag) is c:
@@ -117,6 +135,7 @@ def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool) 
     q = state.queues.get(c.qid)
     if q is None:
         return
+    was_active = q.single_active and is_active(q, c)
     del q.consumers[(c.ch, c.tag)]
     if c.exclusive:
         q.exclusive_consumer = False
@@ -127,6 +146,17 @@ def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool) 
         out.append(ConsumerCancelled(c.ch, c.tag))
     if q.auto_delete and q.had_consumer and not q.consumers:
         delete_queue(state, q, out)
+        return
+    if not q.consumers:
+        touch(state, q)
+    elif was_active:
+        nxt = next(iter(q.consumers.values()))
+        nch = state.channels.get(nxt.ch)
+        if nch is not None:
+            local: dict[int, Queue] = {} if touched is None else touched
+            reactivate(nxt, nch, q, local)
+            if touched is None:
+                run_touched(state, local, out)
 
 
 def delete_queue(state: State, q: Queue, out: list[Effect]) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.machine.amqp_table import is_void, message_headers, norm
-from cluster.machine.state import Dest, Exchange
+from cluster.machine.state import Dest, Exchange, Queue, VHost
 
 ROUTE_CACHE_MAX = 4096
 
@@ -221,3 +221,47 @@ def match(ex: Exchange, routing_key: str, properties: bytes) -> tuple[Dest, ...]
         if dest not in out and headers_match(match_all, pattern, headers):
             out[dest] = None
     return out
+
+
+# --- routing through exchange-to-exchange bindings and alternate exchanges ------------
+
+
+def alternate_exchange(ex: Exchange) -> str | None:
+    ae = ex.arguments.get("alternate-exchange") if ex.arguments else None
+    if isinstance(ae, bytes):
+        return ae.decode("utf-8", "replace")
+    return ae if isinstance(ae, str) else None
+
+
+def route(vh: VHost, ex: Exchange, routing_key: str, properties: bytes) -> list[Queue]:
+    """Queues a message published to ``ex`` reaches, each once, following
+    exchange-to-exchange bindings without looping. An exchange whose own bindings
+    match nothing passes the message to its alternate exchange, if it has one
+    (rabbit_exchange:route's process_alternate), also cycle-safe."""
+    dests = match(ex, routing_key, properties)
+    queues = vh.queues
+    if not index_of(ex).has_exchange_dests and (dests or not ex.arguments):
+        return [queues[name] for _, name in dests]
+    found: dict[str, Queue] = {}
+    seen = {ex.name}
+    pending: list[tuple[Exchange, tuple[Dest, ...] | dict[Dest, None]]] = [(ex, dests)]
+    exchanges = vh.exchanges
+    while pending:
+        source, matched = pending.pop(0)
+        if not matched:
+            ae = alternate_exchange(source)
+            if ae is not None and ae not in seen:
+                seen.add(ae)
+                ax = exchanges.get(ae)
+                if ax is not None:
+                    pending.append((ax, match(ax, routing_key, properties)))
+            continue
+        for is_ex, name in matched:
+            if is_ex:
+                if name not in seen:
+                    seen.add(name)
+                    pending.append((exchanges[name], match(exchanges[name], routing_key,
+                                                           properties)))
+            elif name not in found:
+                found[name] = queues[name]
+    return list(found.values())

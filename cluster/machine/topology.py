@@ -27,6 +27,8 @@ from cluster.effects import (
 )
 from cluster.machine import errors as E
 from cluster.machine.errors import AmqpError, rs
+from cluster.machine.features import touch
+from cluster.machine.qargs import configure, type_name, validate_queue_args
 from cluster.machine.queues import delete_queue
 from cluster.machine.routing import freeze, x_match_valid
 from cluster.machine.state import BindKey, Channel, Dest, Exchange, Queue, State, VHost
@@ -215,6 +217,11 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
                 raise AmqpError(
                     E.ACCESS_REFUSED,
                     f"exchange name '{name}' contains reserved prefix 'amq.*'", m)
+            ae = cmd.arguments.get("alternate-exchange")
+            if ae is not None and not isinstance(ae, str | bytes):
+                raise AmqpError(E.PRECONDITION_FAILED,
+                                f"invalid type '{type_name(ae)}' for arg 'alternate-exchange' "
+                                f"in {rs('exchange', name, ch.vhost)}", m)
             conn = state.conns[ch.key[:2]]
             vh.exchanges[name] = Exchange(name, cmd.type, cmd.durable, cmd.auto_delete,
                                           cmd.internal, dict(cmd.arguments),
@@ -297,6 +304,7 @@ def queue_declare(state: State, ch: Channel, cmd: C.QueueDeclare, out: list[Effe
     if cmd.passive:
         name = resolve_queue_name(ch, cmd.queue, m)
         q = lookup_queue(state, ch, name, m)
+        touch(state, q)
     else:
         name = cmd.queue
         if name == "":
@@ -319,12 +327,15 @@ def queue_declare(state: State, ch: Channel, cmd: C.QueueDeclare, out: list[Effe
                          cmd.auto_delete, m)
             _check_args("queue", name, ch.vhost, q.arguments, cmd.arguments,
                         QUEUE_EQUIV_ARGS, m)
+            touch(state, q)
     ch.last_queue = name
     if not cmd.nowait:
         out.append(QueueDeclareOk(ch.key, name, q.ready_count(), len(q.consumers)))
 
 
 def _create_queue(state: State, vh: VHost, ch: Channel, name: str, cmd: C.QueueDeclare) -> Queue:
+    if cmd.arguments:
+        validate_queue_args(name, vh.name, cmd.arguments)
     conn = state.conns[ch.key[:2]]
     qid = state.next_qid
     state.next_qid += 1
@@ -334,6 +345,9 @@ def _create_queue(state: State, vh: VHost, ch: Channel, name: str, cmd: C.QueueD
     state.queues[qid] = q
     if cmd.exclusive:
         conn.exclusive_queues[qid] = None
+    if cmd.arguments:
+        configure(q)
+        touch(state, q)
     return q
 
 
@@ -377,6 +391,7 @@ def queue_purge(state: State, ch: Channel, cmd: C.QueuePurge, out: list[Effect])
     count = q.ready_count()
     q.ready.clear()
     q.returned.clear()
+    q.ready_bytes = 0
     if not cmd.nowait:
         out.append(QueuePurgeOk(ch.key, count))
 

@@ -1,0 +1,100 @@
+"""Time-driven work and dead-letter republishing.
+
+``State.timed`` indexes the queues that may have a deadline (a message with a TTL
+at their head, or x-expires while unused) and ``State.next_due`` is a lower bound
+of the earliest one. ``apply`` calls :func:`expire_due` before a command once
+``now_ms`` has reached ``next_due``, so commands never see anything overdue; a
+``Tick`` command lets time pass when nothing else happens, and the leader
+proposes one at :func:`next_deadline`.
+"""
+
+from __future__ import annotations
+
+from cluster import commands as C
+from cluster.effects import Effect
+from cluster.machine.deadletter import is_cycle, record_death
+from cluster.machine.features import enqueue, expire_head, queue_deadline
+from cluster.machine.queues import delete_queue
+from cluster.machine.routing import route
+from cluster.machine.state import Msg, Queue, State
+
+
+def next_deadline(state: State) -> int | None:
+    """The earliest ``now_ms`` at which something may expire (a message at a queue
+    head, or an unused queue with x-expires), or None. It may be early (something
+    due then was consumed meanwhile): a Tick then does nothing but recompute it."""
+    return state.next_due
+
+
+def expire_due(state: State, out: list[Effect]) -> None:
+    """Expire whatever is due at ``state.now_ms`` and recompute ``next_due``."""
+    now = state.now_ms
+    timed = state.timed
+    nd: int | None = None
+    for qid in list(timed):
+        q = state.queues.get(qid)
+        if q is None or q.deleted:
+            del timed[qid]
+            continue
+        if q.expires is not None and not q.consumers and q.last_used + q.expires <= now:
+            # x-expires: deleted as by queue.delete; its messages are not dead-lettered
+            del timed[qid]
+            delete_queue(state, q, out)
+            continue
+        if q.slow:
+            expire_head(state, q)
+        d = queue_deadline(q)
+        if d is None:
+            del timed[qid]
+        elif nd is None or d < nd:
+            nd = d
+    state.next_due = nd
+    flush_dead_letters(state, out)
+
+
+def tick(state: State, cmd: C.Tick, out: list[Effect]) -> None:
+    nd = state.next_due
+    if nd is not None and state.now_ms >= nd:
+        expire_due(state, out)
+
+
+def flush_dead_letters(state: State, out: list[Effect]) -> None:
+    """Republish the messages dead-lettered during the current command, including
+    those dead-lettered again on arrival (rabbit_dead_letter:publish)."""
+    pending = state.dl_pending
+    try:
+        i = 0
+        while i < len(pending):
+            vhost, qname, dlx, dlrk, msg, reason = pending[i]
+            i += 1
+            _republish(state, vhost, qname, dlx, dlrk, msg, reason, out)
+    finally:
+        pending.clear()
+
+
+def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None, msg: Msg,
+               reason: str, out: list[Effect]) -> None:
+    vh = state.vhosts.get(vhost)
+    if vh is None:
+        return
+    rk = dlrk if dlrk is not None else msg.routing_key
+    props, deaths = record_death(msg.properties, reason, qname, msg.exchange, msg.routing_key,
+                                 state.now_ms // 1000, dlrk is not None)
+    targets: list[Queue]
+    if dlx == "":
+        t = vh.queues.get(rk)
+        targets = [t] if t is not None else []
+    else:
+        ex = vh.exchanges.get(dlx)
+        if ex is None:
+            return  # a missing dead-letter exchange drops the message
+        targets = route(vh, ex, rk, props)
+    if reason != "rejected":
+        # a message back in a queue it died in, with no rejection since, is dropped
+        targets = [t for t in targets if not is_cycle(t.name.encode(), deaths)]
+    if not targets:
+        return
+    msg_id = state.next_msg_id
+    state.next_msg_id = msg_id + 1
+    for t in targets:
+        enqueue(state, t, Msg(msg_id, dlx, rk, props, msg.body), None, out)

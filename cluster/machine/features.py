@@ -1,0 +1,240 @@
+"""The feature-aware ("slow") queue paths: message TTL, length limits, priority
+queues, consumer priorities, single active consumer, and the deadline index.
+
+A queue takes these paths when ``Queue.slow`` is set: from its arguments
+(x-message-ttl, x-max-length[-bytes], x-max-priority), from a consumer with an
+x-priority, or from holding a message with a per-message TTL (``expiration``).
+Plain queues never touch this module on the publish / deliver / ack hot path.
+
+Layout of a slow queue's ready messages:
+
+* not a priority queue: as a plain queue, ``returned`` (a heap by message id)
+  then ``ready`` (FIFO);
+* priority queue: everything in ``returned``, a heap keyed by
+  ``(max_priority - priority) << 48 | id``: highest priority first, and within a
+  priority by message id, which puts requeued messages (older) ahead of the
+  never-delivered ones, as RabbitMQ's per-priority backing queues do.
+
+Expiry happens at the queue head (RabbitMQ's classic queues do the same for
+per-message TTL; a per-queue TTL is uniform, so the head is always the oldest).
+A message is expired once ``now_ms >= expires_at``; a message with TTL 0 is
+still handed to a consumer with credit when it arrives, as RabbitMQ does.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from cluster.effects import Deliver, Effect
+from cluster.machine.qargs import needs_slow
+from cluster.machine.state import Channel, Consumer, Msg, Queue, State
+from protocol.properties import priority as _priority
+
+PRIO_SHIFT = 48
+
+
+def has_credit(c: Consumer, ch: Channel) -> bool:
+    if not ch.flow:
+        return False
+    if c.no_ack:
+        return True
+    if c.prefetch and c.unacked >= c.prefetch:
+        return False
+    return not (ch.global_prefetch and ch.global_unacked >= ch.global_prefetch)
+
+
+# --- ready messages ------------------------------------------------------------------
+
+
+def prio_key(q: Queue, msg: Msg) -> int:
+    try:
+        p = _priority(msg.properties) or 0
+    except (IndexError, ValueError):
+        p = 0
+    if p > q.max_priority:
+        p = q.max_priority
+    return ((q.max_priority - p) << PRIO_SHIFT) | msg.id
+
+
+def peek(q: Queue) -> Msg:
+    return q.returned[0][1] if q.returned else q.ready[0]
+
+
+def push_ready(q: Queue, msg: Msg) -> None:
+    """A new message at the tail (of its priority)."""
+    if q.max_priority:
+        heapq.heappush(q.returned, (prio_key(q, msg), msg))
+    else:
+        q.ready.append(msg)
+    if q.max_length_bytes is not None:
+        q.ready_bytes += len(msg.body)
+
+
+def requeue(q: Queue, msg: Msg) -> None:
+    """A returned message back at the head (of its priority), in original order."""
+    heapq.heappush(q.returned, (prio_key(q, msg) if q.max_priority else msg.id, msg))
+    if q.max_length_bytes is not None:
+        q.ready_bytes += len(msg.body)
+
+
+def pop_head(q: Queue) -> Msg:
+    msg = heapq.heappop(q.returned)[1] if q.returned else q.ready.popleft()
+    if q.max_length_bytes is not None:
+        q.ready_bytes -= len(msg.body)
+    return msg
+
+
+def dead_letter(state: State, q: Queue, msg: Msg, reason: str) -> None:
+    """``msg`` leaves ``q`` for ``reason`` (rejected / expired / maxlen): republish it
+    to the queue's dead-letter exchange, if any, once the current command is done
+    (``expiry.flush_dead_letters``); without one it is dropped."""
+    if q.dlx is not None:
+        state.dl_pending.append((q.vhost, q.name, q.dlx, q.dlrk, msg, reason))
+
+
+def expire_head(state: State, q: Queue, fresh: Msg | None = None) -> None:
+    """Drop (dead-letter) expired messages at the head; ``fresh`` is exempt (a TTL 0
+    message that may still go straight to a consumer)."""
+    now = state.now_ms
+    while q.ready or q.returned:
+        m = q.returned[0][1] if q.returned else q.ready[0]
+        e = m.expires_at
+        if e is None or e > now or m is fresh:
+            return
+        pop_head(q)
+        dead_letter(state, q, m, "expired")
+
+
+def over_limit(q: Queue, extra_count: int = 0, extra_bytes: int = 0) -> bool:
+    ml, mb = q.max_length, q.max_length_bytes
+    return ((ml is not None and q.ready_count() + extra_count > ml)
+            or (mb is not None and q.ready_bytes + extra_bytes > mb))
+
+
+def enforce_max_length(state: State, q: Queue) -> None:
+    """x-overflow drop-head: drop (dead-letter, reason maxlen) the oldest ready
+    messages while the queue is over its limits."""
+    if q.overflow != "drop-head" or (q.max_length is None and q.max_length_bytes is None):
+        return
+    while (q.ready or q.returned) and over_limit(q):
+        dead_letter(state, q, pop_head(q), "maxlen")
+
+
+# --- consumers -----------------------------------------------------------------------
+
+
+def insert_service(q: Queue, c: Consumer) -> None:
+    """Back into the service deque: behind consumers of equal or higher priority."""
+    s = q.service
+    if not q.consumer_priorities or not s or s[-1].priority >= c.priority:
+        s.append(c)
+        return
+    for i, x in enumerate(s):
+        if x.priority < c.priority:
+            s.insert(i, c)
+            return
+    s.append(c)
+
+
+def is_active(q: Queue, c: Consumer) -> bool:
+    """Single active consumer: only the earliest registered consumer receives."""
+    return not q.single_active or next(iter(q.consumers.values()), None) is c
+
+
+# --- delivery ------------------------------------------------------------------------
+
+
+def run_slow(state: State, q: Queue, out: list[Effect], fresh: Msg | None = None) -> None:
+    """run_queue for slow queues: deliver (never an expired message), then apply
+    the length limit and expire the head, then record the queue's deadline."""
+    service = q.service
+    if service:
+        channels = state.channels
+        now = state.now_ms
+        cprio = q.consumer_priorities
+        while service and (q.ready or q.returned):
+            m = q.returned[0][1] if q.returned else q.ready[0]
+            if m.expires_at is not None and m.expires_at <= now and m is not fresh:
+                pop_head(q)
+                dead_letter(state, q, m, "expired")
+                continue
+            c = service.popleft()
+            ch = channels[c.ch]
+            if not has_credit(c, ch):
+                c.in_service = False
+                continue
+            msg = pop_head(q)
+            ch.last_tag = tag = ch.last_tag + 1
+            if not c.no_ack:
+                ch.unacked[tag] = (q, msg, c)
+                c.unacked += 1
+                ch.global_unacked += 1
+                q.unacked += 1
+            out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.exchange,
+                               msg.routing_key, msg.properties, msg.body))
+            if cprio:
+                insert_service(q, c)
+            else:
+                service.append(c)
+    enforce_max_length(state, q)
+    expire_head(state, q)
+    if not (q.ready or q.returned or q.unacked) and not needs_slow(q):
+        q.slow = False  # no message with a TTL left anywhere: back to the fast paths
+    schedule(state, q)
+
+
+def enqueue(state: State, q: Queue, msg: Msg, msg_ttl: int | None,
+            out: list[Effect]) -> bool:
+    """A newly published (or dead-lettered) message arrives at ``q``. False when the
+    queue refuses it (x-overflow reject-publish / reject-publish-dlx)."""
+    ttl = q.message_ttl
+    if msg_ttl is not None and (ttl is None or msg_ttl < ttl):
+        ttl = msg_ttl
+    if ttl is not None:
+        msg.expires_at = state.now_ms + ttl
+        q.slow = True
+    if q.slow:
+        expire_head(state, q)
+        if q.overflow != "drop-head" and over_limit(q, 1, len(msg.body)):
+            if q.overflow == "reject-publish-dlx":
+                dead_letter(state, q, msg, "maxlen")
+            return False
+    push_ready(q, msg)
+    run_slow(state, q, out, fresh=msg)
+    return True
+
+
+# --- deadlines -----------------------------------------------------------------------
+
+
+def queue_deadline(q: Queue) -> int | None:
+    """When something about ``q`` expires next: its head message, or the queue
+    itself (x-expires, counted from its last use while it has no consumers)."""
+    d = None
+    if q.slow and (q.ready or q.returned):
+        d = peek(q).expires_at
+    if q.expires is not None and not q.consumers:
+        e = q.last_used + q.expires
+        if d is None or e < d:
+            d = e
+    return d
+
+
+def schedule(state: State, q: Queue) -> None:
+    """Record ``q`` in the deadline index after anything that may have given it an
+    earlier deadline (``next_due`` stays a lower bound of all deadlines)."""
+    d = queue_deadline(q)
+    if d is None:
+        return
+    if q.qid not in state.timed:
+        state.timed[q.qid] = None
+    nd = state.next_due
+    if nd is None or d < nd:
+        state.next_due = d
+
+
+def touch(state: State, q: Queue) -> None:
+    """The queue was used (declare, basic.get, last consumer gone): x-expires restarts."""
+    if q.expires is not None:
+        q.last_used = state.now_ms
+        schedule(state, q)
