@@ -23,6 +23,7 @@ import multiprocessing as mp
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -56,6 +57,8 @@ class LoadConfig:
     password: str = "guest"
     vhost: str = "/"
     setup_timeout: float = 15.0  # connect + handshake + declares, per client
+    rate: float = 0.0  # publish at most this many msg/s (0: as fast as the confirm window allows)
+    record: bool = False  # return every (sent, confirmed) / (sent, delivered) pair in the window
 
 
 @dataclass
@@ -78,9 +81,15 @@ class LoadResult:
     max_deliver_gap_ms: float | None = None  # ... without a delivery
     stalled: bool = False
     errors: list[str] = field(default_factory=list)
+    # with LoadConfig.record: (publish ns, confirm ns) of every confirm and (publish ns, deliver ns)
+    # of every delivery inside the window (CLOCK_MONOTONIC); left out of as_dict()
+    confirm_times: list[tuple[int, int]] | None = None
+    deliver_times: list[tuple[int, int]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        del d["confirm_times"], d["deliver_times"]
+        return d
 
 
 def percentile_ms(sorted_ns: list[int], q: float) -> float | None:
@@ -279,6 +288,10 @@ class Producer(LeanClient):
         self.publishing = False
         self.latencies: list[int] = []
         self.confirmed = self.nacked = 0
+        self.sent = 0  # messages published (rate mode)
+        self.pub_start = 0  # when publishing began (rate mode)
+        self.last_ts = 0  # rate mode: every message gets a distinct timestamp
+        self.times: list[tuple[int, int]] = []  # (publish, confirm) when cfg.record
 
     async def setup(self) -> None:
         await super().setup()
@@ -295,6 +308,8 @@ class Producer(LeanClient):
             if ok:
                 self.confirmed += 1
                 self.latencies.append(now - ts)
+                if self.cfg.record:
+                    self.times.append((ts, now))
             else:
                 self.nacked += 1
 
@@ -326,7 +341,19 @@ class Producer(LeanClient):
         if not self.publishing or now >= self.t_end or self.error:
             return
         want = self.cfg.window - len(self.pending)
+        if self.cfg.rate > 0:
+            due = int((now - self.pub_start) * self.cfg.rate / 1e9) + 1 - self.sent
+            want = min(want, due)
         if want <= 0:
+            return
+        if self.cfg.rate > 0:  # few at a time: one timestamp each, so a message can be told apart
+            tag = self.next_tag
+            for t in range(tag, tag + want):
+                ts_ns = self.last_ts = max(now, self.last_ts + 1)
+                self.pending[t] = ts_ns
+                self.out.append(self.head + _U64.pack(ts_ns) + self.tail)
+            self.next_tag = tag + want
+            self.sent += want
             return
         ts = _U64.pack(now)
         msg = self.head + ts + self.tail
@@ -339,10 +366,28 @@ class Producer(LeanClient):
     def start_publishing(self, t_begin: int, t_end: int) -> None:
         self.t_begin, self.t_end = t_begin, t_end
         self.publishing = True
+        self.pub_start = time.monotonic_ns()
+        self._publish_now()
+        if self.cfg.rate > 0:
+            asyncio.get_running_loop().call_later(self._tick_s(), self._tick)
+
+    def _publish_now(self) -> None:
         self.fill(time.monotonic_ns())
         if self.out and self.transport is not None:
             self.transport.write(b"".join(self.out))
             self.out.clear()
+
+    def _tick_s(self) -> float:
+        return max(0.001, 1.0 / self.cfg.rate)
+
+    def _tick(self) -> None:
+        """Rate mode: publish what is due (also while no confirm arrives), every ms or so."""
+        if not self.publishing or self.error or time.monotonic_ns() >= self.t_end:
+            return
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._publish_now()
+        asyncio.get_running_loop().call_later(self._tick_s(), self._tick)
 
 
 class Consumer(LeanClient):
@@ -355,6 +400,7 @@ class Consumer(LeanClient):
         self.latencies: list[int] = []
         self.consumed = self.redelivered = 0
         self.redelivered_flag = False
+        self.times: list[tuple[int, int]] = []  # (publish, deliver) when cfg.record
 
     async def setup(self) -> None:
         await super().setup()
@@ -396,6 +442,8 @@ class Consumer(LeanClient):
             self.redelivered += self.redelivered_flag
             if self.sent_ts:
                 self.latencies.append(now - self.sent_ts)
+                if self.cfg.record:
+                    self.times.append((self.sent_ts, now))
         self.sent_ts = 0
 
 
@@ -446,6 +494,8 @@ async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
         "cpu": round(cpu, 3),
         "max_gap_ms": client.max_gap / 1e6,
     }
+    if client.cfg.record:
+        out["times"] = client.times
     if isinstance(client, Producer):
         out.update(confirmed=client.confirmed, nacked=client.nacked)
     else:
@@ -477,9 +527,12 @@ def _recv(pipe: Connection, timeout: float, who: str) -> tuple[str, Any]:
         return "error", f"{who}: process died"
 
 
-def run_load(cfg: LoadConfig) -> LoadResult:
+def run_load(cfg: LoadConfig, on_start: Callable[[int, int], object] | None = None) -> LoadResult:
     """Run one producer and one consumer process against ``cfg.host:cfg.port``; always returns
-    (with zeros and ``errors`` when the broker fails or stalls) and never leaves a process behind."""
+    (with zeros and ``errors`` when the broker fails or stalls) and never leaves a process behind.
+
+    ``on_start(t_begin, t_end)`` (monotonic ns of the measured window) is called once both sides
+    were told to start, e.g. to disturb the broker at a known time from another thread."""
     ctx = mp.get_context("spawn")
     result = LoadResult(size=cfg.size, duration=cfg.duration)
     procs: list[Any] = []
@@ -503,6 +556,8 @@ def run_load(cfg: LoadConfig) -> LoadResult:
         t_end = t_begin + int(cfg.duration * 1e9)
         for pipe in pipes.values():
             pipe.send((t_begin, t_end))
+        if on_start is not None:
+            on_start(t_begin, t_end)
         deadline = t_end / 1e9 + RESULT_GRACE
         for role, pipe in pipes.items():
             kind, info = _recv(pipe, deadline - time.monotonic(), role)
@@ -516,11 +571,13 @@ def run_load(cfg: LoadConfig) -> LoadResult:
                 result.confirm_p50_ms, result.confirm_p99_ms = info["p50"], info["p99"]
                 result.producer_cpu = info["cpu"]
                 result.max_confirm_gap_ms = info["max_gap_ms"]
+                result.confirm_times = info.get("times")
             else:
                 result.consumed, result.redelivered = info["consumed"], info["redelivered"]
                 result.e2e_p50_ms, result.e2e_p99_ms = info["p50"], info["p99"]
                 result.consumer_cpu = info["cpu"]
                 result.max_deliver_gap_ms = info["max_gap_ms"]
+                result.deliver_times = info.get("times")
         result.published_per_s = result.confirmed / cfg.duration
         result.consumed_per_s = result.consumed / cfg.duration
         result.stalled = result.confirmed == 0 or result.consumed == 0
@@ -549,12 +606,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue", default="bench")
     ap.add_argument("--queue-type", default="classic", choices=["classic", "quorum"])
     ap.add_argument("--consumer-port", type=int, help="consume from another node (default --port)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="publish at most this many msg/s, still with confirms (0: no limit)",
+    )
     a = ap.parse_args(argv)
     if not a.host.startswith("127."):
         ap.error("benchmarks talk to 127.0.0.0/8 only")
     cfg = LoadConfig(
         a.host, a.port, max(a.size, 8), a.duration, a.warmup, a.window, a.prefetch, a.queue,
-        queue_type=a.queue_type, consumer_port=a.consumer_port,
+        queue_type=a.queue_type, consumer_port=a.consumer_port, rate=a.rate,
     )  # fmt: skip
     res = run_load(cfg)
     json.dump(res.as_dict(), sys.stdout, indent=2)
