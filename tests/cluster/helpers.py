@@ -47,8 +47,9 @@ def enq(ch: C.ChKey, queue: str, body: bytes = b"m", **kw: Any) -> C.Publish:
 
 
 def consume(ch: C.ChKey, queue: str, tag: str = "", *, no_ack: bool = False,
-            exclusive: bool = False, nowait: bool = False) -> C.Consume:
-    return C.Consume(ch, queue, tag, no_ack, exclusive, nowait, {})
+            exclusive: bool = False, nowait: bool = False,
+            arguments: dict[str, Any] | None = None) -> C.Consume:
+    return C.Consume(ch, queue, tag, no_ack, exclusive, nowait, arguments or {})
 
 
 def ack(ch: C.ChKey, tag: int, multiple: bool = False) -> C.Ack:
@@ -57,6 +58,17 @@ def ack(ch: C.ChKey, tag: int, multiple: bool = False) -> C.Ack:
 
 def nack(ch: C.ChKey, tag: int, multiple: bool = False, requeue: bool = True) -> C.Nack:
     return C.Nack(ch, tag, multiple, requeue)
+
+
+def reject(ch: C.ChKey, tag: int, requeue: bool = False) -> C.Nack:
+    return C.Nack(ch, tag, False, requeue, reject=True)
+
+
+def props(**kwargs: Any) -> bytes:
+    """Content-header properties by pamqp name, e.g. ``props(expiration="100", priority=3)``."""
+    from protocol.properties import encode_properties
+
+    return encode_properties(**kwargs)
 
 
 def qos(ch: C.ChKey, n: int, global_: bool = False) -> C.Qos:
@@ -73,6 +85,11 @@ class Machine:
     def __init__(self, state: State | None = None) -> None:
         self.state = state or new_state()
         self.now = 0
+
+    def at(self, now: int, *cmds: C.Command) -> list[Effect]:
+        """Advance the clock to ``now`` and run the commands (a Tick if none)."""
+        self.now = now
+        return self.run(*(cmds or (C.Tick(),)))
 
     def run(self, *cmds: C.Command) -> list[Effect]:
         out: list[Effect] = []
