@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal as _signal
 import threading
 import time
@@ -227,9 +228,16 @@ class RaftMQCluster:
             raise
         return self
 
-    def kill(self, node: RaftMQNode, sig: int = _signal.SIGKILL) -> None:
-        """Send ``sig`` to the node (SIGKILL: reaped before returning)."""
-        node.kill(sig)
+    def kill(self, node: RaftMQNode, sig: int = _signal.SIGKILL) -> float:
+        """Send ``sig`` to the node's process group (SIGKILL: reaped before returning); returns
+        the ``time.monotonic()`` right after the signal was sent."""
+        if node.proc is not None and node.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(node.proc.pid, sig)
+        sent = time.monotonic()
+        if sig == _signal.SIGKILL:
+            node.kill(sig)  # the rest of the group, and reap
+        return sent
 
     def restart(self, node: RaftMQNode, timeout: float = 30.0) -> RaftMQNode:
         """Start ``node`` again on the same data directory and ports; wait until it is ready."""

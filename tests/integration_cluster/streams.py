@@ -28,6 +28,7 @@ OP_TIMEOUT = 10.0
 @dataclass
 class StreamLog:
     published: list[str] = field(default_factory=list)
+    sent: dict[str, float] = field(default_factory=dict)  # id -> time handed to the client
     confirmed: dict[str, float] = field(default_factory=dict)  # id -> time confirm arrived
     consumed: list[tuple[str, bool]] = field(default_factory=list)
     producer_errors: list[tuple[float, str, str]] = field(default_factory=list)  # (t, url, error)
@@ -60,14 +61,13 @@ class StreamLog:
     def first_confirm_after(self, t: float) -> float | None:
         return next((x for x in self.confirm_times() if x > t), None)
 
-    def largest_gap_around(self, t: float) -> tuple[float, float] | None:
-        """The longest pause between consecutive confirms that spans ``t``: (start, end)."""
-        times = self.confirm_times()
-        before = [x for x in times if x <= t]
-        after = [x for x in times if x > t]
-        if not after:
+    def longest_pause(self, start: float, end: float) -> tuple[float, float] | None:
+        """The longest pause between consecutive confirms (or ``start`` and the first confirm
+        after it) within [start, end]: (from, to)."""
+        times = [start] + [x for x in self.confirm_times() if start < x <= end]
+        if len(times) < 2:
             return None
-        return (before[-1] if before else t, after[0])
+        return max(zip(times, times[1:], strict=False), key=lambda p: p[1] - p[0])
 
 
 def _err(e: BaseException) -> str:
@@ -97,6 +97,7 @@ async def produce(urls: Callable[[], Sequence[str]] | Sequence[str], queue: str,
                 mid = f"{prefix}-{i}"
                 i += 1
                 log.published.append(mid)
+                log.sent[mid] = time.monotonic()
                 await ch.default_exchange.publish(
                     Message(mid.encode(), delivery_mode=DeliveryMode.PERSISTENT, message_id=mid),
                     routing_key=queue, timeout=OP_TIMEOUT)

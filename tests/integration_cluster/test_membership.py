@@ -81,6 +81,14 @@ async def test_add_and_remove_under_load(make_cluster: Callable[..., RaftMQClust
     new_leader = await asyncio.to_thread(c.leader)
     assert new_leader is not victim
     await asyncio.to_thread(roundtrip_ok, new.url)
+    # the new node has the whole state: the queue declared before it joined, now drained
+    conn = await aio_pika.connect(new.url, timeout=5)
+    try:
+        ch = await asyncio.wait_for(conn.channel(), 5)
+        declared = await asyncio.wait_for(ch.declare_queue(q, passive=True), 5)
+        assert declared.declaration_result.message_count == 0
+    finally:
+        await asyncio.wait_for(conn.close(), 5)
     await asyncio.to_thread(c.wait_converged)
 
     out = await asyncio.to_thread(cli_status, c_node)
