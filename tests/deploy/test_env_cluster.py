@@ -76,9 +76,9 @@ class Pod:
             return None
 
 
-def _ip_block() -> list[str]:
+def _ip_block(n: int = 3) -> list[str]:
     a, b = random.randrange(64, 250), random.randrange(1, 250)
-    return [f"127.{a}.{b}.{i}" for i in (1, 2, 3)]
+    return [f"127.{a}.{b}.{i}" for i in range(1, n + 1)]
 
 
 def _free_on_all(ips: list[str], port: int) -> bool:
@@ -187,14 +187,25 @@ def pods_cleanup() -> Iterator[list[Pod]]:
         pod.stop(timeout=5)
 
 
-def test_statefulset_environment_forms_a_cluster(tmp_path: Path,
-                                                 pods_cleanup: list[Pod]) -> None:
+def _admin(pod: Pod, *args: str) -> str:
+    """``kubectl exec <pod> -- raftmq cluster …``: the CLI with the pod's environment (its
+    RAFTMQ_ADMIN_URL names the pod's HTTP listener)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(manifests.REPO),
+           **pod.env}
+    proc = subprocess.run([sys.executable, "-m", "node", "cluster", *args], env=env,
+                          cwd=manifests.REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"raftmq cluster {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def test_statefulset_environment_forms_a_cluster_and_scales(tmp_path: Path,
+                                                            pods_cleanup: list[Pod]) -> None:
     resources = manifests.k8s_resources()
     sts = manifests.statefulset(resources)
     replicas = int(sts["spec"]["replicas"])
     assert replicas == 3
     name, service, namespace = sts["metadata"]["name"], sts["spec"]["serviceName"], "mq-test"
-    ips = _ip_block()
+    ips = _ip_block(replicas + 1)  # one more for scaling up
     base = manifests.pod_env(0, ips[0], namespace, resources)
     ports = {p: _port_for(ips, p) for p in (
         int(base.get("RAFTMQ_AMQP_PORT", 5672)), int(base.get("RAFTMQ_METRICS_PORT", 15692)),
@@ -205,10 +216,11 @@ def test_statefulset_environment_forms_a_cluster(tmp_path: Path,
         hosts[f"{name}-{i}"] = ip
         hosts[f"{name}-{i}.{service}.{namespace}.svc.cluster.local"] = ip
     for i, ip in enumerate(ips):
-        env = manifests.pod_env(i, ip, namespace, resources)
+        env = manifests.pod_env(i, ip, namespace, resources)  # the same env for every pod...
         pods_cleanup.append(Pod(
             f"{name}-{i}", ip, _simulate(env, ip, tmp_path / f"{name}-{i}", hosts, ports),
             manifests.pod_argv(resources), tmp_path / f"{name}-{i}.log"))
+    extra = pods_cleanup.pop()  # ...but only `replicas` of them run for now
     for pod in pods_cleanup:
         pod.start()
 
@@ -227,6 +239,19 @@ def test_statefulset_environment_forms_a_cluster(tmp_path: Path,
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", raft_port), timeout=2):
         pass
     _publish_and_get(pods_cleanup)
+
+    # deploy/kubernetes/README.md: scale up (kubectl scale --replicas=4, then add the new pod)...
+    pods = list(pods_cleanup)
+    pods_cleanup.append(extra)
+    extra.start()
+    new_member = f"{extra.name}.{service}.{namespace}.svc.cluster.local:{raft_port}"
+    assert "added" in _admin(pods[0], "add", new_member)
+    _wait_one_cluster([*pods, extra], [*members, new_member])
+    assert "leader:" in _admin(extra, "status")
+    # ...and down again (remove the highest ordinal first, then kubectl scale --replicas=3).
+    assert "removed" in _admin(pods[1], "remove", new_member)
+    _wait_one_cluster(pods, members)
+    extra.stop()
 
 
 def test_compose_environment_forms_a_cluster_and_keeps_confirmed_messages(
