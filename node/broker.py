@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from cluster import machine
-from cluster.commands import Batch, Command, NodeUp, encode_batch
+from cluster.commands import Batch, Command, NodeUp, Tick, encode_batch
 from cluster.effects import Effect
 from cluster.raft import RaftNode
 from node.config import Config
@@ -35,6 +35,9 @@ IDLE_TICK_S = 0.02
 # idempotency key makes that safe): pysyncobj may drop a forwarded command
 # across a leader change without ever calling back.
 RESUBMIT_AFTER_S = 1.0
+# At most one Tick command per this many ms (expiry is checked on every batch
+# anyway; the Tick only matters when nothing else is happening).
+TICK_MIN_INTERVAL_MS = 20
 
 
 class Broker:
@@ -71,6 +74,7 @@ class Broker:
         self._known_leader: str | None = None
         self._tick_scheduled = False
         self._syncing = False
+        self._last_tick_ms = 0
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._tick_handle: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -128,6 +132,18 @@ class Broker:
         self._syncing = False
         self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._tick()
+
+    def _propose_tick(self) -> None:
+        """Leader only: when something in the state falls due (a message TTL,
+        a queue's x-expires), propose a Tick so time passes in the machine
+        even with no other traffic."""
+        due = machine.next_deadline(self.raft.state)
+        if due is None or not self.raft.is_leader:
+            return
+        now_ms = time.time_ns() // 1_000_000
+        if due <= now_ms and now_ms - self._last_tick_ms >= TICK_MIN_INTERVAL_MS:
+            self._last_tick_ms = now_ms
+            self.propose(Tick())
 
     def _resubmit(self) -> None:
         """Propose again what was lost on the way to the leader."""
@@ -219,6 +235,7 @@ class Broker:
             self._check_flow()
             if self.ready:
                 self.membership.check()
+                self._propose_tick()
         finally:
             self._tick_handle = self.loop.call_later(IDLE_TICK_S, self._idle_tick)
 
