@@ -2,7 +2,7 @@
 when one dies, then read the queue back and check that every confirmed message is there.
 
     python3 -m pip install pika
-    python3 deploy/confirm_check.py --count 20000 \\
+    python3 deploy/confirm_check.py --count 5000 \\
         amqp://raftmq:PASS@localhost:5672/ amqp://raftmq:PASS@localhost:5673/ \\
         amqp://raftmq:PASS@localhost:5674/
 
@@ -109,7 +109,7 @@ def read_back(nodes: Failover, queue: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("urls", nargs="+", help="amqp:// URLs of the nodes, tried in turn")
-    p.add_argument("--count", type=int, default=20000, help="messages to publish")
+    p.add_argument("--count", type=int, default=5000, help="messages to publish")
     p.add_argument("--queue", default="confirm-check")
     p.add_argument("--timeout", type=float, default=120, help="give up after this long, s")
     args = p.parse_args(argv)
