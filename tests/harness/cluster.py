@@ -48,7 +48,11 @@ class RaftMQCluster:
     """``n`` RaftMQ nodes ``n1..nN`` that know each other as ``--peers``."""
 
     def __init__(self, base_dir: Path, n: int = 3, extra_env: dict[str, str] | None = None,
-                 secret: str = "test-secret") -> None:
+                 secret: str = "test-secret",
+                 node_options: Callable[[str], dict[str, Any]] | None = None) -> None:
+        """``node_options(node_id)``: extra ``RaftMQNode`` keyword arguments for that node (its
+        ``extra_env`` is merged over the cluster's)."""
+        self.node_options = node_options
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.secret = secret
@@ -76,10 +80,12 @@ class RaftMQCluster:
 
     def _make_node(self, node_id: str, peers: list[str] | None = None) -> RaftMQNode:
         env = {"RAFTMQ_CLUSTER_SECRET": self.secret, **self.extra_env}
+        options = dict(self.node_options(node_id)) if self.node_options else {}
+        env.update(options.pop("extra_env", None) or {})
         nd = RaftMQNode(
             self.base_dir / node_id, node_id=node_id,
             amqp_port=self._port(), metrics_port=self._port(), raft_port=self._port(),
-            peers=peers, extra_env=env, log_path=self.base_dir / f"{node_id}.log",
+            peers=peers, extra_env=env, log_path=self.base_dir / f"{node_id}.log", **options,
         )  # fmt: skip
         self._all.append(nd)
         return nd
@@ -238,6 +244,31 @@ class RaftMQCluster:
         if sig == _signal.SIGKILL:
             node.kill(sig)  # the rest of the group, and reap
         return sent
+
+    def kill_all(self, nodes: Iterable[RaftMQNode] | None = None,
+                 sig: int = _signal.SIGKILL) -> float:
+        """Signal every node of ``nodes`` (default: all alive members) back to back, then reap;
+        returns the time the last signal was sent."""
+        targets = list(self.alive() if nodes is None else nodes)
+        for nd in targets:
+            if nd.proc is not None and nd.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(nd.proc.pid, sig)
+        sent = time.monotonic()
+        if sig == _signal.SIGKILL:
+            for nd in targets:
+                nd.kill(sig)
+        return sent
+
+    def start_all(self, timeout: float = 45.0) -> None:
+        """Start every member that is not running (same data directories and ports) and wait
+        until all are ready and agree on a leader."""
+        deadline = time.monotonic() + timeout
+        for nd in self.nodes:
+            if not nd.is_running():
+                nd.start(wait=False)
+        self.wait_ready(self.nodes, timeout=max(1.0, deadline - time.monotonic()))
+        self.leader(timeout=max(1.0, deadline - time.monotonic()))
 
     def restart(self, node: RaftMQNode, timeout: float = 30.0) -> RaftMQNode:
         """Start ``node`` again on the same data directory and ports; wait until it is ready."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import aio_pika
 import pika
 import pytest
 
@@ -26,6 +28,7 @@ from tests.integration.helpers import (
     unique,
     wait_until,
 )
+from tests.integration_cluster.streams import StreamLog, produce, wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -101,16 +104,12 @@ def test_whole_cluster_kill9_restart(cluster: RaftMQCluster) -> None:
         pump(holder, lambda: len(held) >= 5, 10, what="5 deliveries on n3")
         assert held.bodies == bodies[:5]
         cluster.wait_converged()
-        for nd in cluster.nodes:
-            cluster.kill(nd)
+        cluster.kill_all()
     finally:
         close_quietly(conn)
         close_quietly(holder)
-    for nd in cluster.nodes:
-        assert not nd.is_running()
-        nd.start(wait=False)
-    cluster.wait_ready(timeout=45)
-    cluster.leader()
+    assert not any(nd.is_running() for nd in cluster.nodes)
+    cluster.start_all()
     for nd in cluster.nodes:
         conn = connect(nd.url)
         try:
@@ -168,3 +167,55 @@ def test_raft_port_binds_only_the_configured_address(cluster: RaftMQCluster) -> 
                 socket.create_connection(("127.0.0.2", port), timeout=2).close()
     # and the cluster is none the worse for the stray connections
     cluster.leader()
+
+
+async def test_whole_cluster_kill9_mid_stream(cluster: RaftMQCluster) -> None:
+    """kill -9 of all three nodes at once while four producers (two on one follower, one on the
+    other, one on the leader) publish with confirms: after the restart every confirmed message is
+    there exactly once, each producer's in publish order, and nothing else but (at most) the
+    messages whose confirms were still outstanding."""
+    c = cluster
+    leader = await asyncio.to_thread(c.leader)
+    f1, f2 = [nd for nd in c.nodes if nd is not leader]
+    q = unique("midstream")
+    conn = await aio_pika.connect(f1.url, timeout=5)
+    try:
+        ch = await asyncio.wait_for(conn.channel(), 5)
+        await asyncio.wait_for(ch.declare_queue(q, durable=True), 5)
+    finally:
+        await asyncio.wait_for(conn.close(), 5)
+    await asyncio.to_thread(c.wait_converged)
+    log = StreamLog()
+    stop = asyncio.Event()
+    producers = [asyncio.create_task(produce([nd.url], q, log, stop, prefix=prefix, interval=0))
+                 for nd, prefix in ((f1, "a"), (f1, "b"), (f2, "c"), (leader, "d"))]
+    try:
+        await wait_for(lambda: len(log.confirmed) >= 600, 30, "600 confirms")
+        await asyncio.to_thread(c.kill_all)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*producers), 20)
+    finally:
+        for task in producers:
+            task.cancel()
+    confirmed = set(log.confirmed)
+    await asyncio.to_thread(c.start_all)
+    got: list[str] = []
+    conn = await aio_pika.connect(c.node(2).url, timeout=5)
+    try:
+        ch = await asyncio.wait_for(conn.channel(), 5)
+        queue = await asyncio.wait_for(ch.declare_queue(q, passive=True), 5)
+        while (msg := await asyncio.wait_for(queue.get(no_ack=True, fail=False), 5)) is not None:
+            got.append(msg.body.decode())
+    finally:
+        await asyncio.wait_for(conn.close(), 5)
+    print(f"mid-stream whole-cluster kill: published {len(log.published)}, confirmed "
+          f"{len(confirmed)}, back after restart {len(got)}")
+    order = {mid: i for i, mid in enumerate(log.published)}
+    assert not confirmed - set(got), f"confirmed, lost: {sorted(confirmed - set(got), key=order.get)}"
+    assert len(got) == len(set(got)), "duplicates after restart"
+    assert set(got) <= set(log.published)
+    for prefix in "abcd":
+        mine = [m for m in got if m.startswith(prefix + "-")]
+        assert mine == sorted(mine, key=order.get), f"producer {prefix}: out of publish order"
+    unconfirmed_back = set(got) - confirmed
+    assert len(unconfirmed_back) <= len(producers), unconfirmed_back  # one in flight each
