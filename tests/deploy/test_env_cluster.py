@@ -233,10 +233,11 @@ def test_statefulset_environment_forms_a_cluster_and_scales(tmp_path: Path,
         assert view is not None
         assert view["node"] == pod.name  # node id = the pod's hostname
         assert view["raft_address"] == f"{pod.name}.{service}.{namespace}.svc.cluster.local:{raft_port}"
-    # Raft listens on the pod's own address only (not on 0.0.0.0, not on another pod's).
+    # Raft listens on the pod's own address only, not on 0.0.0.0: the address of the pod not
+    # started yet refuses the connection.
     with socket.create_connection((ips[0], raft_port), timeout=2):
         pass
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", raft_port), timeout=2):
+    with pytest.raises(OSError), socket.create_connection((ips[-1], raft_port), timeout=2):
         pass
     _publish_and_get(pods_cleanup)
 
