@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-quick bench-codec clean install cluster cluster-stop
+.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-codec clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/raftmq serve
 
-test: $(STAMP)
+test: $(STAMP) lint-deploy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/mypy tests/harness bench
@@ -27,6 +27,11 @@ cluster: $(STAMP)
 
 cluster-stop:
 	deploy/local-cluster.sh stop
+
+# Dockerfile (hadolint), compose file (docker compose config), Kubernetes
+# manifests (kubernetes-validate); the linters install into .venv on first use.
+lint-deploy: $(STAMP)
+	deploy/lint.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
