@@ -60,11 +60,15 @@ async def _membership(broker: Broker, method: str, address: str) -> Response:
         if not done.done():
             done.set_result(error)
 
-    # A leader cannot remove itself: hand leadership to a caught-up follower
-    # first; the removal then goes to the new leader.
-    if method == "DELETE" and address == broker.cfg.raft_address and not await _step_down(broker):
-        return 409, "application/json", json.dumps(
-            {"ok": False, "error": "could not transfer leadership"}).encode()
+    if method == "DELETE" and address == broker.cfg.raft_address:
+        # A leader cannot remove itself: hand leadership to a caught-up
+        # follower first, then ask the new leader (over its HTTP API) to do
+        # it. Once removed this node never learns the commit, so it cannot
+        # wait for the result itself.
+        if not await _step_down(broker):
+            return 409, "application/json", json.dumps(
+                {"ok": False, "error": "could not transfer leadership"}).encode()
+        return await _forward_to_leader(broker, method, address)
     if method == "POST":
         broker.raft.add_member(address, callback)
     else:
@@ -91,6 +95,27 @@ async def _step_down(broker: Broker) -> bool:
             broker.wake()
         await asyncio.sleep(0.2)
     return False
+
+
+async def _forward_to_leader(broker: Broker, method: str, address: str) -> Response:
+    leader = broker.raft.leader
+    http = next((i.http_address for i in machine.nodes(broker.raft.state).values()
+                 if i.raft_address == leader and i.http_address), None)
+    if http is None:
+        return 409, "application/json", json.dumps(
+            {"ok": False, "error": f"no HTTP address known for the leader {leader}"}).encode()
+    host, _, port = http.rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+        writer.write(f"{method} /api/members?address={address} HTTP/1.0\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), MEMBERSHIP_TIMEOUT_S + 5)
+        writer.close()
+    except (OSError, TimeoutError) as e:
+        return 504, "application/json", json.dumps({"ok": False, "error": str(e)}).encode()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    code = int(head.split()[1]) if len(head.split()) > 1 else 502
+    return code, "application/json", body
 
 
 async def route(broker: Broker, method: str, target: str) -> Response:
