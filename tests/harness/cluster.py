@@ -298,19 +298,23 @@ class RaftMQCluster:
                 raise ClusterError(f"{method} {url}: {result}\n{self.describe()}")
             time.sleep(0.5)
 
-    def add_node(self, timeout: float = 30.0) -> RaftMQNode:
-        """Start a new node with ``--peers`` = the current members, add it through the leader's
-        HTTP API (``raftmq cluster add``), wait until it is ready; returns it."""
+    def add_node(self, timeout: float = 30.0, add_first: bool = False) -> RaftMQNode:
+        """Start a new node with ``--peers`` = the current members and add it through the
+        leader's HTTP API (``raftmq cluster add``) right after it starts (``add_first``: before
+        it starts); wait until it is ready; returns it. The HTTP answer is in ``add_result``."""
         members = self.members()
         used = {nd.node_id for nd in self._all}
         node_id = next(f"n{i}" for i in range(1, 1000) if f"n{i}" not in used)
         nd = self._make_node(node_id, peers=members)
         deadline = time.monotonic() + timeout
-        nd.start(wait=False)
+        if not add_first:
+            nd.start(wait=False)
         leader = self.leader()
         self.add_result = self._change(
             leader, "POST", nd.raft_address,
             lambda: nd.raft_address in self.status(leader)["raft"]["members"], timeout)
+        if add_first:
+            nd.start(wait=False)
         self.nodes.append(nd)
         self.wait_ready([nd], max(1.0, deadline - time.monotonic()))
         return nd
