@@ -29,7 +29,14 @@ class RaftMQNode:
         peers: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        raft_host: str = "127.0.0.1",
+        raft_bind: str | None = None,
+        module: str = "node",
     ) -> None:
+        """``raft_host``: the host part of the node's Raft address (its member id; may be a name
+        that ``RAFTMQ_STATIC_HOSTS`` resolves). ``raft_bind``: ``--raft-bind`` (HOST:PORT the Raft
+        listener binds when that is not the Raft address). ``module``: run ``python -m MODULE
+        serve`` (a test wrapper around ``node``)."""
         self.data_dir = Path(data_dir)
         self.node_id = node_id
         self.amqp_port = amqp_port or free_port()
@@ -40,6 +47,9 @@ class RaftMQNode:
         self.log_path = (
             Path(log_path) if log_path else self.data_dir.with_name(self.data_dir.name + ".log")
         )
+        self.raft_host = raft_host
+        self.raft_bind = raft_bind
+        self.module = module
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +58,7 @@ class RaftMQNode:
 
     @property
     def raft_address(self) -> str:
-        return f"127.0.0.1:{self.raft_port}"
+        return f"{self.raft_host}:{self.raft_port}"
 
     @property
     def url(self) -> str:
@@ -60,7 +70,7 @@ class RaftMQNode:
 
     def argv(self) -> list[str]:
         argv = [
-            sys.executable, "-m", "node", "serve",
+            sys.executable, "-m", self.module, "serve",
             "--node-id", self.node_id,
             "--amqp-host", "127.0.0.1",
             "--amqp-port", str(self.amqp_port),
@@ -68,6 +78,8 @@ class RaftMQNode:
             "--raft-address", self.raft_address,
             "--data-dir", str(self.data_dir),
         ]  # fmt: skip
+        if self.raft_bind:
+            argv += ["--raft-bind", self.raft_bind]
         if self.peers:
             argv += ["--peers", ",".join(self.peers)]
         return argv

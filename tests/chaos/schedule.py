@@ -1,0 +1,114 @@
+"""Seeded fault schedules: everything random about a run is drawn here, from
+``random.Random(seed)``, before the run starts, so ``--seed N`` (with the same ``--nodes`` and
+``--fault-seconds``) replays the same faults with the same timings and the same node tunables.
+
+Which node is "the leader" can only be known at run time; a fault names a *role* and a number in
+[0, 1) (``pick``) that chooses among the nodes of that role, sorted by id, when it is injected.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+# kind -> weight. Kinds:
+#   kill            kill -9 of one node (the leader or a follower), restarted after `duration`
+#   kill-minority   kill -9 of a minority (5 nodes: 2), restarted after `duration`
+#   pause           SIGSTOP of one node (leader or follower), SIGCONT after `duration`
+#   isolate         one node's Raft links cut from every other node
+#   halves          a random minority | majority split of the Raft links
+#   ring            5 nodes: every node reaches only its two ring neighbours (each sees a
+#                   majority, no two the same); 3 nodes: a bridge (one pair cut, the third
+#                   node sees both)
+#   kill-all        kill -9 of every node, all restarted after `duration`
+#   power-loss      kill -9 of one node, journal cut back to its last fdatasync, restarted
+#   power-loss-all  the same for every node at once
+FAULT_WEIGHTS: dict[str, int] = {
+    "kill": 18,
+    "kill-minority": 6,
+    "pause": 14,
+    "isolate": 14,
+    "halves": 12,
+    "ring": 10,
+    "kill-all": 8,
+    "power-loss": 10,
+    "power-loss-all": 8,
+}
+PARTITIONS = ("isolate", "halves", "ring")
+ROLE_FAULTS = ("kill", "pause", "isolate", "power-loss")  # aimed at the leader or a follower
+EST_RECOVERY_S = 4.0  # budget per fault for the harness to see the cluster healthy again
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    duration: float  # how long the fault lasts before it is healed
+    gap: float  # calm after the cluster is healthy again, before the next fault
+    role: str = "any"  # leader / follower / any
+    pick: float = 0.0  # which node of that role; for partitions, the shuffle
+    mode: str = "refuse"  # partitions: refuse (close + refuse connections) or drop (black hole)
+
+    def describe(self) -> str:
+        what = self.kind
+        if self.kind in ROLE_FAULTS:
+            what += f"({self.role})"
+        if self.kind in PARTITIONS:
+            what += f"[{self.mode}]"
+        return f"{what} {self.duration:.1f}s"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    seed: int
+    nodes: int
+    faults: tuple[Fault, ...]
+    env: dict[str, str] = field(default_factory=dict)  # RAFTMQ_* tunables for every node
+    producers: int = 3
+    consumers: int = 3
+    queues: int = 2
+    rate: float = 25.0  # msg/s per producer
+    window: int = 8  # unconfirmed messages per producer
+    prefetch: int = 20
+    warmup: float = 2.0
+    fault_seconds: float = 30.0
+
+    def describe(self) -> str:
+        return " ; ".join(f.describe() for f in self.faults)
+
+    def rerun(self) -> str:
+        return (f"python -m tests.chaos --seed {self.seed} --nodes {self.nodes} "
+                f"--fault-seconds {self.fault_seconds:g}")
+
+
+def _pick_kind(rng: random.Random, nodes: int) -> str:
+    kinds = [k for k in FAULT_WEIGHTS if not (k == "kill-minority" and nodes < 5)]
+    return rng.choices(kinds, weights=[FAULT_WEIGHTS[k] for k in kinds])[0]
+
+
+def make_schedule(seed: int, nodes: int, fault_seconds: float = 30.0,
+                  kinds: tuple[str, ...] | None = None) -> Schedule:
+    """Faults back to back until their durations, gaps and an estimate of each recovery fill
+    ``fault_seconds`` (at least one fault). ``kinds`` restricts the fault kinds (tests)."""
+    rng = random.Random(seed)
+    env = {
+        # Tunables drawn per schedule, so faults land on both sides of the timeouts.
+        "RAFTMQ_NODE_DOWN_AFTER": rng.choice(["2", "5"]),
+        "RAFTMQ_ISOLATION_TIMEOUT": rng.choice(["1.5", "3"]),
+        # Small values make compaction (and snapshot transfer to lagging nodes) happen mid-run.
+        "RAFTMQ_SNAPSHOT_ENTRIES": rng.choice(["100000", "400"]),
+    }
+    faults: list[Fault] = []
+    used = 0.0
+    while not faults or used < fault_seconds:
+        kind = _pick_kind(rng, nodes) if kinds is None else rng.choice(kinds)
+        duration = round(rng.uniform(1.0, 8.0), 1)
+        if kind in ("kill-all", "power-loss-all"):
+            duration = round(rng.uniform(0.5, 3.0), 1)
+        gap = round(rng.uniform(0.5, 3.0), 1)
+        role = rng.choice(["leader", "follower"]) if kind in ROLE_FAULTS else "any"
+        fault = Fault(kind, duration, gap, role=role, pick=round(rng.random(), 4),
+                      mode=rng.choice(["refuse", "drop"]))
+        faults.append(fault)
+        used += duration + gap + EST_RECOVERY_S
+    return Schedule(seed=seed, nodes=nodes, faults=tuple(faults), env=env,
+                    fault_seconds=fault_seconds)
