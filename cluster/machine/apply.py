@@ -50,33 +50,41 @@ _OTHER_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
 
 
 def apply(state: State, now_ms: int, cmd: C.Command, out: list[Effect]) -> None:
-    """Apply one command, appending its effects to ``out``."""
+    """Apply one command at ``now_ms``, appending its effects to ``out``."""
     if now_ms > state.now_ms:
         state.now_ms = now_ms
     due = state.next_due
     if due is not None and state.now_ms >= due:
-        expire_due(state, out)  # nothing overdue is visible to the command
+        expire_due(state, out)
+    _apply(state, cmd, out)
+
+
+def _apply(state: State, cmd: C.Command, out: list[Effect]) -> None:
+    """Apply one command at ``state.now_ms``. Nothing is overdue when it starts: the
+    callers expire what is due whenever time moves, and no command leaves anything
+    due at the current time."""
     handler = _CHANNEL_HANDLERS.get(type(cmd))
     if handler is None:
         other = _OTHER_HANDLERS.get(type(cmd))
         if other is not None:
             other(state, cmd, out)
     else:
+        # a channel that is gone (raced a close or an error): the command is ignored
         ch = state.channels.get(cmd.ch)  # type: ignore[attr-defined]
-        if ch is None:
-            return  # raced a channel/connection close or error: ignore silently
-        try:
-            handler(state, ch, cmd, out)
-        except AmqpError as e:
-            if e.hard:
-                conn = state.conns[ch.key[:2]]
-                out.append(ConnectionError(conn.key, e.code, e.text, e.class_id, e.method_id))
-                close_connection(state, conn, out)
-            else:
-                out.append(ChannelError(ch.key, e.code, e.text, e.class_id, e.method_id))
-                close_channel(state, ch, out)
+        if ch is not None:
+            try:
+                handler(state, ch, cmd, out)
+            except AmqpError as e:
+                if e.hard:
+                    conn = state.conns[ch.key[:2]]
+                    out.append(ConnectionError(conn.key, e.code, e.text, e.class_id,
+                                               e.method_id))
+                    close_connection(state, conn, out)
+                else:
+                    out.append(ChannelError(ch.key, e.code, e.text, e.class_id, e.method_id))
+                    close_channel(state, ch, out)
     if state.dl_pending:
-        flush_dead_letters(state, out)
+        flush_dead_letters(state, out)  # dead-lettered by this command
 
 
 def _seen_before(state: State, batch: C.Batch) -> bool:
@@ -109,9 +117,11 @@ def apply_batch(state: State, batch: C.Batch) -> list[Effect]:
     out: list[Effect] = []
     state.origin = (batch.node, batch.incarnation)
     try:
-        now = state.now_ms
+        due = state.next_due
+        if due is not None and state.now_ms >= due:
+            expire_due(state, out)  # nothing overdue is visible to the batch's commands
         for cmd in batch.commands:
-            apply(state, now, cmd, out)
+            _apply(state, cmd, out)
     finally:
         state.origin = None
     return out

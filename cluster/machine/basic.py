@@ -25,7 +25,7 @@ from cluster.machine.queues import (
     reactivate_channel,
     release,
     remove_consumer,
-    run_queue,
+    run_fast,
     run_touched,
     take,
 )
@@ -70,15 +70,21 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
     msg_id = state.next_msg_id
     state.next_msg_id = msg_id + 1
     refused = False
-    for q in targets:
-        if q.slow or msg_ttl is not None:
+    if msg_ttl is None:
+        for q in targets:
+            if q.slow:
+                if not enqueue(state, q, Msg(msg_id, name, cmd.routing_key, props, cmd.body),
+                               None, out):
+                    refused = True
+            else:
+                q.ready.append(Msg(msg_id, name, cmd.routing_key, props, cmd.body))
+                if q.service:
+                    run_fast(state, q, out)
+    else:
+        for q in targets:
             if not enqueue(state, q, Msg(msg_id, name, cmd.routing_key, props, cmd.body),
                            msg_ttl, out):
                 refused = True
-            continue
-        q.ready.append(Msg(msg_id, name, cmd.routing_key, props, cmd.body))
-        if q.service:
-            run_queue(state, q, out)
     if not targets and cmd.mandatory:
         out.append(Return(ch.key, 312, "NO_ROUTE", name, cmd.routing_key, props, cmd.body))
     if cmd.confirm_seq:

@@ -39,7 +39,12 @@ def run_queue(state: State, q: Queue, out: list[Effect]) -> None:
     """Hand ready messages to consumers with credit, round robin."""
     if q.slow:
         run_slow(state, q, out)
-        return
+    else:
+        run_fast(state, q, out)
+
+
+def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
+    """run_queue for a plain queue (``not q.slow``): the hot path."""
     service = q.service
     channels = state.channels
     while service and (q.ready or q.returned):
