@@ -103,7 +103,8 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
     q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
     if cmd.arguments:
         validate_consume_args(q.name, q.vhost, cmd.arguments)
-    if q.exclusive_consumer or (cmd.exclusive and q.consumers):
+    if q.exclusive_consumer or (cmd.exclusive and (q.consumers or q.single_active)):
+        # (an exclusive consumer is refused on a single-active-consumer queue)
         raise AmqpError(E.ACCESS_REFUSED, f"{rs('queue', q.name, q.vhost)} in exclusive use", m)
     if not tag:
         tag = generate_name(state, "amq.ctag-", ch.key)
@@ -119,6 +120,8 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
             q.service = type(q.service)(sorted(q.service, key=lambda x: -x.priority))
     ch.consumers[tag] = c
     q.consumers[(ch.key, tag)] = c
+    if q.single_active and q.active_consumer is None:
+        q.active_consumer = (ch.key, tag)
     q.had_consumer = True
     if cmd.exclusive:
         q.exclusive_consumer = True

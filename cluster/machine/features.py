@@ -137,8 +137,19 @@ def insert_service(q: Queue, c: Consumer) -> None:
 
 
 def is_active(q: Queue, c: Consumer) -> bool:
-    """Single active consumer: only the earliest registered consumer receives."""
-    return not q.single_active or next(iter(q.consumers.values()), None) is c
+    """Single active consumer: only the active one receives."""
+    return not q.single_active or q.active_consumer == (c.ch, c.tag)
+
+
+def next_active(q: Queue) -> Consumer | None:
+    """Who takes over from a single active consumer: the highest x-priority, the
+    earliest registered among equals (rabbit_queue_consumers:get_consumer)."""
+    best = None
+    for c in q.consumers.values():
+        if best is None or c.priority > best.priority:
+            best = c
+    q.active_consumer = (best.ch, best.tag) if best is not None else None
+    return best
 
 
 # --- delivery ------------------------------------------------------------------------

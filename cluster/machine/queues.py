@@ -20,6 +20,7 @@ from cluster.machine.features import (
     has_credit,
     insert_service,
     is_active,
+    next_active,
     requeue,
     run_slow,
     touch,
@@ -140,7 +141,7 @@ def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool,
     q = state.queues.get(c.qid)
     if q is None:
         return
-    was_active = q.single_active and is_active(q, c)
+    was_active = q.single_active and q.active_consumer == (c.ch, c.tag)
     del q.consumers[(c.ch, c.tag)]
     if c.exclusive:
         q.exclusive_consumer = False
@@ -152,16 +153,16 @@ def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool,
     if q.auto_delete and q.had_consumer and not q.consumers:
         delete_queue(state, q, out)
         return
-    if not q.consumers:
-        touch(state, q)
-    elif was_active:
-        nxt = next(iter(q.consumers.values()))
-        nch = state.channels.get(nxt.ch)
-        if nch is not None:
+    if was_active:
+        nxt = next_active(q)
+        nch = state.channels.get(nxt.ch) if nxt is not None else None
+        if nxt is not None and nch is not None:
             local: dict[int, Queue] = {} if touched is None else touched
             reactivate(nxt, nch, q, local)
             if touched is None:
                 run_touched(state, local, out)
+    if not q.consumers:
+        touch(state, q)
 
 
 def delete_queue(state: State, q: Queue, out: list[Effect]) -> int:

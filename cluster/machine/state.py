@@ -128,6 +128,7 @@ class Queue:
     expires: int | None = None  # x-expires (ms unused before the queue is deleted)
     max_priority: int = 0  # x-max-priority; 0: not a priority queue
     single_active: bool = False  # x-single-active-consumer
+    active_consumer: tuple[ChKey, str] | None = None  # the single active one: (ch, tag)
     # The queue needs the feature-aware (slower) paths: TTL, length limits, priorities,
     # consumer priorities, or it holds messages with a per-message TTL.
     slow: bool = False

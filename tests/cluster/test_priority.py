@@ -160,3 +160,22 @@ def test_single_active_consumer_channel_close(m: Machine) -> None:
     m.open(CH)
     m.run(consume(CH, "q", "d"))
     assert tags(m.run(enq(CH, "q", b"1"))) == [("c", b"1")]
+
+
+def test_single_active_consumer_takeover_by_priority(m: Machine) -> None:
+    m.run(q_declare(CH, "q", arguments={"x-single-active-consumer": True}))
+    m.run(consume(CH, "q", "first"), consume(CH, "q", "low"),
+          consume(CH2, "q", "high", arguments={"x-priority": 3}),
+          consume(CH2, "q", "high2", arguments={"x-priority": 3}))
+    assert tags(m.run(enq(CH, "q", b"0"))) == [("first", b"0")]  # the first stays active
+    m.run(C.Cancel(CH, "first", True))
+    assert tags(m.run(enq(CH, "q", b"1"))) == [("high", b"1")]
+    m.run(C.Cancel(CH2, "high", True))
+    assert tags(m.run(enq(CH, "q", b"2"))) == [("high2", b"2")]
+
+
+def test_single_active_consumer_refuses_exclusive_consumers(m: Machine) -> None:
+    m.run(q_declare(CH, "q", arguments={"x-single-active-consumer": True}))
+    (e,) = m.run(consume(CH, "q", "c", exclusive=True))
+    assert e == ChannelError(CH, 403, "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use",
+                             60, 20)
