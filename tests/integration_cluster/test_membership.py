@@ -12,7 +12,7 @@ from collections.abc import Callable
 import aio_pika
 import pytest
 
-from tests.harness.cluster import RaftMQCluster
+from tests.harness.cluster import RaftMQCluster, http_json
 from tests.harness.raftmq import REPO_ROOT, RaftMQNode
 from tests.integration.helpers import roundtrip_ok, unique
 from tests.integration_cluster.streams import Stream
@@ -117,3 +117,27 @@ def test_cli_remove_leader_reports_success(cluster: RaftMQCluster) -> None:
     leader.stop()
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{leader.raft_address} removed" in r.stdout
+
+
+@pytest.mark.parametrize("victim_role, via_role", [
+    ("follower", "other-follower"),
+    ("follower", "itself"),
+    pytest.param("leader", "follower", marks=pytest.mark.xfail(
+        strict=True, reason="DELETE /api/members?address=<leader> sent to a follower is refused "
+        "at once with 409 {'error': '6'} (pysyncobj REQUEST_DENIED: a leader cannot remove "
+        "itself); only the leader's own HTTP API hands over and removes")),
+])
+def test_remove_via_any_node(cluster: RaftMQCluster, victim_role: str, via_role: str) -> None:
+    """``DELETE /api/members`` works whichever member's HTTP API receives it."""
+    leader = cluster.leader()
+    f1, f2 = cluster.followers()
+    victim, via = {("follower", "other-follower"): (f1, f2), ("follower", "itself"): (f1, f1),
+                   ("leader", "follower"): (leader, f1)}[(victim_role, via_role)]
+    rest = sorted(nd.raft_address for nd in cluster.nodes if nd is not victim)
+    answer = http_json(f"{cluster.http_url(via)}/api/members?address={victim.raft_address}",
+                       method="DELETE", timeout=30)
+    assert answer.get("ok"), answer
+    cluster.nodes.remove(victim)
+    cluster.wait_members(rest)
+    victim.stop()
+    assert cluster.leader() is not victim
