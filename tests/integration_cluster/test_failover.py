@@ -135,6 +135,43 @@ def test_unacked_redelivered_after_node_killed(make_cluster: Callable[..., RaftM
         close_quietly(vconn)
 
 
+def test_fast_restart_releases_the_previous_lifes_unacked(
+        make_cluster: Callable[..., RaftMQCluster]) -> None:
+    """A follower killed and restarted before the leader would record it down (NODE_DOWN_AFTER
+    30 s): its new life's NodeUp releases what the old life's consumer held, marked
+    redelivered, to a consumer elsewhere."""
+    c = make_cluster(3, node_down_after=30)
+    victim, other = c.followers()
+    q = unique("fastrestart")
+    bodies = [b"r-%02d" % i for i in range(10)]
+    oconn = connect(other.url)
+    vconn = connect(victim.url)
+    try:
+        och = oconn.channel()
+        och.queue_declare(q, durable=True)
+        och.confirm_delivery()
+        for body in bodies:
+            och.basic_publish("", q, body, PERSISTENT)
+        c.wait_converged()
+        vch = vconn.channel()
+        vch.basic_qos(prefetch_count=len(bodies))
+        held = Collector(ack=False)
+        vch.basic_consume(q, held)
+        pump(vconn, lambda: len(held) >= len(bodies), 10, what="deliveries on the victim")
+        got = Collector(ack=True)
+        och.basic_consume(q, got)
+        t_kill = c.kill(victim)
+        c.restart(victim)
+        pump(oconn, lambda: len(got) >= len(bodies), 15,
+             what="the old life's unacked messages after the restart")
+        print(f"kill -9 + restart -> old life's unacked redelivered: {time.monotonic() - t_kill:.2f}s")
+        assert got.bodies == bodies and all(d.method.redelivered for d in got.items)
+        assert not c.status(c.leader())["nodes"][victim.node_id]["down"]
+    finally:
+        close_quietly(oconn)
+        close_quietly(vconn)
+
+
 def test_paused_node_declared_down_starts_a_new_life(
         make_cluster: Callable[..., RaftMQCluster]) -> None:
     """A follower frozen (SIGSTOP) past NODE_DOWN_AFTER is recorded down: its consumer's unacked
