@@ -357,6 +357,7 @@ class RaftMQCluster:
             if nd.is_running():
                 with contextlib.suppress(Exception):
                     nd.kill(_signal.SIGTERM)
+                    nd.kill(_signal.SIGCONT)  # a frozen (SIGSTOP) node must run to exit
         for nd in self._all:
             with contextlib.suppress(Exception):
                 nd.stop(timeout=5)
