@@ -6,8 +6,8 @@ real state must hold exactly those copies: none lost, none duplicated. Two
 replicas fed the same batches (one of them restored from a mid-log snapshot)
 must stay equal and emit identical effects.
 
-Time advances 1 ms per batch. ``qt`` has a message TTL, a length limit and a
-dead-letter exchange feeding ``dlq``; some publishes carry a per-message TTL. A
+Time advances 1 ms per step. ``qt`` is a priority queue with a message TTL, a
+length limit and a dead-letter exchange feeding ``dlq``; some publishes carry a per-message TTL. A
 copy may only leave its queue without being settled if it expired (never
 before its deadline), was dropped for length, or was rejected: then a ``qt``
 copy must turn up in ``dlq`` with an x-death for ``qt``. No expired message is
@@ -38,9 +38,18 @@ CONNS = [("n1", 1), ("n2", 1)]
 FANOUT = "fan"
 QT_TTL, QT_MAX, MSG_TTL = 3, 3, 2
 ARGS: dict[str, dict[str, Any]] = {
-    QT: {"x-message-ttl": QT_TTL, "x-max-length": QT_MAX, "x-dead-letter-exchange": DLX},
+    QT: {"x-message-ttl": QT_TTL, "x-max-length": QT_MAX, "x-dead-letter-exchange": DLX,
+         "x-max-priority": 2},
 }
-EXPIRING = encode_properties(expiration=str(MSG_TTL))
+
+
+def message_props(expiring: bool, priority: int | None) -> bytes:
+    kw: dict[str, Any] = {}
+    if expiring:
+        kw["expiration"] = str(MSG_TTL)
+    if priority is not None:
+        kw["priority"] = priority
+    return encode_properties(**kw)
 
 channels = st.sampled_from(CHANNELS)
 queues = st.sampled_from(QUEUES)
@@ -269,15 +278,15 @@ class MachineLog(RuleBasedStateMachine):
 
     @rule(ch=channels, dest=st.sampled_from(["q0", "q0", "q1", QT, QT, DLQ, FANOUT, "nosuch"]),
           mandatory=st.booleans(), confirm=st.booleans(), n=st.integers(1, 4),
-          expiring=st.booleans())
+          expiring=st.booleans(), priority=st.sampled_from([None, 0, 1, 2, 5]))
     def publish_some(self, ch: C.ChKey, dest: str, mandatory: bool, confirm: bool,
-                     n: int, expiring: bool) -> None:
+                     n: int, expiring: bool, priority: int | None) -> None:
         self.catch_up()
         for _ in range(n):
-            self.publish(ch, dest, mandatory, confirm, expiring)
+            self.publish(ch, dest, mandatory, confirm, expiring, priority)
 
     def publish(self, ch: C.ChKey, target: str, mandatory: bool, confirm: bool,
-                expiring: bool = False) -> None:
+                expiring: bool = False, priority: int | None = None) -> None:
         self.body_n += 1
         body = b"m%d" % self.body_n
         exchange, key = (FANOUT, "") if target == FANOUT else ("", target)
@@ -290,7 +299,7 @@ class MachineLog(RuleBasedStateMachine):
             for q in dests:
                 self.ledger[(body, q)] += 1
         eff = self.ch_cmd(ch, C.Publish(ch, exchange, key, mandatory,
-                                        EXPIRING if expiring else b"\x00\x00", body,
+                                        message_props(expiring, priority), body,
                                         self.body_n if confirm else 0))
         self.process(eff)
         if ch in self.open_chs:
