@@ -36,12 +36,13 @@ DEFAULT_EXCHANGES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _set_slots(obj: Any, values: list[Any]) -> None:
-    """Restore a slotted dataclass pickled as a list of field values; fields added
-    since the snapshot was taken (always trailing, with defaults) get their default."""
-    for i, f in enumerate(fields(obj)):
-        if i < len(values):
-            v = values[i]
+def _set_slots(obj: Any, state: Any) -> None:
+    """Restore a slotted dataclass from pickle's default state, ``(None, {slot:
+    value})``; fields added since the snapshot was taken get their default."""
+    values = state[1] if isinstance(state, tuple) else state
+    for f in fields(obj):
+        if f.name in values:
+            v = values[f.name]
         elif f.default_factory is not MISSING:
             v = f.default_factory()
         else:
@@ -64,11 +65,8 @@ class Msg:
     # now_ms at which the message expires (queue or per-message TTL), None: never.
     expires_at: int | None = None
 
-    def __getstate__(self) -> list[Any]:
-        return [getattr(self, f.name) for f in fields(self)]
-
-    def __setstate__(self, values: list[Any]) -> None:
-        _set_slots(self, values)
+    def __setstate__(self, state: Any) -> None:
+        _set_slots(self, state)
 
 
 @dataclass(slots=True, eq=True)
@@ -85,11 +83,8 @@ class Consumer:
     active: bool = True  # False once cancelled (unacked entries may still point here)
     priority: int = 0  # x-priority consume argument: higher is served first
 
-    def __getstate__(self) -> list[Any]:
-        return [getattr(self, f.name) for f in fields(self)]
-
-    def __setstate__(self, values: list[Any]) -> None:
-        _set_slots(self, values)
+    def __setstate__(self, state: Any) -> None:
+        _set_slots(self, state)
 
 
 @dataclass(eq=True)

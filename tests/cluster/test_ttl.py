@@ -260,3 +260,22 @@ def test_batches_timestamps_drive_expiry() -> None:
     assert s.now_ms == 1049
     batch(1050, C.Tick())
     assert s.vhosts["/"].queues["q"].ready_count() == 0 and next_deadline(s) is None
+
+
+def test_snapshots_taken_before_these_fields_existed_restore() -> None:
+    from cluster.machine.state import Consumer, Msg, State
+
+    msg = Msg.__new__(Msg)  # pickle's default state for a slotted class, minus new fields
+    msg.__setstate__((None, {"id": 1, "exchange": "", "routing_key": "q",
+                             "properties": b"\x00\x00", "body": b"a", "redelivered": False,
+                             "delivery_count": 0}))
+    assert msg == Msg(1, "", "q", b"\x00\x00", b"a")
+    c = Consumer.__new__(Consumer)
+    c.__setstate__((None, {"ch": CH, "tag": "t", "qid": 1, "no_ack": False,
+                           "exclusive": False, "prefetch": 0, "arguments": {}}))
+    assert c.priority == 0 and c.unacked == 0
+    s = new_state()
+    old = {k: v for k, v in s.__dict__.items() if k not in ("timed", "next_due", "dl_pending")}
+    restored = State.__new__(State)
+    restored.__setstate__(old)
+    assert restored == s
