@@ -34,8 +34,6 @@ from cluster.machine.state import Channel, Consumer, Msg, Queue, State
 from cluster.machine.topology import generate_name, lookup_queue, resolve_queue_name
 from protocol.properties import expiration
 
-__all__ = ["route"]  # re-exported: routing lives in routing.py
-
 # --- publish -------------------------------------------------------------------------
 
 

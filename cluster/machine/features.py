@@ -70,7 +70,7 @@ def push_ready(q: Queue, msg: Msg) -> None:
         q.ready_bytes += len(msg.body)
 
 
-def requeue(q: Queue, msg: Msg) -> None:
+def push_returned(q: Queue, msg: Msg) -> None:
     """A returned message back at the head (of its priority), in original order."""
     heapq.heappush(q.returned, (prio_key(q, msg) if q.max_priority else msg.id, msg))
     if q.max_length_bytes is not None:

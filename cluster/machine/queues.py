@@ -21,7 +21,7 @@ from cluster.machine.features import (
     insert_service,
     is_active,
     next_active,
-    requeue,
+    push_returned,
     run_slow,
     touch,
 )
@@ -102,7 +102,7 @@ def return_msg(q: Queue, msg: Msg) -> None:
     msg.redelivered = True
     msg.delivery_count += 1
     if q.slow:
-        requeue(q, msg)
+        push_returned(q, msg)
     else:
         heapq.heappush(q.returned, (msg.id, msg))
 
