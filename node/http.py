@@ -29,6 +29,10 @@ Response = tuple[int, str, bytes]
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 503: "Service Unavailable", 504: "Gateway Timeout"}
 MEMBERSHIP_TIMEOUT_S = 10.0
+# pysyncobj's FAIL_REASON codes, for people.
+_FAIL_REASONS = {1: "queue full", 2: "no leader", 3: "discarded (leader changed)",
+                 4: "not the leader", 5: "leader changed", 6: "request denied (one membership "
+                 "change at a time, and the member must (not) exist)"}
 
 
 def status(broker: Broker) -> dict[str, Any]:
@@ -60,12 +64,12 @@ async def _membership(broker: Broker, method: str, address: str) -> Response:
         if not done.done():
             done.set_result(error)
 
-    if method == "DELETE" and address == broker.cfg.raft_address:
-        # A leader cannot remove itself: hand leadership to a caught-up
-        # follower first, then ask the new leader (over its HTTP API) to do
-        # it. Once removed this node never learns the commit, so it cannot
-        # wait for the result itself.
-        if not await _step_down(broker):
+    if method == "DELETE" and (not broker.raft.is_leader or address == broker.cfg.raft_address):
+        # Removals are done by the leader, asked over its HTTP API: a removed
+        # node never learns the commit of its own removal, so it could not
+        # wait for the result. A leader cannot remove itself: it first hands
+        # leadership to a caught-up follower.
+        if broker.raft.is_leader and not await _step_down(broker):
             return 409, "application/json", json.dumps(
                 {"ok": False, "error": "could not transfer leadership"}).encode()
         return await _forward_to_leader(broker, method, address)
@@ -79,7 +83,8 @@ async def _membership(broker: Broker, method: str, address: str) -> Response:
     except TimeoutError:
         return 504, "application/json", json.dumps({"ok": False, "error": "timeout"}).encode()
     ok = error == 0
-    body = {"ok": ok, "error": None if ok else str(error), "address": address}
+    body = {"ok": ok, "error": None if ok else _FAIL_REASONS.get(error, str(error)),
+            "address": address}
     return (200 if ok else 409), "application/json", json.dumps(body).encode()
 
 

@@ -133,10 +133,7 @@ def test_cli_remove_leader_reports_success(cluster: RaftMQCluster) -> None:
 @pytest.mark.parametrize("victim_role, via_role", [
     ("follower", "other-follower"),
     ("follower", "itself"),
-    pytest.param("leader", "follower", marks=pytest.mark.xfail(
-        strict=True, reason="DELETE /api/members?address=<leader> sent to a follower is refused "
-        "at once with 409 {'error': '6'} (pysyncobj REQUEST_DENIED: a leader cannot remove "
-        "itself); only the leader's own HTTP API hands over and removes")),
+    ("leader", "follower"),
 ])
 def test_remove_via_any_node(cluster: RaftMQCluster, victim_role: str, via_role: str) -> None:
     """``DELETE /api/members`` works whichever member's HTTP API receives it."""
