@@ -313,15 +313,17 @@ class MachineLog(RuleBasedStateMachine):
                 expect.append(E.Confirm)
             assert kinds == expect
 
-    @rule(ch=channels, q=queues, no_ack=st.booleans())
-    def consume(self, ch: C.ChKey, q: str, no_ack: bool) -> None:
+    @rule(ch=channels, q=queues, no_ack=st.booleans(),
+          priority=st.sampled_from([None, None, 0, 3, -1]))
+    def consume(self, ch: C.ChKey, q: str, no_ack: bool, priority: int | None) -> None:
         self.catch_up()
         self.tag_n += 1
         tag = f"t{self.tag_n}"
         was_open = ch in self.open_chs
         if was_open and q in self.model_queues:
             self.consumers[ch][tag] = (q, no_ack)
-        eff = self.ch_cmd(ch, C.Consume(ch, q, tag, no_ack, False, False, {}))
+        args = {} if priority is None else {"x-priority": priority}
+        eff = self.ch_cmd(ch, C.Consume(ch, q, tag, no_ack, False, False, args))
         if was_open:
             if q in self.model_queues:
                 assert E.ConsumeOk(ch, tag) in eff
@@ -588,6 +590,9 @@ class MachineLog(RuleBasedStateMachine):
             if q.ready_count():
                 for c in q.consumers.values():
                     assert not has_credit(c, s.channels[c.ch]), "a ready message is stuck"
+            if q.consumer_priorities:  # highest x-priority served first
+                prios = [c.priority for c in q.service]
+                assert prios == sorted(prios, reverse=True)
 
 
 MachineLog.TestCase.settings = settings(
