@@ -8,6 +8,10 @@ back at the tail: round robin without scanning all consumers per message.
 Consumers out of credit (per-consumer prefetch, channel-wide prefetch, or
 channel.flow off) drop out of the deque when reached, and are put back by
 ``reactivate`` when credit frees up.
+
+Queues with TTLs, length limits, priorities or consumer priorities (``q.slow``)
+take the feature-aware paths in :mod:`cluster.machine.features`; a plain queue
+pays one flag check for them.
 """
 
 from __future__ import annotations
