@@ -79,6 +79,8 @@ async def test_kill_leader_mid_stream(cluster: RaftMQCluster) -> None:
     assert not premature, f"confirmed with no leader alive (confirm, id, sent): {premature}"
     assert not log.missing(), f"confirmed but never consumed: {sorted(log.missing())[:20]}"
     assert not log.phantoms(), f"consumed but never published: {sorted(log.phantoms())[:20]}"
+    # the consumer's node stayed up and its acks were confirmed by the new leader in the end
+    assert not log.duplicates(), f"delivered twice to a surviving consumer: {log.duplicates()[:20]}"
     assert first - t_kill <= FAILOVER_BUDGET_S
     assert stall[1] - t_kill <= FAILOVER_BUDGET_S
     new_leader = await asyncio.to_thread(c.leader, 15.0, [p_node, c_node])

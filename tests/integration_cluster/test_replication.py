@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pika
+import pika.exceptions
 import pytest
 
 from tests.harness.cluster import RaftMQCluster
@@ -132,6 +134,45 @@ def test_whole_cluster_kill9_restart(cluster: RaftMQCluster) -> None:
         close_quietly(conn)
 
 
+def test_cross_node_effects(cluster: RaftMQCluster) -> None:
+    """What one node does reaches clients of another: a queue deleted on one follower cancels
+    its consumer on the other (basic.cancel); an unroutable mandatory publish is returned to its
+    publisher while the queue's consumer lives on another node; a message published on the leader
+    and consumed on a follower keeps its properties."""
+    leader = cluster.leader()
+    f1, f2 = cluster.followers()
+    q = unique("xnode")
+    c1, c2, c3 = connect(f1.url), connect(f2.url), connect(leader.url)
+    try:
+        ch1 = c1.channel()
+        ch1.queue_declare(q, durable=True)
+        cluster.wait_converged()
+        ch2 = c2.channel()
+        got = Collector(ack=True)
+        cancelled: list[Any] = []
+        ch2.add_on_cancel_callback(cancelled.append)
+        tag = ch2.basic_consume(q, got)
+        ch3 = c3.channel()
+        ch3.confirm_delivery()
+        props = pika.BasicProperties(delivery_mode=2, content_type="text/plain",
+                                     headers={"k": "v"}, correlation_id="cid-1",
+                                     message_id="mid-1", priority=3)
+        ch3.basic_publish("", q, b"hello", props)
+        with pytest.raises(pika.exceptions.UnroutableError):
+            ch3.basic_publish("", q + "-nowhere", b"lost", props, mandatory=True)
+        pump(c2, lambda: len(got) >= 1, 10, what="the message published on the leader")
+        p = got.items[0].properties
+        assert got.bodies == [b"hello"]
+        assert (p.content_type, p.headers, p.correlation_id, p.message_id, p.priority,
+                p.delivery_mode) == ("text/plain", {"k": "v"}, "cid-1", "mid-1", 3, 2)
+        ch1.queue_delete(q)
+        pump(c2, lambda: bool(cancelled), 10, what="basic.cancel on the other node")
+        assert cancelled[0].method.consumer_tag == tag
+    finally:
+        for conn in (c1, c2, c3):
+            close_quietly(conn)
+
+
 def _serve_argv(tmp_path: Path) -> list[str]:
     return [sys.executable, "-m", "node", "serve", "--node-id", "n1",
             "--amqp-port", str(free_port()), "--metrics-port", str(free_port()),
@@ -169,11 +210,14 @@ def test_raft_port_binds_only_the_configured_address(cluster: RaftMQCluster) -> 
     cluster.leader()
 
 
-async def test_whole_cluster_kill9_mid_stream(cluster: RaftMQCluster) -> None:
+@pytest.mark.parametrize("restart", ["all", "followers-only"])
+async def test_whole_cluster_kill9_mid_stream(cluster: RaftMQCluster, restart: str) -> None:
     """kill -9 of all three nodes at once while four producers (two on one follower, one on the
     other, one on the leader) publish with confirms: after the restart every confirmed message is
     there exactly once, each producer's in publish order, and nothing else but (at most) the
-    messages whose confirms were still outstanding."""
+    messages whose confirms were still outstanding. ``followers-only``: only the two former
+    followers come back (a majority): a confirm means a majority has the message, so they must
+    have every confirmed one even without the old leader's log."""
     c = cluster
     leader = await asyncio.to_thread(c.leader)
     f1, f2 = [nd for nd in c.nodes if nd is not leader]
@@ -198,9 +242,17 @@ async def test_whole_cluster_kill9_mid_stream(cluster: RaftMQCluster) -> None:
         for task in producers:
             task.cancel()
     confirmed = set(log.confirmed)
-    await asyncio.to_thread(c.start_all)
+    if restart == "all":
+        await asyncio.to_thread(c.start_all)
+        reader = c.node(2)
+    else:
+        for nd in (f1, f2):
+            nd.start(wait=False)
+        await asyncio.to_thread(c.wait_ready, [f1, f2], 45)
+        await asyncio.to_thread(c.leader, 15, [f1, f2])
+        reader = f2
     got: list[str] = []
-    conn = await aio_pika.connect(c.node(2).url, timeout=5)
+    conn = await aio_pika.connect(reader.url, timeout=5)
     try:
         ch = await asyncio.wait_for(conn.channel(), 5)
         queue = await asyncio.wait_for(ch.declare_queue(q, passive=True), 5)
@@ -208,7 +260,7 @@ async def test_whole_cluster_kill9_mid_stream(cluster: RaftMQCluster) -> None:
             got.append(msg.body.decode())
     finally:
         await asyncio.wait_for(conn.close(), 5)
-    print(f"mid-stream whole-cluster kill: published {len(log.published)}, confirmed "
+    print(f"mid-stream whole-cluster kill, restart {restart}: published {len(log.published)}, confirmed "
           f"{len(confirmed)}, back after restart {len(got)}")
     order = {mid: i for i, mid in enumerate(log.published)}
     assert not confirmed - set(got), f"confirmed, lost: {sorted(confirmed - set(got), key=order.get)}"
