@@ -228,6 +228,33 @@ class RaftNode:
 
         journal.add = add_entry
         transport.send = send_message
+        self._hook_next_index(transport)
+
+    def _hook_next_index(self, transport: Any) -> None:
+        """Keep the leader's next index for a follower from moving backwards.
+
+        The leader sends entries as soon as they are appended and advances its
+        next index optimistically; pysyncobj then sets it back to whatever an
+        older acknowledgement says, re-sends entries the follower already has,
+        and the follower truncates and re-appends them (measured: hundreds of
+        "truncating already-applied log entries" per minute under load, and
+        snapshot re-transmissions). A successful acknowledgement can only move
+        the index forward; failures (``reset``) still move it back."""
+        replica = self._replica
+        handle = replica._SyncObj__onMessageReceived
+        next_index = replica._SyncObj__raftNextIndex
+
+        def on_message(node: Any, message: Any) -> None:
+            if (isinstance(message, dict) and message.get("type") == "next_node_idx"
+                    and message.get("success") and not message.get("reset")):
+                before = next_index.get(node)
+                handle(node, message)
+                if before is not None and node in next_index and next_index[node] < before:
+                    next_index[node] = before
+                return
+            handle(node, message)
+
+        transport.setOnMessageReceivedCallback(on_message)
 
     def attach(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
         """Serve Raft sockets from ``loop``; ``wake`` is called after socket events."""

@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 IDLE_TICK_S = 0.02
 # A batch not applied this long after it was proposed is proposed again (its
 # idempotency key makes that safe): pysyncobj may drop a forwarded command
-# across a leader change without ever calling back.
-RESUBMIT_AFTER_S = 1.0
+# across a leader change without ever calling back. Everything in flight is
+# resubmitted at once when the leader changes; this timeout only catches the
+# rest, and is long so that a slow but healthy cluster is not flooded with
+# copies (measured: 1 s turned a backlog into a resubmission storm).
+RESUBMIT_AFTER_S = 5.0
 # At most one Tick command per this many ms (expiry is checked on every batch
 # anyway; the Tick only matters when nothing else is happening).
 TICK_MIN_INTERVAL_MS = 20
