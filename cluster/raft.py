@@ -89,7 +89,11 @@ class _LoopPoller:
         sub = self._subs.get(fd)
         if sub is not None:
             sub[0](fd, event)
+            self.after_event()
             self._on_event()
+
+    def after_event(self) -> None:
+        """Replaced by RaftNode: runs after pysyncobj handled a socket event."""
 
     def poll(self, timeout: float) -> None:
         if self._loop is not None or not self._subs:
@@ -101,6 +105,7 @@ class _LoopPoller:
             sub = self._subs.get(fd)
             if sub is not None:
                 sub[0](fd, (_READ if fd in r else 0) | (_WRITE if fd in w else 0))
+        self.after_event()
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,7 @@ class RaftNode:
             _syncobj_module.createPoller = original
         self._journal_fd: int | None = None
         self._dirty = False
+        self._held: list[tuple[Any, Any]] = []
         # pysyncobj keeps every entry since the last snapshot in memory and
         # counts only entries; at 4 KiB messages that is gigabytes. Compact
         # by bytes as well.
@@ -223,11 +229,22 @@ class RaftNode:
 
         def send_message(node: Any, message: Any) -> Any:
             if self._dirty and isinstance(message, dict) and message.get("type") == "next_node_idx":
-                self.flush()
+                # Held until the end of this socket event: one fsync then
+                # acknowledges every append_entries that arrived in one read.
+                self._held.append((node, message))
+                return True
             return send(node, message)
+
+        def release_held() -> None:
+            if self._held:
+                self.flush()
+                held, self._held = self._held, []
+                for node, message in held:
+                    send(node, message)
 
         journal.add = add_entry
         transport.send = send_message
+        self._poller.after_event = release_held  # type: ignore[method-assign]
         self._hook_next_index(transport)
 
     def _hook_next_index(self, transport: Any) -> None:
@@ -290,6 +307,7 @@ class RaftNode:
         thread) before the next tick, in which the leader counts its own copy
         towards a commit."""
         self._replica.doTick(0.0)
+        self._poller.after_event()  # acknowledgements held during the tick, if any
         if self._snapshot_bytes and self._log_bytes > self._snapshot_bytes:
             self._log_bytes = 0
             self._replica.forceLogCompaction()

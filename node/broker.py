@@ -281,6 +281,7 @@ class Broker:
         self.after_apply(up)
         await asyncio.wait_for(done, timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
         self.ready = True
+        self._known_leader = self.raft.leader
         log.info("node %s up (incarnation %d); state has %d queues", self.node_id, self.incarnation,
                  sum(1 for _ in machine.queue_stats(self.raft.state)))
 
