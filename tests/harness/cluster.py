@@ -116,7 +116,7 @@ class RaftMQCluster:
 
     def status(self, node: RaftMQNode, timeout: float = 2.0) -> Status:
         """``GET /api/status`` of ``node`` (raises on connection errors)."""
-        return http_json(self.http_url(node) + "/api/status", timeout=timeout)  # type: ignore[no-any-return]
+        return http_json(self.http_url(node) + "/api/status", timeout=timeout)
 
     def try_status(self, node: RaftMQNode, timeout: float = 2.0) -> Status | None:
         if not node.is_running():
@@ -182,7 +182,7 @@ class RaftMQCluster:
     def leader(self, timeout: float = 15.0, among: list[RaftMQNode] | None = None) -> RaftMQNode:
         """The leader every alive member (or every node of ``among``) agrees on."""
         return self.wait_for(lambda: self._agreed_leader(among or self.alive()), timeout,
-                             "one agreed leader")  # type: ignore[no-any-return]
+                             "one agreed leader")
 
     def followers(self, timeout: float = 15.0) -> list[RaftMQNode]:
         lead = self.leader(timeout)
@@ -195,9 +195,11 @@ class RaftMQCluster:
         for nd in targets:
             nd.wait_ready(max(1.0, deadline - time.monotonic()))
         for nd in targets:
-            self.wait_for(lambda nd=nd: (s := self.try_status(nd)) and s["ready"]
-                          and not s["isolated"], max(1.0, deadline - time.monotonic()),
-                          f"{nd.node_id} ready")
+            def ready(nd: RaftMQNode = nd) -> bool:
+                s = self.try_status(nd)
+                return bool(s and s["ready"] and not s["isolated"])
+
+            self.wait_for(ready, max(1.0, deadline - time.monotonic()), f"{nd.node_id} ready")
 
     def wait_converged(self, timeout: float = 15.0) -> int:
         """Every alive member's last_applied reaches the leader's commit_index; returns it."""
@@ -212,7 +214,7 @@ class RaftMQCluster:
                     return None
             return int(commit) or None
 
-        return self.wait_for(converged, timeout, "all nodes to apply the leader's commit index")  # type: ignore[no-any-return]
+        return self.wait_for(converged, timeout, "all nodes to apply the leader's commit index")
 
     def wait_members(self, addresses: Iterable[str], timeout: float = 15.0) -> None:
         """Every alive member lists exactly ``addresses`` as Raft members."""
