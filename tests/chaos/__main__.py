@@ -21,8 +21,10 @@ from .powerloss import MODELS
 from .runner import RunResult, run_schedule
 from .schedule import FAULT_WEIGHTS, make_schedule
 
-# Fixed costs of a schedule beyond its faults (start, warm-up, drain, sweep, stop), s.
-OVERHEAD_S = 30.0
+# Costs of a schedule beyond its faults (start, warm-up, recoveries, drain, sweep, stop), s:
+# the first guess; then measured.
+OVERHEAD_S = 25.0
+MIN_FAULT_S = 8.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fault time per schedule (default 30; with --minutes: at most this)")
     p.add_argument("--kinds", default="",
                    help=f"only these fault kinds, comma-separated ({', '.join(FAULT_WEIGHTS)})")
+    p.add_argument("--env", action="append", default=[], metavar="RAFTMQ_X=V",
+                   help="override a node tunable the seed would draw (repeatable)")
     p.add_argument("--power-loss-model", choices=MODELS, default="journal",
                    help="journal: cut raft.journal back to its last fdatasync (default); strict: "
                         "also lose files never fsynced (raft.journal.meta, raft.dump)")
@@ -84,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     if kinds and (bad := [k for k in kinds if k not in FAULT_WEIGHTS]):
         print(f"unknown fault kinds {bad}", file=sys.stderr)
         return 2
+    env: dict[str, str] = {}
+    for item in args.env:
+        k, sep, v = item.partition("=")
+        if not sep or not k.startswith("RAFTMQ_"):
+            print(f"--env {item!r}: expected RAFTMQ_NAME=VALUE", file=sys.stderr)
+            return 2
+        env[k] = v
     if args.seed is not None:
         plan = [(args.seed, sizes[0])]
     else:
@@ -91,25 +102,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"base seed {base}", flush=True)
         plan = [(base + i, sizes[i % len(sizes)]) for i in range(args.schedules)]
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
-    fault_s = args.fault_seconds
-    if deadline is not None:
-        fault_s = min(fault_s, max(8.0, args.minutes * 60 / len(plan) - OVERHEAD_S))
-        print(f"{len(plan)} schedules in {args.minutes:g} min: {fault_s:.0f}s of faults each",
-              flush=True)
     results: list[RunResult] = []
+    overhead = OVERHEAD_S  # measured as we go: a schedule's time beyond its faults
     for i, (seed, n) in enumerate(plan):
-        if deadline is not None and results:
-            per = (time.monotonic() - (deadline - args.minutes * 60)) / len(results)
-            if time.monotonic() + per > deadline + 60:
-                print(f"time budget spent: {len(plan) - i} schedules not run", flush=True)
-                break
-        s = make_schedule(seed, n, fault_s, kinds)
+        fault_s = args.fault_seconds
+        if deadline is not None:
+            # Share what is left of the budget among the schedules still to run.
+            left = deadline - time.monotonic()
+            fault_s = min(fault_s, left / (len(plan) - i) - overhead)
+            if fault_s < MIN_FAULT_S:
+                if left < MIN_FAULT_S + overhead:
+                    print(f"time budget spent: {len(plan) - i} schedules not run", flush=True)
+                    break
+                fault_s = MIN_FAULT_S
+        s = make_schedule(seed, n, round(fault_s), kinds, env)
         print(f"[{i + 1}/{len(plan)}] seed={seed} nodes={n} env={s.env}: {s.describe()}",
               flush=True)
         r = run_schedule(s, args.workdir, keep=args.keep, model=args.power_loss_model,
                          log=lambda m: print(m, flush=True))
         results.append(r)
         print(r.line(), flush=True)
+        faulted = sum(f.duration + f.gap for f in s.faults)
+        overhead = 0.5 * overhead + 0.5 * max(10.0, r.elapsed - faulted)
     print()
     print(table(results))
     return 0 if results and all(r.status == "OK" for r in results) else 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .clients import History, decode_body, message_id
 
@@ -44,6 +45,8 @@ class Verdict:
     unconfirmed_consumed: int = 0  # unconfirmed but delivered (fine)
     unconfirmed_lost: int = 0  # unconfirmed and never delivered (fine)
     residual: int = 0  # messages a node still reported in a queue after the drain
+    diverged: int = 0  # log indexes applied with different terms (on two nodes, or one node)
+    reapplied: int = 0  # entries applied twice in one process life (their effects ran twice)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -51,7 +54,7 @@ class Verdict:
         """Safety: nothing confirmed lost, nothing unexpected, every duplicate explained, order
         kept, queues empty everywhere."""
         return not (self.lost or self.unexpected or self.dup_unexplained or self.order_violations
-                    or self.residual)
+                    or self.residual or self.diverged or self.reapplied)
 
     def example(self, kind: str, text: str) -> None:
         ex = self.examples.setdefault(kind, [])
@@ -60,7 +63,8 @@ class Verdict:
 
     def problems(self) -> str:
         out = []
-        for kind in ("lost", "unexpected", "dup_unexplained", "order", "residual"):
+        for kind in ("lost", "unexpected", "dup_unexplained", "order", "residual", "diverged",
+                     "reapplied"):
             if self.examples.get(kind):
                 out.append(f"{kind}: " + "; ".join(self.examples[kind]))
         return "\n".join(out)
@@ -129,3 +133,49 @@ def check(h: History, residual: dict[str, int] | None = None) -> Verdict:
             v.residual += max(count, 0) or 1
             v.example("residual", f"{where}: {count}")
     return v
+
+
+def check_applied(v: Verdict, logs: dict[str, Path]) -> None:
+    """Replica consistency from the nodes' apply logs (``powerloss.install_apply_log``): every
+    node must apply the same term at each index it applies (Raft's state machine safety), and
+    no node may apply an index twice within one process life (a snapshot older than what it had
+    applied rolls it back: every effect after it runs again). Adds to ``v``."""
+    terms: dict[int, tuple[int, str]] = {}  # index -> (term, first node seen)
+    for node, path in sorted(logs.items()):
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        mine: dict[int, int] = {}
+        high = 0  # highest index applied in this life
+        rolled_back_to: int | None = None
+        for line in lines:
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] == "L":
+                high, rolled_back_to = 0, None
+            elif parts[0] == "S":
+                applied = int(parts[1])
+                if applied < high:
+                    rolled_back_to = applied
+                high = max(high, applied)
+            elif parts[0] == "A" and len(parts) == 4:
+                first, last, term = int(parts[1]), int(parts[2]), int(parts[3])
+                if first <= high and rolled_back_to is not None:
+                    again = min(last, high) - first + 1
+                    v.reapplied += again
+                    v.example("reapplied", f"{node} applied {first}..{min(last, high)} again "
+                              f"after loading a snapshot at {rolled_back_to}")
+                for idx in range(first, last + 1):
+                    if mine.get(idx, term) != term:
+                        v.diverged += 1
+                        v.example("diverged", f"{node} applied index {idx} with term {mine[idx]} "
+                                  f"and later with term {term}")
+                    mine[idx] = term
+                    seen = terms.setdefault(idx, (term, node))
+                    if seen[0] != term:
+                        v.diverged += 1
+                        v.example("diverged", f"index {idx}: {seen[1]} applied term {seen[0]}, "
+                                  f"{node} term {term}")
+                high = max(high, last)

@@ -19,7 +19,7 @@ from .cluster import ChaosCluster
 from .powerloss import cut_back
 from .schedule import Fault
 
-HEAL_TIMEOUT_S = 45.0  # after a fault is healed, how long the cluster may take to be healthy
+HEAL_TIMEOUT_S = 30.0  # after a fault is healed, how long the cluster may take to be healthy
 
 
 @dataclass

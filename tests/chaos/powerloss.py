@@ -166,8 +166,108 @@ def install() -> None:
 
     resizable.__init__ = init
     resizable.write = write
-    os.fdatasync = _wrap_sync(os.fdatasync)
-    os.fsync = _wrap_sync(os.fsync)
+    setattr(os, "fdatasync", _wrap_sync(os.fdatasync))  # noqa: B010 - a test hook, typed loosely
+    setattr(os, "fsync", _wrap_sync(os.fsync))  # noqa: B010
+
+
+APPLIED = "raft.applied"  # the apply log: which (index, term) this node applied, per life
+
+
+def install_apply_log(data_dir: str) -> None:
+    """Record every log entry pysyncobj applies to the state machine, as ``A first last term``
+    runs, every snapshot loaded as ``S last_applied``, and each process life as ``L pid``, in
+    ``<data_dir>/raft.applied``. :func:`tests.chaos.checker.check_applied` compares the nodes:
+    an index applied with different terms means a replica applied an entry that was not the
+    committed one; an index applied twice in one life means its effects (deliveries, confirms)
+    ran twice."""
+    from pysyncobj import syncobj
+
+    cls: Any = syncobj.SyncObj
+    os.makedirs(data_dir, exist_ok=True)
+    out = open(os.path.join(data_dir, APPLIED), "a", buffering=1)  # noqa: SIM115 - process-long
+    out.write(f"L {os.getpid()}\n")
+    apply_entries, load_dump = cls._SyncObj__applyLogEntries, cls._SyncObj__loadDumpFile
+
+    def applied(self: Any) -> Any:
+        before = self._SyncObj__raftLastApplied
+        result = apply_entries(self)
+        after = self._SyncObj__raftLastApplied
+        if after > before:
+            entries = self._SyncObj__getEntries(before + 1, after - before)
+            run: list[int] = []  # first, last, term
+            for _cmd, idx, term in entries:
+                if run and term == run[2] and idx == run[1] + 1:
+                    run[1] = idx
+                else:
+                    if run:
+                        out.write(f"A {run[0]} {run[1]} {run[2]}\n")
+                    run = [idx, idx, term]
+            if run:
+                out.write(f"A {run[0]} {run[1]} {run[2]}\n")
+        return result
+
+    def loaded(self: Any, clearJournal: bool) -> None:  # noqa: N803
+        load_dump(self, clearJournal)
+        out.write(f"S {self._SyncObj__raftLastApplied}\n")
+
+    cls._SyncObj__applyLogEntries = applied
+    cls._SyncObj__loadDumpFile = loaded
+
+
+TRACE_ENV = "RAFTMQ_CHAOS_TRACE"  # a directory: trace pysyncobj's Raft decisions to <node>.trace
+
+
+def install_trace(path: str) -> None:
+    """Test-only diagnostics: append one line per Raft state change, per received Raft message
+    (type, term, indexes) and per commit/apply step to ``path``."""
+    import time as _time
+
+    from pysyncobj import syncobj
+
+    cls: Any = syncobj.SyncObj
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+
+    def state(self: Any) -> str:
+        st = self.getStatus()
+        return (f"state={st.get('state')} term={st.get('raft_term')} "
+                f"commit={st.get('commit_idx')} applied={st.get('last_applied')} "
+                f"log={st.get('log_len')}/{self._SyncObj__getCurrentLogIndex()}")
+
+    def line(text: str) -> None:
+        out.write(f"{_time.strftime('%H:%M:%S')}.{int(_time.time() * 1000) % 1000:03d} {text}\n")
+
+    set_state, on_message = cls._SyncObj__setState, cls._SyncObj__onMessageReceived
+    apply_entries = cls._SyncObj__applyLogEntries
+
+    def traced_set_state(self: Any, new: int) -> None:
+        old = self._SyncObj__raftState
+        set_state(self, new)
+        if old != new:
+            line(f"setState {old}->{new} {state(self)}")
+
+    def traced_message(self: Any, node: Any, message: Any) -> None:
+        if isinstance(message, dict):
+            keys = ("term", "prevLogIdx", "prevLogTerm", "commit_index", "next_node_idx",
+                    "success", "reset", "last_log_index", "last_log_term")
+            info = " ".join(f"{k}={message[k]}" for k in keys if k in message)
+            if "entries" in message:
+                ents = message["entries"]
+                info += f" entries={len(ents)}" + (f"[{ents[0][1]}..{ents[-1][1]}]" if ents else "")
+            if message.get("serialized") is not None:
+                info += " snapshot"
+            line(f"recv {getattr(node, 'id', node)} {message.get('type')} {info} | {state(self)}")
+        on_message(self, node, message)
+
+    def traced_apply(self: Any) -> Any:
+        before = self._SyncObj__raftLastApplied
+        result = apply_entries(self)
+        if self._SyncObj__raftLastApplied != before:
+            line(f"applied {before + 1}..{self._SyncObj__raftLastApplied} {state(self)}")
+        return result
+
+    cls._SyncObj__setState = traced_set_state
+    cls._SyncObj__onMessageReceived = traced_message
+    cls._SyncObj__applyLogEntries = traced_apply
 
 
 def cut_back(data_dir: Path, model: str = "journal") -> dict[str, Any]:
@@ -218,7 +318,15 @@ def last_entry(path: Path) -> tuple[int, int] | None:
 
 
 def main() -> int:
+    import sys
+
+    argv = sys.argv
     install()
+    if "--data-dir" in argv:
+        install_apply_log(argv[argv.index("--data-dir") + 1])
+    if os.environ.get(TRACE_ENV):
+        node = argv[argv.index("--node-id") + 1] if "--node-id" in argv else "node"
+        install_trace(os.path.join(os.environ[TRACE_ENV], f"{node}.trace"))
     from node.cli import main as node_main
 
     return node_main()

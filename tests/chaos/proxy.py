@@ -278,7 +278,8 @@ class ProxyControl:
         self.cut_pairs.clear()
 
     def stats(self) -> dict[str, Any]:
-        return json.loads(self.command("stats"))  # type: ignore[no-any-return]
+        stats: dict[str, Any] = json.loads(self.command("stats"))
+        return stats
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -6,23 +6,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 import time
 import traceback
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .checker import Verdict, check
+from .checker import Verdict, check, check_applied
 from .clients import Consumer, History, Producer, declare_queues, sweep
 from .cluster import ChaosCluster
 from .faults import FaultRecord, Nemesis
+from .powerloss import APPLIED
 from .schedule import Schedule
 
-FINAL_HEAL_TIMEOUT_S = 60.0
-PRODUCER_RETRY_S = 40.0  # after the faults, how long producers keep retrying unconfirmed ones
+FINAL_HEAL_TIMEOUT_S = 45.0
+PRODUCER_RETRY_S = 30.0  # after the faults, how long producers keep retrying unconfirmed ones
 DRAIN_QUIET_S = 4.0  # consumers are done when nothing arrived for this long...
-DRAIN_TIMEOUT_S = 40.0  # ...or after this long
+DRAIN_TIMEOUT_S = 30.0  # ...or after this long
 NODE_ENV = {"RAFTMQ_LOG_LEVEL": "info"}
 
 Log = Callable[[str], None]
@@ -56,6 +59,9 @@ class RunResult:
     error: str | None = None  # the harness could not finish the run
     elapsed: float = 0.0
     kept: bool = False
+
+    def schedule_nodes(self) -> list[str]:
+        return [f"n{i}" for i in range(1, self.schedule.nodes + 1)]
 
     @property
     def ok(self) -> bool:
@@ -91,6 +97,34 @@ class RunResult:
             if v is not None and v.problems():
                 out += "\n    " + v.problems().replace("\n", "\n    ")
         return out
+
+
+METRIC = re.compile(r'^raftmq_queue_(messages_ready|messages_unacked|consumers)\{([^}]*)\} ([0-9.e+]+)$')
+QUEUE_LABEL = re.compile(r'(?:^|,)queue="([^"]*)"')
+
+
+def queue_leftovers(cc: ChaosCluster, queues: list[str], timeout: float = 15.0) -> dict[str, int]:
+    """Per node, messages ready / unacked and consumers its replica still holds for ``queues``
+    (from ``/metrics``), polled until all are 0 or ``timeout``; only non-zero entries."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left: dict[str, int] = {}
+        for nd in cc.nodes:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{nd.metrics_port}/metrics",
+                                            timeout=3) as resp:
+                    text = resp.read().decode()
+            except OSError as e:
+                left[f"{nd.node_id} /metrics: {type(e).__name__}"] = -1
+                continue
+            for line in text.splitlines():
+                m = METRIC.match(line)
+                q = QUEUE_LABEL.search(m.group(2)) if m else None
+                if m and q and q.group(1) in queues and float(m.group(3)):
+                    left[f"{nd.node_id} {q.group(1)} {m.group(1)}"] = int(float(m.group(3)))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 def _timings(records: list[FaultRecord], confirms: list[float]) -> list[FaultTiming]:
@@ -156,7 +190,10 @@ async def _drive(cc: ChaosCluster, s: Schedule, result: RunResult, h: History,
         for c in consumers:
             c.stop.set()
         await asyncio.wait(c_tasks, timeout=15)
-        return await sweep(cc.urls(), queues, h)
+        residual = await sweep(cc.urls(), queues, h)
+        # Every node's own view (its replica) of the queues: nothing ready, unacked or consumed.
+        residual.update(await asyncio.to_thread(queue_leftovers, cc, queues))
+        return residual
     finally:
         for t in p_tasks + c_tasks:
             t.cancel()
@@ -181,6 +218,7 @@ def run_schedule(s: Schedule, root: Path, keep: str = "fail", model: str = "jour
         cc.start(timeout=90)
         residual = asyncio.run(_drive(cc, s, result, h, model, log))
         result.verdict = check(h, residual)
+        check_applied(result.verdict, {nd.node_id: nd.data_dir / APPLIED for nd in cc.nodes})
     except Exception:  # noqa: BLE001 - reported with the run
         result.error = traceback.format_exc()
         if h.publishes:

@@ -75,9 +75,17 @@ class Schedule:
     def describe(self) -> str:
         return " ; ".join(f.describe() for f in self.faults)
 
+    kinds: tuple[str, ...] = ()  # restricted to these kinds (empty: all)
+    env_override: tuple[tuple[str, str], ...] = ()
+
     def rerun(self) -> str:
-        return (f"python -m tests.chaos --seed {self.seed} --nodes {self.nodes} "
-                f"--fault-seconds {self.fault_seconds:g}")
+        cmd = (f"python -m tests.chaos --seed {self.seed} --nodes {self.nodes} "
+               f"--fault-seconds {self.fault_seconds:g}")
+        if self.kinds:
+            cmd += f" --kinds {','.join(self.kinds)}"
+        for k, v in self.env_override:
+            cmd += f" --env {k}={v}"
+        return cmd
 
 
 def _pick_kind(rng: random.Random, nodes: int) -> str:
@@ -86,11 +94,13 @@ def _pick_kind(rng: random.Random, nodes: int) -> str:
 
 
 def make_schedule(seed: int, nodes: int, fault_seconds: float = 30.0,
-                  kinds: tuple[str, ...] | None = None) -> Schedule:
+                  kinds: tuple[str, ...] | None = None,
+                  env: dict[str, str] | None = None) -> Schedule:
     """Faults back to back until their durations, gaps and an estimate of each recovery fill
-    ``fault_seconds`` (at least one fault). ``kinds`` restricts the fault kinds (tests)."""
+    ``fault_seconds`` (at least one fault). ``kinds`` restricts the fault kinds; ``env``
+    overrides node tunables (``RAFTMQ_...``) drawn from the seed."""
     rng = random.Random(seed)
-    env = {
+    env_drawn = {
         # Tunables drawn per schedule, so faults land on both sides of the timeouts.
         "RAFTMQ_NODE_DOWN_AFTER": rng.choice(["2", "5"]),
         "RAFTMQ_ISOLATION_TIMEOUT": rng.choice(["1.5", "3"]),
@@ -110,5 +120,7 @@ def make_schedule(seed: int, nodes: int, fault_seconds: float = 30.0,
                       mode=rng.choice(["refuse", "drop"]))
         faults.append(fault)
         used += duration + gap + EST_RECOVERY_S
-    return Schedule(seed=seed, nodes=nodes, faults=tuple(faults), env=env,
-                    fault_seconds=fault_seconds)
+    overrides = tuple(sorted((env or {}).items()))
+    return Schedule(seed=seed, nodes=nodes, faults=tuple(faults), env={**env_drawn, **dict(overrides)},
+                    fault_seconds=fault_seconds, kinds=tuple(kinds or ()),
+                    env_override=overrides)
