@@ -132,8 +132,6 @@ class Broker:
 
     def _woken(self) -> None:
         self._tick_scheduled = False
-        self._syncing = False
-        self._sync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._tick()
 
     def _propose_tick(self) -> None:
