@@ -182,6 +182,10 @@ class RaftNode:
             password=secret or None,
             raftMinTimeout=election_timeout,
             raftMaxTimeout=election_timeout * 2.5,
+            # A leader that has not heard from a majority steps down after this
+            # (pysyncobj's default, 30 s, leaves a cut-off leader believing it
+            # leads, and proposing, for far too long).
+            leaderFallbackTimeout=max(1.0, election_timeout * 3),
             appendEntriesPeriod=0.05,
             connectionRetryTime=1.0,
             connectionTimeout=3.5,
@@ -261,13 +265,32 @@ class RaftNode:
         handle = replica._SyncObj__onMessageReceived
         next_index = replica._SyncObj__raftNextIndex
 
+        commit_attr = "_SyncObj__raftCommitIndex"
+        applied_attr = "_SyncObj__raftLastApplied"
+
         def on_message(node: Any, message: Any) -> None:
-            if (isinstance(message, dict) and message.get("type") == "next_node_idx"
-                    and message.get("success") and not message.get("reset")):
+            if not isinstance(message, dict):
+                handle(node, message)
+                return
+            kind = message.get("type")
+            if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
                 before = next_index.get(node)
                 handle(node, message)
                 if before is not None and node in next_index and next_index[node] < before:
                     next_index[node] = before
+                return
+            if kind == "append_entries" and "prevLogIdx" not in message:
+                # A snapshot chunk. pysyncobj advances the commit index to
+                # min(leader's commit, own last index) for every chunk, with no
+                # log-matching check, so a deposed leader being caught up
+                # commits and applies its own never-committed tail (found by
+                # the chaos suite, seed 201). Only an installed snapshot may
+                # move it.
+                commit, applied = getattr(replica, commit_attr), getattr(replica, applied_attr)
+                handle(node, message)
+                if getattr(replica, applied_attr) == applied and getattr(replica, commit_attr) > commit:
+                    setattr(replica, commit_attr, commit)
+                    replica._SyncObj__raftLog.setRaftCommitIndex(commit)
                 return
             handle(node, message)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from cluster import machine
 from cluster.commands import Batch, Command, NodeUp, Tick, encode_batch
-from cluster.effects import Effect
+from cluster.effects import Deliver, Effect
 from cluster.raft import RaftNode
 from node.config import Config
 from node.membership import MembershipWatch
@@ -74,6 +74,7 @@ class Broker:
         self._after_apply: dict[int, list[Callable[[], None]]] = {}
         # seq -> (encoded batch, when last proposed): proposed, not yet applied
         self._in_flight: dict[int, tuple[bytes, float]] = {}
+        self._unsent: list[int] = []  # seqs in _in_flight not yet handed to Raft
         self._known_leader: str | None = None
         self._tick_scheduled = False
         self._syncing = False
@@ -116,13 +117,49 @@ class Broker:
             batch = Batch(self.node_id, self.incarnation, self._batch_seq,
                           time.time_ns() // 1_000_000, tuple(self._batch))
             self._batch = []
-            data = encode_batch(batch)
-            self._in_flight[batch.seq] = (data, time.monotonic())
-            self.raft.propose(data)
+            self._in_flight[batch.seq] = (encode_batch(batch), 0.0)
+            self._unsent.append(batch.seq)
             self.metrics.batches += 1
-            # The entry is appended in this tick, synced to disk, and then
-            # (a lone node) committed and applied in the next.
+        self._send_batches()
+        # An entry is appended in a tick, synced to disk, and then (a lone
+        # node) committed and applied in the next.
         self._tick()
+
+    def _send_batches(self) -> None:
+        """Hand batches to Raft in sequence order.
+
+        Per-publisher order depends on it: with no leader known, batches wait
+        here (pysyncobj would forward them to the next leader ahead of the
+        ones lost with the old one); when the leader changes, everything in
+        flight is proposed again, oldest first, before anything new."""
+        leader = self.raft.leader
+        if leader is None:
+            return
+        now = time.monotonic()
+        if leader != self._known_leader:
+            self._known_leader = leader
+            for seq, (data, sent) in self._in_flight.items():
+                if sent:
+                    self.raft.propose(data)
+                    self._in_flight[seq] = (data, now)
+                    self.metrics.resubmitted += 1
+        for seq in self._unsent:
+            entry = self._in_flight.get(seq)
+            if entry is not None:
+                self.raft.propose(entry[0])
+                self._in_flight[seq] = (entry[0], now)
+        self._unsent.clear()
+
+    def propose_once(self, cmd: Command) -> None:
+        """Propose ``cmd`` in a batch of its own that is never resubmitted:
+        for commands only valid from the leader that proposed them (NodeDown;
+        a deposed leader's copy must not reach the next leader)."""
+        self._flush()  # what is pending keeps its sequence number (and after_apply hooks)
+        self._batch_seq += 1
+        batch = Batch(self.node_id, self.incarnation, self._batch_seq,
+                      time.time_ns() // 1_000_000, (cmd,))
+        self.raft.propose(encode_batch(batch))
+        self.wake()
 
     def wake(self) -> None:
         """A Raft socket had an event: tick soon (once per loop turn)."""
@@ -147,20 +184,18 @@ class Broker:
             self.propose(Tick())
 
     def _resubmit(self) -> None:
-        """Propose again what was lost on the way to the leader."""
-        if not self._in_flight:
-            return
-        leader = self.raft.leader
-        changed = leader != self._known_leader
-        self._known_leader = leader
-        if leader is None:
+        """Propose again what was not applied in time (lost on the way)."""
+        self._send_batches()
+        if not self._in_flight or self._known_leader is None:
             return
         now = time.monotonic()
-        for seq, (data, sent) in list(self._in_flight.items()):
-            if changed or now - sent > RESUBMIT_AFTER_S:
-                self._in_flight[seq] = (data, now)
-                self.raft.propose(data)
-                self.metrics.resubmitted += 1
+        late = [seq for seq, (_, sent) in self._in_flight.items()
+                if sent and now - sent > RESUBMIT_AFTER_S]
+        for seq in late:  # oldest first: dict order is sequence order
+            data = self._in_flight[seq][0]
+            self._in_flight[seq] = (data, now)
+            self.raft.propose(data)
+            self.metrics.resubmitted += 1
 
     def _tick(self) -> None:
         """One Raft tick, unless the journal is being synced.
@@ -243,6 +278,13 @@ class Broker:
     # --- effects -------------------------------------------------------------------
 
     def dispatch(self, effects: list[Effect]) -> None:
+        state = self.raft.state
+        me = machine.nodes(state).get(self.node_id)
+        if me is not None and me.down and me.incarnation == self.incarnation:
+            # A catch-up that ends with this node's own NodeDown: what earlier
+            # entries delivered here now belongs to other consumers (chaos
+            # seed 8). The membership watch starts a new life.
+            return
         node = self.node_id
         conns = self.connections
         touched: dict[int, AMQPConnection] = {}
@@ -253,6 +295,8 @@ class Broker:
             conn = conns.get(key[1])
             if conn is None:
                 continue
+            if type(ef) is Deliver and not machine.channel_open(state, key):
+                continue  # closed later in the same catch-up: already requeued
             conn.run_effect(ef)
             touched[key[1]] = conn
         for conn in touched.values():
@@ -298,6 +342,7 @@ class Broker:
         self.incarnation = max(time.time_ns() // 1_000_000, self.incarnation + 1)
         self.raft.set_incarnation(self.incarnation)
         self._in_flight.clear()
+        self._unsent.clear()
         self._after_apply.clear()
         self._batch = []
         self._propose_node_up()

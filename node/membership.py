@@ -75,8 +75,11 @@ class MembershipWatch:
 
     def _check_peers(self, now: float) -> None:
         b = self.broker
-        if not b.raft.is_leader:
+        if not b.raft.is_leader or not b.raft.has_quorum:
+            # A leader cut off from the majority must not declare the
+            # majority down (chaos seed 8).
             self._lost_since.clear()
+            self._proposed_down.clear()
             return
         members = set(b.raft.peers())
         for node, info in machine.nodes(b.raft.state).items():
@@ -94,4 +97,4 @@ class MembershipWatch:
                 log.warning("node %s (%s) %s: recording it down", node, info.raft_address,
                             "was removed" if removed else f"unreachable for {now - since:.1f}s")
                 self._proposed_down.add(key)
-                b.propose(NodeDown(node, info.incarnation))
+                b.propose_once(NodeDown(node, info.incarnation))

@@ -7,6 +7,7 @@ Every replica applies the same batches of :mod:`cluster.commands` to a
 from cluster.machine.apply import (
     apply,
     apply_batch,
+    channel_open,
     nodes,
     queue_stats,
     restore,
@@ -21,6 +22,7 @@ __all__ = [
     "State",
     "apply",
     "apply_batch",
+    "channel_open",
     "new_state",
     "next_deadline",
     "nodes",

@@ -157,3 +157,8 @@ def queue_stats(state: State) -> Iterable[tuple[str, str, int, int, int]]:
 def nodes(state: State) -> dict[str, NodeInfo]:
     """Every node the log has seen: incarnation, down flag and addresses."""
     return dict(state.nodes)
+
+
+def channel_open(state: State, ch: C.ChKey) -> bool:
+    """The machine still has this channel (not closed, errored or its node down)."""
+    return ch in state.channels
