@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal as _signal
+import socket
 import threading
 import time
 import urllib.error
@@ -24,6 +26,15 @@ from .ports import free_port
 from .raftmq import RaftMQNode
 
 Status = dict[str, Any]
+
+
+def _port_range() -> tuple[int, int]:
+    """[low, high) for test ports: from 20000 to the start of the ephemeral range."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    return (20000, first) if first > 21000 else (10000, 20000)
 
 
 class ClusterError(AssertionError):
@@ -70,13 +81,25 @@ class RaftMQCluster:
     # ------------------------------------------------------------------ construction
 
     def _port(self) -> int:
-        """A free port that no other node of this cluster was given."""
-        for _ in range(100):
-            p = free_port()
-            if p not in self._ports:
-                self._ports.add(p)
-                return p
-        raise RuntimeError("no free port")
+        """A free port that no other node of this cluster was given, below the kernel's
+        ephemeral range: a port from that range (``free_port``) may be taken, while its node is
+        down for a restart, as the local port of some outgoing connection or by another harness
+        picking ports the same way."""
+        low, high = _port_range()
+        for _ in range(200):
+            p = random.randrange(low, high)
+            if p in self._ports:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    continue
+            self._ports.add(p)
+            return p
+        p = free_port()
+        self._ports.add(p)
+        return p
 
     def _make_node(self, node_id: str, peers: list[str] | None = None) -> RaftMQNode:
         env = {"RAFTMQ_CLUSTER_SECRET": self.secret, **self.extra_env}
