@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-codec clean install cluster cluster-stop
+.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec chaos clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,24 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run_bench --duration 5 --warmup 1 --runs 1
+
+# 3-node clusters: RaftMQ vs RabbitMQ quorum queue, clients on non-leader nodes (~20 min; quick ~3 min)
+bench-cluster: $(STAMP)
+	$(BIN)/python -m bench.run_bench_cluster
+
+bench-cluster-quick: $(STAMP)
+	$(BIN)/python -m bench.run_bench_cluster --quick
+
+# Seeded fault schedules (kill, pause, partition, power loss) on 3- and 5-node clusters.
+# make chaos SEED=N replays one schedule exactly; the default run is 50 schedules in <= 60 min.
+SEED ?=
+chaos: $(STAMP)
+ifneq ($(SEED),)
+	$(BIN)/python -m tests.chaos --seed $(SEED) --keep always
+else
+	$(BIN)/python -m tests.chaos --schedules 50 --nodes 3,5 --minutes 55
+	$(BIN)/python -m pytest -m chaos -q tests/chaos
+endif
 
 bench-codec: $(STAMP)
 	$(BIN)/python bench/codec_bench.py
