@@ -60,7 +60,7 @@ chaos: $(STAMP)
 ifneq ($(SEED),)
 	$(BIN)/python -m tests.chaos --seed $(SEED) --keep always
 else
-	$(BIN)/python -m tests.chaos --schedules 50 --nodes 3,5 --minutes 55
+	$(BIN)/python -m tests.chaos --schedules 50 --nodes 3,5 --minutes 52
 	$(BIN)/python -m pytest -m chaos -q tests/chaos
 endif
 
