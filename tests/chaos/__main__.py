@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .powerloss import MODELS
 from .runner import RunResult, run_schedule
-from .schedule import FAULT_WEIGHTS, make_schedule
+from .schedule import ALL_KINDS, make_schedule
 
 # Costs of a schedule beyond its faults (start, warm-up, recoveries, drain, sweep, stop), s:
 # the first guess; then measured.
@@ -35,14 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base-seed", type=int,
                    help="seeds are BASE, BASE+1, ... (default: random, printed)")
     p.add_argument("--nodes", default="3,5",
-                   help="cluster sizes, used in turn (default 3,5; with --seed: the first)")
+                   help="cluster sizes (default 3,5): seed N runs on sizes[N %% len(sizes)]")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="time budget: fault time per schedule is sized to fit, and no schedule "
                         "starts that cannot finish (0: no budget)")
     p.add_argument("--fault-seconds", type=float, default=30.0,
                    help="fault time per schedule (default 30; with --minutes: at most this)")
     p.add_argument("--kinds", default="",
-                   help=f"only these fault kinds, comma-separated ({', '.join(FAULT_WEIGHTS)})")
+                   help=f"only these fault kinds, comma-separated ({', '.join(ALL_KINDS)}; "
+                        "slow is only drawn when named here)")
     p.add_argument("--env", action="append", default=[], metavar="RAFTMQ_X=V",
                    help="override a node tunable the seed would draw (repeatable)")
     p.add_argument("--power-loss-model", choices=MODELS, default="journal",
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sizes = [int(x) for x in args.nodes.split(",") if x.strip()]
     kinds = tuple(k for k in args.kinds.split(",") if k) or None
-    if kinds and (bad := [k for k in kinds if k not in FAULT_WEIGHTS]):
+    if kinds and (bad := [k for k in kinds if k not in ALL_KINDS]):
         print(f"unknown fault kinds {bad}", file=sys.stderr)
         return 2
     env: dict[str, str] = {}
@@ -95,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--env {item!r}: expected RAFTMQ_NAME=VALUE", file=sys.stderr)
             return 2
         env[k] = v
+    # The cluster size is a function of the seed (sizes[seed % len(sizes)]), so `--seed N` with
+    # the default --nodes replays the same schedule as the multi-schedule run that printed N.
     if args.seed is not None:
-        plan = [(args.seed, sizes[0])]
+        plan = [(args.seed, sizes[args.seed % len(sizes)])]
     else:
         base = args.base_seed if args.base_seed is not None else random.randrange(1, 10**6)
         print(f"base seed {base}", flush=True)
-        plan = [(base + i, sizes[i % len(sizes)]) for i in range(args.schedules)]
+        plan = [(base + i, sizes[(base + i) % len(sizes)]) for i in range(args.schedules)]
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     results: list[RunResult] = []
     overhead = OVERHEAD_S  # measured as we go: a schedule's time beyond its faults

@@ -366,3 +366,23 @@ async def sweep(urls: Sequence[str], queues: Sequence[str], history: History,
         finally:
             await _close(conn)
     return counts
+
+
+async def publish_backlog(urls: Sequence[str], queue: str, count: int, size: int = 1024,
+                          timeout: float = 120.0) -> None:
+    """``count`` persistent messages of ``size`` bytes into ``queue`` (declared durable), with
+    confirms, through the first node that answers; the state (and so every snapshot) grows."""
+    conn = await aio_pika.connect(urls[0], timeout=CONNECT_TIMEOUT_S)
+    try:
+        ch = await asyncio.wait_for(conn.channel(publisher_confirms=True), OP_TIMEOUT_S)
+        await asyncio.wait_for(ch.declare_queue(queue, durable=True), OP_TIMEOUT_S)
+        body = b"b" * size
+        deadline = time.monotonic() + timeout
+        for start in range(0, count, 100):
+            await asyncio.gather(*(ch.default_exchange.publish(
+                Message(body, delivery_mode=DeliveryMode.PERSISTENT), routing_key=queue,
+                timeout=OP_TIMEOUT_S) for _ in range(min(100, count - start))))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"backlog: {start} of {count} after {timeout}s")
+    finally:
+        await _close(conn)

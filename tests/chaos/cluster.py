@@ -117,7 +117,7 @@ class ChaosCluster:
     def healthy(self) -> bool:
         """Every node runs, is unpaused, ready, not isolated, and all agree on one leader that
         says it is leader."""
-        if self.proxy is not None and self.proxy.cut_pairs:
+        if self.proxy is not None and (self.proxy.cut_pairs or self.proxy.slow_pairs):
             return False
         if len([nd for nd in self.nodes if nd.is_running()]) < self.n or self.paused:
             return False

@@ -93,7 +93,7 @@ class Nemesis:
         rec = FaultRecord(fault)
         rec.leader_before = cc.leader_id()
         kind = fault.kind
-        if kind in ("kill", "pause", "power-loss"):
+        if kind in ("kill", "pause", "power-loss", "slow"):
             rec.targets = [self._role(fault, rec.leader_before)]
         elif kind in ("kill-all", "power-loss-all"):
             rec.targets = list(cc.ids)
@@ -111,6 +111,15 @@ class Nemesis:
             rec.started = time.monotonic()
             for a, b in pairs:
                 cc.proxy.cut(a, b, fault.mode)
+            return rec
+        if kind == "slow":
+            assert cc.proxy is not None
+            latency = round(0.1 + 0.4 * fault.pick, 2)
+            rec.notes.append(f"latency {latency}s")
+            rec.started = time.monotonic()
+            for other in cc.ids:
+                if other != rec.targets[0]:
+                    cc.proxy.slow(rec.targets[0], other, latency)
             return rec
         nodes = [cc.by_id[t] for t in rec.targets]
         if kind == "pause":
@@ -139,7 +148,7 @@ class Nemesis:
         cc = self.cc
         kind = rec.fault.kind
         cc.note_all(f"heal {rec.fault.describe()}")
-        if kind in ("isolate", "halves", "ring"):
+        if kind in ("isolate", "halves", "ring", "slow"):
             assert cc.proxy is not None
             cc.proxy.heal_all()
         elif kind == "pause":

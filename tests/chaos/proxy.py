@@ -23,7 +23,8 @@ Two ways to cut a link:
 The proxy runs in a process of its own (``python -m tests.chaos.proxy``) so that the clients'
 event loop never delays Raft traffic. It reads its links as one JSON line on stdin, answers
 ``ready``, then takes one command per line and answers each with one line ``ok ...``:
-``cut SRC DST MODE``, ``heal SRC DST``, ``heal_all``, ``stats``, ``quit``.
+``cut SRC DST MODE``, ``heal SRC DST``, ``delay SRC DST MS`` (latency on a link, 0 to
+remove), ``heal_all`` (also removes delays), ``stats``, ``quit``.
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ class _Link:
     listen: tuple[str, int]
     target: tuple[str, int]
     mode: str = "open"  # open / refuse / drop
+    delay: float = 0.0  # added latency, s, each direction (a slow link)
     pipes: set[_Pipe] = field(default_factory=set)
     accepted: int = 0
     refused: int = 0
-    bytes: int = 0
+    forwarded: int = 0  # bytes
     server: asyncio.AbstractServer | None = None
 
     async def serve(self) -> None:
@@ -112,6 +114,10 @@ class _Link:
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     pipe: _Pipe) -> None:
+        # Everything goes through a delay line (in order), so a link can be slowed at any time.
+        line: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        sender = asyncio.create_task(self._send(line, writer, pipe))
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 data = await reader.read(READ_SIZE)
@@ -119,13 +125,30 @@ class _Link:
                     break
                 if pipe.black_holed:
                     continue
-                self.bytes += len(data)
-                writer.write(data)
-                await writer.drain()
+                self.forwarded += len(data)
+                line.put_nowait((loop.time() + self.delay, data))
         except Exception:  # noqa: BLE001 - any socket error ends the pipe
             pass
         finally:
+            line.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await sender
             pipe.abort()  # one side gone: close both (no half-open Raft links)
+
+    async def _send(self, line: asyncio.Queue[tuple[float, bytes] | None],
+                    writer: asyncio.StreamWriter, pipe: _Pipe) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while (item := await line.get()) is not None:
+                due, data = item
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                if pipe.black_holed:
+                    continue
+                writer.write(data)
+                await writer.drain()
+        except Exception:  # noqa: BLE001 - the pipe is going away
+            pipe.abort()
 
     def cut(self, mode: str) -> None:
         self.mode = mode
@@ -143,7 +166,7 @@ class _Link:
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "conns": len(self.pipes), "accepted": self.accepted,
-                "refused": self.refused, "bytes": self.bytes}
+                "refused": self.refused, "bytes": self.forwarded}
 
 
 async def _serve(config: dict[str, Any], stdin: IO[str], stdout: IO[str]) -> None:
@@ -170,9 +193,12 @@ async def _serve(config: dict[str, Any], stdin: IO[str], stdout: IO[str]) -> Non
             links[args[0], args[1]].cut(args[2])
         elif cmd == "heal" and len(args) == 2 and (args[0], args[1]) in links:
             links[args[0], args[1]].heal()
+        elif cmd == "delay" and len(args) == 3 and (args[0], args[1]) in links:
+            links[args[0], args[1]].delay = float(args[2]) / 1000.0
         elif cmd == "heal_all":
             for link in links.values():
                 link.heal()
+                link.delay = 0.0
         elif cmd == "stats":
             answer = {f"{s}>{d}": lk.stats() for (s, d), lk in links.items()}
         elif cmd == "quit":
@@ -223,6 +249,7 @@ class ProxyControl:
         self.log_path = log_path
         self._lock = threading.Lock()
         self.cut_pairs: dict[frozenset[str], str] = {}
+        self.slow_pairs: set[frozenset[str]] = set()
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.chaos.proxy"], stdin=subprocess.PIPE,
@@ -273,9 +300,20 @@ class ProxyControl:
         self.command(f"heal {b} {a}")
         self.cut_pairs.pop(frozenset((a, b)), None)
 
+    def slow(self, a: str, b: str, seconds: float) -> None:
+        """Add ``seconds`` of latency to the pair a–b, each direction (0: none)."""
+        ms = int(seconds * 1000)
+        self.command(f"delay {a} {b} {ms}")
+        self.command(f"delay {b} {a} {ms}")
+        if ms:
+            self.slow_pairs.add(frozenset((a, b)))
+        else:
+            self.slow_pairs.discard(frozenset((a, b)))
+
     def heal_all(self) -> None:
         self.command("heal_all")
         self.cut_pairs.clear()
+        self.slow_pairs.clear()
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = json.loads(self.command("stats"))

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .checker import Verdict, check, check_applied
-from .clients import Consumer, History, Producer, declare_queues, sweep
+from .clients import Consumer, History, Producer, declare_queues, publish_backlog, sweep
 from .cluster import ChaosCluster
 from .faults import FaultRecord, Nemesis
 from .powerloss import APPLIED
@@ -145,6 +145,8 @@ async def _drive(cc: ChaosCluster, s: Schedule, result: RunResult, h: History,
                  model: str, log: Log) -> dict[str, int]:
     queues = [f"chaos-{s.seed}-q{k}" for k in range(s.queues)]
     await declare_queues(cc.urls(), queues)
+    if s.backlog:
+        await publish_backlog(cc.urls(), f"chaos-{s.seed}-backlog", s.backlog)
     producers = [Producer(p + 1, cc.urls, queues, h, s.rate, s.window, first_node=p % s.nodes)
                  for p in range(s.producers)]
     consumers = [Consumer(c + 1, cc.urls, queues, h, s.prefetch, first_node=(c + 1) % s.nodes)

@@ -34,8 +34,13 @@ FAULT_WEIGHTS: dict[str, int] = {
     "power-loss": 10,
     "power-loss-all": 8,
 }
+# Kinds only drawn when asked for (--kinds): adding them to FAULT_WEIGHTS would change what
+# every existing seed means.
+#   slow            one node's Raft links get 0.1-0.5 s of latency each way
+EXTRA_KINDS = ("slow",)
+ALL_KINDS = (*FAULT_WEIGHTS, *EXTRA_KINDS)
 PARTITIONS = ("isolate", "halves", "ring")
-ROLE_FAULTS = ("kill", "pause", "isolate", "power-loss")  # aimed at the leader or a follower
+ROLE_FAULTS = ("kill", "pause", "isolate", "power-loss", "slow")  # aimed at the leader or a follower
 EST_RECOVERY_S = 4.0  # budget per fault for the harness to see the cluster healthy again
 
 
@@ -71,6 +76,7 @@ class Schedule:
     prefetch: int = 20
     warmup: float = 2.0
     fault_seconds: float = 30.0
+    backlog: int = 0  # 1 KiB messages left in a queue nobody consumes (bigger snapshots)
 
     def describe(self) -> str:
         return " ; ".join(f.describe() for f in self.faults)
