@@ -184,8 +184,9 @@ class RaftNode:
             raftMaxTimeout=election_timeout * 2.5,
             # A leader that has not heard from a majority steps down after this
             # (pysyncobj's default, 30 s, leaves a cut-off leader believing it
-            # leads, and proposing, for far too long).
-            leaderFallbackTimeout=max(1.0, election_timeout * 3),
+            # leads, and proposing, for far too long; 3 election timeouts made
+            # leaders step down during CPU-starved stretches and elections churn).
+            leaderFallbackTimeout=max(2.0, election_timeout * 10),
             appendEntriesPeriod=0.05,
             connectionRetryTime=1.0,
             connectionTimeout=3.5,
