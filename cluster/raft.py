@@ -31,9 +31,10 @@ from typing import Any
 import pysyncobj.pickle as _sync_pickle
 import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from cluster import machine
+from cluster import machine, tcp_patch
 from cluster.commands import Batch, decode_batch
 from cluster.effects import Effect
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 # measured). The setting is module-global in pysyncobj; every node sets it.
 setattr(_sync_pickle, "__protocol", 5)  # noqa: B010 - the name is dunder-ish on purpose
 
+
+tcp_patch.install()
 
 # Cross-thread wake-ups through a pipe are useless here: everything runs on the loop.
 _syncobj_module.PIPE_NOTIFIER_ENABLED = False
@@ -188,6 +191,9 @@ class RaftNode:
             # leaders step down during CPU-starved stretches and elections churn).
             leaderFallbackTimeout=max(2.0, election_timeout * 10),
             appendEntriesPeriod=0.05,
+            # Larger socket buffers: fewer partial sends/receives for big entries.
+            sendBufferSize=1 << 22,
+            recvBufferSize=1 << 18,
             connectionRetryTime=1.0,
             connectionTimeout=3.5,
             logCompactionMinEntries=snapshot_entries,
@@ -388,6 +394,17 @@ class RaftNode:
     def leader(self) -> str | None:
         leader = self._replica._getLeader()
         return leader.id if leader is not None else None
+
+    def postpone_election(self) -> None:
+        """The loop was stalled (a huge entry, a snapshot load, CPU starvation):
+        heartbeats that arrived meanwhile are still unread in the sockets, and
+        the loop runs timers before it reads them. Restart the election timer
+        so a stall of this node is not mistaken for a silent leader (Raft
+        without pre-vote would depose a healthy leader: measured as election
+        churn, hundreds of terms, under the client suites' multi-MB messages)."""
+        replica = self._replica
+        replica._SyncObj__raftElectionDeadline = (
+            monotonic_time() + replica._SyncObj__generateRaftTimeout())
 
     @property
     def has_quorum(self) -> bool:

@@ -36,6 +36,8 @@ IDLE_TICK_S = 0.02
 # rest, and is long so that a slow but healthy cluster is not flooded with
 # copies (measured: 1 s turned a backlog into a resubmission storm).
 RESUBMIT_AFTER_S = 5.0
+# A housekeeping tick this late means the loop itself was stalled.
+STALL_S = 0.2
 # At most one Tick command per this many ms (expiry is checked on every batch
 # anyway; the Tick only matters when nothing else is happening).
 TICK_MIN_INTERVAL_MS = 20
@@ -76,6 +78,7 @@ class Broker:
         self._known_leader: str | None = None
         self._tick_scheduled = False
         self._last_tick_ms = 0
+        self._last_idle_tick = time.monotonic()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self.metrics = Metrics(self)
@@ -246,6 +249,10 @@ class Broker:
             self._flow_paused = []
 
     def _idle_tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_idle_tick > STALL_S:
+            self.raft.postpone_election()
+        self._last_idle_tick = now
         try:
             self._tick()
             self._resubmit()
