@@ -78,27 +78,9 @@ def check_exclusive(q: Queue, ch: Channel, method: tuple[int, int]) -> None:
         raise E.locked(q.name, q.vhost, method)
 
 
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "void"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "long"
-    if isinstance(v, float):
-        return "double"
-    if isinstance(v, str | bytes):
-        return "longstr"
-    if isinstance(v, dict):
-        return "table"
-    if isinstance(v, list | tuple):
-        return "array"
-    return type(v).__name__
-
-
 def _arg_key(v: Any) -> Any:
     # RabbitMQ compares the type class and the value: 1 and 1.0 differ, True and 1 differ.
-    return (_type_name(v), freeze(v))
+    return (type_name(v), freeze(v))
 
 
 def _inequivalent(kind: str, name: str, vhost: str, field: str, received: str,
@@ -122,7 +104,7 @@ def _describe_arg(args: dict[str, Any], key: str) -> str:
     if key not in args:
         return "none"
     v = args[key]
-    return f"the value '{E.fmt_value(v)}' of type '{_type_name(v)}'"
+    return f"the value '{E.fmt_value(v)}' of type '{type_name(v)}'"
 
 
 def _check_args(kind: str, name: str, vhost: str, current: dict[str, Any],
