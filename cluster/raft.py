@@ -333,9 +333,8 @@ class RaftNode:
         """Run one non-blocking pysyncobj tick; return the effects applied in it.
 
         Entries this tick appends are NOT yet durable: the caller must make
-        them so (:meth:`flush`, or :meth:`journal_fd_to_sync` from a worker
-        thread) before the next tick, in which the leader counts its own copy
-        towards a commit."""
+        them so (:meth:`flush`) before the next tick, in which the leader
+        counts its own copy towards a commit."""
         self._replica.doTick(0.0)
         self._poller.after_event()  # acknowledgements held during the tick, if any
         if self._snapshot_bytes and self._log_bytes > self._snapshot_bytes:
@@ -355,25 +354,17 @@ class RaftNode:
         """Entries were appended since the last flush."""
         return self._dirty
 
-    def journal_fd_to_sync(self) -> int | None:
-        """Clear the dirty mark and return the journal's fd for the caller to
-        ``fdatasync`` (e.g. in a worker thread); None when there is nothing
-        to do (fsync disabled)."""
+    def flush(self) -> None:
+        """Make every journal entry written so far durable (fdatasync), now."""
         self._dirty = False
         if not self._fsync:
-            return None
+            return
         if self._journal_fd is None:
             try:
                 self._journal_fd = os.open(self._journal_path, os.O_RDONLY)
             except FileNotFoundError:
-                return None
-        return self._journal_fd
-
-    def flush(self) -> None:
-        """Make every journal entry written so far durable (fdatasync), now."""
-        fd = self.journal_fd_to_sync()
-        if fd is not None:
-            os.fdatasync(fd)
+                return
+        os.fdatasync(self._journal_fd)
 
     def close(self) -> None:
         try:
