@@ -21,9 +21,11 @@ from .powerloss import MODELS
 from .runner import RunResult, run_schedule
 from .schedule import ALL_KINDS, make_schedule
 
-# Costs of a schedule beyond its faults (start, warm-up, recoveries, drain, sweep, stop), s:
-# the first guess; then measured.
-OVERHEAD_S = 25.0
+# Time model of a schedule: FIXED_S (start, warm-up, drain, sweep, stop) plus PER_FAULT_S for
+# every second of --fault-seconds (faults, gaps, recoveries, and the last fault running past the
+# target); PER_FAULT_S starts at this guess and is then measured.
+FIXED_S = 15.0
+PER_FAULT_S = 1.5
 MIN_FAULT_S = 8.0
 
 
@@ -106,15 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(base + i, sizes[(base + i) % len(sizes)]) for i in range(args.schedules)]
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     results: list[RunResult] = []
-    overhead = OVERHEAD_S  # measured as we go: a schedule's time beyond its faults
+    per_fault = PER_FAULT_S  # measured as we go
     for i, (seed, n) in enumerate(plan):
         fault_s = args.fault_seconds
         if deadline is not None:
             # Share what is left of the budget among the schedules still to run.
             left = deadline - time.monotonic()
-            fault_s = min(fault_s, left / (len(plan) - i) - overhead)
+            fault_s = min(fault_s, (left / (len(plan) - i) - FIXED_S) / per_fault)
             if fault_s < MIN_FAULT_S:
-                if left < MIN_FAULT_S + overhead:
+                if left < FIXED_S + per_fault * MIN_FAULT_S:
                     print(f"time budget spent: {len(plan) - i} schedules not run", flush=True)
                     break
                 fault_s = MIN_FAULT_S
@@ -125,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                          log=lambda m: print(m, flush=True))
         results.append(r)
         print(r.line(), flush=True)
-        faulted = sum(f.duration + f.gap for f in s.faults)
-        overhead = 0.5 * overhead + 0.5 * max(10.0, r.elapsed - faulted)
+        per_fault = 0.5 * per_fault + 0.5 * max(1.0, (r.elapsed - FIXED_S) / s.fault_seconds)
     print()
     print(table(results))
     return 0 if results and all(r.status == "OK" for r in results) else 1

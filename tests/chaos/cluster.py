@@ -24,6 +24,7 @@ from tests.harness.raftmq import RaftMQNode
 from .proxy import LinkSpec, ProxyControl
 
 SECRET = "chaos-secret"
+APPLY_SLACK = 50  # entries a healthy follower may trail the leader's commit index by
 
 
 def link_ip(src: int, dst: int) -> str:
@@ -115,8 +116,9 @@ class ChaosCluster:
         return max(claims)[1] if claims else None
 
     def healthy(self) -> bool:
-        """Every node runs, is unpaused, ready, not isolated, and all agree on one leader that
-        says it is leader."""
+        """Every node runs, is unpaused, ready, not isolated, all agree on one leader that says
+        it is leader, and every node has applied the log up to (nearly: traffic goes on) the
+        leader's commit index — a node that says it is fine but does not apply is not."""
         if self.proxy is not None and (self.proxy.cut_pairs or self.proxy.slow_pairs):
             return False
         if len([nd for nd in self.nodes if nd.is_running()]) < self.n or self.paused:
@@ -129,7 +131,11 @@ class ChaosCluster:
             return False
         leader = leaders.pop().partition(":")[0]
         st = sts.get(leader)
-        return bool(st and st["raft"]["state"] == "leader")
+        if not (st and st["raft"]["state"] == "leader"):
+            return False
+        commit = int(st["raft"]["commit_index"])
+        return all(s is not None and int(s["raft"]["last_applied"]) >= commit - APPLY_SLACK
+                   for s in sts.values())
 
     def wait_healthy(self, timeout: float) -> float | None:
         """Poll until :meth:`healthy`; the time it became so, or None after ``timeout``."""
