@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,24 @@ from .proxy import LinkSpec, ProxyControl
 
 SECRET = "chaos-secret"
 APPLY_SLACK = 50  # entries a healthy follower may trail the leader's commit index by
+
+
+def low_free_port(taken: set[int]) -> int:
+    """A free loopback port below the kernel's ephemeral range (as the harness's cluster ports
+    are), so no outgoing connection can be holding it while its node is down."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    low, high = (20000, first) if first > 21000 else (10000, 20000)
+    for _ in range(200):
+        port = random.randrange(low, high)
+        if port in taken:
+            continue
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    return free_port()
 
 
 def link_ip(src: int, dst: int) -> str:
@@ -41,9 +61,7 @@ class ChaosCluster:
 
         def options(node_id: str) -> dict[str, Any]:
             i = int(node_id[1:])
-            port = free_port()
-            while port in taken:
-                port = free_port()
+            port = low_free_port(taken)
             taken.add(port)
             self.raft_binds[node_id] = port
             hosts = ",".join(f"n{j}={link_ip(i, j)}" for j in range(1, n + 1))
