@@ -239,6 +239,8 @@ class RaftNode:
             return add(*args)
 
         def send_message(node: Any, message: Any) -> Any:
+            if isinstance(message, dict) and message.get("type") == "next_node_idx":
+                self._walk_back_to_commit(message)
             if self._dirty and isinstance(message, dict) and message.get("type") == "next_node_idx":
                 # Held until the end of this socket event: one fsync then
                 # acknowledges every append_entries that arrived in one read.
@@ -258,6 +260,22 @@ class RaftNode:
         self._poller.after_event = release_held  # type: ignore[method-assign]
         self._hook_next_index(transport)
 
+    def _walk_back_to_commit(self, reply: dict[str, Any]) -> None:
+        """Follower: answer a log conflict with the index after our commit index.
+
+        pysyncobj answers a conflicting ``prevLogIdx`` with ``prevLogIdx`` itself, so
+        the leader walks a divergent tail back one entry per round trip. Entries up
+        to our commit index are committed and so in every later leader's log:
+        resending from there resolves the conflict in one round trip."""
+        if not reply.get("reset") or reply.get("success"):
+            return
+        log = self._replica._SyncObj__raftLog
+        if reply["next_node_idx"] > log[-1][1]:
+            return  # "I do not have prevLogIdx": already our log end + 1
+        floor = max(self._replica._SyncObj__raftCommitIndex, log[0][1]) + 1
+        if floor < reply["next_node_idx"]:
+            reply["next_node_idx"] = floor
+
     def _hook_next_index(self, transport: Any) -> None:
         """Keep the leader's next index for a follower from moving backwards.
 
@@ -267,10 +285,20 @@ class RaftNode:
         and the follower truncates and re-appends them (measured: hundreds of
         "truncating already-applied log entries" per minute under load, and
         snapshot re-transmissions). A successful acknowledgement can only move
-        the index forward; failures (``reset``) still move it back."""
+        the index forward; failures (``reset``) still move it back.
+
+        And failures only move it back: between two successes, the leader's next
+        index for a follower never rises above the lowest index a ``reset`` asked
+        for. pysyncobj takes each reset as it comes, so while clients publish, the
+        replies to pipelined appends past a diverged follower's log ("I do not
+        have prevLogIdx: send from my log end") undid every step of the walk back
+        to the last matching entry, and a deposed leader never caught up (found
+        by the chaos suite, seed 2005)."""
         replica = self._replica
         handle = replica._SyncObj__onMessageReceived
         next_index = replica._SyncObj__raftNextIndex
+        # follower -> (leader term, lowest index a reset asked for since the last success)
+        ceiling: dict[Any, tuple[int, int]] = {}
 
         commit_attr = "_SyncObj__raftCommitIndex"
         applied_attr = "_SyncObj__raftLastApplied"
@@ -280,6 +308,19 @@ class RaftNode:
                 handle(node, message)
                 return
             kind = message.get("type")
+            if kind == "next_node_idx" and message.get("reset") and not message.get("success"):
+                handle(node, message)
+                if replica._isLeader() and node in next_index:
+                    term = replica._SyncObj__raftCurrentTerm
+                    bound = message["next_node_idx"]
+                    seen = ceiling.get(node)
+                    if seen is not None and seen[0] == term:
+                        bound = min(bound, seen[1])
+                    ceiling[node] = (term, bound)
+                    next_index[node] = bound
+                return
+            if kind == "next_node_idx" and message.get("success"):
+                ceiling.pop(node, None)
             if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
                 before = next_index.get(node)
                 handle(node, message)

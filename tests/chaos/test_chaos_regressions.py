@@ -159,16 +159,12 @@ def test_seed_1029_snapshot_not_installed_over_newer_state(root: Path) -> None:
     assert bad is None, bad.line() if bad else ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "seed 2005 (also 2015, 2021, 2038, 2042, 2044): a deposed leader with an uncommitted tail "
-    "never catches up while clients keep publishing: the new leader's walk back to the last "
-    "matching entry (conflict reply: next index = prevLogIdx) is undone by the replies to its "
-    "pipelined appends (prevLogIdx past the follower's log: reset to the follower's log end + "
-    "1), so the leader resends the same prevLogIdx forever. The node stays ready and not "
-    "isolated (/healthz green) but applies nothing: its clients get no confirms or deliveries, "
-    "messages given to its consumers stay unacked (lost to clients), and after a whole-cluster "
-    "restart it never becomes ready"))
 def test_seed_2005_deposed_leader_catches_up_under_traffic(root: Path) -> None:
+    """Seed 2005 (also 2015, 2021, 2038, 2042, 2044): a deposed leader with an uncommitted tail
+    never caught up while clients kept publishing: the new leader's walk back to the last
+    matching entry was undone by the replies to its pipelined appends ("I lack prevLogIdx: send
+    from my log end"), so it resent the same prevLogIdx forever. The node stayed ready (/healthz
+    green) but applied nothing: its clients got no confirms or deliveries."""
     bad = first_violation(ISOLATE_LEADER_DROP, root,
                           lambda r: not r.recovered or any(f.recovery_s is None
                                                            for f in r.faults))
