@@ -20,6 +20,7 @@ on disk on a majority before it commits, and so before any confirm.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import os
 import select
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pysyncobj.pickle as _sync_pickle
+import pysyncobj.serializer as _serializer_module
 import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as monotonic_time
@@ -50,6 +52,30 @@ tcp_patch.install()
 
 # Cross-thread wake-ups through a pipe are useless here: everything runs on the loop.
 _syncobj_module.PIPE_NOTIFIER_ENABLED = False
+
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable_replace(src: str, dst: str) -> None:
+    """pysyncobj writes snapshots (``raft.dump``) to a temporary file and renames it, with no
+    fsync: after a power loss the snapshot can be missing or empty while the journal entries
+    it covers are already compacted away (chaos suite, seed 3000). Here: data, rename, directory,
+    in that order, all durable before pysyncobj drops a journal entry."""
+    _fsync_path(src)
+    os.replace(src, dst)
+    _fsync_path(os.path.dirname(os.path.abspath(dst)))
+
+
+# Used by the forked snapshot writer (so the fsync does not stall the loop) and for snapshots
+# received from the leader.
+setattr(_serializer_module, "atomicReplace", _durable_replace)  # noqa: B010
 
 _READ, _WRITE, _ERROR = POLL_EVENT_TYPE.READ, POLL_EVENT_TYPE.WRITE, POLL_EVENT_TYPE.ERROR
 
@@ -131,15 +157,107 @@ _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 
 class _Replica(SyncObj):
     """The replicated object: pysyncobj pickles attributes set after its
-    ``__init__`` (here ``state``) into snapshots."""
+    ``__init__`` (here ``state``) into snapshots.
+
+    Also where pysyncobj's snapshot handling is corrected (both found by the chaos suite)."""
 
     def __init__(self, self_addr: str, peers: list[str], conf: SyncObjConf,
                  sink: Callable[[Batch, list[Effect], int], None]) -> None:
         # Attributes that exist when SyncObj.__init__ ends are left out of
         # snapshots: the sink must be one of them, the state must not.
         self._sink = sink
+        # next_node_idx for the reply to an installed snapshot whose journal tail was kept
+        self.install_reply: int | None = None
         super().__init__(self_addr, peers, conf)
+        self._hook_snapshot_install()
         self.state = machine.new_state()
+
+    def _read_snapshot_once(self, snapshot: Any) -> None:
+        """The next ``deserialize`` returns ``snapshot`` (already read) instead of reading
+        and unpickling the file again."""
+        serializer = self._SyncObj__serializer
+
+        def once() -> Any:
+            del serializer.deserialize
+            return snapshot
+
+        serializer.deserialize = once
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802, N803
+        """pysyncobj's snapshot loading, but a journal that holds the snapshot's last entry
+        keeps the entries after it.
+
+        At start-up pysyncobj empties any journal that does not begin exactly at the
+        snapshot. After a power loss between writing a snapshot and the next journal sync,
+        the journal on disk is the one from before the compaction: it holds the snapshot's
+        entries *and* every later entry this node acknowledged. Dropping those would lose
+        acknowledged (maybe committed) entries; only the covered head is dropped here."""
+        serializer = self._SyncObj__serializer
+        try:
+            snapshot = serializer.deserialize()
+        except Exception:  # pysyncobj logs a broken dump itself, below
+            snapshot = None
+        if snapshot is not None:
+            self._read_snapshot_once(snapshot)
+            if self._trim_journal_to(snapshot[2], snapshot[1]) and clearJournal:
+                # Installing a snapshot from the leader: Raft keeps the entries after the
+                # snapshot's last one when this log holds that entry; pysyncobj dropped them,
+                # though this node may have acknowledged them (counted for a commit).
+                clearJournal = False
+                self.install_reply = snapshot[1][1] + 1
+        SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+
+    def _trim_journal_to(self, before_last: Any, last: Any) -> bool:
+        """Drop the journal's head up to the snapshot; False if the journal does not hold the
+        snapshot's last two entries."""
+        journal = self._SyncObj__raftLog
+        if len(journal) < 2:
+            return False
+        pos = last[1] - journal[0][1]
+        if 1 <= pos < len(journal) and tuple(journal[pos]) == tuple(last) \
+                and tuple(journal[pos - 1]) == tuple(before_last):
+            if pos > 1:
+                journal.deleteEntriesTo(pos - 1)
+            return True
+        return False
+
+    def _hook_snapshot_install(self) -> None:
+        """Refuse a snapshot from the leader that is not newer than what this replica has
+        applied.
+
+        pysyncobj installs whatever snapshot it is sent. A leader sends the same snapshot
+        again when a reply from before the first transmission arrives after it (seed 1029);
+        installing it rolls the replica back, and every entry after it is applied a second
+        time in this process: deliveries and confirms run twice. Checked on the last chunk,
+        before the received file replaces this node's own snapshot."""
+        serializer = self._SyncObj__serializer
+        receive = serializer.setTransmissionData
+        incoming = "_Serializer__incomingTransmissionFile"
+        tmp_path = str(self._SyncObj__conf.fullDumpFile) + ".1.tmp"
+
+        def set_transmission_data(data: Any) -> bool:
+            file: Any = getattr(serializer, incoming, None)
+            if data is None or not data[2] or not hasattr(file, "write"):
+                return bool(receive(data))
+            file.write(data[0])
+            file.flush()
+            try:
+                with open(tmp_path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
+                    snapshot = _sync_pickle.load(g)
+            except Exception:
+                return bool(receive((b"", data[1], data[2])))  # pysyncobj reports it
+            applied = self._SyncObj__raftLastApplied
+            if snapshot[1][1] <= applied:
+                log.warning("ignoring a snapshot up to index %d: already applied up to %d",
+                            snapshot[1][1], applied)
+                file.close()
+                setattr(serializer, incoming, None)
+                os.unlink(tmp_path)
+                return False
+            self._read_snapshot_once(snapshot)
+            return bool(receive((b"", data[1], data[2])))
+
+        serializer.setTransmissionData = set_transmission_data
 
     @replicated
     def apply_batch(self, data: bytes) -> None:
@@ -241,6 +359,11 @@ class RaftNode:
         def send_message(node: Any, message: Any) -> Any:
             if isinstance(message, dict) and message.get("type") == "next_node_idx":
                 self._walk_back_to_commit(message)
+                if self._replica.install_reply is not None and message.get("success"):
+                    # the kept tail is not known to match the leader's: acknowledge only
+                    # up to the snapshot
+                    message["next_node_idx"] = self._replica.install_reply
+                    self._replica.install_reply = None
             if self._dirty and isinstance(message, dict) and message.get("type") == "next_node_idx":
                 # Held until the end of this socket event: one fsync then
                 # acknowledges every append_entries that arrived in one read.
@@ -257,8 +380,27 @@ class RaftNode:
 
         journal.add = add_entry
         transport.send = send_message
+        if self._fsync:
+            self._hook_meta(journal)
         self._poller.after_event = release_held  # type: ignore[method-assign]
         self._hook_next_index(transport)
+
+    @staticmethod
+    def _hook_meta(journal: Any) -> None:
+        """Term and vote (and the commit index) in ``raft.journal.meta`` are written by pysyncobj
+        without fsync: after a power loss a node could vote twice in one term. Made durable
+        before pysyncobj goes on (it answers a vote only after storing it)."""
+        storer = getattr(journal, "_FileJournal__metaStorer", None)
+        if storer is None:
+            return  # an in-memory journal
+        path = storer.getPath()
+
+        def store_meta(meta: Any) -> None:
+            with open(path + ".tmp", "wb") as f:
+                f.write(_sync_pickle.dumps(meta))
+            _durable_replace(path + ".tmp", path)
+
+        storer.storeMeta = store_meta
 
     def _walk_back_to_commit(self, reply: dict[str, Any]) -> None:
         """Follower: answer a log conflict with the index after our commit index.
@@ -334,11 +476,14 @@ class RaftNode:
                 # commits and applies its own never-committed tail (found by
                 # the chaos suite, seed 201). Only an installed snapshot may
                 # move it.
-                commit, applied = getattr(replica, commit_attr), getattr(replica, applied_attr)
+                commit = getattr(replica, commit_attr)
                 handle(node, message)
-                if getattr(replica, applied_attr) == applied and getattr(replica, commit_attr) > commit:
-                    setattr(replica, commit_attr, commit)
-                    replica._SyncObj__raftLog.setRaftCommitIndex(commit)
+                # At most what it was, or the installed snapshot's last index (a journal tail
+                # kept after it is not known to match the leader's).
+                bound = max(commit, getattr(replica, applied_attr))
+                if getattr(replica, commit_attr) > bound:
+                    setattr(replica, commit_attr, bound)
+                    replica._SyncObj__raftLog.setRaftCommitIndex(bound)
                 return
             handle(node, message)
 

@@ -21,9 +21,10 @@ touching broker code:
   the previous life is still only in the page cache).
 
 The harness side (:func:`cut_back`) then replaces ``raft.journal`` by ``raft.journal.synced``
-after killing the node. Model ``strict`` also treats the files RaftMQ never fsyncs
-(``raft.journal.meta``: Raft term and vote; ``raft.dump``: the snapshot) as lost unless the tracker
-saw them synced; model ``journal`` (the default) keeps them as they are.
+after killing the node. Model ``strict`` also treats the other files (``raft.journal.meta``: Raft
+term and vote; ``raft.dump``: the snapshot) as lost unless the tracker saw them fsynced (or
+fsynced under a temporary name and renamed); model ``journal`` (the default) keeps them as they
+are.
 
 What broker support would make this unnecessary: after each ``fdatasync`` of the journal, write
 (and fsync) a small record of the synced state, e.g. ``raft.journal.synced`` holding the synced
@@ -126,6 +127,16 @@ def _commit(path: str, size: int, chunks: list[tuple[int, bytes]]) -> None:
         os.close(fd)
 
 
+_synced_paths: set[str] = set()  # files fsynced in this process (a snapshot's temporary file)
+
+
+def _note_synced(path: str) -> None:
+    name = os.path.basename(path)
+    if name in UNSYNCED_FILES:
+        with open(os.path.join(os.path.dirname(path), SYNCED_FILES), "a") as f:
+            f.write(name + "\n")
+
+
 def _wrap_sync(real: Callable[[int], None]) -> Callable[[int], None]:
     def sync(fd: int) -> None:
         path = _path_of(fd)
@@ -136,11 +147,23 @@ def _wrap_sync(real: Callable[[int], None]) -> Callable[[int], None]:
             _tracker.synced(generation)
             return
         real(fd)
-        if name in UNSYNCED_FILES:
-            with open(os.path.join(os.path.dirname(path), SYNCED_FILES), "a") as f:
-                f.write(name + "\n")
+        _synced_paths.add(path)
+        _note_synced(path)
 
     return sync
+
+
+def _wrap_rename(real: Callable[..., None]) -> Callable[..., None]:
+    """A file fsynced and then renamed is durable under its new name (the directory is fsynced
+    too; the model does not track directories)."""
+    def rename(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        real(src, dst, *args, **kwargs)
+        source = os.path.realpath(src) if isinstance(src, str) else ""
+        if source in _synced_paths:
+            _synced_paths.discard(source)
+            _note_synced(os.path.realpath(dst))
+
+    return rename
 
 
 def install() -> None:
@@ -168,6 +191,8 @@ def install() -> None:
     resizable.write = write
     setattr(os, "fdatasync", _wrap_sync(os.fdatasync))  # noqa: B010 - a test hook, typed loosely
     setattr(os, "fsync", _wrap_sync(os.fsync))  # noqa: B010
+    setattr(os, "replace", _wrap_rename(os.replace))  # noqa: B010
+    setattr(os, "rename", _wrap_rename(os.rename))  # noqa: B010
 
 
 APPLIED = "raft.applied"  # the apply log: which (index, term) this node applied, per life

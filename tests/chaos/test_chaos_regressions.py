@@ -147,13 +147,12 @@ def test_seed_8_catch_up_does_not_deliver_messages_given_to_others(root: Path) -
     assert bad is None, bad.line() if bad else ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "seed 1029: a node installs a snapshot older than the state it has already applied "
-    "(pysyncobj installs any snapshot it is sent; the leader re-sends one when an older reset "
-    "reply moves its next index back below its log start): its replica rolls back and every "
-    "entry after the snapshot is applied again in the same process, so their effects "
-    "(deliveries to its consumers, confirms) run twice"))
 def test_seed_1029_snapshot_not_installed_over_newer_state(root: Path) -> None:
+    """Seed 1029 (also 2017, 2022, 2031): a node installed a snapshot older than the state it
+    had already applied (pysyncobj installs any snapshot it is sent; the leader sent one again
+    when a reply from before the first transmission moved its next index back below its log
+    start): its replica rolled back and every entry after the snapshot was applied again in the
+    same process, so their effects (deliveries to its consumers, confirms) ran twice."""
     bad = first_violation(ISOLATE_FOLLOWER, root, lambda r: r.verdict and r.verdict.reapplied,
                           attempts=ISOLATE_FOLLOWER_ATTEMPTS)
     assert bad is None, bad.line() if bad else ""
@@ -171,14 +170,12 @@ def test_seed_2005_deposed_leader_catches_up_under_traffic(root: Path) -> None:
     assert bad is None, bad.line() if bad else ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "seed 3000 (strict power-loss model; also 3001): RaftMQ fsyncs the journal but not the "
-    "snapshot (raft.dump, written by rename) nor raft.journal.meta (term, vote, commit index); "
-    "compaction drops the journal entries the snapshot covers. A power loss of every node after "
-    "a compaction leaves journals that start past index 1 with no snapshot and no term/vote: "
-    "no node becomes ready again (\"waiting for a Raft leader\") and everything confirmed "
-    "before the compaction is gone"))
 def test_seed_3000_whole_cluster_power_loss_after_compaction(root: Path) -> None:
+    """Seed 3000 (strict power-loss model; also 3001): the snapshot (raft.dump, written by
+    rename) and raft.journal.meta (term, vote, commit index) were never fsynced, and compaction
+    drops the journal entries the snapshot covers. A power loss of every node after a compaction
+    left journals that start past index 1 with no snapshot: no node became ready again and
+    everything confirmed before the compaction was gone."""
     bad = first_violation(POWER_LOSS_AFTER_COMPACTION, root,
                           lambda r: not r.recovered or any(f.recovery_s is None
                                                            for f in r.faults)
