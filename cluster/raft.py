@@ -36,7 +36,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from cluster import machine, tcp_patch
+from cluster import log_rules, machine, tcp_patch
 from cluster.commands import Batch, decode_batch
 from cluster.effects import Effect
 
@@ -184,14 +184,9 @@ class _Replica(SyncObj):
         serializer.deserialize = once
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802, N803
-        """pysyncobj's snapshot loading, but a journal that holds the snapshot's last entry
-        keeps the entries after it.
-
-        At start-up pysyncobj empties any journal that does not begin exactly at the
-        snapshot. After a power loss between writing a snapshot and the next journal sync,
-        the journal on disk is the one from before the compaction: it holds the snapshot's
-        entries *and* every later entry this node acknowledged. Dropping those would lose
-        acknowledged (maybe committed) entries; only the covered head is dropped here."""
+        """pysyncobj's snapshot loading (at start-up, and installing one from the leader), but
+        a journal that holds the snapshot's last entry keeps the entries after it
+        (:func:`~cluster.log_rules.journal_trim_position`)."""
         serializer = self._SyncObj__serializer
         try:
             snapshot = serializer.deserialize()
@@ -200,9 +195,7 @@ class _Replica(SyncObj):
         if snapshot is not None:
             self._read_snapshot_once(snapshot)
             if self._trim_journal_to(snapshot[2], snapshot[1]) and clearJournal:
-                # Installing a snapshot from the leader: Raft keeps the entries after the
-                # snapshot's last one when this log holds that entry; pysyncobj dropped them,
-                # though this node may have acknowledged them (counted for a commit).
+                # This node may have acknowledged the entries kept (counted for a commit).
                 clearJournal = False
                 self.install_reply = snapshot[1][1] + 1
         SyncObj._SyncObj__loadDumpFile(self, clearJournal)
@@ -211,25 +204,18 @@ class _Replica(SyncObj):
         """Drop the journal's head up to the snapshot; False if the journal does not hold the
         snapshot's last two entries."""
         journal = self._SyncObj__raftLog
-        if len(journal) < 2:
+        pos = log_rules.journal_trim_position(journal, before_last, last)
+        if pos is None:
             return False
-        pos = last[1] - journal[0][1]
-        if 1 <= pos < len(journal) and tuple(journal[pos]) == tuple(last) \
-                and tuple(journal[pos - 1]) == tuple(before_last):
-            if pos > 1:
-                journal.deleteEntriesTo(pos - 1)
-            return True
-        return False
+        if pos > 0:
+            journal.deleteEntriesTo(pos)
+        return True
 
     def _hook_snapshot_install(self) -> None:
         """Refuse a snapshot from the leader that is not newer than what this replica has
-        applied.
-
-        pysyncobj installs whatever snapshot it is sent. A leader sends the same snapshot
-        again when a reply from before the first transmission arrives after it (seed 1029);
-        installing it rolls the replica back, and every entry after it is applied a second
-        time in this process: deliveries and confirms run twice. Checked on the last chunk,
-        before the received file replaces this node's own snapshot."""
+        applied (:func:`~cluster.log_rules.snapshot_is_stale`; pysyncobj installs whatever it
+        is sent). Checked on the last chunk, before the received file replaces this node's
+        own snapshot; the snapshot read here is not read again to install it."""
         serializer = self._SyncObj__serializer
         receive = serializer.setTransmissionData
         incoming = "_Serializer__incomingTransmissionFile"
@@ -247,7 +233,7 @@ class _Replica(SyncObj):
             except Exception:
                 return bool(receive((b"", data[1], data[2])))  # pysyncobj reports it
             applied = self._SyncObj__raftLastApplied
-            if snapshot[1][1] <= applied:
+            if log_rules.snapshot_is_stale(snapshot[1][1], applied):
                 log.warning("ignoring a snapshot up to index %d: already applied up to %d",
                             snapshot[1][1], applied)
                 file.close()
@@ -403,20 +389,13 @@ class RaftNode:
         storer.storeMeta = store_meta
 
     def _walk_back_to_commit(self, reply: dict[str, Any]) -> None:
-        """Follower: answer a log conflict with the index after our commit index.
-
-        pysyncobj answers a conflicting ``prevLogIdx`` with ``prevLogIdx`` itself, so
-        the leader walks a divergent tail back one entry per round trip. Entries up
-        to our commit index are committed and so in every later leader's log:
-        resending from there resolves the conflict in one round trip."""
+        """Follower: answer a log conflict with the index after our commit index
+        (:func:`~cluster.log_rules.conflict_reply_index`)."""
         if not reply.get("reset") or reply.get("success"):
             return
         log = self._replica._SyncObj__raftLog
-        if reply["next_node_idx"] > log[-1][1]:
-            return  # "I do not have prevLogIdx": already our log end + 1
-        floor = max(self._replica._SyncObj__raftCommitIndex, log[0][1]) + 1
-        if floor < reply["next_node_idx"]:
-            reply["next_node_idx"] = floor
+        reply["next_node_idx"] = log_rules.conflict_reply_index(
+            reply["next_node_idx"], log[-1][1], log[0][1], self._replica._SyncObj__raftCommitIndex)
 
     def _hook_next_index(self, transport: Any) -> None:
         """Keep the leader's next index for a follower from moving backwards.
@@ -427,20 +406,12 @@ class RaftNode:
         and the follower truncates and re-appends them (measured: hundreds of
         "truncating already-applied log entries" per minute under load, and
         snapshot re-transmissions). A successful acknowledgement can only move
-        the index forward; failures (``reset``) still move it back.
-
-        And failures only move it back: between two successes, the leader's next
-        index for a follower never rises above the lowest index a ``reset`` asked
-        for. pysyncobj takes each reset as it comes, so while clients publish, the
-        replies to pipelined appends past a diverged follower's log ("I do not
-        have prevLogIdx: send from my log end") undid every step of the walk back
-        to the last matching entry, and a deposed leader never caught up (found
-        by the chaos suite, seed 2005)."""
+        the index forward; failures (``reset``) only move it back
+        (:class:`~cluster.log_rules.ResetCeiling`, seed 2005)."""
         replica = self._replica
         handle = replica._SyncObj__onMessageReceived
         next_index = replica._SyncObj__raftNextIndex
-        # follower -> (leader term, lowest index a reset asked for since the last success)
-        ceiling: dict[Any, tuple[int, int]] = {}
+        ceiling = log_rules.ResetCeiling()
 
         commit_attr = "_SyncObj__raftCommitIndex"
         applied_attr = "_SyncObj__raftLastApplied"
@@ -453,16 +424,11 @@ class RaftNode:
             if kind == "next_node_idx" and message.get("reset") and not message.get("success"):
                 handle(node, message)
                 if replica._isLeader() and node in next_index:
-                    term = replica._SyncObj__raftCurrentTerm
-                    bound = message["next_node_idx"]
-                    seen = ceiling.get(node)
-                    if seen is not None and seen[0] == term:
-                        bound = min(bound, seen[1])
-                    ceiling[node] = (term, bound)
-                    next_index[node] = bound
+                    next_index[node] = ceiling.on_reset(
+                        node, replica._SyncObj__raftCurrentTerm, message["next_node_idx"])
                 return
             if kind == "next_node_idx" and message.get("success"):
-                ceiling.pop(node, None)
+                ceiling.on_success(node)
             if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
                 before = next_index.get(node)
                 handle(node, message)
@@ -470,20 +436,16 @@ class RaftNode:
                     next_index[node] = before
                 return
             if kind == "append_entries" and "prevLogIdx" not in message:
-                # A snapshot chunk. pysyncobj advances the commit index to
-                # min(leader's commit, own last index) for every chunk, with no
-                # log-matching check, so a deposed leader being caught up
-                # commits and applies its own never-committed tail (found by
-                # the chaos suite, seed 201). Only an installed snapshot may
-                # move it.
-                commit = getattr(replica, commit_attr)
+                # A snapshot chunk: only an installed snapshot may move the commit
+                # index (log_rules.commit_after_snapshot_message, seed 201).
+                before = getattr(replica, commit_attr)
                 handle(node, message)
-                # At most what it was, or the installed snapshot's last index (a journal tail
-                # kept after it is not known to match the leader's).
-                bound = max(commit, getattr(replica, applied_attr))
-                if getattr(replica, commit_attr) > bound:
-                    setattr(replica, commit_attr, bound)
-                    replica._SyncObj__raftLog.setRaftCommitIndex(bound)
+                after = getattr(replica, commit_attr)
+                commit = log_rules.commit_after_snapshot_message(
+                    before, after, getattr(replica, applied_attr))
+                if commit != after:
+                    setattr(replica, commit_attr, commit)
+                    replica._SyncObj__raftLog.setRaftCommitIndex(commit)
                 return
             handle(node, message)
 
