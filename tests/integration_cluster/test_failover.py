@@ -27,11 +27,11 @@ from tests.integration.helpers import (
     unique,
     wait_until,
 )
+from tests.integration_cluster.held import PERSISTENT, unacked_on
 from tests.integration_cluster.streams import Stream
 
 pytestmark = pytest.mark.timeout(150)
 
-PERSISTENT = pika.BasicProperties(delivery_mode=2)
 FAILOVER_BUDGET_S = 5.0
 
 
@@ -97,44 +97,20 @@ def test_unacked_redelivered_after_node_killed(make_cluster: Callable[..., RaftM
     c = make_cluster(3, node_down_after=down_after)
     leader = c.leader()
     victim = leader if victim_role == "leader" else c.followers()[0]
-    other = c.others(victim)[0]
-    q = unique("unacked")
-    bodies = [b"u-%02d" % i for i in range(10)]
-    oconn = connect(other.url)
-    vconn = connect(victim.url)
-    try:
-        och = oconn.channel()
-        och.queue_declare(q, durable=True)
-        och.confirm_delivery()
-        for body in bodies:
-            och.basic_publish("", q, body, PERSISTENT)
-        c.wait_converged()
-        vch = vconn.channel()
-        vch.basic_qos(prefetch_count=len(bodies))
-        held = Collector(ack=False)
-        vch.basic_consume(q, held)
-        pump(vconn, lambda: len(held) >= len(bodies), 10, what="deliveries on the victim")
-        assert held.bodies == bodies
-        got = Collector(ack=True)
-        och.basic_consume(q, got)
-        settle(oconn, 0.3)
-        assert len(got) == 0, "the other consumer got messages the victim holds"
+    with unacked_on(c, victim, c.others(victim)[0], "unacked") as h:
+        settle(h.other_conn, 0.3)
+        assert len(h.got) == 0, "the other consumer got messages the victim holds"
         t_kill = c.kill(victim)
         budget = down_after + (3.5 if victim_role == "follower" else 5.0)  # + an election
-        pump(oconn, lambda: len(got) >= len(bodies), budget + 5,
-             what="redelivery to the consumer on a surviving node")
+        h.wait_redelivered(budget + 5, "redelivery to the consumer on a surviving node")
         elapsed = time.monotonic() - t_kill
         print(f"{victim_role} kill -9 -> its unacked messages redelivered elsewhere: "
               f"{elapsed:.2f}s (node_down_after={down_after}s)")
-        assert sorted(got.bodies) == bodies
-        assert got.bodies == bodies, "requeued messages lost their order"
-        assert all(d.method.redelivered for d in got.items)
-        settle(oconn, 0.3)
-        assert len(got) == len(bodies)
+        assert sorted(h.got.bodies) == h.bodies
+        assert h.all_redelivered_in_order(), "requeued messages lost their order or flag"
+        settle(h.other_conn, 0.3)
+        assert len(h.got) == len(h.bodies)
         assert elapsed <= budget
-    finally:
-        close_quietly(oconn)
-        close_quietly(vconn)
 
 
 def test_fast_restart_releases_the_previous_lifes_unacked(
@@ -144,34 +120,13 @@ def test_fast_restart_releases_the_previous_lifes_unacked(
     redelivered, to a consumer elsewhere."""
     c = make_cluster(3, node_down_after=30)
     victim, other = c.followers()
-    q = unique("fastrestart")
-    bodies = [b"r-%02d" % i for i in range(10)]
-    oconn = connect(other.url)
-    vconn = connect(victim.url)
-    try:
-        och = oconn.channel()
-        och.queue_declare(q, durable=True)
-        och.confirm_delivery()
-        for body in bodies:
-            och.basic_publish("", q, body, PERSISTENT)
-        c.wait_converged()
-        vch = vconn.channel()
-        vch.basic_qos(prefetch_count=len(bodies))
-        held = Collector(ack=False)
-        vch.basic_consume(q, held)
-        pump(vconn, lambda: len(held) >= len(bodies), 10, what="deliveries on the victim")
-        got = Collector(ack=True)
-        och.basic_consume(q, got)
+    with unacked_on(c, victim, other, "fastrestart") as h:
         t_kill = c.kill(victim)
         c.restart(victim)
-        pump(oconn, lambda: len(got) >= len(bodies), 15,
-             what="the old life's unacked messages after the restart")
+        h.wait_redelivered(15, "the old life's unacked messages after the restart")
         print(f"kill -9 + restart -> old life's unacked redelivered: {time.monotonic() - t_kill:.2f}s")
-        assert got.bodies == bodies and all(d.method.redelivered for d in got.items)
+        assert h.all_redelivered_in_order()
         assert not c.status(c.leader())["nodes"][victim.node_id]["down"]
-    finally:
-        close_quietly(oconn)
-        close_quietly(vconn)
 
 
 def test_paused_node_declared_down_starts_a_new_life(

@@ -11,25 +11,18 @@ import time
 from collections.abc import Callable
 
 import aio_pika
-import pika
 import pytest
 
 from tests.harness.cluster import RaftMQCluster, http_json
 from tests.harness.raftmq import REPO_ROOT, RaftMQNode
 from tests.integration.helpers import (
-    Collector,
-    close_quietly,
-    connect,
-    pump,
     roundtrip_ok,
     unique,
 )
+from tests.integration_cluster.held import unacked_on
 from tests.integration_cluster.streams import Stream
 
 pytestmark = pytest.mark.timeout(150)
-
-PERSISTENT = pika.BasicProperties(delivery_mode=2)
-
 
 def cli_status(node: RaftMQNode) -> str:
     r = subprocess.run([sys.executable, "-m", "node", "cluster", "status", "--node",
@@ -155,30 +148,10 @@ def test_removed_nodes_consumer_messages_go_elsewhere(cluster: RaftMQCluster) ->
     """Removing a member whose consumer holds unacked messages: the leader records it down at
     once, and the messages go, marked redelivered, to a consumer on a remaining node."""
     victim, other = cluster.followers()
-    q = unique("removed")
-    bodies = [b"x-%02d" % i for i in range(10)]
-    oconn = connect(other.url)
-    vconn = connect(victim.url)
-    try:
-        och = oconn.channel()
-        och.queue_declare(q, durable=True)
-        och.confirm_delivery()
-        for body in bodies:
-            och.basic_publish("", q, body, PERSISTENT)
-        cluster.wait_converged()
-        vch = vconn.channel()
-        vch.basic_qos(prefetch_count=len(bodies))
-        held = Collector(ack=False)
-        vch.basic_consume(q, held)
-        pump(vconn, lambda: len(held) >= len(bodies), 10, what="deliveries on the victim")
-        got = Collector(ack=True)
-        och.basic_consume(q, got)
+    with unacked_on(cluster, victim, other, "removed") as h:
         t0 = time.monotonic()
         answer = cluster.remove_node(victim)  # also stops it
         assert answer and answer.get("ok"), answer
-        pump(oconn, lambda: len(got) >= len(bodies), 10, what="redelivery after the removal")
+        h.wait_redelivered(10, "redelivery after the removal")
         print(f"member removal -> its unacked redelivered elsewhere: {time.monotonic() - t0:.2f}s")
-        assert got.bodies == bodies and all(d.method.redelivered for d in got.items)
-    finally:
-        close_quietly(oconn)
-        close_quietly(vconn)
+        assert h.all_redelivered_in_order()
