@@ -19,7 +19,7 @@ run: $(STAMP)
 test: $(STAMP) lint-deploy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/mypy tests/harness bench
+	$(BIN)/mypy tests bench
 	$(BIN)/python -m pytest -q
 
 cluster: $(STAMP)

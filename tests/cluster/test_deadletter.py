@@ -176,6 +176,7 @@ def test_rejection_breaks_a_cycle(m: Machine) -> None:
     assert isinstance(g, GetOk) and g.body == b"a" and g.redelivered is False
     m.run(reject(CH, 2))
     (g,) = m.run(C.Get(CH, "loop", True))
+    assert isinstance(g, GetOk)
     h = decode_properties(g.properties)["headers"]
     assert [(d["queue"], d["reason"], d["count"]) for d in h["x-death"]] == [
         ("loop", "rejected", 2)]

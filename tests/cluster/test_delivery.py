@@ -168,7 +168,7 @@ def test_ack_multiple_zero_means_all_and_double_ack_fails(m: Machine) -> None:
     assert m.state.channels[CH].unacked == {}
     assert m.run(ack(CH, 0, multiple=True)) == []  # nothing outstanding: still fine
     eff = m.run(ack(CH, 2))
-    assert eff[0].reply_code == 406
+    assert isinstance(eff[0], ChannelError) and eff[0].reply_code == 406
 
 
 def test_ack_multiple_requires_the_tag_itself(m: Machine) -> None:
@@ -220,15 +220,18 @@ def test_exclusive_consumer_403(m: Machine) -> None:
     m.open(CH2)
     m.run(C.Cancel(CH, "x", True))
     assert m.run(consume(CH2, "q", "y")) == [ConsumeOk(CH2, "y")]
-    assert m.run(consume(CH, "q", "z", exclusive=True))[0].reply_code == 403
+    eff = m.run(consume(CH, "q", "z", exclusive=True))
+    assert isinstance(eff[0], ChannelError) and eff[0].reply_code == 403
 
 
 def test_get(m: Machine) -> None:
     assert m.run(C.Get(CH, "q", False)) == [GetEmpty(CH)]
     publish_n(m, 2)
     (g,) = m.run(C.Get(CH, "q", False))
+    assert isinstance(g, GetOk)
     assert (g.delivery_tag, g.body, g.message_count, g.redelivered) == (1, b"0", 1, False)
     (g,) = m.run(C.Get(CH, "q", True))
+    assert isinstance(g, GetOk)
     assert (g.delivery_tag, g.message_count) == (2, 0)
     assert list(m.state.channels[CH].unacked) == [1]
     # basic.get ignores prefetch and does not use consumer credit

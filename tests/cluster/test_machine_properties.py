@@ -271,7 +271,7 @@ class MachineLog(RuleBasedStateMachine):
                 assert q != QT  # expired in qt: must have been dead-lettered
                 del self.ledger[key]
 
-    def errors(self) -> list[E.Effect]:
+    def errors(self) -> list[E.ChannelError | E.ConnectionError]:
         return [e for e in self.step_effects if isinstance(e, E.ChannelError | E.ConnectionError)]
 
     # --- rules ----------------------------------------------------------------------

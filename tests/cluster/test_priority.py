@@ -32,7 +32,7 @@ def m() -> Machine:
 
 
 def drain(m: Machine, q: str = "q") -> list[bytes]:
-    out = []
+    out: list[bytes] = []
     while True:
         (g,) = m.run(C.Get(CH, q, True))
         if not hasattr(g, "body"):

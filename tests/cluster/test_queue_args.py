@@ -67,6 +67,7 @@ def test_valid_args_are_accepted_and_configure_the_queue(m: Machine) -> None:
 def test_existing_queue_is_not_revalidated_only_compared(m: Machine) -> None:
     m.run(q_declare(CH, "q", arguments={"x-message-ttl": 100}))
     (e,) = m.run(q_declare(CH, "q", arguments={"x-message-ttl": -1}))
+    assert isinstance(e, ChannelError)
     assert e.reply_text.startswith("PRECONDITION_FAILED - inequivalent arg 'x-message-ttl'")
     m.open(CH)
     assert m.run(q_declare(CH, "q", arguments={"x-message-ttl": 100})) == [
@@ -93,6 +94,7 @@ def test_redeclare_equivalence_includes_feature_args(m: Machine, key: str, a: An
 
     m.run(q_declare(CH, "q", arguments=args(a)))
     (e,) = m.run(q_declare(CH, "q", arguments=args(b)))
+    assert isinstance(e, ChannelError)
     assert e.reply_code == 406 and f"inequivalent arg '{key}'" in e.reply_text
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from cluster import commands as C
 from cluster.effects import (
     ChannelError,
+    Confirm,
     ConnectionError,
     ConsumeOk,
     ConsumerCancelled,
@@ -189,12 +192,13 @@ def test_queue_declare_ok_counts(m: Machine) -> None:
 
 def test_server_named_queues_are_deterministic(m: Machine) -> None:
     eff = m.run(q_declare(CH, ""), q_declare(CH, ""))
-    names = [e.queue for e in eff]
+    names = [cast(QueueDeclareOk, e).queue for e in eff]
     assert all(n.startswith("amq.gen-") and len(n) == len("amq.gen-") + 22 for n in names)
     assert names[0] != names[1]
     other = Machine()
     other.open(CH)
-    assert [e.queue for e in other.run(q_declare(CH, ""), q_declare(CH, ""))] == names
+    eff = other.run(q_declare(CH, ""), q_declare(CH, ""))
+    assert [cast(QueueDeclareOk, e).queue for e in eff] == names
 
 
 def test_queue_reserved_name_and_passive_missing(m: Machine) -> None:
@@ -283,7 +287,9 @@ def test_empty_queue_name_means_last_declared(m: Machine) -> None:
     assert err(m.run(C.QueuePurge(CH, "", False)))[:2] == (
         404, "NOT_FOUND - no previously declared queue")
     m.open(CH)
-    name = m.run(q_declare(CH, ""))[0].queue
+    ok = m.run(q_declare(CH, ""))[0]
+    assert isinstance(ok, QueueDeclareOk)
+    name = ok.queue
     assert m.run(bind(CH, "", "amq.direct")) == [QueueBindOk(CH)]
     m.run(pub(CH, "amq.direct", name))  # routing key defaulted to the queue name
     assert m.run(C.QueuePurge(CH, "", False)) == [QueuePurgeOk(CH, 1)]
@@ -338,7 +344,8 @@ def test_unroutable_mandatory_returned_before_confirm(m: Machine) -> None:
     eff = m.run(pub(CH, "amq.direct", "nowhere", b"b", mandatory=True, confirm=7))
     assert [type(e).__name__ for e in eff] == ["Return", "Confirm"]
     assert eff[0] == Return(CH, 312, "NO_ROUTE", "amq.direct", "nowhere", b"\x00\x00", b"b")
-    assert m.run(pub(CH, "", "noq", b"b", confirm=8))[0].seq == 8  # non-mandatory: just the ack
+    confirm = m.run(pub(CH, "", "noq", b"b", confirm=8))[0]
+    assert isinstance(confirm, Confirm) and confirm.seq == 8  # non-mandatory: just the ack
 
 
 def test_publish_to_missing_exchange_404(m: Machine) -> None:

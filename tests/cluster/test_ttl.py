@@ -134,6 +134,7 @@ def test_per_message_ttl_only_expires_at_the_head(m: Machine) -> None:
     m.at(500)
     assert ready(m, "q") == [b"slow", b"fast"]  # as RabbitMQ: "fast" waits behind "slow"
     (g,) = m.at(600, C.Get(CH, "q", True))
+    assert isinstance(g, GetOk)
     assert g.body == b"slow" and g.message_count == 0  # and "fast" went as it reached the head
 
 

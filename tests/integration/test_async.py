@@ -87,6 +87,7 @@ async def test_mandatory_return_raises_when_asked(aconn, names):
     x = await w(ch.declare_exchange(names.exchange(), ExchangeType.DIRECT, auto_delete=False))
     with pytest.raises(aio_pika.exceptions.DeliveryError) as info:
         await w(x.publish(Message(b"bounce"), "nowhere", mandatory=True))
+    assert info.value.message is not None
     assert info.value.message.body == b"bounce"
     # not mandatory: silently dropped, still acked
     assert isinstance(await w(x.publish(Message(b"drop"), "nowhere", mandatory=False)), Basic.Ack)

@@ -10,6 +10,7 @@ import aiormq.exceptions
 import pika.exceptions
 import pytest
 from pamqp import commands
+from pamqp.common import FieldTable
 
 from tests.integration.helpers import connect, roundtrip_ok
 from tests.integration.rawclient import PROTOCOL_HEADER, ConnectionClosedError, RawClient
@@ -50,7 +51,7 @@ def _start_ok(c: RawClient, response: str, mechanism: str = "PLAIN", caps: bool 
     c.send(PROTOCOL_HEADER)
     _, start = c.recv_method()
     assert isinstance(start, commands.Connection.Start)
-    props = {"product": "raw", "capabilities": {"authentication_failure_close": True}} if caps else {
+    props: FieldTable = {"product": "raw", "capabilities": {"authentication_failure_close": True}} if caps else {
         "product": "raw"}
     c.send_frame(0, commands.Connection.StartOk(client_properties=props, mechanism=mechanism,
                                                 response=response, locale="en_US"))

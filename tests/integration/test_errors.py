@@ -108,7 +108,7 @@ def test_operations_on_missing_entities_404(conn, names, op):
 def test_inequivalent_exchange_redeclare_406(conn, names, change):
     x = names.exchange()
     conn.channel().exchange_declare(x, "direct")
-    kwargs = {"exchange_type": "direct"}
+    kwargs: dict[str, str | bool] = {"exchange_type": "direct"}
     if change == "type":
         kwargs["exchange_type"] = "fanout"
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -116,7 +117,7 @@ def test_raw_return_precedes_ack_and_tags_count_up(broker, names):
             c.send(pframe.marshal(commands.Basic.Publish(exchange=x, routing_key="k", mandatory=True), 1)
                    + pframe.marshal(header.ContentHeader(0, len(body), commands.Basic.Properties()), 1)
                    + pframe.marshal(_body(body), 1))
-        seen = []
+        seen: list[Any] = []
         while len([f for f in seen if isinstance(f, commands.Basic.Ack)]) < 2 and len(seen) < 10:
             ch_no, f = c.recv_method()
             assert ch_no == 1

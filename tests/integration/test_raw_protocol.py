@@ -66,6 +66,7 @@ def test_correct_header_gets_connection_start(broker):
         assert "PLAIN" in start.mechanisms.split()
         assert "en_US" in start.locales.split()
         caps = start.server_properties.get("capabilities", {})
+        assert isinstance(caps, dict)
         for cap in ("publisher_confirms", "exchange_exchange_bindings", "basic.nack",
                     "consumer_cancel_notify", "per_consumer_qos", "authentication_failure_close"):
             assert caps.get(cap) is True, cap

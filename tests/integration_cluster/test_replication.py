@@ -15,6 +15,7 @@ import aio_pika
 import pika
 import pika.exceptions
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from tests.harness.cluster import RaftMQCluster
 from tests.harness.ports import free_port
@@ -66,7 +67,11 @@ def test_publish_on_follower_consume_on_other_follower(cluster: RaftMQCluster) -
             c = connect(nd.url)
             try:
                 ch = c.channel()
-                wait_until(lambda ch=ch: queue_depth(ch, q) == 0, 10, what=f"{q} empty on {nd.node_id}")
+
+                def empty(ch: BlockingChannel = ch) -> bool:
+                    return queue_depth(ch, q) == 0
+
+                wait_until(empty, 10, what=f"{q} empty on {nd.node_id}")
             finally:
                 close_quietly(c)
     finally:
@@ -116,9 +121,15 @@ def test_whole_cluster_kill9_restart(cluster: RaftMQCluster) -> None:
         conn = connect(nd.url)
         try:
             ch = conn.channel()
-            wait_until(lambda ch=ch: queue_depth(ch, durable) == 300, 10,
-                       what=f"300 messages in {durable} on {nd.node_id}")
-            expect_channel_error(404, lambda ch=ch: ch.queue_declare(transient, passive=True))
+
+            def all_back(ch: BlockingChannel = ch) -> bool:
+                return queue_depth(ch, durable) == 300
+
+            def declare_transient(ch: BlockingChannel = ch) -> Any:
+                return ch.queue_declare(transient, passive=True)
+
+            wait_until(all_back, 10, what=f"300 messages in {durable} on {nd.node_id}")
+            expect_channel_error(404, declare_transient)
         finally:
             close_quietly(conn)
     conn = connect(n2.url)
@@ -263,11 +274,11 @@ async def test_whole_cluster_kill9_mid_stream(cluster: RaftMQCluster, restart: s
     print(f"mid-stream whole-cluster kill, restart {restart}: published {len(log.published)}, confirmed "
           f"{len(confirmed)}, back after restart {len(got)}")
     order = {mid: i for i, mid in enumerate(log.published)}
-    assert not confirmed - set(got), f"confirmed, lost: {sorted(confirmed - set(got), key=order.get)}"
+    assert not confirmed - set(got), f"confirmed, lost: {sorted(confirmed - set(got), key=order.__getitem__)}"
     assert len(got) == len(set(got)), "duplicates after restart"
     assert set(got) <= set(log.published)
     for prefix in "abcd":
         mine = [m for m in got if m.startswith(prefix + "-")]
-        assert mine == sorted(mine, key=order.get), f"producer {prefix}: out of publish order"
+        assert mine == sorted(mine, key=order.__getitem__), f"producer {prefix}: out of publish order"
     unconfirmed_back = set(got) - confirmed
     assert len(unconfirmed_back) <= len(producers), unconfirmed_back  # one in flight each

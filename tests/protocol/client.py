@@ -182,6 +182,7 @@ def decode_content(data: bytes) -> tuple[Any, bytes, bytes, int]:
     assert isinstance(hdr, pheader.ContentHeader)
     # raw properties: slice them out of the header frame itself
     first = pframe.frame_parts(data)[2]
+    assert first is not None
     hstart = 7 + first + 1
     hsize = int.from_bytes(data[hstart + 3 : hstart + 7], "big")
     props = data[hstart + 7 + 12 : hstart + 7 + hsize]

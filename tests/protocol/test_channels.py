@@ -93,6 +93,7 @@ def test_crossing_closes() -> None:
     conn.close_channel(1, 406, "precondition")
     conn.receive_data(CLOSE)
     ev = conn.next_event()
+    assert isinstance(ev, MethodReceived)
     assert isinstance(ev.method, commands.Channel.Close)
     conn.channel_close_ok(1)  # answering the client's close does not free it yet
     assert 1 in conn.open_channels

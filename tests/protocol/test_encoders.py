@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import commands
+from pamqp.common import FieldTable
 
 from protocol import MessagePublished, ServerConnection
 from protocol.properties import EMPTY, encode_properties
@@ -155,7 +156,7 @@ def test_publish_roundtrip(
     routing_key: str,
     frame_max: int,
     cuts: list[int],
-    headers: dict[str, int],
+    headers: FieldTable,
 ) -> None:
     conn = opened(1, frame_max=frame_max)
     props = commands.Basic.Properties(headers=headers or None, delivery_mode=1)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pamqp import commands, decode, encode
+from pamqp.common import FieldTable
 
 from protocol.properties import decode_properties, encode_properties
 from tests.protocol.client import feed, method, opened
@@ -17,7 +18,7 @@ from tests.protocol.client import feed, method, opened
 TS = datetime.datetime(2024, 5, 1, 12, 30, 15, tzinfo=datetime.UTC)
 
 # Everything pamqp can encode (its encoder picks the smallest integer type).
-TABLE = {
+TABLE: FieldTable = {
     "bool_t": True,
     "bool_f": False,
     "int8": -5,  # b
@@ -111,6 +112,6 @@ values = st.recursive(
 
 
 @given(st.dictionaries(st.text(max_size=12), values, max_size=6))
-def test_table_roundtrip_property(table: dict[str, object]) -> None:
+def test_table_roundtrip_property(table: FieldTable) -> None:
     raw = encode.field_table(table)
     assert decode.field_table(raw) == (len(raw), table)

@@ -8,6 +8,7 @@ from pamqp import commands
 from protocol import (
     NEED_DATA,
     AMQPConnectionError,
+    AMQPError,
     BadProtocolHeader,
     HeartbeatReceived,
     MethodReceived,
@@ -71,6 +72,7 @@ def test_start_and_tune_encoding() -> None:
     assert (start.version_major, start.version_minor) == (0, 9)
     assert start.mechanisms == "PLAIN AMQPLAIN" and start.locales == "en_US"
     caps = start.server_properties["capabilities"]
+    assert isinstance(caps, dict)
     for cap in (
         "publisher_confirms", "exchange_exchange_bindings", "basic.nack",
         "consumer_cancel_notify", "connection.blocked", "consumer_priorities",
@@ -203,7 +205,8 @@ def test_tune_negotiation(
         assert not errors
         assert (conn.frame_max, conn.channel_max) == (fm, cm)
     else:
-        assert len(errors) == 1 and errors[0].reply_code == code
+        assert len(errors) == 1 and isinstance(errors[0], AMQPError)
+        assert errors[0].reply_code == code
         assert (errors[0].class_id, errors[0].method_id) == (10, 31)
 
 
@@ -368,4 +371,5 @@ def test_channel_max_caps_open_channels_not_numbers() -> None:
     opened = [e.channel for e in events if isinstance(e, MethodReceived)
               and isinstance(e.method, commands.Channel.Open)]
     assert opened == [65535, 2, 7]
-    assert len(errors) == 1 and errors[0].reply_code == NOT_ALLOWED
+    assert len(errors) == 1 and isinstance(errors[0], AMQPError)
+    assert errors[0].reply_code == NOT_ALLOWED
