@@ -38,6 +38,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy tests bench
 
 # RaftMQ and RabbitMQ (installed from Debian by the harness if missing) side by side.
 bench: $(STAMP)
