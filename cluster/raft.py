@@ -23,6 +23,7 @@ import asyncio
 import gzip
 import logging
 import os
+import random
 import select
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -370,6 +371,28 @@ class RaftNode:
             self._hook_meta(journal)
         self._poller.after_event = release_held  # type: ignore[method-assign]
         self._hook_next_index(transport)
+        self._hook_leader_lost(transport)
+
+    def _hook_leader_lost(self, transport: Any) -> None:
+        """A follower whose connection to the leader closes starts an election soon.
+
+        A killed process's sockets are closed by its kernel at once; pysyncobj still waits for
+        a whole election timeout after the last heartbeat (0.5-1.25 s here) before it looks for
+        a new leader. A cut that closes no connection (a black hole) keeps the normal timeout.
+        The random spread keeps the followers from standing at the same moment (a split vote
+        costs another timeout)."""
+        replica = self._replica
+        on_disconnected = replica._SyncObj__onNodeDisconnected
+        min_timeout = replica._SyncObj__conf.raftMinTimeout
+
+        def disconnected(node: Any) -> None:
+            on_disconnected(node)
+            if replica._SyncObj__raftState == 0 and replica._SyncObj__raftLeader == node:
+                soon = monotonic_time() + min_timeout * (0.2 + 0.6 * random.random())
+                replica._SyncObj__raftElectionDeadline = min(
+                    replica._SyncObj__raftElectionDeadline, soon)
+
+        transport.setOnNodeDisconnectedCallback(disconnected)
 
     @staticmethod
     def _hook_meta(journal: Any) -> None:
@@ -544,6 +567,13 @@ class RaftNode:
         replica = self._replica
         replica._SyncObj__raftElectionDeadline = (
             monotonic_time() + replica._SyncObj__generateRaftTimeout())
+
+    @property
+    def catching_up(self) -> bool:
+        """The leader told this follower of committed entries it has not applied yet
+        (it has not received them): what it applies now may be undone by what follows."""
+        leader_commit = self._replica._SyncObj__leaderCommitIndex
+        return leader_commit is not None and leader_commit > self._replica._SyncObj__raftLastApplied
 
     @property
     def has_quorum(self) -> bool:

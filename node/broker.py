@@ -72,6 +72,9 @@ class Broker:
         self._batch_seq = 0
         self._flush_scheduled = False
         self._after_apply: dict[int, list[Callable[[], None]]] = {}
+        # What applied entries caused for this node's clients, held while the
+        # replica catches up (see _tick): (effects, own batch seqs applied)
+        self._catch_up: list[tuple[list[Effect], list[int]]] = []
         # seq -> (encoded batch, when last proposed): proposed, not yet applied
         self._in_flight: dict[int, tuple[bytes, float]] = {}
         self._unsent: list[int] = []  # seqs in _in_flight not yet handed to Raft
@@ -209,18 +212,38 @@ class Broker:
         (the thread hand-off cost more than the overlap gained)."""
         effects = self.raft.tick()
         applied = self.raft.take_applied()
-        if effects:
-            self.dispatch(effects)
         for seq in applied:
             self._in_flight.pop(seq, None)
-            for fn in self._after_apply.pop(seq, ()):
-                fn()
+        if not self._catch_up and not self.raft.catching_up:
+            if effects:
+                self.dispatch(effects)
+            self._run_after_apply(applied)
+        elif effects or applied or not self.raft.catching_up:
+            # While this replica applies entries the leader committed long ago
+            # (it was cut off, paused, restarted), a later entry of the same
+            # catch-up may take back what an earlier one gave its consumers
+            # (its own NodeDown, a channel closed): its effects wait until it
+            # has applied everything the leader says is committed, and then
+            # go out against that state (chaos seed 908683: one catch-up over
+            # several ticks delivered messages already given to others).
+            self._catch_up.append((self._mine(effects), applied))
+            if not self.raft.catching_up:
+                held, self._catch_up = self._catch_up, []
+                for mine, seqs in held:
+                    if mine:
+                        self.dispatch(mine)
+                    self._run_after_apply(seqs)
         if self.raft.dirty:
             self.raft.flush()
             # A lone node commits and applies what it just synced right away.
             self._tick()
         elif effects or applied:
             self._check_flow()
+
+    def _run_after_apply(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            for fn in self._after_apply.pop(seq, ()):
+                fn()
 
     def _check_flow(self) -> None:
         """Pause reading from publishers while a consumed queue backs up.
@@ -265,7 +288,14 @@ class Broker:
 
     # --- effects -------------------------------------------------------------------
 
+    def _mine(self, effects: list[Effect]) -> list[Effect]:
+        """The effects addressed to this node's clients."""
+        node = self.node_id
+        return [ef for ef in effects
+                if (getattr(ef, "ch", None) or ef.conn)[0] == node]  # type: ignore[attr-defined]
+
     def dispatch(self, effects: list[Effect]) -> None:
+        """Run effects addressed to this node's clients (others are skipped)."""
         state = self.raft.state
         me = machine.nodes(state).get(self.node_id)
         if me is not None and me.down and me.incarnation == self.incarnation:
@@ -332,6 +362,7 @@ class Broker:
         self._in_flight.clear()
         self._unsent.clear()
         self._after_apply.clear()
+        self._catch_up.clear()
         self._batch = []
         self._propose_node_up()
 

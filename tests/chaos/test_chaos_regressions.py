@@ -65,6 +65,16 @@ ISOLATE_LEADER_DROP = Schedule(
          "RAFTMQ_SNAPSHOT_ENTRIES": "100000"},
     fault_seconds=10.0)
 
+# seed 908683's trigger: the leader cut off by a black hole for longer than NODE_DOWN_AFTER (the
+# majority records it down and gives its consumers' messages to others) but shorter than it takes
+# the node to notice it is cut off (its clients stay connected), then healed.
+ISOLATE_LEADER_DROP_DOWN = Schedule(
+    seed=908683, nodes=3,
+    faults=tuple(Fault("isolate", 6.3, 1.5, role="leader", mode="drop") for _ in range(2)),
+    env={"RAFTMQ_NODE_DOWN_AFTER": "2", "RAFTMQ_ISOLATION_TIMEOUT": "3",
+         "RAFTMQ_SNAPSHOT_ENTRIES": "100000"},
+    fault_seconds=20.0)
+
 # seed 3000's trigger (power-loss model "strict": files never fsynced are lost): a whole-cluster
 # power loss after the log was compacted.
 POWER_LOSS_AFTER_COMPACTION = Schedule(
@@ -167,6 +177,18 @@ def test_seed_2005_deposed_leader_catches_up_under_traffic(root: Path) -> None:
     bad = first_violation(ISOLATE_LEADER_DROP, root,
                           lambda r: not r.recovered or any(f.recovery_s is None
                                                            for f in r.faults))
+    assert bad is None, bad.line() if bad else ""
+
+
+def test_seed_908683_catch_up_over_several_ticks_does_not_deliver_messages_given_to_others(
+        root: Path) -> None:
+    """Seed 908683: the same bug as seed 8's second one, when the catch-up takes more than one
+    tick (several appends; faster since seed 2005's fix): the node sent the deliveries of the
+    entries applied in the first ticks to its consumers before a later tick applied its own
+    NodeDown, which had given those messages to consumers elsewhere. Consumed twice, the second
+    time without the redelivered flag."""
+    bad = first_violation(ISOLATE_LEADER_DROP_DOWN, root,
+                          lambda r: r.verdict and r.verdict.dup_unexplained)
     assert bad is None, bad.line() if bad else ""
 
 
