@@ -278,6 +278,8 @@ class RaftNode:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = node_id
         self._journal_path = str(data_dir / "raft.journal")
+        # a leader that heard from no majority for this long counts as cut off
+        self._contact_timeout = max(1.0, 2 * election_timeout)
         self._fsync = fsync
         host = self_addr.rpartition(":")[0]
         conf = SyncObjConf(
@@ -577,8 +579,23 @@ class RaftNode:
 
     @property
     def has_quorum(self) -> bool:
-        """This node is connected to a majority (itself included)."""
-        return bool(self._replica.hasQuorum)
+        """This node is connected to a majority (itself included); a leader must also have
+        heard from a majority lately.
+
+        Behind a black hole (packets dropped, no reset) TCP connections stay open, and
+        pysyncobj counts them as connected: a cut-off leader kept its clients until its
+        leader fallback timeout stepped it down (5 s, plus the isolation timeout), while the
+        others had elected a new leader within a second."""
+        replica = self._replica
+        if not replica.hasQuorum:
+            return False
+        if not replica._isLeader():
+            return True
+        since = monotonic_time() - self._contact_timeout
+        heard = replica._SyncObj__lastResponseTime
+        others = replica.otherNodes
+        recent = 1 + sum(1 for n in others if heard.get(n, 0.0) > since)
+        return recent > (len(others) + 1) / 2
 
     @property
     def is_leader(self) -> bool:
