@@ -499,8 +499,16 @@ class RaftNode:
     # --- driving -----------------------------------------------------------------
 
     def propose(self, data: bytes) -> None:
-        """Append an encoded batch to the log (forwarded to the leader if need be)."""
+        """Append an encoded batch to the log (forwarded to the leader if need be), now.
+
+        pysyncobj queues a command until its next tick. If that tick first starts an
+        election (no leader: commands wait), the queued batch goes to the next leader as
+        soon as one is known, ahead of the older batches the broker resubmits once it sees
+        the new leader: one publisher's messages out of order in a queue (chaos seed
+        472396). Handed over at once, it goes to the leader the caller saw, as the batches
+        before it did, and is resubmitted after them if that leader is gone."""
         self._replica.apply_batch(data)
+        self._replica._checkCommandsToApply()
 
     def tick(self) -> list[Effect]:
         """Run one non-blocking pysyncobj tick; return the effects applied in it.

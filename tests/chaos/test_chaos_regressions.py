@@ -75,6 +75,15 @@ ISOLATE_LEADER_DROP_DOWN = Schedule(
          "RAFTMQ_SNAPSHOT_ENTRIES": "100000"},
     fault_seconds=20.0)
 
+# seed 472396's trigger: kill -9 of the leader while producers on the followers publish; the
+# followers see its connection close and stand for election within a few hundred ms.
+KILL_LEADER = Schedule(
+    seed=472396, nodes=3,
+    faults=tuple(Fault("kill", 1.0, 1.0, role="leader") for _ in range(6)),
+    env={"RAFTMQ_NODE_DOWN_AFTER": "5", "RAFTMQ_ISOLATION_TIMEOUT": "3",
+         "RAFTMQ_SNAPSHOT_ENTRIES": "100000"},
+    rate=40.0, fault_seconds=20.0)
+
 # seed 3000's trigger (power-loss model "strict": files never fsynced are lost): a whole-cluster
 # power loss after the log was compacted.
 POWER_LOSS_AFTER_COMPACTION = Schedule(
@@ -189,6 +198,16 @@ def test_seed_908683_catch_up_over_several_ticks_does_not_deliver_messages_given
     time without the redelivered flag."""
     bad = first_violation(ISOLATE_LEADER_DROP_DOWN, root,
                           lambda r: r.verdict and r.verdict.dup_unexplained)
+    assert bad is None, bad.line() if bad else ""
+
+
+def test_seed_472396_publish_order_kept_when_the_election_starts_in_the_same_tick(
+        root: Path) -> None:
+    """Seed 472396: a batch handed to pysyncobj just before the tick in which the node's
+    election timer fired stayed in pysyncobj's queue (no leader: commands wait) and went to the
+    new leader ahead of the older batches lost with the old one, which the broker resubmitted
+    only once it saw the new leader: one publisher's messages out of order in a queue."""
+    bad = first_violation(KILL_LEADER, root, lambda r: r.verdict and r.verdict.order_violations)
     assert bad is None, bad.line() if bad else ""
 
 
