@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pika
+from pika.adapters.blocking_connection import BlockingChannel
 
 from tests.harness.cluster import RaftMQCluster
 from tests.harness.raftmq import RaftMQNode
@@ -23,6 +24,8 @@ class Held:
     held: Collector  # the victim's consumer (no acks)
     got: Collector  # the consumer on the other node (acks)
     other_conn: pika.BlockingConnection
+    victim_conn: pika.BlockingConnection
+    victim_channel: BlockingChannel  # where ``held`` consumes
 
     def wait_redelivered(self, timeout: float, what: str) -> None:
         """Until the other node's consumer got every held message."""
@@ -57,7 +60,7 @@ def unacked_on(cluster: RaftMQCluster, victim: RaftMQNode, other: RaftMQNode, pr
         assert held.bodies == bodies
         got = Collector(ack=True)
         och.basic_consume(q, got)
-        yield Held(q, bodies, held, got, oconn)
+        yield Held(q, bodies, held, got, oconn, vconn, vch)
     finally:
         close_quietly(oconn)
         close_quietly(vconn)

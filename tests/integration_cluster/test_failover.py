@@ -139,39 +139,22 @@ def test_paused_node_declared_down_starts_a_new_life(
     c = make_cluster(3, node_down_after=down_after)
     victim, other = c.followers()
     leader = c.leader()
-    q = unique("paused")
-    bodies = [b"p-%02d" % i for i in range(10)]
-    oconn = connect(other.url)
-    vconn = connect(victim.url)
     late_confirmed: list[bytes] = []
     code = None
-    try:
-        och = oconn.channel()
-        och.queue_declare(q, durable=True)
-        och.confirm_delivery()
-        for body in bodies:
-            och.basic_publish("", q, body, PERSISTENT)
-        c.wait_converged()
+    with unacked_on(c, victim, other, "paused") as h:
+        q, vconn = h.queue, h.victim_conn
         old_incarnation = c.status(victim)["incarnation"]
-        vch = vconn.channel()
-        vch.basic_qos(prefetch_count=len(bodies))
-        held = Collector(ack=False)
-        vch.basic_consume(q, held)
-        pump(vconn, lambda: len(held) >= len(bodies), 10, what="deliveries on the victim")
         vpub = vconn.channel()
         vpub.confirm_delivery()
-        got = Collector(ack=True)
-        och.basic_consume(q, got)
         c.kill(victim, signal.SIGSTOP)
-        pump(oconn, lambda: len(got) >= len(bodies), down_after + 8,
-             what="redelivery of the frozen node's unacked messages")
-        assert got.bodies == bodies and all(d.method.redelivered for d in got.items)
+        h.wait_redelivered(down_after + 8, "redelivery of the frozen node's unacked messages")
+        assert h.all_redelivered_in_order()
         assert c.status(leader)["nodes"][victim.node_id]["down"]
         c.kill(victim, signal.SIGCONT)
         # the old client goes on as if nothing happened: acks what it holds, publishes more
         try:
-            for d in held.items:
-                vch.basic_ack(d.method.delivery_tag)
+            for d in h.held.items:
+                h.victim_channel.basic_ack(d.method.delivery_tag)
             for i in range(5):
                 body = b"late-%d" % i
                 vpub.basic_publish("", q, body, PERSISTENT)
@@ -181,20 +164,18 @@ def test_paused_node_declared_down_starts_a_new_life(
             code = e.reply_code
         except pika.exceptions.AMQPError as e:
             code = repr(e)
-        pump(oconn, lambda: len(got) >= len(bodies) + len(late_confirmed), 10,
+        pump(h.other_conn, lambda: len(h.got) >= len(h.bodies) + len(late_confirmed), 10,
              what="the confirmed late publishes")
-        settle(oconn, 0.5)
+        settle(h.other_conn, 0.5)
         print(f"thawed node: old client closed with {code}; {len(late_confirmed)} of its late "
-              f"publishes confirmed; other consumer got {len(got)}")
-        assert got.bodies == bodies + late_confirmed, "lost or duplicated across the node's two lives"
+              f"publishes confirmed; other consumer got {len(h.got)}")
+        assert h.got.bodies == h.bodies + late_confirmed, \
+            "lost or duplicated across the node's two lives"
         assert code == 320, code
         st = c.wait_for(lambda: (s := c.try_status(victim)) and s["incarnation"] != old_incarnation
                         and s["ready"] and s, 10, "a new incarnation of the thawed node")
         assert not c.status(leader)["nodes"][victim.node_id]["down"]
         assert st["incarnation"] > old_incarnation
-    finally:
-        close_quietly(oconn)
-        close_quietly(vconn)
     roundtrip_ok(victim.url)
     c.wait_converged()
     conn = connect(victim.url)
