@@ -346,14 +346,15 @@ class RaftNode:
             return add(*args)
 
         def send_message(node: Any, message: Any) -> Any:
-            if isinstance(message, dict) and message.get("type") == "next_node_idx":
-                self._walk_back_to_commit(message)
-                if self._replica.install_reply is not None and message.get("success"):
-                    # the kept tail is not known to match the leader's: acknowledge only
-                    # up to the snapshot
-                    message["next_node_idx"] = self._replica.install_reply
-                    self._replica.install_reply = None
-            if self._dirty and isinstance(message, dict) and message.get("type") == "next_node_idx":
+            if not isinstance(message, dict) or message.get("type") != "next_node_idx":
+                return send(node, message)
+            self._walk_back_to_commit(message)
+            if self._replica.install_reply is not None and message.get("success"):
+                # the kept tail is not known to match the leader's: acknowledge only
+                # up to the snapshot
+                message["next_node_idx"] = self._replica.install_reply
+                self._replica.install_reply = None
+            if self._dirty:
                 # Held until the end of this socket event: one fsync then
                 # acknowledges every append_entries that arrived in one read.
                 self._held.append((node, message))
