@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cluster import machine
 from cluster.commands import Batch, Command, NodeUp, Tick, encode_batch
@@ -41,6 +41,12 @@ STALL_S = 0.2
 # At most one Tick command per this many ms (expiry is checked on every batch
 # anyway; the Tick only matters when nothing else is happening).
 TICK_MIN_INTERVAL_MS = 20
+
+
+def _target(ef: Effect) -> Any:
+    """The channel key (node, connection, channel) an effect is addressed to, or the
+    connection key (node, connection) for a connection-level effect."""
+    return getattr(ef, "ch", None) or ef.conn  # type: ignore[attr-defined]
 
 
 class Broker:
@@ -291,8 +297,7 @@ class Broker:
     def _mine(self, effects: list[Effect]) -> list[Effect]:
         """The effects addressed to this node's clients."""
         node = self.node_id
-        return [ef for ef in effects
-                if (getattr(ef, "ch", None) or ef.conn)[0] == node]  # type: ignore[attr-defined]
+        return [ef for ef in effects if _target(ef)[0] == node]
 
     def dispatch(self, effects: list[Effect]) -> None:
         """Run effects addressed to this node's clients (others are skipped)."""
@@ -307,7 +312,7 @@ class Broker:
         conns = self.connections
         touched: dict[int, AMQPConnection] = {}
         for ef in effects:
-            key = getattr(ef, "ch", None) or ef.conn  # type: ignore[attr-defined]
+            key = _target(ef)
             if key[0] != node:
                 continue
             conn = conns.get(key[1])
