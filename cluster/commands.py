@@ -16,6 +16,7 @@ Identifiers used throughout:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 from collections.abc import Callable
@@ -306,6 +307,9 @@ class Batch:
     seq: int
     timestamp_ms: int
     commands: tuple[Command, ...]
+    # Commands of the entry that could not be decoded (an unknown tag, wrong fields)
+    # and were left out; the same on every replica.
+    skipped: int = 0
 
 
 # Field tables may carry values msgpack cannot encode natively.
@@ -334,8 +338,12 @@ def encode_command(cmd: Command) -> list[Any]:
 
 
 def decode_command(raw: Any) -> Command:
-    cls = _REGISTRY[raw[0]]
-    return cls(*raw[1:])
+    """Raises ValueError for anything that is not a known command with its fields."""
+    try:
+        cls = _REGISTRY[raw[0]]
+        return cls(*raw[1:])
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"undecodable command: {exc}") from None
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -351,9 +359,22 @@ def encode_batch(batch: Batch) -> bytes:
 
 
 def decode_batch(data: bytes) -> Batch:
-    raw = msgpack.unpackb(data, raw=False, use_list=False, ext_hook=_ext_hook, strict_map_key=False)
-    version = raw[0]
-    if version != FORMAT_VERSION:
-        raise ValueError(f"unsupported command format version {version}")
-    _, node, incarnation, seq, ts, cmds = raw
-    return Batch(node, incarnation, seq, ts, tuple(decode_command(c) for c in cmds))
+    """Raises ValueError when the entry is not a batch at all; commands in it that do
+    not decode are left out and counted in ``Batch.skipped``."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, use_list=False, ext_hook=_ext_hook,
+                              strict_map_key=False)
+        version = raw[0]
+        if version != FORMAT_VERSION:
+            raise ValueError(f"unsupported command format version {version}")
+        _, node, incarnation, seq, ts, cmds = raw
+        if not (isinstance(node, str) and isinstance(incarnation, int)
+                and isinstance(seq, int) and isinstance(ts, int)):
+            raise ValueError("malformed batch header")
+    except Exception as exc:  # msgpack, ext types: any failure means "not a batch"
+        raise ValueError(f"undecodable batch: {exc}") from None
+    decoded: list[Command] = []
+    for c in cmds:
+        with contextlib.suppress(ValueError):
+            decoded.append(decode_command(c))
+    return Batch(node, incarnation, seq, ts, tuple(decoded), len(cmds) - len(decoded))

@@ -8,7 +8,7 @@ than once across a leader change, so the node treats them idempotently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar, dataclass_transform
 
 from cluster.commands import ChKey, ConnKey
@@ -192,3 +192,15 @@ class ConnectionError(Effect):
     reply_text: str
     class_id: int
     method_id: int
+
+
+@_ef
+class Fault(Effect):
+    """A command raised while it was applied: a bug, not the client's doing. The
+    command's connection (if any) is closed with 541 by a ConnectionError beside
+    this; this one is for the log of the node that proposed the command (``node``).
+    ``error`` may hold object addresses and so is left out of comparisons."""
+
+    node: str
+    command: str
+    error: str = field(compare=False)

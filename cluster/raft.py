@@ -248,7 +248,15 @@ class _Replica(SyncObj):
 
     @replicated
     def apply_batch(self, data: bytes) -> None:
-        batch: Batch = decode_batch(data)
+        try:
+            batch: Batch = decode_batch(data)
+        except ValueError as exc:
+            # Every replica skips the same entry; nothing else can be done with it.
+            log.error("skipping a Raft entry of %d bytes: %s", len(data), exc)
+            return
+        if batch.skipped:
+            log.error("entry %s/%d/%d: %d undecodable commands skipped", batch.node,
+                      batch.incarnation, batch.seq, batch.skipped)
         self._sink(batch, machine.apply_batch(self.state, batch), len(data))
 
 

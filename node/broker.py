@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import machine
 from cluster.commands import Batch, Command, NodeUp, Tick, encode_batch
-from cluster.effects import Deliver, Effect
+from cluster.effects import Deliver, Effect, Fault
 from cluster.raft import RaftNode
+from node.auth import LoginThrottle, RateLimitedLog
 from node.config import Config
 from node.membership import MembershipWatch
 from node.metrics import Metrics
@@ -41,12 +42,16 @@ STALL_S = 0.2
 # At most one Tick command per this many ms (expiry is checked on every batch
 # anyway; the Tick only matters when nothing else is happening).
 TICK_MIN_INTERVAL_MS = 20
+# How often connections are checked for handshake and frame timeouts.
+SWEEP_EVERY_S = 0.5
 
 
 def _target(ef: Effect) -> Any:
-    """The channel key (node, connection, channel) an effect is addressed to, or the
-    connection key (node, connection) for a connection-level effect."""
-    return getattr(ef, "ch", None) or ef.conn  # type: ignore[attr-defined]
+    """The channel key (node, connection, channel) an effect is addressed to, the
+    connection key (node, connection) for a connection-level effect, or (node, 0)
+    for a Fault (logged by the node that proposed the command)."""
+    key = getattr(ef, "ch", None) or getattr(ef, "conn", None)
+    return key if key is not None else (ef.node, 0)  # type: ignore[attr-defined]
 
 
 class Broker:
@@ -97,6 +102,9 @@ class Broker:
         self._flow_paused: list[AMQPConnection] = []
         self._flow_checked = 0.0
         self.last_ack = 0.0
+        self.login_throttle = LoginThrottle()
+        self.auth_log = RateLimitedLog(logging.getLogger("raftmq.auth"))
+        self._swept = 0.0
 
     # --- proposing ----------------------------------------------------------------
 
@@ -249,7 +257,10 @@ class Broker:
     def _run_after_apply(self, seqs: list[int]) -> None:
         for seq in seqs:
             for fn in self._after_apply.pop(seq, ()):
-                fn()
+                try:
+                    fn()
+                except Exception:
+                    log.exception("after-apply callback %r failed", fn)
 
     def _check_flow(self) -> None:
         """Pause reading from publishers while a consumed queue backs up.
@@ -286,6 +297,10 @@ class Broker:
             self._tick()
             self._resubmit()
             self._check_flow()
+            if now - self._swept >= SWEEP_EVERY_S:
+                self._swept = now
+                for conn in list(self.connections.values()):
+                    conn.check_timeouts(now)
             if self.ready:
                 self.membership.check()
                 self._propose_tick()
@@ -317,13 +332,37 @@ class Broker:
                 continue
             conn = conns.get(key[1])
             if conn is None:
+                if type(ef) is Fault:
+                    self.metrics.faults += 1
+                    log.error("a command of this node failed in the state machine (its "
+                              "connection is closed with 541): %s: %s", ef.command, ef.error)
                 continue
             if type(ef) is Deliver and not machine.channel_open(state, key):
                 continue  # closed later in the same catch-up: already requeued
-            conn.run_effect(ef)
+            try:
+                conn.run_effect(ef)
+            except Exception:
+                # One connection's failure (an effect it cannot encode, ...) is its own:
+                # it is closed, the others get their effects, flushes and confirms.
+                self._connection_failed(conn, f"running {type(ef).__name__}")
+                touched.pop(key[1], None)
+                continue
             touched[key[1]] = conn
         for conn in touched.values():
-            conn.effects_done()
+            try:
+                conn.effects_done()
+            except Exception:
+                self._connection_failed(conn, "flushing effects")
+
+    def _connection_failed(self, conn: AMQPConnection, doing: str) -> None:
+        log.exception("internal error on connection %s (%s) while %s; closing it with 541",
+                      conn.peer, conn.key, doing)
+        self.metrics.faults += 1
+        try:
+            conn.force_close(541, "INTERNAL_ERROR - see the broker log")
+        except Exception:
+            log.exception("closing connection %s failed; dropping it", conn.key)
+            conn.abort()
 
     # --- lifecycle ------------------------------------------------------------------
 

@@ -122,6 +122,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("frame_max", _frame_max, "131072", "largest frame offered to clients"),
     Option("channel_max", _channel_max, "2047", "most channels per connection offered"),
     Option("heartbeat", _positive_int, "60", "heartbeat interval offered to clients, s (0 off)"),
+    Option("handshake_timeout", _seconds, "10",
+           "a client must complete the AMQP handshake within this long, and may not stall "
+           "inside a frame for longer (with heartbeats: nor for two heartbeat intervals), s"),
     Option("flow_high_water", _positive_int, "300",
            "pause publishers while a queue with consumers holds this many ready messages"),
     Option("snapshot_entries", _positive_int, "100000",
@@ -186,6 +189,7 @@ class Config:
     frame_max: int = 131072
     channel_max: int = 2047
     heartbeat: int = 60
+    handshake_timeout: float = 10.0
     flow_high_water: int = 300
     snapshot_entries: int = 100000
     snapshot_mib: int = 64

@@ -21,6 +21,7 @@ from pamqp import commands as spec
 from cluster import commands as c
 from cluster import effects as e
 from cluster import machine
+from node.auth import credentials
 from protocol import properties
 from protocol.connection import ServerConnection
 from protocol.constants import (
@@ -42,6 +43,7 @@ from protocol.events import (
     NackReceived,
     ProtocolHeaderReceived,
 )
+from protocol.methods import build
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -116,6 +118,13 @@ class AMQPConnection(asyncio.Protocol):
         self.last_publish = 0.0
         self.cancel_notify = False
         self._channel_gen = 0
+        self.created = time.monotonic()
+        # Since when an unfinished frame has made no progress (None: nothing pending).
+        self._stall_since: float | None = None
+        self._frames_seen = 0
+        # A login being held back by the throttle: parsing waits for its answer.
+        self._auth_pending = False
+        self._auth_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -136,10 +145,19 @@ class AMQPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
+        try:
+            self.proto.receive_data(data)
+        except Exception:
+            log.exception("internal error on connection %s", self.peer)
+            self._drop()
+            return
+        self._process()
+
+    def _process(self) -> None:
+        """Handle every whole event buffered (until a login answer is held back)."""
         proto = self.proto
         try:
-            proto.receive_data(data)
-            while not self.closed:
+            while not self.closed and not self._auth_pending:
                 try:
                     ev = proto.next_event()
                     if ev is NEED_DATA:
@@ -159,18 +177,60 @@ class AMQPConnection(asyncio.Protocol):
                 self._drop()  # nothing more can be parsed, so no close-ok will come
         except Exception:
             log.exception("internal error on connection %s", self.peer)
+            self.broker.metrics.faults += 1
             self.force_close(541, "INTERNAL_ERROR - see the broker log")
+        self._note_progress()
         self._flush_writes()
+
+    def _note_progress(self) -> None:
+        """Track an unfinished frame that does not move (see :meth:`check_timeouts`)."""
+        proto = self.proto
+        if proto.incomplete and not self._reading_paused:
+            if self._stall_since is None or proto.frames_parsed != self._frames_seen:
+                self._stall_since = self._last_recv
+        else:
+            self._stall_since = None
+        self._frames_seen = proto.frames_parsed
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second. A connection must finish its handshake within
+        ``--handshake-timeout`` (RabbitMQ: 10 s) and may not stall inside a frame for
+        longer (for clients with heartbeats: not longer than two heartbeats either):
+        otherwise idle, half-open and byte-a-second connections are held forever."""
+        if self.closed:
+            return
+        limit = self.cfg.handshake_timeout
+        if not self.opened:
+            if now - self.created > limit:
+                log.info("connection %s did not complete the AMQP handshake within %gs; "
+                         "closing it", self.peer, limit)
+                self.broker.metrics.handshake_timeouts += 1
+                self._drop()
+            return
+        since = self._stall_since
+        if since is None or self._reading_paused:
+            return
+        heartbeat = self.proto.heartbeat
+        if heartbeat:
+            limit = max(limit, 2.0 * heartbeat)
+        if now - since > limit:
+            log.info("connection %s stalled inside a frame for %gs; closing it",
+                     self.peer, now - since)
+            self.broker.metrics.frame_timeouts += 1
+            with contextlib.suppress(Exception):
+                self._write(self.proto.close_connection(
+                    501, f"FRAME_ERROR - no complete frame within {limit:g}s"))
+                self._flush_writes()
+            self._drop()
 
     def eof_received(self) -> bool | None:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._heartbeat_handle is not None:
-            self._heartbeat_handle.cancel()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
+        for timer in (self._heartbeat_handle, self._close_timer, self._auth_timer):
+            if timer is not None:
+                timer.cancel()
         self.broker.connections.pop(self.conn_no, None)
         if self.opened:
             self.broker.propose(c.ConnectionClose(self.key))
@@ -186,6 +246,8 @@ class AMQPConnection(asyncio.Protocol):
             self._reading_paused = False
             if not self.transport.is_closing():
                 self.transport.resume_reading()
+            if self.proto.incomplete:
+                self._stall_since = time.monotonic()  # our pause, not the client's stall
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -208,6 +270,12 @@ class AMQPConnection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the socket at once, unsent output and all."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def force_close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         """Start a server-initiated connection.close; drop the socket if the
@@ -345,29 +413,84 @@ class AMQPConnection(asyncio.Protocol):
             pass
         elif isinstance(m, spec.Connection.UpdateSecret):
             # Credentials here do not expire; accept the new secret as RabbitMQ does.
-            self._write(self.proto.send_method(0, spec.Connection.UpdateSecretOk()))
+            self._write(self.proto.send_method(0, build(spec.Connection.UpdateSecretOk)))
         else:
             raise AMQPConnectionError(COMMAND_INVALID, f"COMMAND_INVALID - unexpected {m.name}", *_ids(m))
 
     def _authenticate(self, m: Any) -> None:
+        """connection.start-ok: the login, answered at once or after the throttle's
+        delay for this peer (:class:`node.auth.LoginThrottle`)."""
         self.client_properties = m.client_properties or {}
-        caps = self.client_properties.get("capabilities") or {}
-        self.cancel_notify = bool(caps.get("consumer_cancel_notify"))
-        user, password = _credentials(m.mechanism, m.response)
+        caps = self.client_properties.get("capabilities")
+        # RabbitMQ ignores a capabilities value that is not a table; so do we.
+        self.cancel_notify = isinstance(caps, dict) and caps.get("consumer_cancel_notify") is True
+        throttle = self.broker.login_throttle
+        wait = throttle.wait(self._peer_ip(), time.monotonic())
+        if wait is None:
+            # Too many attempts from this peer queued: refused unchecked.
+            self._refuse_login(m, "", "too many failed logins from this address")
+            return
+        if wait <= 0:
+            self._check_login(m)
+            return
+        self._auth_pending = True
+        self.pause_reading()
+        self._auth_timer = self.broker.loop.call_later(wait, self._resume_login, m)
+
+    def _resume_login(self, m: Any) -> None:
+        self._auth_timer = None
+        self._auth_pending = False
+        if self.closed:
+            return
+        try:
+            self._check_login(m)
+        except AMQPConnectionError as err:
+            self.force_close(err.reply_code, err.reply_text, err.class_id, err.method_id)
+        if not self.closed:
+            self.resume_reading()
+            self._process()  # frames the client pipelined behind its start-ok
+        self._flush_writes()
+
+    def _check_login(self, m: Any) -> None:
+        user, password = credentials(m.mechanism, m.response)
         if user is None:
             raise AMQPConnectionError(
                 ACCESS_REFUSED, f"ACCESS_REFUSED - unsupported mechanism {m.mechanism}", 10, 11)
         expected = self.cfg.users.get(user)
         if expected is None or expected != password:
-            raise AMQPConnectionError(
-                ACCESS_REFUSED,
-                f"ACCESS_REFUSED - Login was refused using authentication mechanism {m.mechanism}. "
-                "For details see the broker logfile.", 10, 11)
+            self._refuse_login(m, user, "unknown user" if expected is None else
+                               "invalid credentials")
+            return
+        self.broker.login_throttle.succeeded(self._peer_ip())
         if user in self.cfg.loopback_users and not _is_loopback(self.peer):
             raise AMQPConnectionError(
                 ACCESS_REFUSED, f"ACCESS_REFUSED - user '{user}' can only connect via localhost", 10, 11)
         self.user = user
         self._write(self.proto.tune())
+
+    def _refuse_login(self, m: Any, user: str, why: str) -> None:
+        """Log and count the failure, then refuse with 403 after the throttle's delay
+        (reading stays paused: nothing more from this client is looked at)."""
+        ip = self._peer_ip()
+        metrics = self.broker.metrics
+        metrics.auth_failures += 1
+        delay = self.broker.login_throttle.failed(ip, time.monotonic())
+        self.broker.auth_log.warning(
+            "login refused: user %r from %s, mechanism %s: %s (%d in a row from this address)",
+            user, ip, m.mechanism, why, self.broker.login_throttle.failures(ip))
+        text = (f"ACCESS_REFUSED - Login was refused using authentication mechanism "
+                f"{m.mechanism}. For details see the broker logfile.")
+        self._auth_pending = True
+        self.pause_reading()
+
+        def refuse() -> None:
+            self._auth_timer = None
+            self.force_close(ACCESS_REFUSED, text, 10, 11)
+
+        self._auth_timer = self.broker.loop.call_later(delay, refuse)
+
+    def _peer_ip(self) -> str:
+        return str(self.peer[0]) if self.peer else ""
 
     # --- heartbeats ----------------------------------------------------------------------
 
@@ -428,34 +551,6 @@ def _is_loopback(peer: tuple[Any, ...] | None) -> bool:
         return ipaddress.ip_address(peer[0]).is_loopback
     except ValueError:
         return False
-
-
-def _credentials(mechanism: str, response: Any) -> tuple[str | None, str]:
-    if isinstance(response, str):
-        response = response.encode("latin-1", "replace")
-    if mechanism == "PLAIN":
-        parts = bytes(response).split(b"\x00")
-        if len(parts) != 3:
-            return None, ""
-        return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
-    if mechanism == "AMQPLAIN":
-        from pamqp import decode
-
-        try:
-            # AMQPLAIN's response is a field table without its length prefix.
-            raw = bytes(response)
-            _, table = decode.field_table(len(raw).to_bytes(4, "big") + raw)
-        except Exception:
-            return None, ""
-        login, password = table.get("LOGIN"), table.get("PASSWORD")
-        if login is None:
-            return None, ""
-        return _text(login), _text(password or "")
-    return None, ""
-
-
-def _text(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 # --- method handlers (channel methods) ------------------------------------------------
@@ -542,7 +637,7 @@ def _confirm_select(conn: AMQPConnection, ch: Channel, m: Any) -> None:
                            "PRECONDITION_FAILED - cannot switch from tx to confirm mode", 85, 10)
     ch.confirm = True
     if not m.nowait:
-        conn._write(conn.proto.send_method(ch.number, spec.Confirm.SelectOk()))
+        conn._write(conn.proto.send_method(ch.number, build(spec.Confirm.SelectOk)))
 
 
 def _tx_select(conn: AMQPConnection, ch: Channel, m: Any) -> None:
@@ -550,7 +645,7 @@ def _tx_select(conn: AMQPConnection, ch: Channel, m: Any) -> None:
         raise ChannelError(ch.number, PRECONDITION_FAILED,
                            "PRECONDITION_FAILED - cannot switch from confirm to tx mode", 90, 10)
     ch.tx = True
-    conn._write(conn.proto.send_method(ch.number, spec.Tx.SelectOk()))
+    conn._write(conn.proto.send_method(ch.number, build(spec.Tx.SelectOk)))
 
 
 def _tx_commit(conn: AMQPConnection, ch: Channel, m: Any) -> None:
@@ -564,7 +659,7 @@ def _tx_commit(conn: AMQPConnection, ch: Channel, m: Any) -> None:
 
     def reply() -> None:
         if conn.channels.get(number) is ch and not ch.closing:
-            conn._write(conn.proto.send_method(number, spec.Tx.CommitOk()))
+            conn._write(conn.proto.send_method(number, build(spec.Tx.CommitOk)))
             conn._flush_writes()
 
     conn.broker.after_apply(reply)
@@ -574,7 +669,7 @@ def _tx_rollback(conn: AMQPConnection, ch: Channel, m: Any) -> None:
     if not ch.tx:
         raise ChannelError(ch.number, PRECONDITION_FAILED, "PRECONDITION_FAILED - channel is not transactional", 90, 30)
     ch.tx_commands = []
-    conn._write(conn.proto.send_method(ch.number, spec.Tx.RollbackOk()))
+    conn._write(conn.proto.send_method(ch.number, build(spec.Tx.RollbackOk)))
 
 
 def _unexpected(conn: AMQPConnection, ch: Channel, m: Any) -> None:
@@ -617,11 +712,12 @@ def _live_channel(conn: AMQPConnection, key: c.ChKey) -> Channel | None:
     return ch
 
 
-def _reply(method_factory: Any) -> Any:
+def _reply(method: type, fields: Any = lambda ef: ()) -> Any:
+    """An effect handler sending ``method`` with the values ``fields(effect)``."""
     def run(conn: AMQPConnection, ef: Any) -> None:
         ch = _live_channel(conn, ef.ch)
         if ch is not None:
-            conn._write(conn.proto.send_method(ch.number, method_factory(ef)))
+            conn._write(conn.proto.send_method(ch.number, build(method, *fields(ef))))
 
     return run
 
@@ -680,7 +776,8 @@ def _confirm(conn: AMQPConnection, ef: e.Confirm) -> None:
 def _consumer_cancelled(conn: AMQPConnection, ef: e.ConsumerCancelled) -> None:
     ch = _live_channel(conn, ef.ch)
     if ch is not None and conn.cancel_notify:
-        conn._write(conn.proto.send_method(ch.number, spec.Basic.Cancel(ef.consumer_tag, nowait=True)))
+        conn._write(conn.proto.send_method(ch.number, build(spec.Basic.Cancel, ef.consumer_tag,
+                                                            True)))
 
 
 def _channel_error_effect(conn: AMQPConnection, ef: e.ChannelError) -> None:
@@ -701,23 +798,23 @@ _EFFECTS: dict[type, Any] = {
     e.Deliver: _deliver,
     e.Confirm: _confirm,
     e.GetOk: _get_ok,
-    e.GetEmpty: _reply(lambda ef: spec.Basic.GetEmpty()),
+    e.GetEmpty: _reply(spec.Basic.GetEmpty),
     e.Return: _return,
-    e.ExchangeDeclareOk: _reply(lambda ef: spec.Exchange.DeclareOk()),
-    e.ExchangeDeleteOk: _reply(lambda ef: spec.Exchange.DeleteOk()),
-    e.ExchangeBindOk: _reply(lambda ef: spec.Exchange.BindOk()),
-    e.ExchangeUnbindOk: _reply(lambda ef: spec.Exchange.UnbindOk()),
-    e.QueueDeclareOk: _reply(lambda ef: spec.Queue.DeclareOk(ef.queue, ef.message_count,
-                                                             ef.consumer_count)),
-    e.QueueBindOk: _reply(lambda ef: spec.Queue.BindOk()),
-    e.QueueUnbindOk: _reply(lambda ef: spec.Queue.UnbindOk()),
-    e.QueuePurgeOk: _reply(lambda ef: spec.Queue.PurgeOk(ef.message_count)),
-    e.QueueDeleteOk: _reply(lambda ef: spec.Queue.DeleteOk(ef.message_count)),
-    e.ConsumeOk: _reply(lambda ef: spec.Basic.ConsumeOk(ef.consumer_tag)),
-    e.CancelOk: _reply(lambda ef: spec.Basic.CancelOk(ef.consumer_tag)),
-    e.QosOk: _reply(lambda ef: spec.Basic.QosOk()),
-    e.FlowOk: _reply(lambda ef: spec.Channel.FlowOk(ef.active)),
-    e.RecoverOk: _reply(lambda ef: spec.Basic.RecoverOk()),
+    e.ExchangeDeclareOk: _reply(spec.Exchange.DeclareOk),
+    e.ExchangeDeleteOk: _reply(spec.Exchange.DeleteOk),
+    e.ExchangeBindOk: _reply(spec.Exchange.BindOk),
+    e.ExchangeUnbindOk: _reply(spec.Exchange.UnbindOk),
+    e.QueueDeclareOk: _reply(spec.Queue.DeclareOk,
+                             lambda ef: (ef.queue, ef.message_count, ef.consumer_count)),
+    e.QueueBindOk: _reply(spec.Queue.BindOk),
+    e.QueueUnbindOk: _reply(spec.Queue.UnbindOk),
+    e.QueuePurgeOk: _reply(spec.Queue.PurgeOk, lambda ef: (ef.message_count,)),
+    e.QueueDeleteOk: _reply(spec.Queue.DeleteOk, lambda ef: (ef.message_count,)),
+    e.ConsumeOk: _reply(spec.Basic.ConsumeOk, lambda ef: (ef.consumer_tag,)),
+    e.CancelOk: _reply(spec.Basic.CancelOk, lambda ef: (ef.consumer_tag,)),
+    e.QosOk: _reply(spec.Basic.QosOk),
+    e.FlowOk: _reply(spec.Channel.FlowOk, lambda ef: (ef.active,)),
+    e.RecoverOk: _reply(spec.Basic.RecoverOk),
     e.ConsumerCancelled: _consumer_cancelled,
     e.ChannelError: _channel_error_effect,
     e.ConnectionError: _connection_error_effect,

@@ -99,6 +99,10 @@ class Metrics:
         ("connections_opened", "AMQP connections accepted"),
         ("connections_closed", "AMQP connections closed"),
         ("channels_opened", "AMQP channels opened"),
+        ("faults", "Internal faults contained to one command or connection (see the log)"),
+        ("auth_failures", "Failed AMQP logins"),
+        ("handshake_timeouts", "Connections closed for not completing the handshake in time"),
+        ("frame_timeouts", "Connections closed for stalling inside a frame"),
     )
 
     def __init__(self, broker: Broker) -> None:
@@ -111,6 +115,10 @@ class Metrics:
         self.connections_opened = 0
         self.connections_closed = 0
         self.channels_opened = 0
+        self.faults = 0
+        self.auth_failures = 0
+        self.handshake_timeouts = 0
+        self.frame_timeouts = 0
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(broker))
         self.registry.register(_CounterCollector(self))

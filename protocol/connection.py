@@ -36,6 +36,7 @@ from protocol.constants import (
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
     PROTOCOL_HEADER,
+    RESOURCE_ERROR,
     UNEXPECTED_FRAME,
 )
 from protocol.errors import AMQPConnectionError, BadProtocolHeader, ChannelError
@@ -50,6 +51,7 @@ from protocol.events import (
     ProtocolHeaderReceived,
     _NeedData,
 )
+from protocol.fields import FieldError, check_properties, truncate_short
 from protocol.methods import METHODS, DecodeError, decode_method
 
 _FRAME_HDR = struct.Struct(">BHI")
@@ -215,7 +217,9 @@ class ServerConnection:
         self.server_channel_max = channel_max
         self.server_heartbeat = heartbeat
         # Larger declared bodies are refused with a soft 406, like RabbitMQ's
-        # max_message_size; it also bounds what one publish can make us buffer.
+        # max_message_size; it also bounds what one publish can make us buffer,
+        # and all unfinished contents of one connection together (its channels
+        # may interleave them) may not announce more than this either.
         self.max_message_size = max_message_size
         # Negotiated values (set by tune-ok). Until then frames up to
         # frame-min-size must be accepted (spec), and RabbitMQ accepts no more.
@@ -231,6 +235,9 @@ class ServerConnection:
         self._channels: dict[int, int] = {}
         self._content: dict[int, _Content] = {}
         self._error: AMQPConnectionError | None = None
+        # Frames parsed so far: the node compares it across reads to tell a
+        # slow but moving client from one that stalls inside a frame.
+        self.frames_parsed = 0
 
     # ------------------------------------------------------------------ input
 
@@ -270,6 +277,15 @@ class ServerConnection:
     def open_channels(self) -> frozenset[int]:
         return frozenset(self._channels)
 
+    @property
+    def incomplete(self) -> bool:
+        """Bytes of an unfinished frame (or protocol header) are buffered."""
+        return self._state < _CLOSED and len(self._buf) > self._pos
+
+    def _pending_content(self) -> int:
+        """Body bytes announced by unfinished contents (received or still to come)."""
+        return sum(c.remaining + sum(map(len, c.chunks)) for c in self._content.values())
+
     def next_event(self) -> Event | _NeedData:
         state = self._state
         if state >= _CLOSED:  # _CLOSED, _ERROR, _DEAD
@@ -298,6 +314,7 @@ class ServerConnection:
                     FRAME_ERROR, f"invalid frame end marker 0x{buf[end]:02x}", framing_lost=True
                 )
             self._pos = end + 1
+            self.frames_parsed += 1
             start = pos + 7
             if ftype == 1:
                 event = self._on_method(ch, buf, start, end)
@@ -492,7 +509,24 @@ class ServerConnection:
                 f"message size {body_size} is larger than max size {self.max_message_size}",
                 60, 40,
             )  # fmt: skip
+        if len(self._content) > 1 and (
+            self._pending_content() + body_size > self.max_message_size
+        ):
+            raise self._hard(
+                RESOURCE_ERROR,
+                f"unfinished messages on {len(self._content)} channels announce more than "
+                f"{self.max_message_size} bytes",
+                60, 40,
+            )  # fmt: skip
         properties = bytes(buf[start + 12 : end])
+        try:
+            check_properties(properties)
+        except FieldError as exc:
+            # Validated here, before anything is proposed: the broker and every
+            # replica read these bytes (expiration, priority, headers, user-id).
+            raise self._hard(
+                FRAME_ERROR, f"cannot decode content header properties: {exc}", 60, 40
+            ) from None
         if body_size == 0:
             del self._content[ch]
             return _published(
@@ -683,7 +717,7 @@ class ServerConnection:
             self._state = _CLOSING
         self._content.clear()
         return frames.method_frame(
-            0, commands.Connection.Close(reply_code, reply_text[:255], class_id, method_id)
+            0, commands.Connection.Close(reply_code, truncate_short(reply_text), class_id, method_id)
         )
 
     def channel_open_ok(self, channel: int) -> bytes:
@@ -712,7 +746,8 @@ class ServerConnection:
             self._channels[channel] = _CH_IS_CLOSING
         self._content.pop(channel, None)
         return frames.method_frame(
-            channel, commands.Channel.Close(reply_code, reply_text[:255], class_id, method_id)
+            channel,
+            commands.Channel.Close(reply_code, truncate_short(reply_text), class_id, method_id),
         )
 
     def heartbeat_frame(self) -> bytes:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import struct
 
 from pamqp import base
-from pamqp import frame as pamqp_frame
 
 from protocol.constants import FRAME_OVERHEAD
+from protocol.methods import encode_method
+from protocol.methods import shortstr as _encode_shortstr
 
 _FRAME_HDR = struct.Struct(">BHI")
 
@@ -40,10 +41,7 @@ _SHORTSTR_MAX = 8192
 def shortstr(value: str) -> bytes:
     enc = _SHORTSTR.get(value)
     if enc is None:
-        raw = value.encode("utf-8")
-        if len(raw) > 255:
-            raise ValueError(f"short string longer than 255 bytes: {value[:40]!r}...")
-        enc = bytes((len(raw),)) + raw
+        enc = _encode_shortstr(value)
         if len(_SHORTSTR) >= _SHORTSTR_MAX:
             _SHORTSTR.clear()
         _SHORTSTR[value] = enc
@@ -51,8 +49,8 @@ def shortstr(value: str) -> bytes:
 
 
 def method_frame(channel: int, method: base.Frame) -> bytes:
-    """Any method, encoded by pamqp (long tail: declares, consume-ok, ...)."""
-    return pamqp_frame.marshal(method, channel)
+    """Any method (long tail: declares, consume-ok, ...); see protocol.methods."""
+    return raw_frame(1, channel, encode_method(method))
 
 
 def raw_frame(frame_type: int, channel: int, payload: bytes) -> bytes:

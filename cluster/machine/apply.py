@@ -6,9 +6,9 @@ import pickle
 from collections.abc import Callable, Iterable
 
 from cluster import commands as C
-from cluster.effects import ChannelError, ConnectionError, Effect
+from cluster.effects import ChannelError, ConnectionError, Effect, Fault
 from cluster.machine import basic, expiry, lifecycle, topology
-from cluster.machine.errors import AmqpError
+from cluster.machine.errors import INTERNAL_ERROR, AmqpError
 from cluster.machine.expiry import expire_due, flush_dead_letters
 from cluster.machine.lifecycle import close_channel, close_connection
 from cluster.machine.state import DedupeWindow, NodeInfo, State
@@ -53,38 +53,91 @@ def apply(state: State, now_ms: int, cmd: C.Command, out: list[Effect]) -> None:
     """Apply one command at ``now_ms``, appending its effects to ``out``."""
     if now_ms > state.now_ms:
         state.now_ms = now_ms
-    due = state.next_due
-    if due is not None and state.now_ms >= due:
-        expire_due(state, out)
+    _expire_due(state, out)
     _apply(state, cmd, out)
 
 
+def _expire_due(state: State, out: list[Effect]) -> None:
+    due = state.next_due
+    if due is not None and state.now_ms >= due:
+        try:
+            expire_due(state, out)
+        except Exception as exc:
+            _fault(state, C.Tick(), exc, out)
+
+
 def _apply(state: State, cmd: C.Command, out: list[Effect]) -> None:
-    """Apply one command at ``state.now_ms``. Nothing is overdue when it starts: the
-    callers expire what is due whenever time moves, and no command leaves anything
-    due at the current time."""
-    handler = _CHANNEL_HANDLERS.get(type(cmd))
-    if handler is None:
-        other = _OTHER_HANDLERS.get(type(cmd))
-        if other is not None:
-            other(state, cmd, out)
-    else:
-        # a channel that is gone (raced a close or an error): the command is ignored
-        ch = state.channels.get(cmd.ch)  # type: ignore[attr-defined]
-        if ch is not None:
-            try:
-                handler(state, ch, cmd, out)
-            except AmqpError as e:
-                if e.hard:
-                    conn = state.conns[ch.key[:2]]
-                    out.append(ConnectionError(conn.key, e.code, e.text, e.class_id,
-                                               e.method_id))
-                    close_connection(state, conn, out)
-                else:
-                    out.append(ChannelError(ch.key, e.code, e.text, e.class_id, e.method_id))
-                    close_channel(state, ch, out)
-    if state.dl_pending:
-        flush_dead_letters(state, out)  # dead-lettered by this command
+    """Apply one command at ``state.now_ms``, on its own: whatever it raises stays with
+    it (an error for its channel or connection) and the next command applies as if it
+    had not been there. Nothing is overdue when it starts: the callers expire what is
+    due whenever time moves, and no command leaves anything due at the current time."""
+    try:
+        handler = _CHANNEL_HANDLERS.get(type(cmd))
+        if handler is None:
+            other = _OTHER_HANDLERS.get(type(cmd))
+            if other is not None:
+                other(state, cmd, out)
+        else:
+            # a channel that is gone (raced a close or an error): the command is ignored
+            ch = state.channels.get(cmd.ch)  # type: ignore[attr-defined]
+            if ch is not None:
+                try:
+                    handler(state, ch, cmd, out)
+                except AmqpError as e:
+                    # validated before anything changed: the state is as before the command
+                    if e.hard:
+                        conn = state.conns[ch.key[:2]]
+                        out.append(ConnectionError(conn.key, e.code, e.text, e.class_id,
+                                                   e.method_id))
+                        close_connection(state, conn, out)
+                    else:
+                        out.append(ChannelError(ch.key, e.code, e.text, e.class_id,
+                                                e.method_id))
+                        close_channel(state, ch, out)
+        if state.dl_pending:
+            flush_dead_letters(state, out)  # dead-lettered by this command
+    except Exception as exc:
+        _fault(state, cmd, exc, out)
+
+
+def _fault(state: State, cmd: C.Command, exc: Exception, out: list[Effect]) -> None:
+    """``cmd`` raised: a bug. The same bug raises at the same point on every replica,
+    so whatever it changed before raising, the replicas stay equal. Its connection is
+    closed with 541 (the client may have lost a reply, so it must not go on), a
+    Fault effect asks its node to log it, and the batch goes on."""
+    state.dl_pending.clear()
+    node = state.origin[0] if state.origin is not None else ""
+    name = type(exc).__name__
+    out.append(Fault(node, describe(cmd), f"{name}: {exc}"))
+    key = getattr(cmd, "ch", None) or getattr(cmd, "conn", None)
+    if not isinstance(key, tuple) or len(key) < 2:
+        return
+    conn = state.conns.get(key[:2])
+    if conn is None:
+        return
+    out.append(ConnectionError(conn.key, INTERNAL_ERROR,
+                               f"INTERNAL_ERROR - {type(cmd).__name__} failed ({name})", 0, 0))
+    try:
+        close_connection(state, conn, out)
+    except Exception as again:  # the state is too broken to close it cleanly: forget it
+        state.dl_pending.clear()
+        out.append(Fault(node, f"closing {conn.key}", f"{type(again).__name__}: {again}"))
+        state.conns.pop(conn.key, None)
+
+
+def describe(cmd: C.Command, limit: int = 60) -> str:
+    """A command for the log: long strings and bytes shortened (a body may be 128 MiB)."""
+    parts = []
+    for name in getattr(cmd, "_FIELDS", ()):
+        v = getattr(cmd, name)
+        if isinstance(v, bytes | str) and len(v) > limit:
+            r = f"{v[:limit]!r}...({len(v)})"
+        else:
+            r = repr(v)
+            if len(r) > 4 * limit:
+                r = r[: 4 * limit] + "..."
+        parts.append(f"{name}={r}")
+    return f"{type(cmd).__name__}({', '.join(parts)})"
 
 
 def _seen_before(state: State, batch: C.Batch) -> bool:
@@ -117,9 +170,7 @@ def apply_batch(state: State, batch: C.Batch) -> list[Effect]:
     out: list[Effect] = []
     state.origin = (batch.node, batch.incarnation)
     try:
-        due = state.next_due
-        if due is not None and state.now_ms >= due:
-            expire_due(state, out)  # nothing overdue is visible to the batch's commands
+        _expire_due(state, out)  # nothing overdue is visible to the batch's commands
         for cmd in batch.commands:
             _apply(state, cmd, out)
     finally:

@@ -32,14 +32,21 @@ from cluster.machine.queues import (
 from cluster.machine.routing import route
 from cluster.machine.state import Channel, Consumer, Msg, Queue, State
 from cluster.machine.topology import generate_name, lookup_queue, resolve_queue_name
-from protocol.properties import expiration
+from protocol.fields import EXPIRATION, FieldError, property_spans, short_string
 
 # --- publish -------------------------------------------------------------------------
 
 
 def _message_ttl(props: bytes) -> int:
-    """The expiration property as a TTL in ms; 406 when RabbitMQ would refuse it."""
-    raw = expiration(props) or ""
+    """The expiration property as a TTL in ms; 406 when RabbitMQ would refuse it. The
+    node validated the properties before proposing; checked again because the
+    machine reads them (a malformed list is a frame error, on every replica alike)."""
+    try:
+        spans = property_spans(props)
+    except FieldError as exc:
+        raise AmqpError(E.FRAME_ERROR, f"cannot decode content header properties: {exc}",
+                        E.BASIC_PUBLISH) from None
+    raw = short_string(props, spans[EXPIRATION]) or ""
     ttl = parse_expiration(raw)
     if isinstance(ttl, str):
         raise AmqpError(E.PRECONDITION_FAILED, f"invalid expiration '{raw}': {ttl}",
