@@ -1,13 +1,17 @@
 """Logins: SASL responses, and the per-peer delay that stops password guessing.
 
 Without a delay a client can try thousands of passwords a second over parallel
-connections. :class:`LoginThrottle` answers every login attempt from a peer
-(an IP address) with recent failures one at a time, each slot a little longer
-than the last (doubling per consecutive failure, capped), so parallel
-connections gain nothing: at the cap a peer gets one answer per
-``cap`` seconds, successes included, so a guess that happens to be right is
-not revealed any faster. A success clears the peer's record; records are
-forgotten after a quiet period and their number is bounded.
+connections. :class:`LoginThrottle` answers the login attempts of a key with
+recent failures one at a time, each slot a little longer than the last
+(doubling per consecutive failure, capped), so parallel connections gain
+nothing: at the cap a key gets one answer per ``cap`` seconds, successes
+included, so a guess that happens to be right is not revealed any faster. A
+success clears the key's record; records are forgotten after a quiet period and
+their number is bounded.
+
+The node's key is (peer address, user name): guessing one user's password from
+one address is slowed down, while other users logging in from the same address
+(several applications behind one NAT, or on one host) are not held up by it.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class _Peer:
 
 
 class LoginThrottle:
-    def __init__(self, base: float = 0.1, cap: float = 3.0, max_wait: float = 8.0,
+    def __init__(self, base: float = 0.1, cap: float = 2.0, max_wait: float = 5.0,
                  forget_after: float = 600.0, max_peers: int = 65536) -> None:
         """``base``: delay after a first failure, doubling per consecutive failure up to
         ``cap``. An attempt that would wait longer than ``max_wait`` for its slot is

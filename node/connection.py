@@ -419,65 +419,64 @@ class AMQPConnection(asyncio.Protocol):
 
     def _authenticate(self, m: Any) -> None:
         """connection.start-ok: the login, answered at once or after the throttle's
-        delay for this peer (:class:`node.auth.LoginThrottle`)."""
+        delay for this address and user (:class:`node.auth.LoginThrottle`)."""
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         # RabbitMQ ignores a capabilities value that is not a table; so do we.
         self.cancel_notify = isinstance(caps, dict) and caps.get("consumer_cancel_notify") is True
-        throttle = self.broker.login_throttle
-        wait = throttle.wait(self._peer_ip(), time.monotonic())
+        user, password = credentials(m.mechanism, m.response)
+        if user is None:
+            raise AMQPConnectionError(
+                ACCESS_REFUSED, f"ACCESS_REFUSED - unsupported mechanism {m.mechanism}", 10, 11)
+        key = f"{self._peer_ip()} {user}"
+        wait = self.broker.login_throttle.wait(key, time.monotonic())
         if wait is None:
-            # Too many attempts from this peer queued: refused unchecked.
-            self._refuse_login(m, "", "too many failed logins from this address")
-            return
-        if wait <= 0:
-            self._check_login(m)
-            return
-        self._auth_pending = True
-        self.pause_reading()
-        self._auth_timer = self.broker.loop.call_later(wait, self._resume_login, m)
+            # Too many attempts queued for this address and user: refused unchecked.
+            self._refuse_login(m, key, user, "too many failed logins; not checked")
+        elif wait <= 0:
+            self._check_login(m, key, user, password)
+        else:
+            self._auth_pending = True
+            self.pause_reading()
+            self._auth_timer = self.broker.loop.call_later(
+                wait, self._resume_login, m, key, user, password)
 
-    def _resume_login(self, m: Any) -> None:
+    def _resume_login(self, m: Any, key: str, user: str, password: str) -> None:
         self._auth_timer = None
         self._auth_pending = False
         if self.closed:
             return
         try:
-            self._check_login(m)
+            self._check_login(m, key, user, password)
         except AMQPConnectionError as err:
             self.force_close(err.reply_code, err.reply_text, err.class_id, err.method_id)
-        if not self.closed:
+        if not self.closed and not self._auth_pending:
             self.resume_reading()
             self._process()  # frames the client pipelined behind its start-ok
         self._flush_writes()
 
-    def _check_login(self, m: Any) -> None:
-        user, password = credentials(m.mechanism, m.response)
-        if user is None:
-            raise AMQPConnectionError(
-                ACCESS_REFUSED, f"ACCESS_REFUSED - unsupported mechanism {m.mechanism}", 10, 11)
+    def _check_login(self, m: Any, key: str, user: str, password: str) -> None:
         expected = self.cfg.users.get(user)
         if expected is None or expected != password:
-            self._refuse_login(m, user, "unknown user" if expected is None else
+            self._refuse_login(m, key, user, "unknown user" if expected is None else
                                "invalid credentials")
             return
-        self.broker.login_throttle.succeeded(self._peer_ip())
+        self.broker.login_throttle.succeeded(key)
         if user in self.cfg.loopback_users and not _is_loopback(self.peer):
             raise AMQPConnectionError(
                 ACCESS_REFUSED, f"ACCESS_REFUSED - user '{user}' can only connect via localhost", 10, 11)
         self.user = user
         self._write(self.proto.tune())
 
-    def _refuse_login(self, m: Any, user: str, why: str) -> None:
+    def _refuse_login(self, m: Any, key: str, user: str, why: str) -> None:
         """Log and count the failure, then refuse with 403 after the throttle's delay
         (reading stays paused: nothing more from this client is looked at)."""
-        ip = self._peer_ip()
-        metrics = self.broker.metrics
-        metrics.auth_failures += 1
-        delay = self.broker.login_throttle.failed(ip, time.monotonic())
+        throttle = self.broker.login_throttle
+        self.broker.metrics.auth_failures += 1
+        delay = throttle.failed(key, time.monotonic())
         self.broker.auth_log.warning(
-            "login refused: user %r from %s, mechanism %s: %s (%d in a row from this address)",
-            user, ip, m.mechanism, why, self.broker.login_throttle.failures(ip))
+            "login refused: user %r from %s, mechanism %s: %s (%d in a row)",
+            user, self._peer_ip(), m.mechanism, why, throttle.failures(key))
         text = (f"ACCESS_REFUSED - Login was refused using authentication mechanism "
                 f"{m.mechanism}. For details see the broker logfile.")
         self._auth_pending = True

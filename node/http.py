@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 Response = tuple[int, str, bytes]
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            409: "Conflict", 503: "Service Unavailable", 504: "Gateway Timeout"}
+            409: "Conflict", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
+# A request's line and headers together; longer ones get 431 (asyncio's stream limit).
+MAX_REQUEST_HEAD = 16 * 1024
 MEMBERSHIP_TIMEOUT_S = 10.0
 # pysyncobj's FAIL_REASON codes, for people.
 _FAIL_REASONS = {1: "queue full", 2: "no leader", 3: "discarded (leader changed)",
@@ -144,19 +147,41 @@ async def route(broker: Broker, method: str, target: str) -> Response:
     return 404, "text/plain", b"not found\n"
 
 
+async def _discard_rest(reader: asyncio.StreamReader, most: int = 1 << 20) -> None:
+    """Read what the client is still sending (bounded) before closing: closing with
+    unread input resets the connection, and the client may lose our answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.0
+    while most > 0 and loop.time() < deadline:
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
+        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            return
+        if not chunk:
+            return
+        most -= len(chunk)
+
+
 async def serve_http(broker: Broker, host: str, port: int) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            parts = request.split(b"\r\n", 1)[0].decode("latin-1").split()
-            if len(parts) < 2:
-                code, ctype, body = 400, "text/plain", b"bad request\n"
+            parts: list[str] = []
+            try:
+                request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            except asyncio.LimitOverrunError:
+                code, ctype, body = 431, "text/plain", b"request line and headers too long\n"
             else:
-                code, ctype, body = await route(broker, parts[0], parts[1])
+                parts = request.split(b"\r\n", 1)[0].decode("latin-1").split()
+                if len(parts) < 2:
+                    code, ctype, body = 400, "text/plain", b"bad request\n"
+                else:
+                    code, ctype, body = await route(broker, parts[0], parts[1])
             head = (f"HTTP/1.0 {code} {_REASONS.get(code, '')}\r\nContent-Type: {ctype}\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
             writer.write(head.encode() + (b"" if parts and parts[0] == "HEAD" else body))
             await writer.drain()
+            if code == 431:
+                await _discard_rest(reader)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         except Exception:
@@ -164,4 +189,4 @@ async def serve_http(broker: Broker, host: str, port: int) -> asyncio.AbstractSe
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host, port)
+    return await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_HEAD)
