@@ -133,13 +133,38 @@ class Broker:
             batch = Batch(self.node_id, self.incarnation, self._batch_seq,
                           time.time_ns() // 1_000_000, tuple(self._batch))
             self._batch = []
-            self._in_flight[batch.seq] = (encode_batch(batch), 0.0)
+            self._in_flight[batch.seq] = (self._encode(batch), 0.0)
             self._unsent.append(batch.seq)
             self.metrics.batches += 1
         self._send_batches()
         # An entry is appended in a tick, synced to disk, and then (a lone
         # node) committed and applied in the next.
         self._tick()
+
+    def _encode(self, batch: Batch) -> bytes:
+        """The entry for ``batch``. A command that cannot be encoded (the edge lets
+        nothing through that could not, so: a bug) is left out, and its client's
+        connection closed with 541; everyone else's commands of the turn go on."""
+        try:
+            return encode_batch(batch)
+        except Exception:
+            log.exception("a batch of %d commands did not encode; encoding them one by one",
+                          len(batch.commands))
+        kept: list[Command] = []
+        for cmd in batch.commands:
+            try:
+                encode_batch(Batch(batch.node, batch.incarnation, 0, 0, (cmd,)))
+            except Exception:
+                self.metrics.faults += 1
+                key = getattr(cmd, "ch", None) or getattr(cmd, "conn", None)
+                conn = self.connections.get(key[1]) if key and key[0] == self.node_id else None
+                log.error("dropping %s: it does not encode", type(cmd).__name__)
+                if conn is not None:
+                    conn.force_close(541, "INTERNAL_ERROR - see the broker log")
+                continue
+            kept.append(cmd)
+        return encode_batch(Batch(batch.node, batch.incarnation, batch.seq,
+                                  batch.timestamp_ms, tuple(kept)))
 
     def _send_batches(self) -> None:
         """Hand batches to Raft in sequence order.

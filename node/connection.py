@@ -172,9 +172,12 @@ class AMQPConnection(asyncio.Protocol):
             self._flush_writes()
             self._drop()
         except AMQPConnectionError as err:
-            self.force_close(err.reply_code, err.reply_text, err.class_id, err.method_id)
-            if err.framing_lost:
-                self._drop()  # nothing more can be parsed, so no close-ok will come
+            if err.framing_lost and self.proto.close_sent:
+                self._drop()  # our close is out; the client's close-ok can no longer be found
+            else:
+                self.force_close(err.reply_code, err.reply_text, err.class_id, err.method_id)
+                if err.framing_lost:
+                    self._drop()  # nothing more can be parsed, so no close-ok will come
         except Exception:
             log.exception("internal error on connection %s", self.peer)
             self.broker.metrics.faults += 1

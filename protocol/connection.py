@@ -247,6 +247,11 @@ class ServerConnection:
             return
         if self.eof:
             raise RuntimeError("receive_data after EOF")
+        if self._state in (_CLOSED, _DEAD):
+            # Nothing more will be parsed: keep nothing (a client that goes on
+            # sending after the close must not grow a buffer).
+            self._buf, self._pos = b"", 0
+            return
         buf = self._buf
         pos = self._pos
         if pos >= len(buf):
@@ -316,7 +321,9 @@ class ServerConnection:
             self._pos = end + 1
             self.frames_parsed += 1
             start = pos + 7
-            if ftype == 1:
+            if self._state in (_CLOSING, _CLIENT_CLOSING):
+                event = self._on_closing_frame(ftype, ch, buf, start, end)
+            elif ftype == 1:
                 event = self._on_method(ch, buf, start, end)
             elif ftype == 3:
                 event = self._on_body(ch, buf, start, end)
@@ -361,6 +368,33 @@ class ServerConnection:
         return err
 
     # -------------------------------------------------------------- frames
+
+    def _on_closing_frame(
+        self, ftype: int, ch: int, buf: bytes | bytearray, start: int, end: int
+    ) -> Event | None:
+        """A whole frame while the connection closes. Spec: after sending
+        connection.close, discard everything but close and close-ok; after the
+        client's close, everything (the node answers close-ok). Nothing here is
+        an error any more: a malformed frame is discarded like any other."""
+        if ftype == 8 and ch == 0 and end == start:
+            return HeartbeatReceived()
+        if self._state != _CLOSING or ftype != 1 or ch != 0 or end - start < 4:
+            return None
+        (index,) = _CLASS_METHOD.unpack_from(buf, start)
+        if index == _C_CLOSE_OK:
+            self._state = _CLOSED
+            return MethodReceived(0, commands.Connection.CloseOk())
+        if index == _C_CLOSE:  # closes crossed: the node answers with close_ok()
+            try:
+                return MethodReceived(0, decode_method(index, bytes(buf[start + 4 : end])))
+            except DecodeError:
+                return MethodReceived(0, commands.Connection.Close(0, "", 0, 0))
+        return None
+
+    @property
+    def close_sent(self) -> bool:
+        """The node has sent connection.close (or the connection is past parsing)."""
+        return self._state in (_CLOSING, _CLOSED, _DEAD)
 
     def _on_heartbeat(self, ch: int, size: int) -> Event | None:
         if ch != 0 or size != 0:
@@ -598,16 +632,6 @@ class ServerConnection:
     ) -> Event | None:
         state = self._state
         class_id, method_id = index >> 16, index & 0xFFFF
-        if state == _CLIENT_CLOSING:
-            return None
-        if state == _CLOSING:
-            # Spec: after sending close, discard all but close and close-ok.
-            if index == _C_CLOSE_OK:
-                self._state = _CLOSED
-                return MethodReceived(0, commands.Connection.CloseOk())
-            if index == _C_CLOSE:  # crossing closes: node answers with close_ok()
-                return MethodReceived(0, self._decode(index, buf, start, end))
-            return None
         if class_id != 10:
             # Spec: channel 0 carries only connection-class methods. (RabbitMQ
             # answers 504 "unexpected method in connection state"; 503 says more.)

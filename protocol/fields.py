@@ -48,6 +48,7 @@ _FIXED: dict[int, tuple[int, struct.Struct | None]] = {
     0: (0, None),
 }
 _LONGSTR, _BYTES, _TABLE, _ARRAY = ord("S"), ord("x"), ord("F"), ord("A")
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 class FieldError(ValueError):
@@ -134,7 +135,11 @@ def decode_value(data: bytes, pos: int, end: int, depth: int = 0) -> tuple[Any, 
         if stop > end:
             raise FieldError(f"truncated {chr(kind)!r} value")
         if st is not None:
-            return st.unpack_from(data, pos)[0], stop
+            value = st.unpack_from(data, pos)[0]
+            if value != value or value in _INFINITIES:
+                # Erlang has no NaN or infinity: RabbitMQ cannot decode these either
+                raise FieldError(f"{chr(kind)!r} value {value} is not a finite number")
+            return value, stop
         if kind == 0x74:  # 't'
             return data[pos] != 0, stop
         if kind == 0x44:  # 'D': scale, unsigned 32-bit value (RabbitMQ, pamqp)
@@ -285,6 +290,51 @@ def check_properties(props: bytes) -> None:
     if pos != n:
         raise FieldError("property list does not match its flags "
                          f"({n - pos:+d} bytes after the last property)")
+
+
+def property_offset(props: bytes, index: int) -> int:
+    """Offset of basic property ``index`` in ``props``, or -1 when absent. Walks only
+    the properties before it (cheap for the early ones: the machine's hot reads);
+    :class:`FieldError` if they are malformed or the value itself is cut off."""
+    if len(props) >= 2 and not props[1] & 3:
+        flags, pos = (props[0] << 8) | props[1], 2
+    else:
+        flags, pos = property_flags(props)
+    if not flags & (0x8000 >> index):
+        return -1
+    n = len(props)
+    for kind in _plan(flags & (0xFFFF << (16 - index)) & 0xFFFC):
+        if kind == "s":
+            if pos >= n:
+                raise FieldError("truncated short string property")
+            pos += 1 + props[pos]
+        elif kind == "o":
+            pos += 1
+        elif kind == "t":
+            pos = skip_table(props, pos, n)
+        else:
+            pos += 8
+    if pos >= n:
+        raise FieldError(f"property {index} missing")
+    kind = PROPERTY_KINDS[index]
+    size = (1 + props[pos]) if kind == "s" else 1 if kind == "o" else 8 if kind == "T" else 4
+    if pos + size > n:
+        raise FieldError(f"property {index} overruns the content header")
+    return pos
+
+
+def octet_property(props: bytes, index: int) -> int | None:
+    """An octet property (delivery mode, priority), None when absent."""
+    pos = property_offset(props, index)
+    return props[pos] if pos >= 0 else None
+
+
+def short_property(props: bytes, index: int) -> str | None:
+    """A short-string property's text, None when absent."""
+    pos = property_offset(props, index)
+    if pos < 0:
+        return None
+    return props[pos + 1 : pos + 1 + props[pos]].decode("utf-8", "replace")
 
 
 def short_string(props: bytes, span: tuple[int, int] | None) -> str | None:

@@ -28,7 +28,7 @@ import heapq
 from cluster.effects import Deliver, Effect
 from cluster.machine.qargs import needs_slow
 from cluster.machine.state import Channel, Consumer, Msg, Queue, State
-from protocol.properties import priority as _priority
+from protocol.fields import PRIORITY, FieldError, octet_property
 
 PRIO_SHIFT = 48
 
@@ -48,9 +48,9 @@ def has_credit(c: Consumer, ch: Channel) -> bool:
 
 def prio_key(q: Queue, msg: Msg) -> int:
     try:
-        p = _priority(msg.properties) or 0
-    except (IndexError, ValueError):
-        p = 0
+        p = octet_property(msg.properties, PRIORITY) or 0
+    except FieldError:
+        p = 0  # only a replica of an old log can hold one: the edge validates
     if p > q.max_priority:
         p = q.max_priority
     return ((q.max_priority - p) << PRIO_SHIFT) | msg.id
