@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol.constants import PROTOCOL_HEADER, REPLY_NAMES
+from protocol.constants import PROTOCOL_HEADER, REPLY_NAMES, SOFT_ERRORS
 
 
 class AMQPError(Exception):
@@ -21,6 +21,11 @@ class AMQPError(Exception):
         self.reply_text = reply_text
         self.class_id = class_id
         self.method_id = method_id
+
+    @property
+    def hard(self) -> bool:
+        """A connection error (the spec's "hard" codes), not a channel error."""
+        return self.reply_code not in SOFT_ERRORS
 
     def __str__(self) -> str:
         return f"{self.reply_code} {self.reply_text}"

@@ -109,16 +109,85 @@ def skip_table(data: bytes, pos: int, end: int | None = None, depth: int = 0) ->
     return stop
 
 
-# --- decoding into Python values (method arguments, client properties) --------------
+# --- raw entries (rewriting a table while keeping every value's bytes) --------------
+
+Entry = tuple[bytes, bytes]  # (key, raw value: type byte + payload)
 
 
-def _timestamp(raw: int) -> datetime.datetime:
-    # pamqp's rule, kept so values compare as before: above 2106 it is milliseconds
+def table_entries(data: bytes, pos: int = 0) -> list[Entry]:
+    """The length-prefixed table at ``pos`` as (key, raw value) pairs, in wire order."""
+    stop = _sized_end(data, pos, len(data))
+    pos += 4
+    out = []
+    while pos < stop:
+        key_end = pos + 1 + data[pos]
+        if key_end > stop:
+            raise FieldError("table key overruns the table")
+        end = skip_value(data, key_end, stop)
+        out.append((bytes(data[pos + 1 : key_end]), bytes(data[key_end:end])))
+        pos = end
+    return out
+
+
+def array_items(raw: bytes) -> list[bytes]:
+    """The raw items (type byte + payload) of a raw array value (``A`` + length + items)."""
+    if raw[:1] != b"A":
+        raise FieldError("not an array")
+    stop = _sized_end(raw, 1, len(raw))
+    pos = 5
+    items = []
+    while pos < stop:
+        end = skip_value(raw, pos, stop)
+        items.append(raw[pos:end])
+        pos = end
+    return items
+
+
+def encode_table(entries: list[Entry]) -> bytes:
+    body = b"".join(bytes([len(k)]) + k + v for k, v in entries)
+    return _U32.pack(len(body)) + body
+
+
+def encode_array(items: list[bytes]) -> bytes:
+    body = b"".join(items)
+    return b"A" + _U32.pack(len(body)) + body
+
+
+def longstr(s: bytes) -> bytes:
+    return b"S" + _U32.pack(len(s)) + s
+
+
+def string_value(raw: bytes | None) -> bytes | None:
+    """The bytes of a raw long-string value, None for anything else."""
+    if raw is not None and raw[:1] == b"S" and len(raw) >= 5:
+        return raw[5:]
+    return None
+
+
+def int_value(raw: bytes | None) -> int | None:
+    """A raw integer value (any width), None for anything else."""
+    if not raw:
+        return None
+    fixed = _FIXED.get(raw[0])
+    if fixed is None or fixed[1] is None or raw[0] in (ord("f"), ord("d")):
+        return None
+    if len(raw) != 1 + fixed[0]:
+        return None
+    value: int = fixed[1].unpack_from(raw, 1)[0]
+    return value
+
+
+# --- decoding into Python values (method arguments, client properties, headers) ------
+
+
+def _timestamp(raw: int) -> datetime.datetime | int:
+    """A datetime (pamqp's rule, kept so values compare as before: above 2106 it is
+    milliseconds); one Python cannot represent stays the number it is."""
     value: float = raw / 1000.0 if raw > 0xFFFFFFFF else raw
     try:
         return datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
     except (OverflowError, OSError, ValueError):
-        raise FieldError(f"timestamp {raw} out of range") from None
+        return raw
 
 
 def decode_value(data: bytes, pos: int, end: int, depth: int = 0) -> tuple[Any, int]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from cluster import commands as C
 from cluster.effects import ChannelError, ConnectionError, Effect, Fault
 from cluster.machine import basic, expiry, lifecycle, topology
-from cluster.machine.errors import INTERNAL_ERROR, AmqpError
+from cluster.machine.errors import INTERNAL_ERROR, AMQPError
 from cluster.machine.expiry import expire_due, flush_dead_letters
 from cluster.machine.lifecycle import close_channel, close_connection
 from cluster.machine.state import DedupeWindow, NodeInfo, State
@@ -83,16 +83,16 @@ def _apply(state: State, cmd: C.Command, out: list[Effect]) -> None:
             if ch is not None:
                 try:
                     handler(state, ch, cmd, out)
-                except AmqpError as e:
+                except AMQPError as e:
                     # validated before anything changed: the state is as before the command
                     if e.hard:
                         conn = state.conns[ch.key[:2]]
-                        out.append(ConnectionError(conn.key, e.code, e.text, e.class_id,
-                                                   e.method_id))
+                        out.append(ConnectionError(conn.key, e.reply_code, e.reply_text,
+                                                   e.class_id, e.method_id))
                         close_connection(state, conn, out)
                     else:
-                        out.append(ChannelError(ch.key, e.code, e.text, e.class_id,
-                                                e.method_id))
+                        out.append(ChannelError(ch.key, e.reply_code, e.reply_text,
+                                                e.class_id, e.method_id))
                         close_channel(state, ch, out)
         if state.dl_pending:
             flush_dead_letters(state, out)  # dead-lettered by this command

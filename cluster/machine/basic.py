@@ -17,7 +17,7 @@ from cluster.effects import (
     Return,
 )
 from cluster.machine import errors as E
-from cluster.machine.errors import AmqpError, rs
+from cluster.machine.errors import error, rs
 from cluster.machine.features import enqueue, expire_head, pop_head, run_slow
 from cluster.machine.qargs import consumer_priority, parse_expiration, validate_consume_args
 from cluster.machine.queues import (
@@ -44,12 +44,12 @@ def _message_ttl(props: bytes) -> int:
     try:
         spans = property_spans(props)
     except FieldError as exc:
-        raise AmqpError(E.FRAME_ERROR, f"cannot decode content header properties: {exc}",
+        raise error(E.FRAME_ERROR, f"cannot decode content header properties: {exc}",
                         E.BASIC_PUBLISH) from None
     raw = short_string(props, spans[EXPIRATION]) or ""
     ttl = parse_expiration(raw)
     if isinstance(ttl, str):
-        raise AmqpError(E.PRECONDITION_FAILED, f"invalid expiration '{raw}': {ttl}",
+        raise error(E.PRECONDITION_FAILED, f"invalid expiration '{raw}': {ttl}",
                         E.BASIC_PUBLISH)
     return ttl
 
@@ -65,7 +65,7 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
         if ex is None:
             raise E.no_exchange(name, ch.vhost, E.BASIC_PUBLISH)
         if ex.internal:
-            raise AmqpError(E.ACCESS_REFUSED,
+            raise error(E.ACCESS_REFUSED,
                             f"cannot publish to internal {rs('exchange', name, ch.vhost)}",
                             E.BASIC_PUBLISH)
         targets = route(vh, ex, cmd.routing_key, cmd.properties)
@@ -104,13 +104,13 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
     m = E.BASIC_CONSUME
     tag = cmd.consumer_tag
     if tag in ch.consumers:
-        raise AmqpError(E.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", m)
+        raise error(E.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", m)
     q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
     if cmd.arguments:
         validate_consume_args(q.name, q.vhost, cmd.arguments)
     if q.exclusive_consumer or (cmd.exclusive and (q.consumers or q.single_active)):
         # (an exclusive consumer is refused on a single-active-consumer queue)
-        raise AmqpError(E.ACCESS_REFUSED, f"{rs('queue', q.name, q.vhost)} in exclusive use", m)
+        raise error(E.ACCESS_REFUSED, f"{rs('queue', q.name, q.vhost)} in exclusive use", m)
     if not tag:
         tag = generate_name(state, "amq.ctag-", ch.key)
         while tag in ch.consumers:
@@ -182,7 +182,7 @@ def _tags(ch: Channel, delivery_tag: int, multiple: bool, method: tuple[int, int
     if multiple and delivery_tag == 0:
         return list(unacked)
     if delivery_tag not in unacked:
-        raise AmqpError(E.PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}", method)
+        raise error(E.PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}", method)
     if not multiple:
         return [delivery_tag]
     tags = []
@@ -209,7 +209,7 @@ def ack(state: State, ch: Channel, cmd: C.Ack, out: list[Effect]) -> None:
         # fast path: one tag, one consumer
         entry = ch.unacked.pop(tag, None)
         if entry is None:
-            raise AmqpError(E.PRECONDITION_FAILED, f"unknown delivery tag {tag}", E.BASIC_ACK)
+            raise error(E.PRECONDITION_FAILED, f"unknown delivery tag {tag}", E.BASIC_ACK)
         q, _msg, c = entry
         if not q.deleted:
             q.unacked -= 1

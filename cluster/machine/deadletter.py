@@ -13,91 +13,27 @@ from __future__ import annotations
 
 import struct
 
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
+from protocol.fields import (
+    EXPIRATION,
+    HEADERS,
+    Entry,
+    FieldError,
+    array_items,
+    encode_array,
+    encode_table,
+    int_value,
+    longstr,
+    property_flags,
+    property_spans,
+    string_value,
+    table_entries,
+)
+
 _I64 = struct.Struct(">q")
 _U64 = struct.Struct(">Q")
+_U16 = struct.Struct(">H")
 
-# Basic properties in flag order (bit 15 downwards): s = shortstr, t = table,
-# o = octet, T = timestamp.
-_KINDS = "sstoossssTssss"
-_HEADERS, _EXPIRATION = 2, 7
-
-_FIXED_SIZE = {ord(c): n for c, n in (("b", 1), ("B", 1), ("s", 2), ("u", 2), ("I", 4),
-                                      ("i", 4), ("l", 8), ("L", 8), ("T", 8), ("f", 4),
-                                      ("d", 8), ("t", 1), ("D", 5), ("V", 0))}
-_INT_FORMATS = {ord("b"): ">b", ord("B"): ">B", ord("s"): ">h", ord("u"): ">H",
-                ord("I"): ">i", ord("i"): ">I", ord("l"): ">q", ord("L"): ">Q"}
-
-Entry = tuple[bytes, bytes]  # (key, raw value: type byte + payload)
 Death = tuple[bytes | None, bytes | None]  # (queue, reason) of one x-death entry
-
-
-def _value_end(data: bytes, pos: int) -> int:
-    t = data[pos]
-    pos += 1
-    n = _FIXED_SIZE.get(t)
-    if n is not None:
-        return pos + n
-    if t in (0x53, 0x78, 0x46, 0x41):  # 'S' longstr, 'x' bytes, 'F' table, 'A' array
-        return pos + 4 + _U32.unpack_from(data, pos)[0]
-    raise ValueError(f"bad field type {t}")
-
-
-def parse_table(data: bytes, pos: int = 0) -> list[Entry]:
-    """A field table (length-prefixed) as (key, raw value) pairs, in wire order."""
-    (n,) = _U32.unpack_from(data, pos)
-    pos += 4
-    end = pos + n
-    if end > len(data):
-        raise ValueError("truncated table")
-    out = []
-    while pos < end:
-        klen = data[pos]
-        key = bytes(data[pos + 1:pos + 1 + klen])
-        pos += 1 + klen
-        vend = _value_end(data, pos)
-        out.append((key, bytes(data[pos:vend])))
-        pos = vend
-    return out
-
-
-def _array_items(raw: bytes) -> list[bytes]:
-    (n,) = _U32.unpack_from(raw, 1)
-    pos, end = 5, 5 + n
-    items = []
-    while pos < end:
-        vend = _value_end(raw, pos)
-        items.append(raw[pos:vend])
-        pos = vend
-    return items
-
-
-def encode_table(entries: list[Entry]) -> bytes:
-    body = b"".join(bytes([len(k)]) + k + v for k, v in entries)
-    return _U32.pack(len(body)) + body
-
-
-def longstr(s: bytes) -> bytes:
-    return b"S" + _U32.pack(len(s)) + s
-
-
-def _array(items: list[bytes]) -> bytes:
-    body = b"".join(items)
-    return b"A" + _U32.pack(len(body)) + body
-
-
-def _str_of(raw: bytes | None) -> bytes | None:
-    if raw is not None and raw[:1] == b"S":
-        return raw[5:]
-    return None
-
-
-def _int_of(raw: bytes | None) -> int | None:
-    if raw is None or not raw:
-        return None
-    fmt = _INT_FORMATS.get(raw[0])
-    return struct.unpack_from(fmt, raw, 1)[0] if fmt is not None else None
 
 
 def _get(entries: list[Entry], key: bytes) -> bytes | None:
@@ -118,31 +54,9 @@ def _set(entries: list[Entry], key: bytes, value: bytes) -> None:
 
 def split_properties(props: bytes) -> tuple[int, bytes, list[bytes | None]]:
     """(flags, continuation flag words, raw bytes of each of the 14 properties)."""
-    flags = _U16.unpack_from(props, 0)[0]
-    pos = 2
-    word = flags
-    while word & 1:
-        word = _U16.unpack_from(props, pos)[0]
-        pos += 2
-    extra = props[2:pos]
-    raw: list[bytes | None] = []
-    for i, kind in enumerate(_KINDS):
-        if not flags & (0x8000 >> i):
-            raw.append(None)
-            continue
-        start = pos
-        if kind == "s":
-            pos += 1 + props[pos]
-        elif kind == "t":
-            pos += 4 + _U32.unpack_from(props, pos)[0]
-        elif kind == "o":
-            pos += 1
-        else:
-            pos += 8
-        if pos > len(props):
-            raise ValueError("truncated properties")
-        raw.append(props[start:pos])
-    return flags, extra, raw
+    flags, pos = property_flags(props)
+    spans = property_spans(props)
+    return flags, props[2:pos], [props[sp[0]:sp[1]] if sp is not None else None for sp in spans]
 
 
 def join_properties(flags: int, extra: bytes, raw: list[bytes | None]) -> bytes:
@@ -155,24 +69,28 @@ def join_properties(flags: int, extra: bytes, raw: list[bytes | None]) -> bytes:
     return _U16.pack(flags) + extra + b"".join(parts)
 
 
+def _death_table(entries: list[Entry]) -> bytes:
+    return b"F" + encode_table(entries)
+
+
 def record_death(props: bytes, reason: str, queue: str, exchange: str, routing_key: str,
                  now_s: int, drop_cc: bool) -> tuple[bytes, list[Death]]:
     """The properties of the dead-lettered copy, and its deaths (queue, reason) in
     x-death order (for cycle detection). Malformed properties are left as they are."""
     try:
         flags, extra, raw = split_properties(props)
-        headers_raw = raw[_HEADERS]
-        headers = parse_table(headers_raw) if headers_raw is not None else []
-    except (IndexError, ValueError, struct.error):
+        headers_raw = raw[HEADERS]
+        headers = table_entries(headers_raw) if headers_raw is not None else []
+    except FieldError:
         return props, [(queue.encode(), reason.encode())]
     q, r, x = queue.encode(), reason.encode(), exchange.encode()
-    expiration = raw[_EXPIRATION]
+    expiration = raw[EXPIRATION]
     info: list[Entry] = [
         (b"reason", longstr(r)),
         (b"queue", longstr(q)),
         (b"time", b"T" + _U64.pack(max(now_s, 0))),
         (b"exchange", longstr(x)),
-        (b"routing-keys", _array([longstr(routing_key.encode())])),
+        (b"routing-keys", encode_array([longstr(routing_key.encode())])),
     ]
     if expiration is not None:
         info.append((b"original-expiration", longstr(expiration[1:])))
@@ -182,18 +100,18 @@ def record_death(props: bytes, reason: str, queue: str, exchange: str, routing_k
         _set(headers, b"x-first-death-reason", longstr(r))
         _set(headers, b"x-first-death-queue", longstr(q))
         _set(headers, b"x-first-death-exchange", longstr(x))
-        _set(headers, b"x-death", _array([b"F" + encode_table([(b"count", b"l" + _I64.pack(1)),
-                                                               *info])]))
+        _set(headers, b"x-death", encode_array([_death_table([(b"count", b"l" + _I64.pack(1)),
+                                                              *info])]))
         deaths = [(q, r)]
     elif old[:1] != b"A":
         # not an array (a client re-published it converted): reset it
-        _set(headers, b"x-death", _array([b"F" + encode_table([(b"count", b"l" + _I64.pack(1)),
-                                                               *info])]))
+        _set(headers, b"x-death", encode_array([_death_table([(b"count", b"l" + _I64.pack(1)),
+                                                              *info])]))
         deaths = [(q, r)]
     else:
         try:
-            items = _array_items(old)
-        except (IndexError, ValueError, struct.error):
+            items = array_items(old)
+        except FieldError:
             items = []
         match: list[Entry] | None = None
         others: list[bytes] = []
@@ -204,7 +122,7 @@ def record_death(props: bytes, reason: str, queue: str, exchange: str, routing_k
                 others.append(item)
                 other_deaths.append((None, None))
                 continue
-            dq, dr = _str_of(_get(table, b"queue")), _str_of(_get(table, b"reason"))
+            dq, dr = string_value(_get(table, b"queue")), string_value(_get(table, b"reason"))
             if match is None and dq == q and dr == r:
                 match = table
             else:
@@ -213,17 +131,17 @@ def record_death(props: bytes, reason: str, queue: str, exchange: str, routing_k
         if match is None:
             entry = [(b"count", b"l" + _I64.pack(1)), *info]
         else:  # the earlier entry, its count incremented (rabbit_dead_letter keeps its fields)
-            count = _int_of(_get(match, b"count"))
+            count = int_value(_get(match, b"count"))
             entry = list(match)
             _set(entry, b"count", b"l" + _I64.pack((count or 0) + 1))
         entry.sort(key=lambda kv: kv[0])
-        _set(headers, b"x-death", _array([b"F" + encode_table(entry), *others]))
+        _set(headers, b"x-death", encode_array([_death_table(entry), *others]))
         deaths = [(q, r), *other_deaths]
     if drop_cc:
         headers = [(k, v) for k, v in headers if k != b"CC"]
     headers.sort(key=lambda kv: kv[0])  # rabbit_misc:set_table_value sorts the table
-    raw[_HEADERS] = encode_table(headers)
-    raw[_EXPIRATION] = None
+    raw[HEADERS] = encode_table(headers)
+    raw[EXPIRATION] = None
     return join_properties(flags, extra, raw), deaths
 
 
@@ -231,8 +149,8 @@ def _table_of(item: bytes) -> list[Entry] | None:
     if item[:1] != b"F":
         return None
     try:
-        return parse_table(item, 1)
-    except (IndexError, ValueError, struct.error):
+        return table_entries(item, 1)
+    except FieldError:
         return None
 
 

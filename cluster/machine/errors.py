@@ -1,10 +1,31 @@
 """AMQP errors raised by command handlers and turned into effects by ``apply``.
 
+The reply codes and the error type are the protocol layer's (one set for the
+whole broker; both modules are standard library only, as the machine must be).
 Handlers validate before they mutate, so raising leaves the state untouched;
 ``apply`` then closes the channel (soft error) or the connection (hard error).
 """
 
 from __future__ import annotations
+
+from protocol.constants import (
+    ACCESS_REFUSED,
+    COMMAND_INVALID,
+    FRAME_ERROR,
+    INTERNAL_ERROR,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    RESOURCE_LOCKED,
+)
+from protocol.errors import AMQPError
+
+__all__ = [
+    "ACCESS_REFUSED", "COMMAND_INVALID", "FRAME_ERROR", "INTERNAL_ERROR", "NOT_ALLOWED",
+    "NOT_FOUND", "NOT_IMPLEMENTED", "PRECONDITION_FAILED", "RESOURCE_LOCKED", "AMQPError",
+    "error",
+]
 
 # Method (class_id, method_id) pairs used in error replies.
 CHANNEL_FLOW = (20, 20)
@@ -27,39 +48,13 @@ BASIC_REJECT = (60, 90)
 BASIC_RECOVER = (60, 110)
 BASIC_NACK = (60, 120)
 
-ACCESS_REFUSED = 403
-NOT_FOUND = 404
-RESOURCE_LOCKED = 405
-PRECONDITION_FAILED = 406
-FRAME_ERROR = 501
-COMMAND_INVALID = 503
-NOT_ALLOWED = 530
-NOT_IMPLEMENTED = 540
-INTERNAL_ERROR = 541
-
-_NAMES = {
-    ACCESS_REFUSED: "ACCESS_REFUSED",
-    NOT_FOUND: "NOT_FOUND",
-    RESOURCE_LOCKED: "RESOURCE_LOCKED",
-    PRECONDITION_FAILED: "PRECONDITION_FAILED",
-    FRAME_ERROR: "FRAME_ERROR",
-    NOT_ALLOWED: "NOT_ALLOWED",
-    COMMAND_INVALID: "COMMAND_INVALID",
-    NOT_IMPLEMENTED: "NOT_IMPLEMENTED",
-    INTERNAL_ERROR: "INTERNAL_ERROR",
-}
-
-# Codes that are connection errors (hard) in AMQP 0-9-1.
-_HARD = {FRAME_ERROR, NOT_ALLOWED, COMMAND_INVALID, NOT_IMPLEMENTED, INTERNAL_ERROR}
 
 
-class AmqpError(Exception):
-    def __init__(self, code: int, text: str, method: tuple[int, int]) -> None:
-        super().__init__(code, text)
-        self.code = code
-        self.text = f"{_NAMES[code]} - {text}"
-        self.class_id, self.method_id = method
-        self.hard = code in _HARD
+def error(code: int, text: str, method: tuple[int, int]) -> AMQPError:
+    """The error ``code`` (protocol/constants.py) for ``method``; ``text`` gets
+    RabbitMQ's "NAME - " prefix. Soft codes close the channel, the others the
+    connection (``AMQPError.hard``)."""
+    return AMQPError(code, text, *method)
 
 
 def rs(kind: str, name: str, vhost: str) -> str:
@@ -67,16 +62,16 @@ def rs(kind: str, name: str, vhost: str) -> str:
     return f"{kind} '{name}' in vhost '{vhost}'"
 
 
-def no_queue(name: str, vhost: str, method: tuple[int, int]) -> AmqpError:
-    return AmqpError(NOT_FOUND, f"no {rs('queue', name, vhost)}", method)
+def no_queue(name: str, vhost: str, method: tuple[int, int]) -> AMQPError:
+    return error(NOT_FOUND, f"no {rs('queue', name, vhost)}", method)
 
 
-def no_exchange(name: str, vhost: str, method: tuple[int, int]) -> AmqpError:
-    return AmqpError(NOT_FOUND, f"no {rs('exchange', name, vhost)}", method)
+def no_exchange(name: str, vhost: str, method: tuple[int, int]) -> AMQPError:
+    return error(NOT_FOUND, f"no {rs('exchange', name, vhost)}", method)
 
 
-def locked(name: str, vhost: str, method: tuple[int, int]) -> AmqpError:
-    return AmqpError(
+def locked(name: str, vhost: str, method: tuple[int, int]) -> AMQPError:
+    return error(
         RESOURCE_LOCKED,
         f"cannot obtain exclusive access to locked {rs('queue', name, vhost)}. It could be "
         "originally declared on another connection or the exclusive property value does "
@@ -85,8 +80,8 @@ def locked(name: str, vhost: str, method: tuple[int, int]) -> AmqpError:
     )
 
 
-def default_exchange_refused(method: tuple[int, int]) -> AmqpError:
-    return AmqpError(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
+def default_exchange_refused(method: tuple[int, int]) -> AMQPError:
+    return error(ACCESS_REFUSED, "operation not permitted on the default exchange", method)
 
 
 def fmt_value(v: object) -> str:

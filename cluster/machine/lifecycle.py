@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from cluster import commands as C
 from cluster.effects import Effect
+from cluster.machine.bindings import delete_exchange
 from cluster.machine.queues import delete_queue, remove_consumer, return_msg, run_touched
 from cluster.machine.state import Channel, Connection, NodeInfo, Queue, State
-from cluster.machine.topology import delete_exchange
 
 
 def close_channel(state: State, ch: Channel, out: list[Effect]) -> None:

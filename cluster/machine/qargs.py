@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.machine import errors as E
-from cluster.machine.errors import AmqpError, rs
+from cluster.machine.errors import error, rs
 from cluster.machine.state import Queue
 
 MAX_EXPIRY = 4294967295  # rabbit_misc's ?MAX_EXPIRY_TIMER
@@ -151,7 +151,7 @@ def _check(kind: str, name: str, vhost: str, args: dict[str, Any],
         if key in args:
             err = check(args[key], args)
             if err is not None:
-                raise AmqpError(E.PRECONDITION_FAILED,
+                raise error(E.PRECONDITION_FAILED,
                                 f"invalid arg '{key}' for {rs(kind, name, vhost)}: {err}", method)
 
 
@@ -161,7 +161,7 @@ def validate_queue_args(name: str, vhost: str, args: dict[str, Any]) -> None:
     dlx = args.get("x-dead-letter-exchange")
     if dlx is not None and not isinstance(dlx, str | bytes):
         # rabbit_channel checks the DLX's type before rabbit_amqqueue's checks
-        raise AmqpError(E.PRECONDITION_FAILED,
+        raise error(E.PRECONDITION_FAILED,
                         f"invalid type '{type_name(dlx)}' for arg 'x-dead-letter-exchange' in "
                         f"{rs('queue', name, vhost)}", m)
     _check("queue", name, vhost, args, _QUEUE_CHECKS, m)

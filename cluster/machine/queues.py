@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 
 from cluster.effects import ConsumerCancelled, Deliver, Effect
+from cluster.machine.bindings import remove_binding
 from cluster.machine.features import (
     dead_letter,
     has_credit,
@@ -174,8 +175,6 @@ def delete_queue(state: State, q: Queue, out: list[Effect]) -> int:
     closed have already dropped theirs), drop its bindings and messages. Returns
     the ready count. Messages checked out stay on their channels; settling them
     is then a no-op."""
-    from cluster.machine.topology import remove_binding  # cycle: topology uses queues
-
     count = q.ready_count()
     q.deleted = True
     vh = state.vhosts[q.vhost]

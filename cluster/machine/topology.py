@@ -26,12 +26,13 @@ from cluster.effects import (
     QueueUnbindOk,
 )
 from cluster.machine import errors as E
-from cluster.machine.errors import AmqpError, rs
+from cluster.machine.bindings import add_binding, delete_exchange, remove_binding
+from cluster.machine.errors import AMQPError, error, rs
 from cluster.machine.features import touch
 from cluster.machine.qargs import configure, type_name, validate_queue_args
 from cluster.machine.queues import delete_queue
 from cluster.machine.routing import freeze, x_match_valid
-from cluster.machine.state import BindKey, Channel, Dest, Exchange, Queue, State, VHost
+from cluster.machine.state import BindKey, Channel, Exchange, Queue, State, VHost
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
@@ -59,7 +60,7 @@ def resolve_queue_name(ch: Channel, name: str, method: tuple[int, int]) -> str:
     if name:
         return name
     if not ch.last_queue:
-        raise AmqpError(E.NOT_FOUND, "no previously declared queue", method)
+        raise error(E.NOT_FOUND, "no previously declared queue", method)
     return ch.last_queue
 
 
@@ -84,8 +85,8 @@ def _arg_key(v: Any) -> Any:
 
 
 def _inequivalent(kind: str, name: str, vhost: str, field: str, received: str,
-                  current: str, method: tuple[int, int]) -> AmqpError:
-    return AmqpError(
+                  current: str, method: tuple[int, int]) -> AMQPError:
+    return error(
         E.PRECONDITION_FAILED,
         f"inequivalent arg '{field}' for {rs(kind, name, vhost)}: "
         f"received {received} but current is {current}",
@@ -121,61 +122,6 @@ def _check_args(kind: str, name: str, vhost: str, current: dict[str, Any],
 _ABSENT = object()
 
 
-# --- bindings ------------------------------------------------------------------------
-
-
-def add_binding(vh: VHost, source: Exchange, dest: Dest, routing_key: str,
-                args: dict[str, Any]) -> None:
-    key: BindKey = (dest, routing_key, freeze(args))
-    if key in source.bindings:
-        return
-    source.bindings[key] = dict(args)
-    source.index = None
-    if dest[0]:
-        vh.exchanges[dest[1]].dest_bindings[(source.name, key)] = None
-    else:
-        vh.queues[dest[1]].bindings[(source.name, key)] = None
-
-
-def remove_binding(state: State, vh: VHost, source: str, key: BindKey,
-                   out: list[Effect]) -> None:
-    """Remove one binding from both ends; an auto-delete source exchange that
-    loses its last binding is deleted (as rabbit_binding's maybe_auto_delete)."""
-    dest = key[0]
-    if dest[0]:
-        dx = vh.exchanges.get(dest[1])
-        if dx is not None:
-            dx.dest_bindings.pop((source, key), None)
-    else:
-        dq = vh.queues.get(dest[1])
-        if dq is not None:
-            dq.bindings.pop((source, key), None)
-    ex = vh.exchanges.get(source)
-    if ex is not None and ex.bindings.pop(key, _ABSENT) is not _ABSENT:
-        ex.index = None
-        if ex.auto_delete and not ex.bindings:
-            delete_exchange(state, vh, ex, out)
-
-
-def delete_exchange(state: State, vh: VHost, ex: Exchange, out: list[Effect]) -> None:
-    del vh.exchanges[ex.name]
-    for key in ex.bindings:
-        dest = key[0]
-        if dest[0]:
-            dx = vh.exchanges.get(dest[1])
-            if dx is not None:
-                dx.dest_bindings.pop((ex.name, key), None)
-        else:
-            dq = vh.queues.get(dest[1])
-            if dq is not None:
-                dq.bindings.pop((ex.name, key), None)
-    ex.bindings.clear()
-    ex.index = None
-    for source, key in list(ex.dest_bindings):
-        remove_binding(state, vh, source, key, out)
-    ex.dest_bindings.clear()
-
-
 # --- exchange.* ----------------------------------------------------------------------
 
 
@@ -190,18 +136,18 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
             raise E.no_exchange(name, ch.vhost, m)
     else:
         if cmd.type not in EXCHANGE_TYPES:
-            raise AmqpError(E.COMMAND_INVALID, f"unknown exchange type '{cmd.type}'", m)
+            raise error(E.COMMAND_INVALID, f"unknown exchange type '{cmd.type}'", m)
         if name == "":
             raise E.default_exchange_refused(m)
         ex = vh.exchanges.get(name)
         if ex is None:
             if name.startswith("amq."):
-                raise AmqpError(
+                raise error(
                     E.ACCESS_REFUSED,
                     f"exchange name '{name}' contains reserved prefix 'amq.*'", m)
             ae = cmd.arguments.get("alternate-exchange")
             if ae is not None and not isinstance(ae, str | bytes):
-                raise AmqpError(E.PRECONDITION_FAILED,
+                raise error(E.PRECONDITION_FAILED,
                                 f"invalid type '{type_name(ae)}' for arg 'alternate-exchange' "
                                 f"in {rs('exchange', name, ch.vhost)}", m)
             conn = state.conns[ch.key[:2]]
@@ -229,12 +175,12 @@ def exchange_delete(state: State, ch: Channel, cmd: C.ExchangeDelete, out: list[
     if name == "":
         raise E.default_exchange_refused(m)
     if name.startswith("amq."):
-        raise AmqpError(E.ACCESS_REFUSED,
+        raise error(E.ACCESS_REFUSED,
                         f"deletion of system {rs('exchange', name, ch.vhost)} not allowed", m)
     ex = vh.exchanges.get(name)
     if ex is not None:
         if cmd.if_unused and ex.bindings:
-            raise AmqpError(E.PRECONDITION_FAILED, f"{rs('exchange', name, ch.vhost)} in use", m)
+            raise error(E.PRECONDITION_FAILED, f"{rs('exchange', name, ch.vhost)} in use", m)
         delete_exchange(state, vh, ex, out)
     if not cmd.nowait:
         out.append(ExchangeDeleteOk(ch.key))
@@ -244,7 +190,7 @@ def _check_headers_args(source: Exchange, args: dict[str, Any], m: tuple[int, in
     if source.type == "headers":
         problem = x_match_valid(args)
         if problem is not None:
-            raise AmqpError(E.PRECONDITION_FAILED, problem, m)
+            raise error(E.PRECONDITION_FAILED, problem, m)
 
 
 def exchange_bind(state: State, ch: Channel, cmd: C.ExchangeBind, out: list[Effect]) -> None:
@@ -294,7 +240,7 @@ def queue_declare(state: State, ch: Channel, cmd: C.QueueDeclare, out: list[Effe
             while name in vh.queues:
                 name = generate_name(state, "amq.gen-", conn_key)
         elif name.startswith("amq."):
-            raise AmqpError(E.ACCESS_REFUSED,
+            raise error(E.ACCESS_REFUSED,
                             f"queue name '{name}' contains reserved prefix 'amq.*'", m)
         found = vh.queues.get(name)
         if found is None:
@@ -386,9 +332,9 @@ def queue_delete(state: State, ch: Channel, cmd: C.QueueDelete, out: list[Effect
     if q is not None:
         check_exclusive(q, ch, m)
         if cmd.if_unused and q.consumers:
-            raise AmqpError(E.PRECONDITION_FAILED, f"{rs('queue', name, ch.vhost)} in use", m)
+            raise error(E.PRECONDITION_FAILED, f"{rs('queue', name, ch.vhost)} in use", m)
         if cmd.if_empty and q.ready_count():
-            raise AmqpError(E.PRECONDITION_FAILED, f"{rs('queue', name, ch.vhost)} not empty", m)
+            raise error(E.PRECONDITION_FAILED, f"{rs('queue', name, ch.vhost)} not empty", m)
         count = delete_queue(state, q, out)
     if not cmd.nowait:
         out.append(QueueDeleteOk(ch.key, count))

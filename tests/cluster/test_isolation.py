@@ -121,3 +121,15 @@ def test_expiration_is_still_refused_as_rabbitmq_does() -> None:
     out = run(state, enq(GOOD, "q", props=props(expiration="soon"), confirm=1))
     [err] = of_type(out, E.ChannelError)
     assert err.reply_code == 406 and "invalid expiration" in err.reply_text
+
+
+def test_the_machine_does_not_load_pamqp() -> None:
+    """The machine's only imports from protocol/ are standard-library modules."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cluster.machine, cluster.commands, cluster.effects; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pamqp', 'protocol')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert eval(out) == ["protocol", "protocol.constants", "protocol.errors", "protocol.fields"]
