@@ -106,6 +106,16 @@ class ChannelClose(Command):
     ch: ChKey
 
 
+@_command(7)
+class ConnectionFlow(Command):
+    """The node's socket to this client stopped (``active`` False) or resumed taking
+    what is written to it: deliveries to the connection's channels wait meanwhile,
+    the messages staying in their queues (node/flow.py)."""
+
+    conn: ConnKey
+    active: bool
+
+
 # --- topology ------------------------------------------------------------------------
 
 

@@ -26,57 +26,21 @@ import os
 import random
 import select
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pysyncobj.pickle as _sync_pickle
-import pysyncobj.serializer as _serializer_module
-import pysyncobj.syncobj as _syncobj_module
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from cluster import log_rules, machine, tcp_patch
+from cluster import log_rules, machine
+from cluster import pysyncobj_patches as patches
 from cluster.commands import Batch, decode_batch
 from cluster.effects import Effect
+from cluster.pysyncobj_patches import Internals, MembershipResult
+from cluster.replica import RaftStatus
 
 log = logging.getLogger(__name__)
-
-# pysyncobj pickles every entry and snapshot with protocol 2, which turns bytes
-# into text and back (7.6 µs per 4 KiB message vs 0.5 µs with protocol 5,
-# measured). The setting is module-global in pysyncobj; every node sets it.
-setattr(_sync_pickle, "__protocol", 5)  # noqa: B010 - the name is dunder-ish on purpose
-
-
-tcp_patch.install()
-
-# Cross-thread wake-ups through a pipe are useless here: everything runs on the loop.
-_syncobj_module.PIPE_NOTIFIER_ENABLED = False
-
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _durable_replace(src: str, dst: str) -> None:
-    """pysyncobj writes snapshots (``raft.dump``) to a temporary file and renames it, with no
-    fsync: after a power loss the snapshot can be missing or empty while the journal entries
-    it covers are already compacted away (chaos suite, seed 3000). Here: data, rename, directory,
-    in that order, all durable before pysyncobj drops a journal entry."""
-    _fsync_path(src)
-    os.replace(src, dst)
-    _fsync_path(os.path.dirname(os.path.abspath(dst)))
-
-
-# Used by the forked snapshot writer (so the fsync does not stall the loop) and for snapshots
-# received from the leader.
-setattr(_serializer_module, "atomicReplace", _durable_replace)  # noqa: B010
 
 _READ, _WRITE, _ERROR = POLL_EVENT_TYPE.READ, POLL_EVENT_TYPE.WRITE, POLL_EVENT_TYPE.ERROR
 
@@ -138,21 +102,6 @@ class _LoopPoller:
         self.after_event()
 
 
-@dataclass(frozen=True)
-class RaftStatus:
-    node: str
-    state: str  # leader / follower / candidate
-    leader: str | None
-    term: int
-    commit_index: int
-    last_applied: int
-    log_len: int
-    has_quorum: bool
-    members: tuple[str, ...] = ()
-    connected: tuple[str, ...] = ()
-    match_index: tuple[tuple[str, int], ...] = ()
-
-
 _STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
@@ -169,14 +118,22 @@ class _Replica(SyncObj):
         self._sink = sink
         # next_node_idx for the reply to an installed snapshot whose journal tail was kept
         self.install_reply: int | None = None
+        self.internals: Internals | None = None  # set during SyncObj.__init__ (loading)
         super().__init__(self_addr, peers, conf)
+        self.internals = Internals(self)
         self._hook_snapshot_install()
         self.state = machine.new_state()
+
+    def _internals(self) -> Internals:
+        # SyncObj.__init__ loads the snapshot before it returns: build the view early then
+        if self.internals is None:
+            self.internals = Internals(self)
+        return self.internals
 
     def _read_snapshot_once(self, snapshot: Any) -> None:
         """The next ``deserialize`` returns ``snapshot`` (already read) instead of reading
         and unpickling the file again."""
-        serializer = self._SyncObj__serializer
+        serializer = self._internals().serializer
 
         def once() -> Any:
             del serializer.deserialize
@@ -188,7 +145,7 @@ class _Replica(SyncObj):
         """pysyncobj's snapshot loading (at start-up, and installing one from the leader), but
         a journal that holds the snapshot's last entry keeps the entries after it
         (:func:`~cluster.log_rules.journal_trim_position`)."""
-        serializer = self._SyncObj__serializer
+        serializer = self._internals().serializer
         try:
             snapshot = serializer.deserialize()
         except Exception:  # pysyncobj logs a broken dump itself, below
@@ -204,7 +161,7 @@ class _Replica(SyncObj):
     def _trim_journal_to(self, before_last: Any, last: Any) -> bool:
         """Drop the journal's head up to the snapshot; False if the journal does not hold the
         snapshot's last two entries."""
-        journal = self._SyncObj__raftLog
+        journal = self._internals().log
         pos = log_rules.journal_trim_position(journal, before_last, last)
         if pos is None:
             return False
@@ -217,28 +174,28 @@ class _Replica(SyncObj):
         applied (:func:`~cluster.log_rules.snapshot_is_stale`; pysyncobj installs whatever it
         is sent). Checked on the last chunk, before the received file replaces this node's
         own snapshot; the snapshot read here is not read again to install it."""
-        serializer = self._SyncObj__serializer
+        internals = self._internals()
+        serializer = internals.serializer
         receive = serializer.setTransmissionData
-        incoming = "_Serializer__incomingTransmissionFile"
-        tmp_path = str(self._SyncObj__conf.fullDumpFile) + ".1.tmp"
+        tmp_path = str(internals.conf.fullDumpFile) + ".1.tmp"
 
         def set_transmission_data(data: Any) -> bool:
-            file: Any = getattr(serializer, incoming, None)
+            file: Any = internals.incoming_snapshot_file
             if data is None or not data[2] or not hasattr(file, "write"):
                 return bool(receive(data))
             file.write(data[0])
             file.flush()
             try:
                 with open(tmp_path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
-                    snapshot = _sync_pickle.load(g)
+                    snapshot = patches.load(g)
             except Exception:
                 return bool(receive((b"", data[1], data[2])))  # pysyncobj reports it
-            applied = self._SyncObj__raftLastApplied
+            applied = internals.last_applied
             if log_rules.snapshot_is_stale(snapshot[1][1], applied):
                 log.warning("ignoring a snapshot up to index %d: already applied up to %d",
                             snapshot[1][1], applied)
                 file.close()
-                setattr(serializer, incoming, None)
+                internals.drop_incoming_snapshot()
                 os.unlink(tmp_path)
                 return False
             self._read_snapshot_once(snapshot)
@@ -325,12 +282,12 @@ class RaftNode:
         self._incarnation: int | None = None
         self.self_addr = self_addr
         self._poller = _LoopPoller()
-        original = _syncobj_module.createPoller
-        _syncobj_module.createPoller = lambda _type: self._poller
-        try:
-            self._replica = _Replica(self_addr, list(peers), conf, self._on_applied)
-        finally:
-            _syncobj_module.createPoller = original
+        patches.install()
+        self._replica: _Replica = patches.with_poller(
+            self._poller, lambda: _Replica(self_addr, list(peers), conf, self._on_applied))
+        internals = self._replica.internals
+        assert internals is not None
+        self._internals: Internals = internals
         self._journal_fd: int | None = None
         self._dirty = False
         self._held: list[tuple[Any, Any]] = []
@@ -345,8 +302,8 @@ class RaftNode:
         """Mark the journal dirty on every append, and make a follower fsync
         before it tells the leader it has entries (pysyncobj would ack entries
         that are only in an unflushed mmap)."""
-        journal = self._replica._SyncObj__raftLog
-        transport = self._replica._SyncObj__transport
+        journal = self._internals.log
+        transport = self._internals.transport
         add, send = journal.add, transport.send
 
         def add_entry(*args: Any) -> Any:
@@ -379,7 +336,7 @@ class RaftNode:
         journal.add = add_entry
         transport.send = send_message
         if self._fsync:
-            self._hook_meta(journal)
+            self._hook_meta(self._internals.meta_storer())
         self._poller.after_event = release_held  # type: ignore[method-assign]
         self._hook_next_index(transport)
         self._hook_leader_lost(transport)
@@ -392,33 +349,31 @@ class RaftNode:
         a new leader. A cut that closes no connection (a black hole) keeps the normal timeout.
         The random spread keeps the followers from standing at the same moment (a split vote
         costs another timeout)."""
-        replica = self._replica
-        on_disconnected = replica._SyncObj__onNodeDisconnected
-        min_timeout = replica._SyncObj__conf.raftMinTimeout
+        raft = self._internals
+        on_disconnected = raft.on_node_disconnected
+        min_timeout = raft.conf.raftMinTimeout
 
         def disconnected(node: Any) -> None:
             on_disconnected(node)
-            if replica._SyncObj__raftState == 0 and replica._SyncObj__raftLeader == node:
+            if raft.is_follower and raft.leader_node == node:
                 soon = monotonic_time() + min_timeout * (0.2 + 0.6 * random.random())
-                replica._SyncObj__raftElectionDeadline = min(
-                    replica._SyncObj__raftElectionDeadline, soon)
+                raft.election_deadline = min(raft.election_deadline, soon)
 
         transport.setOnNodeDisconnectedCallback(disconnected)
 
     @staticmethod
-    def _hook_meta(journal: Any) -> None:
+    def _hook_meta(storer: Any) -> None:
         """Term and vote (and the commit index) in ``raft.journal.meta`` are written by pysyncobj
         without fsync: after a power loss a node could vote twice in one term. Made durable
         before pysyncobj goes on (it answers a vote only after storing it)."""
-        storer = getattr(journal, "_FileJournal__metaStorer", None)
         if storer is None:
             return  # an in-memory journal
         path = storer.getPath()
 
         def store_meta(meta: Any) -> None:
             with open(path + ".tmp", "wb") as f:
-                f.write(_sync_pickle.dumps(meta))
-            _durable_replace(path + ".tmp", path)
+                f.write(patches.dumps(meta))
+            patches.durable_replace(path + ".tmp", path)
 
         storer.storeMeta = store_meta
 
@@ -427,9 +382,9 @@ class RaftNode:
         (:func:`~cluster.log_rules.conflict_reply_index`)."""
         if not reply.get("reset") or reply.get("success"):
             return
-        log = self._replica._SyncObj__raftLog
+        log = self._internals.log
         reply["next_node_idx"] = log_rules.conflict_reply_index(
-            reply["next_node_idx"], log[-1][1], log[0][1], self._replica._SyncObj__raftCommitIndex)
+            reply["next_node_idx"], log[-1][1], log[0][1], self._internals.commit_index)
 
     def _hook_next_index(self, transport: Any) -> None:
         """Keep the leader's next index for a follower from moving backwards.
@@ -443,12 +398,10 @@ class RaftNode:
         the index forward; failures (``reset``) only move it back
         (:class:`~cluster.log_rules.ResetCeiling`, seed 2005)."""
         replica = self._replica
-        handle = replica._SyncObj__onMessageReceived
-        next_index = replica._SyncObj__raftNextIndex
+        raft = self._internals
+        handle = raft.on_message_received
+        next_index = raft.next_index
         ceiling = log_rules.ResetCeiling()
-
-        commit_attr = "_SyncObj__raftCommitIndex"
-        applied_attr = "_SyncObj__raftLastApplied"
 
         def on_message(node: Any, message: Any) -> None:
             if not isinstance(message, dict):
@@ -459,7 +412,7 @@ class RaftNode:
                 handle(node, message)
                 if replica._isLeader() and node in next_index:
                     next_index[node] = ceiling.on_reset(
-                        node, replica._SyncObj__raftCurrentTerm, message["next_node_idx"])
+                        node, raft.term, message["next_node_idx"])
                 return
             if kind == "next_node_idx" and message.get("success"):
                 ceiling.on_success(node)
@@ -472,14 +425,12 @@ class RaftNode:
             if kind == "append_entries" and "prevLogIdx" not in message:
                 # A snapshot chunk: only an installed snapshot may move the commit
                 # index (log_rules.commit_after_snapshot_message, seed 201).
-                before = getattr(replica, commit_attr)
+                before = raft.commit_index
                 handle(node, message)
-                after = getattr(replica, commit_attr)
-                commit = log_rules.commit_after_snapshot_message(
-                    before, after, getattr(replica, applied_attr))
+                after = raft.commit_index
+                commit = log_rules.commit_after_snapshot_message(before, after, raft.last_applied)
                 if commit != after:
-                    setattr(replica, commit_attr, commit)
-                    replica._SyncObj__raftLog.setRaftCommitIndex(commit)
+                    raft.commit_index = commit
                 return
             handle(node, message)
 
@@ -583,16 +534,15 @@ class RaftNode:
         so a stall of this node is not mistaken for a silent leader (Raft
         without pre-vote would depose a healthy leader: measured as election
         churn, hundreds of terms, under the client suites' multi-MB messages)."""
-        replica = self._replica
-        replica._SyncObj__raftElectionDeadline = (
-            monotonic_time() + replica._SyncObj__generateRaftTimeout())
+        raft = self._internals
+        raft.election_deadline = monotonic_time() + raft.random_election_timeout()
 
     @property
     def catching_up(self) -> bool:
         """The leader told this follower of committed entries it has not applied yet
         (it has not received them): what it applies now may be undone by what follows."""
-        leader_commit = self._replica._SyncObj__leaderCommitIndex
-        return leader_commit is not None and leader_commit > self._replica._SyncObj__raftLastApplied
+        leader_commit = self._internals.leader_commit_index
+        return leader_commit is not None and leader_commit > self._internals.last_applied
 
     @property
     def has_quorum(self) -> bool:
@@ -609,7 +559,7 @@ class RaftNode:
         if not replica._isLeader():
             return True
         since = monotonic_time() - self._contact_timeout
-        heard = replica._SyncObj__lastResponseTime
+        heard = self._internals.last_response_time
         others = replica.otherNodes
         recent = 1 + sum(1 for n in others if heard.get(n, 0.0) > since)
         return recent > (len(others) + 1) / 2
@@ -625,16 +575,19 @@ class RaftNode:
     def peers(self) -> list[str]:
         return sorted(n.id for n in self._replica.otherNodes)
 
-    def add_member(self, addr: str, callback: Callable[[Any, Any], None]) -> None:
-        """Add a member (leader only; one change at a time)."""
-        self._replica.addNodeToCluster(addr, callback=callback)
+    def add_member(self, addr: str, callback: Callable[[str], None]) -> None:
+        """Add a member (leader only; one change at a time); ``callback`` gets a
+        :class:`~cluster.pysyncobj_patches.MembershipResult`."""
+        self._replica.addNodeToCluster(
+            addr, callback=lambda _r, err: callback(MembershipResult.from_code(err)))
 
     def transfer_leadership(self) -> None:
         """Leader only: ask the most caught-up follower to take over."""
         self._replica.transferLeadership(None, callback=lambda *_: None)
 
-    def remove_member(self, addr: str, callback: Callable[[Any, Any], None]) -> None:
-        self._replica.removeNodeFromCluster(addr, callback=callback)
+    def remove_member(self, addr: str, callback: Callable[[str], None]) -> None:
+        self._replica.removeNodeFromCluster(
+            addr, callback=lambda _r, err: callback(MembershipResult.from_code(err)))
 
     @property
     def is_ready(self) -> bool:

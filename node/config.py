@@ -254,7 +254,8 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         cfg = _replace(cfg, raft_address=f"{cfg.amqp_host}:{(cfg.amqp_port + 20000) % 65536 or 25672}")
     cfg = _replace(cfg, users={cfg.default_user: cfg.default_pass})
     try:
-        cfg = _replace(cfg, **discovery.configure(cfg, environ, given))
+        options = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+        cfg = _replace(cfg, **discovery.configure(options, environ, given))
     except discovery.DiscoveryError as e:
         raise ConfigError(str(e)) from None
     _check(cfg)

@@ -49,10 +49,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from node.config import Config
+from typing import Any
 
 MODES = ("none", "statefulset")
 DEFAULT_RAFT_PORT = 25672
@@ -261,33 +258,34 @@ def static_lookup(pairs: tuple[tuple[str, str], ...], host: str) -> str | None:
 # --- putting it together ----------------------------------------------------------------
 
 
-def configure(cfg: Config, environ: Mapping[str, str], given: set[str],
+def configure(cfg: Mapping[str, Any], environ: Mapping[str, str], given: set[str],
               resolve: Resolver | None = None, hostname: str | None = None) -> dict[str, Any]:
-    """The Config fields discovery sets, from ``cfg`` as loaded and the environment.
+    """The Config fields discovery sets, from ``cfg`` (the options as loaded, by name)
+    and the environment.
 
     ``given`` names the options set explicitly (flag or variable); ``resolve`` and ``hostname``
     default to the system's (the resolver hook tests replace)."""
-    if cfg.static_hosts:
-        install_static_hosts(cfg.static_hosts)
+    if cfg["static_hosts"]:
+        install_static_hosts(cfg["static_hosts"])
     changes: dict[str, Any] = {}
     for opt in ("amqp_host", "metrics_host"):
-        ip = static_lookup(cfg.static_hosts, getattr(cfg, opt))
+        ip = static_lookup(cfg["static_hosts"], cfg[opt])
         if ip is not None:
             changes[opt] = ip
 
     def lookup(host: str) -> str | None:
-        ip = static_lookup(cfg.static_hosts, host)
+        ip = static_lookup(cfg["static_hosts"], host)
         if ip is not None:
             return ip
         return (resolve or system_resolve)(host)
 
-    if (cfg.peer_discovery == "none" and "raft_address" not in given and not cfg.peers
-            and _is_unspecified(cfg.raft_address.rpartition(":")[0])):
+    if (cfg["peer_discovery"] == "none" and "raft_address" not in given and not cfg["peers"]
+            and _is_unspecified(cfg["raft_address"].rpartition(":")[0])):
         # A single node listening on every interface (a container's defaults): nobody else
         # dials its Raft port, so loopback will do.
-        changes["raft_address"] = f"127.0.0.1:{cfg.raft_address.rpartition(':')[2]}"
-    bind = cfg.raft_bind
-    if cfg.peer_discovery == "statefulset":
+        changes["raft_address"] = "127.0.0.1:" + cfg["raft_address"].rpartition(":")[2]
+    bind = cfg["raft_bind"]
+    if cfg["peer_discovery"] == "statefulset":
         clash = sorted(given & {"node_id", "raft_address", "peers"})
         if clash:
             raise DiscoveryError(
@@ -296,9 +294,9 @@ def configure(cfg: Config, environ: Mapping[str, str], given: set[str],
             )
         host = hostname if hostname is not None else (environ.get("HOSTNAME") or socket.gethostname())
         ident = statefulset_identity(
-            host, service=cfg.headless_service, replicas=cfg.replicas, port=cfg.raft_port,
-            statefulset=cfg.statefulset_name, namespace=cfg.namespace,
-            cluster_domain=cfg.cluster_domain,
+            host, service=cfg["headless_service"], replicas=cfg["replicas"], port=cfg["raft_port"],
+            statefulset=cfg["statefulset_name"], namespace=cfg["namespace"],
+            cluster_domain=cfg["cluster_domain"],
         )
         changes.update(node_id=ident.node_id, raft_address=ident.raft_address, peers=ident.peers)
         if not bind:
@@ -315,9 +313,9 @@ def configure(cfg: Config, environ: Mapping[str, str], given: set[str],
                 raise DiscoveryError(f"{flag('raft_bind')}: the pod's address is {bind}; bind the "
                                      "Raft port to a specific address")
     if bind:
-        raft_address = changes.get("raft_address", cfg.raft_address)
+        raft_address = changes.get("raft_address", cfg["raft_address"])
         host, port = split_host_port(bind)
-        host = static_lookup(cfg.static_hosts, host) or host
+        host = static_lookup(cfg["static_hosts"], host) or host
         if port is None:
             port = int(raft_address.rpartition(":")[2])
         changes["raft_bind"] = f"{host}:{port}"

@@ -32,10 +32,6 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 # A request's line and headers together; longer ones get 431 (asyncio's stream limit).
 MAX_REQUEST_HEAD = 16 * 1024
 MEMBERSHIP_TIMEOUT_S = 10.0
-# pysyncobj's FAIL_REASON codes, for people.
-_FAIL_REASONS = {1: "queue full", 2: "no leader", 3: "discarded (leader changed)",
-                 4: "not the leader", 5: "leader changed", 6: "request denied (one membership "
-                 "change at a time, and the member must (not) exist)"}
 
 
 def status(broker: Broker) -> dict[str, Any]:
@@ -60,12 +56,12 @@ def healthy(broker: Broker) -> bool:
 async def _membership(broker: Broker, method: str, address: str) -> Response:
     if not address or ":" not in address:
         return 400, "text/plain", b"address=HOST:PORT is required\n"
-    done: asyncio.Future[Any] = broker.loop.create_future()
+    done: asyncio.Future[str] = broker.loop.create_future()
 
-    def callback(result: Any, error: Any) -> None:
+    def callback(result: str) -> None:
         # pysyncobj calls back from its tick, which runs on this loop.
         if not done.done():
-            done.set_result(error)
+            done.set_result(result)
 
     if method == "DELETE" and (not broker.raft.is_leader or address == broker.cfg.raft_address):
         # Removals are done by the leader, asked over its HTTP API: a removed
@@ -82,12 +78,11 @@ async def _membership(broker: Broker, method: str, address: str) -> Response:
         broker.raft.remove_member(address, callback)
     broker.wake()
     try:
-        error = await asyncio.wait_for(done, MEMBERSHIP_TIMEOUT_S)
+        result = await asyncio.wait_for(done, MEMBERSHIP_TIMEOUT_S)
     except TimeoutError:
         return 504, "application/json", json.dumps({"ok": False, "error": "timeout"}).encode()
-    ok = error == 0
-    body = {"ok": ok, "error": None if ok else _FAIL_REASONS.get(error, str(error)),
-            "address": address}
+    ok = result == "ok"
+    body = {"ok": ok, "error": None if ok else result, "address": address}
     return (200 if ok else 409), "application/json", json.dumps(body).encode()
 
 

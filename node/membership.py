@@ -19,13 +19,29 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cluster import machine
-from cluster.commands import NodeDown
+from cluster.commands import Command, NodeDown
+from cluster.replica import Replica
+from node.config import Config
 
-if TYPE_CHECKING:
-    from node.broker import Broker
+
+class Host(Protocol):
+    """What the watch needs from its node (node/broker.py)."""
+
+    cfg: Config
+    raft: Replica
+    node_id: str
+    incarnation: int
+    ready: bool
+    isolated: bool
+
+    def close_clients(self, reason: str) -> None: ...
+
+    def new_life(self) -> None: ...
+
+    def propose_once(self, cmd: Command) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +49,7 @@ CHECK_EVERY_S = 0.1
 
 
 class MembershipWatch:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Host) -> None:
         self.broker = broker
         self._checked = 0.0
         self._unhealthy_since: float | None = None

@@ -8,32 +8,46 @@ replica, on the event loop (see node/http.py: no thread touches the state).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cluster import machine
+from cluster.replica import RaftStatus
 
-if TYPE_CHECKING:
-    from node.broker import Broker
+
+class Source(Protocol):
+    """Where the gauges come from (node/broker.py)."""
+
+    def connection_count(self) -> int: ...
+
+    def channel_count(self) -> int: ...
+
+    def queue_stats(self) -> Iterable[tuple[str, str, int, int, int]]: ...
+
+    def raft_status(self) -> RaftStatus: ...
+
+
+class ProposerCounts(Protocol):
+    batches: int
+    resubmitted: int
 
 log = logging.getLogger(__name__)
 
 
 class _StateCollector(Collector):
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(self, source: Source) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Any]:
-        b = self.broker
+        b = self.source
         conns = GaugeMetricFamily("raftmq_connections", "Open AMQP connections on this node")
-        conns.add_metric([], len(b.connections))
+        conns.add_metric([], b.connection_count())
         yield conns
         chans = GaugeMetricFamily("raftmq_channels", "Open AMQP channels on this node")
-        chans.add_metric([], sum(len(c.channels) for c in b.connections.values()))
+        chans.add_metric([], b.channel_count())
         yield chans
 
         ready = GaugeMetricFamily("raftmq_queue_messages_ready", "Messages ready for delivery",
@@ -44,7 +58,7 @@ class _StateCollector(Collector):
         consumers = GaugeMetricFamily("raftmq_queue_consumers", "Consumers per queue",
                                       labels=["vhost", "queue"])
         total_consumers = 0
-        for vhost, queue, n_ready, n_unacked, n_consumers in machine.queue_stats(b.raft.state):
+        for vhost, queue, n_ready, n_unacked, n_consumers in b.queue_stats():
             ready.add_metric([vhost, queue], n_ready)
             unacked.add_metric([vhost, queue], n_unacked)
             consumers.add_metric([vhost, queue], n_consumers)
@@ -56,7 +70,7 @@ class _StateCollector(Collector):
         total.add_metric([], total_consumers)
         yield total
 
-        st = b.raft.status()
+        st = b.raft_status()
         for name, doc, value in (
             ("raftmq_raft_term", "Current Raft term", st.term),
             ("raftmq_raft_commit_index", "Raft commit index", st.commit_index),
@@ -105,13 +119,12 @@ class Metrics:
         ("frame_timeouts", "Connections closed for stalling inside a frame"),
     )
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, source: Source) -> None:
         self.published = 0
         self.delivered = 0
         self.acked = 0
         self.confirmed = 0
-        self.batches = 0
-        self.resubmitted = 0
+        self.proposer: ProposerCounts | None = None  # batches and resubmissions
         self.connections_opened = 0
         self.connections_closed = 0
         self.channels_opened = 0
@@ -120,8 +133,16 @@ class Metrics:
         self.handshake_timeouts = 0
         self.frame_timeouts = 0
         self.registry = CollectorRegistry()
-        self.registry.register(_StateCollector(broker))
+        self.registry.register(_StateCollector(source))
         self.registry.register(_CounterCollector(self))
+
+    @property
+    def batches(self) -> int:
+        return self.proposer.batches if self.proposer is not None else 0
+
+    @property
+    def resubmitted(self) -> int:
+        return self.proposer.resubmitted if self.proposer is not None else 0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

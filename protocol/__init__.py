@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from protocol.connection import ServerConnection, default_server_properties
+    from protocol.connection import ServerConnection, server_properties
     from protocol.errors import AMQPConnectionError, AMQPError, BadProtocolHeader, ChannelError
     from protocol.events import (
         NEED_DATA,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "ServerConnection": "protocol.connection",
-    "default_server_properties": "protocol.connection",
+    "server_properties": "protocol.connection",
     "AMQPConnectionError": "protocol.errors",
     "AMQPError": "protocol.errors",
     "BadProtocolHeader": "protocol.errors",
@@ -44,7 +44,7 @@ _WHERE = {
 __all__ = [
     "NEED_DATA", "AMQPConnectionError", "AMQPError", "AckReceived", "BadProtocolHeader",
     "ChannelError", "Event", "HeartbeatReceived", "MessagePublished", "MethodReceived",
-    "NackReceived", "ProtocolHeaderReceived", "ServerConnection", "default_server_properties",
+    "NackReceived", "ProtocolHeaderReceived", "ServerConnection", "server_properties",
 ]
 
 

@@ -21,6 +21,7 @@ rabbit_reader / rabbit_command_assembler and say so inline.
 
 from __future__ import annotations
 
+import enum
 import struct
 from typing import Any
 
@@ -96,25 +97,69 @@ CLIENT_CHANNEL_METHODS = frozenset(
     }
 )  # fmt: skip
 
-# Connection states.
-_HEADER = 0  # waiting for the protocol header
-_START = 1  # header seen (node sends start); waiting for start-ok
-_SECURE = 2  # start-ok seen; node authenticates (secure/secure-ok) then sends tune
-_TUNE = 3  # tune sent; waiting for tune-ok
-_OPENING = 4  # tune-ok seen; waiting for connection.open
-_OPEN = 5  # connection.open seen: channels may be used
-_CLOSING = 6  # we sent connection.close: only close / close-ok matter
-_CLIENT_CLOSING = 7  # client sent connection.close: everything else is dropped
-_CLOSED = 8  # close handshake finished; input ignored
-_ERROR = 9  # hard error raised, close_connection not called yet
-_DEAD = 10  # framing lost or bad header: input ignored forever
+class State(enum.Enum):
+    HEADER = "waiting for the protocol header"
+    START = "header seen (node sends start); waiting for start-ok"
+    SECURE = "start-ok seen; the node authenticates, then sends tune"
+    TUNE = "tune sent; waiting for tune-ok"
+    OPENING = "tune-ok seen; waiting for connection.open"
+    OPEN = "connection.open seen: channels may be used"
+    CLOSING = "we sent connection.close: only close / close-ok matter"
+    CLIENT_CLOSING = "client sent connection.close: everything else is dropped"
+    CLOSED = "close handshake finished; input ignored"
+    ERROR = "hard error raised, close_connection not called yet"
+    DEAD = "framing lost or bad header: input ignored forever"
+
+
+class Trigger(enum.Enum):
+    HEADER_OK = enum.auto()  # the client's protocol header
+    BAD_HEADER = enum.auto()
+    START_OK = enum.auto()  # the client's connection.start-ok
+    TUNE_SENT = enum.auto()  # the node's connection.tune (the login succeeded)
+    TUNE_OK = enum.auto()
+    OPEN = enum.auto()  # the client's connection.open
+    CLIENT_CLOSE = enum.auto()  # the client's connection.close
+    CLOSE_SENT = enum.auto()  # the node's connection.close
+    CLOSE_OK_RECEIVED = enum.auto()
+    CLOSE_OK_SENT = enum.auto()
+    HARD_ERROR = enum.auto()  # a connection error was raised
+    FRAMING_LOST = enum.auto()  # ... one after which no frame boundary can be found
+
+
+S, T = State, Trigger
+_HANDSHAKING = (S.START, S.SECURE, S.TUNE, S.OPENING)
+_LIVE = (S.HEADER, *_HANDSHAKING, S.OPEN, S.CLOSING, S.CLIENT_CLOSING)
+
+# Every transition, in one place (h11's _state.py is the model). A trigger missing
+# for a state is a bug in this module or in the node's use of it.
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (S.HEADER, T.HEADER_OK): S.START,
+    (S.HEADER, T.BAD_HEADER): S.DEAD,
+    (S.START, T.START_OK): S.SECURE,
+    (S.SECURE, T.TUNE_SENT): S.TUNE,
+    (S.TUNE, T.TUNE_OK): S.OPENING,
+    (S.OPENING, T.OPEN): S.OPEN,
+    **{(s, T.CLIENT_CLOSE): S.CLIENT_CLOSING for s in (*_HANDSHAKING, S.OPEN)},
+    **{(s, T.CLOSE_SENT): S.CLOSING for s in (S.HEADER, *_HANDSHAKING, S.OPEN, S.ERROR,
+                                              S.CLOSING)},
+    (S.CLOSING, T.CLOSE_OK_RECEIVED): S.CLOSED,
+    (S.CLOSING, T.CLOSE_OK_SENT): S.CLOSED,  # closes crossed
+    (S.CLIENT_CLOSING, T.CLOSE_OK_SENT): S.CLOSED,
+    (S.CLIENT_CLOSING, T.CLOSE_SENT): S.CLIENT_CLOSING,  # our close-ok ends it anyway
+    **{(s, T.CLOSE_SENT): s for s in (S.CLOSED, S.DEAD)},
+    **{(s, T.CLOSE_OK_SENT): s for s in (S.CLOSED, S.DEAD)},
+    **{(s, T.HARD_ERROR): S.ERROR for s in _LIVE},
+    **{(s, T.FRAMING_LOST): S.DEAD for s in (*_LIVE, S.ERROR)},
+}
+_NOT_PARSING = frozenset({S.CLOSED, S.ERROR, S.DEAD})  # next_event reports nothing
+_CLOSING_STATES = frozenset({S.CLOSING, S.CLIENT_CLOSING})
 
 # Which connection-class method each handshake state accepts.
 _HANDSHAKE_EXPECTS = {
-    _START: _C_START_OK,
-    _SECURE: _C_SECURE_OK,
-    _TUNE: _C_TUNE_OK,
-    _OPENING: _C_OPEN,
+    S.START: _C_START_OK,
+    S.SECURE: _C_SECURE_OK,
+    S.TUNE: _C_TUNE_OK,
+    S.OPENING: _C_OPEN,
 }
 
 # Channel states.
@@ -179,23 +224,31 @@ class _Content:
         self.chunks: list[bytes] = []
 
 
-def default_server_properties(product: str, version: str) -> dict[str, Any]:
-    """Server properties for connection.start, advertising what RaftMQ supports."""
+# What RaftMQ supports, as RabbitMQ advertises it in connection.start; clients switch
+# features on by these (e.g. pika sends basic.cancel notifications only with
+# consumer_cancel_notify). Not direct_reply_to: amq.rabbitmq.reply-to is not here.
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+}
+
+
+def server_properties(product: str, version: str, cluster_name: str = "raftmq") -> dict[str, Any]:
+    """The server-properties table of connection.start."""
     return {
         "product": product,
         "version": version,
         "platform": "Python",
-        "capabilities": {
-            "publisher_confirms": True,
-            "exchange_exchange_bindings": True,
-            "basic.nack": True,
-            "consumer_cancel_notify": True,
-            "connection.blocked": True,
-            "consumer_priorities": True,
-            "authentication_failure_close": True,
-            "per_consumer_qos": True,
-            "direct_reply_to": True,
-        },
+        "copyright": "RaftMQ authors",
+        "information": "Licensed under the Apache License 2.0",
+        "cluster_name": cluster_name,
+        "capabilities": dict(CAPABILITIES),
     }
 
 
@@ -229,12 +282,13 @@ class ServerConnection:
         self.client_properties: dict[str, Any] = {}
         self.vhost: str | None = None
         self.eof = False
-        self._state = _HEADER
+        self._state = S.HEADER
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._channels: dict[int, int] = {}
         self._content: dict[int, _Content] = {}
         self._error: AMQPConnectionError | None = None
+        self.close_sent = False  # close_connection() was called: the node sent close
         # Frames parsed so far: the node compares it across reads to tell a
         # slow but moving client from one that stalls inside a frame.
         self.frames_parsed = 0
@@ -247,7 +301,7 @@ class ServerConnection:
             return
         if self.eof:
             raise RuntimeError("receive_data after EOF")
-        if self._state in (_CLOSED, _DEAD):
+        if self._state in (S.CLOSED, S.DEAD):
             # Nothing more will be parsed: keep nothing (a client that goes on
             # sending after the close must not grow a buffer).
             self._buf, self._pos = b"", 0
@@ -276,7 +330,7 @@ class ServerConnection:
     @property
     def is_open(self) -> bool:
         """True once connection.open has been received and no close started."""
-        return self._state == _OPEN
+        return self._state is S.OPEN
 
     @property
     def open_channels(self) -> frozenset[int]:
@@ -285,7 +339,7 @@ class ServerConnection:
     @property
     def incomplete(self) -> bool:
         """Bytes of an unfinished frame (or protocol header) are buffered."""
-        return self._state < _CLOSED and len(self._buf) > self._pos
+        return self._state not in _NOT_PARSING and len(self._buf) > self._pos
 
     def _pending_content(self) -> int:
         """Body bytes announced by unfinished contents (received or still to come)."""
@@ -293,9 +347,9 @@ class ServerConnection:
 
     def next_event(self) -> Event | _NeedData:
         state = self._state
-        if state >= _CLOSED:  # _CLOSED, _ERROR, _DEAD
+        if state in _NOT_PARSING:
             return NEED_DATA
-        if state == _HEADER:
+        if state is S.HEADER:
             return self._read_header()
         buf = self._buf
         while True:
@@ -321,7 +375,7 @@ class ServerConnection:
             self._pos = end + 1
             self.frames_parsed += 1
             start = pos + 7
-            if self._state in (_CLOSING, _CLIENT_CLOSING):
+            if self._state in _CLOSING_STATES:
                 event = self._on_closing_frame(ftype, ch, buf, start, end)
             elif ftype == 1:
                 event = self._on_method(ch, buf, start, end)
@@ -337,20 +391,26 @@ class ServerConnection:
                 raise self._hard(FRAME_ERROR, f"unknown frame type {ftype}")
             if event is not None:
                 return event
-            if self._state >= _CLOSED:
+            if self._state in _NOT_PARSING:
                 return NEED_DATA
 
     def _read_header(self) -> Event | _NeedData:
         got = bytes(self._buf[self._pos : self._pos + 8])
         n = min(len(got), 4)
         if got[:n] != PROTOCOL_HEADER[:n] or (len(got) == 8 and got != PROTOCOL_HEADER):
-            self._state = _DEAD
+            self._to(T.BAD_HEADER)
             raise BadProtocolHeader(got)
         if len(got) < 8:
             return NEED_DATA
         self._pos += 8
-        self._state = _START
+        self._to(T.HEADER_OK)
         return ProtocolHeaderReceived()
+
+    def _to(self, trigger: Trigger) -> None:
+        try:
+            self._state = TRANSITIONS[(self._state, trigger)]
+        except KeyError:
+            raise RuntimeError(f"{trigger.name} in state {self._state.name}") from None
 
     def _hard(
         self,
@@ -362,7 +422,7 @@ class ServerConnection:
         framing_lost: bool = False,
     ) -> AMQPConnectionError:
         err = AMQPConnectionError(code, text, class_id, method_id, framing_lost=framing_lost)
-        self._state = _DEAD if framing_lost else _ERROR
+        self._to(T.FRAMING_LOST if framing_lost else T.HARD_ERROR)
         self._error = err
         self._content.clear()
         return err
@@ -378,11 +438,11 @@ class ServerConnection:
         an error any more: a malformed frame is discarded like any other."""
         if ftype == 8 and ch == 0 and end == start:
             return HeartbeatReceived()
-        if self._state != _CLOSING or ftype != 1 or ch != 0 or end - start < 4:
+        if self._state is not S.CLOSING or ftype != 1 or ch != 0 or end - start < 4:
             return None
         (index,) = _CLASS_METHOD.unpack_from(buf, start)
         if index == _C_CLOSE_OK:
-            self._state = _CLOSED
+            self._to(T.CLOSE_OK_RECEIVED)
             return MethodReceived(0, commands.Connection.CloseOk())
         if index == _C_CLOSE:  # closes crossed: the node answers with close_ok()
             try:
@@ -390,11 +450,6 @@ class ServerConnection:
             except DecodeError:
                 return MethodReceived(0, commands.Connection.Close(0, "", 0, 0))
         return None
-
-    @property
-    def close_sent(self) -> bool:
-        """The node has sent connection.close (or the connection is past parsing)."""
-        return self._state in (_CLOSING, _CLOSED, _DEAD)
 
     def _on_heartbeat(self, ch: int, size: int) -> Event | None:
         if ch != 0 or size != 0:
@@ -405,18 +460,16 @@ class ServerConnection:
 
     def _check_channel(self, ch: int, what: str) -> int | None:
         """Common checks for a frame on channel ``ch`` != 0; returns its state."""
-        if self._state == _OPEN:
+        if self._state is S.OPEN:
             # channel_max caps how many channels are open at once, not their
             # numbers (RabbitMQ's rabbit_reader does the same).
             return self._channels.get(ch, 0)
-        if self._state != _OPEN:
-            if self._state in (_CLOSING, _CLIENT_CLOSING):
-                return None  # being torn down: drop silently
-            raise self._hard(
-                UNEXPECTED_FRAME if what != "method" else COMMAND_INVALID,
-                f"{what} frame on channel {ch} before connection.open",
-            )
-        return self._channels.get(ch, 0)
+        if self._state in _CLOSING_STATES:
+            return None  # being torn down: drop silently
+        raise self._hard(
+            UNEXPECTED_FRAME if what != "method" else COMMAND_INVALID,
+            f"{what} frame on channel {ch} before connection.open",
+        )
 
     def _on_method(self, ch: int, buf: bytes | bytearray, start: int, end: int) -> Event | None:
         if end - start < 4:
@@ -641,10 +694,10 @@ class ServerConnection:
         if index == _C_CLOSE:
             # The client may give up at any point of the handshake or later.
             method = self._decode(index, buf, start, end)
-            self._state = _CLIENT_CLOSING
+            self._to(T.CLIENT_CLOSE)
             self._content.clear()
             return MethodReceived(0, method)
-        if state == _OPEN:
+        if state is S.OPEN:
             if index == _C_UPDATE_SECRET:
                 return MethodReceived(0, self._decode(index, buf, start, end))
             expected = -1
@@ -665,13 +718,13 @@ class ServerConnection:
         decoded: Any = self._decode(index, buf, start, end)
         if index == _C_START_OK:
             self.client_properties = decoded.client_properties or {}
-            self._state = _SECURE
+            self._to(T.START_OK)
         elif index == _C_TUNE_OK:
             self._negotiate(decoded.frame_max, decoded.channel_max, decoded.heartbeat)
-            self._state = _OPENING
+            self._to(T.TUNE_OK)
         elif index == _C_OPEN:
             self.vhost = decoded.virtual_host
-            self._state = _OPEN
+            self._to(T.OPEN)
         return MethodReceived(0, decoded)
 
     def _negotiate(self, frame_max: int, channel_max: int, heartbeat: int) -> None:
@@ -714,8 +767,8 @@ class ServerConnection:
 
     def tune(self) -> bytes:
         """connection.tune with the offered limits; tune-ok is accepted after it."""
-        if self._state == _SECURE:  # i.e. after start-ok, once auth succeeded
-            self._state = _TUNE
+        if self._state is S.SECURE:  # after start-ok, once the login succeeded
+            self._to(T.TUNE_SENT)
         return frames.method_frame(
             0,
             commands.Connection.Tune(
@@ -728,7 +781,7 @@ class ServerConnection:
 
     def close_ok(self) -> bytes:
         """connection.close-ok, answering the client's close: we are done."""
-        self._state = _CLOSED
+        self._to(T.CLOSE_OK_SENT)
         self._channels.clear()
         self._content.clear()
         return _CONNECTION_CLOSE_OK
@@ -737,8 +790,8 @@ class ServerConnection:
         self, reply_code: int, reply_text: str, class_id: int = 0, method_id: int = 0
     ) -> bytes:
         """connection.close; afterwards only close / close-ok are reported."""
-        if self._state not in (_DEAD, _CLOSED, _CLIENT_CLOSING):
-            self._state = _CLOSING
+        self._to(T.CLOSE_SENT)
+        self.close_sent = True
         self._content.clear()
         return frames.method_frame(
             0, commands.Connection.Close(reply_code, truncate_short(reply_text), class_id, method_id)
@@ -773,9 +826,6 @@ class ServerConnection:
             channel,
             commands.Channel.Close(reply_code, truncate_short(reply_text), class_id, method_id),
         )
-
-    def heartbeat_frame(self) -> bytes:
-        return frames.HEARTBEAT
 
     def send_method(self, channel: int, method: base.Frame) -> bytes:
         """Any other method (declare-ok, consume-ok, qos-ok, ...), via pamqp."""
@@ -827,12 +877,6 @@ class ServerConnection:
             channel, reply_code, reply_text, exchange, routing_key, properties, body,
             self.frame_max,
         )  # fmt: skip
-
-    def ack(self, channel: int, delivery_tag: int, multiple: bool) -> bytes:
-        return frames.ack(channel, delivery_tag, multiple)
-
-    def nack(self, channel: int, delivery_tag: int, multiple: bool, requeue: bool = False) -> bytes:
-        return frames.nack(channel, delivery_tag, multiple, requeue)
 
 
 _OPEN_OK = frames.method_frame(0, commands.Connection.OpenOk())

@@ -45,6 +45,7 @@ _OTHER_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.ConnectionClose: lifecycle.connection_close,
     C.ChannelOpen: lifecycle.channel_open,
     C.ChannelClose: lifecycle.channel_close,
+    C.ConnectionFlow: lifecycle.connection_flow,
     C.Tick: expiry.tick,
 }
 

@@ -34,7 +34,7 @@ PRIO_SHIFT = 48
 
 
 def has_credit(c: Consumer, ch: Channel) -> bool:
-    if not ch.flow:
+    if not ch.flow or ch.paused:
         return False
     if c.no_ack:
         return True

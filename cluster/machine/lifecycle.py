@@ -10,7 +10,13 @@ from __future__ import annotations
 from cluster import commands as C
 from cluster.effects import Effect
 from cluster.machine.bindings import delete_exchange
-from cluster.machine.queues import delete_queue, remove_consumer, return_msg, run_touched
+from cluster.machine.queues import (
+    delete_queue,
+    reactivate_channel,
+    remove_consumer,
+    return_msg,
+    run_touched,
+)
 from cluster.machine.state import Channel, Connection, NodeInfo, Queue, State
 
 
@@ -87,8 +93,23 @@ def channel_open(state: State, cmd: C.ChannelOpen, out: list[Effect]) -> None:
     conn = state.conns.get(cmd.ch[:2])
     if conn is None or cmd.ch in state.channels:
         return
-    state.channels[cmd.ch] = Channel(cmd.ch, conn.vhost)
+    state.channels[cmd.ch] = Channel(cmd.ch, conn.vhost, paused=conn.paused)
     conn.channels[cmd.ch[2]] = None
+
+
+def connection_flow(state: State, cmd: C.ConnectionFlow, out: list[Effect]) -> None:
+    """Deliveries to the connection's channels stop, or resume where they stopped."""
+    conn = state.conns.get(cmd.conn)
+    if conn is None:
+        return
+    conn.paused = not cmd.active
+    touched: dict[int, Queue] = {}
+    for num in conn.channels:
+        ch = state.channels[(conn.key[0], conn.key[1], num)]
+        ch.paused = conn.paused
+        if cmd.active:
+            reactivate_channel(state, ch, touched)
+    run_touched(state, touched, out)
 
 
 def channel_close(state: State, cmd: C.ChannelClose, out: list[Effect]) -> None:

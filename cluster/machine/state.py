@@ -186,6 +186,7 @@ class Channel:
     global_unacked: int = 0  # unacked deliveries made to consumers (not basic.get)
     flow: bool = True
     last_queue: str = ""  # most recently declared queue (AMQP "" shortcut)
+    paused: bool = False  # its connection's socket takes no more writes (ConnectionFlow)
 
 
 @dataclass(eq=True)
@@ -196,6 +197,7 @@ class Connection:
     incarnation: int
     channels: dict[int, None] = field(default_factory=dict)
     exclusive_queues: dict[int, None] = field(default_factory=dict)  # qid -> None
+    paused: bool = False  # ConnectionFlow: its socket takes no more writes
 
 
 @dataclass(eq=True)

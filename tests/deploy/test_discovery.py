@@ -160,7 +160,7 @@ def test_statefulset_bind_falls_back_to_resolving_the_hostname() -> None:
 def test_statefulset_bind_unresolvable_names_raft_bind() -> None:
     cfg = config.Config(peer_discovery="statefulset", headless_service="h", replicas=3)
     with pytest.raises(discovery.DiscoveryError, match="RAFTMQ_RAFT_BIND"):
-        discovery.configure(cfg, {}, set(), resolve=lambda _h: None, hostname="raftmq-1")
+        discovery.configure(vars(cfg), {}, set(), resolve=lambda _h: None, hostname="raftmq-1")
 
 
 @pytest.mark.parametrize(

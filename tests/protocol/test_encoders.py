@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pamqp import commands
 from pamqp.common import FieldTable
 
-from protocol import MessagePublished, ServerConnection
+from protocol import MessagePublished, ServerConnection, frames
 from protocol.properties import EMPTY, encode_properties
 from tests.protocol.client import decode_content, decode_frames, feed, opened, publish
 
@@ -79,13 +79,12 @@ def test_get_ok_and_return() -> None:
 @pytest.mark.parametrize("multiple", [False, True])
 @pytest.mark.parametrize("requeue", [False, True])
 def test_ack_nack(multiple: bool, requeue: bool) -> None:
-    conn = _conn(4096)
     # pamqp decodes longlong as signed, so stay below 2**63 when checking with it
-    [(ch, a)] = decode_frames(conn.ack(4, 2**63 - 1, multiple))
+    [(ch, a)] = decode_frames(frames.ack(4, 2**63 - 1, multiple))
     assert ch == 4 and isinstance(a, commands.Basic.Ack)
     assert (a.delivery_tag, a.multiple) == (2**63 - 1, multiple)
-    assert conn.ack(4, 2**64 - 1, multiple)[-10:-2] == b"\xff" * 8
-    [(ch, n)] = decode_frames(conn.nack(4, 5, multiple, requeue))
+    assert frames.ack(4, 2**64 - 1, multiple)[-10:-2] == b"\xff" * 8
+    [(ch, n)] = decode_frames(frames.nack(4, 5, multiple, requeue))
     assert isinstance(n, commands.Basic.Nack)
     assert (n.delivery_tag, n.multiple, n.requeue) == (5, multiple, requeue)
 
@@ -98,7 +97,7 @@ def test_send_method_and_close() -> None:
     assert isinstance(m, commands.Connection.Close) and len(m.reply_text) == 255
     [(ch, m)] = decode_frames(conn.close_ok())
     assert isinstance(m, commands.Connection.CloseOk)
-    assert decode_frames(conn.heartbeat_frame())[0][1].name == "Heartbeat"
+    assert decode_frames(frames.HEARTBEAT)[0][1].name == "Heartbeat"
 
 
 def test_long_shortstr_rejected() -> None:

@@ -1,0 +1,337 @@
+"""Every change RaftMQ makes to pysyncobj, and every private attribute it reads, in one place.
+
+pysyncobj 0.3.17 is used as a library, but several of its behaviours are unsafe
+or slow for a broker (the chaos suite found most of them). The fixes reach into
+its private, name-mangled attributes; a release that renamed one would make a
+safety fix silently do nothing. So:
+
+* :data:`PATCHES` lists each change: what it replaces, why, and the chaos seed or
+  test that needs it. The rules themselves are pure functions in
+  :mod:`cluster.log_rules`; :mod:`cluster.raft` wires them in.
+* :func:`install` applies the module-level patches, once, explicitly (nothing
+  happens at import), after checking the installed version is the one they were
+  written for and that every patched attribute exists.
+* :class:`Internals` is the only way to the private state of a ``SyncObj``
+  instance: it checks, when the replica is built, that every attribute it
+  names is there, and fails loudly otherwise.
+
+Only cluster/raft.py and this module import pysyncobj.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pysyncobj.pickle as sync_pickle
+import pysyncobj.serializer as serializer_module
+import pysyncobj.syncobj as syncobj_module
+from pysyncobj import SyncObj
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.journal import FileJournal
+from pysyncobj.serializer import Serializer
+from pysyncobj.tcp_connection import TcpConnection
+
+from cluster import tcp_patch
+
+VERSION = "0.3.17"
+
+
+class PatchError(RuntimeError):
+    """pysyncobj is not the version these patches were written for, or an attribute
+    they need is missing: running on would silently lose a safety fix."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    replaces: str  # the pysyncobj attribute(s) involved
+    why: str
+    found_by: str  # chaos seed, test or measurement
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch("pickle protocol 5", "pysyncobj.pickle.__protocol",
+          "protocol 2 turns bytes into text and back: 7.6 µs per 4 KiB message vs 0.5 µs",
+          "measured (+50-70 % throughput); ARCHITECTURE.md"),
+    Patch("linear TCP buffers", "TcpConnection.__processSend/__processRead/__processParseMessage",
+          "bytes buffers rebuilt on every partial send/recv are quadratic: a multi-MB entry "
+          "stalled a node for seconds and elections churned", "measured; cluster/tcp_patch.py"),
+    Patch("no pipe notifier", "syncobj.PIPE_NOTIFIER_ENABLED",
+          "cross-thread wake-ups are useless: everything runs on the node's event loop", "-"),
+    Patch("durable snapshot replace", "serializer.atomicReplace",
+          "snapshots were renamed into place without fsync: after a power loss the snapshot "
+          "could be empty while the journal entries it covers were compacted away", "seed 3000"),
+    Patch("event-loop poller", "syncobj.createPoller (during construction only)",
+          "pysyncobj's sockets are served by the asyncio loop, not a poll thread", "design"),
+    Patch("journal tail kept on snapshot load", "SyncObj.__loadDumpFile (overridden)",
+          "a journal holding the snapshot's last entry keeps the entries after it, at start-up "
+          "and on install (Raft's rule; pysyncobj dropped entries the node may have "
+          "acknowledged)", "seeds 3000, 1029; log_rules.journal_trim_position"),
+    Patch("stale snapshot refused", "Serializer.setTransmissionData, __incomingTransmissionFile",
+          "a follower installed a snapshot older than the state it had applied and re-ran "
+          "every later entry's effects", "seed 1029; log_rules.snapshot_is_stale"),
+    Patch("durable Raft meta", "FileJournal.__metaStorer.storeMeta",
+          "term and vote were written without fsync: after a power loss a node could vote "
+          "twice in one term", "seed 3000 (strict power-loss model)"),
+    Patch("fsync before acknowledging", "journal.add, transport.send",
+          "a follower acknowledged entries that were only in an unflushed mmap: a confirm "
+          "did not mean 'on disk on a majority'", "chaos power-loss schedules"),
+    Patch("fast election after the leader's connection closes",
+          "transport on-disconnected callback, __raftElectionDeadline",
+          "a killed leader's sockets close at once; waiting a whole election timeout after "
+          "the last heartbeat cost 0.5-1.25 s of unavailability", "measured failover"),
+    Patch("next index never moves back on success; reset ceiling",
+          "transport on-message callback, __raftNextIndex",
+          "rejections of pipelined appends undid the walk back to the last matching entry: a "
+          "deposed leader never caught up under traffic", "seed 2005; log_rules.ResetCeiling"),
+    Patch("conflict answered with commit index + 1", "next_node_idx replies",
+          "one round trip to resolve a diverged tail instead of one per entry",
+          "seed 2005; log_rules.conflict_reply_index"),
+    Patch("commit index after a snapshot chunk bounded", "__raftCommitIndex",
+          "a snapshot chunk moved the commit index past what was installed",
+          "seed 201; log_rules.commit_after_snapshot_message"),
+    Patch("leader quorum needs recent contact", "__lastResponseTime",
+          "behind a black hole TCP stays 'connected': a cut-off leader kept its clients for "
+          "8 s", "seed 908683"),
+    Patch("election postponed after a loop stall", "__raftElectionDeadline, "
+          "__generateRaftTimeout", "a stalled loop reads heartbeats late; without pre-vote "
+          "this deposed healthy leaders (hundreds of terms under multi-MB messages)",
+          "measured with the client suites"),
+    Patch("proposals handed over at once", "_checkCommandsToApply",
+          "a batch queued in pysyncobj across the start of an election reached the new leader "
+          "ahead of older resubmitted ones", "seed 472396"),
+)
+
+# What install() replaces: (owner, attribute).
+_MODULE_ATTRS: tuple[tuple[Any, str], ...] = (
+    (sync_pickle, "__protocol"),
+    (syncobj_module, "PIPE_NOTIFIER_ENABLED"),
+    (syncobj_module, "createPoller"),
+    (serializer_module, "atomicReplace"),
+    (TcpConnection, "_TcpConnection__processSend"),
+    (TcpConnection, "_TcpConnection__processRead"),
+    (TcpConnection, "_TcpConnection__processParseMessage"),
+    (SyncObj, "_SyncObj__loadDumpFile"),
+    (SyncObj, "_checkCommandsToApply"),
+    (Serializer, "setTransmissionData"),
+    (Serializer, "deserialize"),
+)
+
+_installed = False
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_replace(src: str, dst: str) -> None:
+    """Data, rename, directory, in that order, all durable before pysyncobj drops a
+    journal entry the file covers."""
+    fsync_path(src)
+    os.replace(src, dst)
+    fsync_path(os.path.dirname(os.path.abspath(dst)))
+
+
+def check_version() -> None:
+    installed = importlib.metadata.version("pysyncobj")
+    if installed != VERSION or getattr(syncobj_module, "VERSION", None) != VERSION:
+        raise PatchError(f"pysyncobj {installed} is installed; cluster/pysyncobj_patches.py "
+                         f"was written for {VERSION}: review every patch before changing the pin")
+    missing = [f"{getattr(o, '__name__', o)}.{a}" for o, a in _MODULE_ATTRS if not hasattr(o, a)]
+    if missing:
+        raise PatchError(f"pysyncobj {installed} lacks what the patches replace: {missing}")
+
+
+def install() -> None:
+    """Apply the module-level patches (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    check_version()
+    setattr(sync_pickle, "__protocol", 5)  # noqa: B010 - a module "private" global
+    syncobj_module.PIPE_NOTIFIER_ENABLED = False
+    setattr(serializer_module, "atomicReplace", durable_replace)  # noqa: B010
+    tcp_patch.install()
+    _installed = True
+
+
+def with_poller(poller: Any, build: Callable[[], Any]) -> Any:
+    """Run ``build`` (a SyncObj constructor) with ``poller`` as pysyncobj's poller."""
+    original = syncobj_module.createPoller
+    syncobj_module.createPoller = lambda _type: poller
+    try:
+        return build()
+    finally:
+        syncobj_module.createPoller = original
+
+
+def dumps(obj: Any) -> bytes:
+    data: bytes = sync_pickle.dumps(obj)
+    return data
+
+
+def load(file: Any) -> Any:
+    return sync_pickle.load(file)
+
+
+class MembershipResult:
+    """Outcomes of a membership change, as this project names them (pysyncobj's
+    FAIL_REASON codes translated once, here)."""
+
+    OK = "ok"
+    QUEUE_FULL = "queue full"
+    NO_LEADER = "no leader"
+    DISCARDED = "discarded (the leader changed)"
+    NOT_LEADER = "not the leader"
+    LEADER_CHANGED = "the leader changed"
+    DENIED = "denied (one membership change at a time, and the member must (not) exist)"
+    UNKNOWN = "unknown outcome"
+    TIMEOUT = "timeout"
+
+    _FROM_CODE = {
+        FAIL_REASON.SUCCESS: OK, FAIL_REASON.QUEUE_FULL: QUEUE_FULL,
+        FAIL_REASON.MISSING_LEADER: NO_LEADER, FAIL_REASON.DISCARDED: DISCARDED,
+        FAIL_REASON.NOT_LEADER: NOT_LEADER, FAIL_REASON.LEADER_CHANGED: LEADER_CHANGED,
+        FAIL_REASON.REQUEST_DENIED: DENIED, FAIL_REASON.UNKNOWN_OUTCOME: UNKNOWN,
+    }
+
+    @classmethod
+    def from_code(cls, code: Any) -> str:
+        return cls._FROM_CODE.get(code, f"{cls.UNKNOWN} ({code})")
+
+
+class Internals:
+    """Named access to one SyncObj's private state. Every name is checked when the
+    replica is built: a pysyncobj without it fails here, loudly, not later silently."""
+
+    _ATTRS = ("serializer", "raftLog", "conf", "raftLastApplied", "transport", "raftState",
+              "raftLeader", "raftElectionDeadline", "raftCommitIndex", "raftNextIndex",
+              "raftCurrentTerm", "leaderCommitIndex", "lastResponseTime",
+              "onNodeDisconnected", "onMessageReceived", "generateRaftTimeout")
+
+    def __init__(self, obj: SyncObj) -> None:
+        missing = [a for a in self._ATTRS if not hasattr(obj, "_SyncObj__" + a)]
+        parts = (getattr(obj, "_SyncObj__serializer", None), getattr(obj, "_SyncObj__raftLog", None))
+        for owner, attr in ((parts[0], "_Serializer__incomingTransmissionFile"),
+                            (parts[1], "add")):
+            if not hasattr(owner, attr):
+                missing.append(attr)
+        if missing:
+            raise PatchError(f"pysyncobj's SyncObj lacks private attributes RaftMQ relies on: "
+                             f"{missing}")
+        self._obj = obj
+
+    def _get(self, name: str) -> Any:
+        return getattr(self._obj, "_SyncObj__" + name)
+
+    def _set(self, name: str, value: Any) -> None:
+        setattr(self._obj, "_SyncObj__" + name, value)
+
+    # the objects pysyncobj is made of
+    @property
+    def log(self) -> Any:
+        return self._get("raftLog")
+
+    @property
+    def transport(self) -> Any:
+        return self._get("transport")
+
+    @property
+    def serializer(self) -> Any:
+        return self._get("serializer")
+
+    @property
+    def conf(self) -> Any:
+        return self._get("conf")
+
+    # Raft state
+    @property
+    def commit_index(self) -> int:
+        value: int = self._get("raftCommitIndex")
+        return value
+
+    @commit_index.setter
+    def commit_index(self, value: int) -> None:
+        self._set("raftCommitIndex", value)
+        self.log.setRaftCommitIndex(value)
+
+    @property
+    def last_applied(self) -> int:
+        value: int = self._get("raftLastApplied")
+        return value
+
+    @property
+    def leader_commit_index(self) -> int | None:
+        value: int | None = self._get("leaderCommitIndex")
+        return value
+
+    @property
+    def is_follower(self) -> bool:
+        return bool(self._get("raftState") == 0)
+
+    @property
+    def leader_node(self) -> Any:
+        return self._get("raftLeader")
+
+    @property
+    def term(self) -> int:
+        value: int = self._get("raftCurrentTerm")
+        return value
+
+    @property
+    def next_index(self) -> dict[Any, int]:
+        value: dict[Any, int] = self._get("raftNextIndex")
+        return value
+
+    @property
+    def last_response_time(self) -> dict[Any, float]:
+        value: dict[Any, float] = self._get("lastResponseTime")
+        return value
+
+    @property
+    def election_deadline(self) -> float:
+        value: float = self._get("raftElectionDeadline")
+        return value
+
+    @election_deadline.setter
+    def election_deadline(self, value: float) -> None:
+        self._set("raftElectionDeadline", value)
+
+    def random_election_timeout(self) -> float:
+        value: float = self._get("generateRaftTimeout")()
+        return value
+
+    # callbacks pysyncobj registers with its transport
+    @property
+    def on_node_disconnected(self) -> Callable[[Any], None]:
+        fn: Callable[[Any], None] = self._get("onNodeDisconnected")
+        return fn
+
+    @property
+    def on_message_received(self) -> Callable[[Any, Any], None]:
+        fn: Callable[[Any, Any], None] = self._get("onMessageReceived")
+        return fn
+
+    # the serializer's file for a snapshot being received
+    @property
+    def incoming_snapshot_file(self) -> Any:
+        return getattr(self.serializer, "_Serializer__incomingTransmissionFile", None)
+
+    def drop_incoming_snapshot(self) -> None:
+        self.serializer._Serializer__incomingTransmissionFile = None
+
+    def meta_storer(self) -> Any:
+        """The journal's meta storer (term, vote, commit index), None for a memory journal."""
+        storer = getattr(self.log, "_FileJournal__metaStorer", None)
+        if storer is None and isinstance(self.log, FileJournal):
+            raise PatchError("pysyncobj's FileJournal has no __metaStorer: Raft meta would "
+                             "not be made durable")
+        return storer

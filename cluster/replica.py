@@ -1,0 +1,88 @@
+"""What the node needs from its replica of the Raft log, as interfaces.
+
+:class:`cluster.raft.RaftNode` (pysyncobj) implements them; tests use in-memory
+fakes (tests/cluster/fake_raft.py), so the proposer's rules and the node's logic
+run without sockets or pysyncobj.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cluster.effects import Effect
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    node: str
+    state: str  # leader / follower / candidate
+    leader: str | None
+    term: int
+    commit_index: int
+    last_applied: int
+    log_len: int
+    has_quorum: bool
+    members: tuple[str, ...] = ()
+    connected: tuple[str, ...] = ()
+    match_index: tuple[tuple[str, int], ...] = ()
+
+
+class RaftLog(Protocol):
+    """The log as the proposer drives it (cluster/proposer.py)."""
+
+    @property
+    def leader(self) -> str | None: ...
+
+    @property
+    def catching_up(self) -> bool: ...
+
+    @property
+    def dirty(self) -> bool: ...
+
+    def propose(self, data: bytes) -> None: ...
+
+    def tick(self) -> list[Effect]: ...
+
+    def take_applied(self) -> list[int]: ...
+
+    def flush(self) -> None: ...
+
+    def set_incarnation(self, incarnation: int) -> None: ...
+
+
+class Replica(RaftLog, Protocol):
+    """Everything a node uses: the log, the local state, membership and status."""
+
+    @property
+    def state(self) -> Any: ...
+
+    @property
+    def is_ready(self) -> bool: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def has_quorum(self) -> bool: ...
+
+    def attach(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None: ...
+
+    def postpone_election(self) -> None: ...
+
+    def status(self) -> RaftStatus: ...
+
+    def peers(self) -> list[str]: ...
+
+    def is_connected(self, peer: str) -> bool: ...
+
+    def add_member(self, addr: str, callback: Callable[[str], None]) -> None:
+        """``callback`` gets one of MembershipResult's texts ("ok" on success)."""
+
+    def remove_member(self, addr: str, callback: Callable[[str], None]) -> None: ...
+
+    def transfer_leadership(self) -> None: ...
+
+    def close(self) -> None: ...

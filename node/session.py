@@ -1,0 +1,488 @@
+"""The channels of one AMQP connection, without a socket.
+
+A :class:`Session` turns what a client sends on its channels into commands for
+the Raft log, and the effects applied entries address to those channels into
+frames: method translation, publisher confirms (coalesced with ``multiple``),
+transactions (a commit is one Raft entry), channel open/close bookkeeping. The
+connection (node/connection.py) owns the socket, the handshake on channel 0,
+heartbeats and flow control; tests drive a session with plain callables
+(tests/node/test_session.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pamqp import commands as spec
+
+from cluster import commands as c
+from cluster import effects as e
+from protocol.connection import ServerConnection
+from protocol.constants import NOT_IMPLEMENTED, PRECONDITION_FAILED
+from protocol.errors import AMQPConnectionError, AMQPError, ChannelError
+from protocol.events import AckReceived, MessagePublished, MethodReceived, NackReceived
+from protocol.fields import USER_ID, FieldError, short_property
+from protocol.frames import ack as ack_frame
+from protocol.frames import nack as nack_frame
+from protocol.methods import build
+
+Propose = Callable[[c.Command], None]
+
+
+class SessionCounters(Protocol):
+    """What a session counts (node/metrics.py exports them)."""
+
+    published: int
+    acked: int
+    delivered: int
+    confirmed: int
+    channels_opened: int
+
+
+class Counters:
+    published = acked = delivered = confirmed = channels_opened = 0
+
+
+class Channel:
+    """Node-side channel state (the replicated part lives in the machine)."""
+
+    __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "acked_upto",
+                 "unconfirmed", "early", "tx", "tx_commands", "closing")
+
+    def __init__(self, number: int, key: c.ChKey) -> None:
+        self.number = number
+        self.key = key
+        self.confirm = False
+        self.publish_seq = 0
+        self.confirm_upto = 0  # acks accumulated during one dispatch, sent with multiple
+        self.acked_upto = 0  # highest seq covered by an ack already sent
+        # Publish seqs not yet confirmed, in order, and confirms that arrived
+        # ahead of an earlier seq (a batch resubmitted after a leader change
+        # can apply after a later one): an ack with multiple=True may only
+        # cover a contiguous run.
+        self.unconfirmed: deque[int] = deque()
+        self.early: set[int] = set()
+        self.tx = False
+        self.tx_commands: list[c.Command] = []
+        self.closing = False
+
+
+class Session:
+    def __init__(self, conn: c.ConnKey, proto: ServerConnection, propose: Propose,
+                 after_apply: Callable[[Callable[[], None]], None],
+                 write: Callable[[bytes], None], counters: SessionCounters | None = None,
+                 clock: Callable[[], float] = lambda: 0.0,
+                 flush: Callable[[], None] = lambda: None) -> None:
+        """``write`` buffers a frame; ``flush`` sends what is buffered (needed only for
+        replies sent outside a dispatch, which flushes by itself)."""
+        self.conn = conn
+        self.proto = proto
+        self.propose = propose
+        self.after_apply = after_apply
+        self.write = write
+        self.flush = flush
+        self.counters: SessionCounters = counters or Counters()
+        self.clock = clock  # when the event being handled arrived
+        self.channels: dict[int, Channel] = {}
+        self.user = ""
+        self.cancel_notify = False
+        self.last_publish = 0.0
+        self.last_ack = 0.0
+        self._generation = 0
+
+    # --- client -> node ---------------------------------------------------------------
+
+    def on_event(self, ev: Any) -> None:
+        """An event on a channel (not channel 0). Raises the protocol's errors."""
+        t = type(ev)
+        if t is MessagePublished:
+            self._on_publish(ev)
+        elif t is AckReceived:
+            ch = self._open(ev.channel)
+            if ch is not None:
+                self._propose(ch, c.Ack(ch.key, ev.delivery_tag, ev.multiple))
+                self.last_ack = self.clock()
+                self.counters.acked += 1
+        elif t is NackReceived:
+            ch = self._open(ev.channel)
+            if ch is not None:
+                self._propose(ch, c.Nack(ch.key, ev.delivery_tag, ev.multiple, ev.requeue,
+                                         ev.reject))
+        elif t is MethodReceived:
+            self._on_method(ev.channel, ev.method)
+
+    def _open(self, number: int) -> Channel | None:
+        ch = self.channels.get(number)
+        if ch is None or ch.closing:
+            return None
+        return ch
+
+    def _propose(self, ch: Channel, cmd: c.Command) -> None:
+        if ch.tx and isinstance(cmd, c.Publish | c.Ack | c.Nack):
+            ch.tx_commands.append(cmd)
+        else:
+            self.propose(cmd)
+
+    def _on_publish(self, ev: MessagePublished) -> None:
+        ch = self._open(ev.channel)
+        if ch is None:
+            return
+        if ev.immediate:
+            raise AMQPConnectionError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        props = ev.properties
+        if len(props) >= 2 and props[1] & 0x10:  # the user-id flag (validated by the edge)
+            try:
+                uid = short_property(props, USER_ID)
+            except FieldError:
+                uid = None
+            if uid is not None and uid != self.user:
+                raise ChannelError(ch.number, PRECONDITION_FAILED,
+                                   f"user_id property set to '{uid}' but authenticated user "
+                                   f"was '{self.user}'", 60, 40)
+        seq = 0
+        if ch.confirm:
+            ch.publish_seq += 1
+            seq = ch.publish_seq
+            ch.unconfirmed.append(seq)
+        self._propose(ch, c.Publish(ch.key, ev.exchange, ev.routing_key, ev.mandatory,
+                                    props, ev.body, seq))
+        self.last_publish = self.clock()
+        self.counters.published += 1
+
+    def _on_method(self, number: int, m: Any) -> None:
+        if isinstance(m, spec.Channel.Open):
+            # The key carries a generation above the channel number, so effects
+            # meant for a closed channel never reach a reopened one.
+            self._generation += 1
+            key = (self.conn[0], self.conn[1], number | (self._generation << 16))
+            self.channels[number] = Channel(number, key)
+            self.propose(c.ChannelOpen(key))
+            self.write(self.proto.channel_open_ok(number))
+            self.counters.channels_opened += 1
+            return
+        if isinstance(m, spec.Channel.CloseOk):
+            self.channels.pop(number, None)
+            return
+        ch = self.channels.get(number)
+        if ch is None:
+            return
+        if isinstance(m, spec.Channel.Close):
+            self.channels.pop(number, None)
+            self.propose(c.ChannelClose(ch.key))
+            self.write(self.proto.channel_close_ok(number))
+            return
+        if ch.closing:
+            return
+        handler = _METHODS.get(type(m))
+        if handler is None:
+            raise AMQPConnectionError(NOT_IMPLEMENTED, f"NOT_IMPLEMENTED - {m.name}", *_ids(m))
+        handler(self, ch, m)
+
+    def channel_error(self, number: int, err: AMQPError) -> None:
+        """A soft error the protocol layer raised for channel ``number``."""
+        ch = self.channels.get(number)
+        if ch is None or ch.closing:
+            return
+        ch.closing = True
+        self.propose(c.ChannelClose(ch.key))
+        self.write(self.proto.close_channel(number, err.reply_code, err.reply_text,
+                                            err.class_id, err.method_id))
+
+    # --- node -> client ---------------------------------------------------------------
+
+    def run_effect(self, ef: e.Effect) -> None:
+        handler = _EFFECTS.get(type(ef))
+        if handler is not None:
+            handler(self, ef)
+
+    def effects_done(self) -> None:
+        """End of one dispatch: send the confirms it accumulated (one ack with
+        ``multiple`` per channel)."""
+        for ch in self.channels.values():
+            if ch.confirm_upto:
+                self._send_confirm_acks(ch)
+
+    def _send_confirm_acks(self, ch: Channel) -> None:
+        upto = ch.confirm_upto
+        ch.confirm_upto = 0
+        ch.acked_upto = upto
+        self.write(ack_frame(ch.number, upto, True))
+
+    def live(self, key: c.ChKey) -> Channel | None:
+        """The channel an effect is addressed to, if it is still the same and open."""
+        ch = self.channels.get(key[2] & 0xFFFF)
+        if ch is None or ch.key != key or ch.closing:
+            return None
+        return ch
+
+
+def _ids(m: Any) -> tuple[int, int]:
+    return m.frame_id >> 16, m.frame_id & 0xFFFF
+
+
+# --- channel methods ------------------------------------------------------------------
+
+
+def _args(m: Any) -> dict[str, Any]:
+    return m.arguments or {}
+
+
+def _exchange_declare(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.ExchangeDeclare(ch.key, m.exchange, m.exchange_type, m.passive, m.durable,
+                                m.auto_delete, m.internal, m.nowait, _args(m)))
+
+
+def _exchange_delete(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.ExchangeDelete(ch.key, m.exchange, m.if_unused, m.nowait))
+
+
+def _exchange_bind(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.ExchangeBind(ch.key, m.destination, m.source, m.routing_key, m.nowait, _args(m)))
+
+
+def _exchange_unbind(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.ExchangeUnbind(ch.key, m.destination, m.source, m.routing_key, m.nowait,
+                               _args(m)))
+
+
+def _queue_declare(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.QueueDeclare(ch.key, m.queue, m.passive, m.durable, m.exclusive, m.auto_delete,
+                             m.nowait, _args(m)))
+
+
+def _queue_bind(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.QueueBind(ch.key, m.queue, m.exchange, m.routing_key, m.nowait, _args(m)))
+
+
+def _queue_unbind(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.QueueUnbind(ch.key, m.queue, m.exchange, m.routing_key, _args(m)))
+
+
+def _queue_purge(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.QueuePurge(ch.key, m.queue, m.nowait))
+
+
+def _queue_delete(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.QueueDelete(ch.key, m.queue, m.if_unused, m.if_empty, m.nowait))
+
+
+def _basic_qos(s: Session, ch: Channel, m: Any) -> None:
+    if m.prefetch_size:
+        raise AMQPConnectionError(NOT_IMPLEMENTED, f"prefetch_size!={m.prefetch_size}", 60, 10)
+    s.propose(c.Qos(ch.key, m.prefetch_count, m.global_))
+
+
+def _basic_consume(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.Consume(ch.key, m.queue, m.consumer_tag or "", m.no_ack, m.exclusive, m.nowait,
+                        _args(m)))
+
+
+def _basic_cancel(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.Cancel(ch.key, m.consumer_tag or "", m.nowait))
+
+
+def _basic_get(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.Get(ch.key, m.queue, m.no_ack))
+
+
+def _basic_recover(s: Session, ch: Channel, m: Any) -> None:
+    if not m.requeue:
+        # RabbitMQ does not implement redelivery to the original consumer either.
+        raise AMQPConnectionError(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - requeue=false", 60, 110)
+    s.propose(c.Recover(ch.key))
+
+
+def _basic_recover_async(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.Recover(ch.key, nowait=True))
+
+
+def _channel_flow(s: Session, ch: Channel, m: Any) -> None:
+    s.propose(c.Flow(ch.key, m.active))
+
+
+def _confirm_select(s: Session, ch: Channel, m: Any) -> None:
+    if ch.tx:
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - cannot switch from tx to confirm mode", 85, 10)
+    ch.confirm = True
+    if not m.nowait:
+        s.write(s.proto.send_method(ch.number, build(spec.Confirm.SelectOk)))
+
+
+def _tx_select(s: Session, ch: Channel, m: Any) -> None:
+    if ch.confirm:
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - cannot switch from confirm to tx mode", 90, 10)
+    ch.tx = True
+    s.write(s.proto.send_method(ch.number, build(spec.Tx.SelectOk)))
+
+
+def _tx_commit(s: Session, ch: Channel, m: Any) -> None:
+    if not ch.tx:
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - channel is not transactional", 90, 20)
+    # The whole transaction goes into one Raft entry: applied atomically.
+    for cmd in ch.tx_commands:
+        s.propose(cmd)
+    ch.tx_commands = []
+    number = ch.number
+
+    def reply() -> None:
+        if s.channels.get(number) is ch and not ch.closing:
+            s.write(s.proto.send_method(number, build(spec.Tx.CommitOk)))
+            s.flush()
+
+    s.after_apply(reply)
+
+
+def _tx_rollback(s: Session, ch: Channel, m: Any) -> None:
+    if not ch.tx:
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - channel is not transactional", 90, 30)
+    ch.tx_commands = []
+    s.write(s.proto.send_method(ch.number, build(spec.Tx.RollbackOk)))
+
+
+def _ignore(s: Session, ch: Channel, m: Any) -> None:
+    """channel.flow-ok, basic.cancel-ok: answers to our own flow / cancel."""
+
+
+_METHODS: dict[type, Callable[[Session, Channel, Any], None]] = {
+    spec.Exchange.Declare: _exchange_declare,
+    spec.Exchange.Delete: _exchange_delete,
+    spec.Exchange.Bind: _exchange_bind,
+    spec.Exchange.Unbind: _exchange_unbind,
+    spec.Queue.Declare: _queue_declare,
+    spec.Queue.Bind: _queue_bind,
+    spec.Queue.Unbind: _queue_unbind,
+    spec.Queue.Purge: _queue_purge,
+    spec.Queue.Delete: _queue_delete,
+    spec.Basic.Qos: _basic_qos,
+    spec.Basic.Consume: _basic_consume,
+    spec.Basic.Cancel: _basic_cancel,
+    spec.Basic.Get: _basic_get,
+    spec.Basic.Recover: _basic_recover,
+    spec.Basic.RecoverAsync: _basic_recover_async,
+    spec.Channel.Flow: _channel_flow,
+    spec.Channel.FlowOk: _ignore,
+    spec.Confirm.Select: _confirm_select,
+    spec.Tx.Select: _tx_select,
+    spec.Tx.Commit: _tx_commit,
+    spec.Tx.Rollback: _tx_rollback,
+    spec.Basic.CancelOk: _ignore,
+}
+
+
+# --- effects --------------------------------------------------------------------------
+
+
+def _reply(method: type, fields: Callable[[Any], tuple[Any, ...]] = lambda ef: ()) -> Any:
+    """An effect handler sending ``method`` with the values ``fields(effect)``."""
+
+    def run(s: Session, ef: Any) -> None:
+        ch = s.live(ef.ch)
+        if ch is not None:
+            s.write(s.proto.send_method(ch.number, build(method, *fields(ef))))
+
+    return run
+
+
+def _deliver(s: Session, ef: e.Deliver) -> None:
+    ch = s.live(ef.ch)
+    if ch is None:
+        return  # the channel is closing: the machine requeues on ChannelClose
+    s.write(s.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag, ef.redelivered,
+                            ef.exchange, ef.routing_key, ef.properties, ef.body))
+    s.counters.delivered += 1
+
+
+def _get_ok(s: Session, ef: e.GetOk) -> None:
+    ch = s.live(ef.ch)
+    if ch is None:
+        return
+    s.write(s.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, ef.exchange,
+                           ef.routing_key, ef.message_count, ef.properties, ef.body))
+    s.counters.delivered += 1
+
+
+def _return(s: Session, ef: e.Return) -> None:
+    ch = s.live(ef.ch)
+    if ch is None:
+        return
+    if ch.confirm_upto:
+        s._send_confirm_acks(ch)
+    s.write(s.proto.basic_return(ch.number, ef.reply_code, ef.reply_text, ef.exchange,
+                                 ef.routing_key, ef.properties, ef.body))
+
+
+def _confirm(s: Session, ef: e.Confirm) -> None:
+    ch = s.live(ef.ch)
+    if ch is None or not ch.confirm:
+        return
+    pending = ch.unconfirmed
+    seq = ef.seq
+    if pending and pending[0] == seq:
+        pending.popleft()
+        while pending and pending[0] in ch.early:
+            ch.early.discard(pending.popleft())
+    elif pending and pending[0] < seq <= ch.publish_seq and seq not in ch.early:
+        ch.early.add(seq)  # ahead of an earlier one: acked once the run is contiguous
+    else:
+        return  # a confirm seen twice (effects can repeat across a leader change)
+    s.counters.confirmed += 1
+    if not ef.ack:
+        if ch.confirm_upto:
+            s._send_confirm_acks(ch)
+        s.write(nack_frame(ch.number, ef.seq, False))
+    upto = pending[0] - 1 if pending else ch.publish_seq
+    if upto > max(ch.acked_upto, ch.confirm_upto):
+        ch.confirm_upto = upto
+
+
+def _consumer_cancelled(s: Session, ef: e.ConsumerCancelled) -> None:
+    ch = s.live(ef.ch)
+    if ch is not None and s.cancel_notify:
+        s.write(s.proto.send_method(ch.number, build(spec.Basic.Cancel, ef.consumer_tag, True)))
+
+
+def _channel_error(s: Session, ef: e.ChannelError) -> None:
+    ch = s.live(ef.ch)
+    if ch is None:
+        return
+    ch.closing = True
+    # The machine already closed the channel in the replicated state.
+    s.write(s.proto.close_channel(ch.number, ef.reply_code, ef.reply_text, ef.class_id,
+                                  ef.method_id))
+
+
+def _connection_error(s: Session, ef: e.ConnectionError) -> None:
+    raise AMQPConnectionError(ef.reply_code, ef.reply_text, ef.class_id, ef.method_id)
+
+
+_EFFECTS: dict[type, Any] = {
+    e.Deliver: _deliver,
+    e.Confirm: _confirm,
+    e.GetOk: _get_ok,
+    e.GetEmpty: _reply(spec.Basic.GetEmpty),
+    e.Return: _return,
+    e.ExchangeDeclareOk: _reply(spec.Exchange.DeclareOk),
+    e.ExchangeDeleteOk: _reply(spec.Exchange.DeleteOk),
+    e.ExchangeBindOk: _reply(spec.Exchange.BindOk),
+    e.ExchangeUnbindOk: _reply(spec.Exchange.UnbindOk),
+    e.QueueDeclareOk: _reply(spec.Queue.DeclareOk,
+                             lambda ef: (ef.queue, ef.message_count, ef.consumer_count)),
+    e.QueueBindOk: _reply(spec.Queue.BindOk),
+    e.QueueUnbindOk: _reply(spec.Queue.UnbindOk),
+    e.QueuePurgeOk: _reply(spec.Queue.PurgeOk, lambda ef: (ef.message_count,)),
+    e.QueueDeleteOk: _reply(spec.Queue.DeleteOk, lambda ef: (ef.message_count,)),
+    e.ConsumeOk: _reply(spec.Basic.ConsumeOk, lambda ef: (ef.consumer_tag,)),
+    e.CancelOk: _reply(spec.Basic.CancelOk, lambda ef: (ef.consumer_tag,)),
+    e.QosOk: _reply(spec.Basic.QosOk),
+    e.FlowOk: _reply(spec.Channel.FlowOk, lambda ef: (ef.active,)),
+    e.RecoverOk: _reply(spec.Basic.RecoverOk),
+    e.ConsumerCancelled: _consumer_cancelled,
+    e.ChannelError: _channel_error,
+    e.ConnectionError: _connection_error,
+}

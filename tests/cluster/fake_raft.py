@@ -1,0 +1,137 @@
+"""An in-memory Raft log for testing the proposer and the node without pysyncobj.
+
+In the spirit of etcd's raft tests against its in-memory storage and network:
+one :class:`FakeCluster` holds the log; each :class:`FakeRaft` is a node's view
+of it, with a replica of the machine applied entry by entry. The test decides
+everything a real network decides: who leads, which proposals are lost, when
+entries commit, whether a node is catching up, whether an apply is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from cluster import machine
+from cluster.commands import decode_batch
+from cluster.effects import Effect
+from cluster.replica import RaftStatus
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.log: list[bytes] = []
+        self.commit = 0  # entries [0, commit) are committed
+        self.leader: str | None = "n1"
+        self.auto_commit = True  # a proposal commits at once
+        self.lose_proposals = False  # proposals vanish (a leader about to fail)
+        self.nodes: dict[str, FakeRaft] = {}
+
+    def node(self, node_id: str) -> FakeRaft:
+        raft = self.nodes[node_id] = FakeRaft(self, node_id)
+        return raft
+
+    def append(self, data: bytes) -> None:
+        if self.lose_proposals or self.leader is None:
+            return
+        self.log.append(data)
+        if self.auto_commit:
+            self.commit = len(self.log)
+
+    def commit_all(self) -> None:
+        self.commit = len(self.log)
+
+
+class FakeRaft:
+    """One node's replica: implements cluster.replica.Replica."""
+
+    def __init__(self, cluster: FakeCluster, node_id: str) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.state = machine.new_state()
+        self.applied = 0  # entries of the log applied here
+        self.incarnation: int | None = None
+        self.proposed: list[bytes] = []
+        self.dirty = False
+        self.flushes = 0
+        self.catching_up = False
+        self.hide_applied = False  # an apply whose callback never arrives
+        self.cut_off = False  # this node sees no leader
+        self._applied_seqs: list[int] = []
+
+    # --- RaftLog --------------------------------------------------------------------
+
+    @property
+    def leader(self) -> str | None:
+        return None if self.cut_off else self.cluster.leader
+
+    def propose(self, data: bytes) -> None:
+        self.proposed.append(data)
+        if not self.cut_off:
+            self.cluster.append(data)
+            self.dirty = True
+
+    def tick(self) -> list[Effect]:
+        effects: list[Effect] = []
+        while self.applied < self.cluster.commit:
+            batch = decode_batch(self.cluster.log[self.applied])
+            self.applied += 1
+            effects.extend(machine.apply_batch(self.state, batch))
+            if (batch.node, batch.incarnation) == (self.node_id, self.incarnation) \
+                    and not self.hide_applied:
+                self._applied_seqs.append(batch.seq)
+        return effects
+
+    def take_applied(self) -> list[int]:
+        seqs, self._applied_seqs = self._applied_seqs, []
+        return seqs
+
+    def flush(self) -> None:
+        self.dirty = False
+        self.flushes += 1
+
+    def set_incarnation(self, incarnation: int) -> None:
+        self.incarnation = incarnation
+
+    # --- the rest of Replica (what a node uses) ------------------------------------------
+
+    @property
+    def is_ready(self) -> bool:
+        return self.leader is not None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader == self.node_id
+
+    @property
+    def has_quorum(self) -> bool:
+        return not self.cut_off
+
+    def attach(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+        pass
+
+    def postpone_election(self) -> None:
+        pass
+
+    def status(self) -> RaftStatus:
+        return RaftStatus(self.node_id, "leader" if self.is_leader else "follower", self.leader,
+                          1, self.cluster.commit, self.applied, len(self.cluster.log),
+                          self.has_quorum, members=(self.node_id,))
+
+    def peers(self) -> list[str]:
+        return []
+
+    def is_connected(self, peer: str) -> bool:
+        return False
+
+    def add_member(self, addr: str, callback: Callable[[str], None]) -> None:
+        callback("denied")
+
+    def remove_member(self, addr: str, callback: Callable[[str], None]) -> None:
+        callback("denied")
+
+    def transfer_leadership(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

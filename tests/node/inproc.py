@@ -1,0 +1,138 @@
+"""A node in this process: a Broker on the in-memory log (tests/cluster/fake_raft.py)
+with connections on fake transports, so node logic is tested without subprocesses
+or sockets (uvicorn's protocol tests are the model)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+from pamqp import commands as spec
+from pamqp import frame as pframe
+
+from node.broker import Broker
+from node.config import Config
+from node.connection import AMQPConnection
+from protocol.methods import build, encode_method
+from tests.cluster.fake_raft import FakeCluster
+
+HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+        self.reading = True
+        self.peer = peer
+        self.buffered = 0  # what a real transport would still hold
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.out += line
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": self.peer}.get(name, default)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class Client:
+    """A connection to the in-process node, driven frame by frame."""
+
+    def __init__(self, node: InProcessNode) -> None:
+        self.node = node
+        self.transport = FakeTransport()
+        self.conn = AMQPConnection(node.broker)
+        self.conn.connection_made(self.transport)
+        self._seen = 0
+
+    def send(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+    def method(self, channel: int, m: Any) -> None:
+        payload = encode_method(m)
+        self.send(struct.pack(">BHI", 1, channel, len(payload)) + payload + b"\xce")
+
+    def publish(self, channel: int, body: bytes, routing_key: str, exchange: str = "") -> None:
+        self.method(channel, build(spec.Basic.Publish, 0, exchange, routing_key, False, False))
+        self.send(pframe.marshal(_header(len(body)), channel))
+        if body:
+            self.send(struct.pack(">BHI", 3, channel, len(body)) + body + b"\xce")
+
+    def frames(self) -> list[tuple[int, Any]]:
+        """Frames the node wrote since the last call."""
+        data = bytes(self.transport.out[self._seen:])
+        self._seen = len(self.transport.out)
+        out = []
+        while data:
+            n, ch, obj = pframe.unmarshal(data)
+            out.append((ch, obj))
+            data = data[n:]
+        return out
+
+    async def open(self, channels: tuple[int, ...] = (1,)) -> None:
+        self.send(HEADER)
+        self.method(0, build(spec.Connection.StartOk, {"capabilities": {
+            "consumer_cancel_notify": True}}, "PLAIN", "\0guest\0guest", "en_US"))
+        self.method(0, build(spec.Connection.TuneOk, 2047, 131072, 0))
+        self.method(0, build(spec.Connection.Open, "/"))
+        for ch in channels:
+            self.method(ch, build(spec.Channel.Open))
+        await self.node.settle()
+        names = [f.name for _, f in self.frames()]
+        assert names[:4] == ["Connection.Start", "Connection.Tune", "Connection.OpenOk",
+                             "Channel.OpenOk"], names
+
+
+def _header(size: int) -> Any:
+    from pamqp import header
+
+    return header.ContentHeader(0, size, spec.Basic.Properties())
+
+
+class InProcessNode:
+    def __init__(self, loop: asyncio.AbstractEventLoop, **cfg: Any) -> None:
+        self.cluster = FakeCluster()
+        self.raft = self.cluster.node("n1")
+        cfg.setdefault("users", {"guest": "guest"})
+        self.broker = Broker(Config(node_id="n1", metrics_port=0, **cfg), loop, raft=self.raft)
+
+    async def start(self) -> InProcessNode:
+        await self.broker.start(timeout=5)
+        return self
+
+    async def settle(self, turns: int = 5) -> None:
+        """Let the loop run the node's flushes and ticks."""
+        for _ in range(turns):
+            await asyncio.sleep(0)
+
+    def client(self) -> Client:
+        return Client(self)
+
+    async def stop(self) -> None:
+        await self.broker.stop()

@@ -1,0 +1,130 @@
+"""The node's logic in-process: Broker, connections and sessions on the in-memory log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pamqp import commands as spec
+
+from cluster import effects as E
+from protocol.methods import build
+from tests.node.inproc import Client, InProcessNode
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[InProcessNode]:
+    n = await InProcessNode(asyncio.get_running_loop()).start()
+    yield n
+    await n.stop()
+
+
+def names(frames: list[tuple[int, Any]]) -> list[str]:
+    return [f.name for _, f in frames]
+
+
+async def declare(c: Client, queue: str, ch: int = 1) -> None:
+    c.method(ch, build(spec.Queue.Declare, 0, queue))
+    await c.node.settle()
+    assert "Queue.DeclareOk" in names(c.frames())
+
+
+async def test_publish_confirm_consume(node: InProcessNode) -> None:
+    c = node.client()
+    await c.open()
+    await declare(c, "q")
+    c.method(1, build(spec.Confirm.Select, False))
+    for i in range(3):
+        c.publish(1, b"m%d" % i, "q")
+    await node.settle()
+    frames = c.frames()
+    assert names(frames) == ["Confirm.SelectOk", "Basic.Ack"]
+    assert (frames[1][1].delivery_tag, frames[1][1].multiple) == (3, True)
+    c.method(1, build(spec.Basic.Consume, 0, "q", "tag", False, True))
+    await node.settle()
+    frames = c.frames()
+    assert names(frames)[0] == "Basic.ConsumeOk"
+    assert names(frames).count("Basic.Deliver") == 3
+
+
+async def test_one_connections_failure_does_not_touch_another(
+    node: InProcessNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dispatch isolation: an effect that fails for one connection closes that one with
+    541; the other gets its confirm and its delivery from the same dispatch."""
+    bad, good = node.client(), node.client()
+    await bad.open()
+    await good.open()
+    await declare(good, "shared")
+    for c in (bad, good):
+        c.method(1, build(spec.Basic.Consume, 0, "shared", "", False, True))
+    good.method(1, build(spec.Confirm.Select, False))
+    await node.settle()
+    bad.frames(), good.frames()
+
+    def broken(ef: E.Effect) -> None:
+        raise RuntimeError("cannot encode this")
+
+    bad.conn.session.run_effect = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR):
+        good.publish(1, b"one", "shared")
+        good.publish(1, b"two", "shared")
+        await node.settle()
+    got = names(good.frames())
+    assert "Basic.Ack" in got and got.count("Basic.Deliver") >= 1
+    [close] = [f for _, f in bad.frames() if f.name == "Connection.Close"]
+    assert close.reply_code == 541
+    assert node.broker.metrics.faults == 1
+    assert "while running Deliver" in caplog.text
+
+
+async def test_paused_writing_stops_deliveries_at_the_source(node: InProcessNode) -> None:
+    """A consumer whose socket takes no more writes gets no more deliveries; the
+    messages stay ready (for other consumers) and flow again when it drains."""
+    c, producer = node.client(), node.client()
+    await c.open()
+    await producer.open()
+    await declare(producer, "slow")
+    c.method(1, build(spec.Basic.Consume, 0, "slow", "t", False, True))  # no-ack
+    await node.settle()
+    c.frames()
+    c.conn.pause_writing()
+    for i in range(5):
+        producer.publish(1, b"%d" % i, "slow")
+    await node.settle()
+    assert "Basic.Deliver" not in names(c.frames())
+    q = node.raft.state.vhosts["/"].queues["slow"]
+    assert q.ready_count() == 5
+    c.conn.resume_writing()
+    await node.settle()
+    assert names(c.frames()).count("Basic.Deliver") == 5 and q.ready_count() == 0
+
+
+async def test_fault_effect_is_logged_by_the_proposing_node(
+    node: InProcessNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        node.broker.dispatch([E.Fault("n1", "QueuePurge(...)", "KeyError: 'x'"),
+                              E.Fault("n2", "other node's", "not logged here")])
+    assert "QueuePurge(...)" in caplog.text and "other node's" not in caplog.text
+    assert node.broker.metrics.faults == 1
+
+
+async def test_tx_commit_is_one_entry(node: InProcessNode) -> None:
+    c = node.client()
+    await c.open()
+    await declare(c, "tx")
+    c.method(1, build(spec.Tx.Select))
+    await node.settle()
+    c.frames()
+    before = len(node.cluster.log)
+    for i in range(4):
+        c.publish(1, b"%d" % i, "tx")
+    c.method(1, build(spec.Tx.Commit))
+    await node.settle()
+    assert names(c.frames()) == ["Tx.CommitOk"]
+    assert len(node.cluster.log) == before + 1
+    assert node.raft.state.vhosts["/"].queues["tx"].ready_count() == 4
