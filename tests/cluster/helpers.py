@@ -9,6 +9,7 @@ from cluster.effects import Effect
 from cluster.machine import State, apply, new_state
 
 CH = ("n1", 1, 1)
+CH2 = ("n1", 1, 2)  # another channel of the same connection
 CONN = ("n1", 1)
 EMPTY_PROPS = b"\x00\x00"
 

@@ -29,13 +29,10 @@ from tests.cluster.helpers import (
 
 
 @pytest.fixture
-def m() -> Machine:
+def m(dlx: Machine) -> Machine:
     """q dead-letters to the fanout exchange dlx, which feeds dlq."""
-    m = Machine()
-    m.open(CH)
-    m.run(x_declare(CH, "dlx", "fanout"), q_declare(CH, "dlq"), bind(CH, "dlq", "dlx"),
-          q_declare(CH, "q", arguments={"x-dead-letter-exchange": "dlx"}))
-    return m
+    dlx.run(q_declare(CH, "q", arguments={"x-dead-letter-exchange": "dlx"}))
+    return dlx
 
 
 def dead(m: Machine, q: str = "dlq") -> list[tuple[bytes, str, str, dict[str, Any]]]:

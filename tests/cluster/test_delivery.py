@@ -20,6 +20,7 @@ from cluster.effects import (
 from cluster.machine import queue_stats
 from tests.cluster.helpers import (
     CH,
+    CH2,
     Machine,
     ack,
     consume,
@@ -30,16 +31,12 @@ from tests.cluster.helpers import (
     qos,
 )
 
-CH2 = ("n1", 1, 2)  # another channel of the same connection
-
 
 @pytest.fixture
-def m() -> Machine:
-    m = Machine()
-    m.open(CH)
-    m.open(CH2)
-    m.run(q_declare(CH, "q"))
-    return m
+def m(m2: Machine) -> Machine:
+    """Two channels and the queue ``q``."""
+    m2.run(q_declare(CH, "q"))
+    return m2
 
 
 def delivered(effects: list) -> list[tuple[str, int, bytes, bool]]:
@@ -253,3 +250,21 @@ def test_recover_requeues_all_unacked(m: Machine) -> None:
     eff = m.run(C.Recover(CH))
     assert eff[0] == RecoverOk(CH)
     assert delivered(eff) == [("c", 3, b"0", True), ("c", 4, b"1", True)]
+
+
+def test_connection_flow_holds_deliveries_in_the_queue(m: Machine) -> None:
+    """A connection whose socket stopped taking writes gets nothing more, even with no-ack
+    consumers; the messages stay ready for other consumers, and flow when it resumes."""
+    m.run(consume(CH, "q", "mine", no_ack=True))
+    m.run(C.ConnectionFlow(CH[:2], False))
+    assert of_type(publish_n(m, 3), Deliver) == []
+    assert list(queue_stats(m.state)) == [("/", "q", 3, 0, 1)]
+    m.open(("n2", 1, 1))  # a consumer elsewhere takes them meanwhile
+    eff = m.run(consume(("n2", 1, 1), "q", "other", no_ack=True))
+    assert [d.consumer_tag for d in of_type(eff, Deliver)] == ["other"] * 3
+    m.run(C.Cancel(("n2", 1, 1), "other", True))
+    publish_n(m, 2)
+    m.open(CH2)  # a channel opened while paused is paused too
+    m.run(consume(CH2, "q", "late", no_ack=True))
+    eff = m.run(C.ConnectionFlow(CH[:2], True))
+    assert sorted(d.consumer_tag for d in of_type(eff, Deliver)) == ["late", "mine"]

@@ -25,11 +25,8 @@ from tests.cluster.helpers import (
 
 
 @pytest.fixture
-def m() -> Machine:
-    m = Machine()
-    m.open(CH)
-    m.run(x_declare(CH, "dlx", "fanout"), q_declare(CH, "dlq"), bind(CH, "dlq", "dlx"))
-    return m
+def m(dlx: Machine) -> Machine:
+    return dlx
 
 
 def limited(m: Machine, name: str = "q", **args: Any) -> None:

@@ -79,6 +79,7 @@ lifecycle = st.one_of(
     st.builds(C.ConnectionClose, st.sampled_from(CONNS)),
     st.builds(C.ChannelOpen, chs),
     st.builds(C.ChannelClose, chs),
+    st.builds(C.ConnectionFlow, st.sampled_from(CONNS), b),
     st.builds(C.NodeUp, st.sampled_from(NODES), st.integers(0, 3)),
     st.builds(C.NodeDown, st.sampled_from(NODES), st.integers(0, 3)),
     st.builds(C.Tick),

@@ -9,6 +9,7 @@ from cluster import commands as C
 from cluster.effects import ChannelError, Deliver
 from tests.cluster.helpers import (
     CH,
+    CH2,
     Machine,
     ack,
     consume,
@@ -20,15 +21,10 @@ from tests.cluster.helpers import (
     qos,
 )
 
-CH2 = ("n1", 1, 2)
-
 
 @pytest.fixture
-def m() -> Machine:
-    m = Machine()
-    m.open(CH)
-    m.open(CH2)
-    return m
+def m(m2: Machine) -> Machine:
+    return m2
 
 
 def drain(m: Machine, q: str = "q") -> list[bytes]:

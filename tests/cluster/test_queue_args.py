@@ -11,13 +11,6 @@ from cluster.effects import ChannelError, Confirm, ExchangeDeclareOk, QueueDecla
 from tests.cluster.helpers import CH, Machine, bind, enq, of_type, pub, q_declare, x_declare
 
 
-@pytest.fixture
-def m() -> Machine:
-    m = Machine()
-    m.open(CH)
-    return m
-
-
 def invalid(key: str, term: str) -> str:
     return f"PRECONDITION_FAILED - invalid arg '{key}' for queue 'q' in vhost '/': {term}"
 

@@ -52,13 +52,6 @@ def routed(m: Machine, exchange: str, key: str, props: bytes = b"\x00\x00") -> l
     return sorted(n for n, q in queues.items() if q.ready_count() > before[n])
 
 
-@pytest.fixture
-def m() -> Machine:
-    m = Machine()
-    m.open(CH)
-    return m
-
-
 # --- topic -------------------------------------------------------------------------------
 
 

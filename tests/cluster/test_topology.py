@@ -41,13 +41,6 @@ from tests.cluster.helpers import (
 CH2 = ("n1", 2, 1)  # another connection
 
 
-@pytest.fixture
-def m() -> Machine:
-    m = Machine()
-    m.open(CH)
-    return m
-
-
 def err(effects: list, cls: type = ChannelError) -> tuple[int, str, int, int]:
     (e,) = of_type(effects, cls)
     return e.reply_code, e.reply_text, e.class_id, e.method_id

@@ -24,13 +24,6 @@ from tests.cluster.helpers import (
 )
 
 
-@pytest.fixture
-def m() -> Machine:
-    m = Machine()
-    m.open(CH)
-    return m
-
-
 def ready(m: Machine, q: str) -> list[bytes]:
     queue = m.state.vhosts["/"].queues[q]
     return [msg.body for _, msg in sorted(queue.returned, key=lambda e: e[0])] + [
