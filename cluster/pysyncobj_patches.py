@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +33,11 @@ import pysyncobj.syncobj as syncobj_module
 from pysyncobj import SyncObj
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import FileJournal
+from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.serializer import Serializer
 from pysyncobj.tcp_connection import TcpConnection
 
-from cluster import tcp_patch
+from cluster import log_rules, tcp_patch
 
 VERSION = "0.3.17"
 
@@ -335,3 +337,144 @@ class Internals:
             raise PatchError("pysyncobj's FileJournal has no __metaStorer: Raft meta would "
                              "not be made durable")
         return storer
+
+
+# --- instance patches: wired by cluster/raft.py when a replica is built ------------------
+
+
+class Durability:
+    """Mark the journal dirty on every append, and make a follower fsync before it tells
+    the leader it has entries (pysyncobj would acknowledge entries that are only in an
+    unflushed mmap). Also where a follower's replies get the Raft log corrections of
+    :mod:`cluster.log_rules` (seed 2005) and the snapshot-install reply (seed 1029)."""
+
+    def __init__(self, internals: Internals, replica: Any, flush: Callable[[], None]) -> None:
+        self.dirty = False
+        self._internals = internals
+        self._replica = replica  # its install_reply: set when a snapshot kept a journal tail
+        self._flush = flush
+        self._held: list[tuple[Any, Any]] = []
+        journal, transport = internals.log, internals.transport
+        self._add, self._send = journal.add, transport.send
+        journal.add = self._add_entry
+        transport.send = self._send_message
+
+    def _add_entry(self, *args: Any) -> Any:
+        self.dirty = True
+        return self._add(*args)
+
+    def _send_message(self, node: Any, message: Any) -> Any:
+        if not isinstance(message, dict) or message.get("type") != "next_node_idx":
+            return self._send(node, message)
+        self._walk_back_to_commit(message)
+        replica = self._replica
+        if replica.install_reply is not None and message.get("success"):
+            # the kept tail is not known to match the leader's: acknowledge only
+            # up to the snapshot
+            message["next_node_idx"] = replica.install_reply
+            replica.install_reply = None
+        if self.dirty:
+            # Held until the end of this socket event: one fsync then
+            # acknowledges every append_entries that arrived in one read.
+            self._held.append((node, message))
+            return True
+        return self._send(node, message)
+
+    def release_held(self) -> None:
+        if self._held:
+            self._flush()
+            held, self._held = self._held, []
+            for node, message in held:
+                self._send(node, message)
+
+    def _walk_back_to_commit(self, reply: dict[str, Any]) -> None:
+        """Follower: answer a log conflict with the index after our commit index
+        (:func:`~cluster.log_rules.conflict_reply_index`)."""
+        if not reply.get("reset") or reply.get("success"):
+            return
+        log = self._internals.log
+        reply["next_node_idx"] = log_rules.conflict_reply_index(
+            reply["next_node_idx"], log[-1][1], log[0][1], self._internals.commit_index)
+
+
+def hook_meta(storer: Any) -> None:
+    """Term and vote (and the commit index) in ``raft.journal.meta`` are written by pysyncobj
+    without fsync: after a power loss a node could vote twice in one term. Made durable
+    before pysyncobj goes on (it answers a vote only after storing it)."""
+    if storer is None:
+        return  # an in-memory journal
+    path = storer.getPath()
+
+    def store_meta(meta: Any) -> None:
+        with open(path + ".tmp", "wb") as f:
+            f.write(dumps(meta))
+        durable_replace(path + ".tmp", path)
+
+    storer.storeMeta = store_meta
+
+
+def hook_leader_lost(raft: Internals) -> None:
+    """A follower whose connection to the leader closes starts an election soon.
+
+    A killed process's sockets are closed by its kernel at once; pysyncobj still waits for
+    a whole election timeout after the last heartbeat (0.5-1.25 s here) before it looks for
+    a new leader. A cut that closes no connection (a black hole) keeps the normal timeout.
+    The random spread keeps the followers from standing at the same moment (a split vote
+    costs another timeout)."""
+    on_disconnected = raft.on_node_disconnected
+    min_timeout = raft.conf.raftMinTimeout
+
+    def disconnected(node: Any) -> None:
+        on_disconnected(node)
+        if raft.is_follower and raft.leader_node == node:
+            soon = monotonic_time() + min_timeout * (0.2 + 0.6 * random.random())
+            raft.election_deadline = min(raft.election_deadline, soon)
+
+    raft.transport.setOnNodeDisconnectedCallback(disconnected)
+
+
+def hook_next_index(raft: Internals, is_leader: Callable[[], bool]) -> None:
+    """Keep the leader's next index for a follower from moving backwards.
+
+    The leader sends entries as soon as they are appended and advances its
+    next index optimistically; pysyncobj then sets it back to whatever an
+    older acknowledgement says, re-sends entries the follower already has,
+    and the follower truncates and re-appends them (measured: hundreds of
+    "truncating already-applied log entries" per minute under load, and
+    snapshot re-transmissions). A successful acknowledgement can only move
+    the index forward; failures (``reset``) only move it back
+    (:class:`~cluster.log_rules.ResetCeiling`, seed 2005). A snapshot chunk may
+    move the commit index only as far as the installed snapshot (seed 201)."""
+    handle = raft.on_message_received
+    next_index = raft.next_index
+    ceiling = log_rules.ResetCeiling()
+
+    def on_message(node: Any, message: Any) -> None:
+        if not isinstance(message, dict):
+            handle(node, message)
+            return
+        kind = message.get("type")
+        if kind == "next_node_idx" and message.get("reset") and not message.get("success"):
+            handle(node, message)
+            if is_leader() and node in next_index:
+                next_index[node] = ceiling.on_reset(node, raft.term, message["next_node_idx"])
+            return
+        if kind == "next_node_idx" and message.get("success"):
+            ceiling.on_success(node)
+        if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
+            before = next_index.get(node)
+            handle(node, message)
+            if before is not None and node in next_index and next_index[node] < before:
+                next_index[node] = before
+            return
+        if kind == "append_entries" and "prevLogIdx" not in message:
+            before = raft.commit_index
+            handle(node, message)
+            after = raft.commit_index
+            commit = log_rules.commit_after_snapshot_message(before, after, raft.last_applied)
+            if commit != after:
+                raft.commit_index = commit
+            return
+        handle(node, message)
+
+    raft.transport.setOnMessageReceivedCallback(on_message)

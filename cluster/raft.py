@@ -23,7 +23,6 @@ import asyncio
 import gzip
 import logging
 import os
-import random
 import select
 from collections.abc import Callable
 from pathlib import Path
@@ -217,6 +216,43 @@ class _Replica(SyncObj):
         self._sink(batch, machine.apply_batch(self.state, batch), len(data))
 
 
+def _sync_conf(self_addr: str, journal: str, dump: str, bind_address: str | None, secret: str,
+               election_timeout: float, snapshot_entries: int,
+               dns_cache_s: float | None) -> SyncObjConf:
+    """pysyncobj's settings, each chosen for a measured reason."""
+    host = self_addr.rpartition(":")[0]
+    return SyncObjConf(
+        autoTick=False,
+        appendEntriesUseBatch=False,
+        journalFile=journal,
+        fullDumpFile=dump,
+        # only the configured address, never 0.0.0.0
+        bindAddress=bind_address or (self_addr if host else None),
+        password=secret or None,
+        raftMinTimeout=election_timeout,
+        raftMaxTimeout=election_timeout * 2.5,
+        # A leader that has not heard from a majority steps down after this
+        # (pysyncobj's default, 30 s, leaves a cut-off leader believing it
+        # leads, and proposing, for far too long; 3 election timeouts made
+        # leaders step down during CPU-starved stretches and elections churn).
+        leaderFallbackTimeout=max(2.0, election_timeout * 10),
+        appendEntriesPeriod=0.05,
+        # Larger socket buffers: fewer partial sends/receives for big entries.
+        sendBufferSize=1 << 22,
+        recvBufferSize=1 << 18,
+        connectionRetryTime=1.0,
+        connectionTimeout=3.5,
+        logCompactionMinEntries=snapshot_entries,
+        logCompactionMinTime=3600,
+        dynamicMembershipChange=True,
+        commandsWaitLeader=True,
+        # pysyncobj forks to write snapshots, so the loop does not stall
+        useFork=True,
+        **({} if dns_cache_s is None else
+           {"dnsCacheTime": dns_cache_s, "dnsFailCacheTime": dns_cache_s}),
+    )
+
+
 class RaftNode:
     """A node's handle on the replicated log and the state machine replica."""
 
@@ -246,37 +282,8 @@ class RaftNode:
         # a leader that heard from no majority for this long counts as cut off
         self._contact_timeout = max(1.0, 2 * election_timeout)
         self._fsync = fsync
-        host = self_addr.rpartition(":")[0]
-        conf = SyncObjConf(
-            autoTick=False,
-            appendEntriesUseBatch=False,
-            journalFile=self._journal_path,
-            fullDumpFile=str(data_dir / "raft.dump"),
-            # only the configured address, never 0.0.0.0
-            bindAddress=bind_address or (self_addr if host else None),
-            password=secret or None,
-            raftMinTimeout=election_timeout,
-            raftMaxTimeout=election_timeout * 2.5,
-            # A leader that has not heard from a majority steps down after this
-            # (pysyncobj's default, 30 s, leaves a cut-off leader believing it
-            # leads, and proposing, for far too long; 3 election timeouts made
-            # leaders step down during CPU-starved stretches and elections churn).
-            leaderFallbackTimeout=max(2.0, election_timeout * 10),
-            appendEntriesPeriod=0.05,
-            # Larger socket buffers: fewer partial sends/receives for big entries.
-            sendBufferSize=1 << 22,
-            recvBufferSize=1 << 18,
-            connectionRetryTime=1.0,
-            connectionTimeout=3.5,
-            logCompactionMinEntries=snapshot_entries,
-            logCompactionMinTime=3600,
-            dynamicMembershipChange=True,
-            commandsWaitLeader=True,
-            # pysyncobj forks to write snapshots, so the loop does not stall
-            useFork=True,
-            **({} if dns_cache_s is None else
-               {"dnsCacheTime": dns_cache_s, "dnsFailCacheTime": dns_cache_s}),
-        )
+        conf = _sync_conf(self_addr, self._journal_path, str(data_dir / "raft.dump"),
+                          bind_address, secret, election_timeout, snapshot_entries, dns_cache_s)
         self._pending: list[Effect] = []
         self._applied_seqs: list[int] = []
         self._incarnation: int | None = None
@@ -289,8 +296,6 @@ class RaftNode:
         assert internals is not None
         self._internals: Internals = internals
         self._journal_fd: int | None = None
-        self._dirty = False
-        self._held: list[tuple[Any, Any]] = []
         # pysyncobj keeps every entry since the last snapshot in memory and
         # counts only entries; at 4 KiB messages that is gigabytes. Compact
         # by bytes as well.
@@ -299,142 +304,14 @@ class RaftNode:
         self._hook_durability()
 
     def _hook_durability(self) -> None:
-        """Mark the journal dirty on every append, and make a follower fsync
-        before it tells the leader it has entries (pysyncobj would ack entries
-        that are only in an unflushed mmap)."""
-        journal = self._internals.log
-        transport = self._internals.transport
-        add, send = journal.add, transport.send
-
-        def add_entry(*args: Any) -> Any:
-            self._dirty = True
-            return add(*args)
-
-        def send_message(node: Any, message: Any) -> Any:
-            if not isinstance(message, dict) or message.get("type") != "next_node_idx":
-                return send(node, message)
-            self._walk_back_to_commit(message)
-            if self._replica.install_reply is not None and message.get("success"):
-                # the kept tail is not known to match the leader's: acknowledge only
-                # up to the snapshot
-                message["next_node_idx"] = self._replica.install_reply
-                self._replica.install_reply = None
-            if self._dirty:
-                # Held until the end of this socket event: one fsync then
-                # acknowledges every append_entries that arrived in one read.
-                self._held.append((node, message))
-                return True
-            return send(node, message)
-
-        def release_held() -> None:
-            if self._held:
-                self.flush()
-                held, self._held = self._held, []
-                for node, message in held:
-                    send(node, message)
-
-        journal.add = add_entry
-        transport.send = send_message
+        """Wire the instance patches (cluster/pysyncobj_patches.py)."""
+        internals = self._internals
+        self._durability = patches.Durability(internals, self._replica, self.flush)
         if self._fsync:
-            self._hook_meta(self._internals.meta_storer())
-        self._poller.after_event = release_held  # type: ignore[method-assign]
-        self._hook_next_index(transport)
-        self._hook_leader_lost(transport)
-
-    def _hook_leader_lost(self, transport: Any) -> None:
-        """A follower whose connection to the leader closes starts an election soon.
-
-        A killed process's sockets are closed by its kernel at once; pysyncobj still waits for
-        a whole election timeout after the last heartbeat (0.5-1.25 s here) before it looks for
-        a new leader. A cut that closes no connection (a black hole) keeps the normal timeout.
-        The random spread keeps the followers from standing at the same moment (a split vote
-        costs another timeout)."""
-        raft = self._internals
-        on_disconnected = raft.on_node_disconnected
-        min_timeout = raft.conf.raftMinTimeout
-
-        def disconnected(node: Any) -> None:
-            on_disconnected(node)
-            if raft.is_follower and raft.leader_node == node:
-                soon = monotonic_time() + min_timeout * (0.2 + 0.6 * random.random())
-                raft.election_deadline = min(raft.election_deadline, soon)
-
-        transport.setOnNodeDisconnectedCallback(disconnected)
-
-    @staticmethod
-    def _hook_meta(storer: Any) -> None:
-        """Term and vote (and the commit index) in ``raft.journal.meta`` are written by pysyncobj
-        without fsync: after a power loss a node could vote twice in one term. Made durable
-        before pysyncobj goes on (it answers a vote only after storing it)."""
-        if storer is None:
-            return  # an in-memory journal
-        path = storer.getPath()
-
-        def store_meta(meta: Any) -> None:
-            with open(path + ".tmp", "wb") as f:
-                f.write(patches.dumps(meta))
-            patches.durable_replace(path + ".tmp", path)
-
-        storer.storeMeta = store_meta
-
-    def _walk_back_to_commit(self, reply: dict[str, Any]) -> None:
-        """Follower: answer a log conflict with the index after our commit index
-        (:func:`~cluster.log_rules.conflict_reply_index`)."""
-        if not reply.get("reset") or reply.get("success"):
-            return
-        log = self._internals.log
-        reply["next_node_idx"] = log_rules.conflict_reply_index(
-            reply["next_node_idx"], log[-1][1], log[0][1], self._internals.commit_index)
-
-    def _hook_next_index(self, transport: Any) -> None:
-        """Keep the leader's next index for a follower from moving backwards.
-
-        The leader sends entries as soon as they are appended and advances its
-        next index optimistically; pysyncobj then sets it back to whatever an
-        older acknowledgement says, re-sends entries the follower already has,
-        and the follower truncates and re-appends them (measured: hundreds of
-        "truncating already-applied log entries" per minute under load, and
-        snapshot re-transmissions). A successful acknowledgement can only move
-        the index forward; failures (``reset``) only move it back
-        (:class:`~cluster.log_rules.ResetCeiling`, seed 2005)."""
-        replica = self._replica
-        raft = self._internals
-        handle = raft.on_message_received
-        next_index = raft.next_index
-        ceiling = log_rules.ResetCeiling()
-
-        def on_message(node: Any, message: Any) -> None:
-            if not isinstance(message, dict):
-                handle(node, message)
-                return
-            kind = message.get("type")
-            if kind == "next_node_idx" and message.get("reset") and not message.get("success"):
-                handle(node, message)
-                if replica._isLeader() and node in next_index:
-                    next_index[node] = ceiling.on_reset(
-                        node, raft.term, message["next_node_idx"])
-                return
-            if kind == "next_node_idx" and message.get("success"):
-                ceiling.on_success(node)
-            if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
-                before = next_index.get(node)
-                handle(node, message)
-                if before is not None and node in next_index and next_index[node] < before:
-                    next_index[node] = before
-                return
-            if kind == "append_entries" and "prevLogIdx" not in message:
-                # A snapshot chunk: only an installed snapshot may move the commit
-                # index (log_rules.commit_after_snapshot_message, seed 201).
-                before = raft.commit_index
-                handle(node, message)
-                after = raft.commit_index
-                commit = log_rules.commit_after_snapshot_message(before, after, raft.last_applied)
-                if commit != after:
-                    raft.commit_index = commit
-                return
-            handle(node, message)
-
-        transport.setOnMessageReceivedCallback(on_message)
+            patches.hook_meta(internals.meta_storer())
+        self._poller.after_event = self._durability.release_held  # type: ignore[method-assign]
+        patches.hook_next_index(internals, self._replica._isLeader)
+        patches.hook_leader_lost(internals)
 
     def attach(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
         """Serve Raft sockets from ``loop``; ``wake`` is called after socket events."""
@@ -493,11 +370,11 @@ class RaftNode:
     @property
     def dirty(self) -> bool:
         """Entries were appended since the last flush."""
-        return self._dirty
+        return self._durability.dirty
 
     def flush(self) -> None:
         """Make every journal entry written so far durable (fdatasync), now."""
-        self._dirty = False
+        self._durability.dirty = False
         if not self._fsync:
             return
         if self._journal_fd is None:

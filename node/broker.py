@@ -23,9 +23,9 @@ from cluster.commands import Command, NodeUp, Tick
 from cluster.effects import Deliver, Effect, Fault
 from cluster.proposer import Proposer, target
 from cluster.replica import RaftStatus, Replica
-from node.auth import LoginThrottle, RateLimitedLog
 from node.config import Config
 from node.connection import AMQPConnection
+from node.login import Authenticator
 from node.membership import MembershipWatch
 from node.metrics import Metrics
 
@@ -75,8 +75,7 @@ class Broker:
                                  unencodable=self._unencodable)
         self.metrics.proposer = self.proposer
         self.membership = MembershipWatch(self)
-        self.login_throttle = LoginThrottle()
-        self.auth_log = RateLimitedLog(logging.getLogger("raftmq.auth"))
+        self.auth = Authenticator(cfg.users, cfg.loopback_users, self.metrics)
         self.ready = False
         self.isolated = False  # cut off from the majority: clients are refused
         self._flush_scheduled = False

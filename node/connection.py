@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import time
@@ -23,14 +22,13 @@ from pamqp import commands as spec
 
 from cluster import commands as c
 from cluster import effects as e
-from node.auth import LoginThrottle, RateLimitedLog, credentials
 from node.config import Config
 from node.flow import FlowControl
+from node.login import Attempt, Authenticator, Refused
 from node.metrics import Metrics
 from node.session import Session
 from protocol.connection import ServerConnection, server_properties
 from protocol.constants import (
-    ACCESS_REFUSED,
     COMMAND_INVALID,
     FRAME_ERROR,
     INTERNAL_ERROR,
@@ -61,8 +59,7 @@ class Node(Protocol):
     loop: asyncio.AbstractEventLoop
     node_id: str
     metrics: Metrics
-    login_throttle: LoginThrottle
-    auth_log: RateLimitedLog
+    auth: Authenticator
     isolated: bool
 
     def new_conn_no(self) -> int: ...
@@ -267,28 +264,40 @@ class AMQPConnection(asyncio.Protocol):
     # --- login ---------------------------------------------------------------------
 
     def _authenticate(self, m: Any) -> None:
-        """connection.start-ok: the login, answered at once or after the throttle's
-        delay for this address and user (:class:`node.auth.LoginThrottle`)."""
+        """connection.start-ok: the login (node/login.py), answered at once or after the
+        throttle's delay; nothing more from the client is parsed meanwhile."""
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         # RabbitMQ ignores a capabilities value that is not a table; so do we.
         self.session.cancel_notify = (isinstance(caps, dict)
                                       and caps.get("consumer_cancel_notify") is True)
-        user, password = credentials(m.mechanism, m.response)
-        if user is None:
-            raise AMQPConnectionError(
-                ACCESS_REFUSED, f"ACCESS_REFUSED - unsupported mechanism {m.mechanism}", 10, 11)
-        key = f"{self._peer_ip()} {user}"
-        wait = self.node.login_throttle.wait(key, time.monotonic())
-        if wait is None:
-            # Too many attempts queued for this address and user: refused unchecked.
-            self._refuse_login(m, key, user, "too many failed logins; not checked")
-        elif wait <= 0:
-            self._check_login(m, key, user, password)
+        step = self.node.auth.start(self.peer, m.mechanism, m.response)
+        if isinstance(step, Refused):
+            self._login_refused(step)
+        elif step.wait > 0:
+            self._hold(step.wait, lambda: self._login_checked(step))
         else:
-            self._hold_login(wait, lambda: self._check_login(m, key, user, password))
+            self._login_checked(step)
 
-    def _hold_login(self, delay: float, then: Callable[[], None]) -> None:
+    def _login_checked(self, attempt: Attempt) -> None:
+        result = self.node.auth.check(attempt, self.peer)
+        if isinstance(result, Refused):
+            self._login_refused(result)
+        else:
+            self.session.user = result.user
+            self._write(self.proto.tune())
+
+    def _login_refused(self, refused: Refused) -> None:
+        def refuse() -> None:
+            self._auth_pending = True  # stays held: the connection is closing
+            self.force_close(refused.code, refused.text, 10, 11)
+
+        if refused.delay > 0:
+            self._hold(refused.delay, refuse)
+        else:
+            refuse()
+
+    def _hold(self, delay: float, then: Callable[[], None]) -> None:
         """Read nothing more (and parse nothing buffered) for ``delay`` s, then ``then``."""
         self._auth_pending = True
         self.pause_reading("login")
@@ -298,51 +307,13 @@ class AMQPConnection(asyncio.Protocol):
             self._auth_pending = False
             if self.closed:
                 return
-            try:
-                then()
-            except AMQPConnectionError as err:
-                self.force_close(err.reply_code, err.reply_text, err.class_id, err.method_id)
+            then()
             if not self.closed and not self._auth_pending:
                 self.resume_reading("login")
                 self._process()  # frames the client pipelined behind its start-ok
             self._flush_writes()
 
         self._auth_timer = self.node.loop.call_later(delay, resume)
-
-    def _check_login(self, m: Any, key: str, user: str, password: str) -> None:
-        expected = self.cfg.users.get(user)
-        if expected is None or expected != password:
-            self._refuse_login(m, key, user, "unknown user" if expected is None else
-                               "invalid credentials")
-            return
-        self.node.login_throttle.succeeded(key)
-        if user in self.cfg.loopback_users and not _is_loopback(self.peer):
-            raise AMQPConnectionError(
-                ACCESS_REFUSED, f"ACCESS_REFUSED - user '{user}' can only connect via localhost",
-                10, 11)
-        self.session.user = user
-        self._write(self.proto.tune())
-
-    def _refuse_login(self, m: Any, key: str, user: str, why: str) -> None:
-        """Log and count the failure, then refuse with 403 after the throttle's delay
-        (nothing more from this client is looked at meanwhile)."""
-        throttle = self.node.login_throttle
-        self.node.metrics.auth_failures += 1
-        delay = throttle.failed(key, time.monotonic())
-        self.node.auth_log.warning(
-            "login refused: user %r from %s, mechanism %s: %s (%d in a row)",
-            user, self._peer_ip(), m.mechanism, why, throttle.failures(key))
-        text = (f"ACCESS_REFUSED - Login was refused using authentication mechanism "
-                f"{m.mechanism}. For details see the broker logfile.")
-
-        def refuse() -> None:
-            self._auth_pending = True  # stays held: the connection is closing
-            self.force_close(ACCESS_REFUSED, text, 10, 11)
-
-        self._hold_login(delay, refuse)
-
-    def _peer_ip(self) -> str:
-        return str(self.peer[0]) if self.peer else ""
 
     # --- timeouts and heartbeats -----------------------------------------------------
 
@@ -452,12 +423,3 @@ class AMQPConnection(asyncio.Protocol):
         self._flush_writes()
         if self._close_timer is None:
             self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT_S, self._drop)
-
-
-def _is_loopback(peer: tuple[Any, ...] | None) -> bool:
-    if not peer:
-        return True  # unix socket / unknown: treat as local
-    try:
-        return ipaddress.ip_address(peer[0]).is_loopback
-    except ValueError:
-        return False

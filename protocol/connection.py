@@ -35,24 +35,22 @@ from protocol.constants import (
     FRAME_MIN_SIZE,
     NOT_ALLOWED,
     NOT_IMPLEMENTED,
-    PRECONDITION_FAILED,
     PROTOCOL_HEADER,
-    RESOURCE_ERROR,
     UNEXPECTED_FRAME,
 )
+from protocol.content import ContentAssembler, ContentError
 from protocol.errors import AMQPConnectionError, BadProtocolHeader, ChannelError
 from protocol.events import (
     NEED_DATA,
     AckReceived,
     Event,
     HeartbeatReceived,
-    MessagePublished,
     MethodReceived,
     NackReceived,
     ProtocolHeaderReceived,
     _NeedData,
 )
-from protocol.fields import FieldError, check_properties, truncate_short
+from protocol.fields import truncate_short
 from protocol.methods import METHODS, DecodeError, decode_method
 
 _FRAME_HDR = struct.Struct(">BHI")
@@ -168,62 +166,6 @@ _CH_IS_CLOSING = 2  # we sent channel.close: drop everything but close / close-o
 
 _COMPACT_AT = 1 << 16  # drop consumed bytes once this many have piled up
 
-# Frozen dataclasses initialise through object.__setattr__ per field (~0.85 us
-# for MessagePublished); setting the slots through their descriptors gives an
-# equal object in half the time. Only for the per-message event.
-_new = object.__new__
-_MP_SETTERS = tuple(
-    MessagePublished.__dict__[name].__set__
-    for name in (
-        "channel", "exchange", "routing_key", "mandatory", "immediate", "properties", "body"
-    )
-)  # fmt: skip
-
-
-def _published(
-    channel: int,
-    exchange: str,
-    routing_key: str,
-    mandatory: bool,
-    immediate: bool,
-    properties: bytes,
-    body: bytes,
-) -> MessagePublished:
-    ev: MessagePublished = _new(MessagePublished)
-    s_ch, s_ex, s_rk, s_m, s_i, s_p, s_b = _MP_SETTERS
-    s_ch(ev, channel)
-    s_ex(ev, exchange)
-    s_rk(ev, routing_key)
-    s_m(ev, mandatory)
-    s_i(ev, immediate)
-    s_p(ev, properties)
-    s_b(ev, body)
-    return ev
-
-
-class _Content:
-    """A basic.publish waiting for its header / body frames."""
-
-    __slots__ = (
-        "exchange",
-        "routing_key",
-        "mandatory",
-        "immediate",
-        "properties",
-        "remaining",
-        "chunks",
-    )
-
-    def __init__(self, exchange: str, routing_key: str, mandatory: bool, immediate: bool) -> None:
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.mandatory = mandatory
-        self.immediate = immediate
-        self.properties: bytes | None = None  # None until the header frame arrives
-        self.remaining = 0
-        self.chunks: list[bytes] = []
-
-
 # What RaftMQ supports, as RabbitMQ advertises it in connection.start; clients switch
 # features on by these (e.g. pika sends basic.cancel notifications only with
 # consumer_cancel_notify). Not direct_reply_to: amq.rabbitmq.reply-to is not here.
@@ -286,7 +228,7 @@ class ServerConnection:
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._channels: dict[int, int] = {}
-        self._content: dict[int, _Content] = {}
+        self._content = ContentAssembler(max_message_size)
         self._error: AMQPConnectionError | None = None
         self.close_sent = False  # close_connection() was called: the node sent close
         # Frames parsed so far: the node compares it across reads to tell a
@@ -342,8 +284,7 @@ class ServerConnection:
         return self._state not in _NOT_PARSING and len(self._buf) > self._pos
 
     def _pending_content(self) -> int:
-        """Body bytes announced by unfinished contents (received or still to come)."""
-        return sum(c.remaining + sum(map(len, c.chunks)) for c in self._content.values())
+        return self._content.pending_bytes()
 
     def next_event(self) -> Event | _NeedData:
         state = self._state
@@ -486,27 +427,8 @@ class ServerConnection:
                 COMMAND_INVALID, "connection class method on a non-zero channel", 10, index & 0xFFFF
             )
         if chstate != _CH_IS_OPEN:
-            if chstate == _CH_IS_CLOSING:
-                if index == _CH_CLOSE_OK:
-                    del self._channels[ch]
-                    return MethodReceived(ch, commands.Channel.CloseOk())
-                if index == _CH_CLOSE:  # closes crossed: node answers close-ok
-                    return MethodReceived(ch, self._decode(index, buf, start + 4, end))
-                return None  # spec: discard everything else until close-ok
-            if index != _CH_OPEN:
-                raise self._hard(
-                    CHANNEL_ERROR, f"channel {ch} is not open (expected channel.open)",
-                    class_id, index & 0xFFFF,
-                )  # fmt: skip
-            method = self._decode(index, buf, start + 4, end)
-            if len(self._channels) >= self.channel_max:
-                raise self._hard(
-                    NOT_ALLOWED, f"number of channels opened ({len(self._channels)}) has reached "
-                    f"the negotiated channel_max ({self.channel_max})", class_id, index & 0xFFFF,
-                )  # fmt: skip
-            self._channels[ch] = _CH_IS_OPEN
-            return MethodReceived(ch, method)
-        if ch in self._content:
+            return self._on_unopened_channel(ch, chstate, index, buf, start, end)
+        if self._content.expecting(ch):
             # rabbit_command_assembler: unexpected_frame("expected content ...")
             raise self._hard(
                 UNEXPECTED_FRAME, f"method frame on channel {ch} while content expected",
@@ -548,20 +470,32 @@ class ServerConnection:
             )  # fmt: skip
         return MethodReceived(ch, self._decode(index, buf, start + 4, end))
 
+    def _on_unopened_channel(self, ch: int, chstate: int, index: int, buf: bytes | bytearray,
+                             start: int, end: int) -> Event | None:
+        """A method on a channel that is closing (ours) or not open: only close /
+        close-ok, respectively channel.open, mean anything."""
+        class_id, method_id = index >> 16, index & 0xFFFF
+        if chstate == _CH_IS_CLOSING:
+            if index == _CH_CLOSE_OK:
+                del self._channels[ch]
+                return MethodReceived(ch, commands.Channel.CloseOk())
+            if index == _CH_CLOSE:  # closes crossed: node answers close-ok
+                return MethodReceived(ch, self._decode(index, buf, start + 4, end))
+            return None  # spec: discard everything else until close-ok
+        if index != _CH_OPEN:
+            raise self._hard(CHANNEL_ERROR, f"channel {ch} is not open (expected channel.open)",
+                             class_id, method_id)
+        method = self._decode(index, buf, start + 4, end)
+        if len(self._channels) >= self.channel_max:
+            raise self._hard(
+                NOT_ALLOWED, f"number of channels opened ({len(self._channels)}) has reached "
+                f"the negotiated channel_max ({self.channel_max})", class_id, method_id,
+            )  # fmt: skip
+        self._channels[ch] = _CH_IS_OPEN
+        return MethodReceived(ch, method)
+
     def _on_publish(self, ch: int, buf: bytes | bytearray, pos: int, end: int) -> Event | None:
-        # basic.publish: reserved short, exchange shortstr, routing-key shortstr, bits
-        n = buf[pos + 2]
-        pos += 3
-        exchange = buf[pos : pos + n].decode("utf-8")
-        pos += n
-        n = buf[pos]
-        pos += 1
-        routing_key = buf[pos : pos + n].decode("utf-8")
-        pos += n
-        bits = buf[pos]
-        if pos + 1 != end:
-            raise IndexError
-        self._content[ch] = _Content(exchange, routing_key, bool(bits & 1), bool(bits & 2))
+        self._content.publish(ch, buf, pos, end)
         return None
 
     def _on_header(self, ch: int, buf: bytes | bytearray, start: int, end: int) -> Event | None:
@@ -572,57 +506,13 @@ class ServerConnection:
             return None
         if chstate != _CH_IS_OPEN:
             raise self._hard(CHANNEL_ERROR, f"content header on channel {ch} which is not open")
-        content = self._content.get(ch)
-        if content is None or content.properties is not None:
-            raise self._hard(
-                UNEXPECTED_FRAME, f"content header on channel {ch} without basic.publish", 60, 40
-            )
-        if end - start < 14:
-            raise self._hard(FRAME_ERROR, "content header frame too short", 60, 40)
-        class_id, weight, body_size = _CONTENT_HDR.unpack_from(buf, start)
-        if class_id != 60 or weight != 0:
-            # rabbit_command_assembler: any header not matching {ClassId, 0, ...}
-            # of the pending method is unexpected_frame.
-            raise self._hard(
-                UNEXPECTED_FRAME,
-                f"content header class {class_id} weight {weight}; expected class 60 weight 0",
-                60, 40,
-            )  # fmt: skip
-        if body_size > self.max_message_size:
-            del self._content[ch]
-            self._channels[ch] = _CH_IS_CLOSING  # the body frames will be dropped
-            raise ChannelError(
-                ch, PRECONDITION_FAILED,
-                f"message size {body_size} is larger than max size {self.max_message_size}",
-                60, 40,
-            )  # fmt: skip
-        if len(self._content) > 1 and (
-            self._pending_content() + body_size > self.max_message_size
-        ):
-            raise self._hard(
-                RESOURCE_ERROR,
-                f"unfinished messages on {len(self._content)} channels announce more than "
-                f"{self.max_message_size} bytes",
-                60, 40,
-            )  # fmt: skip
-        properties = bytes(buf[start + 12 : end])
         try:
-            check_properties(properties)
-        except FieldError as exc:
-            # Validated here, before anything is proposed: the broker and every
-            # replica read these bytes (expiration, priority, headers, user-id).
-            raise self._hard(
-                FRAME_ERROR, f"cannot decode content header properties: {exc}", 60, 40
-            ) from None
-        if body_size == 0:
-            del self._content[ch]
-            return _published(
-                ch, content.exchange, content.routing_key, content.mandatory,
-                content.immediate, properties, b"",
-            )  # fmt: skip
-        content.properties = properties
-        content.remaining = body_size
-        return None
+            return self._content.header(ch, buf, start, end)
+        except ContentError as e:
+            raise self._hard(e.code, e.text, 60, 40) from None
+        except ChannelError:
+            self._channels[ch] = _CH_IS_CLOSING  # the body frames will be dropped
+            raise
 
     def _on_body(self, ch: int, buf: bytes | bytearray, start: int, end: int) -> Event | None:
         if ch == 0:
@@ -632,37 +522,10 @@ class ServerConnection:
             return None
         if chstate != _CH_IS_OPEN:
             raise self._hard(CHANNEL_ERROR, f"content body on channel {ch} which is not open")
-        content = self._content.get(ch)
-        if content is None or content.properties is None:
-            raise self._hard(
-                UNEXPECTED_FRAME, f"content body on channel {ch} without header", 60, 40
-            )
-        size = end - start
-        remaining = content.remaining - size
-        if remaining < 0:
-            # RabbitMQ does not check this at all (it then waits forever and
-            # fails on the next method with unexpected_frame); we fail at once
-            # with the same code: the frame does not fit the content sequence.
-            raise self._hard(
-                UNEXPECTED_FRAME,
-                f"content body overruns declared size by {-remaining} bytes",
-                60, 40,
-            )  # fmt: skip
-        if remaining:
-            content.chunks.append(bytes(buf[start:end]))
-            content.remaining = remaining
-            return None
-        del self._content[ch]
-        chunks = content.chunks
-        if chunks:
-            chunks.append(bytes(buf[start:end]))
-            body = b"".join(chunks)
-        else:
-            body = bytes(buf[start:end])
-        return _published(
-            ch, content.exchange, content.routing_key, content.mandatory,
-            content.immediate, content.properties, body,
-        )  # fmt: skip
+        try:
+            return self._content.body(ch, buf, start, end)
+        except ContentError as e:
+            raise self._hard(e.code, e.text, 60, 40) from None
 
     def _decode(self, index: int, buf: bytes | bytearray, start: int, end: int) -> base.Frame:
         try:
@@ -806,7 +669,7 @@ class ServerConnection:
         close-ok frees it."""
         if self._channels.get(channel) == _CH_IS_OPEN:
             del self._channels[channel]
-        self._content.pop(channel, None)
+        self._content.drop(channel)
         return frames.raw_frame(1, channel, b"\x00\x14\x00\x29")
 
     def close_channel(
@@ -821,7 +684,7 @@ class ServerConnection:
         on the channel are dropped (spec)."""
         if channel in self._channels:
             self._channels[channel] = _CH_IS_CLOSING
-        self._content.pop(channel, None)
+        self._content.drop(channel)
         return frames.method_frame(
             channel,
             commands.Channel.Close(reply_code, truncate_short(reply_text), class_id, method_id),

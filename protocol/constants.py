@@ -1,4 +1,4 @@
-"""AMQP 0-9-1 numeric constants: reply codes (spec names), frame types, ids.
+"""AMQP 0-9-1 constants: reply codes (spec names) and framing limits.
 
 Reply codes are plain ints so they can be compared with what pamqp decodes
 and passed straight into connection.close / channel.close.
@@ -52,28 +52,5 @@ SOFT_ERRORS = frozenset({311, 312, 313, 403, 404, 405, 406})
 
 # --- framing ---------------------------------------------------------------
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
-FRAME_METHOD = 1
-FRAME_HEADER = 2
-FRAME_BODY = 3
-FRAME_HEARTBEAT = 8
-FRAME_END = 0xCE
-FRAME_END_BYTE = b"\xce"
 FRAME_MIN_SIZE = 4096
 FRAME_OVERHEAD = 8  # 7-byte frame header + frame-end octet
-
-# --- class / method ids used by the hand-written paths -----------------------
-CLASS_CONNECTION = 10
-CLASS_CHANNEL = 20
-CLASS_BASIC = 60
-
-CHANNEL_OPEN = 10
-CHANNEL_CLOSE = 40
-CHANNEL_CLOSE_OK = 41
-
-BASIC_RETURN = 50
-BASIC_DELIVER = 60
-BASIC_GET_OK = 71
-BASIC_PUBLISH = 40
-BASIC_ACK = 80
-BASIC_REJECT = 90
-BASIC_NACK = 120
