@@ -16,7 +16,6 @@ Identifiers used throughout:
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import decimal
 from collections.abc import Callable
@@ -384,7 +383,9 @@ def decode_batch(data: bytes) -> Batch:
     except Exception as exc:  # msgpack, ext types: any failure means "not a batch"
         raise ValueError(f"undecodable batch: {exc}") from None
     decoded: list[Command] = []
-    for c in cmds:
-        with contextlib.suppress(ValueError):
+    for c in cmds:  # (a try per command: contextlib.suppress costs ~1 us each, measured)
+        try:
             decoded.append(decode_command(c))
+        except ValueError:
+            continue
     return Batch(node, incarnation, seq, ts, tuple(decoded), len(cmds) - len(decoded))

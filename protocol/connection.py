@@ -150,6 +150,9 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     **{(s, T.FRAMING_LOST): S.DEAD for s in (*_LIVE, S.ERROR)},
 }
 _NOT_PARSING = frozenset({S.CLOSED, S.ERROR, S.DEAD})  # next_event reports nothing
+# Enum member lookups cost on the per-frame path: plain module globals there.
+_HEADER_STATE, _OPEN_STATE, _CLOSING_STATE = S.HEADER, S.OPEN, S.CLOSING
+_GONE = (S.CLOSED, S.DEAD)
 _CLOSING_STATES = frozenset({S.CLOSING, S.CLIENT_CLOSING})
 
 # Which connection-class method each handshake state accepts.
@@ -243,7 +246,7 @@ class ServerConnection:
             return
         if self.eof:
             raise RuntimeError("receive_data after EOF")
-        if self._state in (S.CLOSED, S.DEAD):
+        if self._state in _GONE:
             # Nothing more will be parsed: keep nothing (a client that goes on
             # sending after the close must not grow a buffer).
             self._buf, self._pos = b"", 0
@@ -272,7 +275,7 @@ class ServerConnection:
     @property
     def is_open(self) -> bool:
         """True once connection.open has been received and no close started."""
-        return self._state is S.OPEN
+        return self._state is _OPEN_STATE
 
     @property
     def open_channels(self) -> frozenset[int]:
@@ -290,7 +293,7 @@ class ServerConnection:
         state = self._state
         if state in _NOT_PARSING:
             return NEED_DATA
-        if state is S.HEADER:
+        if state is _HEADER_STATE:
             return self._read_header()
         buf = self._buf
         while True:
@@ -379,7 +382,7 @@ class ServerConnection:
         an error any more: a malformed frame is discarded like any other."""
         if ftype == 8 and ch == 0 and end == start:
             return HeartbeatReceived()
-        if self._state is not S.CLOSING or ftype != 1 or ch != 0 or end - start < 4:
+        if self._state is not _CLOSING_STATE or ftype != 1 or ch != 0 or end - start < 4:
             return None
         (index,) = _CLASS_METHOD.unpack_from(buf, start)
         if index == _C_CLOSE_OK:
@@ -401,7 +404,7 @@ class ServerConnection:
 
     def _check_channel(self, ch: int, what: str) -> int | None:
         """Common checks for a frame on channel ``ch`` != 0; returns its state."""
-        if self._state is S.OPEN:
+        if self._state is _OPEN_STATE:
             # channel_max caps how many channels are open at once, not their
             # numbers (RabbitMQ's rabbit_reader does the same).
             return self._channels.get(ch, 0)
