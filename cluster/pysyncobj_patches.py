@@ -38,6 +38,7 @@ from pysyncobj.serializer import Serializer
 from pysyncobj.tcp_connection import TcpConnection
 
 from cluster import log_rules, tcp_patch
+from cluster.replica import MembershipResult
 
 VERSION = "0.3.17"
 
@@ -184,30 +185,20 @@ def load(file: Any) -> Any:
     return sync_pickle.load(file)
 
 
-class MembershipResult:
-    """Outcomes of a membership change, as this project names them (pysyncobj's
-    FAIL_REASON codes translated once, here)."""
+_RESULTS = {
+    FAIL_REASON.SUCCESS: MembershipResult.OK,
+    FAIL_REASON.QUEUE_FULL: MembershipResult.QUEUE_FULL,
+    FAIL_REASON.MISSING_LEADER: MembershipResult.NO_LEADER,
+    FAIL_REASON.DISCARDED: MembershipResult.DISCARDED,
+    FAIL_REASON.NOT_LEADER: MembershipResult.NOT_LEADER,
+    FAIL_REASON.LEADER_CHANGED: MembershipResult.LEADER_CHANGED,
+    FAIL_REASON.REQUEST_DENIED: MembershipResult.DENIED,
+}
 
-    OK = "ok"
-    QUEUE_FULL = "queue full"
-    NO_LEADER = "no leader"
-    DISCARDED = "discarded (the leader changed)"
-    NOT_LEADER = "not the leader"
-    LEADER_CHANGED = "the leader changed"
-    DENIED = "denied (one membership change at a time, and the member must (not) exist)"
-    UNKNOWN = "unknown outcome"
-    TIMEOUT = "timeout"
 
-    _FROM_CODE = {
-        FAIL_REASON.SUCCESS: OK, FAIL_REASON.QUEUE_FULL: QUEUE_FULL,
-        FAIL_REASON.MISSING_LEADER: NO_LEADER, FAIL_REASON.DISCARDED: DISCARDED,
-        FAIL_REASON.NOT_LEADER: NOT_LEADER, FAIL_REASON.LEADER_CHANGED: LEADER_CHANGED,
-        FAIL_REASON.REQUEST_DENIED: DENIED, FAIL_REASON.UNKNOWN_OUTCOME: UNKNOWN,
-    }
-
-    @classmethod
-    def from_code(cls, code: Any) -> str:
-        return cls._FROM_CODE.get(code, f"{cls.UNKNOWN} ({code})")
+def membership_result(code: Any) -> MembershipResult:
+    """pysyncobj's FAIL_REASON code as this project's result (translated here, once)."""
+    return _RESULTS.get(code, MembershipResult.UNKNOWN)
 
 
 class Internals:

@@ -36,8 +36,8 @@ from cluster import log_rules, machine
 from cluster import pysyncobj_patches as patches
 from cluster.commands import Batch, decode_batch
 from cluster.effects import Effect
-from cluster.pysyncobj_patches import Internals, MembershipResult
-from cluster.replica import RaftStatus
+from cluster.pysyncobj_patches import Internals, membership_result
+from cluster.replica import MembershipResult, RaftStatus
 
 log = logging.getLogger(__name__)
 
@@ -452,19 +452,18 @@ class RaftNode:
     def peers(self) -> list[str]:
         return sorted(n.id for n in self._replica.otherNodes)
 
-    def add_member(self, addr: str, callback: Callable[[str], None]) -> None:
-        """Add a member (leader only; one change at a time); ``callback`` gets a
-        :class:`~cluster.pysyncobj_patches.MembershipResult`."""
+    def add_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
+        """Add a member (leader only; one change at a time)."""
         self._replica.addNodeToCluster(
-            addr, callback=lambda _r, err: callback(MembershipResult.from_code(err)))
+            addr, callback=lambda _r, err: callback(membership_result(err)))
 
     def transfer_leadership(self) -> None:
         """Leader only: ask the most caught-up follower to take over."""
         self._replica.transferLeadership(None, callback=lambda *_: None)
 
-    def remove_member(self, addr: str, callback: Callable[[str], None]) -> None:
+    def remove_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
         self._replica.removeNodeFromCluster(
-            addr, callback=lambda _r, err: callback(MembershipResult.from_code(err)))
+            addr, callback=lambda _r, err: callback(membership_result(err)))
 
     @property
     def is_ready(self) -> bool:

@@ -8,6 +8,7 @@ run without sockets or pysyncobj.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +29,19 @@ class RaftStatus:
     members: tuple[str, ...] = ()
     connected: tuple[str, ...] = ()
     match_index: tuple[tuple[str, int], ...] = ()
+
+
+class MembershipResult(enum.StrEnum):
+    """Outcomes of a membership change."""
+
+    OK = "ok"
+    QUEUE_FULL = "queue full"
+    NO_LEADER = "no leader"
+    DISCARDED = "discarded (the leader changed)"
+    NOT_LEADER = "not the leader"
+    LEADER_CHANGED = "the leader changed"
+    DENIED = "denied (one membership change at a time, and the member must (not) exist)"
+    UNKNOWN = "unknown outcome"
 
 
 class RaftLog(Protocol):
@@ -78,10 +92,10 @@ class Replica(RaftLog, Protocol):
 
     def is_connected(self, peer: str) -> bool: ...
 
-    def add_member(self, addr: str, callback: Callable[[str], None]) -> None:
-        """``callback`` gets one of MembershipResult's texts ("ok" on success)."""
+    def add_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None: ...
 
-    def remove_member(self, addr: str, callback: Callable[[str], None]) -> None: ...
+    def remove_member(self, addr: str,
+                      callback: Callable[[MembershipResult], None]) -> None: ...
 
     def transfer_leadership(self) -> None: ...
 

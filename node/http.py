@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from cluster import machine
+from cluster.replica import MembershipResult
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -56,9 +57,9 @@ def healthy(broker: Broker) -> bool:
 async def _membership(broker: Broker, method: str, address: str) -> Response:
     if not address or ":" not in address:
         return 400, "text/plain", b"address=HOST:PORT is required\n"
-    done: asyncio.Future[str] = broker.loop.create_future()
+    done: asyncio.Future[MembershipResult] = broker.loop.create_future()
 
-    def callback(result: str) -> None:
+    def callback(result: MembershipResult) -> None:
         # pysyncobj calls back from its tick, which runs on this loop.
         if not done.done():
             done.set_result(result)
@@ -81,8 +82,8 @@ async def _membership(broker: Broker, method: str, address: str) -> Response:
         result = await asyncio.wait_for(done, MEMBERSHIP_TIMEOUT_S)
     except TimeoutError:
         return 504, "application/json", json.dumps({"ok": False, "error": "timeout"}).encode()
-    ok = result == "ok"
-    body = {"ok": ok, "error": None if ok else result, "address": address}
+    ok = result is MembershipResult.OK
+    body = {"ok": ok, "error": None if ok else str(result), "address": address}
     return (200 if ok else 409), "application/json", json.dumps(body).encode()
 
 

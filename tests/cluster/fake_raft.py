@@ -15,7 +15,7 @@ from collections.abc import Callable
 from cluster import machine
 from cluster.commands import decode_batch
 from cluster.effects import Effect
-from cluster.replica import RaftStatus
+from cluster.replica import MembershipResult, RaftStatus
 
 
 class FakeCluster:
@@ -124,11 +124,11 @@ class FakeRaft:
     def is_connected(self, peer: str) -> bool:
         return False
 
-    def add_member(self, addr: str, callback: Callable[[str], None]) -> None:
-        callback("denied")
+    def add_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
+        callback(MembershipResult.DENIED)
 
-    def remove_member(self, addr: str, callback: Callable[[str], None]) -> None:
-        callback("denied")
+    def remove_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
+        callback(MembershipResult.DENIED)
 
     def transfer_leadership(self) -> None:
         pass

@@ -35,6 +35,8 @@ def test_internals_refuse_an_object_without_the_private_state() -> None:
 
 
 def test_membership_results_are_this_projects_own() -> None:
-    assert P.MembershipResult.from_code(0) == "ok"
-    assert P.MembershipResult.from_code(6).startswith("denied")
-    assert "unknown" in P.MembershipResult.from_code(99)
+    from cluster.replica import MembershipResult as R
+
+    assert P.membership_result(0) is R.OK
+    assert P.membership_result(6) is R.DENIED
+    assert P.membership_result(99) is R.UNKNOWN
