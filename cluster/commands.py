@@ -288,6 +288,90 @@ class Flow(Command):
     active: bool
 
 
+# --- users, virtual hosts, permissions, limits (the management API proposes these) ----
+
+
+@_command(50)
+class Bootstrap(Command):
+    """First start of a new cluster: create the default user (administrator, every
+    permission on "/"). Applied once: every node proposes it, the first one wins."""
+
+    user: str
+    password_hash: str
+    hashing: str
+
+
+@_command(51)
+class UserPut(Command):
+    """Create or replace a user; ``password_hash`` as RabbitMQ stores it, "" for none."""
+
+    name: str
+    password_hash: str
+    hashing: str
+    tags: tuple[str, ...]
+
+
+@_command(52)
+class UserDelete(Command):
+    name: str
+
+
+@_command(53)
+class VHostPut(Command):
+    name: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+
+@_command(54)
+class VHostDelete(Command):
+    """Delete a virtual host with its queues and exchanges; its connections are
+    closed with 320."""
+
+    name: str
+
+
+@_command(55)
+class PermissionSet(Command):
+    user: str
+    vhost: str
+    configure: str
+    write: str
+    read: str
+
+
+@_command(56)
+class PermissionClear(Command):
+    user: str
+    vhost: str
+
+
+@_command(57)
+class TopicPermissionSet(Command):
+    user: str
+    vhost: str
+    exchange: str
+    write: str
+    read: str
+
+
+@_command(58)
+class TopicPermissionClear(Command):
+    user: str
+    vhost: str
+    exchange: str
+
+
+@_command(59)
+class LimitsSet(Command):
+    """RabbitMQ's vhost limits (``kind`` "vhost": max-connections, max-queues) or user
+    limits ("user": max-connections, max-channels); a negative value removes one."""
+
+    kind: str
+    name: str
+    limits: Arguments
+
+
 # --- time ----------------------------------------------------------------------------
 
 

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from cluster import machine
-from cluster.commands import Command, NodeUp, Tick
+from cluster.commands import Bootstrap, Command, NodeUp, Tick
 from cluster.effects import Deliver, Effect, Fault
+from cluster.machine import access
 from cluster.proposer import Proposer, target
 from cluster.replica import RaftStatus, Replica
 from node.config import Config
@@ -28,6 +29,7 @@ from node.connection import AMQPConnection
 from node.login import Authenticator
 from node.membership import MembershipWatch
 from node.metrics import Metrics
+from node.passwords import SHA256, hash_password
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ class Broker:
                                  unencodable=self._unencodable)
         self.metrics.proposer = self.proposer
         self.membership = MembershipWatch(self)
-        self.auth = Authenticator(cfg.users, cfg.loopback_users, self.metrics)
+        self.auth = Authenticator(lambda name: self.raft.state.users.get(name),
+                                  cfg.loopback_users, self.metrics)
         self.ready = False
         self.isolated = False  # cut off from the majority: clients are refused
         self._flush_scheduled = False
@@ -104,8 +107,37 @@ class Broker:
         if self.connections.pop(conn.conn_no, None) is not None:
             self.metrics.connections_closed += 1
 
-    def vhost_exists(self, vhost: str) -> bool:
-        return machine.vhost_exists(self.raft.state, vhost)
+    def may_open(self, user: str, vhost: str) -> str | None:
+        """RabbitMQ's checks at connection.open: the vhost exists and the user has
+        permissions on it; neither the vhost's nor the user's connection limit is
+        reached (counted cluster-wide, in the replicated state)."""
+        state = self.raft.state
+        vh = state.vhosts.get(vhost)
+        if vh is None or not access.vhost_access(state, user, vhost):
+            return f"access to vhost '{vhost}' refused for user '{user}'"
+        limit = vh.limits.get("max-connections")
+        if limit is not None and sum(1 for c in state.conns.values()
+                                     if c.vhost == vhost) >= limit:
+            return (f"access to vhost '{vhost}' refused for user '{user}': connection limit "
+                    f"({limit}) is reached")
+        record = state.users.get(user)
+        limit = record.limits.get("max-connections") if record is not None else None
+        if limit is not None and sum(1 for c in state.conns.values() if c.user == user) >= limit:
+            return (f"access to vhost '{vhost}' refused for user '{user}': user connection "
+                    f"limit ({limit}) is reached")
+        return None
+
+    def may_open_channel(self, user: str) -> str | None:
+        state = self.raft.state
+        record = state.users.get(user)
+        limit = record.limits.get("max-channels") if record is not None else None
+        if limit is None:
+            return None
+        users = {k: c.user for k, c in state.conns.items()}
+        if sum(1 for key in state.channels if users.get(key[:2]) == user) >= limit:
+            return (f"number of channels opened for user '{user}' has reached the maximum "
+                    f"allowed user limit ({limit})")
+        return None
 
     def propose(self, cmd: Command) -> None:
         """Queue a command for the Raft entry of this loop turn."""
@@ -299,6 +331,9 @@ class Broker:
             if not done.done():
                 done.set_result(None)
 
+        # A new cluster's default user, created once (the first node's proposal wins).
+        self.propose(Bootstrap(self.cfg.default_user, hash_password(self.cfg.default_pass),
+                               SHA256))
         self._propose_node_up()
         self.after_apply(up)
         await asyncio.wait_for(done, timeout=None if deadline is None

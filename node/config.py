@@ -10,7 +10,7 @@ import argparse
 import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,6 @@ class Config:
     node_down_after: float = 5.0
     isolation_timeout: float = 3.0
     log_level: str = "INFO"
-    users: dict[str, str] = field(default_factory=dict)
     peer_discovery: str = "none"
     statefulset_name: str = ""
     headless_service: str = ""
@@ -252,7 +251,6 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     cfg = Config(**values)
     if not cfg.raft_address:
         cfg = _replace(cfg, raft_address=f"{cfg.amqp_host}:{(cfg.amqp_port + 20000) % 65536 or 25672}")
-    cfg = _replace(cfg, users={cfg.default_user: cfg.default_pass})
     try:
         options = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
         cfg = _replace(cfg, **discovery.configure(options, environ, given))
@@ -293,8 +291,6 @@ def _check(cfg: Config) -> None:
 def describe(cfg: Config, secrets: Sequence[str] = ("cluster_secret", "default_pass")) -> str:
     parts = []
     for f in fields(cfg):
-        if f.name == "users":
-            continue
         v = getattr(cfg, f.name)
         parts.append(f"{f.name}={'***' if f.name in secrets and v else v}")
     return " ".join(parts)

@@ -24,7 +24,7 @@ from cluster import commands as c
 from cluster import effects as e
 from node.config import Config
 from node.flow import FlowControl
-from node.login import Attempt, Authenticator, Refused
+from node.login import Accepted, Attempt, Authenticator, Refused
 from node.metrics import Metrics
 from node.session import Session
 from protocol.connection import ServerConnection, server_properties
@@ -72,7 +72,11 @@ class Node(Protocol):
 
     def after_apply(self, fn: Callable[[], None]) -> None: ...
 
-    def vhost_exists(self, vhost: str) -> bool: ...
+    def may_open(self, user: str, vhost: str) -> str | None:
+        """Why ``user`` may not open a connection to ``vhost`` (None: it may)."""
+
+    def may_open_channel(self, user: str) -> str | None:
+        """Why ``user`` may not open one more channel (None: it may)."""
 
 
 class AMQPConnection(asyncio.Protocol):
@@ -88,7 +92,7 @@ class AMQPConnection(asyncio.Protocol):
         )
         self.session = Session(self.key, self.proto, node.propose, node.after_apply,
                                self._write, node.metrics, clock=lambda: self._last_recv,
-                               flush=self._flush_writes)
+                               flush=self._flush_writes, may_open_channel=node.may_open_channel)
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.vhost = ""
@@ -96,6 +100,8 @@ class AMQPConnection(asyncio.Protocol):
         self.closed = False
         self.client_properties: dict[str, Any] = {}
         self.peer: tuple[Any, ...] | None = None
+        self.tls = False
+        self.certificate_user: str | None = None  # a verified client certificate's CN
         self._out: list[bytes] = []
         now = time.monotonic()
         self.created = now
@@ -133,6 +139,10 @@ class AMQPConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.peer = transport.get_extra_info("peername")
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls = True
+            self.certificate_user = common_name(ssl_object.getpeercert())
         if self.node.isolated:
             # Cut off from the majority: send the client to another member.
             self.closed = True
@@ -228,7 +238,8 @@ class AMQPConnection(asyncio.Protocol):
         if type(ev) is MethodReceived:
             self._on_connection_method(ev.method)
         elif type(ev) is ProtocolHeaderReceived:
-            self._write(self.proto.start(server_properties(PRODUCT, VERSION)))
+            mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if self.certificate_user else "")
+            self._write(self.proto.start(server_properties(PRODUCT, VERSION), mechanisms))
         elif type(ev) is HeartbeatReceived:
             pass
 
@@ -239,9 +250,9 @@ class AMQPConnection(asyncio.Protocol):
             self._start_heartbeats(self.proto.heartbeat)
         elif isinstance(m, spec.Connection.Open):
             vhost = m.virtual_host or "/"
-            if not self.node.vhost_exists(vhost):
-                raise AMQPConnectionError(NOT_ALLOWED, f"NOT_ALLOWED - vhost {vhost} not found",
-                                          10, 40)
+            refused = self.node.may_open(self.user, vhost)
+            if refused is not None:
+                raise AMQPConnectionError(NOT_ALLOWED, f"NOT_ALLOWED - {refused}", 10, 40)
             self.vhost = vhost
             self.opened = True
             self.node.propose(c.ConnectionOpen(self.key, vhost, self.user))
@@ -271,9 +282,11 @@ class AMQPConnection(asyncio.Protocol):
         # RabbitMQ ignores a capabilities value that is not a table; so do we.
         self.session.cancel_notify = (isinstance(caps, dict)
                                       and caps.get("consumer_cancel_notify") is True)
-        step = self.node.auth.start(self.peer, m.mechanism, m.response)
+        step = self.node.auth.start(self.peer, m.mechanism, m.response, self.certificate_user)
         if isinstance(step, Refused):
             self._login_refused(step)
+        elif isinstance(step, Accepted):
+            self._login_accepted(step)
         elif step.wait > 0:
             self._hold(step.wait, lambda: self._login_checked(step))
         else:
@@ -284,8 +297,11 @@ class AMQPConnection(asyncio.Protocol):
         if isinstance(result, Refused):
             self._login_refused(result)
         else:
-            self.session.user = result.user
-            self._write(self.proto.tune())
+            self._login_accepted(result)
+
+    def _login_accepted(self, accepted: Accepted) -> None:
+        self.session.user = accepted.user
+        self._write(self.proto.tune())
 
     def _login_refused(self, refused: Refused) -> None:
         def refuse() -> None:
@@ -423,3 +439,14 @@ class AMQPConnection(asyncio.Protocol):
         self._flush_writes()
         if self._close_timer is None:
             self._close_timer = self.node.loop.call_later(CLOSE_TIMEOUT_S, self._drop)
+
+
+def common_name(cert: dict[str, Any] | None) -> str | None:
+    """The subject's common name of a verified peer certificate (``getpeercert()``)."""
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None

@@ -1,5 +1,9 @@
-"""Logins: connection.start-ok's credentials checked against the users, through the
-per-address-and-user throttle (node/auth.py), logged and counted.
+"""Logins: connection.start-ok's credentials checked against the replicated user
+table (salted hashes, node/passwords.py), through the per-address-and-user
+throttle (node/auth.py), logged and counted. PLAIN and AMQPLAIN check a
+password; EXTERNAL (on a TLS connection whose client certificate was verified)
+logs in as the certificate's common name, as RabbitMQ's
+rabbitmq_auth_mechanism_ssl does.
 
 :class:`Authenticator` decides; the connection only waits when told to and then
 sends ``connection.tune`` or the refusal. Two steps because of the throttle: an
@@ -12,10 +16,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from node.auth import LoginThrottle, RateLimitedLog, credentials
+from node.passwords import verify
 from protocol.constants import ACCESS_REFUSED
 
 
@@ -45,17 +51,21 @@ class Counter:
 
 
 class Authenticator:
-    def __init__(self, users: dict[str, str], loopback_users: tuple[str, ...],
+    def __init__(self, users: Callable[[str], Any], loopback_users: tuple[str, ...],
                  counters: Any = None, throttle: LoginThrottle | None = None,
                  logger: logging.Logger | None = None) -> None:
+        """``users(name)``: the user record (password_hash, hashing) or None."""
         self.users = users
         self.loopback_users = loopback_users
         self.counters = counters if counters is not None else Counter()
         self.throttle = throttle or LoginThrottle()
         self.log = RateLimitedLog(logger or logging.getLogger("raftmq.auth"))
 
-    def start(self, peer: tuple[Any, ...] | None, mechanism: str,
-              response: Any) -> Attempt | Refused:
+    def start(self, peer: tuple[Any, ...] | None, mechanism: str, response: Any,
+              certificate_user: str | None = None) -> Attempt | Refused | Accepted:
+        """``certificate_user``: the verified client certificate's common name (TLS)."""
+        if mechanism == "EXTERNAL":
+            return self._external(peer, certificate_user)
         user, password = credentials(mechanism, response)
         if user is None:
             return Refused(f"ACCESS_REFUSED - unsupported mechanism {mechanism}")
@@ -67,15 +77,28 @@ class Authenticator:
         return Attempt(key, user, password, mechanism, wait)
 
     def check(self, attempt: Attempt, peer: tuple[Any, ...] | None) -> Accepted | Refused:
-        expected = self.users.get(attempt.user)
-        if expected is None or expected != attempt.password:
+        record = self.users(attempt.user)
+        if record is None or not verify(attempt.password, record.password_hash, record.hashing):
             return self._refuse(attempt.key, attempt.user, peer, attempt.mechanism,
-                                "unknown user" if expected is None else "invalid credentials")
+                                "unknown user" if record is None else "invalid credentials")
         self.throttle.succeeded(attempt.key)
         if attempt.user in self.loopback_users and not is_loopback(peer):
             return Refused(f"ACCESS_REFUSED - user '{attempt.user}' can only connect via "
                            "localhost")
         return Accepted(attempt.user)
+
+    def _external(self, peer: tuple[Any, ...] | None,
+                  certificate_user: str | None) -> Accepted | Refused:
+        if certificate_user is None:
+            self.counters.auth_failures += 1
+            self.log.warning("login refused: EXTERNAL from %s without a verified client "
+                             "certificate", _ip(peer))
+            return Refused("ACCESS_REFUSED - EXTERNAL login needs a verified TLS client "
+                           "certificate")
+        if self.users(certificate_user) is None:
+            return self._refuse(f"{_ip(peer)} {certificate_user}", certificate_user, peer,
+                                "EXTERNAL", "unknown user (certificate common name)")
+        return Accepted(certificate_user)
 
     def _refuse(self, key: str, user: str, peer: tuple[Any, ...] | None, mechanism: str,
                 why: str) -> Refused:

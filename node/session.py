@@ -20,7 +20,7 @@ from pamqp import commands as spec
 from cluster import commands as c
 from cluster import effects as e
 from protocol.connection import ServerConnection
-from protocol.constants import NOT_IMPLEMENTED, PRECONDITION_FAILED
+from protocol.constants import NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITION_FAILED
 from protocol.errors import AMQPConnectionError, AMQPError, ChannelError
 from protocol.events import AckReceived, MessagePublished, MethodReceived, NackReceived
 from protocol.fields import USER_ID, FieldError, short_property
@@ -74,7 +74,8 @@ class Session:
                  after_apply: Callable[[Callable[[], None]], None],
                  write: Callable[[bytes], None], counters: SessionCounters | None = None,
                  clock: Callable[[], float] = lambda: 0.0,
-                 flush: Callable[[], None] = lambda: None) -> None:
+                 flush: Callable[[], None] = lambda: None,
+                 may_open_channel: Callable[[str], str | None] = lambda user: None) -> None:
         """``write`` buffers a frame; ``flush`` sends what is buffered (needed only for
         replies sent outside a dispatch, which flushes by itself)."""
         self.conn = conn
@@ -83,6 +84,7 @@ class Session:
         self.after_apply = after_apply
         self.write = write
         self.flush = flush
+        self.may_open_channel = may_open_channel
         self.counters: SessionCounters = counters or Counters()
         self.clock = clock  # when the event being handled arrived
         self.channels: dict[int, Channel] = {}
@@ -153,6 +155,9 @@ class Session:
 
     def _on_method(self, number: int, m: Any) -> None:
         if isinstance(m, spec.Channel.Open):
+            refused = self.may_open_channel(self.user)
+            if refused is not None:
+                raise AMQPConnectionError(NOT_ALLOWED, f"NOT_ALLOWED - {refused}", 20, 10)
             # The key carries a generation above the channel number, so effects
             # meant for a closed channel never reach a reopened one.
             self._generation += 1

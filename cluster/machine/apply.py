@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 from cluster import commands as C
 from cluster.effects import ChannelError, ConnectionError, Effect, Fault
-from cluster.machine import basic, expiry, lifecycle, topology
+from cluster.machine import access, basic, expiry, lifecycle, topology
 from cluster.machine.errors import INTERNAL_ERROR, AMQPError
 from cluster.machine.expiry import expire_due, flush_dead_letters
 from cluster.machine.lifecycle import close_channel, close_connection
@@ -47,6 +47,16 @@ _OTHER_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.ChannelClose: lifecycle.channel_close,
     C.ConnectionFlow: lifecycle.connection_flow,
     C.Tick: expiry.tick,
+    C.Bootstrap: access.bootstrap,
+    C.UserPut: access.user_put,
+    C.UserDelete: access.user_delete,
+    C.VHostPut: access.vhost_put,
+    C.VHostDelete: access.vhost_delete,
+    C.PermissionSet: access.permission_set,
+    C.PermissionClear: access.permission_clear,
+    C.TopicPermissionSet: access.topic_permission_set,
+    C.TopicPermissionClear: access.topic_permission_clear,
+    C.LimitsSet: access.limits_set,
 }
 
 

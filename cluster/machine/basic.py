@@ -16,7 +16,9 @@ from cluster.effects import (
     RecoverOk,
     Return,
 )
+from cluster.machine import access
 from cluster.machine import errors as E
+from cluster.machine.access import READ, WRITE
 from cluster.machine.errors import error, rs
 from cluster.machine.features import enqueue, expire_head, pop_head, run_slow
 from cluster.machine.qargs import consumer_priority, parse_expiration, validate_consume_args
@@ -57,6 +59,7 @@ def _message_ttl(props: bytes) -> int:
 def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> None:
     vh = state.vhosts[ch.vhost]
     name = cmd.exchange
+    access.check(state, ch, WRITE, "exchange", name, E.BASIC_PUBLISH)
     if name == "":
         q = vh.queues.get(cmd.routing_key)
         targets = [q] if q is not None else []
@@ -68,6 +71,7 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
             raise error(E.ACCESS_REFUSED,
                             f"cannot publish to internal {rs('exchange', name, ch.vhost)}",
                             E.BASIC_PUBLISH)
+        access.check_topic(state, ch, WRITE, ex, cmd.routing_key, E.BASIC_PUBLISH)
         targets = route(vh, ex, cmd.routing_key, cmd.properties)
     props = cmd.properties
     # the expiration property's flag bit (0x0100) is bit 0 of the first flags byte
@@ -105,7 +109,9 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
     tag = cmd.consumer_tag
     if tag in ch.consumers:
         raise error(E.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", m)
-    q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
+    name = resolve_queue_name(ch, cmd.queue, m)
+    access.check(state, ch, READ, "queue", name, m)
+    q = lookup_queue(state, ch, name, m)
     if cmd.arguments:
         validate_consume_args(q.name, q.vhost, cmd.arguments)
     if q.exclusive_consumer or (cmd.exclusive and (q.consumers or q.single_active)):
@@ -147,7 +153,9 @@ def cancel(state: State, ch: Channel, cmd: C.Cancel, out: list[Effect]) -> None:
 
 def get(state: State, ch: Channel, cmd: C.Get, out: list[Effect]) -> None:
     m = E.BASIC_GET
-    q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
+    name = resolve_queue_name(ch, cmd.queue, m)
+    access.check(state, ch, READ, "queue", name, m)
+    q = lookup_queue(state, ch, name, m)
     if q.expires is not None:
         q.last_used = state.now_ms
     slow = q.slow

@@ -11,6 +11,7 @@ from __future__ import annotations
 from protocol.constants import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
+    CONNECTION_FORCED,
     FRAME_ERROR,
     INTERNAL_ERROR,
     NOT_ALLOWED,
@@ -22,7 +23,7 @@ from protocol.constants import (
 from protocol.errors import AMQPError
 
 __all__ = [
-    "ACCESS_REFUSED", "COMMAND_INVALID", "FRAME_ERROR", "INTERNAL_ERROR", "NOT_ALLOWED",
+    "ACCESS_REFUSED", "COMMAND_INVALID", "CONNECTION_FORCED", "FRAME_ERROR", "INTERNAL_ERROR", "NOT_ALLOWED",
     "NOT_FOUND", "NOT_IMPLEMENTED", "PRECONDITION_FAILED", "RESOURCE_LOCKED", "AMQPError",
     "error",
 ]

@@ -93,7 +93,7 @@ def channel_open(state: State, cmd: C.ChannelOpen, out: list[Effect]) -> None:
     conn = state.conns.get(cmd.ch[:2])
     if conn is None or cmd.ch in state.channels:
         return
-    state.channels[cmd.ch] = Channel(cmd.ch, conn.vhost, paused=conn.paused)
+    state.channels[cmd.ch] = Channel(cmd.ch, conn.vhost, paused=conn.paused, user=conn.user)
     conn.channels[cmd.ch[2]] = None
 
 

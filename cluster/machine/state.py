@@ -162,11 +162,47 @@ class Exchange:
         self.__dict__.update(d)
 
 
+def _fill_defaults(cls: Any, d: dict[str, Any]) -> None:
+    """A snapshot taken before a field existed: give the field its default."""
+    for f in fields(cls):
+        if f.name not in d:
+            d[f.name] = f.default_factory() if f.default_factory is not MISSING else f.default
+
+
 @dataclass(eq=True)
 class VHost:
     name: str
     exchanges: dict[str, Exchange] = field(default_factory=dict)
     queues: dict[str, Queue] = field(default_factory=dict)
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    # RabbitMQ's vhost limits: max-connections, max-queues (absent: no limit)
+    limits: dict[str, int] = field(default_factory=dict)
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        _fill_defaults(VHost, d)
+        self.__dict__.update(d)
+
+
+@dataclass(eq=True)
+class User:
+    name: str
+    # RabbitMQ's stored form: base64(salt + hash(salt + password)); "" = no password
+    # (the user can only log in with EXTERNAL, a client certificate)
+    password_hash: str
+    hashing: str  # rabbit_password_hashing_sha256 / _sha512 / _md5
+    tags: tuple[str, ...] = ()
+    # RabbitMQ's user limits: max-connections, max-channels (absent: no limit)
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(eq=True, frozen=True)
+class Permission:
+    """Regular expressions (matched anywhere in the name, as RabbitMQ's re:run)."""
+
+    configure: str
+    write: str
+    read: str
 
 
 # One unacked delivery on a channel: the queue it came from, the message, and the
@@ -187,7 +223,15 @@ class Channel:
     flow: bool = True
     last_queue: str = ""  # most recently declared queue (AMQP "" shortcut)
     paused: bool = False  # its connection's socket takes no more writes (ConnectionFlow)
+    user: str = ""  # the connection's user, for permission checks
+    # Permission decisions already taken, valid while State.acl_version is acl_version.
+    acl: dict[tuple[str, str, str], bool] = field(default_factory=dict, compare=False,
+                                                 repr=False)
+    acl_version: int = field(default=-1, compare=False, repr=False)
 
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        _fill_defaults(Channel, d)
+        self.__dict__.update(d)
 
 @dataclass(eq=True)
 class Connection:
@@ -238,15 +282,16 @@ class State:
     # Dead-lettered messages waiting to be republished within the current command
     # (always empty between commands).
     dl_pending: list[Any] = field(default_factory=list)
+    # --- access control (cluster/machine/access.py) ------------------------------------
+    users: dict[str, User] = field(default_factory=dict)
+    permissions: dict[tuple[str, str], Permission] = field(default_factory=dict)  # (user, vhost)
+    # (user, vhost, exchange) -> (write, read) regexes on routing keys, topic exchanges only
+    topic_permissions: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
+    bootstrapped: bool = False  # the default user was created (once, on a new cluster)
+    acl_version: int = 0  # bumped by every change to users or permissions (caches key on it)
 
     def __setstate__(self, d: dict[str, Any]) -> None:
-        # snapshots taken before a field existed get its default
-        for f in fields(State):
-            if f.name not in d:
-                if f.default_factory is not MISSING:
-                    d[f.name] = f.default_factory()
-                else:
-                    d[f.name] = f.default
+        _fill_defaults(State, d)  # snapshots taken before a field existed
         self.__dict__.update(d)
 
 
@@ -254,10 +299,14 @@ def new_exchange(name: str, type_: str, durable: bool = True) -> Exchange:
     return Exchange(name, type_, durable, False, False, {})
 
 
+def new_vhost(name: str) -> VHost:
+    vh = VHost(name)
+    for ex, type_ in DEFAULT_EXCHANGES:
+        vh.exchanges[ex] = new_exchange(ex, type_)
+    return vh
+
+
 def new_state() -> State:
     state = State()
-    vh = VHost("/")
-    for name, type_ in DEFAULT_EXCHANGES:
-        vh.exchanges[name] = new_exchange(name, type_)
-    state.vhosts["/"] = vh
+    state.vhosts["/"] = new_vhost("/")
     return state

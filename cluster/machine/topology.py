@@ -25,11 +25,13 @@ from cluster.effects import (
     QueuePurgeOk,
     QueueUnbindOk,
 )
+from cluster.machine import access
 from cluster.machine import errors as E
+from cluster.machine.access import CONFIGURE, READ, WRITE
 from cluster.machine.bindings import add_binding, delete_exchange, remove_binding
 from cluster.machine.errors import AMQPError, error, rs
 from cluster.machine.features import touch
-from cluster.machine.qargs import configure, type_name, validate_queue_args
+from cluster.machine.qargs import configure, text, type_name, validate_queue_args
 from cluster.machine.queues import delete_queue
 from cluster.machine.routing import freeze, x_match_valid
 from cluster.machine.state import BindKey, Channel, Exchange, Queue, State, VHost
@@ -139,6 +141,7 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
             raise error(E.COMMAND_INVALID, f"unknown exchange type '{cmd.type}'", m)
         if name == "":
             raise E.default_exchange_refused(m)
+        access.check(state, ch, CONFIGURE, "exchange", name, m)
         ex = vh.exchanges.get(name)
         if ex is None:
             if name.startswith("amq."):
@@ -150,6 +153,9 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
                 raise error(E.PRECONDITION_FAILED,
                                 f"invalid type '{type_name(ae)}' for arg 'alternate-exchange' "
                                 f"in {rs('exchange', name, ch.vhost)}", m)
+            if ae is not None:
+                access.check(state, ch, READ, "exchange", name, m)
+                access.check(state, ch, WRITE, "exchange", text(ae), m)
             conn = state.conns[ch.key[:2]]
             vh.exchanges[name] = Exchange(name, cmd.type, cmd.durable, cmd.auto_delete,
                                           cmd.internal, dict(cmd.arguments),
@@ -177,6 +183,7 @@ def exchange_delete(state: State, ch: Channel, cmd: C.ExchangeDelete, out: list[
     if name.startswith("amq."):
         raise error(E.ACCESS_REFUSED,
                         f"deletion of system {rs('exchange', name, ch.vhost)} not allowed", m)
+    access.check(state, ch, CONFIGURE, "exchange", name, m)
     ex = vh.exchanges.get(name)
     if ex is not None:
         if cmd.if_unused and ex.bindings:
@@ -196,8 +203,10 @@ def _check_headers_args(source: Exchange, args: dict[str, Any], m: tuple[int, in
 def exchange_bind(state: State, ch: Channel, cmd: C.ExchangeBind, out: list[Effect]) -> None:
     m = E.EXCHANGE_BIND
     vh = state.vhosts[ch.vhost]
+    access.check(state, ch, WRITE, "exchange", cmd.destination, m)
     if cmd.destination == "" or cmd.source == "":
         raise E.default_exchange_refused(m)
+    access.check(state, ch, READ, "exchange", cmd.source, m)
     source = vh.exchanges.get(cmd.source)
     if source is None:
         raise E.no_exchange(cmd.source, ch.vhost, m)
@@ -211,8 +220,10 @@ def exchange_bind(state: State, ch: Channel, cmd: C.ExchangeBind, out: list[Effe
 
 def exchange_unbind(state: State, ch: Channel, cmd: C.ExchangeUnbind, out: list[Effect]) -> None:
     m = E.EXCHANGE_UNBIND
+    access.check(state, ch, WRITE, "exchange", cmd.destination, m)
     if cmd.destination == "" or cmd.source == "":
         raise E.default_exchange_refused(m)
+    access.check(state, ch, READ, "exchange", cmd.source, m)
     vh = state.vhosts[ch.vhost]
     key: BindKey = ((True, cmd.destination), cmd.routing_key, freeze(cmd.arguments))
     source = vh.exchanges.get(cmd.source)
@@ -242,6 +253,7 @@ def queue_declare(state: State, ch: Channel, cmd: C.QueueDeclare, out: list[Effe
         elif name.startswith("amq."):
             raise error(E.ACCESS_REFUSED,
                             f"queue name '{name}' contains reserved prefix 'amq.*'", m)
+        access.check(state, ch, CONFIGURE, "queue", name, m)
         found = vh.queues.get(name)
         if found is None:
             q = _create_queue(state, vh, ch, name, cmd)
@@ -262,8 +274,17 @@ def queue_declare(state: State, ch: Channel, cmd: C.QueueDeclare, out: list[Effe
 
 
 def _create_queue(state: State, vh: VHost, ch: Channel, name: str, cmd: C.QueueDeclare) -> Queue:
+    m = E.QUEUE_DECLARE
     if cmd.arguments:
         validate_queue_args(name, vh.name, cmd.arguments)
+        dlx = cmd.arguments.get("x-dead-letter-exchange")
+        if dlx is not None:
+            access.check(state, ch, READ, "queue", name, m)
+            access.check(state, ch, WRITE, "exchange", text(dlx), m)
+    limit = vh.limits.get("max-queues")
+    if limit is not None and len(vh.queues) >= limit:
+        raise error(E.PRECONDITION_FAILED, f"cannot declare queue '{name}': queue limit in "
+                                           f"vhost '{vh.name}' ({limit}) is reached", m)
     conn = state.conns[ch.key[:2]]
     qid = state.next_qid
     state.next_qid += 1
@@ -285,11 +306,14 @@ def queue_bind(state: State, ch: Channel, cmd: C.QueueBind, out: list[Effect]) -
     name = resolve_queue_name(ch, cmd.queue, m)
     # AMQP: an empty queue *and* routing key bind with the last declared queue's name.
     routing_key = ch.last_queue if (cmd.queue == "" and cmd.routing_key == "") else cmd.routing_key
+    access.check(state, ch, WRITE, "queue", name, m)
     if cmd.exchange == "":
         raise E.default_exchange_refused(m)
+    access.check(state, ch, READ, "exchange", cmd.exchange, m)
     source = vh.exchanges.get(cmd.exchange)
     if source is None:
         raise E.no_exchange(cmd.exchange, ch.vhost, m)
+    access.check_topic(state, ch, READ, source, routing_key, m)
     q = lookup_queue(state, ch, name, m)
     _check_headers_args(source, cmd.arguments, m)
     add_binding(vh, source, (False, q.name), routing_key, cmd.arguments)
@@ -301,8 +325,10 @@ def queue_unbind(state: State, ch: Channel, cmd: C.QueueUnbind, out: list[Effect
     m = E.QUEUE_UNBIND
     vh = state.vhosts[ch.vhost]
     name = resolve_queue_name(ch, cmd.queue, m)
+    access.check(state, ch, WRITE, "queue", name, m)
     if cmd.exchange == "":
         raise E.default_exchange_refused(m)
+    access.check(state, ch, READ, "exchange", cmd.exchange, m)
     key: BindKey = ((False, name), cmd.routing_key, freeze(cmd.arguments))
     source = vh.exchanges.get(cmd.exchange)
     if source is not None and key in source.bindings:
@@ -315,7 +341,9 @@ def queue_unbind(state: State, ch: Channel, cmd: C.QueueUnbind, out: list[Effect
 
 def queue_purge(state: State, ch: Channel, cmd: C.QueuePurge, out: list[Effect]) -> None:
     m = E.QUEUE_PURGE
-    q = lookup_queue(state, ch, resolve_queue_name(ch, cmd.queue, m), m)
+    name = resolve_queue_name(ch, cmd.queue, m)
+    access.check(state, ch, READ, "queue", name, m)
+    q = lookup_queue(state, ch, name, m)
     count = q.ready_count()
     q.ready.clear()
     q.returned.clear()
@@ -327,6 +355,7 @@ def queue_purge(state: State, ch: Channel, cmd: C.QueuePurge, out: list[Effect])
 def queue_delete(state: State, ch: Channel, cmd: C.QueueDelete, out: list[Effect]) -> None:
     m = E.QUEUE_DELETE
     name = resolve_queue_name(ch, cmd.queue, m)
+    access.check(state, ch, CONFIGURE, "queue", name, m)
     q = state.vhosts[ch.vhost].queues.get(name)
     count = 0
     if q is not None:

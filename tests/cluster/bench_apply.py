@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 
 from cluster import commands as C
-from cluster.machine import apply_batch, new_state
+from cluster.machine import apply_batch
+from tests.cluster.helpers import guest_state
 
 CH = ("n1", 1, 1)
 
 
 def main(rounds: int = 2000, size: int = 100, body: bytes = b"x" * 100) -> None:
-    s = new_state()
+    s = guest_state()
     seq = 0
 
     def batch(*cmds: C.Command) -> list:
@@ -25,7 +26,7 @@ def main(rounds: int = 2000, size: int = 100, body: bytes = b"x" * 100) -> None:
         seq += 1
         return apply_batch(s, C.Batch("n1", 1, seq, 0, cmds))
 
-    batch(C.ConnectionOpen(CH[:2], "/", "g"), C.ChannelOpen(CH),
+    batch(C.ConnectionOpen(CH[:2], "/", "guest"), C.ChannelOpen(CH),
           C.QueueDeclare(CH, "q", False, True, False, False, False, {}),
           C.Qos(CH, size, False), C.Consume(CH, "q", "c", False, False, False, {}))
     props = b"\x10\x00\x02"  # delivery-mode 2

@@ -16,6 +16,7 @@ from cluster import machine
 from cluster.commands import decode_batch
 from cluster.effects import Effect
 from cluster.replica import MembershipResult, RaftStatus
+from tests.cluster.helpers import guest_state
 
 
 class FakeCluster:
@@ -48,7 +49,7 @@ class FakeRaft:
     def __init__(self, cluster: FakeCluster, node_id: str) -> None:
         self.cluster = cluster
         self.node_id = node_id
-        self.state = machine.new_state()
+        self.state = guest_state()  # as after the first node's Bootstrap
         self.applied = 0  # entries of the log applied here
         self.incarnation: int | None = None
         self.proposed: list[bytes] = []

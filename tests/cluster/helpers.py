@@ -8,6 +8,21 @@ from cluster import commands as C
 from cluster.effects import Effect
 from cluster.machine import State, apply, new_state
 
+SHA256 = "rabbit_password_hashing_sha256"
+
+
+def guest_state() -> State:
+    """A new cluster's state as every node starts it: the default user ``guest``
+    (password ``guest``) with every permission on "/" (the Bootstrap command a node
+    proposes at start-up)."""
+    from node.passwords import hash_password
+
+    state = new_state()
+    # a fixed salt: states built apart must compare equal
+    guest = hash_password("guest", SHA256, salt=b"salt")
+    apply(state, 0, C.Bootstrap("guest", guest, SHA256), [])
+    return state
+
 CH = ("n1", 1, 1)
 CH2 = ("n1", 1, 2)  # another channel of the same connection
 CONN = ("n1", 1)
@@ -84,7 +99,7 @@ class Machine:
     """A state plus a convenience runner returning the effects of some commands."""
 
     def __init__(self, state: State | None = None) -> None:
-        self.state = state or new_state()
+        self.state = state or guest_state()
         self.now = 0
 
     def at(self, now: int, *cmds: C.Command) -> list[Effect]:

@@ -10,8 +10,8 @@ import pytest
 
 from cluster import commands as C
 from cluster import effects as E
-from cluster.machine import apply_batch, new_state, restore, snapshot
-from tests.cluster.helpers import enq, of_type, props, q_declare
+from cluster.machine import apply_batch, restore, snapshot
+from tests.cluster.helpers import enq, guest_state, of_type, props, q_declare
 
 BAD = ("n1", 1, 1)  # the hostile client's channel
 GOOD = ("n2", 7, 1)  # another client's channel, another node
@@ -20,7 +20,7 @@ apply_module = importlib.import_module("cluster.machine.apply")
 
 
 def opened_state() -> Any:
-    state = new_state()
+    state = guest_state()
     apply_batch(state, C.Batch("n1", 1, 1, 1, (
         C.ConnectionOpen(BAD[:2], "/", "guest"), C.ChannelOpen(BAD),
         C.ConnectionOpen(GOOD[:2], "/", "guest"), C.ChannelOpen(GOOD),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from cluster import commands as C
 from cluster.effects import ConsumerCancelled, Deliver, QueueDeclareOk
-from cluster.machine import apply_batch, new_state, queue_stats, restore, snapshot
+from cluster.machine import apply_batch, queue_stats, restore, snapshot
 from cluster.machine.state import State
-from tests.cluster.helpers import consume, enq, of_type, q_declare, x_declare
+from tests.cluster.helpers import consume, enq, guest_state, of_type, q_declare, x_declare
 
 A1 = ("a", 1, 1)  # node a, connection 1, channel 1
 B1 = ("b", 1, 1)
@@ -16,7 +16,7 @@ class Cluster:
     """Feeds batches the way cluster/raft.py will: one batch per proposal."""
 
     def __init__(self) -> None:
-        self.state = new_state()
+        self.state = guest_state()
         self.seqs: dict[tuple[str, int], int] = {}
 
     def batch(self, node: str, inc: int, *cmds: C.Command, ts: int = 0) -> C.Batch:
@@ -29,7 +29,7 @@ class Cluster:
 
 
 def open_ch(ch: C.ChKey) -> list[C.Command]:
-    return [C.ConnectionOpen(ch[:2], "/", "u"), C.ChannelOpen(ch)]
+    return [C.ConnectionOpen(ch[:2], "/", "guest"), C.ChannelOpen(ch)]
 
 
 def setup() -> Cluster:
@@ -112,7 +112,7 @@ def test_dedupe_resubmitted_batch() -> None:
 
 
 def test_out_of_order_seqs_each_applied_once() -> None:
-    s = new_state()
+    s = guest_state()
     cmds = tuple(open_ch(B1))
     assert apply_batch(s, C.Batch("b", 1, 1, 0, cmds)) == []
     declare = (q_declare(B1, "q1"),)
@@ -129,24 +129,24 @@ def test_out_of_order_seqs_each_applied_once() -> None:
 
 
 def test_dedupe_window_is_bounded() -> None:
-    s = new_state()
+    s = guest_state()
     for seq in range(1, 20000):
         apply_batch(s, C.Batch("b", 1, seq, 0, ()))
     w = s.dedupe[("b", 1)]
     assert len(w.seen) <= 2 * 4096 + 1
-    assert apply_batch(s, C.Batch("b", 1, 10, 0, (C.ConnectionOpen(("b", 1), "/", "u"),))) == []
+    assert apply_batch(s, C.Batch("b", 1, 10, 0, (C.ConnectionOpen(("b", 1), "/", "guest"),))) == []
     assert ("b", 1) not in s.conns  # far too old: treated as applied
 
 
 def test_clock_only_moves_forward() -> None:
-    s = new_state()
+    s = guest_state()
     apply_batch(s, C.Batch("b", 1, 1, 1000, ()))
     apply_batch(s, C.Batch("b", 1, 2, 500, ()))
     assert s.now_ms == 1000
 
 
 def test_connection_open_to_unknown_vhost_ignored() -> None:
-    s = new_state()
+    s = guest_state()
     apply_batch(s, C.Batch("b", 1, 1, 0, (C.ConnectionOpen(("b", 1), "/nope", "u"),
                                            C.ChannelOpen(B1), q_declare(B1, "q"))))
     assert s.conns == {} and s.vhosts["/"].queues == {}

@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 
 from cluster import commands as C
 from cluster import effects as E
-from cluster.machine import apply_batch, new_state, restore, snapshot
+from cluster.machine import apply_batch, restore, snapshot
 from protocol.properties import encode_properties
+from tests.cluster.helpers import guest_state
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 
@@ -186,7 +187,7 @@ def expects_answer(cmd: C.Command) -> bool:
                     min_size=1, max_size=30),
        cut=st.integers(0, 30))
 def test_arbitrary_command_logs(log: list[tuple[str, int, list[C.Command]]], cut: int) -> None:
-    main, replica = new_state(), new_state()
+    main, replica = guest_state(), guest_state()
     for state in (main, replica):
         apply_batch(state, C.Batch("n1", 1, 0, 0, tuple(prelude())))
     restored: Any = None

@@ -25,11 +25,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from cluster import commands as C
 from cluster import effects as E
-from cluster.machine import apply_batch, new_state, next_deadline, restore, snapshot
+from cluster.machine import apply_batch, next_deadline, restore, snapshot
 from cluster.machine.features import queue_deadline
 from cluster.machine.queues import has_credit
 from cluster.machine.state import State
 from protocol.properties import decode_properties, encode_properties
+from tests.cluster.helpers import guest_state
 
 QT, DLQ, DLX = "qt", "dlq", "dlx"
 QUEUES = ["q0", "q1", QT, DLQ]
@@ -58,8 +59,8 @@ queues = st.sampled_from(QUEUES)
 class MachineLog(RuleBasedStateMachine):
     @initialize()
     def setup(self) -> None:
-        self.main = new_state()
-        self.replica = new_state()
+        self.main = guest_state()
+        self.replica = guest_state()
         self.restored: State | None = None
         self.incarnation = {"n1": 1, "n2": 1}
         self.seqs: dict[tuple[str, int], int] = {}
@@ -608,7 +609,7 @@ TestMachineLog = MachineLog.TestCase
 def _simple_log() -> list[C.Command]:
     ch = ("n1", 1, 1)
     return [
-        C.ConnectionOpen(ch[:2], "/", "g"), C.ChannelOpen(ch),
+        C.ConnectionOpen(ch[:2], "/", "guest"), C.ChannelOpen(ch),
         C.QueueDeclare(ch, "q", False, False, False, False, False, {}),
         C.Qos(ch, 2, False), C.Consume(ch, "q", "c", False, False, False, {}),
         *[C.Publish(ch, "", "q", False, b"\x00\x00", b"%d" % i, i + 1) for i in range(5)],
@@ -627,7 +628,7 @@ def test_batch_boundaries_do_not_matter() -> None:
     from hypothesis import given
 
     cmds = _simple_log()
-    ref = new_state()
+    ref = guest_state()
     ref_eff: list[E.Effect] = []
     for i, cmd in enumerate(cmds):  # one command per batch
         ref_eff += apply_batch(ref, C.Batch("n1", 1, 1000 + i, 0, (cmd,)))
@@ -636,7 +637,7 @@ def test_batch_boundaries_do_not_matter() -> None:
     @settings(max_examples=50, deadline=None)
     @given(_splits())
     def check(cuts: list[int]) -> None:
-        s = new_state()
+        s = guest_state()
         eff: list[E.Effect] = []
         bounds = [0, *cuts, len(cmds)]
         for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):

@@ -169,7 +169,7 @@ def test_catch_up_holds_effects_until_applied_to_the_leader_commit(
     other = ("n2", 1, 1)
     cluster.nodes["n2"] = FakeRaft(cluster, "n2")
     node.raft.catching_up = True
-    cluster.log.append(_batch("n2", 1, 1, C.ConnectionOpen(other[:2], "/", "g"),
+    cluster.log.append(_batch("n2", 1, 1, C.ConnectionOpen(other[:2], "/", "guest"),
                               C.ChannelOpen(other), enq(other, "q", b"x", confirm=9)))
     cluster.commit_all()
     node.turn(enq(CH, "q", b"mine", confirm=1))

@@ -7,7 +7,7 @@ import pytest
 
 from cluster import commands as C
 from cluster.effects import ChannelError, ConsumerCancelled, Deliver, GetEmpty, GetOk
-from cluster.machine import apply_batch, new_state, next_deadline, queue_stats
+from cluster.machine import apply_batch, next_deadline, queue_stats
 from tests.cluster.helpers import (
     CH,
     Machine,
@@ -15,6 +15,7 @@ from tests.cluster.helpers import (
     bind,
     consume,
     enq,
+    guest_state,
     nack,
     of_type,
     props,
@@ -235,7 +236,7 @@ def test_expiring_queue_with_consumer_of_closed_channel(m: Machine) -> None:
 
 
 def test_batches_timestamps_drive_expiry() -> None:
-    s = new_state()
+    s = guest_state()
     ch = CH
     seq = 0
 
@@ -245,7 +246,7 @@ def test_batches_timestamps_drive_expiry() -> None:
         raw = C.encode_batch(C.Batch("n1", 1, seq, ts, cmds))
         return apply_batch(s, C.decode_batch(raw))
 
-    batch(1000, C.ConnectionOpen(ch[:2], "/", "g"), C.ChannelOpen(ch),
+    batch(1000, C.ConnectionOpen(ch[:2], "/", "guest"), C.ChannelOpen(ch),
           q_declare(ch, "q", arguments={"x-message-ttl": 50}), enq(ch, "q"))
     assert next_deadline(s) == 1050
     batch(1049, C.Tick())
@@ -268,7 +269,7 @@ def test_snapshots_taken_before_these_fields_existed_restore() -> None:
     c.__setstate__((None, {"ch": CH, "tag": "t", "qid": 1, "no_ack": False,
                            "exclusive": False, "prefetch": 0, "arguments": {}}))
     assert c.priority == 0 and c.unacked == 0
-    s = new_state()
+    s = guest_state()
     old = {k: v for k, v in s.__dict__.items() if k not in ("timed", "next_due", "dl_pending")}
     restored = State.__new__(State)
     restored.__setstate__(old)

@@ -119,7 +119,6 @@ class InProcessNode:
     def __init__(self, loop: asyncio.AbstractEventLoop, **cfg: Any) -> None:
         self.cluster = FakeCluster()
         self.raft = self.cluster.node("n1")
-        cfg.setdefault("users", {"guest": "guest"})
         self.broker = Broker(Config(node_id="n1", metrics_port=0, **cfg), loop, raft=self.raft)
 
     async def start(self) -> InProcessNode:

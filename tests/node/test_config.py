@@ -20,7 +20,7 @@ def test_defaults() -> None:
     cfg = load()
     assert (cfg.amqp_host, cfg.amqp_port) == ("127.0.0.1", 5672)
     assert cfg.raft_address == "127.0.0.1:25672"
-    assert cfg.users == {"guest": "guest"}
+    assert (cfg.default_user, cfg.default_pass) == ("guest", "guest")
     assert cfg.data_dir == "./data"
 
 
