@@ -232,6 +232,7 @@ class Consume(Command):
     exclusive: bool
     nowait: bool
     arguments: Arguments
+    max_consumers: int = 0  # the node's --max-consumers-per-channel (0: no limit)
 
 
 @_command(32)

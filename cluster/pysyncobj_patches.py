@@ -185,6 +185,10 @@ def load(file: Any) -> Any:
     return sync_pickle.load(file)
 
 
+def loads(data: bytes) -> Any:
+    return sync_pickle.loads(data)
+
+
 _RESULTS = {
     FAIL_REASON.SUCCESS: MembershipResult.OK,
     FAIL_REASON.QUEUE_FULL: MembershipResult.QUEUE_FULL,

@@ -24,11 +24,15 @@ import gzip
 import logging
 import os
 import select
+import socket
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.encryptor import getEncryptor
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
 
@@ -488,3 +492,45 @@ class RaftNode:
             log_len=int(s.get("log_len", 0)),
             has_quorum=bool(s.get("has_quorum", False)),
         )
+
+
+def probe_member(address: str, secret: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """Does ``address`` answer as a pysyncobj node encrypting with ``secret``?
+
+    Plays the start of pysyncobj's handshake on an encrypted connection: send a random
+    key, encrypted; a node with the same secret decrypts it and answers with its own key,
+    stamped with ours. Anything else (nothing listening, another secret, another
+    protocol) is a no, with the reason."""
+    host, _, port = address.rpartition(":")
+    fernet = getEncryptor(secret)
+    key = os.urandom(32)
+    data = fernet.encrypt_at_time(zlib.compress(patches.dumps(key), 3),
+                                  int(monotonic_time()))
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack("i", len(data)) + data)
+            head = _recv_exactly(sock, 4)
+            (size,) = struct.unpack("i", head)
+            if not 0 < size < 1 << 20:
+                return False, "not a pysyncobj frame"
+            reply = _recv_exactly(sock, size)
+    except (OSError, ValueError) as e:
+        return False, f"cannot reach it: {e}"
+    try:
+        message = patches.loads(zlib.decompress(fernet.decrypt(reply)))
+    except Exception:
+        return False, "it answers, but not with this cluster's secret"
+    if isinstance(message, tuple) and len(message) == 2 and message[0] == key:
+        return True, "ok"
+    return False, "unexpected handshake"
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return buf

@@ -1,45 +1,90 @@
-"""``raftmq cluster …``: status, add and remove, over a node's HTTP API."""
+"""``raftmq`` commands that talk to a node's management API (HTTP basic auth).
+
+The node is ``--node`` (or ``$RAFTMQ_ADMIN_URL``, default http://127.0.0.1:15672); the
+credentials ``--user`` / ``--password`` (or ``$RAFTMQ_ADMIN_USER`` /
+``$RAFTMQ_ADMIN_PASSWORD``, default guest / guest, which works from loopback only).
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_URL = "http://127.0.0.1:15692"
+DEFAULT_URL = "http://127.0.0.1:15672"
 
 
-def _request(url: str, method: str = "GET", timeout: float = 15.0) -> Any:
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        body = e.read()
+class AdminError(SystemExit):
+    pass
+
+
+@dataclass
+class Api:
+    url: str
+    user: str
+    password: str
+
+    @classmethod
+    def from_args(cls, node: str | None, user: str | None, password: str | None) -> Api:
+        url = node or os.environ.get("RAFTMQ_ADMIN_URL") or DEFAULT_URL
+        return cls(url if "://" in url else "http://" + url,
+                   user or os.environ.get("RAFTMQ_ADMIN_USER") or "guest",
+                   password or os.environ.get("RAFTMQ_ADMIN_PASSWORD") or "guest")
+
+    def at(self, http_address: str) -> Api:
+        return Api("http://" + http_address, self.user, self.password)
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 15.0,
+                ok: tuple[int, ...] = (200, 201, 204)) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
         try:
-            return json.loads(body)
-        except ValueError:
-            raise SystemExit(f"raftmq: {url}: HTTP {e.code} {body.decode(errors='replace')}") from e
-    except (urllib.error.URLError, OSError) as e:
-        raise SystemExit(f"raftmq: cannot reach {url}: {e}") from e
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = None
+            if e.code in ok:
+                return answer
+            if isinstance(answer, dict) and ("ok" in answer):
+                return answer  # membership answers carry their own verdict
+            reason = answer.get("reason") if isinstance(answer, dict) else raw.decode(
+                errors="replace")
+            raise AdminError(f"raftmq: {method} {path}: HTTP {e.code}: {reason}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise AdminError(f"raftmq: cannot reach {self.url}: {e}") from e
 
 
-def admin_url(arg: str | None) -> str:
-    url = arg or os.environ.get("RAFTMQ_ADMIN_URL") or DEFAULT_URL
-    return url if "://" in url else "http://" + url
+def quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
 
 
-def status(url: str) -> int:
+# --- cluster --------------------------------------------------------------------------------
+
+
+def cluster_status(api: Api) -> int:
     """Print every member's view: role, term, commit and applied index, lag."""
-    first = _request(f"{url}/api/status", timeout=5)
+    first = api.request("GET", "/api/status", timeout=5)
     views: dict[str, dict[str, Any] | None] = {first["raft_address"]: first}
     for info in first["nodes"].values():
         addr, http = info.get("raft_address"), info.get("http_address")
         if addr and addr not in views:
             try:
-                views[addr] = _request(f"http://{http}/api/status", timeout=2) if http else None
+                views[addr] = api.at(http).request("GET", "/api/status", timeout=2) \
+                    if http else None
             except SystemExit:
                 views[addr] = None
     for addr in first["raft"]["members"]:
@@ -48,36 +93,146 @@ def status(url: str) -> int:
     commit = max((v["raft"]["commit_index"] for v in views.values() if v), default=0)
     print(f"leader: {leader or '(none)'}   term: {first['raft']['term']}   "
           f"members: {len(first['raft']['members'])}")
-    header = f"{'member':<22} {'node':<10} {'role':<10} {'term':>5} {'commit':>9} {'applied':>9} {'lag':>6}  state"
+    header = (f"{'member':<22} {'node':<10} {'role':<10} {'term':>5} {'commit':>9} "
+              f"{'applied':>9} {'lag':>6}  state")
     print(header)
     print("-" * len(header))
     for addr in sorted(views):
         v = views[addr]
         member = addr in first["raft"]["members"]
         if v is None:
-            node = next((n for n, i in first["nodes"].items() if i.get("raft_address") == addr), "?")
+            node = next((n for n, i in first["nodes"].items() if i.get("raft_address") == addr),
+                        "?")
             print(f"{addr:<22} {node:<10} {'unreachable':<10} {'':>5} {'':>9} {'':>9} {'':>6}  "
                   f"{'member' if member else 'not a member'}")
             continue
         r = v["raft"]
         flags = [s for s, on in (("isolated", v["isolated"]), ("not ready", not v["ready"]),
                                  ("not a member", not member)) if on]
-        print(f"{addr:<22} {v['node']:<10} {r['state']:<10} {r['term']:>5} {r['commit_index']:>9} "
-              f"{r['last_applied']:>9} {commit - r['last_applied']:>6}  {', '.join(flags) or 'ok'}")
+        print(f"{addr:<22} {v['node']:<10} {r['state']:<10} {r['term']:>5} "
+              f"{r['commit_index']:>9} {r['last_applied']:>9} {commit - r['last_applied']:>6}"
+              f"  {', '.join(flags) or 'ok'}")
     return 0
 
 
-def change(url: str, method: str, address: str) -> int:
+def cluster_change(api: Api, method: str, address: str, force: bool = False) -> int:
     """Send the change to the leader (only a leader can step down for its own removal)."""
-    view = _request(f"{url}/api/status", timeout=5)
+    view = api.request("GET", "/api/status", timeout=5)
     leader = view["raft"]["leader"]
     for info in view["nodes"].values():
         if leader and info.get("raft_address") == leader and info.get("http_address"):
-            url = "http://" + info["http_address"]
-    result = _request(f"{url}/api/members?address={address}", method=method)
+            api = api.at(info["http_address"])
+    query = f"?address={quote(address)}" + ("&force=true" if force else "")
+    result = api.request(method, "/api/members" + query)
     verb = "added" if method == "POST" else "removed"
     if result.get("ok"):
         print(f"{address} {verb}")
         return 0
     print(f"raftmq: {address} not {verb}: {result.get('error')}")
     return 1
+
+
+# --- users, vhosts, permissions --------------------------------------------------------------
+
+
+def add_user(api: Api, name: str, password: str, tags: str) -> int:
+    api.request("PUT", f"/api/users/{quote(name)}", {"password": password, "tags": tags})
+    print(f"user {name} added" + (f" (tags: {tags})" if tags else ""))
+    return 0
+
+
+def change_password(api: Api, name: str, password: str) -> int:
+    user = api.request("GET", f"/api/users/{quote(name)}")
+    api.request("PUT", f"/api/users/{quote(name)}", {"password": password, "tags": user["tags"]})
+    print(f"password of {name} changed")
+    return 0
+
+
+def set_user_tags(api: Api, name: str, tags: str) -> int:
+    user = api.request("GET", f"/api/users/{quote(name)}")
+    api.request("PUT", f"/api/users/{quote(name)}", {
+        "password_hash": user["password_hash"], "hashing_algorithm": user["hashing_algorithm"],
+        "tags": tags})
+    print(f"tags of {name}: {tags or '(none)'}")
+    return 0
+
+
+def delete(api: Api, kind: str, name: str) -> int:
+    path = {"user": "users", "vhost": "vhosts"}[kind]
+    api.request("DELETE", f"/api/{path}/{quote(name)}")
+    print(f"{kind} {name} deleted")
+    return 0
+
+
+def add_vhost(api: Api, name: str, description: str) -> int:
+    api.request("PUT", f"/api/vhosts/{quote(name)}", {"description": description})
+    print(f"vhost {name} added")
+    return 0
+
+
+def set_permissions(api: Api, user: str, vhost: str, configure: str, write: str,
+                    read: str) -> int:
+    api.request("PUT", f"/api/permissions/{quote(vhost)}/{quote(user)}",
+                {"configure": configure, "write": write, "read": read})
+    print(f"permissions of {user} in vhost {vhost}: configure {configure!r} write {write!r} "
+          f"read {read!r}")
+    return 0
+
+
+def clear_permissions(api: Api, user: str, vhost: str) -> int:
+    api.request("DELETE", f"/api/permissions/{quote(vhost)}/{quote(user)}")
+    print(f"permissions of {user} in vhost {vhost} cleared")
+    return 0
+
+
+def set_topic_permissions(api: Api, user: str, vhost: str, exchange: str, write: str,
+                          read: str) -> int:
+    api.request("PUT", f"/api/topic-permissions/{quote(vhost)}/{quote(user)}",
+                {"exchange": exchange, "write": write, "read": read})
+    print(f"topic permissions of {user} on {exchange} in vhost {vhost}: write {write!r} "
+          f"read {read!r}")
+    return 0
+
+
+def set_limit(api: Api, kind: str, name: str, limit: str, value: int) -> int:
+    path = "vhost-limits" if kind == "vhost" else "user-limits"
+    if value < 0:
+        api.request("DELETE", f"/api/{path}/{quote(name)}/{quote(limit)}")
+    else:
+        api.request("PUT", f"/api/{path}/{quote(name)}/{quote(limit)}", {"value": value})
+    print(f"{kind} {name}: {limit} = {value if value >= 0 else 'no limit'}")
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=1))
+        return
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return "" if v is None else str(v)
+
+
+LISTS: dict[str, tuple[str, list[str]]] = {
+    "users": ("/api/users", ["name", "tags"]),
+    "vhosts": ("/api/vhosts", ["name", "description", "messages"]),
+    "permissions": ("/api/permissions", ["user", "vhost", "configure", "write", "read"]),
+    "topic-permissions": ("/api/topic-permissions", ["user", "vhost", "exchange", "write",
+                                                     "read"]),
+}
+
+
+def list_items(api: Api, what: str, fmt: str) -> int:
+    path, columns = LISTS[what]
+    print_table(api.request("GET", path), columns, fmt)
+    return 0

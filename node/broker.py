@@ -24,7 +24,7 @@ from cluster.effects import Deliver, Effect, Fault
 from cluster.machine import access
 from cluster.proposer import Proposer, target
 from cluster.replica import RaftStatus, Replica
-from node.config import Config
+from node.config import Config, tls_context
 from node.connection import AMQPConnection
 from node.login import Authenticator
 from node.membership import MembershipWatch
@@ -84,7 +84,7 @@ class Broker:
         self._flush_scheduled = False
         self._tick_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self._last_tick_ms = 0
         self._last_idle_tick = time.monotonic()
         self._swept = 0.0
@@ -148,6 +148,20 @@ class Broker:
         """Run ``fn`` once the commands proposed so far in this turn are applied."""
         self.proposer.after_apply(fn)
         self._schedule_flush()
+
+    async def submit(self, *cmds: Command, timeout: float = 10.0) -> None:
+        """Propose ``cmds`` in this turn's entry and wait until it is applied here
+        (TimeoutError when the cluster does not commit it in time)."""
+        done: asyncio.Future[None] = self.loop.create_future()
+
+        def applied() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        for cmd in cmds:
+            self.proposer.propose(cmd)
+        self.after_apply(applied)
+        await asyncio.wait_for(done, timeout)
 
     def propose_once(self, cmd: Command) -> None:
         """A batch of its own, never resubmitted (see Proposer.propose_once)."""
@@ -344,7 +358,9 @@ class Broker:
                  self.incarnation, sum(1 for _ in machine.queue_stats(self.raft.state)))
 
     def _propose_node_up(self) -> None:
-        http = f"{self.cfg.metrics_host}:{self.cfg.metrics_port}" if self.cfg.metrics_port else ""
+        # where the management API of this node answers (raftmq cluster status, forwarding)
+        cfg = self.cfg
+        http = f"{cfg.management_host}:{cfg.management_port}" if cfg.management_port else ""
         self.propose(NodeUp(self.node_id, self.incarnation, self.cfg.raft_address, http))
 
     def close_clients(self, reason: str) -> None:
@@ -360,16 +376,26 @@ class Broker:
         self._propose_node_up()
 
     async def serve(self) -> None:
-        self._server = await self.loop.create_server(
-            lambda: AMQPConnection(self), self.cfg.amqp_host, self.cfg.amqp_port,
-            reuse_address=True, backlog=1024,
-        )
-        log.info("AMQP listening on %s:%d", self.cfg.amqp_host, self.cfg.amqp_port)
+        cfg = self.cfg
+        if cfg.amqp_port:
+            self._servers.append(await self.loop.create_server(
+                lambda: AMQPConnection(self), cfg.amqp_host, cfg.amqp_port,
+                reuse_address=True, backlog=1024))
+            log.info("AMQP listening on %s:%d", cfg.amqp_host, cfg.amqp_port)
+        ctx = tls_context(cfg)
+        if ctx is not None:
+            host = cfg.tls_host or cfg.amqp_host
+            # a TLS handshake that does not finish in time is cut, as an AMQP one is
+            self._servers.append(await self.loop.create_server(
+                lambda: AMQPConnection(self), host, cfg.tls_port, ssl=ctx,
+                ssl_handshake_timeout=cfg.handshake_timeout, reuse_address=True, backlog=1024))
+            log.info("AMQPS listening on %s:%d (client certificates: %s)", host, cfg.tls_port,
+                     cfg.tls_verify)
 
     async def stop(self) -> None:
         """Close the listener and every connection (320), flush, and stop Raft."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         self.close_clients("CONNECTION_FORCED - broker shutdown")
         # Let the ConnectionClose commands reach the log.
         self._flush()

@@ -21,16 +21,81 @@ def _parser() -> argparse.ArgumentParser:
     )
     config.add_arguments(serve)
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--node", help="management API of any running node (default: "
+                        "$RAFTMQ_ADMIN_URL or http://127.0.0.1:15672)")
+    common.add_argument("--user", help="default: $RAFTMQ_ADMIN_USER or guest")
+    common.add_argument("--password", help="default: $RAFTMQ_ADMIN_PASSWORD or guest")
+
     cluster = sub.add_parser("cluster", help="inspect and change cluster membership")
     csub = cluster.add_subparsers(dest="action", required=True)
-    node_help = ("HTTP address of any running node (default: $RAFTMQ_ADMIN_URL or "
-                 "http://127.0.0.1:15692)")
-    st = csub.add_parser("status", help="members, leader, term, commit/applied index and lag")
-    st.add_argument("--node", help=node_help)
+    csub.add_parser("status", parents=[common],
+                    help="members, leader, term, commit/applied index and lag")
     for action, verb in (("add", "add"), ("remove", "remove")):
-        p = csub.add_parser(action, help=f"{verb} a member by its Raft address (one at a time)")
+        p = csub.add_parser(action, parents=[common],
+                            help=f"{verb} a member by its Raft address (one at a time)")
         p.add_argument("address", help="the member's Raft address, HOST:PORT")
-        p.add_argument("--node", help=node_help)
+        if action == "add":
+            p.add_argument("--force", action="store_true", help="add it even if it does not "
+                           "answer as a RaftMQ node with this cluster's secret")
+
+    add = sub.add_parser("add", help="add a user or a virtual host")
+    asub = add.add_subparsers(dest="what", required=True)
+    p = asub.add_parser("user", parents=[common], help="add (or replace) a user")
+    p.add_argument("name")
+    p.add_argument("new_password", metavar="PASSWORD")
+    p.add_argument("--tags", default="", help="comma-separated: administrator, monitoring, "
+                   "management, policymaker (default: none)")
+    p = asub.add_parser("vhost", parents=[common], help="add a virtual host")
+    p.add_argument("name")
+    p.add_argument("--description", default="")
+
+    delete = sub.add_parser("delete", help="delete a user or a virtual host")
+    dsub = delete.add_subparsers(dest="what", required=True)
+    for what in ("user", "vhost"):
+        dsub.add_parser(what, parents=[common]).add_argument("name")
+
+    st = sub.add_parser("set", help="set permissions, topic permissions, tags, a password, "
+                                    "a limit")
+    ssub = st.add_subparsers(dest="what", required=True)
+    p = ssub.add_parser("permissions", parents=[common],
+                        help="a user's configure / write / read regexes in a vhost")
+    p.add_argument("name", metavar="USER")
+    p.add_argument("configure")
+    p.add_argument("write")
+    p.add_argument("read")
+    p.add_argument("--vhost", default="/")
+    p = ssub.add_parser("topic-permissions", parents=[common],
+                        help="a user's write / read regexes on routing keys of a topic exchange")
+    p.add_argument("name", metavar="USER")
+    p.add_argument("exchange")
+    p.add_argument("write")
+    p.add_argument("read")
+    p.add_argument("--vhost", default="/")
+    p = ssub.add_parser("user-tags", parents=[common])
+    p.add_argument("name")
+    p.add_argument("tags", nargs="?", default="")
+    p = ssub.add_parser("password", parents=[common], help="change a user's password")
+    p.add_argument("name")
+    p.add_argument("new_password", metavar="PASSWORD")
+    p = ssub.add_parser("limit", parents=[common], help="a vhost limit (max-connections, "
+                        "max-queues) or a user limit (max-connections, max-channels); "
+                        "-1 removes it")
+    p.add_argument("kind", choices=("vhost", "user"))
+    p.add_argument("name")
+    p.add_argument("limit")
+    p.add_argument("value", type=int)
+
+    clear = sub.add_parser("clear", help="clear a user's permissions in a vhost")
+    csub2 = clear.add_subparsers(dest="what", required=True)
+    p = csub2.add_parser("permissions", parents=[common])
+    p.add_argument("name", metavar="USER")
+    p.add_argument("--vhost", default="/")
+
+    lst = sub.add_parser("list", parents=[common],
+                         help="list users, vhosts, permissions, topic-permissions")
+    lst.add_argument("what", choices=("users", "vhosts", "permissions", "topic-permissions"))
+    lst.add_argument("--format", choices=("table", "json"), default="table")
     return parser
 
 
@@ -43,13 +108,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raftmq: {e}", file=sys.stderr)
             return 2
         return serve(cfg)
-    if args.command == "cluster":
-        from node import admin
+    from node import admin
 
-        url = admin.admin_url(args.node)
+    api = admin.Api.from_args(args.node, args.user, args.password)
+    if args.command == "cluster":
         if args.action == "status":
-            return admin.status(url)
-        return admin.change(url, "POST" if args.action == "add" else "DELETE", args.address)
+            return admin.cluster_status(api)
+        return admin.cluster_change(api, "POST" if args.action == "add" else "DELETE",
+                                    args.address, getattr(args, "force", False))
+    if args.command == "add":
+        if args.what == "user":
+            return admin.add_user(api, args.name, args.new_password, args.tags)
+        return admin.add_vhost(api, args.name, args.description)
+    if args.command == "delete":
+        return admin.delete(api, args.what, args.name)
+    if args.command == "set":
+        if args.what == "permissions":
+            return admin.set_permissions(api, args.name, args.vhost, args.configure,
+                                         args.write, args.read)
+        if args.what == "topic-permissions":
+            return admin.set_topic_permissions(api, args.name, args.vhost, args.exchange,
+                                               args.write, args.read)
+        if args.what == "user-tags":
+            return admin.set_user_tags(api, args.name, args.tags)
+        if args.what == "password":
+            return admin.change_password(api, args.name, args.new_password)
+        return admin.set_limit(api, args.kind, args.name, args.limit, args.value)
+    if args.command == "clear":
+        return admin.clear_permissions(api, args.name, args.vhost)
+    if args.command == "list":
+        return admin.list_items(api, args.what, args.format)
     return 2
 
 
@@ -74,8 +162,8 @@ def serve(cfg: config.Config) -> int:
 
 
 async def _run(cfg: config.Config) -> None:
+    from node import web
     from node.broker import Broker
-    from node.http import serve_http
 
     log = logging.getLogger("raftmq")
     log.info("starting: %s", config.describe(cfg))
@@ -84,15 +172,14 @@ async def _run(cfg: config.Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     broker = Broker(cfg, loop)
-    http = None
+    runners = []
     try:
-        if cfg.metrics_port:
-            http = await serve_http(broker, cfg.metrics_host, cfg.metrics_port)
+        runners = await web.serve(broker)
         await broker.start()
         await broker.serve()
         await stop.wait()
         log.info("shutting down")
     finally:
-        if http is not None:
-            http.close()
+        for runner in runners:
+            await runner.cleanup()
         await broker.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -81,6 +82,19 @@ def _node_id(value: str) -> str:
     return value
 
 
+def _readable_file(value: str) -> str:
+    if value and not os.access(value, os.R_OK):
+        raise ValueError("no readable file there")
+    return value
+
+
+def _tls_verify(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("none", "optional", "required"):
+        raise ValueError("must be none, optional or required")
+    return v
+
+
 def _seconds(value: str) -> float:
     v = float(value)
     if v <= 0:
@@ -101,7 +115,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("amqp_host", _host, "127.0.0.1", "address the AMQP listener binds"),
     Option("amqp_port", _port, "5672", "AMQP port"),
     Option("metrics_host", _host, "127.0.0.1", "address of the HTTP /metrics listener"),
-    Option("metrics_port", _port, "15692", "HTTP port for /metrics and /healthz (0 disables)"),
+    Option("metrics_port", _port, "15692",
+           "HTTP port for /metrics, /healthz and /livez, unauthenticated (0 disables)"),
+    Option("management_host", _host, "127.0.0.1", "address of the management API listener"),
+    Option("management_port", _port, "15672",
+           "HTTP port of the management API (/api, authenticated; 0 disables)"),
     Option(
         "raft_address",
         _address,
@@ -121,7 +139,22 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("frame_max", _frame_max, "131072", "largest frame offered to clients"),
     Option("channel_max", _channel_max, "2047", "most channels per connection offered"),
+    Option("max_connections", _positive_int, "0",
+           "most client connections this node accepts (0: no limit, RabbitMQ's default)"),
+    Option("max_consumers_per_channel", _positive_int, "0",
+           "most consumers on one channel (0: no limit, RabbitMQ's default)"),
     Option("heartbeat", _positive_int, "60", "heartbeat interval offered to clients, s (0 off)"),
+    Option("tls_port", _port, "5671", "AMQPS port (used when --tls-cert and --tls-key are given)"),
+    Option("tls_host", str, "", "address the AMQPS listener binds (default: --amqp-host)"),
+    Option("tls_cert", _readable_file, "", "PEM certificate (chain) of the AMQPS listener"),
+    Option("tls_key", _readable_file, "", "PEM private key of --tls-cert"),
+    Option("tls_ca", _readable_file, "",
+           "PEM CA bundle that client certificates are verified against"),
+    Option("tls_verify", _tls_verify, "none",
+           "client certificates: none (not asked for), optional (verified if presented; "
+           "RabbitMQ's verify_peer) or required (verify_peer + fail_if_no_peer_cert); "
+           "a verified certificate allows the EXTERNAL login as its common name"),
+    Option("tls_ciphers", str, "", "OpenSSL cipher list for TLS 1.2 (default: Python's)"),
     Option("handshake_timeout", _seconds, "10",
            "a client must complete the AMQP handshake within this long, and may not stall "
            "inside a frame for longer (with heartbeats: nor for two heartbeat intervals), s"),
@@ -179,6 +212,8 @@ class Config:
     amqp_port: int = 5672
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 15692
+    management_host: str = "127.0.0.1"
+    management_port: int = 15672
     raft_address: str = ""
     peers: tuple[str, ...] = ()
     cluster_secret: str = ""
@@ -188,7 +223,16 @@ class Config:
     loopback_users: tuple[str, ...] = ("guest",)
     frame_max: int = 131072
     channel_max: int = 2047
+    max_connections: int = 0
+    max_consumers_per_channel: int = 0
     heartbeat: int = 60
+    tls_port: int = 5671
+    tls_host: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify: str = "none"
+    tls_ciphers: str = ""
     handshake_timeout: float = 10.0
     flow_high_water: int = 300
     snapshot_entries: int = 100000
@@ -266,8 +310,43 @@ def _replace(cfg: Config, **changes: Any) -> Config:
     return Config(**data)
 
 
+def tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """The AMQPS listener's context (None without --tls-cert): TLS 1.2 at least, the
+    certificate and key, client certificates as --tls-verify says."""
+    if not cfg.tls_cert:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"--tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: {e}") from None
+    if cfg.tls_ca:
+        try:
+            ctx.load_verify_locations(cfg.tls_ca)
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(f"--tls-ca {cfg.tls_ca}: {e}") from None
+    ctx.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
+                       "required": ssl.CERT_REQUIRED}[cfg.tls_verify]
+    if cfg.tls_ciphers:
+        try:
+            ctx.set_ciphers(cfg.tls_ciphers)
+        except ssl.SSLError as e:
+            raise ConfigError(f"invalid value {cfg.tls_ciphers!r} for --tls-ciphers: {e}") from None
+    return ctx
+
+
 def _check(cfg: Config) -> None:
     """Cross-option checks."""
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+    if cfg.tls_verify != "none" and not cfg.tls_ca:
+        raise ConfigError(f"--tls-verify {cfg.tls_verify} needs --tls-ca (the CA that client "
+                          "certificates are verified against)")
+    if not cfg.amqp_port and not cfg.tls_cert:
+        raise ConfigError("--amqp-port 0 turns the plain listener off: give --tls-cert and "
+                          "--tls-key for an AMQPS one, or no client can connect")
+    tls_context(cfg)  # a certificate that does not load stops start-up here
     if cfg.peers and not cfg.cluster_secret:
         raise ConfigError(
             "--peers given without --cluster-secret (RAFTMQ_CLUSTER_SECRET): a multi-node "

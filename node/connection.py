@@ -64,6 +64,8 @@ class Node(Protocol):
 
     def new_conn_no(self) -> int: ...
 
+    def connection_count(self) -> int: ...
+
     def register(self, conn: AMQPConnection) -> None: ...
 
     def unregister(self, conn: AMQPConnection) -> None: ...
@@ -93,6 +95,7 @@ class AMQPConnection(asyncio.Protocol):
         self.session = Session(self.key, self.proto, node.propose, node.after_apply,
                                self._write, node.metrics, clock=lambda: self._last_recv,
                                flush=self._flush_writes, may_open_channel=node.may_open_channel)
+        self.session.max_consumers = self.cfg.max_consumers_per_channel
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.vhost = ""
@@ -145,6 +148,14 @@ class AMQPConnection(asyncio.Protocol):
             self.certificate_user = common_name(ssl_object.getpeercert())
         if self.node.isolated:
             # Cut off from the majority: send the client to another member.
+            self.closed = True
+            transport.close()
+            return
+        limit = self.cfg.max_connections
+        if limit and self.node.connection_count() >= limit:
+            # As RabbitMQ at connection_max: the socket is closed before any AMQP.
+            log.warning("connection from %s refused: %d connections, the node's limit "
+                        "(--max-connections)", self.peer, limit)
             self.closed = True
             transport.close()
             return

@@ -85,6 +85,7 @@ class Session:
         self.write = write
         self.flush = flush
         self.may_open_channel = may_open_channel
+        self.max_consumers = 0  # per channel (--max-consumers-per-channel)
         self.counters: SessionCounters = counters or Counters()
         self.clock = clock  # when the event being handled arrived
         self.channels: dict[int, Channel] = {}
@@ -281,7 +282,7 @@ def _basic_qos(s: Session, ch: Channel, m: Any) -> None:
 
 def _basic_consume(s: Session, ch: Channel, m: Any) -> None:
     s.propose(c.Consume(ch.key, m.queue, m.consumer_tag or "", m.no_ack, m.exclusive, m.nowait,
-                        _args(m)))
+                        _args(m), s.max_consumers))
 
 
 def _basic_cancel(s: Session, ch: Channel, m: Any) -> None:

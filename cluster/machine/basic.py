@@ -109,6 +109,9 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
     tag = cmd.consumer_tag
     if tag in ch.consumers:
         raise error(E.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", m)
+    if cmd.max_consumers and len(ch.consumers) >= cmd.max_consumers:
+        raise error(E.NOT_ALLOWED, f"reached maximum ({cmd.max_consumers}) of consumers per "
+                                   "channel", m)
     name = resolve_queue_name(ch, cmd.queue, m)
     access.check(state, ch, READ, "queue", name, m)
     q = lookup_queue(state, ch, name, m)

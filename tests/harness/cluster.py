@@ -7,6 +7,7 @@ errors raised on timeout carry what the nodes last said and the tails of their l
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -41,9 +42,13 @@ class ClusterError(AssertionError):
     """A cluster-level wait timed out or a membership change failed."""
 
 
-def http_json(url: str, method: str = "GET", timeout: float = 5.0) -> Any:
-    """JSON of ``url``; HTTP errors with a JSON body are returned, not raised."""
+def http_json(url: str, method: str = "GET", timeout: float = 5.0,
+              auth: tuple[str, str] = ("guest", "guest")) -> Any:
+    """JSON of ``url`` (basic auth as ``auth``, the management API's default user); HTTP
+    errors with a JSON body are returned, not raised."""
     req = urllib.request.Request(url, method=method)
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
@@ -108,6 +113,7 @@ class RaftMQCluster:
         nd = RaftMQNode(
             self.base_dir / node_id, node_id=node_id,
             amqp_port=self._port(), metrics_port=self._port(), raft_port=self._port(),
+            management_port=self._port(),
             peers=peers, extra_env=env, log_path=self.base_dir / f"{node_id}.log", **options,
         )  # fmt: skip
         self._all.append(nd)
@@ -135,7 +141,7 @@ class RaftMQCluster:
 
     @staticmethod
     def http_url(node: RaftMQNode) -> str:
-        return f"http://127.0.0.1:{node.metrics_port}"
+        return node.management_url
 
     def status(self, node: RaftMQNode, timeout: float = 2.0) -> Status:
         """``GET /api/status`` of ``node`` (raises on connection errors)."""

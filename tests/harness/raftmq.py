@@ -26,6 +26,7 @@ class RaftMQNode:
         amqp_port: int | None = None,
         metrics_port: int | None = None,
         raft_port: int | None = None,
+        management_port: int | None = None,
         peers: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
         log_path: Path | None = None,
@@ -42,6 +43,7 @@ class RaftMQNode:
         self.amqp_port = amqp_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.raft_port = raft_port or free_port()
+        self.management_port = management_port or free_port()
         self.peers = list(peers or [])
         self.extra_env = dict(extra_env or {})
         self.log_path = (
@@ -61,6 +63,10 @@ class RaftMQNode:
         return f"{self.raft_host}:{self.raft_port}"
 
     @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
 
@@ -75,6 +81,7 @@ class RaftMQNode:
             "--amqp-host", "127.0.0.1",
             "--amqp-port", str(self.amqp_port),
             "--metrics-port", str(self.metrics_port),
+            "--management-port", str(self.management_port),
             "--raft-address", self.raft_address,
             "--data-dir", str(self.data_dir),
         ]  # fmt: skip

@@ -258,7 +258,7 @@ def test_long_http_request_line_gets_an_answer(quick_node):
     url = f"http://127.0.0.1:{quick_node.metrics_port}/" + "a" * 100_000
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(url, timeout=5)
-    assert info.value.code == 431
+    assert info.value.code in (400, 414, 431)  # aiohttp: 400 "Status line is too long"
     with urllib.request.urlopen(f"http://127.0.0.1:{quick_node.metrics_port}/livez", timeout=5) as r:
         assert r.status == 200
     assert _tracebacks(quick_node) == 0

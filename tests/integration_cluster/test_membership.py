@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(150)
 
 def cli_status(node: RaftMQNode) -> str:
     r = subprocess.run([sys.executable, "-m", "node", "cluster", "status", "--node",
-                        f"127.0.0.1:{node.metrics_port}"], cwd=REPO_ROOT, capture_output=True,
+                        f"127.0.0.1:{node.management_port}"], cwd=REPO_ROOT, capture_output=True,
                        text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
@@ -113,7 +113,7 @@ def test_cli_remove_leader_reports_success(cluster: RaftMQCluster) -> None:
     via = cluster.followers()[0]
     rest = sorted(nd.raft_address for nd in cluster.nodes if nd is not leader)
     r = subprocess.run([sys.executable, "-m", "node", "cluster", "remove", leader.raft_address,
-                        "--node", f"127.0.0.1:{via.metrics_port}"], cwd=REPO_ROOT,
+                        "--node", f"127.0.0.1:{via.management_port}"], cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=40, stdin=subprocess.DEVNULL)
     print(r.returncode, r.stdout, r.stderr)
     cluster.nodes.remove(leader)

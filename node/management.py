@@ -1,0 +1,723 @@
+"""The management API: RabbitMQ's paths, JSON and status codes, on the management port.
+
+Every request authenticates with HTTP basic auth against the replicated user table
+(the same users, hashes and login throttle as AMQP). RabbitMQ's tags decide what a
+user may do: ``management`` (its own view), ``monitoring`` (everything, read-only),
+``administrator`` (everything, including every change). Every endpoint that changes
+anything needs ``administrator``; refusals are RabbitMQ's ``401 not_authorised``.
+
+Changes are Raft commands: a handler proposes them and answers once they are applied
+(or 503 when the cluster cannot commit them in time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from cluster import commands as C
+from cluster import machine
+from cluster.replica import MembershipResult
+from node.login import Accepted, Attempt, Refused, is_loopback
+from node.passwords import ALGORITHMS, SHA256, hash_password, valid_hash
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+log = logging.getLogger(__name__)
+
+REALM = 'Basic realm="RabbitMQ Management"'
+APPLY_TIMEOUT_S = 10.0
+MEMBERSHIP_TIMEOUT_S = 10.0
+TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+routes = web.RouteTableDef()
+
+
+# --- answers ---------------------------------------------------------------------------
+
+
+def error(status: int, kind: str, reason: str, **headers: str) -> web.Response:
+    """RabbitMQ's error body: {"error": kind, "reason": reason}."""
+    return web.json_response({"error": kind, "reason": reason}, status=status,
+                             headers=headers or None)
+
+
+class Refusal(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def bad_request(reason: str) -> Refusal:
+    return Refusal(error(400, "bad_request", reason))
+
+
+def not_found(reason: str = "Object Not Found") -> Refusal:
+    return Refusal(error(404, "Object Not Found", reason))
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def created_or_updated(existed: bool) -> web.Response:
+    return web.Response(status=204 if existed else 201)
+
+
+# --- authentication ----------------------------------------------------------------------
+
+
+def broker_of(request: web.Request) -> Broker:
+    broker: Broker = request.app["broker"]
+    return broker
+
+
+async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
+    """(user, tags) of the request's basic credentials; raises a 401 refusal."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        raise Refusal(error(401, "not_authorised", "Not_Authorized",
+                            **{"WWW-Authenticate": REALM}))
+    try:
+        user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Refusal(error(401, "not_authorised", "Login failed")) from None
+    broker = broker_of(request)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    auth = broker.auth
+    step: Attempt | Accepted | Refused = auth.start(peer, "PLAIN",
+                                                    f"\0{user}\0{password}".encode())
+    if isinstance(step, Attempt):
+        if step.wait > 0:
+            await asyncio.sleep(step.wait)
+        step = auth.check(step, peer)
+    if isinstance(step, Refused):
+        if step.delay > 0:
+            await asyncio.sleep(step.delay)
+        raise Refusal(error(401, "not_authorised", "Login failed",
+                            **{"WWW-Authenticate": REALM}))
+    assert isinstance(step, Accepted)
+    if step.user in broker.cfg.loopback_users and not is_loopback(peer):
+        raise Refusal(error(401, "not_authorised", "Login failed"))
+    record = broker.raft.state.users.get(step.user)
+    return step.user, tuple(record.tags) if record is not None else ()
+
+
+def needs(tag: str) -> Callable[[Handler], Handler]:
+    """The request's user must have ``tag`` (administrator implies every tag,
+    monitoring implies management)."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                user, tags = await authenticate(request)
+                if not _has(tags, tag):
+                    return error(401, "not_authorised", f"Not {tag} user")
+                request["user"], request["tags"] = user, tags
+                return await handler(request)
+            except Refusal as r:
+                return r.response
+
+        return run
+
+    return wrap
+
+
+def _has(tags: tuple[str, ...], tag: str) -> bool:
+    if "administrator" in tags:
+        return True
+    if tag == "management":
+        return bool({"management", "monitoring", "policymaker"} & set(tags))
+    return tag in tags
+
+
+async def body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise bad_request("a JSON object is required")
+    return data
+
+
+async def submit(request: web.Request, *cmds: C.Command) -> None:
+    """Propose ``cmds`` in one Raft entry and wait until it is applied."""
+    try:
+        await broker_of(request).submit(*cmds, timeout=APPLY_TIMEOUT_S)
+    except TimeoutError:
+        raise Refusal(error(503, "unavailable", "the cluster did not commit the change in "
+                                                f"{APPLY_TIMEOUT_S:g}s (no quorum?)")) from None
+
+
+def state(request: web.Request) -> Any:
+    return broker_of(request).raft.state
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    """RabbitMQ takes tags as "a,b" or ["a", "b"]."""
+    if value is None or value == "":
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+        raise bad_request("tags must be a comma-separated string or a list of strings")
+    return tuple(t.strip() for t in items if t.strip())
+
+
+def _regex(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise bad_request(f"{what} must be a string (a regular expression)")
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise bad_request(f"{what}: invalid regular expression: {e}") from None
+    return value
+
+
+def _name(value: str, what: str) -> str:
+    if not value or len(value.encode()) > 255:
+        raise bad_request(f"{what} must be 1 to 255 bytes of UTF-8")
+    return value
+
+
+# --- who am I, status ---------------------------------------------------------------------
+
+
+@routes.get("/api/whoami")
+@needs("management")
+async def whoami(request: web.Request) -> web.Response:
+    return web.json_response({"name": request["user"], "tags": list(request["tags"])})
+
+
+def status(broker: Broker) -> dict[str, Any]:
+    st = broker.raft.status()
+    return {
+        "node": broker.node_id,
+        "incarnation": broker.incarnation,
+        "ready": broker.ready,
+        "isolated": broker.isolated,
+        "raft_address": broker.cfg.raft_address,
+        "raft": asdict(st),
+        "nodes": {name: asdict(info) for name, info in machine.nodes(broker.raft.state).items()},
+        "connections": len(broker.connections),
+    }
+
+
+@routes.get("/api/status")
+@needs("monitoring")
+async def get_status(request: web.Request) -> web.Response:
+    return web.json_response(status(broker_of(request)))
+
+
+# --- users -----------------------------------------------------------------------------
+
+
+def user_json(u: Any) -> dict[str, Any]:
+    return {"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": u.hashing,
+            "tags": list(u.tags), "limits": dict(u.limits)}
+
+
+@routes.get("/api/users")
+@needs("administrator")
+async def list_users(request: web.Request) -> web.Response:
+    return web.json_response([user_json(u) for u in state(request).users.values()])
+
+
+@routes.get("/api/users/without-permissions")
+@needs("administrator")
+async def users_without_permissions(request: web.Request) -> web.Response:
+    s = state(request)
+    with_perms = {u for u, _ in s.permissions}
+    return web.json_response([user_json(u) for n, u in s.users.items() if n not in with_perms])
+
+
+@routes.get("/api/users/{name}")
+@needs("administrator")
+async def get_user(request: web.Request) -> web.Response:
+    u = state(request).users.get(request.match_info["name"])
+    if u is None:
+        return error(404, "Object Not Found", "Not Found")
+    return web.json_response(user_json(u))
+
+
+@routes.put("/api/users/{name}")
+@needs("administrator")
+async def put_user(request: web.Request) -> web.Response:
+    try:
+        name = _name(request.match_info["name"], "user name")
+        data = await body(request)
+        existing = state(request).users.get(name)
+        algorithm = data.get("hashing_algorithm", SHA256)
+        if algorithm not in ALGORITHMS:
+            raise bad_request(f"unsupported hashing_algorithm {algorithm!r}")
+        if "password" in data:
+            if not isinstance(data["password"], str):
+                raise bad_request("password must be a string")
+            password_hash = hash_password(data["password"], algorithm)
+        elif "password_hash" in data:
+            password_hash = data["password_hash"]
+            if not isinstance(password_hash, str) or not valid_hash(password_hash, algorithm):
+                raise bad_request(f"password_hash is not a {algorithm} hash")
+        elif existing is not None:
+            password_hash, algorithm = existing.password_hash, existing.hashing
+        else:
+            raise bad_request("password or password_hash is required for a new user")
+        tags = _tags(data.get("tags", list(existing.tags) if existing else ""))
+        await submit(request, C.UserPut(name, password_hash, algorithm, tags))
+        return created_or_updated(existing is not None)
+    except Refusal as r:
+        return r.response
+
+
+@routes.delete("/api/users/{name}")
+@needs("administrator")
+async def delete_user(request: web.Request) -> web.Response:
+    try:
+        name = request.match_info["name"]
+        if name not in state(request).users:
+            return error(404, "Object Not Found", "Not Found")
+        await submit(request, C.UserDelete(name))
+        return no_content()
+    except Refusal as r:
+        return r.response
+
+
+@routes.post("/api/users/bulk-delete")
+@needs("administrator")
+async def bulk_delete_users(request: web.Request) -> web.Response:
+    try:
+        users = (await body(request)).get("users")
+        if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+            raise bad_request("users must be a list of names")
+        await submit(request, *(C.UserDelete(u) for u in users))
+        return no_content()
+    except Refusal as r:
+        return r.response
+
+
+# --- virtual hosts ------------------------------------------------------------------------
+
+
+def vhost_json(vh: Any) -> dict[str, Any]:
+    return {"name": vh.name, "description": vh.description, "tags": list(vh.tags),
+            "tracing": False, "default_queue_type": "classic",
+            "metadata": {"description": vh.description, "tags": list(vh.tags)},
+            "messages": sum(q.ready_count() + q.unacked for q in vh.queues.values()),
+            "messages_ready": sum(q.ready_count() for q in vh.queues.values()),
+            "messages_unacknowledged": sum(q.unacked for q in vh.queues.values())}
+
+
+def _visible(request: web.Request, vhost: str) -> bool:
+    tags = request["tags"]
+    if _has(tags, "monitoring"):
+        return True
+    return (request["user"], vhost) in state(request).permissions
+
+
+@routes.get("/api/vhosts")
+@needs("management")
+async def list_vhosts(request: web.Request) -> web.Response:
+    return web.json_response([vhost_json(v) for n, v in state(request).vhosts.items()
+                              if _visible(request, n)])
+
+
+@routes.get("/api/vhosts/{name}")
+@needs("management")
+async def get_vhost(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    vh = state(request).vhosts.get(name)
+    if vh is None or not _visible(request, name):
+        return error(404, "Object Not Found", "Not Found")
+    return web.json_response(vhost_json(vh))
+
+
+@routes.put("/api/vhosts/{name}")
+@needs("administrator")
+async def put_vhost(request: web.Request) -> web.Response:
+    try:
+        name = _name(request.match_info["name"], "vhost name")
+        data = await body(request)
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise bad_request("description must be a string")
+        existed = name in state(request).vhosts
+        await submit(request, C.VHostPut(name, description, _tags(data.get("tags"))))
+        return created_or_updated(existed)
+    except Refusal as r:
+        return r.response
+
+
+@routes.delete("/api/vhosts/{name}")
+@needs("administrator")
+async def delete_vhost(request: web.Request) -> web.Response:
+    try:
+        name = request.match_info["name"]
+        if name not in state(request).vhosts:
+            return error(404, "Object Not Found", "Not Found")
+        await submit(request, C.VHostDelete(name))
+        return no_content()
+    except Refusal as r:
+        return r.response
+
+
+# --- permissions --------------------------------------------------------------------------
+
+
+def permission_json(key: tuple[str, str], p: Any) -> dict[str, Any]:
+    return {"user": key[0], "vhost": key[1], "configure": p.configure, "write": p.write,
+            "read": p.read}
+
+
+def topic_json(key: tuple[str, str, str], tp: tuple[str, str]) -> dict[str, Any]:
+    return {"user": key[0], "vhost": key[1], "exchange": key[2], "write": tp[0], "read": tp[1]}
+
+
+def _permissions(request: web.Request, user: str | None = None,
+                 vhost: str | None = None) -> list[dict[str, Any]]:
+    return [permission_json(k, p) for k, p in state(request).permissions.items()
+            if (user is None or k[0] == user) and (vhost is None or k[1] == vhost)]
+
+
+def _topic_permissions(request: web.Request, user: str | None = None,
+                       vhost: str | None = None) -> list[dict[str, Any]]:
+    return [topic_json(k, tp) for k, tp in state(request).topic_permissions.items()
+            if (user is None or k[0] == user) and (vhost is None or k[1] == vhost)]
+
+
+@routes.get("/api/permissions")
+@needs("administrator")
+async def list_permissions(request: web.Request) -> web.Response:
+    return web.json_response(_permissions(request))
+
+
+@routes.get("/api/users/{name}/permissions")
+@needs("administrator")
+async def user_permissions(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in state(request).users:
+        return error(404, "Object Not Found", "Not Found")
+    return web.json_response(_permissions(request, user=name))
+
+
+@routes.get("/api/vhosts/{name}/permissions")
+@needs("administrator")
+async def vhost_permissions(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in state(request).vhosts:
+        return error(404, "Object Not Found", "Not Found")
+    return web.json_response(_permissions(request, vhost=name))
+
+
+@routes.get("/api/permissions/{vhost}/{user}")
+@needs("administrator")
+async def get_permission(request: web.Request) -> web.Response:
+    key = (request.match_info["user"], request.match_info["vhost"])
+    p = state(request).permissions.get(key)
+    if p is None:
+        return error(404, "Object Not Found", "Not Found")
+    return web.json_response(permission_json(key, p))
+
+
+def _user_and_vhost(request: web.Request) -> tuple[str, str]:
+    user, vhost = request.match_info["user"], request.match_info["vhost"]
+    s = state(request)
+    if vhost not in s.vhosts:
+        raise bad_request(f"vhost_not_found: {vhost}")
+    if user not in s.users:
+        raise bad_request(f"user_not_found: {user}")
+    return user, vhost
+
+
+@routes.put("/api/permissions/{vhost}/{user}")
+@needs("administrator")
+async def put_permission(request: web.Request) -> web.Response:
+    try:
+        user, vhost = _user_and_vhost(request)
+        data = await body(request)
+        existed = (user, vhost) in state(request).permissions
+        await submit(request, C.PermissionSet(user, vhost, _regex(data.get("configure"),
+                                                                   "configure"),
+                                              _regex(data.get("write"), "write"),
+                                              _regex(data.get("read"), "read")))
+        return created_or_updated(existed)
+    except Refusal as r:
+        return r.response
+
+
+@routes.delete("/api/permissions/{vhost}/{user}")
+@needs("administrator")
+async def delete_permission(request: web.Request) -> web.Response:
+    try:
+        key = (request.match_info["user"], request.match_info["vhost"])
+        if key not in state(request).permissions:
+            return error(404, "Object Not Found", "Not Found")
+        await submit(request, C.PermissionClear(*key))
+        return no_content()
+    except Refusal as r:
+        return r.response
+
+
+@routes.get("/api/topic-permissions")
+@needs("administrator")
+async def list_topic_permissions(request: web.Request) -> web.Response:
+    return web.json_response(_topic_permissions(request))
+
+
+@routes.get("/api/users/{name}/topic-permissions")
+@needs("administrator")
+async def user_topic_permissions(request: web.Request) -> web.Response:
+    return web.json_response(_topic_permissions(request, user=request.match_info["name"]))
+
+
+@routes.get("/api/vhosts/{name}/topic-permissions")
+@needs("administrator")
+async def vhost_topic_permissions(request: web.Request) -> web.Response:
+    return web.json_response(_topic_permissions(request, vhost=request.match_info["name"]))
+
+
+@routes.get("/api/topic-permissions/{vhost}/{user}")
+@needs("administrator")
+async def get_topic_permissions(request: web.Request) -> web.Response:
+    found = _topic_permissions(request, request.match_info["user"], request.match_info["vhost"])
+    if not found:
+        return error(404, "Object Not Found", "Not Found")
+    return web.json_response(found)
+
+
+@routes.put("/api/topic-permissions/{vhost}/{user}")
+@needs("administrator")
+async def put_topic_permission(request: web.Request) -> web.Response:
+    try:
+        user, vhost = _user_and_vhost(request)
+        data = await body(request)
+        exchange = data.get("exchange")
+        if not isinstance(exchange, str):
+            raise bad_request("exchange is required")
+        existed = (user, vhost, exchange) in state(request).topic_permissions
+        await submit(request, C.TopicPermissionSet(user, vhost, exchange,
+                                                   _regex(data.get("write"), "write"),
+                                                   _regex(data.get("read"), "read")))
+        return created_or_updated(existed)
+    except Refusal as r:
+        return r.response
+
+
+@routes.delete("/api/topic-permissions/{vhost}/{user}")
+@needs("administrator")
+async def delete_topic_permissions(request: web.Request) -> web.Response:
+    """All of the user's topic permissions in the vhost (``?exchange=`` for one)."""
+    try:
+        user, vhost = request.match_info["user"], request.match_info["vhost"]
+        only = request.query.get("exchange")
+        keys = [k for k in state(request).topic_permissions
+                if k[0] == user and k[1] == vhost and (only is None or k[2] == only)]
+        if not keys:
+            return error(404, "Object Not Found", "Not Found")
+        await submit(request, *(C.TopicPermissionClear(*k) for k in keys))
+        return no_content()
+    except Refusal as r:
+        return r.response
+
+
+# --- limits --------------------------------------------------------------------------------
+
+VHOST_LIMITS = ("max-connections", "max-queues")
+USER_LIMITS = ("max-connections", "max-channels")
+
+
+def _limits(items: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    return [{key: name, "value": dict(o.limits)} for name, o in items.items() if o.limits]
+
+
+@routes.get("/api/vhost-limits")
+@needs("monitoring")
+async def list_vhost_limits(request: web.Request) -> web.Response:
+    return web.json_response(_limits(state(request).vhosts, "vhost"))
+
+
+@routes.get("/api/vhost-limits/{vhost}")
+@needs("monitoring")
+async def get_vhost_limits(request: web.Request) -> web.Response:
+    vh = state(request).vhosts.get(request.match_info["vhost"])
+    if vh is None:
+        return error(404, "Object Not Found", "Not Found")
+    return web.json_response([{"vhost": vh.name, "value": dict(vh.limits)}] if vh.limits else [])
+
+
+@routes.get("/api/user-limits")
+@needs("monitoring")
+async def list_user_limits(request: web.Request) -> web.Response:
+    return web.json_response(_limits(state(request).users, "user"))
+
+
+@routes.get("/api/user-limits/{user}")
+@needs("monitoring")
+async def get_user_limits(request: web.Request) -> web.Response:
+    u = state(request).users.get(request.match_info["user"])
+    if u is None:
+        return error(404, "Object Not Found", "Not Found")
+    return web.json_response([{"user": u.name, "value": dict(u.limits)}] if u.limits else [])
+
+
+async def _set_limit(request: web.Request, kind: str, target: str, allowed: tuple[str, ...],
+                     remove: bool) -> web.Response:
+    try:
+        name = request.match_info["name"]
+        if name not in allowed:
+            raise bad_request(f"unknown {kind} limit {name!r} (one of {', '.join(allowed)})")
+        table = state(request).vhosts if kind == "vhost" else state(request).users
+        if target not in table:
+            return error(404, "Object Not Found", "Not Found")
+        value: Any = -1
+        if not remove:
+            value = (await body(request)).get("value")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise bad_request("value must be an integer (negative: no limit)")
+        await submit(request, C.LimitsSet(kind, target, {name: value}))
+        return no_content()
+    except Refusal as r:
+        return r.response
+
+
+@routes.put("/api/vhost-limits/{vhost}/{name}")
+@needs("administrator")
+async def put_vhost_limit(request: web.Request) -> web.Response:
+    return await _set_limit(request, "vhost", request.match_info["vhost"], VHOST_LIMITS, False)
+
+
+@routes.delete("/api/vhost-limits/{vhost}/{name}")
+@needs("administrator")
+async def delete_vhost_limit(request: web.Request) -> web.Response:
+    return await _set_limit(request, "vhost", request.match_info["vhost"], VHOST_LIMITS, True)
+
+
+@routes.put("/api/user-limits/{user}/{name}")
+@needs("administrator")
+async def put_user_limit(request: web.Request) -> web.Response:
+    return await _set_limit(request, "user", request.match_info["user"], USER_LIMITS, False)
+
+
+@routes.delete("/api/user-limits/{user}/{name}")
+@needs("administrator")
+async def delete_user_limit(request: web.Request) -> web.Response:
+    return await _set_limit(request, "user", request.match_info["user"], USER_LIMITS, True)
+
+
+# --- cluster membership ---------------------------------------------------------------------
+
+
+@routes.post("/api/members")
+@needs("administrator")
+async def add_member(request: web.Request) -> web.Response:
+    return await _membership(request, "POST")
+
+
+@routes.delete("/api/members")
+@needs("administrator")
+async def remove_member(request: web.Request) -> web.Response:
+    return await _membership(request, "DELETE")
+
+
+def _answer(result: MembershipResult | str, address: str) -> web.Response:
+    ok = result == MembershipResult.OK
+    return web.json_response({"ok": ok, "error": None if ok else str(result),
+                              "address": address}, status=200 if ok else 409)
+
+
+async def _membership(request: web.Request, method: str) -> web.Response:
+    """Add or remove a Raft member. An address that does not answer as a RaftMQ node with
+    this cluster's secret is refused (``force=true`` skips the check), so a typo cannot
+    add a member that never comes and cost the cluster its quorum."""
+    broker = broker_of(request)
+    address = request.query.get("address", "")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return error(400, "bad_request", "address=HOST:PORT is required")
+    if method == "POST" and request.query.get("force") != "true":
+        if not broker.cfg.cluster_secret:
+            return error(400, "bad_request", "this node has no --cluster-secret: a cluster "
+                         "needs one (its Raft traffic is encrypted and authenticated with it)")
+        from cluster.raft import probe_member  # pysyncobj: only here and in the replica
+
+        ok, why = await asyncio.to_thread(probe_member, address, broker.cfg.cluster_secret)
+        if not ok:
+            return web.json_response({"ok": False, "address": address, "error":
+                                      f"{address} does not answer as a RaftMQ node with this "
+                                      f"cluster's secret ({why}); force=true adds it anyway"},
+                                     status=409)
+    if method == "DELETE" and (not broker.raft.is_leader or address == broker.cfg.raft_address):
+        # Removals are done by the leader: a removed node never learns the commit of its
+        # own removal. A leader cannot remove itself: it hands leadership over first.
+        if broker.raft.is_leader and not await _step_down(broker):
+            return web.json_response({"ok": False, "error": "could not transfer leadership"},
+                                     status=409)
+        return await _forward_to_leader(request, method, address)
+    done: asyncio.Future[MembershipResult] = broker.loop.create_future()
+
+    def callback(result: MembershipResult) -> None:
+        if not done.done():
+            done.set_result(result)
+
+    if method == "POST":
+        broker.raft.add_member(address, callback)
+    else:
+        broker.raft.remove_member(address, callback)
+    broker.wake()
+    try:
+        result = await asyncio.wait_for(done, MEMBERSHIP_TIMEOUT_S)
+    except TimeoutError:
+        return web.json_response({"ok": False, "error": "timeout", "address": address},
+                                 status=504)
+    return _answer(result, address)
+
+
+async def _step_down(broker: Broker) -> bool:
+    deadline = time.monotonic() + MEMBERSHIP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not broker.raft.is_leader:
+            if broker.raft.leader is not None:
+                return True
+        else:
+            broker.raft.transfer_leadership()
+            broker.wake()
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def _forward_to_leader(request: web.Request, method: str, address: str) -> web.Response:
+    broker = broker_of(request)
+    leader = broker.raft.leader
+    http = next((i.http_address for i in machine.nodes(broker.raft.state).values()
+                 if i.raft_address == leader and i.http_address), None)
+    if http is None:
+        return web.json_response({"ok": False, "error": f"no HTTP address known for the leader "
+                                  f"{leader}"}, status=409)
+    url = f"http://{http}/api/members"
+    try:
+        async with ClientSession(timeout=ClientTimeout(total=MEMBERSHIP_TIMEOUT_S + 5)) as s, \
+                s.request(method, url, params={"address": address},
+                          headers={"Authorization": request.headers["Authorization"]}) as r:
+            return web.json_response(await r.json(content_type=None), status=r.status)
+    except (OSError, TimeoutError, ValueError) as e:
+        return web.json_response({"ok": False, "error": str(e)}, status=504)
+
+
+def app(broker: Broker, client_max_size: int) -> web.Application:
+    application = web.Application(client_max_size=client_max_size)
+    application["broker"] = broker
+    application.add_routes(routes)
+    return application
