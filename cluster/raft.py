@@ -26,6 +26,7 @@ import os
 import select
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -494,13 +495,24 @@ class RaftNode:
         )
 
 
-def probe_member(address: str, secret: str, timeout: float = 3.0) -> tuple[bool, str]:
+def probe_member(address: str, secret: str, timeout: float = 3.0,
+                 patience: float = 8.0) -> tuple[bool, str]:
     """Does ``address`` answer as a pysyncobj node encrypting with ``secret``?
 
     Plays the start of pysyncobj's handshake on an encrypted connection: send a random
     key, encrypted; a node with the same secret decrypts it and answers with its own key,
     stamped with ours. Anything else (nothing listening, another secret, another
-    protocol) is a no, with the reason."""
+    protocol) is a no, with the reason. A refused or unresolvable address is tried again
+    for ``patience`` seconds: a node being added has often only just been started."""
+    deadline = monotonic_time() + patience
+    while True:
+        ok, why = _probe_once(address, secret, timeout)
+        if ok or not why.startswith("cannot reach") or monotonic_time() >= deadline:
+            return ok, why
+        time.sleep(0.5)
+
+
+def _probe_once(address: str, secret: str, timeout: float) -> tuple[bool, str]:
     host, _, port = address.rpartition(":")
     fernet = getEncryptor(secret)
     key = os.urandom(32)

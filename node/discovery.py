@@ -268,7 +268,7 @@ def configure(cfg: Mapping[str, Any], environ: Mapping[str, str], given: set[str
     if cfg["static_hosts"]:
         install_static_hosts(cfg["static_hosts"])
     changes: dict[str, Any] = {}
-    for opt in ("amqp_host", "metrics_host"):
+    for opt in ("amqp_host", "metrics_host", "management_host", "tls_host"):
         ip = static_lookup(cfg["static_hosts"], cfg[opt])
         if ip is not None:
             changes[opt] = ip

@@ -12,6 +12,7 @@ machine already holds it on every address.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -36,7 +37,8 @@ from tests.harness.procs import log_tail, start_group, stop_group
 pytestmark = pytest.mark.timeout(120)
 
 FORM_TIMEOUT_S = 25.0
-PORT_VARS = {"RAFTMQ_AMQP_PORT": 5672, "RAFTMQ_METRICS_PORT": 15692}
+PORT_VARS = {"RAFTMQ_AMQP_PORT": 5672, "RAFTMQ_METRICS_PORT": 15692,
+             "RAFTMQ_MANAGEMENT_PORT": 15672}
 
 
 @dataclass
@@ -54,7 +56,7 @@ class Pod:
 
     @property
     def http(self) -> str:
-        return f"http://{self.ip}:{self.env.get('RAFTMQ_METRICS_PORT', 15692)}"
+        return f"http://{self.ip}:{self.env.get('RAFTMQ_MANAGEMENT_PORT', 15672)}"
 
     def start(self) -> None:
         assert self.argv[0] == "raftmq", self.argv
@@ -69,8 +71,14 @@ class Pod:
             stop_group(self.proc, timeout=timeout)
 
     def status(self) -> dict[str, Any] | None:
+        req = urllib.request.Request(self.http + "/api/status")
+        user = self.env.get("RAFTMQ_ADMIN_USER", self.env.get("RAFTMQ_DEFAULT_USER", "guest"))
+        password = self.env.get("RAFTMQ_ADMIN_PASSWORD",
+                                self.env.get("RAFTMQ_DEFAULT_PASS", "guest"))
+        req.add_header("Authorization", "Basic " + base64.b64encode(
+            f"{user}:{password}".encode()).decode())
         try:
-            with urllib.request.urlopen(self.http + "/api/status", timeout=2) as resp:
+            with urllib.request.urlopen(req, timeout=2) as resp:
                 return json.loads(resp.read())
         except (OSError, ValueError):
             return None
@@ -209,6 +217,7 @@ def test_statefulset_environment_forms_a_cluster_and_scales(tmp_path: Path,
     base = manifests.pod_env(0, ips[0], namespace, resources)
     ports = {p: _port_for(ips, p) for p in (
         int(base.get("RAFTMQ_AMQP_PORT", 5672)), int(base.get("RAFTMQ_METRICS_PORT", 15692)),
+        int(base.get("RAFTMQ_MANAGEMENT_PORT", 15672)),
         int(base.get("RAFTMQ_RAFT_PORT", 25672)))}
     # The cluster's DNS: pod names and their names under the headless service.
     hosts: dict[str, str] = {}
@@ -265,6 +274,7 @@ def test_compose_environment_forms_a_cluster_and_keeps_confirmed_messages(
     raft_port = int(base["RAFTMQ_RAFT_ADDRESS"].rpartition(":")[2])
     ports = {p: _port_for(ips, p) for p in (int(base.get("RAFTMQ_AMQP_PORT", 5672)),
                                             int(base.get("RAFTMQ_METRICS_PORT", 15692)),
+                                            int(base.get("RAFTMQ_MANAGEMENT_PORT", 15672)),
                                             raft_port)}
     hosts = dict(zip(services, ips, strict=True))  # Docker's DNS: service name → container
     for svc, ip in hosts.items():

@@ -16,7 +16,9 @@ from tests.deploy import manifests
 
 OPTION_VARS = {config.env_name(o.name) for o in config.OPTIONS}
 # Read by `raftmq cluster …` and the image's HEALTHCHECK, not by `raftmq serve`.
-OTHER_VARS = {"RAFTMQ_ADMIN_URL"}
+# read by the admin CLI and the image's HEALTHCHECK, not by the node
+OTHER_VARS = {"RAFTMQ_ADMIN_URL", "RAFTMQ_ADMIN_USER", "RAFTMQ_ADMIN_PASSWORD",
+              "RAFTMQ_METRICS_URL"}
 
 
 def _raftmq_vars(env: dict[str, Any]) -> set[str]:
@@ -72,6 +74,7 @@ def test_statefulset_services_and_budget_agree(k8s: dict[tuple[str, str], dict[s
     container = _container(k8s)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"amqp": int(cm["RAFTMQ_AMQP_PORT"]), "http": int(cm["RAFTMQ_METRICS_PORT"]),
+                     "management": int(cm["RAFTMQ_MANAGEMENT_PORT"]), "amqps": 5671,
                      "raft": int(cm["RAFTMQ_RAFT_PORT"])}
     for (kind, _), doc in k8s.items():
         if kind == "Service":
@@ -137,7 +140,8 @@ def test_every_compose_service_configuration_loads(compose: dict[str, Any]) -> N
     everyone = {a for a, _ in addresses.values()}
     for own, peers in addresses.values():
         assert peers == everyone - {own}
-    assert sorted(published) == ["15692", "15693", "15694", "5672", "5673", "5674"]
+    assert sorted(published) == ["15672", "15673", "15674", "15692", "15693", "15694", "5672",
+                                 "5673", "5674"]
     assert len(set(volumes)) == len(services) == 3
 
 
@@ -146,7 +150,7 @@ def test_dockerfile_and_dockerignore() -> None:
     assert re.search(r"^FROM python:3\.11-slim", text, re.M)
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and not user[-1].startswith(("0", "root"))
-    assert re.search(r"^EXPOSE 5672 15692 25672$", text, re.M)
+    assert re.search(r"^EXPOSE 5672 5671 15672 15692 25672$", text, re.M)
     assert "HEALTHCHECK" in text and "/livez" in text
     env = manifests.image_env()
     assert env["RAFTMQ_AMQP_HOST"] == "0.0.0.0" and env["RAFTMQ_DATA_DIR"] == "/var/lib/raftmq"

@@ -314,10 +314,11 @@ class RaftMQCluster:
         return sorted(self.status(self.leader(timeout))["raft"]["members"])
 
     def _change(self, via: RaftMQNode, method: str, address: str, done: Callable[[], bool],
-                timeout: float = 30.0) -> Any:
+                timeout: float = 30.0, force: bool = False) -> Any:
         """Send a membership change to ``via`` until it answers ok or ``done()`` (the change is
-        visible); returns the last answer."""
-        url = f"{self.http_url(via)}/api/members?address={address}"
+        visible); returns the last answer. ``force``: add a member that does not answer yet."""
+        url = f"{self.http_url(via)}/api/members?address={address}" + (
+            "&force=true" if force else "")
         deadline = time.monotonic() + timeout
         while True:
             result = http_json(url, method=method, timeout=15)
@@ -343,7 +344,8 @@ class RaftMQCluster:
         leader = self.leader()
         self.add_result = self._change(
             leader, "POST", nd.raft_address,
-            lambda: nd.raft_address in self.status(leader)["raft"]["members"], timeout)
+            lambda: nd.raft_address in self.status(leader)["raft"]["members"], timeout,
+            force=add_first)  # (not started yet: it cannot answer the secret check)
         if add_first:
             nd.start(wait=False)
         self.nodes.append(nd)
