@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start (or stop) a 3-node RaftMQ cluster on this machine:
-#   AMQP 127.0.0.1:5672, 5673, 5674; HTTP /metrics 15692-15694; Raft 127.0.0.1:25672-25674.
+#   AMQP 127.0.0.1:5672, 5673, 5674; management API 15672-15674;
+#   Prometheus /metrics 15692-15694; Raft 127.0.0.1:25672-25674.
 # Data and logs in ./data/cluster/n1..n3; PIDs in ./data/cluster/nI.pid.
 #   deploy/local-cluster.sh start | stop | status
 set -euo pipefail
@@ -25,12 +26,13 @@ start)
     peers=$(for m in $members; do [ "$m" != "$self" ] && printf '%s,' "$m"; done; true)
     RAFTMQ_CLUSTER_SECRET="$(cat "$DIR/secret")" nohup "$BIN/raftmq" serve \
       --node-id "n$i" --amqp-port $((5671 + i)) --metrics-port $((15691 + i)) \
+      --management-port $((15671 + i)) \
       --raft-address "$self" --peers "${peers%,}" --data-dir "$DIR/n$i" \
       > "$DIR/n$i.log" 2>&1 &
     echo $! > "$DIR/n$i.pid"
-    echo "n$i: amqp://guest:guest@127.0.0.1:$((5671 + i))/  metrics http://127.0.0.1:$((15691 + i))/metrics  log $DIR/n$i.log"
+    echo "n$i: amqp://guest:guest@127.0.0.1:$((5671 + i))/  api http://127.0.0.1:$((15671 + i))/api  metrics http://127.0.0.1:$((15691 + i))/metrics  log $DIR/n$i.log"
   done
-  echo "status: $BIN/raftmq cluster status --node 127.0.0.1:15692"
+  echo "status: $BIN/raftmq cluster status --node 127.0.0.1:15672"
   echo "stop:   make cluster-stop   (or: deploy/local-cluster.sh stop)"
   ;;
 stop)
@@ -43,6 +45,6 @@ stop)
   rm -f "$DIR"/n?.pid; echo "stopped"
   ;;
 status)
-  "$BIN/raftmq" cluster status --node 127.0.0.1:15692 ;;
+  "$BIN/raftmq" cluster status --node 127.0.0.1:15672 ;;
 *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac
