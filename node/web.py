@@ -17,8 +17,10 @@ import ssl
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from node import management
+from node.auth import RateLimitedLog
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -28,6 +30,28 @@ log = logging.getLogger(__name__)
 # Request line and each header: longer ones get 400 from aiohttp (its defaults are 8 KiB).
 MAX_LINE = 8190
 MAX_BODY = 16 << 20  # definitions imports can be large; anything else is small
+
+
+class _ClientErrors(logging.Filter):
+    """aiohttp logs a client's malformed request (an over-long line, a bad header) with a
+    traceback, as if it were a server fault. Keep those to one rate-limited line: they are
+    the client's problem, and a flood of them must not become a flood of log lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = RateLimitedLog(log)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        self._log.warning("bad HTTP request from %s refused with %s: %.160s", peer, exc.code,
+                          exc.message)
+        return False
+
+
+_client_errors = _ClientErrors()
 
 
 def healthy(broker: Broker) -> bool:
@@ -59,6 +83,9 @@ def metrics_app(broker: Broker) -> web.Application:
 
 async def start(app: web.Application, host: str, port: int,
                 ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    server_log = logging.getLogger("aiohttp.server")
+    if _client_errors not in server_log.filters:
+        server_log.addFilter(_client_errors)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            max_line_size=MAX_LINE, max_field_size=MAX_LINE)
     await runner.setup()
