@@ -143,8 +143,14 @@ def user_put(state: State, cmd: C.UserPut, out: list[Effect]) -> None:
 
 
 def user_delete(state: State, cmd: C.UserDelete, out: list[Effect]) -> None:
+    """The user's connections are closed with 320, as RabbitMQ's connection tracking
+    does, then the user and every permission it had go."""
     if state.users.pop(cmd.name, None) is None:
         return
+    for conn in [c for c in state.conns.values() if c.user == cmd.name]:
+        out.append(ConnectionError(conn.key, CONNECTION_FORCED,
+                                   f"CONNECTION_FORCED - user '{cmd.name}' is deleted", 0, 0))
+        close_connection(state, conn, out)
     for key in [k for k in state.permissions if k[0] == cmd.name]:
         del state.permissions[key]
     for tkey in [k for k in state.topic_permissions if k[0] == cmd.name]:

@@ -313,6 +313,20 @@ def test_deleting_a_vhost_closes_its_connections_with_320(secure_node: RaftMQNod
         close_quietly(c2)
 
 
+def test_deleting_a_user_closes_its_connections_with_320(secure_node: RaftMQNode,
+                                                         api: Api) -> None:
+    make_user(api, "judy", "pw-j", "jv", (".*", ".*", ".*"))
+    conn = connect(url(secure_node, "judy", "pw-j", "jv"))
+    conn.channel()
+    api.ok("DELETE", "/api/users/judy")
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
+        for _ in range(50):
+            conn.process_data_events(time_limit=0.1)
+    assert info.value.reply_code == 320
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+        connect(url(secure_node, "judy", "pw-j", "jv"))
+
+
 # --- limits --------------------------------------------------------------------------------
 
 
