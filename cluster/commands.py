@@ -394,6 +394,9 @@ class Batch:
     ``(node, incarnation, seq)`` is the idempotency key: the machine applies a
     given key once, however often it is resubmitted. ``timestamp_ms`` is the
     proposer's wall clock; the machine only ever moves its clock forward.
+    ``after`` is the seq of the node's previous batch, which must have been applied
+    before this one (0: none): a forwarded batch can be lost while a later one
+    arrives, and the machine refuses the later one rather than reorder a channel.
     """
 
     node: str
@@ -401,6 +404,7 @@ class Batch:
     seq: int
     timestamp_ms: int
     commands: tuple[Command, ...]
+    after: int = 0
     # Commands of the entry that could not be decoded (an unknown tag, wrong fields)
     # and were left out; the same on every replica.
     skipped: int = 0
@@ -449,6 +453,8 @@ def encode_batch(batch: Batch) -> bytes:
         batch.timestamp_ms,
         [encode_command(c) for c in batch.commands],
     ]
+    if batch.after:  # (entries without it decode as after=0: older nodes' format)
+        payload.append(batch.after)
     return msgpack.packb(payload, use_bin_type=True, default=_default)
 
 
@@ -461,9 +467,10 @@ def decode_batch(data: bytes) -> Batch:
         version = raw[0]
         if version != FORMAT_VERSION:
             raise ValueError(f"unsupported command format version {version}")
-        _, node, incarnation, seq, ts, cmds = raw
+        _, node, incarnation, seq, ts, cmds, *rest = raw
+        after = rest[0] if rest else 0
         if not (isinstance(node, str) and isinstance(incarnation, int)
-                and isinstance(seq, int) and isinstance(ts, int)):
+                and isinstance(seq, int) and isinstance(ts, int) and isinstance(after, int)):
             raise ValueError("malformed batch header")
     except Exception as exc:  # msgpack, ext types: any failure means "not a batch"
         raise ValueError(f"undecodable batch: {exc}") from None
@@ -473,4 +480,4 @@ def decode_batch(data: bytes) -> Batch:
             decoded.append(decode_command(c))
         except ValueError:
             continue
-    return Batch(node, incarnation, seq, ts, tuple(decoded), len(cmds) - len(decoded))
+    return Batch(node, incarnation, seq, ts, tuple(decoded), after, len(cmds) - len(decoded))

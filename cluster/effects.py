@@ -195,6 +195,18 @@ class ConnectionError(Effect):
 
 
 @_ef
+class OutOfOrder(Effect):
+    """The batch ``seq`` of ``node``'s life ``incarnation`` was not applied: the batch it
+    names as its predecessor (``Batch.after``) has not been. Only ever the single effect
+    of an entry; the replica reports it to its proposer, which proposes again, in order,
+    what it has in flight."""
+
+    node: str
+    incarnation: int
+    seq: int
+
+
+@_ef
 class Fault(Effect):
     """A command raised while it was applied: a bug, not the client's doing. The
     command's connection (if any) is closed with 541 by a ConnectionError beside

@@ -16,6 +16,11 @@ from sockets and from pysyncobj, so they can be tested against an in-memory log
 * **Lost entries**: a batch not applied ``resubmit_after`` seconds after it was
   proposed is proposed again (pysyncobj may drop a forwarded command across a
   leader change without ever calling back).
+* **Gaps**: pysyncobj also drops a command forwarded while its connection to the
+  leader is down, and sends the next one once it is back: each batch names its
+  predecessor (``Batch.after``), the machine refuses a batch whose predecessor it
+  has not applied, and the proposer, told so, proposes everything in flight again,
+  oldest first (chaos seed 916505: a publisher's messages reordered in a queue).
 * **Catch-up gate**: while this replica applies entries the leader committed
   long ago (it was cut off, paused, restarted), a later entry of the same
   catch-up may take back what an earlier one gave its clients (its own
@@ -43,6 +48,9 @@ log = logging.getLogger(__name__)
 # slow but healthy cluster is not flooded with copies (measured: 1 s turned a
 # backlog into a resubmission storm); a leader change resubmits at once anyway.
 RESUBMIT_AFTER_S = 5.0
+# After a gap is reported, what is in flight is proposed again at most this often
+# (every batch behind the gap is refused and reported; one resend covers them all).
+RESEND_GAP_S = 0.1
 
 
 def target(ef: Effect) -> tuple[str, int] | tuple[str, int, int]:
@@ -83,6 +91,9 @@ class Proposer:
         # seq -> (encoded batch, when last proposed; 0.0: not yet handed to Raft)
         self._in_flight: dict[int, tuple[bytes, float]] = {}
         self._unsent: list[int] = []
+        self._chained = 0  # seq of the last batch that the next one must follow
+        self._gap = False  # the machine refused a batch of ours: its predecessor is lost
+        self._resent_at = float("-inf")
         self._known_leader: str | None = None
         # effects (this node's only) and own seqs applied, held during a catch-up
         self._held: list[tuple[list[Effect], list[int]]] = []
@@ -109,7 +120,8 @@ class Proposer:
         if self._batch or (self._seq + 1) in self._after_apply:
             self._seq += 1
             batch = Batch(self.node_id, self.incarnation, self._seq, self._wall_ms(),
-                          tuple(self._batch))
+                          tuple(self._batch), self._chained)
+            self._chained = self._seq
             self._batch = []
             self._in_flight[batch.seq] = (self._encode(batch), 0.0)
             self._unsent.append(batch.seq)
@@ -152,8 +164,10 @@ class Proposer:
         if leader is None:
             return
         now = self._clock()
-        if leader != self._known_leader:
+        if leader != self._known_leader or (self._gap and now - self._resent_at >= RESEND_GAP_S):
             self._known_leader = leader
+            self._gap = False
+            self._resent_at = now
             for seq, (data, sent) in self._in_flight.items():
                 if sent:
                     self.raft.propose(data)
@@ -193,6 +207,8 @@ class Proposer:
             applied = raft.take_applied()
             for seq in applied:
                 self._in_flight.pop(seq, None)
+            if raft.take_out_of_order():
+                self._gap = True
             if not self._held and not raft.catching_up:
                 if effects:
                     self._dispatch(effects)
@@ -230,6 +246,8 @@ class Proposer:
         self.raft.set_incarnation(incarnation)
         self._in_flight.clear()
         self._unsent.clear()
+        self._chained = 0
+        self._gap = False
         self._after_apply.clear()
         self._held.clear()
         self._batch = []

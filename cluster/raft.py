@@ -40,7 +40,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from cluster import log_rules, machine
 from cluster import pysyncobj_patches as patches
 from cluster.commands import Batch, decode_batch
-from cluster.effects import Effect
+from cluster.effects import Effect, OutOfOrder
 from cluster.pysyncobj_patches import Internals, membership_result
 from cluster.replica import MembershipResult, RaftStatus
 
@@ -291,6 +291,7 @@ class RaftNode:
                           bind_address, secret, election_timeout, snapshot_entries, dns_cache_s)
         self._pending: list[Effect] = []
         self._applied_seqs: list[int] = []
+        self._out_of_order: list[int] = []
         self._incarnation: int | None = None
         self.self_addr = self_addr
         self._poller = _LoopPoller()
@@ -323,9 +324,14 @@ class RaftNode:
         self._poller.attach(loop, wake)
 
     def _on_applied(self, batch: Batch, effects: list[Effect], size: int) -> None:
-        self._pending.extend(effects)
         self._log_bytes += size
-        if batch.node == self.node_id and batch.incarnation == self._incarnation:
+        mine = batch.node == self.node_id and batch.incarnation == self._incarnation
+        if effects and type(effects[0]) is OutOfOrder:
+            if mine:
+                self._out_of_order.append(batch.seq)
+            return
+        self._pending.extend(effects)
+        if mine:
             self._applied_seqs.append(batch.seq)
 
     def set_incarnation(self, incarnation: int) -> None:
@@ -336,6 +342,11 @@ class RaftNode:
         """Sequence numbers of this node's own batches applied since the last call."""
         seqs = self._applied_seqs[:]
         self._applied_seqs.clear()
+        return seqs
+
+    def take_out_of_order(self) -> list[int]:
+        """This node's batches refused since the last call: their predecessor was lost."""
+        seqs, self._out_of_order = self._out_of_order, []
         return seqs
 
     # --- driving -----------------------------------------------------------------

@@ -6,7 +6,7 @@ import pickle
 from collections.abc import Callable, Iterable
 
 from cluster import commands as C
-from cluster.effects import ChannelError, ConnectionError, Effect, Fault
+from cluster.effects import ChannelError, ConnectionError, Effect, Fault, OutOfOrder
 from cluster.machine import access, basic, expiry, lifecycle, topology
 from cluster.machine.errors import INTERNAL_ERROR, AMQPError
 from cluster.machine.expiry import expire_due, flush_dead_letters
@@ -151,6 +151,10 @@ def describe(cmd: C.Command, limit: int = 60) -> str:
     return f"{type(cmd).__name__}({', '.join(parts)})"
 
 
+def _applied(w: DedupeWindow | None, seq: int) -> bool:
+    return w is not None and (seq <= w.high - DEDUPE_WINDOW or seq in w.seen)
+
+
 def _seen_before(state: State, batch: C.Batch) -> bool:
     """Record the batch's idempotency key; True if it was applied already."""
     key = (batch.node, batch.incarnation)
@@ -158,7 +162,7 @@ def _seen_before(state: State, batch: C.Batch) -> bool:
     if w is None:
         w = state.dedupe[key] = DedupeWindow()
     seq = batch.seq
-    if seq <= w.high - DEDUPE_WINDOW or seq in w.seen:
+    if _applied(w, seq):
         return True
     w.seen.add(seq)
     if seq > w.high:
@@ -174,6 +178,11 @@ def apply_batch(state: State, batch: C.Batch) -> list[Effect]:
     info = state.nodes.get(batch.node)
     if info is not None and batch.incarnation < info.incarnation:
         return []  # from an earlier life of the node: everything it refers to is gone
+    if batch.after and not _applied(state.dedupe.get((batch.node, batch.incarnation)),
+                                    batch.after):
+        # Its predecessor was lost on the way (a forward to a leader that was
+        # unreachable): applying this one would reorder the node's channels.
+        return [OutOfOrder(batch.node, batch.incarnation, batch.seq)]
     if _seen_before(state, batch):
         return []
     if batch.timestamp_ms > state.now_ms:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from cluster import machine
 from cluster.commands import decode_batch
-from cluster.effects import Effect
+from cluster.effects import Effect, OutOfOrder
 from cluster.replica import MembershipResult, RaftStatus
 from tests.cluster.helpers import guest_state
 
@@ -59,6 +59,7 @@ class FakeRaft:
         self.hide_applied = False  # an apply whose callback never arrives
         self.cut_off = False  # this node sees no leader
         self._applied_seqs: list[int] = []
+        self._out_of_order: list[int] = []
 
     # --- RaftLog --------------------------------------------------------------------
 
@@ -77,14 +78,23 @@ class FakeRaft:
         while self.applied < self.cluster.commit:
             batch = decode_batch(self.cluster.log[self.applied])
             self.applied += 1
-            effects.extend(machine.apply_batch(self.state, batch))
-            if (batch.node, batch.incarnation) == (self.node_id, self.incarnation) \
-                    and not self.hide_applied:
+            out = machine.apply_batch(self.state, batch)
+            mine = (batch.node, batch.incarnation) == (self.node_id, self.incarnation)
+            if out and type(out[0]) is OutOfOrder:
+                if mine:
+                    self._out_of_order.append(batch.seq)
+                continue
+            effects.extend(out)
+            if mine and not self.hide_applied:
                 self._applied_seqs.append(batch.seq)
         return effects
 
     def take_applied(self) -> list[int]:
         seqs, self._applied_seqs = self._applied_seqs, []
+        return seqs
+
+    def take_out_of_order(self) -> list[int]:
+        seqs, self._out_of_order = self._out_of_order, []
         return seqs
 
     def flush(self) -> None:

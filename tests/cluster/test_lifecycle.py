@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from cluster import commands as C
-from cluster.effects import ConsumerCancelled, Deliver, QueueDeclareOk
+from cluster.effects import ConsumerCancelled, Deliver, OutOfOrder, QueueDeclareOk
 from cluster.machine import apply_batch, queue_stats, restore, snapshot
 from cluster.machine.state import State
-from tests.cluster.helpers import consume, enq, guest_state, of_type, q_declare, x_declare
+from tests.cluster.helpers import (
+    Machine,
+    consume,
+    enq,
+    guest_state,
+    of_type,
+    q_declare,
+    x_declare,
+)
 
 A1 = ("a", 1, 1)  # node a, connection 1, channel 1
 B1 = ("b", 1, 1)
@@ -164,3 +172,30 @@ def test_snapshot_round_trip_preserves_sharing() -> None:
     e1 = apply_batch(c.state, C.Batch("a", 1, 100, 0, (C.Ack(A1, 1, False),)))
     e2 = apply_batch(s2, C.Batch("a", 1, 100, 0, (C.Ack(A1, 1, False),)))
     assert e1 == e2 and s2 == c.state
+
+
+def test_a_batch_whose_predecessor_was_not_applied_is_refused() -> None:
+    """Batch.after: the machine never applies a node's batch ahead of the one it follows
+    (a forward lost while the leader was unreachable; chaos seed 916505)."""
+    s = Machine().state
+    b1 = ("b", 1, 1)
+    opened = apply_batch(s, C.Batch("b", 1, 1, 0, (C.ConnectionOpen(b1[:2], "/", "guest"),
+                                                   C.ChannelOpen(b1), q_declare(b1, "q"))))
+    assert of_type(opened, QueueDeclareOk)
+    refused = apply_batch(s, C.Batch("b", 1, 3, 0, (enq(b1, "q", b"second"),), after=2))
+    assert refused == [OutOfOrder("b", 1, 3)]
+    assert not s.vhosts["/"].queues["q"].ready
+    apply_batch(s, C.Batch("b", 1, 2, 0, (enq(b1, "q", b"first"),), after=1))
+    apply_batch(s, C.Batch("b", 1, 3, 0, (enq(b1, "q", b"second"),), after=2))
+    assert [m.body for m in s.vhosts["/"].queues["q"].ready] == [b"first", b"second"]
+
+
+def test_entries_without_a_predecessor_field_still_decode() -> None:
+    """The format before Batch.after (a rolling upgrade's older nodes write it)."""
+    import msgpack
+
+    old = msgpack.packb([C.FORMAT_VERSION, "b", 1, 5, 0, []], use_bin_type=True)
+    batch = C.decode_batch(old)
+    assert (batch.seq, batch.after) == (5, 0)
+    new = C.decode_batch(C.encode_batch(C.Batch("b", 1, 6, 0, (), after=5)))
+    assert new.after == 5

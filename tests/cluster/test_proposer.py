@@ -147,6 +147,45 @@ def test_a_lost_entry_is_resubmitted_after_the_timeout(node: Node, cluster: Fake
     assert queue_bodies(node.raft) == [b"lost"] and node.confirms() == [1]
 
 
+def test_a_gap_is_refused_and_filled_in_order(node: Node, cluster: FakeCluster) -> None:
+    """Chaos seed 916505: a forward dropped while the link to the leader was down, the
+    next one delivered once it was back. The later batch is refused, not applied ahead
+    of the lost one; the proposer proposes both again, oldest first."""
+    cluster.lose_proposals = True
+    node.turn(enq(CH, "q", b"m1", confirm=1))
+    cluster.lose_proposals = False
+    node.turn(enq(CH, "q", b"m2", confirm=2))
+    assert queue_bodies(node.raft) == [] and node.confirms() == []
+    assert node.proposer.in_flight == 2
+    node.clock.now += 0.2  # well within resubmit_after: the gap itself triggers it
+    node.proposer.resubmit_late()
+    node.proposer.run()
+    assert queue_bodies(node.raft) == [b"m1", b"m2"] and node.confirms() == [1, 2]
+    assert node.proposer.in_flight == 0
+
+
+def test_gap_resends_are_spaced(node: Node, cluster: FakeCluster) -> None:
+    cluster.lose_proposals = True
+    node.turn(enq(CH, "q", b"m1", confirm=1))
+    cluster.lose_proposals = False
+    node.turn(enq(CH, "q", b"m2", confirm=2))
+    node.turn(enq(CH, "q", b"m3", confirm=3))
+    proposed = len(node.raft.proposed)
+    for _ in range(5):  # refusals reported in the same instant: one resend at most
+        node.proposer.resubmit_late()
+        node.proposer.run()
+    assert len(node.raft.proposed) - proposed <= 3
+
+
+def test_batches_name_their_predecessor(node: Node, cluster: FakeCluster) -> None:
+    before = len(cluster.log)
+    node.turn(enq(CH, "q", b"a"))
+    node.proposer.propose_once(C.Tick())
+    node.turn(enq(CH, "q", b"b"))
+    a, once, b = (decode_batch(d) for d in cluster.log[before:])
+    assert once.after == 0 and b.after == a.seq and a.after == a.seq - 1
+
+
 def test_a_lost_callback_is_harmless(node: Node, cluster: FakeCluster) -> None:
     """The entry applied but this node never heard (pysyncobj dropped the callback): the
     resubmission applies as a duplicate, and the next report completes it."""
