@@ -258,6 +258,23 @@ def _sync_conf(self_addr: str, journal: str, dump: str, bind_address: str | None
     )
 
 
+def _check_bindable(addr: str) -> None:
+    """Raise OSError naming ``addr`` if the Raft listener cannot bind there. pysyncobj
+    retries a failed bind every second, silently and forever: a node whose Raft port
+    is taken would wait for a leader without saying why."""
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        family, _, _, _, sockaddr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pysyncobj does
+            s.bind(sockaddr)
+    except (OSError, ValueError) as e:
+        raise OSError(f"cannot bind the Raft listener on {addr}: "
+                      f"{getattr(e, 'strerror', None) or e}") from None
+
+
 class RaftNode:
     """A node's handle on the replicated log and the state machine replica."""
 
@@ -289,6 +306,7 @@ class RaftNode:
         self._fsync = fsync
         conf = _sync_conf(self_addr, self._journal_path, str(data_dir / "raft.dump"),
                           bind_address, secret, election_timeout, snapshot_entries, dns_cache_s)
+        _check_bindable(conf.bindAddress or self_addr)
         self._pending: list[Effect] = []
         self._applied_seqs: list[int] = []
         self._out_of_order: list[int] = []

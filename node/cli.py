@@ -7,8 +7,12 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from node import config
+
+if TYPE_CHECKING:
+    from node.broker import Broker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,6 +165,11 @@ def serve(cfg: config.Config) -> int:
     return 0
 
 
+async def _start(broker: Broker) -> None:
+    await broker.start()
+    await broker.serve()
+
+
 async def _run(cfg: config.Config) -> None:
     from node import web
     from node.broker import Broker
@@ -175,10 +184,18 @@ async def _run(cfg: config.Config) -> None:
     runners = []
     try:
         runners = await web.serve(broker)
-        await broker.start()
-        await broker.serve()
-        await stop.wait()
-        log.info("shutting down")
+        # SIGTERM must work while the node waits for a leader (a lost quorum, peers
+        # not started yet): start-up is a task that the signal cancels.
+        starting = asyncio.ensure_future(_start(broker))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            log.info("shutting down before start-up finished")
+        else:
+            starting.result()  # start-up failed: raise it
+            await stopping
+            log.info("shutting down")
     finally:
         for runner in runners:
             await runner.cleanup()
