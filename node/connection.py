@@ -50,6 +50,9 @@ PRODUCT = "RaftMQ"
 VERSION = "0.1.0"
 # How long a server-initiated close waits for the client's close-ok.
 CLOSE_TIMEOUT_S = 2.0
+# After close-ok, how long the socket stays open (its input read and discarded) for the
+# client to close it first.
+CLOSE_DRAIN_S = 5.0
 
 
 class Node(Protocol):
@@ -101,6 +104,8 @@ class AMQPConnection(asyncio.Protocol):
         self.vhost = ""
         self.opened = False  # connection.open done and proposed
         self.closed = False
+        self._released = False  # unregistered, its ConnectionClose proposed
+        self._draining = False  # close-ok sent: input is read and discarded
         self.client_properties: dict[str, Any] = {}
         self.peer: tuple[Any, ...] | None = None
         self.tls = False
@@ -163,6 +168,8 @@ class AMQPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_recv = time.monotonic()
+        if self._draining:
+            return
         try:
             self.proto.receive_data(data)
         except Exception:
@@ -179,6 +186,14 @@ class AMQPConnection(asyncio.Protocol):
         for timer in (self._heartbeat_handle, self._close_timer, self._auth_timer):
             if timer is not None:
                 timer.cancel()
+        self._release()
+
+    def _release(self) -> None:
+        """The connection is over for the broker: no more effects reach it, and the
+        machine closes its channels (consumers, exclusive queues, unacked messages)."""
+        if self._released:
+            return
+        self._released = True
         self.node.unregister(self)
         if self.opened:
             self.node.propose(c.ConnectionClose(self.key))
@@ -271,7 +286,7 @@ class AMQPConnection(asyncio.Protocol):
         elif isinstance(m, spec.Connection.Close):
             self._write(self.proto.close_ok())
             self._flush_writes()
-            self._drop()
+            self._drain()
         elif isinstance(m, spec.Connection.CloseOk):
             self._drop()
         elif isinstance(m, spec.Connection.Blocked | spec.Connection.Unblocked):
@@ -420,10 +435,31 @@ class AMQPConnection(asyncio.Protocol):
         self._out.append(data)
 
     def _flush_writes(self) -> None:
+        if self._draining:  # nothing may follow close-ok
+            self._out.clear()
+            return
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(self._out)
             self._last_send = time.monotonic()
         self._out.clear()
+
+    def _drain(self) -> None:
+        """close-ok is out. As RabbitMQ does, the socket stays open, its input read and
+        discarded, until the client closes it (or CLOSE_DRAIN_S): a socket closed with
+        unread input is reset, and a client whose last frames were still on the way
+        would get ECONNRESET instead of its close-ok."""
+        self.closed = True
+        self._draining = True
+        self._release()
+        for timer in (self._heartbeat_handle, self._auth_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.resume_reading()  # a paused reader would never see the client's EOF
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._close_timer = self.node.loop.call_later(CLOSE_DRAIN_S, self._drop)
 
     def _drop(self) -> None:
         self.closed = True

@@ -200,3 +200,43 @@ def test_missed_heartbeats_close_connection(broker):
                 saw_heartbeat = True
         assert saw_heartbeat, "broker never sent a heartbeat"
         assert closed, "broker kept a silent client open"
+
+
+def _publish_frames(n: int, size: int) -> bytes:
+    payload = b"x" * size
+    one = (pframe.marshal(commands.Basic.Publish(exchange="", routing_key="nowhere"), 1)
+           + pframe.marshal(header.ContentHeader(0, size, commands.Basic.Properties()), 1)
+           + pframe.marshal(body.ContentBody(payload), 1))
+    return one * n
+
+
+def test_frames_still_arriving_after_close_get_no_reset(broker):
+    """A client closes while its publishes are still on the way (amqplib and the Go
+    client do this): the broker answers close-ok and reads what follows until the client
+    closes, so the client's writes and its read of close-ok see no ECONNRESET / EPIPE."""
+    with RawClient(broker.host, broker.port) as c:
+        c.handshake()
+        open_channel(c)
+        c.send_frame(0, commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+        chunk = _publish_frames(16, 4000)  # ~64 KiB
+        for _ in range(64):  # 4 MiB after the close: far more than the socket buffers
+            c.sock.sendall(chunk)  # raises ConnectionResetError / BrokenPipeError on a reset
+        c.sock.settimeout(5)
+        data = b""
+        while len(data) < 12:  # close-ok: 7 header + 4 method id + frame end
+            chunk_in = c.sock.recv(4096)  # a reset raises here
+            assert chunk_in, f"socket closed before close-ok ({data!r})"
+            data += chunk_in
+        _, ch, ok = pframe.unmarshal(data[:12])
+        assert (ch, type(ok)) == (0, commands.Connection.CloseOk)
+
+
+@pytest.mark.raftmq_only  # RabbitMQ waits longer than this test does
+def test_socket_is_closed_after_close_ok_if_the_client_does_not(broker):
+    """The wait after close-ok is bounded (RaftMQ: 5 s)."""
+    with RawClient(broker.host, broker.port) as c:
+        c.handshake()
+        c.send_frame(0, commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+        _, ok = c.recv_method()
+        assert isinstance(ok, commands.Connection.CloseOk)
+        c.wait_closed(15)
