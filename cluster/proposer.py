@@ -110,6 +110,20 @@ class Proposer:
         """Run ``fn`` once the commands proposed so far in this turn are applied."""
         self._after_apply.setdefault(self._seq + 1, []).append(fn)
 
+    def turn(self) -> int:
+        """The sequence number this turn's batch will have."""
+        return self._seq + 1
+
+    def settled(self, turn: int) -> bool:
+        """Everything proposed up to and including turn ``turn`` has been applied (and
+        its effects dispatched)."""
+        if turn > self._seq:
+            if self._batch:
+                return False
+            turn = self._seq
+        first = next(iter(self._in_flight), None)  # dict order is sequence order
+        return first is None or first > turn
+
     @property
     def in_flight(self) -> int:
         """Batches proposed and not yet applied."""

@@ -22,6 +22,7 @@ from pamqp import commands as spec
 
 from cluster import commands as c
 from cluster import effects as e
+from cluster.proposer import Proposer
 from node.config import Config
 from node.flow import FlowControl
 from node.login import Accepted, Attempt, Authenticator, Refused
@@ -64,6 +65,7 @@ class Node(Protocol):
     metrics: Metrics
     auth: Authenticator
     isolated: bool
+    proposer: Proposer
 
     def new_conn_no(self) -> int: ...
 
@@ -97,7 +99,8 @@ class AMQPConnection(asyncio.Protocol):
         )
         self.session = Session(self.key, self.proto, node.propose, node.after_apply,
                                self._write, node.metrics, clock=lambda: self._last_recv,
-                               flush=self._flush_writes, may_open_channel=node.may_open_channel)
+                               flush=self._flush_writes, may_open_channel=node.may_open_channel,
+                               turn=node.proposer.turn, settled=node.proposer.settled)
         self.session.max_consumers = self.cfg.max_consumers_per_channel
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None

@@ -49,7 +49,7 @@ class Channel:
     """Node-side channel state (the replicated part lives in the machine)."""
 
     __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "acked_upto",
-                 "unconfirmed", "early", "tx", "tx_commands", "closing")
+                 "unconfirmed", "early", "tx", "tx_commands", "closing", "last_turn")
 
     def __init__(self, number: int, key: c.ChKey) -> None:
         self.number = number
@@ -67,6 +67,7 @@ class Channel:
         self.tx = False
         self.tx_commands: list[c.Command] = []
         self.closing = False
+        self.last_turn = 0  # the proposer's turn in which this channel last proposed
 
 
 class Session:
@@ -75,9 +76,13 @@ class Session:
                  write: Callable[[bytes], None], counters: SessionCounters | None = None,
                  clock: Callable[[], float] = lambda: 0.0,
                  flush: Callable[[], None] = lambda: None,
-                 may_open_channel: Callable[[str], str | None] = lambda user: None) -> None:
+                 may_open_channel: Callable[[str], str | None] = lambda user: None,
+                 turn: Callable[[], int] = lambda: 0,
+                 settled: Callable[[int], bool] = lambda turn: True) -> None:
         """``write`` buffers a frame; ``flush`` sends what is buffered (needed only for
-        replies sent outside a dispatch, which flushes by itself)."""
+        replies sent outside a dispatch, which flushes by itself). ``turn`` and
+        ``settled`` are the proposer's (cluster/proposer.py): replies made here wait
+        behind the effects of what the channel proposed before."""
         self.conn = conn
         self.proto = proto
         self.propose = propose
@@ -85,6 +90,8 @@ class Session:
         self.write = write
         self.flush = flush
         self.may_open_channel = may_open_channel
+        self.turn = turn
+        self.settled = settled
         self.max_consumers = 0  # per channel (--max-consumers-per-channel)
         self.counters: SessionCounters = counters or Counters()
         self.clock = clock  # when the event being handled arrived
@@ -127,6 +134,23 @@ class Session:
             ch.tx_commands.append(cmd)
         else:
             self.propose(cmd)
+            ch.last_turn = self.turn()
+
+    def reply_in_order(self, ch: Channel, frame: bytes) -> None:
+        """A reply made here, not by the machine: it waits until what the channel sent
+        before has been applied and its effects (a basic.return, a get-ok) written, so
+        the channel's replies keep the order of its requests, as the spec asks."""
+        if self.settled(ch.last_turn):
+            self.write(frame)
+            return
+        number = ch.number
+
+        def reply() -> None:
+            if self.channels.get(number) is ch and not ch.closing:
+                self.write(frame)
+                self.flush()
+
+        self.after_apply(reply)
 
     def _on_publish(self, ev: MessagePublished) -> None:
         ch = self._open(ev.channel)
@@ -185,6 +209,8 @@ class Session:
         if handler is None:
             raise AMQPConnectionError(NOT_IMPLEMENTED, f"NOT_IMPLEMENTED - {m.name}", *_ids(m))
         handler(self, ch, m)
+        if handler not in _LOCAL:
+            ch.last_turn = self.turn()
 
     def channel_error(self, number: int, err: AMQPError) -> None:
         """A soft error the protocol layer raised for channel ``number``."""
@@ -314,7 +340,7 @@ def _confirm_select(s: Session, ch: Channel, m: Any) -> None:
                            "PRECONDITION_FAILED - cannot switch from tx to confirm mode", 85, 10)
     ch.confirm = True
     if not m.nowait:
-        s.write(s.proto.send_method(ch.number, build(spec.Confirm.SelectOk)))
+        s.reply_in_order(ch, s.proto.send_method(ch.number, build(spec.Confirm.SelectOk)))
 
 
 def _tx_select(s: Session, ch: Channel, m: Any) -> None:
@@ -322,7 +348,7 @@ def _tx_select(s: Session, ch: Channel, m: Any) -> None:
         raise ChannelError(ch.number, PRECONDITION_FAILED,
                            "PRECONDITION_FAILED - cannot switch from confirm to tx mode", 90, 10)
     ch.tx = True
-    s.write(s.proto.send_method(ch.number, build(spec.Tx.SelectOk)))
+    s.reply_in_order(ch, s.proto.send_method(ch.number, build(spec.Tx.SelectOk)))
 
 
 def _tx_commit(s: Session, ch: Channel, m: Any) -> None:
@@ -348,7 +374,7 @@ def _tx_rollback(s: Session, ch: Channel, m: Any) -> None:
         raise ChannelError(ch.number, PRECONDITION_FAILED,
                            "PRECONDITION_FAILED - channel is not transactional", 90, 30)
     ch.tx_commands = []
-    s.write(s.proto.send_method(ch.number, build(spec.Tx.RollbackOk)))
+    s.reply_in_order(ch, s.proto.send_method(ch.number, build(spec.Tx.RollbackOk)))
 
 
 def _ignore(s: Session, ch: Channel, m: Any) -> None:
@@ -379,6 +405,8 @@ _METHODS: dict[type, Callable[[Session, Channel, Any], None]] = {
     spec.Tx.Rollback: _tx_rollback,
     spec.Basic.CancelOk: _ignore,
 }
+# Handlers that propose nothing (their replies go through reply_in_order).
+_LOCAL = frozenset({_confirm_select, _tx_select, _tx_rollback, _ignore})
 
 
 # --- effects --------------------------------------------------------------------------

@@ -358,12 +358,16 @@ def queue_delete(state: State, ch: Channel, cmd: C.QueueDelete, out: list[Effect
     access.check(state, ch, CONFIGURE, "queue", name, m)
     q = state.vhosts[ch.vhost].queues.get(name)
     count = 0
+    cancels: list[Effect] = []
     if q is not None:
         check_exclusive(q, ch, m)
         if cmd.if_unused and q.consumers:
             raise error(E.PRECONDITION_FAILED, f"{rs('queue', name, ch.vhost)} in use", m)
         if cmd.if_empty and q.ready_count():
             raise error(E.PRECONDITION_FAILED, f"{rs('queue', name, ch.vhost)} not empty", m)
-        count = delete_queue(state, q, out)
+        count = delete_queue(state, q, cancels)
     if not cmd.nowait:
+        # delete-ok first, then the basic.cancel of the queue's consumers: RabbitMQ's
+        # order, on the deleting channel too (its queue process cancels them afterwards)
         out.append(QueueDeleteOk(ch.key, count))
+    out.extend(cancels)

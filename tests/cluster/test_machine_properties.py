@@ -442,11 +442,12 @@ class MachineLog(RuleBasedStateMachine):
         was_open = ch in self.open_chs
         eff = self.ch_cmd(ch, C.QueueDelete(ch, q, False, False, False))
         if was_open:
+            # delete-ok, then only the cancels of the queue's consumers (RabbitMQ's order)
+            (i_ok,) = [i for i, e in enumerate(eff) if isinstance(e, E.QueueDeleteOk)]
+            assert all(isinstance(e, E.ConsumerCancelled) for e in eff[i_ok + 1:])
             if self.predictable(q) or q not in self.model_queues:
-                assert eff[-1] == E.QueueDeleteOk(ch, len(ready) if q in self.model_queues
-                                                  else 0)
-            else:
-                assert isinstance(eff[-1], E.QueueDeleteOk)
+                assert eff[i_ok] == E.QueueDeleteOk(ch, len(ready) if q in self.model_queues
+                                                    else 0)
             if q in self.model_queues:
                 self.follow(eff, None)  # deliveries made before the deletion (expiry)
                 eff = []

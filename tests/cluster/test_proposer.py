@@ -186,6 +186,22 @@ def test_batches_name_their_predecessor(node: Node, cluster: FakeCluster) -> Non
     assert once.after == 0 and b.after == a.seq and a.after == a.seq - 1
 
 
+def test_settled_says_when_a_turns_commands_are_applied(node: Node,
+                                                       cluster: FakeCluster) -> None:
+    p = node.proposer
+    idle = p.turn()
+    assert p.settled(idle)  # nothing proposed in it
+    p.propose(enq(CH, "q", b"a"))
+    turn = p.turn()
+    assert not p.settled(turn)  # not even sealed
+    cluster.auto_commit = False
+    p.flush()
+    assert not p.settled(turn) and p.turn() == turn + 1
+    cluster.commit_all()
+    p.run()
+    assert p.settled(turn) and p.settled(p.turn())
+
+
 def test_a_lost_callback_is_harmless(node: Node, cluster: FakeCluster) -> None:
     """The entry applied but this node never heard (pysyncobj dropped the callback): the
     resubmission applies as a duplicate, and the next report completes it."""

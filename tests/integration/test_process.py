@@ -75,7 +75,7 @@ def test_other_ports_in_use_stop_start_up(tmp_path: Path, taken_kind: str) -> No
         taken.listen()
         port = taken.getsockname()[1]
         kw = {f"{taken_kind}_port": port}
-        node = RaftMQNode(tmp_path / "n1", **kw)  # type: ignore[arg-type]
+        node = RaftMQNode(tmp_path / "n1", **kw)
         node.start(wait=False)
         try:
             code = exit_code_within(node, 15)

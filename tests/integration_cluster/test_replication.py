@@ -282,3 +282,14 @@ async def test_whole_cluster_kill9_mid_stream(cluster: RaftMQCluster, restart: s
         assert mine == sorted(mine, key=order.__getitem__), f"producer {prefix}: out of publish order"
     unconfirmed_back = set(got) - confirmed
     assert len(unconfirmed_back) <= len(producers), unconfirmed_back  # one in flight each
+
+
+def test_replies_keep_request_order_on_a_follower(cluster: RaftMQCluster) -> None:
+    """On a follower a confirm.select-ok made by the node waits behind the basic.return of
+    the publish sent before it (it came first once the round trip to the leader was in
+    the way), and a queue.delete-ok comes before the cancel of that channel's consumer."""
+    from tests.integration.test_ordering import delete_ok_before_cancel, returns_before_select_ok
+
+    follower = cluster.followers()[0]
+    returns_before_select_ok(follower.host, follower.amqp_port)
+    delete_ok_before_cancel(follower.host, follower.amqp_port, "order-q")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from pamqp import commands as spec
+from pamqp import frame as pframe
 
 from cluster import effects as E
 from protocol.methods import build
-from tests.node.inproc import Client, InProcessNode
+from tests.node.inproc import Client, InProcessNode, _header
 
 
 @pytest.fixture
@@ -128,3 +130,45 @@ async def test_tx_commit_is_one_entry(node: InProcessNode) -> None:
     assert names(c.frames()) == ["Tx.CommitOk"]
     assert len(node.cluster.log) == before + 1
     assert node.raft.state.vhosts["/"].queues["tx"].ready_count() == 4
+
+
+async def test_select_ok_waits_behind_the_return_of_an_earlier_publish(
+        node: InProcessNode) -> None:
+    """A reply made by the node (confirm.select-ok, tx.select-ok) keeps its place among
+    the channel's replies: the basic.return of a mandatory publish sent before it comes
+    first, as from RabbitMQ."""
+    c = node.client()
+    await c.open((1, 2))
+    for ch, select in ((1, build(spec.Confirm.Select, False)), (2, build(spec.Tx.Select))):
+        c.method(ch, build(spec.Basic.Publish, 0, "", "nowhere", True, False))
+        c.send(pframe.marshal(_header(1), ch))
+        c.send(struct.pack(">BHI", 3, ch, 1) + b"x" + b"\xce")
+        c.method(ch, select)
+    await node.settle()
+    by_channel: dict[int, list[str]] = {1: [], 2: []}
+    for ch, f in c.frames():
+        if f.name not in ("ContentHeader", "ContentBody"):
+            by_channel[ch].append(f.name)
+    assert by_channel == {1: ["Basic.Return", "Confirm.SelectOk"],
+                          2: ["Basic.Return", "Tx.SelectOk"]}
+
+
+async def test_a_select_on_an_idle_channel_is_answered_at_once(node: InProcessNode) -> None:
+    c = node.client()
+    await c.open()
+    await node.settle()
+    c.method(1, build(spec.Confirm.Select, False))
+    assert names(c.frames()) == ["Confirm.SelectOk"]  # written before any Raft turn
+
+
+async def test_delete_ok_comes_before_the_cancel_of_the_deleting_channels_consumer(
+        node: InProcessNode) -> None:
+    c = node.client()
+    await c.open()
+    await declare(c, "doomed")
+    c.method(1, build(spec.Basic.Consume, 0, "doomed", "tag", False, False))
+    await node.settle()
+    assert names(c.frames()) == ["Basic.ConsumeOk"]
+    c.method(1, build(spec.Queue.Delete, 0, "doomed", False, False, False))
+    await node.settle()
+    assert names(c.frames()) == ["Queue.DeleteOk", "Basic.Cancel"]
