@@ -289,6 +289,16 @@ class Flow(Command):
     active: bool
 
 
+@_command(39)
+class Sent(Command):
+    """The node wrote ``count`` more deliveries of the no-ack consumer ``consumer_tag`` to
+    its client's socket: that much of the consumer's window is free again."""
+
+    ch: ChKey
+    consumer_tag: str
+    count: int
+
+
 # --- users, virtual hosts, permissions, limits (the management API proposes these) ----
 
 

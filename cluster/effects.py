@@ -138,6 +138,7 @@ class Deliver(Effect):
     routing_key: str
     properties: bytes
     body: bytes
+    no_ack: bool = False  # the node reports these back with Sent once written
 
 
 @_ef

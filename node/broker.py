@@ -176,6 +176,10 @@ class Broker:
     def channel_count(self) -> int:
         return sum(len(c.channels) for c in self.connections.values())
 
+    def output_buffered(self) -> list[int]:
+        """Bytes written to each connection's socket and not yet taken by the kernel."""
+        return [c.flow.buffered for c in self.connections.values() if c.flow is not None]
+
     def queue_stats(self) -> Iterable[tuple[str, str, int, int, int]]:
         return machine.queue_stats(self.raft.state)
 

@@ -203,25 +203,35 @@ class AMQPConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.flow is not None:
+            self.node.metrics.write_pauses += 1
             self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.flow is not None:
-            self.flow.resume_writing()
+        if self.flow is not None and self.flow.resume_writing():
+            self._reading_resumed()
 
     def _writable(self, writable: bool) -> None:
         """The client stopped (or resumed) taking what we write: deliveries to it stop
         in the state machine (node/flow.py)."""
         if self.opened and not self.closed:
             self.node.propose(c.ConnectionFlow(self.key, writable))
+            self.session.set_writable(writable)
 
     def pause_reading(self, reason: str = "flow") -> None:
         if self.flow is not None and not self.closed:
             self.flow.pause_reading(reason)
 
     def resume_reading(self, reason: str = "flow") -> None:
-        if self.flow is not None and self.flow.resume_reading(reason) and self.proto.incomplete:
-            self._stall_since = time.monotonic()  # our pause, not the client's stall
+        if self.flow is not None and self.flow.resume_reading(reason):
+            self._reading_resumed()
+
+    def _reading_resumed(self) -> None:
+        # Our pause, not the client's silence: neither a stalled frame nor missed
+        # heartbeats while it lasted.
+        now = time.monotonic()
+        self._last_recv = max(self._last_recv, now)
+        if self.proto.incomplete:
+            self._stall_since = now
 
     @property
     def reading_paused(self) -> bool:
@@ -410,7 +420,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def _heartbeat(self, interval: int) -> None:
         now = time.monotonic()
-        if now - self._last_recv > 2 * interval:
+        if now - self._last_recv > 2 * interval and not self.reading_paused:
             log.info("connection %s missed heartbeats; closing", self.peer)
             self._drop()
             return
@@ -444,6 +454,8 @@ class AMQPConnection(asyncio.Protocol):
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(self._out)
             self._last_send = time.monotonic()
+            if self.flow is not None and self.flow.write_paused:
+                self.flow.wrote()
         self._out.clear()
 
     def _drain(self) -> None:

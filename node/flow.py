@@ -8,7 +8,8 @@
   that deliveries to this connection stop at the source, in the state machine,
   instead of piling up here; they resume when the buffer drains below the
   low-water mark (``on_writable(True)``). Messages meanwhile stay in their
-  queues, ready for other consumers.
+  queues, ready for other consumers. Past ``OUTPUT_MAX`` (replies to a client
+  that keeps sending requests and reads nothing) its input is not read either.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from collections.abc import Callable
 # The transport's write buffer: pause deliveries above HIGH bytes, resume below LOW.
 WRITE_HIGH = 1 << 20
 WRITE_LOW = 256 << 10
+# Above this much unsent output the client's input is not read either: its requests
+# would only add replies (a client that sends and never reads cannot grow the buffer
+# past this by more than one reply). Lifted when the buffer drains below WRITE_LOW.
+OUTPUT_MAX = 8 << 20
 
 
 class FlowControl:
@@ -55,10 +60,18 @@ class FlowControl:
             self.write_paused = True
             self._on_writable(False)
 
-    def resume_writing(self) -> None:
+    def resume_writing(self) -> bool:
+        """True if reading resumed with it (it had stopped for OUTPUT_MAX)."""
         if self.write_paused:
             self.write_paused = False
             self._on_writable(True)
+        return self.resume_reading("output")
+
+    def wrote(self) -> None:
+        """After a write: stop reading while the output is over OUTPUT_MAX."""
+        if self.write_paused and "output" not in self._read_pauses \
+                and self._transport.get_write_buffer_size() > OUTPUT_MAX:
+            self.pause_reading("output")
 
     @property
     def buffered(self) -> int:

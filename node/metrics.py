@@ -25,6 +25,8 @@ class Source(Protocol):
 
     def channel_count(self) -> int: ...
 
+    def output_buffered(self) -> list[int]: ...
+
     def queue_stats(self) -> Iterable[tuple[str, str, int, int, int]]: ...
 
     def raft_status(self) -> RaftStatus: ...
@@ -49,6 +51,18 @@ class _StateCollector(Collector):
         chans = GaugeMetricFamily("raftmq_channels", "Open AMQP channels on this node")
         chans.add_metric([], b.channel_count())
         yield chans
+        buffered = b.output_buffered()
+        for name, doc, value in (
+            ("raftmq_connection_output_bytes",
+             "Bytes written to client sockets and not yet sent, all connections",
+             sum(buffered)),
+            ("raftmq_connection_output_max_bytes",
+             "The largest unsent output of one connection (bounded: node/flow.py)",
+             max(buffered, default=0)),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            yield g
 
         ready = GaugeMetricFamily("raftmq_queue_messages_ready", "Messages ready for delivery",
                                   labels=["vhost", "queue"])
@@ -117,6 +131,8 @@ class Metrics:
         ("auth_failures", "Failed AMQP logins"),
         ("handshake_timeouts", "Connections closed for not completing the handshake in time"),
         ("frame_timeouts", "Connections closed for stalling inside a frame"),
+        ("write_pauses", "Times a client's socket stopped taking writes (deliveries to it "
+                         "paused)"),
     )
 
     def __init__(self, source: Source) -> None:
@@ -132,6 +148,7 @@ class Metrics:
         self.auth_failures = 0
         self.handshake_timeouts = 0
         self.frame_timeouts = 0
+        self.write_pauses = 0
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(source))
         self.registry.register(_CounterCollector(self))

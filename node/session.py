@@ -19,6 +19,7 @@ from pamqp import commands as spec
 
 from cluster import commands as c
 from cluster import effects as e
+from cluster.machine.features import NOACK_WINDOW
 from protocol.connection import ServerConnection
 from protocol.constants import NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITION_FAILED
 from protocol.errors import AMQPConnectionError, AMQPError, ChannelError
@@ -27,6 +28,10 @@ from protocol.fields import USER_ID, FieldError, short_property
 from protocol.frames import ack as ack_frame
 from protocol.frames import nack as nack_frame
 from protocol.methods import build
+
+# No-ack deliveries are reported written (c.Sent) in runs of at least this many: well
+# under the machine's window per consumer, so the window never closes for want of it.
+SENT_BATCH = NOACK_WINDOW // 4
 
 Propose = Callable[[c.Command], None]
 
@@ -49,7 +54,8 @@ class Channel:
     """Node-side channel state (the replicated part lives in the machine)."""
 
     __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "acked_upto",
-                 "unconfirmed", "early", "tx", "tx_commands", "closing", "last_turn")
+                 "unconfirmed", "early", "tx", "tx_commands", "closing", "last_turn",
+                 "sent")
 
     def __init__(self, number: int, key: c.ChKey) -> None:
         self.number = number
@@ -68,6 +74,8 @@ class Channel:
         self.tx_commands: list[c.Command] = []
         self.closing = False
         self.last_turn = 0  # the proposer's turn in which this channel last proposed
+        # no-ack deliveries written per consumer tag, not yet reported with Sent
+        self.sent: dict[str, int] = {}
 
 
 class Session:
@@ -101,6 +109,9 @@ class Session:
         self.last_publish = 0.0
         self.last_ack = 0.0
         self._generation = 0
+        # False while the socket takes no more writes: no-ack deliveries are reported
+        # written (freeing the consumer's window in the machine) only once it drains
+        self.writable = True
 
     # --- client -> node ---------------------------------------------------------------
 
@@ -235,6 +246,22 @@ class Session:
         for ch in self.channels.values():
             if ch.confirm_upto:
                 self._send_confirm_acks(ch)
+            if ch.sent and self.writable:
+                self._report_sent(ch, SENT_BATCH)
+
+    def _report_sent(self, ch: Channel, at_least: int) -> None:
+        for tag, n in list(ch.sent.items()):
+            if n >= at_least:
+                self.propose(c.Sent(ch.key, tag, n))
+                del ch.sent[tag]
+
+    def set_writable(self, writable: bool) -> None:
+        """The socket stopped (or resumed) taking writes."""
+        self.writable = writable
+        if writable:
+            for ch in self.channels.values():
+                if ch.sent:
+                    self._report_sent(ch, 1)
 
     def _send_confirm_acks(self, ch: Channel) -> None:
         upto = ch.confirm_upto
@@ -430,6 +457,8 @@ def _deliver(s: Session, ef: e.Deliver) -> None:
     s.write(s.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag, ef.redelivered,
                             ef.exchange, ef.routing_key, ef.properties, ef.body))
     s.counters.delivered += 1
+    if ef.no_ack:
+        ch.sent[ef.consumer_tag] = ch.sent.get(ef.consumer_tag, 0) + 1
 
 
 def _get_ok(s: Session, ef: e.GetOk) -> None:

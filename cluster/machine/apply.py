@@ -26,6 +26,7 @@ _CHANNEL_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.Recover: basic.recover,
     C.Qos: basic.qos,
     C.Flow: basic.flow,
+    C.Sent: basic.sent,
     C.ExchangeDeclare: topology.exchange_declare,
     C.ExchangeDelete: topology.exchange_delete,
     C.ExchangeBind: topology.exchange_bind,

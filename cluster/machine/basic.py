@@ -267,6 +267,18 @@ def qos(state: State, ch: Channel, cmd: C.Qos, out: list[Effect]) -> None:
         ch.consumer_prefetch = cmd.prefetch_count
 
 
+def sent(state: State, ch: Channel, cmd: C.Sent, out: list[Effect]) -> None:
+    """Deliveries of a no-ack consumer reached its socket: its window opens again."""
+    c = ch.consumers.get(cmd.consumer_tag)
+    if c is None or not c.no_ack or cmd.count <= 0:
+        return
+    c.sent = max(0, c.sent - cmd.count)
+    if c.active and not c.in_service:
+        touched: dict[int, Queue] = {}
+        reactivate(c, ch, state.queues[c.qid], touched)
+        run_touched(state, touched, out)
+
+
 def flow(state: State, ch: Channel, cmd: C.Flow, out: list[Effect]) -> None:
     ch.flow = cmd.active
     out.append(FlowOk(ch.key, cmd.active))

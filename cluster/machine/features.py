@@ -33,11 +33,16 @@ from protocol.fields import PRIORITY, FieldError, octet_property
 PRIO_SHIFT = 48
 
 
+# A no-ack consumer has no prefetch to bound what is handed to it: at most this many
+# deliveries on their way to its socket (RabbitMQ's credit_flow plays this part).
+NOACK_WINDOW = 1000
+
+
 def has_credit(c: Consumer, ch: Channel) -> bool:
     if not ch.flow or ch.paused:
         return False
     if c.no_ack:
-        return True
+        return c.sent < NOACK_WINDOW
     if c.prefetch and c.unacked >= c.prefetch:
         return False
     return not (ch.global_prefetch and ch.global_unacked >= ch.global_prefetch)
@@ -176,13 +181,15 @@ def run_slow(state: State, q: Queue, out: list[Effect], fresh: Msg | None = None
                 continue
             msg = pop_head(q)
             ch.last_tag = tag = ch.last_tag + 1
-            if not c.no_ack:
+            if c.no_ack:
+                c.sent += 1
+            else:
                 ch.unacked[tag] = (q, msg, c)
                 c.unacked += 1
                 ch.global_unacked += 1
                 q.unacked += 1
             out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.exchange,
-                               msg.routing_key, msg.properties, msg.body))
+                               msg.routing_key, msg.properties, msg.body, c.no_ack))
             if cprio:
                 insert_service(q, c)
             else:

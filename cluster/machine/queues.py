@@ -61,14 +61,16 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
             continue
         msg = heapq.heappop(q.returned)[1] if q.returned else q.ready.popleft()
         ch.last_tag = tag = ch.last_tag + 1
-        if not c.no_ack:
+        if c.no_ack:
+            c.sent += 1
+        else:
             ch.unacked[tag] = (q, msg, c)
             c.unacked += 1
             ch.global_unacked += 1
             q.unacked += 1
         out.append(
             Deliver(ch.key, c.tag, tag, msg.redelivered, msg.exchange, msg.routing_key,
-                    msg.properties, msg.body)
+                    msg.properties, msg.body, c.no_ack)
         )
         service.append(c)
 

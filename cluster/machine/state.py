@@ -82,6 +82,8 @@ class Consumer:
     in_service: bool = False  # currently in its queue's service deque
     active: bool = True  # False once cancelled (unacked entries may still point here)
     priority: int = 0  # x-priority consume argument: higher is served first
+    # no-ack deliveries the node has not yet reported written (Sent); at most NOACK_WINDOW
+    sent: int = 0
 
     def __setstate__(self, state: Any) -> None:
         _set_slots(self, state)

@@ -268,3 +268,20 @@ def test_connection_flow_holds_deliveries_in_the_queue(m: Machine) -> None:
     m.run(consume(CH2, "q", "late", no_ack=True))
     eff = m.run(C.ConnectionFlow(CH[:2], True))
     assert sorted(d.consumer_tag for d in of_type(eff, Deliver)) == ["late", "mine"]
+
+
+def test_a_no_ack_consumer_gets_at_most_its_window_until_the_node_reports_writes(
+        m: Machine) -> None:
+    """No prefetch bounds a no-ack consumer: NOACK_WINDOW deliveries are on their way at
+    most; the rest stay in the queue (for other consumers too) until Sent frees room."""
+    from cluster.machine.features import NOACK_WINDOW
+
+    m.run(q_declare(CH, "q"), *(enq(CH, "q", b"%d" % i) for i in range(NOACK_WINDOW + 50)))
+    eff = m.run(consume(CH, "q", "c", no_ack=True))
+    delivered = of_type(eff, Deliver)
+    assert len(delivered) == NOACK_WINDOW and all(d.no_ack for d in delivered)
+    assert list(queue_stats(m.state))[0][2] == 50  # ready, not lost
+    more = of_type(m.run(C.Sent(CH, "c", 30)), Deliver)
+    assert [d.body for d in more] == [b"%d" % i for i in range(NOACK_WINDOW, NOACK_WINDOW + 30)]
+    assert of_type(m.run(C.Sent(CH, "c", 10_000)), Deliver)  # over-reporting: floor at 0
+    assert of_type(m.run(C.Sent(CH, "nope", 5)), Deliver) == []  # unknown tag: ignored

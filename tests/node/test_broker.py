@@ -172,3 +172,34 @@ async def test_delete_ok_comes_before_the_cancel_of_the_deleting_channels_consum
     c.method(1, build(spec.Queue.Delete, 0, "doomed", False, False, False))
     await node.settle()
     assert names(c.frames()) == ["Queue.DeleteOk", "Basic.Cancel"]
+
+
+async def test_no_ack_consumer_window_is_refilled_as_deliveries_are_written(
+        node: InProcessNode) -> None:
+    """A no-ack consumer of a deep queue gets everything, NOACK_WINDOW at a time: the
+    node reports what it wrote (Sent) and the machine hands out more. While its socket
+    is paused the reports wait, so at most a window is on its way."""
+    from cluster.machine.features import NOACK_WINDOW
+
+    c, producer = node.client(), node.client()
+    await c.open()
+    await producer.open()
+    await declare(producer, "deep")
+    total = 3 * NOACK_WINDOW + 7
+    for i in range(total):
+        producer.publish(1, b"%d" % i, "deep")
+    await node.settle()
+    c.method(1, build(spec.Basic.Consume, 0, "deep", "t", False, True))  # no-ack
+    await node.settle(20)
+    assert names(c.frames()).count("Basic.Deliver") == total
+    for i in range(total):
+        producer.publish(1, b"again %d" % i, "deep")
+    c.conn.pause_writing()  # a client that stopped reading
+    await node.settle(20)
+    got = names(c.frames()).count("Basic.Deliver")
+    assert got <= NOACK_WINDOW
+    q = node.raft.state.vhosts["/"].queues["deep"]
+    assert q.ready_count() == total - got
+    c.conn.resume_writing()
+    await node.settle(20)
+    assert names(c.frames()).count("Basic.Deliver") == total - got
