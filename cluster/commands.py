@@ -115,6 +115,18 @@ class ConnectionFlow(Command):
     active: bool
 
 
+@_command(8)
+class AlarmSet(Command):
+    """A node's memory or disk alarm (``resource``) went on or off (node/alarms.py).
+    While any node has one, publishers are blocked cluster-wide. Ignored unless it is
+    about the node's current life; a node recorded down or up again has none."""
+
+    node: str
+    incarnation: int
+    resource: str
+    active: bool
+
+
 # --- topology ------------------------------------------------------------------------
 
 

@@ -194,6 +194,18 @@ def set_topic_permissions(api: Api, user: str, vhost: str, exchange: str, write:
     return 0
 
 
+def set_node_limit(api: Api, name: str, value: str) -> int:
+    """The memory watermark or disk free limit of the node the API address points at."""
+    node = api.request("GET", "/api/status")["node"]
+    key = name.replace("-", "_")
+    res = api.request("PUT", f"/api/nodes/{quote(node)}/limits", {key: value})
+    print(f"node {node}: {name} {value}: memory {res['mem_used'] >> 20} MiB used of "
+          f"{res['mem_limit'] >> 20} MiB{' (ALARM)' if res['mem_alarm'] else ''}, disk "
+          f"{res['disk_free'] >> 20} MiB free, limit {res['disk_free_limit'] >> 20} MiB"
+          f"{' (ALARM)' if res['disk_free_alarm'] else ''}")
+    return 0
+
+
 def set_limit(api: Api, kind: str, name: str, limit: str, value: int) -> int:
     path = "vhost-limits" if kind == "vhost" else "user-limits"
     if value < 0:

@@ -24,6 +24,7 @@ from cluster.effects import Deliver, Effect, Fault
 from cluster.machine import access
 from cluster.proposer import Proposer, target
 from cluster.replica import RaftStatus, Replica
+from node.alarms import Alarms, Monitor
 from node.config import Config, tls_context
 from node.connection import AMQPConnection
 from node.login import Authenticator
@@ -44,6 +45,8 @@ TICK_MIN_INTERVAL_MS = 20
 SWEEP_EVERY_S = 0.5
 # Acks stopped this long ago: consumers are stuck or gone, never block publishers on them.
 ACKS_STALLED_S = 0.25
+# How often the node measures its memory and free disk (node/alarms.py).
+ALARM_CHECK_S = 1.0
 
 
 def _default_raft(cfg: Config) -> Replica:
@@ -92,6 +95,11 @@ class Broker:
         self._flow_checked = 0.0
         self._acked_seen = 0
         self._acked_at = 0.0
+        self.alarms = Alarms(
+            Monitor(cfg.vm_memory_high_watermark, cfg.disk_free_limit, cfg.data_dir),
+            self.node_id, self.propose, lambda: self.raft.state.alarms, self._alarm_changed)
+        self.alarms.incarnation = self.incarnation
+        self._alarms_checked = 0.0
 
     # --- what connections need (node.connection.Node) --------------------------------
 
@@ -172,6 +180,15 @@ class Broker:
 
     def connection_count(self) -> int:
         return len(self.connections)
+
+    @property
+    def alarm(self) -> str | None:
+        """Why publishers are blocked (an alarm somewhere in the cluster), None if not."""
+        return self.alarms.reason
+
+    def _alarm_changed(self, reason: str | None) -> None:
+        for conn in list(self.connections.values()):
+            conn.alarm(reason)
 
     def channel_count(self) -> int:
         return sum(len(c.channels) for c in self.connections.values())
@@ -277,6 +294,11 @@ class Broker:
             if self.ready:
                 self.membership.check()
                 self._propose_tick()
+                if now - self._alarms_checked >= ALARM_CHECK_S:
+                    self._alarms_checked = now
+                    self.alarms.check()
+                else:
+                    self.alarms.update()
         finally:
             self._tick_handle = self.loop.call_later(IDLE_TICK_S, self._idle_tick)
 
@@ -376,6 +398,7 @@ class Broker:
         clients and everything in flight, and come back as a new incarnation."""
         self.close_clients("CONNECTION_FORCED - node was declared down by the cluster")
         self.incarnation = max(time.time_ns() // 1_000_000, self.incarnation + 1)
+        self.alarms.incarnation = self.incarnation
         self.proposer.new_life(self.incarnation)
         self._propose_node_up()
 

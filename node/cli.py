@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("limit")
     p.add_argument("value", type=int)
 
+    for name, what in (("vm-memory-high-watermark", "memory alarm threshold: a fraction "
+                        "such as 0.4 or a size such as 2GiB"),
+                       ("disk-free-limit", "disk alarm threshold: a size such as 1GB, or "
+                        "mem_relative:F")):
+        p = ssub.add_parser(name, parents=[common],
+                            help=f"this node's {what} (until it restarts)")
+        p.add_argument("value")
+
     clear = sub.add_parser("clear", help="clear a user's permissions in a vhost")
     csub2 = clear.add_subparsers(dest="what", required=True)
     p = csub2.add_parser("permissions", parents=[common])
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             return admin.set_user_tags(api, args.name, args.tags)
         if args.what == "password":
             return admin.change_password(api, args.name, args.new_password)
+        if args.what in ("vm-memory-high-watermark", "disk-free-limit"):
+            return admin.set_node_limit(api, args.what, args.value)
         return admin.set_limit(api, args.kind, args.name, args.limit, args.value)
     if args.command == "clear":
         return admin.clear_permissions(api, args.name, args.vhost)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from node import discovery
+from node import alarms, discovery
 
 
 class ConfigError(Exception):
@@ -160,6 +160,14 @@ OPTIONS: tuple[Option, ...] = (
            "inside a frame for longer (with heartbeats: nor for two heartbeat intervals), s"),
     Option("flow_high_water", _positive_int, "300",
            "pause publishers while a queue with consumers holds this many ready messages"),
+    Option("vm_memory_high_watermark", alarms.parse_memory_watermark,
+           alarms.DEFAULT_MEMORY_WATERMARK,
+           "memory alarm above this resident size: a fraction of the memory the node may use "
+           "(the cgroup limit, else RAM), or a size such as 2GiB; while any node is in alarm, "
+           "publishers are blocked cluster-wide"),
+    Option("disk_free_limit", alarms.parse_disk_limit, alarms.DEFAULT_DISK_FREE_LIMIT,
+           "disk alarm below this much free space in --data-dir: a size such as 1GB, or "
+           "mem_relative:F (F x the memory total)"),
     Option("snapshot_entries", _positive_int, "100000",
            "compact the Raft log after this many entries"),
     Option("snapshot_mib", _positive_int, "64",
@@ -235,6 +243,8 @@ class Config:
     tls_ciphers: str = ""
     handshake_timeout: float = 10.0
     flow_high_water: int = 300
+    vm_memory_high_watermark: alarms.Limit = alarms.Limit(0.4, relative=True)
+    disk_free_limit: alarms.Limit = alarms.Limit(50_000_000, relative=False)
     snapshot_entries: int = 100000
     snapshot_mib: int = 64
     fsync: bool = True

@@ -39,6 +39,7 @@ from protocol.errors import AMQPConnectionError, BadProtocolHeader, ChannelError
 from protocol.events import (
     NEED_DATA,
     HeartbeatReceived,
+    MessagePublished,
     MethodReceived,
     ProtocolHeaderReceived,
 )
@@ -66,6 +67,10 @@ class Node(Protocol):
     auth: Authenticator
     isolated: bool
     proposer: Proposer
+
+    @property
+    def alarm(self) -> str | None:
+        """Why publishers are blocked (node/alarms.py), None if they are not."""
 
     def new_conn_no(self) -> int: ...
 
@@ -109,6 +114,7 @@ class AMQPConnection(asyncio.Protocol):
         self.closed = False
         self._released = False  # unregistered, its ConnectionClose proposed
         self._draining = False  # close-ok sent: input is read and discarded
+        self.blocked = False  # held by an alarm (reading paused, connection.blocked sent)
         self.client_properties: dict[str, Any] = {}
         self.peer: tuple[Any, ...] | None = None
         self.tls = False
@@ -250,6 +256,9 @@ class AMQPConnection(asyncio.Protocol):
                         break
                     if getattr(ev, "channel", 0):
                         self.session.on_event(ev)
+                        if type(ev) is MessagePublished and self.node.alarm is not None \
+                                and not self.blocked:
+                            self.alarm(self.node.alarm)
                     else:
                         self._on_channel_zero(ev)
                 except ChannelError as err:
@@ -310,6 +319,34 @@ class AMQPConnection(asyncio.Protocol):
         else:
             raise AMQPConnectionError(COMMAND_INVALID, f"COMMAND_INVALID - unexpected {m.name}",
                                       m.frame_id >> 16, m.frame_id & 0xFFFF)
+
+    # --- alarms ----------------------------------------------------------------------
+
+    def alarm(self, reason: str | None) -> None:
+        """An alarm in the cluster (``reason``) or none any more. As RabbitMQ does, only a
+        connection that publishes is blocked: it is no longer read (its acks neither), and
+        a client that announced the capability gets connection.blocked / unblocked."""
+        if self.closed or not self.opened:
+            return
+        if reason is None:
+            if self.blocked:
+                self.blocked = False
+                if self._announces("connection.blocked"):
+                    self._write(self.proto.send_method(0, build(spec.Connection.Unblocked)))
+                    self._flush_writes()
+                self.resume_reading("alarm")
+            return
+        if self.blocked or not self.session.last_publish:
+            return  # not a publisher (yet): blocked at its first publish
+        self.blocked = True
+        self.pause_reading("alarm")
+        if self._announces("connection.blocked"):
+            self._write(self.proto.send_method(0, build(spec.Connection.Blocked, reason)))
+            self._flush_writes()
+
+    def _announces(self, capability: str) -> bool:
+        caps = self.client_properties.get("capabilities")
+        return isinstance(caps, dict) and caps.get(capability) is True
 
     # --- login ---------------------------------------------------------------------
 

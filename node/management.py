@@ -28,6 +28,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from cluster import commands as C
 from cluster import machine
 from cluster.replica import MembershipResult
+from node import alarms
 from node.login import Accepted, Attempt, Refused, is_loopback
 from node.passwords import ALGORITHMS, SHA256, hash_password, valid_hash
 
@@ -214,7 +215,51 @@ def status(broker: Broker) -> dict[str, Any]:
         "raft": asdict(st),
         "nodes": {name: asdict(info) for name, info in machine.nodes(broker.raft.state).items()},
         "connections": len(broker.connections),
+        **resources(broker),
     }
+
+
+def resources(broker: Broker) -> dict[str, Any]:
+    """Memory and disk, this node's alarms and every alarm in the cluster (RabbitMQ's
+    /api/nodes names: mem_used, mem_limit, mem_alarm, disk_free, disk_free_limit,
+    disk_free_alarm)."""
+    mon = broker.alarms.monitor
+    return {
+        "mem_used": mon.memory_used, "mem_limit": mon.memory_limit,
+        "mem_total": mon.memory_total, "mem_alarm": mon.active[alarms.MEMORY],
+        "vm_memory_high_watermark": str(mon.memory_watermark),
+        "disk_free": mon.disk_free, "disk_free_limit": mon.disk_free_limit,
+        "disk_free_alarm": mon.active[alarms.DISK],
+        "alarms": [{"node": node, "resource": resource}
+                   for node, resource in broker.alarms.in_force()],
+        "publishers_blocked": broker.alarm,
+    }
+
+
+@routes.put("/api/nodes/{node}/limits")
+@needs("administrator")
+async def put_node_limits(request: web.Request) -> web.Response:
+    """Change this node's memory watermark or disk free limit at run time, as
+    ``rabbitmqctl set_vm_memory_high_watermark`` / ``set_disk_free_limit`` (until the
+    node restarts: the command line or environment sets them at start-up)."""
+    broker = broker_of(request)
+    try:
+        if request.match_info["node"] != broker.node_id:
+            raise not_found(f"this is node {broker.node_id}: ask that node")
+        data = await body(request)
+        mon = broker.alarms.monitor
+        try:
+            if "vm_memory_high_watermark" in data:
+                mon.memory_watermark = alarms.parse_memory_watermark(
+                    str(data["vm_memory_high_watermark"]))
+            if "disk_free_limit" in data:
+                mon.disk_limit = alarms.parse_disk_limit(str(data["disk_free_limit"]))
+        except ValueError as e:
+            raise bad_request(str(e)) from None
+        broker.alarms.check()
+        return web.json_response(resources(broker))
+    except Refusal as r:
+        return r.response
 
 
 @routes.get("/api/status")

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cluster.replica import RaftStatus
+from node.alarms import RESOURCES, Alarms
 
 
 class Source(Protocol):
@@ -26,6 +27,9 @@ class Source(Protocol):
     def channel_count(self) -> int: ...
 
     def output_buffered(self) -> list[int]: ...
+
+    @property
+    def alarms(self) -> Alarms: ...
 
     def queue_stats(self) -> Iterable[tuple[str, str, int, int, int]]: ...
 
@@ -63,6 +67,27 @@ class _StateCollector(Collector):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], value)
             yield g
+
+        mon = b.alarms.monitor
+        for name, doc, value in (
+            ("raftmq_memory_used_bytes", "Resident memory of this node", mon.memory_used),
+            ("raftmq_memory_limit_bytes", "Memory high watermark of this node",
+             mon.memory_limit),
+            ("raftmq_disk_free_bytes", "Free disk space where the data directory is",
+             mon.disk_free),
+            ("raftmq_disk_free_limit_bytes", "Disk free space limit of this node",
+             mon.disk_free_limit),
+            ("raftmq_alarms_in_cluster", "Memory and disk alarms in force on any node "
+             "(publishers are blocked while there is one)", len(b.alarms.in_force())),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            yield g
+        alarm = GaugeMetricFamily("raftmq_alarm", "1 while this node's alarm is set",
+                                  labels=["resource"])
+        for resource in RESOURCES:
+            alarm.add_metric([resource], 1 if mon.active[resource] else 0)
+        yield alarm
 
         ready = GaugeMetricFamily("raftmq_queue_messages_ready", "Messages ready for delivery",
                                   labels=["vhost", "queue"])

@@ -47,6 +47,7 @@ _OTHER_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.ChannelOpen: lifecycle.channel_open,
     C.ChannelClose: lifecycle.channel_close,
     C.ConnectionFlow: lifecycle.connection_flow,
+    C.AlarmSet: lifecycle.alarm_set,
     C.Tick: expiry.tick,
     C.Bootstrap: access.bootstrap,
     C.UserPut: access.user_put,

@@ -135,10 +135,27 @@ def _forget_node(state: State, node: str, doomed: object, out: list[Effect]) -> 
                 delete_exchange(state, vh, ex, out)
 
 
+def alarm_set(state: State, cmd: C.AlarmSet, out: list[Effect]) -> None:
+    info = state.nodes.get(cmd.node)
+    if info is None or info.down or info.incarnation != cmd.incarnation:
+        return  # about a life that is over, or not yet announced
+    key = (cmd.node, cmd.resource)
+    if cmd.active:
+        state.alarms[key] = None
+    else:
+        state.alarms.pop(key, None)
+
+
+def _clear_alarms(state: State, node: str) -> None:
+    for key in [k for k in state.alarms if k[0] == node]:
+        del state.alarms[key]
+
+
 def node_up(state: State, cmd: C.NodeUp, out: list[Effect]) -> None:
     info = state.nodes.get(cmd.node)
     if info is not None and cmd.incarnation < info.incarnation:
         return  # stale
+    _clear_alarms(state, cmd.node)  # a new life raises its alarms again if it has any
     state.nodes[cmd.node] = NodeInfo(cmd.incarnation, False, cmd.raft_address, cmd.http_address)
     inc = cmd.incarnation
     _forget_node(state, cmd.node, lambda i: i != inc, out)
@@ -152,5 +169,6 @@ def node_down(state: State, cmd: C.NodeDown, out: list[Effect]) -> None:
         return  # about a life that is already over (or not yet seen)
     state.nodes[cmd.node] = NodeInfo(cmd.incarnation, True, info.raft_address if info else "",
                                      info.http_address if info else "")
+    _clear_alarms(state, cmd.node)  # a node that is down blocks nobody
     inc = cmd.incarnation
     _forget_node(state, cmd.node, lambda i: i <= inc, out)
