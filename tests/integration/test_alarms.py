@@ -84,8 +84,11 @@ def test_memory_alarm_blocks_publishers_not_consumers(alarm_node: RaftMQNode,
         # a consumer (it never published) consumes and acks meanwhile
         cch = consumer.channel()
         got: list[bytes] = []
-        cch.basic_consume("alarm-q", lambda ch, m, p, body: (got.append(body),
-                                                             ch.basic_ack(m.delivery_tag)))
+        def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
+            got.append(body)
+            ch.basic_ack(method.delivery_tag)
+
+        cch.basic_consume("alarm-q", on_message)
         pump_until(consumer, lambda: len(got) >= 3)
         consumer.process_data_events(time_limit=0.5)
         assert got == [b"before 0", b"before 1", b"before 2"]
