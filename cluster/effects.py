@@ -9,9 +9,10 @@ than once across a leader change, so the node treats them idempotently.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeVar, dataclass_transform
+from typing import Any, TypeVar, dataclass_transform
 
 from cluster.commands import ChKey, ConnKey
+from cluster.store import Record
 
 
 class Effect:
@@ -113,32 +114,57 @@ class GetEmpty(Effect):
     ch: ChKey
 
 
+class Stored(Effect):
+    """An effect carrying a stored message: its bytes are read from the message store
+    (cluster/store.py) when the node writes the frame, not copied into the effect."""
+
+    __slots__ = ()
+    msg_id: int
+    store: Any
+
+    def record(self) -> Record:
+        rec: Record = self.store.read(self.msg_id)
+        return rec
+
+    @property
+    def exchange(self) -> str:
+        return self.record()[0]
+
+    @property
+    def routing_key(self) -> str:
+        return self.record()[1]
+
+    @property
+    def properties(self) -> bytes:
+        return self.record()[2]
+
+    @property
+    def body(self) -> bytes:
+        return self.record()[3]
+
+
 @_ef
-class GetOk(Effect):
+class GetOk(Stored):
     ch: ChKey
     delivery_tag: int
     redelivered: bool
-    exchange: str
-    routing_key: str
     message_count: int  # messages left ready in the queue
-    properties: bytes
-    body: bytes
+    msg_id: int
+    store: Any = field(default=None, compare=False, repr=False)
 
 
 # --- asynchronous ----------------------------------------------------------------------
 
 
 @_ef
-class Deliver(Effect):
+class Deliver(Stored):
     ch: ChKey
     consumer_tag: str
     delivery_tag: int
     redelivered: bool
-    exchange: str
-    routing_key: str
-    properties: bytes
-    body: bytes
+    msg_id: int
     no_ack: bool = False  # the node reports these back with Sent once written
+    store: Any = field(default=None, compare=False, repr=False)
 
 
 @_ef

@@ -454,8 +454,9 @@ def _deliver(s: Session, ef: e.Deliver) -> None:
     ch = s.live(ef.ch)
     if ch is None:
         return  # the channel is closing: the machine requeues on ChannelClose
+    exchange, routing_key, properties, body = ef.store.read(ef.msg_id)
     s.write(s.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag, ef.redelivered,
-                            ef.exchange, ef.routing_key, ef.properties, ef.body))
+                            exchange, routing_key, properties, body))
     s.counters.delivered += 1
     if ef.no_ack:
         ch.sent[ef.consumer_tag] = ch.sent.get(ef.consumer_tag, 0) + 1
@@ -465,8 +466,9 @@ def _get_ok(s: Session, ef: e.GetOk) -> None:
     ch = s.live(ef.ch)
     if ch is None:
         return
-    s.write(s.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, ef.exchange,
-                           ef.routing_key, ef.message_count, ef.properties, ef.body))
+    exchange, routing_key, properties, body = ef.store.read(ef.msg_id)
+    s.write(s.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, exchange,
+                           routing_key, ef.message_count, properties, body))
     s.counters.delivered += 1
 
 

@@ -20,7 +20,7 @@ from cluster.machine import access
 from cluster.machine import errors as E
 from cluster.machine.access import READ, WRITE
 from cluster.machine.errors import error, rs
-from cluster.machine.features import enqueue, expire_head, pop_head, run_slow
+from cluster.machine.features import enqueue, expire_head, message_priority, pop_head, run_slow
 from cluster.machine.qargs import consumer_priority, parse_expiration, validate_consume_args
 from cluster.machine.queues import (
     reactivate,
@@ -76,24 +76,28 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
     props = cmd.properties
     # the expiration property's flag bit (0x0100) is bit 0 of the first flags byte
     msg_ttl = _message_ttl(props) if props and props[0] & 1 else None
-    msg_id = state.next_msg_id
-    state.next_msg_id = msg_id + 1
     refused = False
-    if msg_ttl is None:
-        for q in targets:
-            if q.slow:
-                if not enqueue(state, q, Msg(msg_id, name, cmd.routing_key, props, cmd.body),
-                               None, out):
+    if targets:
+        msg_id = state.next_msg_id
+        state.next_msg_id = msg_id + 1
+        # the bytes once, one reference per queue (enqueue takes a queue's reference)
+        state.store.put(msg_id, name, cmd.routing_key, props, cmd.body, len(targets))
+        size = len(cmd.body)
+        if msg_ttl is None:
+            for q in targets:
+                if q.slow:
+                    if not enqueue(state, q, Msg(msg_id, size, message_priority(q, props)),
+                                   None, out):
+                        refused = True
+                else:
+                    q.ready.append(Msg(msg_id, size))
+                    if q.service:
+                        run_fast(state, q, out)
+        else:
+            for q in targets:
+                if not enqueue(state, q, Msg(msg_id, size, message_priority(q, props)),
+                               msg_ttl, out):
                     refused = True
-            else:
-                q.ready.append(Msg(msg_id, name, cmd.routing_key, props, cmd.body))
-                if q.service:
-                    run_fast(state, q, out)
-    else:
-        for q in targets:
-            if not enqueue(state, q, Msg(msg_id, name, cmd.routing_key, props, cmd.body),
-                           msg_ttl, out):
-                refused = True
     if not targets and cmd.mandatory:
         out.append(Return(ch.key, 312, "NO_ROUTE", name, cmd.routing_key, props, cmd.body))
     if cmd.confirm_seq:
@@ -175,10 +179,11 @@ def get(state: State, ch: Channel, cmd: C.Get, out: list[Effect]) -> None:
         # basic.get ignores prefetch and is tied to no consumer
         ch.unacked[tag] = (q, msg, None)
         q.unacked += 1
+    else:
+        state.store.release(msg.id)  # readable until the node has written the get-ok
     if slow:
         expire_head(state, q)
-    out.append(GetOk(ch.key, tag, msg.redelivered, msg.exchange, msg.routing_key,
-                     q.ready_count(), msg.properties, msg.body))
+    out.append(GetOk(ch.key, tag, msg.redelivered, q.ready_count(), msg.id, state.store))
     if slow:
         run_slow(state, q, out)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from cluster import commands as C
 from cluster.effects import Effect
 from cluster.machine.deadletter import is_cycle, record_death
-from cluster.machine.features import enqueue, expire_head, queue_deadline
+from cluster.machine.features import enqueue, expire_head, message_priority, queue_deadline
 from cluster.machine.queues import delete_queue
 from cluster.machine.routing import route
 from cluster.machine.state import Msg, Queue, State
@@ -77,8 +77,10 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
     vh = state.vhosts.get(vhost)
     if vh is None:
         return
-    rk = dlrk if dlrk is not None else msg.routing_key
-    props, deaths = record_death(msg.properties, reason, qname, msg.exchange, msg.routing_key,
+    # released when it left its queue; readable until the node's next collect
+    exchange, routing_key, properties, body = state.store.read(msg.id)
+    rk = dlrk if dlrk is not None else routing_key
+    props, deaths = record_death(properties, reason, qname, exchange, routing_key,
                                  state.now_ms // 1000, dlrk is not None)
     targets: list[Queue]
     if dlx == "":
@@ -96,5 +98,6 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
         return
     msg_id = state.next_msg_id
     state.next_msg_id = msg_id + 1
+    state.store.put(msg_id, dlx, rk, props, body, len(targets))
     for t in targets:
-        enqueue(state, t, Msg(msg_id, dlx, rk, props, msg.body), None, out)
+        enqueue(state, t, Msg(msg_id, len(body), message_priority(t, props)), None, out)

@@ -51,14 +51,20 @@ def has_credit(c: Consumer, ch: Channel) -> bool:
 # --- ready messages ------------------------------------------------------------------
 
 
-def prio_key(q: Queue, msg: Msg) -> int:
+def message_priority(q: Queue, properties: bytes) -> int:
+    """The priority property (0 if absent), where ``q`` is a priority queue; capped at
+    its x-max-priority."""
+    if not q.max_priority or not properties or not properties[0] & 0x08:
+        return 0
     try:
-        p = octet_property(msg.properties, PRIORITY) or 0
+        p = octet_property(properties, PRIORITY) or 0
     except FieldError:
         p = 0  # only a replica of an old log can hold one: the edge validates
-    if p > q.max_priority:
-        p = q.max_priority
-    return ((q.max_priority - p) << PRIO_SHIFT) | msg.id
+    return min(p, q.max_priority)
+
+
+def prio_key(q: Queue, msg: Msg) -> int:
+    return ((q.max_priority - msg.priority) << PRIO_SHIFT) | msg.id
 
 
 def peek(q: Queue) -> Msg:
@@ -72,29 +78,30 @@ def push_ready(q: Queue, msg: Msg) -> None:
     else:
         q.ready.append(msg)
     if q.max_length_bytes is not None:
-        q.ready_bytes += len(msg.body)
+        q.ready_bytes += msg.size
 
 
 def push_returned(q: Queue, msg: Msg) -> None:
     """A returned message back at the head (of its priority), in original order."""
     heapq.heappush(q.returned, (prio_key(q, msg) if q.max_priority else msg.id, msg))
     if q.max_length_bytes is not None:
-        q.ready_bytes += len(msg.body)
+        q.ready_bytes += msg.size
 
 
 def pop_head(q: Queue) -> Msg:
     msg = heapq.heappop(q.returned)[1] if q.returned else q.ready.popleft()
     if q.max_length_bytes is not None:
-        q.ready_bytes -= len(msg.body)
+        q.ready_bytes -= msg.size
     return msg
 
 
 def dead_letter(state: State, q: Queue, msg: Msg, reason: str) -> None:
     """``msg`` leaves ``q`` for ``reason`` (rejected / expired / maxlen): republish it
     to the queue's dead-letter exchange, if any, once the current command is done
-    (``expiry.flush_dead_letters``); without one it is dropped."""
+    (``expiry.flush_dead_letters``, as a new message); without one it is dropped."""
     if q.dlx is not None:
         state.dl_pending.append((q.vhost, q.name, q.dlx, q.dlrk, msg, reason))
+    state.store.release(msg.id)  # still readable while the command republishes it
 
 
 def expire_head(state: State, q: Queue, fresh: Msg | None = None) -> None:
@@ -183,13 +190,14 @@ def run_slow(state: State, q: Queue, out: list[Effect], fresh: Msg | None = None
             ch.last_tag = tag = ch.last_tag + 1
             if c.no_ack:
                 c.sent += 1
+                state.store.release(msg.id)
             else:
                 ch.unacked[tag] = (q, msg, c)
                 c.unacked += 1
                 ch.global_unacked += 1
                 q.unacked += 1
-            out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.exchange,
-                               msg.routing_key, msg.properties, msg.body, c.no_ack))
+            out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.id, c.no_ack,
+                               state.store))
             if cprio:
                 insert_service(q, c)
             else:
@@ -203,8 +211,9 @@ def run_slow(state: State, q: Queue, out: list[Effect], fresh: Msg | None = None
 
 def enqueue(state: State, q: Queue, msg: Msg, msg_ttl: int | None,
             out: list[Effect]) -> bool:
-    """A newly published (or dead-lettered) message arrives at ``q``. False when the
-    queue refuses it (x-overflow reject-publish / reject-publish-dlx)."""
+    """A newly published (or dead-lettered) message arrives at ``q``, which takes over
+    one reference to its bytes. False when the queue refuses it (x-overflow
+    reject-publish / reject-publish-dlx): the reference is let go then."""
     ttl = q.message_ttl
     if msg_ttl is not None and (ttl is None or msg_ttl < ttl):
         ttl = msg_ttl
@@ -213,9 +222,11 @@ def enqueue(state: State, q: Queue, msg: Msg, msg_ttl: int | None,
         q.slow = True
     if q.slow:
         expire_head(state, q)
-        if q.overflow != "drop-head" and over_limit(q, 1, len(msg.body)):
+        if q.overflow != "drop-head" and over_limit(q, 1, msg.size):
             if q.overflow == "reject-publish-dlx":
                 dead_letter(state, q, msg, "maxlen")
+            else:
+                state.store.release(msg.id)
             return False
     push_ready(q, msg)
     run_slow(state, q, out, fresh=msg)

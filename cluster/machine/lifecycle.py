@@ -38,8 +38,8 @@ def close_channels(state: State, chs: list[Channel], out: list[Effect]) -> None:
             remove_consumer(state, c, out, notify=False, touched=touched)
     for ch in chs:
         for q, msg, _c in ch.unacked.values():
+            return_msg(state, q, msg)
             if not q.deleted:
-                return_msg(q, msg)
                 touched[q.qid] = q
         ch.unacked.clear()
         ch.global_unacked = 0

@@ -53,6 +53,7 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
     """run_queue for a plain queue (``not q.slow``): the hot path."""
     service = q.service
     channels = state.channels
+    store = state.store
     while service and (q.ready or q.returned):
         c = service.popleft()
         ch = channels[c.ch]
@@ -63,15 +64,13 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
         ch.last_tag = tag = ch.last_tag + 1
         if c.no_ack:
             c.sent += 1
+            store.release(msg.id)  # readable until the node has written the delivery
         else:
             ch.unacked[tag] = (q, msg, c)
             c.unacked += 1
             ch.global_unacked += 1
             q.unacked += 1
-        out.append(
-            Deliver(ch.key, c.tag, tag, msg.redelivered, msg.exchange, msg.routing_key,
-                    msg.properties, msg.body, c.no_ack)
-        )
+        out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.id, c.no_ack, store))
         service.append(c)
 
 
@@ -101,9 +100,11 @@ def run_touched(state: State, touched: dict[int, Queue], out: list[Effect]) -> N
             run_queue(state, q, out)
 
 
-def return_msg(q: Queue, msg: Msg) -> None:
-    """A checked-out message goes back to the queue head (redelivered)."""
+def return_msg(state: State, q: Queue, msg: Msg) -> None:
+    """A checked-out message goes back to the queue head (redelivered); gone with its
+    queue if that was deleted meanwhile."""
     if q.deleted:
+        state.store.release(msg.id)
         return
     q.unacked -= 1
     msg.redelivered = True
@@ -119,15 +120,20 @@ def release(state: State, ch: Channel, tags: list[int], requeue: bool,
     """Settle (ack, or nack without requeue) or return the given unacked tags.
     ``reject``: a nack/reject without requeue, which dead-letters."""
     unacked = ch.unacked
+    store = state.store
     for tag in tags:
         q, msg, c = unacked.pop(tag)
         if requeue:
-            return_msg(q, msg)
+            return_msg(state, q, msg)
             touched[q.qid] = q
-        elif not q.deleted:
+        elif q.deleted:
+            store.release(msg.id)
+        else:
             q.unacked -= 1
             if reject and q.dlx is not None:
                 dead_letter(state, q, msg, "rejected")
+            else:
+                store.release(msg.id)
         if c is not None:
             c.unacked -= 1
             ch.global_unacked -= 1
@@ -172,6 +178,18 @@ def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool,
         touch(state, q)
 
 
+def drop_ready(state: State, q: Queue) -> None:
+    """Every ready message of ``q`` goes (purge, deletion), its bytes with it."""
+    release = state.store.release
+    for msg in q.ready:
+        release(msg.id)
+    for _key, msg in q.returned:
+        release(msg.id)
+    q.ready.clear()
+    q.returned.clear()
+    q.ready_bytes = 0
+
+
 def delete_queue(state: State, q: Queue, out: list[Effect]) -> int:
     """Delete ``q``: cancel its consumers (ConsumerCancelled: channels being
     closed have already dropped theirs), drop its bindings and messages. Returns
@@ -192,8 +210,7 @@ def delete_queue(state: State, q: Queue, out: list[Effect]) -> int:
             out.append(ConsumerCancelled(c.ch, c.tag))
     q.consumers.clear()
     q.service.clear()
-    q.ready.clear()
-    q.returned.clear()
+    drop_ready(state, q)
     if q.exclusive_owner is not None:
         conn = state.conns.get(q.exclusive_owner)
         if conn is not None:

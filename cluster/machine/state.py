@@ -20,6 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from cluster.commands import ChKey, ConnKey
+from cluster.store import MemoryStore
 
 # A binding destination: (is_exchange, name).
 Dest = tuple[bool, str]
@@ -52,21 +53,44 @@ def _set_slots(obj: Any, state: Any) -> None:
 
 @dataclass(slots=True, eq=True)
 class Msg:
-    """One message as stored in one queue (a message routed to N queues has N
-    records sharing the same ``properties``/``body`` bytes objects)."""
+    """One message's index entry in one queue: what the queue's rules need. Its bytes
+    (exchange, routing key, properties, body) are in ``State.store`` under ``id``, once
+    however many queues it was routed to (docs/storage.md)."""
 
     id: int
-    exchange: str
-    routing_key: str
-    properties: bytes
-    body: bytes
+    size: int  # body bytes (x-max-length-bytes)
+    priority: int = 0  # the priority property, for priority queues
     redelivered: bool = False
     delivery_count: int = 0
     # now_ms at which the message expires (queue or per-message TTL), None: never.
     expires_at: int | None = None
 
     def __setstate__(self, state: Any) -> None:
-        _set_slots(self, state)
+        values = state[1] if isinstance(state, tuple) else state
+        if "body" in values:  # a snapshot from before the store: the bytes were here
+            values = dict(values)
+            rec = (values.pop("exchange"), values.pop("routing_key"),
+                   values.pop("properties"), values.pop("body"))
+            values["size"] = len(rec[3])
+            values["priority"] = _legacy_priority(rec[2])
+            _, refs = _LEGACY.get(values["id"], (rec, 0))
+            _LEGACY[values["id"]] = (rec, refs + 1)
+        _set_slots(self, values)
+
+
+# Records found in Msg objects of an old snapshot while it is unpickled; State.__setstate__
+# (which runs after everything it holds is rebuilt) moves them into the store.
+_LEGACY: dict[int, tuple[tuple[str, str, bytes, bytes], int]] = {}
+
+
+def _legacy_priority(properties: bytes) -> int:
+    from protocol.fields import PRIORITY, FieldError, octet_property
+
+    try:
+        return int(octet_property(properties, PRIORITY) or 0) if properties[:1] and \
+            properties[0] & 0x08 else 0
+    except FieldError:
+        return 0
 
 
 @dataclass(slots=True, eq=True)
@@ -293,10 +317,17 @@ class State:
     # (node, resource) of every memory/disk alarm in force (node/alarms.py)
     alarms: dict[tuple[str, str], None] = field(default_factory=dict)
     acl_version: int = 0  # bumped by every change to users or permissions (caches key on it)
+    # Message bytes (cluster/store.py): a MemoryStore, or the node's FileStore (whose
+    # index is pickled with the state; the files are its own)
+    store: Any = field(default_factory=MemoryStore, compare=False, repr=False)
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         _fill_defaults(State, d)  # snapshots taken before a field existed
         self.__dict__.update(d)
+        if _LEGACY:
+            for msg_id, (rec, refs) in sorted(_LEGACY.items()):
+                self.store.put(msg_id, *rec, refs=refs)
+            _LEGACY.clear()
 
 
 def new_exchange(name: str, type_: str, durable: bool = True) -> Exchange:

@@ -32,7 +32,7 @@ from cluster.machine.bindings import add_binding, delete_exchange, remove_bindin
 from cluster.machine.errors import AMQPError, error, rs
 from cluster.machine.features import touch
 from cluster.machine.qargs import configure, text, type_name, validate_queue_args
-from cluster.machine.queues import delete_queue
+from cluster.machine.queues import delete_queue, drop_ready
 from cluster.machine.routing import freeze, x_match_valid
 from cluster.machine.state import BindKey, Channel, Exchange, Queue, State, VHost
 
@@ -345,9 +345,7 @@ def queue_purge(state: State, ch: Channel, cmd: C.QueuePurge, out: list[Effect])
     access.check(state, ch, READ, "queue", name, m)
     q = lookup_queue(state, ch, name, m)
     count = q.ready_count()
-    q.ready.clear()
-    q.returned.clear()
-    q.ready_bytes = 0
+    drop_ready(state, q)
     if not cmd.nowait:
         out.append(QueuePurgeOk(ch.key, count))
 

@@ -87,6 +87,13 @@ def props(**kwargs: Any) -> bytes:
     return encode_properties(**kwargs)
 
 
+def stored(state: State, msg: Any) -> tuple[str, str, bytes, bytes]:
+    """(exchange, routing key, properties, body) of a queued message (a Msg) from the
+    state's store."""
+    rec: tuple[str, str, bytes, bytes] = state.store.read(msg.id)
+    return rec
+
+
 def qos(ch: C.ChKey, n: int, global_: bool = False) -> C.Qos:
     return C.Qos(ch, n, global_)
 

@@ -24,6 +24,7 @@ from tests.cluster.helpers import (
     pub,
     q_declare,
     reject,
+    stored,
     x_declare,
 )
 
@@ -37,8 +38,11 @@ def m(dlx: Machine) -> Machine:
 
 def dead(m: Machine, q: str = "dlq") -> list[tuple[bytes, str, str, dict[str, Any]]]:
     """(body, exchange, routing key, decoded properties) of q's ready messages."""
-    return [(x.body, x.exchange, x.routing_key, decode_properties(x.properties))
-            for x in m.state.vhosts["/"].queues[q].ready]
+    out = []
+    for x in m.state.vhosts["/"].queues[q].ready:
+        exchange, routing_key, properties, body = stored(m.state, x)
+        out.append((body, exchange, routing_key, decode_properties(properties)))
+    return out
 
 
 def ts(seconds: int) -> datetime.datetime:

@@ -20,6 +20,7 @@ from tests.cluster.helpers import (
     of_type,
     pub,
     q_declare,
+    stored,
     x_declare,
 )
 
@@ -36,13 +37,16 @@ def limited(m: Machine, name: str = "q", **args: Any) -> None:
 
 def ready(m: Machine, q: str = "q") -> list[bytes]:
     queue = m.state.vhosts["/"].queues[q]
-    return [x.body for _, x in sorted(queue.returned, key=lambda e: e[0])] + [
-        x.body for x in queue.ready]
+    return [stored(m.state, x)[3] for _, x in sorted(queue.returned, key=lambda e: e[0])] + [
+        stored(m.state, x)[3] for x in queue.ready]
 
 
 def reasons(m: Machine) -> list[tuple[bytes, str]]:
-    return [(x.body, decode_properties(x.properties)["headers"]["x-death"]
-             [0]["reason"]) for x in m.state.vhosts["/"].queues["dlq"].ready]
+    out = []
+    for x in m.state.vhosts["/"].queues["dlq"].ready:
+        _, _, properties, body = stored(m.state, x)
+        out.append((body, decode_properties(properties)["headers"]["x-death"][0]["reason"]))
+    return out
 
 
 def publish(m: Machine, *bodies: bytes, q: str = "q") -> list:

@@ -61,7 +61,7 @@ def node(cluster: FakeCluster) -> Node:
 
 
 def queue_bodies(raft: FakeRaft, name: str = "q") -> list[bytes]:
-    return [m.body for m in raft.state.vhosts["/"].queues[name].ready]
+    return [raft.state.store.read(m.id)[3] for m in raft.state.vhosts["/"].queues[name].ready]
 
 
 def test_one_entry_per_turn(node: Node, cluster: FakeCluster) -> None:
