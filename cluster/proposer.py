@@ -125,6 +125,11 @@ class Proposer:
         return first is None or first > turn
 
     @property
+    def holding(self) -> bool:
+        """Effects of a catch-up are held back (they may still read released messages)."""
+        return bool(self._held)
+
+    @property
     def in_flight(self) -> int:
         """Batches proposed and not yet applied."""
         return len(self._in_flight)

@@ -104,6 +104,10 @@ PATCHES: tuple[Patch, ...] = (
           "__generateRaftTimeout", "a stalled loop reads heartbeats late; without pre-vote "
           "this deposed healthy leaders (hundreds of terms under multi-MB messages)",
           "measured with the client suites"),
+    Patch("message store follows snapshots", "Serializer.serialize, checkSerializing, "
+          "__pid", "the store's buffer is written out before the snapshot writer forks; store "
+          "segments that died before a snapshot started are deleted once it is on disk",
+          "docs/storage.md"),
     Patch("proposals handed over at once", "_checkCommandsToApply",
           "a batch queued in pysyncobj across the start of an election reached the new leader "
           "ahead of older resubmitted ones", "seed 472396"),
@@ -200,6 +204,11 @@ _RESULTS = {
 }
 
 
+def serializer_busy(serializer: Any) -> bool:
+    """A snapshot writer (forked child) is running: a new snapshot will not start."""
+    return bool(getattr(serializer, "_Serializer__pid", 0))
+
+
 def membership_result(code: Any) -> MembershipResult:
     """pysyncobj's FAIL_REASON code as this project's result (translated here, once)."""
     return _RESULTS.get(code, MembershipResult.UNKNOWN)
@@ -218,7 +227,7 @@ class Internals:
         missing = [a for a in self._ATTRS if not hasattr(obj, "_SyncObj__" + a)]
         parts = (getattr(obj, "_SyncObj__serializer", None), getattr(obj, "_SyncObj__raftLog", None))
         for owner, attr in ((parts[0], "_Serializer__incomingTransmissionFile"),
-                            (parts[1], "add")):
+                            (parts[0], "_Serializer__pid"), (parts[1], "add")):
             if not hasattr(owner, attr):
                 missing.append(attr)
         if missing:

@@ -24,6 +24,7 @@ import gzip
 import logging
 import os
 import select
+import shutil
 import socket
 import struct
 import time
@@ -33,16 +34,18 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
 
-from cluster import log_rules, machine
+from cluster import log_rules, machine, snapshot_stream
 from cluster import pysyncobj_patches as patches
 from cluster.commands import Batch, decode_batch
 from cluster.effects import Effect, OutOfOrder
 from cluster.pysyncobj_patches import Internals, membership_result
 from cluster.replica import MembershipResult, RaftStatus
+from cluster.store import FileStore, new_generation
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +119,24 @@ class _Replica(SyncObj):
     Also where pysyncobj's snapshot handling is corrected (both found by the chaos suite)."""
 
     def __init__(self, self_addr: str, peers: list[str], conf: SyncObjConf,
-                 sink: Callable[[Batch, list[Effect], int], None]) -> None:
+                 sink: Callable[[Batch, list[Effect], int], None],
+                 store_root: Path | None = None) -> None:
         # Attributes that exist when SyncObj.__init__ ends are left out of
         # snapshots: the sink must be one of them, the state must not.
         self._sink = sink
+        self.store_root = store_root  # message store files (None: bytes stay in memory)
         # next_node_idx for the reply to an installed snapshot whose journal tail was kept
         self.install_reply: int | None = None
         self.internals: Internals | None = None  # set during SyncObj.__init__ (loading)
         super().__init__(self_addr, peers, conf)
         self.internals = Internals(self)
         self._hook_snapshot_install()
+        self._hook_snapshot_writes()
         self.state = machine.new_state()
+        if store_root is not None:
+            store = FileStore()
+            store.attach(store_root, restored=False)
+            self.state.store = store
 
     def _internals(self) -> Internals:
         # SyncObj.__init__ loads the snapshot before it returns: build the view early then
@@ -160,7 +170,108 @@ class _Replica(SyncObj):
                 # This node may have acknowledged the entries kept (counted for a commit).
                 clearJournal = False
                 self.install_reply = snapshot[1][1] + 1
+        previous = self.__dict__.get("state")
         SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        if self.state is not previous:
+            self._adopt_store(previous)
+
+    def _adopt_store(self, previous: Any) -> None:
+        """A snapshot was loaded: open the files its store index refers to (cut back to
+        what it recorded: the log after it writes the rest again), and let go of the
+        store the state had before."""
+        if previous is not None and previous.store is not self.state.store:
+            closing = getattr(previous.store, "close", None)
+            if closing is not None:
+                closing()
+        root = self.store_root
+        if root is None:
+            return
+        store = self.state.store
+        if isinstance(store, FileStore):
+            store.attach(root, restored=True)
+            return
+        # a snapshot from before the message store (or from a replica without one)
+        migrated = FileStore()
+        migrated.attach(root, restored=False)
+        for msg_id, refs in sorted(store.live().items()):
+            exchange, routing_key, properties, body = store.read(msg_id)
+            migrated.put(msg_id, exchange, routing_key, properties, body, refs)
+        migrated.flush()
+        self.state.store = migrated
+
+    def _hook_snapshot_writes(self) -> None:
+        """Tell the message store when pysyncobj starts a snapshot (it writes out its
+        buffer; the forked writer fsyncs the files the snapshot refers to) and when the
+        snapshot is on disk (segments that died before it started can go)."""
+        serializer = self._internals().serializer
+        serialize, check = serializer.serialize, serializer.checkSerializing
+
+        def store() -> Any:
+            return getattr(self.__dict__.get("state"), "store", None)
+
+        def serialize_hooked(data: Any, idx: Any) -> Any:
+            st = store()
+            if isinstance(st, FileStore) and not patches.serializer_busy(serializer):
+                st.before_snapshot()
+            return serialize(data, idx)
+
+        def check_hooked() -> Any:
+            status, idx = check()
+            st = store()
+            if isinstance(st, FileStore) and status in (SERIALIZER_STATE.SUCCESS,
+                                                        SERIALIZER_STATE.FAILED):
+                st.snapshot_done(status == SERIALIZER_STATE.SUCCESS)
+            return status, idx
+
+        serializer.serialize = serialize_hooked
+        serializer.checkSerializing = check_hooked
+        self._hook_snapshot_sending(serializer)
+
+    def _hook_snapshot_sending(self, serializer: Any) -> None:
+        """A snapshot goes to a follower followed by the store segments it refers to,
+        streamed from disk (cluster/snapshot_stream.py)."""
+        conf = self._internals().conf
+        outgoing: dict[Any, snapshot_stream.Outgoing] = {}
+        check = serializer.checkSerializing
+
+        def check_hooked() -> Any:
+            status, idx = check()
+            if status == SERIALIZER_STATE.SUCCESS:  # a newer snapshot: transfers start over
+                for out in outgoing.values():
+                    out.close()
+                outgoing.clear()
+            return status, idx
+
+        def get_transmission_data(transmission_id: Any) -> Any:
+            if patches.serializer_busy(serializer):
+                return None
+            out = outgoing.get(transmission_id)
+            first = out is None
+            if out is None:
+                parts = [(snapshot_stream.SNAPSHOT, "snapshot", Path(conf.fullDumpFile),
+                          os.path.getsize(conf.fullDumpFile))]
+                store = getattr(self.__dict__.get("state"), "store", None)
+                if isinstance(store, FileStore):
+                    parts += [(snapshot_stream.SEGMENT, path.name, path, length)
+                              for path, length in store.snapshot_files]
+                try:
+                    out = outgoing[transmission_id] = snapshot_stream.Outgoing(parts)
+                except OSError:
+                    log.exception("cannot open the snapshot to send it")
+                    return None
+            try:
+                data = out.read(conf.logCompactionBatchSize)
+            except (OSError, snapshot_stream.StreamError):
+                log.exception("sending a snapshot failed")
+                out.close()
+                outgoing.pop(transmission_id, None)
+                return False
+            if out.done:
+                outgoing.pop(transmission_id, None)
+            return data, first, out.done
+
+        serializer.checkSerializing = check_hooked
+        serializer.getTransmissionData = get_transmission_data
 
     def _trim_journal_to(self, before_last: Any, last: Any) -> bool:
         """Drop the journal's head up to the snapshot; False if the journal does not hold the
@@ -174,38 +285,86 @@ class _Replica(SyncObj):
         return True
 
     def _hook_snapshot_install(self) -> None:
-        """Refuse a snapshot from the leader that is not newer than what this replica has
-        applied (:func:`~cluster.log_rules.snapshot_is_stale`; pysyncobj installs whatever it
-        is sent). Checked on the last chunk, before the received file replaces this node's
-        own snapshot; the snapshot read here is not read again to install it."""
+        """Install a snapshot streamed by the leader (cluster/snapshot_stream.py): the
+        snapshot file, then the store segments it refers to, each written as it arrives.
+
+        On the last chunk, a snapshot that is not newer than what this replica applied is
+        refused (:func:`~cluster.log_rules.snapshot_is_stale`; pysyncobj installed whatever
+        it was sent). Otherwise the segments become a new store generation and the snapshot
+        is rewritten to refer to it, then renamed into place (fsynced): a crash at any
+        point leaves the old snapshot with its own store, or the new one with its own."""
         internals = self._internals()
         serializer = internals.serializer
-        receive = serializer.setTransmissionData
-        tmp_path = str(internals.conf.fullDumpFile) + ".1.tmp"
+        dump_path = Path(internals.conf.fullDumpFile)
+        tmp_path = dump_path.with_name(dump_path.name + ".1.tmp")
+        incoming_root = dump_path.parent / "store-incoming"
+        state: dict[str, Any] = {"in": None}
+
+        def discard() -> None:
+            inc = state["in"]
+            state["in"] = None
+            if inc is not None:
+                inc.close()
+            shutil.rmtree(incoming_root, ignore_errors=True)
+            tmp_path.unlink(missing_ok=True)
 
         def set_transmission_data(data: Any) -> bool:
-            file: Any = internals.incoming_snapshot_file
-            if data is None or not data[2] or not hasattr(file, "write"):
-                return bool(receive(data))
-            file.write(data[0])
-            file.flush()
-            try:
-                with open(tmp_path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
-                    snapshot = patches.load(g)
-            except Exception:
-                return bool(receive((b"", data[1], data[2])))  # pysyncobj reports it
-            applied = internals.last_applied
-            if log_rules.snapshot_is_stale(snapshot[1][1], applied):
-                log.warning("ignoring a snapshot up to index %d: already applied up to %d",
-                            snapshot[1][1], applied)
-                file.close()
-                internals.drop_incoming_snapshot()
-                os.unlink(tmp_path)
+            if data is None:
                 return False
-            self._read_snapshot_once(snapshot)
-            return bool(receive((b"", data[1], data[2])))
+            chunk, first, last = data
+            if first:
+                discard()
+                state["in"] = snapshot_stream.Incoming(tmp_path, incoming_root / new_generation())
+            inc: snapshot_stream.Incoming | None = state["in"]
+            if inc is None:
+                return False
+            try:
+                inc.feed(chunk)
+            except (OSError, snapshot_stream.StreamError):
+                log.exception("receiving a snapshot failed")
+                discard()
+                return False
+            if not last:
+                return False
+            if not inc.complete:
+                log.error("a snapshot stream ended early")
+                discard()
+                return False
+            return self._install_received(inc, tmp_path, dump_path, discard)
 
         serializer.setTransmissionData = set_transmission_data
+
+    def _install_received(self, inc: Any, tmp_path: Path, dump_path: Path,
+                          discard: Callable[[], None]) -> bool:
+        internals = self._internals()
+        try:
+            with open(tmp_path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
+                snapshot = patches.load(g)
+        except Exception:
+            log.exception("a received snapshot does not load")
+            discard()
+            return False
+        applied = internals.last_applied
+        if log_rules.snapshot_is_stale(snapshot[1][1], applied):
+            log.warning("ignoring a snapshot up to index %d: already applied up to %d",
+                        snapshot[1][1], applied)
+            discard()
+            return False
+        store = getattr(snapshot[0].get("state"), "store", None) if snapshot[0] else None
+        if isinstance(store, FileStore) and self.store_root is not None:
+            # the segments become a store generation of this node's own
+            generation = inc.segment_dir.name
+            self.store_root.mkdir(parents=True, exist_ok=True)
+            os.replace(inc.segment_dir, self.store_root / generation)
+            patches.fsync_path(str(self.store_root))
+            store.generation = generation
+            with open(tmp_path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb") as g:
+                g.write(patches.dumps(snapshot))
+        inc.close()
+        patches.durable_replace(str(tmp_path), str(dump_path))
+        shutil.rmtree(tmp_path.parent / "store-incoming", ignore_errors=True)
+        self._read_snapshot_once(snapshot)
+        return True
 
     @replicated
     def apply_batch(self, data: bytes) -> None:
@@ -292,6 +451,7 @@ class RaftNode:
         snapshot_bytes: int = 64 << 20,
         bind_address: str | None = None,
         dns_cache_s: float | None = None,
+        store: bool = True,
     ) -> None:
         """``bind_address`` (HOST:PORT): where the Raft listener binds when it is
         not ``self_addr`` (a DNS name that other members dial, e.g. in Kubernetes).
@@ -315,7 +475,8 @@ class RaftNode:
         self._poller = _LoopPoller()
         patches.install()
         self._replica: _Replica = patches.with_poller(
-            self._poller, lambda: _Replica(self_addr, list(peers), conf, self._on_applied))
+            self._poller, lambda: _Replica(self_addr, list(peers), conf, self._on_applied,
+                                           data_dir / "store" if store else None))
         internals = self._replica.internals
         assert internals is not None
         self._internals: Internals = internals
@@ -388,6 +549,7 @@ class RaftNode:
         them so (:meth:`flush`) before the next tick, in which the leader
         counts its own copy towards a commit."""
         self._replica.doTick(0.0)
+        self._replica.state.store.flush()  # records of entries applied in the tick
         self._poller.after_event()  # acknowledgements held during the tick, if any
         if self._snapshot_bytes and self._log_bytes > self._snapshot_bytes:
             self._log_bytes = 0
@@ -418,9 +580,17 @@ class RaftNode:
                 return
         os.fdatasync(self._journal_fd)
 
+    def collect(self) -> None:
+        """Let go of message-store files deleted since the last call: the caller has
+        written every effect applied so far (nothing it holds reads them any more)."""
+        self._replica.state.store.collect()
+
     def close(self) -> None:
         try:
             self._replica.destroy()
+            closing = getattr(self._replica.state.store, "close", None)
+            if closing is not None:
+                closing()
         finally:
             if self._journal_fd is not None:
                 os.close(self._journal_fd)

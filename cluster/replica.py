@@ -94,6 +94,10 @@ class Replica(RaftLog, Protocol):
 
     def is_connected(self, peer: str) -> bool: ...
 
+    def collect(self) -> None:
+        """Let go of message bytes released so far (every effect that could read them
+        has been written)."""
+
     def add_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None: ...
 
     def remove_member(self, addr: str,

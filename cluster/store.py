@@ -178,6 +178,10 @@ class FileStore:
         self._dead: list[_Segment] = []  # no live message; deleted after the next snapshot
         self._snapshotting: list[_Segment] = []
         self._gone: list[_Segment] = []
+        # (path, length) of the segments the snapshot on disk refers to: what a follower
+        # that installs it receives after it (cluster/snapshot_stream.py)
+        self.snapshot_files: list[tuple[Path, int]] = []
+        self._pending_files: list[tuple[Path, int]] = []
 
     # --- pickling (the index travels in snapshots; files and caches do not) ----------------
 
@@ -229,6 +233,7 @@ class FileStore:
                 shutil.rmtree(other, ignore_errors=True)
         if self.segments and self.segments[-1].fd is not None:
             self._buf_at = self.segments[-1].length
+        self.snapshot_files = list(self.files())
 
     def close(self) -> None:
         self.flush()
@@ -361,6 +366,8 @@ class FileStore:
         self.flush()
         self._snapshotting = self._dead
         self._dead = []
+        if self.dir is not None:
+            self._pending_files = list(self.files())
 
     def snapshot_done(self, ok: bool) -> None:
         """The snapshot written since :meth:`before_snapshot` is on disk (``ok``) or failed."""
@@ -368,6 +375,7 @@ class FileStore:
         if not ok:
             self._dead = done + self._dead
             return
+        self.snapshot_files = self._pending_files
         assert self.dir is not None
         for seg in done:
             if seg.live == 0 and not seg.gone:

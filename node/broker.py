@@ -285,6 +285,8 @@ class Broker:
         self._last_idle_tick = now
         try:
             self._tick()
+            if not self.proposer.holding:
+                self.raft.collect()  # every effect applied so far is written
             self.proposer.resubmit_late()
             self._check_flow()
             if now - self._swept >= SWEEP_EVERY_S:

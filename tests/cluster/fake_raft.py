@@ -135,6 +135,9 @@ class FakeRaft:
     def is_connected(self, peer: str) -> bool:
         return False
 
+    def collect(self) -> None:
+        self.state.store.collect()
+
     def add_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
         callback(MembershipResult.DENIED)
 
