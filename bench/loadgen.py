@@ -52,6 +52,7 @@ class LoadConfig:
     prefetch: int = 100
     queue: str = "bench"
     queue_type: str = "classic"  # or "quorum" (x-queue-type), for RabbitMQ clusters
+    queue_mode: str = ""  # "lazy": RabbitMQ's classic lazy queue (x-queue-mode)
     consumer_port: int | None = None  # consumer on another node of a cluster (default: port)
     user: str = "guest"
     password: str = "guest"
@@ -264,6 +265,8 @@ class LeanClient(asyncio.Protocol):
         args: dict[str, Any] | None = None
         if c.queue_type != "classic":
             args = {"x-queue-type": c.queue_type}
+        if c.queue_mode:
+            args = {**(args or {}), "x-queue-mode": c.queue_mode}
         self.send(cmd.Queue.Declare(queue=c.queue, durable=True, arguments=args))
         await self.expect(cmd.Queue.DeclareOk)
 

@@ -108,6 +108,10 @@ PATCHES: tuple[Patch, ...] = (
           "__pid", "the store's buffer is written out before the snapshot writer forks; store "
           "segments that died before a snapshot started are deleted once it is on disk",
           "docs/storage.md"),
+    Patch("journal pages let go", "FileJournal.__journalFile.__mm",
+          "the journal is an mmap that grows and is read back rarely: its pages, once "
+          "synced, are dropped from the process (madvise) so they do not count as its "
+          "memory", "bench/memory.py"),
     Patch("proposals handed over at once", "_checkCommandsToApply",
           "a batch queued in pysyncobj across the start of an election reached the new leader "
           "ahead of older resubmitted ones", "seed 472396"),
@@ -341,6 +345,14 @@ class Internals:
             raise PatchError("pysyncobj's FileJournal has no __metaStorer: Raft meta would "
                              "not be made durable")
         return storer
+
+    def journal_mmap(self) -> Any:
+        """The journal file's mmap (None for a memory journal)."""
+        resizable = getattr(self.log, "_FileJournal__journalFile", None)
+        mm = getattr(resizable, "_ResizableFile__mm", None)
+        if mm is None and isinstance(self.log, FileJournal):
+            raise PatchError("pysyncobj's FileJournal has no __journalFile.__mm")
+        return mm
 
 
 # --- instance patches: wired by cluster/raft.py when a replica is built ------------------

@@ -20,8 +20,10 @@ on disk on a majority before it commits, and so before any confirm.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
+import mmap
 import os
 import select
 import shutil
@@ -584,6 +586,17 @@ class RaftNode:
         """Let go of message-store files deleted since the last call: the caller has
         written every effect applied so far (nothing it holds reads them any more)."""
         self._replica.state.store.collect()
+
+    def release_pages(self) -> None:
+        """Drop the journal's synced pages from this process (they stay in the page
+        cache and in the file): an mmap'd journal would otherwise count in the node's
+        resident memory for every byte written since the last snapshot."""
+        mm = self._internals.journal_mmap()
+        if mm is None:
+            return
+        self.flush()
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
         try:

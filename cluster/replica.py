@@ -98,6 +98,9 @@ class Replica(RaftLog, Protocol):
         """Let go of message bytes released so far (every effect that could read them
         has been written)."""
 
+    def release_pages(self) -> None:
+        """Drop file pages the replica maps but no longer needs from the process."""
+
     def add_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None: ...
 
     def remove_member(self, addr: str,

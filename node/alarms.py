@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cluster.commands import AlarmSet
 
@@ -141,6 +142,39 @@ def process_memory() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc keeps what Python freed,
+    so a burst of large messages would stay in the node's resident size for good)."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim  # noqa: B018 (not glibc: no trimming)
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: Any = None
+
+# glibc's mallopt parameter: allocations at least this big get their own mapping
+_M_MMAP_THRESHOLD = -3
+
+
+def fix_mmap_threshold(size: int = 128 << 10) -> None:
+    """Give every allocation of ``size`` or more its own mapping, returned to the system
+    when freed. glibc raises this threshold each time such a block is freed (up to
+    32 MiB): Raft entries of a few hundred KiB then come from the heap, and a burst of
+    them leaves it spread out for good, pinned by small long-lived objects (measured:
+    +250 MiB resident after 1M messages). Setting it turns that adaptation off."""
+    trim_heap()  # loads libc
+    if _libc:
+        _libc.mallopt(_M_MMAP_THRESHOLD, size)
 
 
 def disk_free(path: str) -> int:

@@ -24,7 +24,7 @@ from cluster.effects import Deliver, Effect, Fault
 from cluster.machine import access
 from cluster.proposer import Proposer, target
 from cluster.replica import RaftStatus, Replica
-from node.alarms import Alarms, Monitor
+from node.alarms import Alarms, Monitor, trim_heap
 from node.config import Config, tls_context
 from node.connection import AMQPConnection
 from node.login import Authenticator
@@ -298,6 +298,9 @@ class Broker:
                 self._propose_tick()
                 if now - self._alarms_checked >= ALARM_CHECK_S:
                     self._alarms_checked = now
+                    # memory no longer needed goes back to the system before it is measured
+                    self.raft.release_pages()
+                    trim_heap()
                     self.alarms.check()
                 else:
                     self.alarms.update()

@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(cfg: config.Config) -> int:
+    from node.alarms import fix_mmap_threshold
+
+    fix_mmap_threshold()
     logging.basicConfig(
         level=getattr(logging, cfg.log_level),
         format=f"%(asctime)s {cfg.node_id} %(levelname)s %(name)s: %(message)s",

@@ -20,19 +20,24 @@ from cluster.machine import access
 from cluster.machine import errors as E
 from cluster.machine.access import READ, WRITE
 from cluster.machine.errors import error, rs
-from cluster.machine.features import enqueue, expire_head, message_priority, pop_head, run_slow
+from cluster.machine.features import (
+    expire_head,
+    make_slow,
+    pop_head,
+    run_slow,
+)
 from cluster.machine.qargs import consumer_priority, parse_expiration, validate_consume_args
 from cluster.machine.queues import (
+    add_message,
     reactivate,
     reactivate_channel,
     release,
     remove_consumer,
-    run_fast,
     run_touched,
     take,
 )
 from cluster.machine.routing import route
-from cluster.machine.state import Channel, Consumer, Msg, Queue, State
+from cluster.machine.state import Channel, Consumer, Queue, State
 from cluster.machine.topology import generate_name, lookup_queue, resolve_queue_name
 from protocol.fields import EXPIRATION, FieldError, property_spans, short_string
 
@@ -83,21 +88,9 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
         # the bytes once, one reference per queue (enqueue takes a queue's reference)
         state.store.put(msg_id, name, cmd.routing_key, props, cmd.body, len(targets))
         size = len(cmd.body)
-        if msg_ttl is None:
-            for q in targets:
-                if q.slow:
-                    if not enqueue(state, q, Msg(msg_id, size, message_priority(q, props)),
-                                   None, out):
-                        refused = True
-                else:
-                    q.ready.append(Msg(msg_id, size))
-                    if q.service:
-                        run_fast(state, q, out)
-        else:
-            for q in targets:
-                if not enqueue(state, q, Msg(msg_id, size, message_priority(q, props)),
-                               msg_ttl, out):
-                    refused = True
+        for q in targets:
+            if not add_message(state, q, msg_id, size, props, msg_ttl, out):
+                refused = True
     if not targets and cmd.mandatory:
         out.append(Return(ch.key, 312, "NO_ROUTE", name, cmd.routing_key, props, cmd.body))
     if cmd.confirm_seq:
@@ -134,7 +127,7 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
         c.priority = consumer_priority(cmd.arguments)
         if c.priority and not q.consumer_priorities:
             q.consumer_priorities = True  # from now on the service deque is kept sorted
-            q.slow = True
+            make_slow(q)
             q.service = type(q.service)(sorted(q.service, key=lambda x: -x.priority))
     ch.consumers[tag] = c
     q.consumers[(ch.key, tag)] = c
@@ -174,16 +167,17 @@ def get(state: State, ch: Channel, cmd: C.Get, out: list[Effect]) -> None:
             run_slow(state, q, out)
         return
     msg = pop_head(q) if slow else take(q)
+    mid, redelivered = (msg, False) if type(msg) is int else (msg.id, msg.redelivered)  # type: ignore[union-attr]
     ch.last_tag = tag = ch.last_tag + 1
     if not cmd.no_ack:
         # basic.get ignores prefetch and is tied to no consumer
         ch.unacked[tag] = (q, msg, None)
         q.unacked += 1
     else:
-        state.store.release(msg.id)  # readable until the node has written the get-ok
+        state.store.release(mid)  # readable until the node has written the get-ok
     if slow:
         expire_head(state, q)
-    out.append(GetOk(ch.key, tag, msg.redelivered, q.ready_count(), msg.id, state.store))
+    out.append(GetOk(ch.key, tag, redelivered, q.ready_count(), mid, state.store))
     if slow:
         run_slow(state, q, out)
 

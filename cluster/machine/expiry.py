@@ -13,10 +13,10 @@ from __future__ import annotations
 from cluster import commands as C
 from cluster.effects import Effect
 from cluster.machine.deadletter import is_cycle, record_death
-from cluster.machine.features import enqueue, expire_head, message_priority, queue_deadline
-from cluster.machine.queues import delete_queue
+from cluster.machine.features import expire_head, queue_deadline
+from cluster.machine.queues import add_message, delete_queue
 from cluster.machine.routing import route
-from cluster.machine.state import Msg, Queue, State
+from cluster.machine.state import Entry, Queue, State, entry_id
 
 
 def next_deadline(state: State) -> int | None:
@@ -72,13 +72,13 @@ def flush_dead_letters(state: State, out: list[Effect]) -> None:
         pending.clear()
 
 
-def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None, msg: Msg,
+def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None, msg: Entry,
                reason: str, out: list[Effect]) -> None:
     vh = state.vhosts.get(vhost)
     if vh is None:
         return
     # released when it left its queue; readable until the node's next collect
-    exchange, routing_key, properties, body = state.store.read(msg.id)
+    exchange, routing_key, properties, body = state.store.read(entry_id(msg))
     rk = dlrk if dlrk is not None else routing_key
     props, deaths = record_death(properties, reason, qname, exchange, routing_key,
                                  state.now_ms // 1000, dlrk is not None)
@@ -100,4 +100,4 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
     state.next_msg_id = msg_id + 1
     state.store.put(msg_id, dlx, rk, props, body, len(targets))
     for t in targets:
-        enqueue(state, t, Msg(msg_id, len(body), message_priority(t, props)), None, out)
+        add_message(state, t, msg_id, len(body), props, None, out)

@@ -24,10 +24,13 @@ still handed to a consumer with credit when it arrives, as RabbitMQ does.
 from __future__ import annotations
 
 import heapq
+from collections import deque
+from typing import cast
 
 from cluster.effects import Deliver, Effect
+from cluster.machine.fifo import IdFifo
 from cluster.machine.qargs import needs_slow
-from cluster.machine.state import Channel, Consumer, Msg, Queue, State
+from cluster.machine.state import Channel, Consumer, Entry, Msg, Queue, State, entry_id
 from protocol.fields import PRIORITY, FieldError, octet_property
 
 PRIO_SHIFT = 48
@@ -68,7 +71,17 @@ def prio_key(q: Queue, msg: Msg) -> int:
 
 
 def peek(q: Queue) -> Msg:
-    return q.returned[0][1] if q.returned else q.ready[0]
+    """The head of a slow queue (whose entries are all Msg: see make_slow)."""
+    return cast(Msg, q.returned[0][1] if q.returned else q.ready[0])
+
+
+def make_slow(q: Queue) -> None:
+    """The queue takes the feature-aware paths from now on; entries that are bare ids
+    (a plain queue's) become Msg, which those paths read."""
+    if q.slow:
+        return
+    q.slow = True
+    q.ready = deque(Msg(m, 0) if type(m) is int else m for m in q.ready)
 
 
 def push_ready(q: Queue, msg: Msg) -> None:
@@ -76,7 +89,7 @@ def push_ready(q: Queue, msg: Msg) -> None:
     if q.max_priority:
         heapq.heappush(q.returned, (prio_key(q, msg), msg))
     else:
-        q.ready.append(msg)
+        cast("deque[Entry]", q.ready).append(msg)  # a slow queue: a deque (make_slow)
     if q.max_length_bytes is not None:
         q.ready_bytes += msg.size
 
@@ -89,19 +102,19 @@ def push_returned(q: Queue, msg: Msg) -> None:
 
 
 def pop_head(q: Queue) -> Msg:
-    msg = heapq.heappop(q.returned)[1] if q.returned else q.ready.popleft()
+    msg = cast(Msg, heapq.heappop(q.returned)[1] if q.returned else q.ready.popleft())
     if q.max_length_bytes is not None:
         q.ready_bytes -= msg.size
     return msg
 
 
-def dead_letter(state: State, q: Queue, msg: Msg, reason: str) -> None:
+def dead_letter(state: State, q: Queue, msg: Entry, reason: str) -> None:
     """``msg`` leaves ``q`` for ``reason`` (rejected / expired / maxlen): republish it
     to the queue's dead-letter exchange, if any, once the current command is done
     (``expiry.flush_dead_letters``, as a new message); without one it is dropped."""
     if q.dlx is not None:
         state.dl_pending.append((q.vhost, q.name, q.dlx, q.dlrk, msg, reason))
-    state.store.release(msg.id)  # still readable while the command republishes it
+    state.store.release(entry_id(msg))  # still readable while the command republishes it
 
 
 def expire_head(state: State, q: Queue, fresh: Msg | None = None) -> None:
@@ -109,7 +122,7 @@ def expire_head(state: State, q: Queue, fresh: Msg | None = None) -> None:
     message that may still go straight to a consumer)."""
     now = state.now_ms
     while q.ready or q.returned:
-        m = q.returned[0][1] if q.returned else q.ready[0]
+        m = peek(q)
         e = m.expires_at
         if e is None or e > now or m is fresh:
             return
@@ -176,7 +189,7 @@ def run_slow(state: State, q: Queue, out: list[Effect], fresh: Msg | None = None
         now = state.now_ms
         cprio = q.consumer_priorities
         while service and (q.ready or q.returned):
-            m = q.returned[0][1] if q.returned else q.ready[0]
+            m = peek(q)
             if m.expires_at is not None and m.expires_at <= now and m is not fresh:
                 pop_head(q)
                 dead_letter(state, q, m, "expired")
@@ -206,6 +219,7 @@ def run_slow(state: State, q: Queue, out: list[Effect], fresh: Msg | None = None
     expire_head(state, q)
     if not (q.ready or q.returned or q.unacked) and not needs_slow(q):
         q.slow = False  # no message with a TTL left anywhere: back to the fast paths
+        q.ready = IdFifo()
     schedule(state, q)
 
 
@@ -219,7 +233,7 @@ def enqueue(state: State, q: Queue, msg: Msg, msg_ttl: int | None,
         ttl = msg_ttl
     if ttl is not None:
         msg.expires_at = state.now_ms + ttl
-        q.slow = True
+        make_slow(q)
     if q.slow:
         expire_head(state, q)
         if q.overflow != "drop-head" and over_limit(q, 1, msg.size):

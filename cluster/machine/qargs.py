@@ -186,7 +186,10 @@ def configure(q: Queue) -> None:
     q.expires = args.get("x-expires")
     q.max_priority = args.get("x-max-priority") or 0
     q.single_active = args.get("x-single-active-consumer") is True
-    q.slow = needs_slow(q)
+    if needs_slow(q) and not q.slow:
+        from cluster.machine.features import make_slow  # features builds on this module
+
+        make_slow(q)
 
 
 def needs_slow(q: Queue) -> bool:

@@ -22,18 +22,20 @@ from cluster.effects import ConsumerCancelled, Deliver, Effect
 from cluster.machine.bindings import remove_binding
 from cluster.machine.features import (
     dead_letter,
+    enqueue,
     has_credit,
     insert_service,
     is_active,
+    message_priority,
     next_active,
     push_returned,
     run_slow,
     touch,
 )
-from cluster.machine.state import Channel, Consumer, Msg, Queue, State
+from cluster.machine.state import Channel, Consumer, Entry, Msg, Queue, State, entry_id
 
 
-def take(q: Queue) -> Msg:
+def take(q: Queue) -> Entry:
     """The next message to hand out: returned ones first, in original order
     (plain queues only; slow queues go through features.pop_head)."""
     if q.returned:
@@ -60,18 +62,41 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
         if not has_credit(c, ch):
             c.in_service = False
             continue
-        msg = heapq.heappop(q.returned)[1] if q.returned else q.ready.popleft()
+        if q.returned:
+            msg: Entry = heapq.heappop(q.returned)[1]
+            mid, redelivered = msg.id, msg.redelivered  # type: ignore[union-attr]
+        else:
+            msg = q.ready.popleft()
+            if type(msg) is int:
+                mid, redelivered = msg, False
+            else:
+                mid, redelivered = msg.id, msg.redelivered  # type: ignore[union-attr]
         ch.last_tag = tag = ch.last_tag + 1
         if c.no_ack:
             c.sent += 1
-            store.release(msg.id)  # readable until the node has written the delivery
+            store.release(mid)  # readable until the node has written the delivery
         else:
             ch.unacked[tag] = (q, msg, c)
             c.unacked += 1
             ch.global_unacked += 1
             q.unacked += 1
-        out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.id, c.no_ack, store))
+        out.append(Deliver(ch.key, c.tag, tag, redelivered, mid, c.no_ack, store))
         service.append(c)
+
+
+def add_message(state: State, q: Queue, msg_id: int, size: int, properties: bytes,
+                msg_ttl: int | None, out: list[Effect]) -> bool:
+    """A new message (published or dead-lettered) arrives at ``q``, which takes one
+    reference to its bytes, and goes to a consumer if one has credit. A plain queue
+    keeps only its id; a slow queue (or a message with a TTL) takes the feature-aware
+    path. False when the queue refuses it (x-overflow reject-publish)."""
+    if q.slow or msg_ttl is not None:
+        return enqueue(state, q, Msg(msg_id, size, message_priority(q, properties)),
+                       msg_ttl, out)
+    q.ready.append(msg_id)  # never delivered: the id is the whole entry
+    if q.service:
+        run_fast(state, q, out)
+    return True
 
 
 def reactivate(c: Consumer, ch: Channel, q: Queue, touched: dict[int, Queue]) -> None:
@@ -100,13 +125,15 @@ def run_touched(state: State, touched: dict[int, Queue], out: list[Effect]) -> N
             run_queue(state, q, out)
 
 
-def return_msg(state: State, q: Queue, msg: Msg) -> None:
+def return_msg(state: State, q: Queue, entry: Entry) -> None:
     """A checked-out message goes back to the queue head (redelivered); gone with its
     queue if that was deleted meanwhile."""
     if q.deleted:
-        state.store.release(msg.id)
+        state.store.release(entry_id(entry))
         return
     q.unacked -= 1
+    msg = Msg(entry, 0) if type(entry) is int else entry
+    assert isinstance(msg, Msg)
     msg.redelivered = True
     msg.delivery_count += 1
     if q.slow:
@@ -127,13 +154,13 @@ def release(state: State, ch: Channel, tags: list[int], requeue: bool,
             return_msg(state, q, msg)
             touched[q.qid] = q
         elif q.deleted:
-            store.release(msg.id)
+            store.release(entry_id(msg))
         else:
             q.unacked -= 1
             if reject and q.dlx is not None:
                 dead_letter(state, q, msg, "rejected")
             else:
-                store.release(msg.id)
+                store.release(entry_id(msg))
         if c is not None:
             c.unacked -= 1
             ch.global_unacked -= 1
@@ -181,8 +208,8 @@ def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool,
 def drop_ready(state: State, q: Queue) -> None:
     """Every ready message of ``q`` goes (purge, deletion), its bytes with it."""
     release = state.store.release
-    for msg in q.ready:
-        release(msg.id)
+    for entry in q.ready:
+        release(entry_id(entry))
     for _key, msg in q.returned:
         release(msg.id)
     q.ready.clear()

@@ -20,6 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from cluster.commands import ChKey, ConnKey
+from cluster.machine.fifo import IdFifo
 from cluster.store import MemoryStore
 
 # A binding destination: (is_exchange, name).
@@ -78,6 +79,15 @@ class Msg:
         _set_slots(self, values)
 
 
+# A queue entry: a Msg, or in a plain queue's ``ready`` just the id of a message never
+# delivered (docs/storage.md).
+Entry = Msg | int
+
+
+def entry_id(m: Entry) -> int:
+    return m if type(m) is int else m.id  # type: ignore[union-attr]
+
+
 # Records found in Msg objects of an old snapshot while it is unpickled; State.__setstate__
 # (which runs after everything it holds is rebuilt) moves them into the store.
 _LEGACY: dict[int, tuple[tuple[str, str, bytes, bytes], int]] = {}
@@ -123,8 +133,10 @@ class Queue:
     auto_delete: bool
     arguments: dict[str, Any]
     home: tuple[str, int]  # (node, incarnation) of the declaring connection
-    # Never-delivered messages in FIFO order.
-    ready: deque[Msg] = field(default_factory=deque)
+    # Never-delivered messages in FIFO order: ids (plain queues, 8 bytes each) or Msg
+    # (slow queues; features.make_slow). A deque of a snapshot from before IdFifo may
+    # hold both, which every path reads.
+    ready: deque[Entry] | IdFifo = field(default_factory=IdFifo)
     # Messages returned by consumers (nack/requeue, channel closed, ...): a heap of
     # (msg id, msg); served before ``ready`` so they go back to the queue head in
     # their original order.
@@ -233,7 +245,7 @@ class Permission:
 
 # One unacked delivery on a channel: the queue it came from, the message, and the
 # consumer it was delivered to (None for basic.get).
-Unacked = tuple[Queue, Msg, Consumer | None]
+Unacked = tuple[Queue, Entry, Consumer | None]
 
 
 @dataclass(eq=True)

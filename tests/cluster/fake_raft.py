@@ -138,6 +138,9 @@ class FakeRaft:
     def collect(self) -> None:
         self.state.store.collect()
 
+    def release_pages(self) -> None:
+        pass
+
     def add_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
         callback(MembershipResult.DENIED)
 

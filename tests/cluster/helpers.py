@@ -90,7 +90,9 @@ def props(**kwargs: Any) -> bytes:
 def stored(state: State, msg: Any) -> tuple[str, str, bytes, bytes]:
     """(exchange, routing key, properties, body) of a queued message (a Msg) from the
     state's store."""
-    rec: tuple[str, str, bytes, bytes] = state.store.read(msg.id)
+    from cluster.machine.state import entry_id
+
+    rec: tuple[str, str, bytes, bytes] = state.store.read(entry_id(msg))
     return rec
 
 

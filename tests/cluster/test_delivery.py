@@ -18,6 +18,7 @@ from cluster.effects import (
     RecoverOk,
 )
 from cluster.machine import queue_stats
+from cluster.machine.state import Msg
 from tests.cluster.helpers import (
     CH,
     CH2,
@@ -131,7 +132,7 @@ def test_requeued_message_redelivered_immediately(m: Machine) -> None:
     publish_n(m, 1)
     assert delivered(m.run(nack(CH, 1))) == [("c", 2, b"0", True)]
     msg = m.state.channels[CH].unacked[2][1]
-    assert msg.delivery_count == 1
+    assert isinstance(msg, Msg) and msg.delivery_count == 1
 
 
 @pytest.mark.parametrize("cmd,method", [

@@ -13,6 +13,7 @@ from tests.cluster.helpers import (
     guest_state,
     of_type,
     q_declare,
+    stored,
     x_declare,
 )
 
@@ -187,8 +188,7 @@ def test_a_batch_whose_predecessor_was_not_applied_is_refused() -> None:
     assert not s.vhosts["/"].queues["q"].ready
     apply_batch(s, C.Batch("b", 1, 2, 0, (enq(b1, "q", b"first"),), after=1))
     apply_batch(s, C.Batch("b", 1, 3, 0, (enq(b1, "q", b"second"),), after=2))
-    assert [s.store.read(m.id)[3] for m in s.vhosts["/"].queues["q"].ready] == [b"first",
-                                                                                b"second"]
+    assert [stored(s, m)[3] for m in s.vhosts["/"].queues["q"].ready] == [b"first", b"second"]
 
 
 def test_entries_without_a_predecessor_field_still_decode() -> None:

@@ -13,7 +13,7 @@ from cluster import effects as E
 from cluster.commands import decode_batch
 from cluster.proposer import Proposer
 from tests.cluster.fake_raft import FakeCluster, FakeRaft
-from tests.cluster.helpers import enq, of_type, q_declare
+from tests.cluster.helpers import enq, of_type, q_declare, stored
 
 CH = ("n1", 1, 1)
 
@@ -61,7 +61,7 @@ def node(cluster: FakeCluster) -> Node:
 
 
 def queue_bodies(raft: FakeRaft, name: str = "q") -> list[bytes]:
-    return [raft.state.store.read(m.id)[3] for m in raft.state.vhosts["/"].queues[name].ready]
+    return [stored(raft.state, m)[3] for m in raft.state.vhosts["/"].queues[name].ready]
 
 
 def test_one_entry_per_turn(node: Node, cluster: FakeCluster) -> None:
