@@ -360,7 +360,7 @@ class _Replica(SyncObj):
             os.replace(inc.segment_dir, self.store_root / generation)
             patches.fsync_path(str(self.store_root))
             store.generation = generation
-            with open(tmp_path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb") as g:
+            with open(tmp_path, "wb") as out, patches.fast_gzip.GzipFile(fileobj=out, mode="wb") as g:
                 g.write(patches.dumps(snapshot))
         inc.close()
         patches.durable_replace(str(tmp_path), str(dump_path))

@@ -170,8 +170,9 @@ OPTIONS: tuple[Option, ...] = (
            "mem_relative:F (F x the memory total)"),
     Option("snapshot_entries", _positive_int, "100000",
            "compact the Raft log after this many entries"),
-    Option("snapshot_mib", _positive_int, "64",
-           "compact the Raft log after this many MiB of entries (0: by entries only)"),
+    Option("snapshot_mib", _positive_int, "32",
+           "compact the Raft log after this many MiB of entries; the log since the last "
+           "snapshot is held in memory, so this bounds it (docs/storage.md)"),
     Option("fsync", lambda v: _bool(v), "true", "fsync the journal before confirming (true/false)"),
     Option("election_timeout", _seconds, "0.5", "Raft election timeout, s (min; max is 2.5x)"),
     Option("node_down_after", _seconds, "5",
@@ -246,7 +247,7 @@ class Config:
     vm_memory_high_watermark: alarms.Limit = alarms.Limit(0.4, relative=True)
     disk_free_limit: alarms.Limit = alarms.Limit(50_000_000, relative=False)
     snapshot_entries: int = 100000
-    snapshot_mib: int = 64
+    snapshot_mib: int = 32
     fsync: bool = True
     election_timeout: float = 0.5
     node_down_after: float = 5.0

@@ -37,7 +37,7 @@ from cluster.machine.queues import (
     take,
 )
 from cluster.machine.routing import route
-from cluster.machine.state import Channel, Consumer, Queue, State
+from cluster.machine.state import Channel, Consumer, Queue, State, entry_id
 from cluster.machine.topology import generate_name, lookup_queue, resolve_queue_name
 from protocol.fields import EXPIRATION, FieldError, property_spans, short_string
 
@@ -220,7 +220,8 @@ def ack(state: State, ch: Channel, cmd: C.Ack, out: list[Effect]) -> None:
         entry = ch.unacked.pop(tag, None)
         if entry is None:
             raise error(E.PRECONDITION_FAILED, f"unknown delivery tag {tag}", E.BASIC_ACK)
-        q, _msg, c = entry
+        q, msg, c = entry
+        state.store.release(entry_id(msg))
         if not q.deleted:
             q.unacked -= 1
         if c is None:

@@ -286,3 +286,18 @@ def test_a_no_ack_consumer_gets_at_most_its_window_until_the_node_reports_writes
     assert [d.body for d in more] == [b"%d" % i for i in range(NOACK_WINDOW, NOACK_WINDOW + 30)]
     assert of_type(m.run(C.Sent(CH, "c", 10_000)), Deliver)  # over-reporting: floor at 0
     assert of_type(m.run(C.Sent(CH, "nope", 5)), Deliver) == []  # unknown tag: ignored
+
+
+@pytest.mark.parametrize("multiple", [False, True])
+def test_acked_messages_leave_the_store(m: Machine, multiple: bool) -> None:
+    """Every way out lets go of the message's bytes: single acks (the fast path),
+    multiple acks and acked basic.gets alike."""
+    publish_n(m, 1)
+    assert of_type(m.run(C.Get(CH2, "q", False)), GetOk)
+    m.run(consume(CH, "q", "a"))
+    publish_n(m, 3, start=1)
+    if multiple:
+        m.run(ack(CH, 3, multiple=True), ack(CH2, 1, multiple=True))
+    else:
+        m.run(ack(CH, 1), ack(CH, 2), ack(CH, 3), ack(CH2, 1))
+    assert m.state.store.live() == {}
