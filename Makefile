@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec chaos fuzz clean install cluster cluster-stop
+.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec bench-memory chaos fuzz clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run_bench --duration 5 --warmup 1 --runs 1
+
+# Deep backlogs on one node: RaftMQ vs RabbitMQ 3.10 quorum and classic lazy queues; RSS idle,
+# with 100,000 and 1,000,000 x 1 KiB queued, publish, restart after kill -9, drain (~25 min).
+bench-memory: $(STAMP)
+	$(BIN)/python -m bench.memory
 
 # 3-node clusters: RaftMQ vs RabbitMQ quorum queue, clients on non-leader nodes (~20 min; quick ~3 min)
 bench-cluster: $(STAMP)
