@@ -104,8 +104,9 @@ def _queue_depth(cfg: LoadConfig) -> int:
             c.send_frame(1, commands.Queue.Declare(queue=cfg.queue, passive=True))
             _, ok = c.recv_method()
             assert isinstance(ok, commands.Queue.DeclareOk)
-        if ok.message_count == last:
+        count = ok.message_count or 0
+        if count == last:
             return last
-        last = ok.message_count
+        last = count
         time.sleep(0.3)
     return last
