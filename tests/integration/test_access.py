@@ -39,11 +39,8 @@ def secure_node(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterato
         "RAFTMQ_TLS_CERT": str(server.cert), "RAFTMQ_TLS_KEY": str(server.key),
         "RAFTMQ_TLS_CA": str(ca.ca_path), "RAFTMQ_TLS_VERIFY": "optional",
         "RAFTMQ_TLS_PORT": str(free_port()), "RAFTMQ_MAX_CONSUMERS_PER_CHANNEL": "3"})
-    node.start(wait=True, timeout=30)
-    try:
+    with node:
         yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture(scope="module")

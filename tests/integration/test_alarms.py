@@ -27,12 +27,8 @@ pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(90)]
 @pytest.fixture(scope="module")
 def alarm_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaftMQNode]:
     base = tmp_path_factory.mktemp("alarms")
-    node = RaftMQNode(base / "data", log_path=base / "node.log")
-    node.start(wait=True, timeout=30)
-    try:
+    with RaftMQNode(base / "data", log_path=base / "node.log") as node:
         yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture

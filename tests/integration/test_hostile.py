@@ -134,11 +134,8 @@ def quick_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     base = tmp_path_factory.mktemp("quick")
     node = RaftMQNode(base / "data", extra_env={"RAFTMQ_HANDSHAKE_TIMEOUT": "1"},
                       log_path=base / "node.log")
-    node.start(wait=True, timeout=30)
-    try:
+    with node:
         yield node
-    finally:
-        node.stop()
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> float:

@@ -20,12 +20,8 @@ pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(60)]
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaftMQNode]:
     base = tmp_path_factory.mktemp("mgmt")
-    n = RaftMQNode(base / "data", log_path=base / "node.log")
-    n.start(wait=True, timeout=30)
-    try:
+    with RaftMQNode(base / "data", log_path=base / "node.log") as n:
         yield n
-    finally:
-        n.stop()
 
 
 @pytest.fixture(scope="module")
