@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from cluster import machine
 from cluster.commands import Bootstrap, Command, NodeUp, Tick
@@ -31,6 +32,9 @@ from node.login import Authenticator
 from node.membership import MembershipWatch
 from node.metrics import Metrics
 from node.passwords import SHA256, hash_password
+
+if TYPE_CHECKING:
+    from node.mgmt_objects import ApiSession
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,8 @@ class Broker:
         self.incarnation = time.time_ns() // 1_000_000
         self.raft: Replica = raft if raft is not None else _default_raft(cfg)
         self.connections: dict[int, AMQPConnection] = {}
+        # Management API requests' own connections (node/mgmt_objects.py), by number.
+        self.api_sessions: dict[int, ApiSession] = {}
         # Connection numbers are unique across this node's lives, so a stale
         # effect from an old life can never reach a new connection.
         self._next_conn = (self.incarnation % (1 << 31)) << 16
@@ -329,6 +335,10 @@ class Broker:
                 continue
             conn = conns.get(key[1])
             if conn is None:
+                api = self.api_sessions.get(key[1])
+                if api is not None:
+                    api.take(ef)
+                    continue
                 if type(ef) is Fault:
                     self.metrics.faults += 1
                     log.error("a command of this node failed in the state machine (its "

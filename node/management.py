@@ -65,7 +65,7 @@ def bad_request(reason: str) -> Refusal:
     return Refusal(error(400, "bad_request", reason))
 
 
-def not_found(reason: str = "Object Not Found") -> Refusal:
+def not_found(reason: str = "Not Found") -> Refusal:
     return Refusal(error(404, "Object Not Found", reason))
 
 
@@ -765,4 +765,7 @@ def app(broker: Broker, client_max_size: int) -> web.Application:
     application = web.Application(client_max_size=client_max_size)
     application["broker"] = broker
     application.add_routes(routes)
+    from node import mgmt_objects  # its handlers build on this module's
+
+    application.add_routes(mgmt_objects.routes)
     return application

@@ -77,8 +77,12 @@ class RabbitMQ:
         epmd: Epmd | None = None,
         home: Path | None = None,
         extra_conf: str = "",
+        management_port: int | None = None,
     ) -> None:
+        """``management_port``: enable the management plugin there (statistics every
+        500 ms, so that the API's counts follow the tests quickly)."""
         self.base_dir = Path(base_dir)
+        self.management_port = management_port
         self.amqp_port = amqp_port or free_port()
         self.dist_port = free_port()
         self.nodename = nodename or f"rmq-{self.amqp_port}@localhost"
@@ -131,12 +135,19 @@ class RabbitMQ:
             (b / sub).mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
         (b / "rabbitmq-env.conf").write_text("# empty: keep /etc/rabbitmq/rabbitmq-env.conf out\n")
-        (b / "enabled_plugins").write_text("[].\n")  # no management, no prometheus
+        management = ""
+        if self.management_port:
+            (b / "enabled_plugins").write_text("[rabbitmq_management].\n")
+            management = (f"management.tcp.port = {self.management_port}\n"
+                          "management.tcp.ip = 127.0.0.1\n"
+                          "collect_statistics_interval = 500\n")
+        else:
+            (b / "enabled_plugins").write_text("[].\n")  # no management, no prometheus
         (b / "advanced.config").write_text("[].\n")
         (b / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
             "log.console = false\n"
-            "log.file.level = info\n" + self.extra_conf
+            "log.file.level = info\n" + management + self.extra_conf
         )
 
     def start(self, timeout: float = 60, wait: bool = True) -> RabbitMQ:

@@ -1,0 +1,735 @@
+"""Management API for queues, exchanges, bindings, consumers, channels and connections:
+RabbitMQ 3.10's paths, JSON, status codes and error bodies.
+
+Listings come from the replicated state, so every node answers for the whole cluster
+(node/mgmt_views.py). Changes (declare, delete, bind, purge, get, publish) run as AMQP
+commands on a channel of the request's own (ApiSession): the machine checks them, and the
+request user's permissions, exactly as it does for a client's, and the reply or channel
+error that comes back becomes the HTTP answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import time
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from cluster import commands as C
+from cluster import effects as E
+from cluster.machine.state import State
+from node import mgmt_views as views
+from node.management import (
+    APPLY_TIMEOUT_S,
+    Refusal,
+    bad_request,
+    body,
+    broker_of,
+    error,
+    needs,
+    no_content,
+    not_found,
+    state,
+)
+from protocol.properties import decode_properties, encode_properties
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+routes = web.RouteTableDef()
+
+GET_MAX = 10_000  # messages one /get may take
+ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true",
+            "reject_requeue_false")
+
+
+# --- a request's own channel -------------------------------------------------------------
+
+
+class ApiSession:
+    """A connection of the API's own, opened, used and closed in one Raft entry: the
+    commands run as ``user`` in ``vhost``; the effects addressed to it are collected (a
+    stored message's bytes are read as it arrives, while the store still has them)."""
+
+    def __init__(self, broker: Broker, user: str, vhost: str) -> None:
+        self.broker = broker
+        self.conn_no = broker.new_conn_no()
+        self.key: C.ConnKey = (broker.node_id, self.conn_no)
+        self.ch: C.ChKey = (*self.key, 1)
+        self.user, self.vhost = user, vhost
+        self.effects: list[Any] = []
+
+    def take(self, ef: E.Effect) -> None:
+        if isinstance(ef, E.Stored):
+            self.effects.append((ef, ef.record()))
+        else:
+            self.effects.append((ef, None))
+
+    async def run(self, *cmds: C.Command) -> list[tuple[Any, Any]]:
+        """Run ``cmds`` (built with the channel key PLACEHOLDER) on this session."""
+        ours = [dataclasses.replace(c, ch=self.ch)  # type: ignore[type-var]
+                if getattr(c, "ch", None) == PLACEHOLDER else c for c in cmds]
+        sinks = self.broker.api_sessions
+        sinks[self.conn_no] = self
+        try:
+            await self.broker.submit(C.ConnectionOpen(self.key, self.vhost, self.user),
+                                     C.ChannelOpen(self.ch), *ours,
+                                     C.ConnectionClose(self.key), timeout=APPLY_TIMEOUT_S)
+        except TimeoutError:
+            raise Refusal(error(503, "unavailable", "the cluster did not commit the change "
+                                                    f"in {APPLY_TIMEOUT_S:g}s")) from None
+        finally:
+            sinks.pop(self.conn_no, None)
+        for ef, _ in self.effects:
+            if isinstance(ef, E.ChannelError | E.ConnectionError):
+                raise Refusal(_refusal(ef.reply_code, ef.reply_text))
+        return self.effects
+
+
+def _refusal(code: int, text: str) -> web.Response:
+    """A channel error as RabbitMQ's management API answers it."""
+    reason = text.split(" - ", 1)[1] if " - " in text else text
+    if code == 403:  # RabbitMQ does not say more, whatever the cause
+        return error(401, "not_authorised", "Access refused.")
+    if code == 404:
+        return error(404, "Object Not Found", "Not Found")
+    return error(400, "bad_request", reason)
+
+
+async def run(request: web.Request, vhost: str, *cmds: C.Command) -> list[tuple[Any, Any]]:
+    if vhost not in state(request).vhosts:
+        raise not_found()
+    return await ApiSession(broker_of(request), request["user"], vhost).run(*cmds)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() == "true"
+
+
+def _arguments(data: dict[str, Any]) -> dict[str, Any]:
+    args = data.get("arguments", {}) or {}
+    if not isinstance(args, dict):
+        raise bad_request("arguments must be a JSON object")
+    return args
+
+
+def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if isinstance(value, str):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise bad_request(f"{key} must be true or false")
+    return value
+
+
+def _visible(request: web.Request, vhost: str | None) -> bool:
+    """A management user sees only the vhosts it has permissions on."""
+    tags = request["tags"]
+    if vhost is None or "administrator" in tags or "monitoring" in tags:
+        return True
+    return (request["user"], vhost) in state(request).permissions
+
+
+def _listing(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
+    """RabbitMQ's filters on list endpoints: ``name`` (regex with use_regex=true, else
+    substring), ``columns=a,b.c``, ``sort``/``sort_reverse``, and pagination with
+    ``page``/``page_size`` (a paged answer is an object with ``items``)."""
+    tags = request["tags"]
+    if "administrator" not in tags and "monitoring" not in tags:
+        perms = state(request).permissions
+        items = [i for i in items if (request["user"], i.get("vhost")) in perms
+                 or i.get("vhost") is None]
+    q = request.query
+    if "name" in q:
+        import re
+
+        pattern = q["name"]
+        try:
+            match = (re.compile(pattern).search if q.get("use_regex") == "true"
+                     else lambda s: pattern in s)
+        except re.error as e:
+            raise bad_request(f"invalid regex: {e}") from None
+        items = [i for i in items if match(str(i.get("name", "")))]
+    if "sort" in q:
+        keys = q["sort"].split(".")
+
+        def key(i: dict[str, Any]) -> Any:
+            v: Any = i
+            for k in keys:
+                v = v.get(k) if isinstance(v, dict) else None
+            return (v is None, str(type(v)), v if v is not None else 0)
+
+        items = sorted(items, key=key, reverse=q.get("sort_reverse") == "true")
+    if "columns" in q:
+        cols = [c.split(".") for c in q["columns"].split(",") if c]
+        items = [_columns(i, cols) for i in items]
+    if "page" in q:
+        try:
+            page, size = int(q["page"]), int(q.get("page_size", "100"))
+        except ValueError:
+            raise bad_request("page and page_size must be integers") from None
+        if page < 1 or not 1 <= size <= 500:
+            raise bad_request("page must be >= 1 and page_size 1 to 500")
+        total = len(items)
+        chunk = items[(page - 1) * size: page * size]
+        return web.json_response({
+            "filtered_count": total, "item_count": len(chunk), "items": chunk, "page": page,
+            "page_count": max(1, -(-total // size)), "page_size": size, "total_count": total})
+    return web.json_response(items)
+
+
+def _columns(item: dict[str, Any], cols: list[list[str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in cols:
+        v: Any = item
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        if v is None:
+            continue
+        dst = out
+        for k in path[:-1]:
+            dst = dst.setdefault(k, {})
+        dst[path[-1]] = v
+    return out
+
+
+def _vhost_param(request: web.Request) -> str | None:
+    vhost = request.match_info.get("vhost")
+    if vhost is not None and vhost not in state(request).vhosts:
+        raise not_found()
+    if vhost is not None and not _visible(request, vhost):
+        raise Refusal(error(401, "not_authorised", "Not_Authorized"))
+    return vhost
+
+
+def _guarded(handler: Any) -> Any:
+    async def run_it(request: web.Request) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except Refusal as r:
+            return r.response
+
+    run_it.__name__ = handler.__name__
+    return run_it
+
+
+# --- overview ------------------------------------------------------------------------------
+
+
+@routes.get("/api/overview")
+@needs("management")
+@_guarded
+async def overview(request: web.Request) -> web.Response:
+    broker = broker_of(request)
+    st: State = state(request)
+    cfg = broker.cfg
+    return web.json_response({
+        "management_version": "3.10.8", "rabbitmq_version": "3.10.8",
+        "product_name": "RaftMQ", "product_version": _version(),
+        "cluster_name": "raftmq", "node": broker.node_id,
+        "erlang_version": "n/a", "rates_mode": "basic",
+        **views.totals(st),
+        "message_stats": {},
+        "listeners": [{"node": broker.node_id, "protocol": "amqp", "ip_address": cfg.amqp_host,
+                       "port": cfg.amqp_port}],
+        "contexts": [{"node": broker.node_id, "description": "RaftMQ Management",
+                      "path": "/", "port": str(cfg.management_port)}],
+    })
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("raftmq")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
+
+
+# --- queues --------------------------------------------------------------------------------
+
+
+@routes.get("/api/queues")
+@routes.get("/api/queues/{vhost}")
+@needs("management")
+@_guarded
+async def list_queues(request: web.Request) -> web.Response:
+    vhost = _vhost_param(request)
+    return _listing(request, views.queues(state(request), broker_of(request).node_id, vhost))
+
+
+def _queue(request: web.Request) -> Any:
+    vhost = _vhost_param(request)
+    assert vhost is not None
+    q = state(request).vhosts[vhost].queues.get(request.match_info["name"])
+    if q is None or q.deleted:
+        raise not_found()
+    return q
+
+
+@routes.get("/api/queues/{vhost}/{name}")
+@needs("management")
+@_guarded
+async def get_queue(request: web.Request) -> web.Response:
+    q = _queue(request)
+    info = views.queue_json(state(request), broker_of(request).node_id, q)
+    info["consumer_details"] = [c for c in views.consumers(state(request), q.vhost)
+                                if c["queue"]["name"] == q.name]
+    return web.json_response(info)
+
+
+@routes.put("/api/queues/{vhost}/{name}")
+@needs("management")
+@_guarded
+async def put_queue(request: web.Request) -> web.Response:
+    vhost, name = request.match_info["vhost"], request.match_info["name"]
+    data = await body(request)
+    existed = name in state(request).vhosts.get(vhost, _NO_VHOST).queues
+    await run(request, vhost, C.QueueDeclare(
+        _ch(request), name, False, _bool(data, "durable", True), False,
+        _bool(data, "auto_delete", False), False, _arguments(data)))
+    return web.Response(status=204 if existed else 201)
+
+
+@routes.delete("/api/queues/{vhost}/{name}")
+@needs("management")
+@_guarded
+async def delete_queue(request: web.Request) -> web.Response:
+    _queue(request)
+    await run(request, request.match_info["vhost"], C.QueueDelete(
+        _ch(request), request.match_info["name"], _flag(request, "if-unused"),
+        _flag(request, "if-empty"), False))
+    return no_content()
+
+
+@routes.delete("/api/queues/{vhost}/{name}/contents")
+@needs("management")
+@_guarded
+async def purge_queue(request: web.Request) -> web.Response:
+    _queue(request)
+    await run(request, request.match_info["vhost"],
+              C.QueuePurge(_ch(request), request.match_info["name"], False))
+    return no_content()
+
+
+@routes.post("/api/queues/{vhost}/{name}/get")
+@needs("management")
+@_guarded
+async def get_messages(request: web.Request) -> web.Response:
+    """RabbitMQ's "get messages": up to ``count``, then acked (ack_requeue_false), or
+    rejected or requeued as ``ackmode`` says; requeued ones come back redelivered."""
+    q = _queue(request)
+    data = await body(request)
+    count, ackmode = data.get("count", 1), data.get("ackmode", "ack_requeue_true")
+    encoding, truncate = data.get("encoding", "auto"), data.get("truncate")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= GET_MAX:
+        raise bad_request(f"count must be an integer from 1 to {GET_MAX}")
+    if ackmode not in ACKMODES:
+        raise bad_request(f"ackmode must be one of {', '.join(ACKMODES)}")
+    if encoding not in ("auto", "base64"):
+        raise bad_request("encoding must be auto or base64")
+    if truncate is not None and (not isinstance(truncate, int) or truncate < 0):
+        raise bad_request("truncate must be a non-negative integer")
+    ch = _ch(request)
+    cmds: list[C.Command] = [C.Get(ch, q.name, False) for _ in range(count)]
+    # the session's close requeues what is not acked or rejected
+    if ackmode == "ack_requeue_false":
+        cmds.append(C.Ack(ch, 0, True))
+    elif ackmode == "reject_requeue_false":
+        cmds.append(C.Nack(ch, 0, True, False))
+    got = await run(request, q.vhost, *cmds)
+    out = []
+    for ef, rec in got:
+        if not isinstance(ef, E.GetOk):
+            continue
+        exchange, routing_key, props, payload = rec
+        shown = payload[:truncate] if truncate is not None else payload
+        text, how = _payload(bytes(shown), encoding)
+        out.append({"payload_bytes": len(payload), "redelivered": ef.redelivered,
+                    "exchange": exchange, "routing_key": routing_key,
+                    "message_count": ef.message_count,
+                    "properties": views.jsonable(_properties(props)), "payload": text,
+                    "payload_encoding": how})
+    return web.json_response(out)
+
+
+def _payload(data: bytes, encoding: str) -> tuple[str, str]:
+    if encoding == "auto":
+        try:
+            return data.decode("utf-8"), "string"
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(data).decode(), "base64"
+
+
+def _properties(props: bytes) -> dict[str, Any]:
+    decoded = decode_properties(props) if props and props != b"\x00\x00" else {}
+    if "message_type" in decoded:
+        decoded["type"] = decoded.pop("message_type")
+    return decoded
+
+
+# --- exchanges -----------------------------------------------------------------------------
+
+
+@routes.get("/api/exchanges")
+@routes.get("/api/exchanges/{vhost}")
+@needs("management")
+@_guarded
+async def list_exchanges(request: web.Request) -> web.Response:
+    return _listing(request, views.exchanges(state(request), _vhost_param(request)))
+
+
+def _exchange_name(name: str) -> str:
+    """RabbitMQ's URLs name the default exchange "amq.default"."""
+    return "" if name == "amq.default" else name
+
+
+def _exchange(request: web.Request) -> Any:
+    vhost = _vhost_param(request)
+    assert vhost is not None
+    x = state(request).vhosts[vhost].exchanges.get(_exchange_name(request.match_info["name"]))
+    if x is None:
+        raise not_found()
+    return x
+
+
+@routes.get("/api/exchanges/{vhost}/{name}")
+@needs("management")
+@_guarded
+async def get_exchange(request: web.Request) -> web.Response:
+    return web.json_response(views.exchange_json(request.match_info["vhost"],
+                                                 _exchange(request)))
+
+
+@routes.put("/api/exchanges/{vhost}/{name}")
+@needs("management")
+@_guarded
+async def put_exchange(request: web.Request) -> web.Response:
+    vhost, name = request.match_info["vhost"], request.match_info["name"]
+    data = await body(request)
+    kind = data.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise bad_request("type is required (direct, fanout, topic, headers)")
+    existed = name in state(request).vhosts.get(vhost, _NO_VHOST).exchanges
+    await run(request, vhost, C.ExchangeDeclare(
+        _ch(request), name, kind, False, _bool(data, "durable", True),
+        _bool(data, "auto_delete", False), _bool(data, "internal", False), False,
+        _arguments(data)))
+    return web.Response(status=204 if existed else 201)
+
+
+@routes.delete("/api/exchanges/{vhost}/{name}")
+@needs("management")
+@_guarded
+async def delete_exchange(request: web.Request) -> web.Response:
+    _exchange(request)
+    await run(request, request.match_info["vhost"], C.ExchangeDelete(
+        _ch(request), request.match_info["name"], _flag(request, "if-unused"), False))
+    return no_content()
+
+
+@routes.post("/api/exchanges/{vhost}/{name}/publish")
+@needs("management")
+@_guarded
+async def publish(request: web.Request) -> web.Response:
+    """{"routed": bool}: whether some queue took the message (it is published mandatory
+    on the session's channel; an unroutable one comes back as a basic.return)."""
+    x = _exchange(request)
+    data = await body(request)
+    rk, payload = data.get("routing_key", ""), data.get("payload", "")
+    props, how = data.get("properties", {}) or {}, data.get("payload_encoding", "string")
+    if not isinstance(rk, str) or not isinstance(payload, str) or not isinstance(props, dict):
+        raise bad_request("routing_key and payload must be strings, properties an object")
+    try:
+        raw = base64.b64decode(payload, validate=True) if how == "base64" else \
+            payload.encode()
+    except (binascii.Error, ValueError):
+        raise bad_request("payload is not valid base64") from None
+    if how not in ("string", "base64"):
+        raise bad_request("payload_encoding must be string or base64")
+    got = await run(request, request.match_info["vhost"], C.Publish(
+        _ch(request), x.name, rk, True, _encode_properties(props), raw, 0))
+    return web.json_response({"routed": not any(isinstance(ef, E.Return) for ef, _ in got)})
+
+
+def _encode_properties(props: dict[str, Any]) -> bytes:
+    known = {"content_type", "content_encoding", "headers", "delivery_mode", "priority",
+             "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
+             "user_id", "app_id", "cluster_id"}
+    unknown = set(props) - known
+    if unknown:
+        raise bad_request(f"unknown properties: {', '.join(sorted(unknown))}")
+    kwargs = dict(props)
+    if "type" in kwargs:
+        kwargs["message_type"] = kwargs.pop("type")
+    if "expiration" in kwargs:
+        kwargs["expiration"] = str(kwargs["expiration"])
+    if "timestamp" in kwargs:
+        import datetime
+
+        kwargs["timestamp"] = datetime.datetime.fromtimestamp(int(kwargs["timestamp"]),
+                                                              datetime.UTC)
+    try:
+        return encode_properties(**kwargs)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise bad_request(f"invalid properties: {e}") from None
+
+
+# --- bindings ------------------------------------------------------------------------------
+
+
+@routes.get("/api/bindings")
+@routes.get("/api/bindings/{vhost}")
+@needs("management")
+@_guarded
+async def list_bindings(request: web.Request) -> web.Response:
+    return _listing(request, views.bindings(state(request), _vhost_param(request)))
+
+
+@routes.get("/api/queues/{vhost}/{name}/bindings")
+@needs("management")
+@_guarded
+async def queue_bindings(request: web.Request) -> web.Response:
+    q = _queue(request)
+    return web.json_response([b for b in views.bindings(state(request), q.vhost)
+                              if b["destination_type"] == "queue"
+                              and b["destination"] == q.name])
+
+
+@routes.get("/api/exchanges/{vhost}/{name}/bindings/{side}")
+@needs("management")
+@_guarded
+async def exchange_bindings(request: web.Request) -> web.Response:
+    x = _exchange(request)
+    side = request.match_info["side"]
+    if side not in ("source", "destination"):
+        raise not_found()
+    vhost = request.match_info["vhost"]
+    if side == "source":
+        found = [b for b in views.bindings(state(request), vhost)
+                 if b["source"] == x.name and (x.name or b["destination_type"] == "queue")]
+    else:
+        found = [b for b in views.bindings(state(request), vhost)
+                 if b["destination_type"] == "exchange" and b["destination"] == x.name]
+    return web.json_response(found)
+
+
+def _between(request: web.Request) -> tuple[str, str, bool, str, list[dict[str, Any]]]:
+    """(vhost, source, destination is an exchange, destination, bindings between them)."""
+    vhost = _vhost_param(request)
+    assert vhost is not None
+    m = request.match_info
+    src, dest, is_x = _exchange_name(m["source"]), m["destination"], m["kind"] == "e"
+    if m["kind"] not in ("e", "q"):
+        raise not_found()
+    vh = state(request).vhosts[vhost]
+    if src not in vh.exchanges or (dest not in (vh.exchanges if is_x else vh.queues)):
+        raise not_found()
+    found = [b for b in views.bindings(state(request), vhost)
+             if b["source"] == src and b["destination"] == dest
+             and (b["destination_type"] == "exchange") == is_x]
+    return vhost, src, is_x, dest, found
+
+
+@routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
+@needs("management")
+@_guarded
+async def list_between(request: web.Request) -> web.Response:
+    return web.json_response(_between(request)[4])
+
+
+@routes.post("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
+@needs("management")
+@_guarded
+async def bind(request: web.Request) -> web.Response:
+    vhost, src, is_x, dest, _ = _between(request)
+    if src == "":
+        raise Refusal(error(403, "access_refused", "operation not permitted on the default "
+                                                   "exchange"))
+    data = await body(request)
+    rk, args = data.get("routing_key", ""), _arguments(data)
+    if not isinstance(rk, str):
+        raise bad_request("routing_key must be a string")
+    ch = _ch(request)
+    await run(request, vhost, C.ExchangeBind(ch, dest, src, rk, False, args) if is_x else
+              C.QueueBind(ch, dest, src, rk, False, args))
+    location = "/api/bindings/{}/e/{}/{}/{}/{}".format(
+        *(urllib.parse.quote(p, safe="") for p in (vhost, src, "e" if is_x else "q", dest)),
+        views.properties_key(rk, args))
+    return web.Response(status=201, headers={"Location": location})
+
+
+@routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
+@needs("management")
+@_guarded
+async def get_binding(request: web.Request) -> web.Response:
+    return web.json_response(_one_binding(request))
+
+
+def _one_binding(request: web.Request) -> dict[str, Any]:
+    found = _between(request)[4]
+    props = request.match_info["props"]
+    for b in found:
+        if b["properties_key"] in (props, urllib.parse.quote(props, safe="")):
+            return b
+    raise not_found()
+
+
+@routes.delete("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
+@needs("management")
+@_guarded
+async def unbind(request: web.Request) -> web.Response:
+    b = _one_binding(request)
+    vhost, src, is_x, dest, _ = _between(request)
+    ch = _ch(request)
+    args = _raw_arguments(state(request), vhost, src, is_x, dest, b["routing_key"],
+                          b["properties_key"])
+    await run(request, vhost, C.ExchangeUnbind(ch, dest, src, b["routing_key"], False, args)
+              if is_x else C.QueueUnbind(ch, dest, src, b["routing_key"], args))
+    return no_content()
+
+
+def _raw_arguments(st: State, vhost: str, src: str, is_x: bool, dest: str, rk: str,
+                   key: str) -> dict[str, Any]:
+    """The binding's arguments as stored (typed AMQP values), for the unbind to match."""
+    for ((dx, dname), brk, _f), args in st.vhosts[vhost].exchanges[src].bindings.items():
+        if dx == is_x and dname == dest and brk == rk and \
+                views.properties_key(brk, args) == key:
+            return args
+    return {}
+
+
+# --- consumers, channels, connections ------------------------------------------------------
+
+
+@routes.get("/api/consumers")
+@routes.get("/api/consumers/{vhost}")
+@needs("management")
+@_guarded
+async def list_consumers(request: web.Request) -> web.Response:
+    return _listing(request, views.consumers(state(request), _vhost_param(request)))
+
+
+@routes.get("/api/channels")
+@routes.get("/api/vhosts/{vhost}/channels")
+@needs("management")
+@_guarded
+async def list_channels(request: web.Request) -> web.Response:
+    return _listing(request, views.channels(state(request), _vhost_param(request)))
+
+
+def connections(broker: Broker, vhost: str | None = None) -> list[dict[str, Any]]:
+    """Every client connection in the cluster (the state knows user, vhost, channels);
+    this node adds what only it knows of its own (peer, client properties, TLS)."""
+    st = broker.raft.state
+    local = {c.key: c for c in broker.connections.values()}
+    out = []
+    for key, conn in st.conns.items():
+        if vhost is not None and conn.vhost != vhost:
+            continue
+        if key[0] == broker.node_id and key[1] in broker.api_sessions:
+            continue
+        info: dict[str, Any] = {
+            "name": views.connection_name(key), "node": key[0], "vhost": conn.vhost,
+            "user": conn.user, "channels": len(conn.channels), "state": "running",
+            "protocol": "AMQP 0-9-1", "type": "network",
+        }
+        mine = local.get(key)
+        if mine is not None:
+            peer = mine.peer or ("", 0)
+            info.update(peer_host=peer[0], peer_port=peer[1], ssl=mine.tls,
+                        client_properties=views.jsonable(mine.client_properties),
+                        connected_at=int((time.time() - (time.monotonic() - mine.created))
+                                         * 1000),
+                        blocked=mine.blocked,
+                        send_pend=mine.flow.buffered if mine.flow is not None else 0)
+        out.append(info)
+    return out
+
+
+@routes.get("/api/connections")
+@routes.get("/api/vhosts/{vhost}/connections")
+@needs("management")
+@_guarded
+async def list_connections(request: web.Request) -> web.Response:
+    items = connections(broker_of(request), _vhost_param(request))
+    tags = request["tags"]
+    if "administrator" not in tags and "monitoring" not in tags:
+        items = [i for i in items if i["user"] == request["user"]]
+    return _listing(request, items)
+
+
+def _connection_key(request: web.Request) -> C.ConnKey:
+    node, sep, number = request.match_info["name"].rpartition(":")
+    if not sep or not number.isdigit():
+        raise not_found()
+    key = (node, int(number))
+    if key not in state(request).conns:
+        raise not_found()
+    return key
+
+
+@routes.get("/api/connections/{name}")
+@needs("management")
+@_guarded
+async def get_connection(request: web.Request) -> web.Response:
+    key = _connection_key(request)
+    info = next(i for i in connections(broker_of(request))
+                if i["name"] == views.connection_name(key))
+    return web.json_response(info)
+
+
+@routes.delete("/api/connections/{name}")
+@needs("management")
+@_guarded
+async def close_connection(request: web.Request) -> web.Response:
+    """Close with 320 CONNECTION_FORCED and the X-Reason header's text, as RabbitMQ; a
+    connection of another node is closed by that node (the request goes to it)."""
+    key = _connection_key(request)
+    broker = broker_of(request)
+    conn = state(request).conns[key]
+    tags = request["tags"]
+    if "administrator" not in tags and conn.user != request["user"]:
+        raise Refusal(error(401, "not_authorised", "Not_Authorized"))
+    reason = request.headers.get("X-Reason", "Closed via management plugin")
+    if key[0] != broker.node_id:
+        return await _forward(request, key[0])
+    mine = next((c for c in broker.connections.values() if c.key == key), None)
+    if mine is None:
+        raise not_found()
+    mine.force_close(320, f"CONNECTION_FORCED - {reason}")
+    return no_content()
+
+
+async def _forward(request: web.Request, node: str) -> web.Response:
+    """The same request to ``node``'s management API (its address is in the state)."""
+    info = state(request).nodes.get(node)
+    if info is None or not info.http_address or info.down:
+        raise Refusal(error(503, "unavailable", f"node {node} is not reachable"))
+    url = f"http://{info.http_address}{request.rel_url}"
+    try:
+        async with ClientSession(timeout=ClientTimeout(total=APPLY_TIMEOUT_S)) as s, \
+                s.request(request.method, url, headers={
+                    k: v for k, v in request.headers.items()
+                    if k in ("Authorization", "X-Reason")}) as r:
+            return web.Response(status=r.status, body=await r.read(),
+                                content_type=r.content_type or "application/json")
+    except (OSError, TimeoutError) as e:
+        raise Refusal(error(503, "unavailable", f"node {node}: {e}")) from None
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+_NO_VHOST: Any = type("NoVHost", (), {"queues": {}, "exchanges": {}})()
+PLACEHOLDER: C.ChKey = ("", 0, 0)  # replaced by the session's channel (ApiSession.run)
+
+
+def _ch(request: web.Request) -> C.ChKey:
+    return PLACEHOLDER
