@@ -278,7 +278,8 @@ def _queue(request: web.Request) -> Any:
 async def get_queue(request: web.Request) -> web.Response:
     q = _queue(request)
     info = views.queue_json(state(request), broker_of(request).node_id, q)
-    info["consumer_details"] = [c for c in views.consumers(state(request), q.vhost)
+    info["consumer_details"] = [c for c in views.consumers(state(request), q.vhost,
+                                                           _peers(request))
                                 if c["queue"]["name"] == q.name]
     return web.json_response(info)
 
@@ -613,7 +614,8 @@ def _raw_arguments(st: State, vhost: str, src: str, is_x: bool, dest: str, rk: s
 @needs("management")
 @_guarded
 async def list_consumers(request: web.Request) -> web.Response:
-    return _listing(request, views.consumers(state(request), _vhost_param(request)))
+    return _listing(request, views.consumers(state(request), _vhost_param(request),
+                                             _peers(request)))
 
 
 @routes.get("/api/channels")
@@ -621,7 +623,13 @@ async def list_consumers(request: web.Request) -> web.Response:
 @needs("management")
 @_guarded
 async def list_channels(request: web.Request) -> web.Response:
-    return _listing(request, views.channels(state(request), _vhost_param(request)))
+    return _listing(request, views.channels(state(request), _vhost_param(request),
+                                            _peers(request)))
+
+
+def _peers(request: web.Request) -> views.Peers:
+    return {c.key: (str(c.peer[0]), int(c.peer[1])) for c in broker_of(request).connections.values()
+            if c.peer and len(c.peer) >= 2}
 
 
 def connections(broker: Broker, vhost: str | None = None) -> list[dict[str, Any]]:
@@ -643,7 +651,12 @@ def connections(broker: Broker, vhost: str | None = None) -> list[dict[str, Any]
         mine = local.get(key)
         if mine is not None:
             peer = mine.peer or ("", 0)
+            here = mine.transport.get_extra_info("sockname") if mine.transport else None
             info.update(peer_host=peer[0], peer_port=peer[1], ssl=mine.tls,
+                        host=here[0] if here else None, port=here[1] if here else None,
+                        frame_max=mine.proto.frame_max, channel_max=mine.proto.channel_max,
+                        timeout=mine.proto.heartbeat,
+                        auth_mechanism="EXTERNAL" if mine.certificate_user else "PLAIN",
                         client_properties=views.jsonable(mine.client_properties),
                         connected_at=int((time.time() - (time.monotonic() - mine.created))
                                          * 1000),

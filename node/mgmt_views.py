@@ -124,49 +124,63 @@ def bindings(state: State, vhost: str | None = None) -> list[dict[str, Any]]:
     return [b for vh in vhosts(state, vhost) for b in _bindings(vh)]
 
 
-def consumers(state: State, vhost: str | None = None) -> list[dict[str, Any]]:
+def consumers(state: State, vhost: str | None = None,
+              peers: Peers | None = None) -> list[dict[str, Any]]:
     out = []
     for vh in vhosts(state, vhost):
         for q in vh.queues.values():
             for c in q.consumers.values():
-                ch = state.channels.get(c.ch)
                 out.append({
                     "queue": {"name": q.name, "vhost": vh.name},
                     "consumer_tag": c.tag, "exclusive": q.exclusive_consumer,
                     "ack_required": not c.no_ack, "prefetch_count": c.prefetch,
                     "active": c.active, "activity_status": "up" if c.active else "waiting",
                     "arguments": jsonable(c.arguments),
-                    "channel_details": channel_details(c.ch, ch.vhost if ch else vh.name,
-                                                       state),
+                    "channel_details": channel_details(c.ch, state, peers),
                 })
     return out
 
 
+# Peers of this node's own connections, (host, port) by connection key: only the node
+# a client is connected to knows them.
+Peers = dict[tuple[str, int], tuple[str, int]]
+
+
 def connection_name(key: tuple[str, int]) -> str:
+    """Unique in the cluster, and names the node that holds the connection."""
     return f"{key[0]}:{key[1]}"
 
 
+def channel_number(ch: tuple[str, int, int]) -> int:
+    return ch[2] & 0xFFFF  # the bits above count the channel number's reuses
+
+
 def channel_name(ch: tuple[str, int, int]) -> str:
-    return f"{ch[0]}:{ch[1]} ({ch[2]})"
+    return f"{connection_name(ch[:2])} ({channel_number(ch)})"
 
 
-def channel_details(ch: tuple[str, int, int], vhost: str, state: State) -> dict[str, Any]:
+def channel_details(ch: tuple[str, int, int], state: State,
+                    peers: Peers | None = None) -> dict[str, Any]:
     conn = state.conns.get(ch[:2])
-    return {"name": channel_name(ch), "number": ch[2], "node": ch[0],
+    host, port = (peers or {}).get(ch[:2], (None, None))
+    return {"name": channel_name(ch), "number": channel_number(ch), "node": ch[0],
             "connection_name": connection_name(ch[:2]),
-            "user": conn.user if conn else "", "peer_host": None, "peer_port": None}
+            "user": conn.user if conn else "", "peer_host": host, "peer_port": port}
 
 
-def channels(state: State, vhost: str | None = None) -> list[dict[str, Any]]:
+def channels(state: State, vhost: str | None = None,
+             peers: Peers | None = None) -> list[dict[str, Any]]:
     out = []
     for key, ch in state.channels.items():
         if vhost is not None and ch.vhost != vhost:
             continue
         conn = state.conns.get(key[:2])
+        host, port = (peers or {}).get(key[:2], (None, None))
         out.append({
-            "name": channel_name(key), "number": key[2], "node": key[0], "vhost": ch.vhost,
-            "user": conn.user if conn else "",
-            "connection_details": {"name": connection_name(key[:2])},
+            "name": channel_name(key), "number": channel_number(key), "node": key[0],
+            "vhost": ch.vhost, "user": conn.user if conn else "",
+            "connection_details": {"name": connection_name(key[:2]), "peer_host": host,
+                                   "peer_port": port},
             "consumer_count": len(ch.consumers),
             "messages_unacknowledged": len(ch.unacked),
             "prefetch_count": ch.consumer_prefetch, "global_prefetch_count": ch.global_prefetch,

@@ -24,21 +24,33 @@ V = q("/")
 OWN = {"node", "memory", "reductions", "garbage_collection", "idle_since", "state",
        "owner_pid_details", "message_stats", "messages_details", "messages_ready_details",
        "messages_unacknowledged_details", "consumer_utilisation", "consumer_capacity",
-       "user_who_performed_action", "effective_policy_definition", "message_bytes_ready"}
+       "user_who_performed_action", "effective_policy_definition", "message_bytes_ready",
+       "connected_at", "port"}
 missing_fields: dict[str, set[str]] = {}
 
 
 @pytest.fixture(scope="module")
-def apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api]]:
+def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
     from tests.harness.rabbitmq import RabbitMQ
 
     base = tmp_path_factory.mktemp("mgmt-compare")
     rabbit = RabbitMQ(base / "rabbitmq", management_port=free_port())
     node = RaftMQNode(base / "raftmq" / "data", log_path=base / "raftmq" / "node.log")
     with rabbit, node:
-        rapi, oapi = Api(node.management_port), Api(rabbit.management_port or 0)
-        _wait(lambda: oapi("GET", "/api/overview")[0] == 200, 60)
-        yield rapi, oapi
+        yield node, rabbit
+
+
+@pytest.fixture(scope="module")
+def amqp_ports(brokers: tuple[Any, Any]) -> tuple[int, int]:
+    return brokers[0].amqp_port, brokers[1].amqp_port
+
+
+@pytest.fixture(scope="module")
+def apis(brokers: tuple[Any, Any]) -> Iterator[tuple[Api, Api]]:
+    node, rabbit = brokers
+    rapi, oapi = Api(node.management_port), Api(rabbit.management_port or 0)
+    _wait(lambda: oapi("GET", "/api/overview")[0] == 200, 60)
+    yield rapi, oapi
     if missing_fields:
         print("\nfields RabbitMQ returns that RaftMQ lacks:")
         for what, keys in sorted(missing_fields.items()):
@@ -61,11 +73,22 @@ def both(apis: tuple[Api, Api], method: str, path: str, body: Any = None) -> tup
     return ra, oa
 
 
-def compare(what: str, ours: dict[str, Any], theirs: dict[str, Any]) -> None:
+# Names of connections and channels: RabbitMQ's say "peer -> listener"; RaftMQ's name the
+# node holding the connection (they are unique in the cluster, as the API needs).
+NAMES = {"name", "connection_name", "peer_port"}  # and each client has its own port
+
+
+def compare(what: str, ours: dict[str, Any], theirs: dict[str, Any],
+            ignore: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Every field both return has the same value (nested objects field by field)."""
     lacking = set(theirs) - set(ours)
     missing_fields.setdefault(what, set()).update(lacking)
-    diff = {k: (ours[k], theirs[k]) for k in set(ours) & set(theirs) - OWN
-            if ours[k] != theirs[k]}
+    diff = {}
+    for k in set(ours) & set(theirs) - OWN - ignore:
+        if isinstance(ours[k], dict) and isinstance(theirs[k], dict) and k != "arguments":
+            compare(f"{what}.{k}", ours[k], theirs[k], NAMES)
+        elif ours[k] != theirs[k]:
+            diff[k] = (ours[k], theirs[k])
     assert not diff, f"{what}: values differ (RaftMQ, RabbitMQ): {diff}; lacking: {lacking}"
 
 
@@ -169,3 +192,52 @@ def test_unknown_vhost(apis: tuple[Api, Api]) -> None:
                  f"/api/queues/{q('no-vhost')}/x"):
         ours, theirs = both(apis, "GET", path)
         assert ours == theirs
+
+
+def test_connections_channels_consumers(apis: tuple[Api, Api],
+                                        amqp_ports: tuple[int, int]) -> None:
+    """A pika client consuming on each broker: the listings agree on what both know, and
+    closing the connection through the API closes it with 320 and the given reason."""
+    import pika
+
+    clients = []
+    for api in apis:
+        conn = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", amqp_ports[apis.index(api)]))
+        ch = conn.channel()
+        ch.queue_declare("cmp-c", durable=True)
+        ch.basic_qos(prefetch_count=5)
+        ch.basic_consume("cmp-c", lambda *a: None, consumer_tag="cmp-tag")
+        clients.append(conn)
+    try:
+        for api in apis:
+            _wait(lambda api=api: len(api.ok("GET", "/api/consumers")) == 1)  # type: ignore[misc]
+            _wait(lambda api=api: len(api.ok("GET", "/api/connections")) == 1)  # type: ignore[misc]
+        ours, theirs = both(apis, "GET", f"/api/consumers/{V}")
+        compare("consumer", ours[0], theirs[0])
+        ours, theirs = both(apis, "GET", "/api/channels")
+        compare("channel", ours[0], theirs[0], NAMES)
+        ours, theirs = both(apis, "GET", "/api/connections")
+        compare("connection", ours[0], theirs[0], NAMES)
+        for api, conn in zip(apis, clients, strict=True):
+            name = api.ok("GET", "/api/connections")[0]["name"]
+            status, _ = api("DELETE", f"/api/connections/{q(name)}")
+            assert status == 204
+            closed: list[Exception] = []
+
+            def gone(conn: Any = conn, closed: list[Exception] = closed) -> bool:
+                try:
+                    conn.process_data_events(0.05)
+                except pika.exceptions.ConnectionClosedByBroker as e:
+                    closed.append(e)
+                    return True
+                return False
+
+            _wait(gone)
+            assert closed[0].reply_code == 320
+    finally:
+        for conn in clients:
+            if conn.is_open:
+                conn.close()
+        for api in apis:
+            api("DELETE", f"/api/queues/{V}/cmp-c")
