@@ -88,6 +88,9 @@ class ConnectionOpen(Command):
     conn: ConnKey
     vhost: str
     user: str
+    # The management API's own connection for a definitions import, which RabbitMQ does
+    # regardless of the importing user's permissions (only the node proposes this).
+    system: bool = False
 
 
 @_command(4)

@@ -10,9 +10,11 @@ error that comes back becomes the HTTP answer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
+import os
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -55,12 +57,12 @@ class ApiSession:
     commands run as ``user`` in ``vhost``; the effects addressed to it are collected (a
     stored message's bytes are read as it arrives, while the store still has them)."""
 
-    def __init__(self, broker: Broker, user: str, vhost: str) -> None:
+    def __init__(self, broker: Broker, user: str, vhost: str, system: bool = False) -> None:
         self.broker = broker
         self.conn_no = broker.new_conn_no()
         self.key: C.ConnKey = (broker.node_id, self.conn_no)
         self.ch: C.ChKey = (*self.key, 1)
-        self.user, self.vhost = user, vhost
+        self.user, self.vhost, self.system = user, vhost, system
         self.effects: list[Any] = []
 
     def take(self, ef: E.Effect) -> None:
@@ -76,7 +78,8 @@ class ApiSession:
         sinks = self.broker.api_sessions
         sinks[self.conn_no] = self
         try:
-            await self.broker.submit(C.ConnectionOpen(self.key, self.vhost, self.user),
+            await self.broker.submit(C.ConnectionOpen(self.key, self.vhost, self.user,
+                                                      self.system),
                                      C.ChannelOpen(self.ch), *ours,
                                      C.ConnectionClose(self.key), timeout=APPLY_TIMEOUT_S)
         except TimeoutError:
@@ -230,7 +233,7 @@ async def overview(request: web.Request) -> web.Response:
     cfg = broker.cfg
     return web.json_response({
         "management_version": "3.10.8", "rabbitmq_version": "3.10.8",
-        "product_name": "RaftMQ", "product_version": _version(),
+        "product_name": "RaftMQ", "product_version": product_version(),
         "cluster_name": "raftmq", "node": broker.node_id,
         "erlang_version": "n/a", "rates_mode": "basic",
         **views.totals(st),
@@ -242,7 +245,7 @@ async def overview(request: web.Request) -> web.Response:
     })
 
 
-def _version() -> str:
+def product_version() -> str:
     import importlib.metadata
 
     try:
@@ -326,8 +329,8 @@ async def get_messages(request: web.Request) -> web.Response:
     rejected or requeued as ``ackmode`` says; requeued ones come back redelivered."""
     q = _queue(request)
     data = await body(request)
-    count, ackmode = data.get("count", 1), data.get("ackmode", "ack_requeue_true")
-    encoding, truncate = data.get("encoding", "auto"), data.get("truncate")
+    count, ackmode = _int(data.get("count", 1)), data.get("ackmode", "ack_requeue_true")
+    encoding, truncate = data.get("encoding", "auto"), _int(data.get("truncate"))
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= GET_MAX:
         raise bad_request(f"count must be an integer from 1 to {GET_MAX}")
     if ackmode not in ACKMODES:
@@ -357,6 +360,13 @@ async def get_messages(request: web.Request) -> web.Response:
                     "properties": views.jsonable(_properties(props)), "payload": text,
                     "payload_encoding": how})
     return web.json_response(out)
+
+
+def _int(value: Any) -> Any:
+    """Numbers may come as strings (rabbitmqadmin sends them so)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def _payload(data: bytes, encoding: str) -> tuple[str, str]:
@@ -746,3 +756,70 @@ PLACEHOLDER: C.ChKey = ("", 0, 0)  # replaced by the session's channel (ApiSessi
 
 def _ch(request: web.Request) -> C.ChKey:
     return PLACEHOLDER
+
+
+# --- nodes ---------------------------------------------------------------------------------
+
+NODE_ASK_TIMEOUT_S = 2.0
+_STARTED = time.time()
+
+
+def node_json(broker: Broker) -> dict[str, Any]:
+    """This node as RabbitMQ's /api/nodes shows one, with its Raft view."""
+    from node.management import resources
+
+    st = broker.raft.status()
+    lag = {peer: st.commit_index - idx for peer, idx in st.match_index}
+    return {
+        "name": broker.node_id, "type": "disc", "running": True, "being_drained": False,
+        "uptime": int((time.time() - _STARTED) * 1000), "os_pid": str(os.getpid()),
+        **{k: v for k, v in resources(broker).items() if k != "alarms"},
+        "raft": {"role": st.state, "leader": st.leader, "term": st.term,
+                 "commit_index": st.commit_index, "last_applied": st.last_applied,
+                 "log_entries": st.log_len, "has_quorum": st.has_quorum,
+                 "raft_address": broker.cfg.raft_address, "follower_lag": lag},
+        "cluster_links": [{"name": m, "connected": m in st.connected} for m in st.members],
+    }
+
+
+async def _ask_node(request: web.Request, name: str, info: Any) -> dict[str, Any]:
+    down = {"name": name, "type": "disc", "running": False}
+    if info.down or not info.http_address:
+        return down
+    url = f"http://{info.http_address}/api/nodes/{urllib.parse.quote(name, safe='')}"
+    try:
+        async with ClientSession(timeout=ClientTimeout(total=NODE_ASK_TIMEOUT_S)) as s, \
+                s.get(url, params={"local": "true"},
+                      headers={"Authorization": request.headers["Authorization"]}) as r:
+            if r.status == 200:
+                answer: dict[str, Any] = await r.json(content_type=None)
+                return answer
+    except (OSError, TimeoutError, ValueError):
+        pass
+    return down
+
+
+@routes.get("/api/nodes")
+@needs("monitoring")
+@_guarded
+async def list_nodes(request: web.Request) -> web.Response:
+    """Every member, each as it reports itself (asked over its management port; a node
+    that does not answer is listed as not running)."""
+    broker = broker_of(request)
+    others = [(n, i) for n, i in sorted(state(request).nodes.items()) if n != broker.node_id]
+    answers = await asyncio.gather(*(_ask_node(request, n, i) for n, i in others))
+    return _listing(request, sorted([node_json(broker), *answers], key=lambda n: n["name"]))
+
+
+@routes.get("/api/nodes/{name}")
+@needs("monitoring")
+@_guarded
+async def get_node(request: web.Request) -> web.Response:
+    broker = broker_of(request)
+    name = request.match_info["name"]
+    if name == broker.node_id:
+        return web.json_response(node_json(broker))
+    info = state(request).nodes.get(name)
+    if info is None or request.query.get("local") == "true":
+        raise not_found()
+    return web.json_response(await _ask_node(request, name, info))

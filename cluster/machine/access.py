@@ -77,6 +77,8 @@ def resource(rtype: str, name: str) -> str:
 def check(state: State, ch: Channel, perm: str, rtype: str, name: str,
           method: tuple[int, int]) -> None:
     """403 ACCESS_REFUSED on the channel unless its user has ``perm`` on the resource."""
+    if ch.system:
+        return
     if ch.acl_version != state.acl_version:
         ch.acl.clear()
         ch.acl_version = state.acl_version
@@ -97,7 +99,7 @@ def check(state: State, ch: Channel, perm: str, rtype: str, name: str,
 def check_topic(state: State, ch: Channel, perm: str, ex: Exchange, routing_key: str,
                 method: tuple[int, int]) -> None:
     """Topic permissions: only for topic exchanges, only where some are set."""
-    if ex.type != "topic" or not state.topic_permissions:
+    if ex.type != "topic" or not state.topic_permissions or ch.system:
         return
     tp = state.topic_permissions.get((ch.user, ch.vhost, ex.name))
     if tp is None:

@@ -80,7 +80,8 @@ def connection_open(state: State, cmd: C.ConnectionOpen, out: list[Effect]) -> N
         return  # a late command from a life already cleaned up
     if cmd.conn in state.conns or cmd.vhost not in state.vhosts:
         return
-    state.conns[cmd.conn] = Connection(cmd.conn, cmd.vhost, cmd.user, inc)
+    state.conns[cmd.conn] = Connection(cmd.conn, cmd.vhost, cmd.user, inc,
+                                       system=cmd.system)
 
 
 def connection_close(state: State, cmd: C.ConnectionClose, out: list[Effect]) -> None:
@@ -93,7 +94,8 @@ def channel_open(state: State, cmd: C.ChannelOpen, out: list[Effect]) -> None:
     conn = state.conns.get(cmd.ch[:2])
     if conn is None or cmd.ch in state.channels:
         return
-    state.channels[cmd.ch] = Channel(cmd.ch, conn.vhost, paused=conn.paused, user=conn.user)
+    state.channels[cmd.ch] = Channel(cmd.ch, conn.vhost, paused=conn.paused, user=conn.user,
+                                     system=conn.system)
     conn.channels[cmd.ch[2]] = None
 
 

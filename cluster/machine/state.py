@@ -262,6 +262,7 @@ class Channel:
     last_queue: str = ""  # most recently declared queue (AMQP "" shortcut)
     paused: bool = False  # its connection's socket takes no more writes (ConnectionFlow)
     user: str = ""  # the connection's user, for permission checks
+    system: bool = False  # of a system connection: no permission checks
     # Permission decisions already taken, valid while State.acl_version is acl_version.
     acl: dict[tuple[str, str, str], bool] = field(default_factory=dict, compare=False,
                                                  repr=False)
@@ -280,6 +281,7 @@ class Connection:
     channels: dict[int, None] = field(default_factory=dict)
     exclusive_queues: dict[int, None] = field(default_factory=dict)  # qid -> None
     paused: bool = False  # ConnectionFlow: its socket takes no more writes
+    system: bool = False  # ConnectionOpen.system: permissions are not checked
 
 
 @dataclass(eq=True)
