@@ -223,9 +223,10 @@ def test_connections_channels_consumers(apis: tuple[Api, Api],
             name = api.ok("GET", "/api/connections")[0]["name"]
             status, _ = api("DELETE", f"/api/connections/{q(name)}")
             assert status == 204
-            closed: list[Exception] = []
+            closed: list[pika.exceptions.ConnectionClosedByBroker] = []
 
-            def gone(conn: Any = conn, closed: list[Exception] = closed) -> bool:
+            def gone(conn: Any = conn,
+                     closed: list[pika.exceptions.ConnectionClosedByBroker] = closed) -> bool:
                 try:
                     conn.process_data_events(0.05)
                 except pika.exceptions.ConnectionClosedByBroker as e:
