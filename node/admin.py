@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,9 +41,11 @@ class Api:
         return Api("http://" + http_address, self.user, self.password)
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 15.0,
-                ok: tuple[int, ...] = (200, 201, 204)) -> Any:
+                ok: tuple[int, ...] = (200, 201, 204),
+                headers: dict[str, str] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers=headers or {})
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
         if data is not None:
@@ -220,11 +223,19 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], fmt: str) -> Non
     if fmt == "json":
         print(json.dumps(rows, indent=1))
         return
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[_cell(_field(r, c)) for c in columns] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _field(row: dict[str, Any], column: str) -> Any:
+    """A column may name a nested field: "queue.name"."""
+    value: Any = row
+    for key in column.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def _cell(v: Any) -> str:
@@ -236,6 +247,22 @@ def _cell(v: Any) -> str:
 
 
 LISTS: dict[str, tuple[str, list[str]]] = {
+    "queues": ("/api/queues", ["vhost", "name", "type", "durable", "messages_ready",
+                               "messages_unacknowledged", "consumers"]),
+    "exchanges": ("/api/exchanges", ["vhost", "name", "type", "durable", "auto_delete",
+                                     "internal"]),
+    "bindings": ("/api/bindings", ["vhost", "source", "destination", "destination_type",
+                                   "routing_key"]),
+    "connections": ("/api/connections", ["name", "node", "user", "vhost", "peer_host",
+                                         "peer_port", "channels"]),
+    "channels": ("/api/channels", ["name", "user", "vhost", "consumer_count",
+                                   "messages_unacknowledged", "prefetch_count"]),
+    "consumers": ("/api/consumers", ["queue.vhost", "queue.name", "consumer_tag",
+                                     "channel_details.name", "ack_required",
+                                     "prefetch_count"]),
+    "nodes": ("/api/nodes", ["name", "running", "raft.role", "raft.term",
+                             "raft.commit_index", "mem_used", "mem_alarm",
+                             "disk_free_alarm"]),
     "users": ("/api/users", ["name", "tags"]),
     "vhosts": ("/api/vhosts", ["name", "description", "messages"]),
     "permissions": ("/api/permissions", ["user", "vhost", "configure", "write", "read"]),
@@ -244,7 +271,93 @@ LISTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def list_items(api: Api, what: str, fmt: str) -> int:
+_PER_VHOST = {"queues", "exchanges", "bindings", "connections", "consumers"}
+
+
+def list_items(api: Api, what: str, fmt: str, vhost: str | None = None) -> int:
     path, columns = LISTS[what]
+    if vhost is not None:
+        if what not in _PER_VHOST:
+            raise AdminError(f"raftmq: list {what} takes no --vhost")
+        path = (f"/api/vhosts/{quote(vhost)}/connections" if what == "connections"
+                else f"{path}/{quote(vhost)}")
     print_table(api.request("GET", path), columns, fmt)
     return 0
+
+
+def delete_queue(api: Api, vhost: str, name: str, if_unused: bool, if_empty: bool) -> int:
+    query = "&".join(q for q, on in (("if-unused=true", if_unused), ("if-empty=true", if_empty))
+                     if on)
+    api.request("DELETE", f"/api/queues/{quote(vhost)}/{quote(name)}" +
+                (f"?{query}" if query else ""))
+    print(f"queue {name} deleted")
+    return 0
+
+
+def purge_queue(api: Api, vhost: str, name: str) -> int:
+    api.request("DELETE", f"/api/queues/{quote(vhost)}/{quote(name)}/contents")
+    print(f"queue {name} purged")
+    return 0
+
+
+def close_connection(api: Api, name: str, reason: str) -> int:
+    api.request("DELETE", f"/api/connections/{quote(name)}", headers={"X-Reason": reason})
+    print(f"connection {name} closed")
+    return 0
+
+
+SECTIONS = ("users", "vhosts", "permissions", "topic_permissions", "exchanges", "queues",
+            "bindings")
+
+
+def export_definitions(api: Api, file: str) -> int:
+    defs = api.request("GET", "/api/definitions")
+    text = json.dumps(defs, indent=2) + "\n"
+    if file == "-":
+        sys.stdout.write(text)
+    else:
+        with open(file, "w") as f:
+            f.write(text)
+        print(f"exported {_counts(defs)} to {file}", file=sys.stderr)
+    return 0
+
+
+def import_definitions(api: Api, file: str) -> int:
+    """Sent in parts (users, vhosts and permissions first, then the topology of one vhost
+    at a time, in chunks), with progress, so a large file is neither one huge request nor
+    silent."""
+    try:
+        if file == "-":
+            defs = json.load(sys.stdin)
+        else:
+            with open(file) as f:
+                defs = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AdminError(f"raftmq: cannot read definitions from {file}: {e}") from e
+    if not isinstance(defs, dict):
+        raise AdminError("raftmq: a definitions file is a JSON object")
+    head = {k: v for k, v in defs.items() if k not in ("exchanges", "queues", "bindings")}
+    api.request("POST", "/api/definitions", head, timeout=60)
+    total = sum(len(defs.get(k) or []) for k in ("exchanges", "queues", "bindings"))
+    done = 0
+    print(f"imported {_counts(head)}", file=sys.stderr)
+    for section in ("exchanges", "queues", "bindings"):
+        items = defs.get(section) or []
+        for start in range(0, len(items), IMPORT_CHUNK):
+            chunk = items[start:start + IMPORT_CHUNK]
+            api.request("POST", "/api/definitions", {section: chunk}, timeout=120)
+            done += len(chunk)
+            print(f"\r{section}: {done}/{total} topology items", end="", file=sys.stderr,
+                  flush=True)
+    if total:
+        print(file=sys.stderr)
+    print(f"imported {_counts(defs)} from {file}")
+    return 0
+
+
+IMPORT_CHUNK = 500
+
+
+def _counts(defs: dict[str, Any]) -> str:
+    return ", ".join(f"{len(defs.get(k) or [])} {k.replace('_', ' ')}" for k in SECTIONS
+                     if defs.get(k))

@@ -54,10 +54,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--description", default="")
 
-    delete = sub.add_parser("delete", help="delete a user or a virtual host")
+    delete = sub.add_parser("delete", help="delete a user, a virtual host or a queue")
     dsub = delete.add_subparsers(dest="what", required=True)
     for what in ("user", "vhost"):
         dsub.add_parser(what, parents=[common]).add_argument("name")
+    p = dsub.add_parser("queue", parents=[common])
+    p.add_argument("name")
+    p.add_argument("--vhost", default="/")
+    p.add_argument("--if-unused", action="store_true")
+    p.add_argument("--if-empty", action="store_true")
+
+    purge = sub.add_parser("purge", help="purge a queue (its ready messages)")
+    p = purge.add_subparsers(dest="what", required=True).add_parser("queue", parents=[common])
+    p.add_argument("name")
+    p.add_argument("--vhost", default="/")
+
+    close = sub.add_parser("close", help="close a client connection (320 CONNECTION_FORCED)")
+    p = close.add_subparsers(dest="what", required=True).add_parser("connection",
+                                                                     parents=[common])
+    p.add_argument("name", help="as 'raftmq list connections' shows it")
+    p.add_argument("--reason", default="Closed via raftmq close connection")
+
+    for verb, helptext in (("export", "write the definitions (users, vhosts, permissions, "
+                                      "queues, exchanges, bindings) to FILE, RabbitMQ's "
+                                      "format; - for standard output"),
+                           ("import", "apply a definitions FILE (RabbitMQ's format, e.g. "
+                                      "exported from RabbitMQ); - for standard input")):
+        p = sub.add_parser(verb, help=helptext).add_subparsers(dest="what", required=True) \
+            .add_parser("definitions", parents=[common])
+        p.add_argument("file", metavar="FILE")
 
     st = sub.add_parser("set", help="set permissions, topic permissions, tags, a password, "
                                     "a limit")
@@ -104,9 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="USER")
     p.add_argument("--vhost", default="/")
 
-    lst = sub.add_parser("list", parents=[common],
-                         help="list users, vhosts, permissions, topic-permissions")
-    lst.add_argument("what", choices=("users", "vhosts", "permissions", "topic-permissions"))
+    lst = sub.add_parser("list", parents=[common], help="list objects of the cluster")
+    lst.add_argument("what", choices=("queues", "exchanges", "bindings", "connections",
+                                      "channels", "consumers", "nodes", "users", "vhosts",
+                                      "permissions", "topic-permissions"))
+    lst.add_argument("--vhost", help="only this vhost's (queues, exchanges, bindings, ...)")
     lst.add_argument("--format", choices=("table", "json"), default="table")
     return parser
 
@@ -132,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "user":
             return admin.add_user(api, args.name, args.new_password, args.tags)
         return admin.add_vhost(api, args.name, args.description)
+    if args.command == "delete" and args.what == "queue":
+        return admin.delete_queue(api, args.vhost, args.name, args.if_unused, args.if_empty)
+    if args.command == "purge":
+        return admin.purge_queue(api, args.vhost, args.name)
+    if args.command == "close":
+        return admin.close_connection(api, args.name, args.reason)
+    if args.command == "export":
+        return admin.export_definitions(api, args.file)
+    if args.command == "import":
+        return admin.import_definitions(api, args.file)
     if args.command == "delete":
         return admin.delete(api, args.what, args.name)
     if args.command == "set":
@@ -151,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "clear":
         return admin.clear_permissions(api, args.name, args.vhost)
     if args.command == "list":
-        return admin.list_items(api, args.what, args.format)
+        return admin.list_items(api, args.what, args.format, args.vhost)
     return 2
 
 
