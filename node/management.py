@@ -765,8 +765,9 @@ def app(broker: Broker, client_max_size: int) -> web.Application:
     application = web.Application(client_max_size=client_max_size)
     application["broker"] = broker
     application.add_routes(routes)
-    from node import mgmt_definitions, mgmt_objects  # their handlers build on this module's
+    # their handlers build on this module's
+    from node import mgmt_definitions, mgmt_health, mgmt_objects
 
-    application.add_routes(mgmt_objects.routes)
-    application.add_routes(mgmt_definitions.routes)
+    for extra in (mgmt_objects, mgmt_definitions, mgmt_health):
+        application.add_routes(extra.routes)
     return application

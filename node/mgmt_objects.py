@@ -209,7 +209,7 @@ def _vhost_param(request: web.Request) -> str | None:
     return vhost
 
 
-def _guarded(handler: Any) -> Any:
+def guarded(handler: Any) -> Any:
     async def run_it(request: web.Request) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
@@ -226,7 +226,7 @@ def _guarded(handler: Any) -> Any:
 
 @routes.get("/api/overview")
 @needs("management")
-@_guarded
+@guarded
 async def overview(request: web.Request) -> web.Response:
     broker = broker_of(request)
     st: State = state(request)
@@ -260,7 +260,7 @@ def product_version() -> str:
 @routes.get("/api/queues")
 @routes.get("/api/queues/{vhost}")
 @needs("management")
-@_guarded
+@guarded
 async def list_queues(request: web.Request) -> web.Response:
     vhost = _vhost_param(request)
     return _listing(request, views.queues(state(request), broker_of(request).node_id, vhost))
@@ -277,7 +277,7 @@ def _queue(request: web.Request) -> Any:
 
 @routes.get("/api/queues/{vhost}/{name}")
 @needs("management")
-@_guarded
+@guarded
 async def get_queue(request: web.Request) -> web.Response:
     q = _queue(request)
     info = views.queue_json(state(request), broker_of(request).node_id, q)
@@ -289,7 +289,7 @@ async def get_queue(request: web.Request) -> web.Response:
 
 @routes.put("/api/queues/{vhost}/{name}")
 @needs("management")
-@_guarded
+@guarded
 async def put_queue(request: web.Request) -> web.Response:
     vhost, name = request.match_info["vhost"], request.match_info["name"]
     data = await body(request)
@@ -302,7 +302,7 @@ async def put_queue(request: web.Request) -> web.Response:
 
 @routes.delete("/api/queues/{vhost}/{name}")
 @needs("management")
-@_guarded
+@guarded
 async def delete_queue(request: web.Request) -> web.Response:
     _queue(request)
     await run(request, request.match_info["vhost"], C.QueueDelete(
@@ -313,7 +313,7 @@ async def delete_queue(request: web.Request) -> web.Response:
 
 @routes.delete("/api/queues/{vhost}/{name}/contents")
 @needs("management")
-@_guarded
+@guarded
 async def purge_queue(request: web.Request) -> web.Response:
     _queue(request)
     await run(request, request.match_info["vhost"],
@@ -323,7 +323,7 @@ async def purge_queue(request: web.Request) -> web.Response:
 
 @routes.post("/api/queues/{vhost}/{name}/get")
 @needs("management")
-@_guarded
+@guarded
 async def get_messages(request: web.Request) -> web.Response:
     """RabbitMQ's "get messages": up to ``count``, then acked (ack_requeue_false), or
     rejected or requeued as ``ackmode`` says; requeued ones come back redelivered."""
@@ -391,7 +391,7 @@ def _properties(props: bytes) -> dict[str, Any]:
 @routes.get("/api/exchanges")
 @routes.get("/api/exchanges/{vhost}")
 @needs("management")
-@_guarded
+@guarded
 async def list_exchanges(request: web.Request) -> web.Response:
     return _listing(request, views.exchanges(state(request), _vhost_param(request)))
 
@@ -412,7 +412,7 @@ def _exchange(request: web.Request) -> Any:
 
 @routes.get("/api/exchanges/{vhost}/{name}")
 @needs("management")
-@_guarded
+@guarded
 async def get_exchange(request: web.Request) -> web.Response:
     return web.json_response(views.exchange_json(request.match_info["vhost"],
                                                  _exchange(request)))
@@ -420,7 +420,7 @@ async def get_exchange(request: web.Request) -> web.Response:
 
 @routes.put("/api/exchanges/{vhost}/{name}")
 @needs("management")
-@_guarded
+@guarded
 async def put_exchange(request: web.Request) -> web.Response:
     vhost, name = request.match_info["vhost"], request.match_info["name"]
     data = await body(request)
@@ -437,7 +437,7 @@ async def put_exchange(request: web.Request) -> web.Response:
 
 @routes.delete("/api/exchanges/{vhost}/{name}")
 @needs("management")
-@_guarded
+@guarded
 async def delete_exchange(request: web.Request) -> web.Response:
     _exchange(request)
     await run(request, request.match_info["vhost"], C.ExchangeDelete(
@@ -447,7 +447,7 @@ async def delete_exchange(request: web.Request) -> web.Response:
 
 @routes.post("/api/exchanges/{vhost}/{name}/publish")
 @needs("management")
-@_guarded
+@guarded
 async def publish(request: web.Request) -> web.Response:
     """{"routed": bool}: whether some queue took the message (it is published mandatory
     on the session's channel; an unroutable one comes back as a basic.return)."""
@@ -498,14 +498,14 @@ def _encode_properties(props: dict[str, Any]) -> bytes:
 @routes.get("/api/bindings")
 @routes.get("/api/bindings/{vhost}")
 @needs("management")
-@_guarded
+@guarded
 async def list_bindings(request: web.Request) -> web.Response:
     return _listing(request, views.bindings(state(request), _vhost_param(request)))
 
 
 @routes.get("/api/queues/{vhost}/{name}/bindings")
 @needs("management")
-@_guarded
+@guarded
 async def queue_bindings(request: web.Request) -> web.Response:
     q = _queue(request)
     return web.json_response([b for b in views.bindings(state(request), q.vhost)
@@ -515,7 +515,7 @@ async def queue_bindings(request: web.Request) -> web.Response:
 
 @routes.get("/api/exchanges/{vhost}/{name}/bindings/{side}")
 @needs("management")
-@_guarded
+@guarded
 async def exchange_bindings(request: web.Request) -> web.Response:
     x = _exchange(request)
     side = request.match_info["side"]
@@ -550,14 +550,14 @@ def _between(request: web.Request) -> tuple[str, str, bool, str, list[dict[str, 
 
 @routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
 @needs("management")
-@_guarded
+@guarded
 async def list_between(request: web.Request) -> web.Response:
     return web.json_response(_between(request)[4])
 
 
 @routes.post("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
 @needs("management")
-@_guarded
+@guarded
 async def bind(request: web.Request) -> web.Response:
     vhost, src, is_x, dest, _ = _between(request)
     if src == "":
@@ -578,7 +578,7 @@ async def bind(request: web.Request) -> web.Response:
 
 @routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
 @needs("management")
-@_guarded
+@guarded
 async def get_binding(request: web.Request) -> web.Response:
     return web.json_response(_one_binding(request))
 
@@ -594,7 +594,7 @@ def _one_binding(request: web.Request) -> dict[str, Any]:
 
 @routes.delete("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
 @needs("management")
-@_guarded
+@guarded
 async def unbind(request: web.Request) -> web.Response:
     b = _one_binding(request)
     vhost, src, is_x, dest, _ = _between(request)
@@ -622,7 +622,7 @@ def _raw_arguments(st: State, vhost: str, src: str, is_x: bool, dest: str, rk: s
 @routes.get("/api/consumers")
 @routes.get("/api/consumers/{vhost}")
 @needs("management")
-@_guarded
+@guarded
 async def list_consumers(request: web.Request) -> web.Response:
     return _listing(request, views.consumers(state(request), _vhost_param(request),
                                              _peers(request)))
@@ -631,7 +631,7 @@ async def list_consumers(request: web.Request) -> web.Response:
 @routes.get("/api/channels")
 @routes.get("/api/vhosts/{vhost}/channels")
 @needs("management")
-@_guarded
+@guarded
 async def list_channels(request: web.Request) -> web.Response:
     return _listing(request, views.channels(state(request), _vhost_param(request),
                                             _peers(request)))
@@ -679,7 +679,7 @@ def connections(broker: Broker, vhost: str | None = None) -> list[dict[str, Any]
 @routes.get("/api/connections")
 @routes.get("/api/vhosts/{vhost}/connections")
 @needs("management")
-@_guarded
+@guarded
 async def list_connections(request: web.Request) -> web.Response:
     items = connections(broker_of(request), _vhost_param(request))
     tags = request["tags"]
@@ -700,7 +700,7 @@ def _connection_key(request: web.Request) -> C.ConnKey:
 
 @routes.get("/api/connections/{name}")
 @needs("management")
-@_guarded
+@guarded
 async def get_connection(request: web.Request) -> web.Response:
     key = _connection_key(request)
     info = next(i for i in connections(broker_of(request))
@@ -710,7 +710,7 @@ async def get_connection(request: web.Request) -> web.Response:
 
 @routes.delete("/api/connections/{name}")
 @needs("management")
-@_guarded
+@guarded
 async def close_connection(request: web.Request) -> web.Response:
     """Close with 320 CONNECTION_FORCED and the X-Reason header's text, as RabbitMQ; a
     connection of another node is closed by that node (the request goes to it)."""
@@ -801,7 +801,7 @@ async def _ask_node(request: web.Request, name: str, info: Any) -> dict[str, Any
 
 @routes.get("/api/nodes")
 @needs("monitoring")
-@_guarded
+@guarded
 async def list_nodes(request: web.Request) -> web.Response:
     """Every member, each as it reports itself (asked over its management port; a node
     that does not answer is listed as not running)."""
@@ -813,7 +813,7 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 @routes.get("/api/nodes/{name}")
 @needs("monitoring")
-@_guarded
+@guarded
 async def get_node(request: web.Request) -> web.Response:
     broker = broker_of(request)
     name = request.match_info["name"]

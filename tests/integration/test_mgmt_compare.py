@@ -298,3 +298,12 @@ def test_definitions_round_trip(apis: tuple[Api, Api]) -> None:
     for api in apis:
         api("DELETE", f"/api/vhosts/{vh}")
         api("DELETE", "/api/users/def-user")
+
+
+def test_health_checks(apis: tuple[Api, Api]) -> None:
+    for path in ("/api/health/checks/alarms", "/api/health/checks/local-alarms",
+                 "/api/health/checks/node-is-quorum-critical", f"/api/aliveness-test/{V}"):
+        ours, theirs = both(apis, "GET", path)
+        assert ours == theirs and ours["status"] == "ok", path
+    assert both(apis, "GET", f"/api/aliveness-test/{q('no-vhost')}")[0] == \
+        {"error": "Object Not Found", "reason": "Not Found"}

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -172,3 +173,26 @@ def test_raftmq_cli_on_a_follower(cluster: RaftMQCluster, follower: RaftMQNode,
     finally:
         if conn.is_open:
             conn.close()
+
+
+def test_quorum_critical_and_alarm_checks(make_cluster: Callable[..., RaftMQCluster]) -> None:
+    """3 nodes up: none is critical. One stopped: each of the two left is (stopping it
+    would leave one of three)."""
+    from tests.harness.api import Api
+
+    c = make_cluster(3)
+    apis = [Api(nd.management_port) for nd in c.nodes]
+    for api in apis:
+        assert api("GET", "/api/health/checks/node-is-quorum-critical") == (
+            200, {"status": "ok"})
+        assert api("GET", "/api/health/checks/alarms") == (200, {"status": "ok"})
+    c.nodes[2].stop()
+    deadline = time.monotonic() + 20
+    for api in apis[:2]:
+        while True:
+            status, answer = api("GET", "/api/health/checks/node-is-quorum-critical")
+            if status == 503:
+                break
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        assert answer["status"] == "failed" and "quorum" in answer["reason"]
