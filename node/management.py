@@ -761,6 +761,31 @@ async def _forward_to_leader(request: web.Request, method: str, address: str) ->
         return web.json_response({"ok": False, "error": str(e)}, status=504)
 
 
+def _sample_rates(application: web.Application, broker: Broker) -> None:
+    """Message rates (node/mgmt_rates.py), sampled while the API is served."""
+    from node.mgmt_rates import SAMPLE_S, Rates
+
+    rates = application["rates"] = Rates(lambda: broker.raft.state)
+    handle: list[asyncio.TimerHandle] = []
+
+    def tick() -> None:
+        try:
+            rates.sample()
+        except Exception:  # never let a sampling bug stop the sampling
+            log.exception("sampling message rates failed")
+        handle[:] = [broker.loop.call_later(SAMPLE_S, tick)]
+
+    async def start(_app: web.Application) -> None:
+        tick()
+
+    async def stop(_app: web.Application) -> None:
+        for h in handle:
+            h.cancel()
+
+    application.on_startup.append(start)
+    application.on_cleanup.append(stop)
+
+
 def app(broker: Broker, client_max_size: int) -> web.Application:
     application = web.Application(client_max_size=client_max_size)
     application["broker"] = broker
@@ -770,4 +795,5 @@ def app(broker: Broker, client_max_size: int) -> web.Application:
 
     for extra in (mgmt_objects, mgmt_definitions, mgmt_health):
         application.add_routes(extra.routes)
+    _sample_rates(application, broker)
     return application

@@ -37,6 +37,7 @@ from node.management import (
     not_found,
     state,
 )
+from node.mgmt_rates import Rates
 from protocol.properties import decode_properties, encode_properties
 
 if TYPE_CHECKING:
@@ -237,7 +238,8 @@ async def overview(request: web.Request) -> web.Response:
         "cluster_name": "raftmq", "node": broker.node_id,
         "erlang_version": "n/a", "rates_mode": "basic",
         **views.totals(st),
-        "message_stats": {},
+        "message_stats": rates(request).overview(_seconds(request, "msg_rates_age"),
+                                                  _seconds(request, "msg_rates_incr") or 1.0),
         "listeners": [{"node": broker.node_id, "protocol": "amqp", "ip_address": cfg.amqp_host,
                        "port": cfg.amqp_port}],
         "contexts": [{"node": broker.node_id, "description": "RaftMQ Management",
@@ -263,7 +265,8 @@ def product_version() -> str:
 @guarded
 async def list_queues(request: web.Request) -> web.Response:
     vhost = _vhost_param(request)
-    return _listing(request, views.queues(state(request), broker_of(request).node_id, vhost))
+    return _listing(request, views.queues(state(request), broker_of(request).node_id, vhost,
+                                          rates(request).queue))
 
 
 def _queue(request: web.Request) -> Any:
@@ -280,7 +283,7 @@ def _queue(request: web.Request) -> Any:
 @guarded
 async def get_queue(request: web.Request) -> web.Response:
     q = _queue(request)
-    info = views.queue_json(state(request), broker_of(request).node_id, q)
+    info = views.queue_json(state(request), broker_of(request).node_id, q, rates(request).queue)
     info["consumer_details"] = [c for c in views.consumers(state(request), q.vhost,
                                                            _peers(request))
                                 if c["queue"]["name"] == q.name]
@@ -635,6 +638,18 @@ async def list_consumers(request: web.Request) -> web.Response:
 async def list_channels(request: web.Request) -> web.Response:
     return _listing(request, views.channels(state(request), _vhost_param(request),
                                             _peers(request)))
+
+
+def _seconds(request: web.Request, name: str) -> float:
+    try:
+        return max(0.0, min(float(request.query.get(name, 0)), 3600.0))
+    except ValueError:
+        raise bad_request(f"{name} must be a number of seconds") from None
+
+
+def rates(request: web.Request) -> Rates:
+    found: Rates = request.app["rates"]
+    return found
 
 
 def _peers(request: web.Request) -> views.Peers:

@@ -10,7 +10,7 @@ import datetime
 import decimal
 import hashlib
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cluster.machine.state import Exchange, Queue, State, VHost
@@ -45,7 +45,8 @@ def queue_type(q: Queue) -> str:
     return jsonable(kind) if kind else "classic"
 
 
-def queue_json(state: State, node: str, q: Queue) -> dict[str, Any]:
+def queue_json(state: State, node: str, q: Queue,
+               stats: Callable[[Queue], dict[str, Any]] | None = None) -> dict[str, Any]:
     ready, unacked = q.ready_count(), q.unacked
     owner = q.exclusive_owner
     return {
@@ -63,11 +64,13 @@ def queue_json(state: State, node: str, q: Queue) -> dict[str, Any]:
         "messages_unacknowledged_details": RATE,
         "message_bytes_ready": q.ready_bytes if q.max_length_bytes is not None else None,
         "policy": None, "operator_policy": None, "effective_policy_definition": {},
+        "message_stats": stats(q) if stats is not None else {},
     }
 
 
-def queues(state: State, node: str, vhost: str | None = None) -> list[dict[str, Any]]:
-    return [queue_json(state, node, q) for vh in vhosts(state, vhost)
+def queues(state: State, node: str, vhost: str | None = None,
+           stats: Callable[[Queue], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    return [queue_json(state, node, q, stats) for vh in vhosts(state, vhost)
             for q in vh.queues.values() if not q.deleted]
 
 

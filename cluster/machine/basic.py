@@ -82,6 +82,7 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
     # the expiration property's flag bit (0x0100) is bit 0 of the first flags byte
     msg_ttl = _message_ttl(props) if props and props[0] & 1 else None
     refused = False
+    state.n_published += 1
     if targets:
         msg_id = state.next_msg_id
         state.next_msg_id = msg_id + 1
@@ -91,9 +92,12 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
         for q in targets:
             if not add_message(state, q, msg_id, size, props, msg_ttl, out):
                 refused = True
-    if not targets and cmd.mandatory:
-        out.append(Return(ch.key, 312, "NO_ROUTE", name, cmd.routing_key, props, cmd.body))
+    if not targets:
+        state.n_unroutable += 1
+        if cmd.mandatory:
+            out.append(Return(ch.key, 312, "NO_ROUTE", name, cmd.routing_key, props, cmd.body))
     if cmd.confirm_seq:
+        state.n_confirmed += 1
         # a queue refusing the message (x-overflow reject-publish) nacks it
         out.append(Confirm(ch.key, cmd.confirm_seq, not refused))
 
@@ -178,6 +182,8 @@ def get(state: State, ch: Channel, cmd: C.Get, out: list[Effect]) -> None:
     if slow:
         expire_head(state, q)
     out.append(GetOk(ch.key, tag, redelivered, q.ready_count(), mid, state.store))
+    q.n_delivered += 1
+    q.n_redelivered += redelivered
     if slow:
         run_slow(state, q, out)
 
@@ -224,6 +230,7 @@ def ack(state: State, ch: Channel, cmd: C.Ack, out: list[Effect]) -> None:
         state.store.release(entry_id(msg))
         if not q.deleted:
             q.unacked -= 1
+            q.n_acked += 1
         if c is None:
             return
         c.unacked -= 1

@@ -211,6 +211,8 @@ def run_slow(state: State, q: Queue, out: list[Effect], fresh: Msg | None = None
                 q.unacked += 1
             out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.id, c.no_ack,
                                state.store))
+            q.n_delivered += 1
+            q.n_redelivered += msg.redelivered
             if cprio:
                 insert_service(q, c)
             else:

@@ -81,6 +81,9 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
             ch.global_unacked += 1
             q.unacked += 1
         out.append(Deliver(ch.key, c.tag, tag, redelivered, mid, c.no_ack, store))
+        q.n_delivered += 1
+        if redelivered:
+            q.n_redelivered += 1
         service.append(c)
 
 
@@ -90,6 +93,7 @@ def add_message(state: State, q: Queue, msg_id: int, size: int, properties: byte
     reference to its bytes, and goes to a consumer if one has credit. A plain queue
     keeps only its id; a slow queue (or a message with a TTL) takes the feature-aware
     path. False when the queue refuses it (x-overflow reject-publish)."""
+    q.n_published += 1
     if q.slow or msg_ttl is not None:
         return enqueue(state, q, Msg(msg_id, size, message_priority(q, properties)),
                        msg_ttl, out)
@@ -161,6 +165,8 @@ def release(state: State, ch: Channel, tags: list[int], requeue: bool,
                 dead_letter(state, q, msg, "rejected")
             else:
                 store.release(entry_id(msg))
+                if not reject:
+                    q.n_acked += 1
         if c is not None:
             c.unacked -= 1
             ch.global_unacked -= 1

@@ -168,6 +168,11 @@ class Queue:
     consumer_priorities: bool = False  # some consumer has a non-zero x-priority
     ready_bytes: int = 0  # body bytes of ready messages (kept when max_length_bytes is set)
     last_used: int = 0  # now_ms of the last declare / get / consumer leaving (x-expires)
+    # Counters for the management API's message rates (RabbitMQ's message_stats).
+    n_published: int = 0  # messages that entered the queue
+    n_delivered: int = 0  # deliveries and basic.get-oks, redeliveries included
+    n_redelivered: int = 0
+    n_acked: int = 0
 
     def ready_count(self) -> int:
         return len(self.ready) + len(self.returned)
@@ -331,6 +336,10 @@ class State:
     # (node, resource) of every memory/disk alarm in force (node/alarms.py)
     alarms: dict[tuple[str, str], None] = field(default_factory=dict)
     acl_version: int = 0  # bumped by every change to users or permissions (caches key on it)
+    # Counters for the management API's overview rates (RabbitMQ's message_stats).
+    n_published: int = 0  # basic.publish applied
+    n_unroutable: int = 0  # of which routed to no queue
+    n_confirmed: int = 0  # publisher confirms (acks and nacks)
     # Message bytes (cluster/store.py): a MemoryStore, or the node's FileStore (whose
     # index is pickled with the state; the files are its own)
     store: Any = field(default_factory=MemoryStore, compare=False, repr=False)

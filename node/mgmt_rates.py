@@ -1,0 +1,111 @@
+"""Message rates for the management API, from the replicated counters (State.n_*,
+Queue.n_*): sampled once a second, a rate is the change over the last RATE_WINDOW_S.
+The counters are part of the state, so every node shows the same cluster-wide figures.
+The overall samples of the last HISTORY_S are kept for the dashboard's charts."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+SAMPLE_S = 1.0
+RATE_WINDOW_S = 5.0
+HISTORY_S = 600
+PER_QUEUE = int(RATE_WINDOW_S / SAMPLE_S) + 2
+
+# Overall counters: name in message_stats -> how it is read from the state.
+OVERALL = ("publish", "confirm", "return_unroutable", "deliver_get", "redeliver", "ack")
+QUEUE = ("publish", "deliver_get", "redeliver", "ack")
+
+
+def overall_counts(state: Any) -> tuple[int, ...]:
+    delivered = redelivered = acked = 0
+    for q in state.queues.values():
+        delivered += q.n_delivered
+        redelivered += q.n_redelivered
+        acked += q.n_acked
+    return (state.n_published, state.n_confirmed, state.n_unroutable, delivered,
+            redelivered, acked)
+
+
+def queue_counts(q: Any) -> tuple[int, ...]:
+    return q.n_published, q.n_delivered, q.n_redelivered, q.n_acked
+
+
+Sample = tuple[float, tuple[int, ...]]
+
+
+def _rate(samples: deque[Sample], now: Sample) -> list[float]:
+    """Per counter, the change per second from the sample nearest RATE_WINDOW_S ago."""
+    then = next((s for s in samples if now[0] - s[0] <= RATE_WINDOW_S + SAMPLE_S / 2),
+                samples[-1] if samples else now)
+    dt = now[0] - then[0]
+    if dt <= 0:
+        return [0.0] * len(now[1])
+    return [round(max(0, b - a) / dt, 1) for a, b in zip(then[1], now[1], strict=True)]
+
+
+def stats(names: tuple[str, ...], counts: tuple[int, ...], rates: list[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, count, rate in zip(names, counts, rates, strict=True):
+        out[name] = count
+        out[f"{name}_details"] = {"rate": rate}
+    return out
+
+
+class Rates:
+    def __init__(self, state_of: Any, clock: Any = time.monotonic) -> None:
+        self.state_of = state_of  # () -> the current State
+        self.clock = clock
+        self.history: deque[Sample] = deque(maxlen=int(HISTORY_S / SAMPLE_S))
+        self.queues: dict[int, deque[Sample]] = {}
+
+    def sample(self) -> None:
+        state, now = self.state_of(), self.clock()
+        self.history.append((now, overall_counts(state)))
+        seen = state.queues
+        for qid in [qid for qid in self.queues if qid not in seen]:
+            del self.queues[qid]
+        for qid, q in seen.items():
+            self.queues.setdefault(qid, deque(maxlen=PER_QUEUE)).append(
+                (now, queue_counts(q)))
+
+    def overview(self, age: float = 0.0, incr: float = SAMPLE_S) -> dict[str, Any]:
+        """message_stats; with ``age`` (RabbitMQ's msg_rates_age, s), each counter's
+        ``_details`` also has ``samples`` (count and timestamp in ms, newest first) every
+        ``incr`` s over that age, as RabbitMQ's API gives them for its charts."""
+        now = (self.clock(), overall_counts(self.state_of()))
+        out = stats(OVERALL, now[1], _rate(self.history, now))
+        if age > 0:
+            wall = time.time() - now[0]  # monotonic -> wall clock
+            picked: list[Sample] = []
+            for s in reversed(self.history):
+                if now[0] - s[0] > age:
+                    break
+                if not picked or picked[-1][0] - s[0] >= incr - SAMPLE_S / 2:
+                    picked.append(s)
+            for i, name in enumerate(OVERALL):
+                out[f"{name}_details"]["samples"] = [
+                    {"sample": s[1][i], "timestamp": int((wall + s[0]) * 1000)} for s in picked]
+        return out
+
+    def queue(self, q: Any) -> dict[str, Any]:
+        now = (self.clock(), queue_counts(q))
+        return stats(QUEUE, now[1], _rate(self.queues.get(q.qid, deque()), now))
+
+    def chart(self, seconds: float = HISTORY_S) -> list[dict[str, Any]]:
+        """Rates per second over the history, one point per sample: for the dashboard."""
+        points = list(self.history)
+        cutoff = points[-1][0] - seconds if points else 0
+        out = []
+        for prev, cur in zip(points, points[1:], strict=False):
+            if cur[0] < cutoff:
+                continue
+            dt = cur[0] - prev[0]
+            if dt <= 0:
+                continue
+            out.append({"t": time.time() - (self.clock() - cur[0]), **{
+                name: round(max(0, b - a) / dt, 1)
+                for name, a, b in zip(OVERALL, prev[1], cur[1], strict=True)}})
+        return out

@@ -1,0 +1,49 @@
+"""Message rates from the replicated counters (node/mgmt_rates.py), on a fake clock."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from node.mgmt_rates import Rates
+
+
+def test_rates_over_the_window_and_chart() -> None:
+    q = SimpleNamespace(qid=1, n_published=0, n_delivered=0, n_redelivered=0, n_acked=0)
+    state = SimpleNamespace(queues={1: q}, n_published=0, n_confirmed=0, n_unroutable=0)
+    now = [100.0]
+    rates = Rates(lambda: state, clock=lambda: now[0])
+    for _ in range(10):  # 100 published and 50 delivered and acked a second
+        rates.sample()
+        now[0] += 1.0
+        state.n_published += 100
+        q.n_published += 100
+        q.n_delivered += 50
+        q.n_acked += 50
+    overview = rates.overview()
+    assert overview["publish"] == 1000 and overview["publish_details"] == {"rate": 100.0}
+    assert overview["ack_details"] == {"rate": 50.0}
+    assert overview["return_unroutable_details"] == {"rate": 0.0}
+    assert rates.queue(q)["deliver_get_details"] == {"rate": 50.0}
+    chart = rates.chart()
+    assert len(chart) == 9 and all(p["publish"] == 100.0 for p in chart)
+    state.queues.clear()  # a deleted queue's samples go
+    rates.sample()
+    assert rates.queues == {}
+
+
+def test_no_samples_yet_is_a_zero_rate() -> None:
+    state = SimpleNamespace(queues={}, n_published=5, n_confirmed=0, n_unroutable=0)
+    assert Rates(lambda: state).overview()["publish_details"] == {"rate": 0.0}
+
+
+def test_samples_for_charts() -> None:
+    state = SimpleNamespace(queues={}, n_published=0, n_confirmed=0, n_unroutable=0)
+    now = [0.0]
+    rates = Rates(lambda: state, clock=lambda: now[0])
+    for _ in range(20):
+        rates.sample()
+        now[0] += 1.0
+        state.n_published += 10
+    samples = rates.overview(age=11, incr=5)["publish_details"]["samples"]
+    assert [s["sample"] for s in samples] == [190, 140, 90]  # newest first, every 5 s
+    assert samples[0]["timestamp"] > samples[1]["timestamp"]
