@@ -88,9 +88,12 @@ def broker_of(request: web.Request) -> Broker:
 async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
     """(user, tags) of the request's basic credentials; raises a 401 refusal."""
     header = request.headers.get("Authorization", "")
+    # No challenge for the dashboard's own requests: a browser would answer it with its
+    # login prompt instead of letting the page show its form.
+    challenge = {} if request.headers.get("X-Requested-With") == "XMLHttpRequest" else \
+        {"WWW-Authenticate": REALM}
     if not header.startswith("Basic "):
-        raise Refusal(error(401, "not_authorised", "Not_Authorized",
-                            **{"WWW-Authenticate": REALM}))
+        raise Refusal(error(401, "not_authorised", "Not_Authorized", **challenge))
     try:
         user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -107,8 +110,7 @@ async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
     if isinstance(step, Refused):
         if step.delay > 0:
             await asyncio.sleep(step.delay)
-        raise Refusal(error(401, "not_authorised", "Login failed",
-                            **{"WWW-Authenticate": REALM}))
+        raise Refusal(error(401, "not_authorised", "Login failed", **challenge))
     assert isinstance(step, Accepted)
     if step.user in broker.cfg.loopback_users and not is_loopback(peer):
         raise Refusal(error(401, "not_authorised", "Login failed"))
@@ -791,9 +793,9 @@ def app(broker: Broker, client_max_size: int) -> web.Application:
     application["broker"] = broker
     application.add_routes(routes)
     # their handlers build on this module's
-    from node import mgmt_definitions, mgmt_health, mgmt_objects
+    from node import mgmt_dashboard, mgmt_definitions, mgmt_health, mgmt_objects
 
-    for extra in (mgmt_objects, mgmt_definitions, mgmt_health):
+    for extra in (mgmt_objects, mgmt_definitions, mgmt_health, mgmt_dashboard):
         application.add_routes(extra.routes)
     _sample_rates(application, broker)
     return application
