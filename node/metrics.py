@@ -137,6 +137,120 @@ class _CounterCollector(Collector):
             yield family
 
 
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    g.add_metric([], value)
+    return g
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
+
+
+class _RabbitCollector(Collector):
+    """The same quantities under the rabbitmq_prometheus plugin's names, so that existing
+    dashboards and alerts read them: aggregated, as its /metrics is by default."""
+
+    def __init__(self, source: Source, metrics: Metrics) -> None:
+        self.source, self.metrics = source, metrics
+
+    def collect(self) -> Iterator[Any]:
+        b, m = self.source, self.metrics
+        stats = list(b.queue_stats())
+        yield _gauge("rabbitmq_connections", "Connections currently open", b.connection_count())
+        yield _gauge("rabbitmq_channels", "Channels currently open", b.channel_count())
+        yield _gauge("rabbitmq_queues", "Queues available", len(stats))
+        yield _gauge("rabbitmq_consumers", "Consumers currently connected",
+                     sum(s[4] for s in stats))
+        ready, unacked = sum(s[2] for s in stats), sum(s[3] for s in stats)
+        yield _gauge("rabbitmq_queue_messages_ready", "Messages ready to be delivered to "
+                     "consumers", ready)
+        yield _gauge("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but "
+                     "not yet acknowledged", unacked)
+        yield _gauge("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages",
+                     ready + unacked)
+        for name, doc, value in (
+            ("rabbitmq_channel_messages_published_total", "Messages published into an "
+             "exchange on a channel", m.published),
+            ("rabbitmq_channel_messages_confirmed_total", "Messages published into an "
+             "exchange and confirmed on the channel", m.confirmed),
+            ("rabbitmq_channel_messages_delivered_total", "Messages delivered to consumers",
+             m.delivered),
+            ("rabbitmq_channel_messages_acked_total", "Messages acknowledged by consumers",
+             m.acked),
+            ("rabbitmq_connections_opened_total", "Total number of connections opened",
+             m.connections_opened),
+            ("rabbitmq_connections_closed_total", "Total number of connections closed or "
+             "terminated", m.connections_closed),
+            ("rabbitmq_channels_opened_total", "Total number of channels opened",
+             m.channels_opened),
+            ("rabbitmq_auth_attempts_failed_total", "Total number of failed authentication "
+             "attempts", m.auth_failures),
+        ):
+            yield _counter(name, doc, value)
+        st = b.raft_status()
+        yield _counter("rabbitmq_raft_term_total", "Current Raft term number", st.term)
+        yield _gauge("rabbitmq_raft_log_commit_index", "Raft log commit index",
+                     st.commit_index)
+        yield _gauge("rabbitmq_raft_log_last_applied_index", "Raft log last applied index",
+                     st.last_applied)
+        mon = b.alarms.monitor
+        yield _gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes",
+                     mon.memory_used)
+        yield _gauge("rabbitmq_resident_memory_limit_bytes", "Memory high watermark in bytes",
+                     mon.memory_limit)
+        yield _gauge("rabbitmq_disk_space_available_bytes", "Disk space available in bytes",
+                     mon.disk_free)
+        yield _gauge("rabbitmq_disk_space_available_limit_bytes", "Free disk space low "
+                     "watermark in bytes", mon.disk_free_limit)
+        yield _gauge("rabbitmq_alarms_memory_used_watermark", "is 1 if VM memory watermark "
+                     "alarm is in effect", 1 if mon.active["memory"] else 0)
+        yield _gauge("rabbitmq_alarms_free_disk_space_watermark", "is 1 if free disk space "
+                     "watermark alarm is in effect", 1 if mon.active["disk"] else 0)
+        ident = GaugeMetricFamily("rabbitmq_identity_info", "RabbitMQ node & cluster identity "
+                                  "info", labels=["rabbitmq_node", "rabbitmq_cluster"])
+        ident.add_metric([st.node, "raftmq"], 1)
+        yield ident
+
+
+def detailed(source: Source, families: set[str], vhosts: set[str]) -> bytes:
+    """rabbitmq_prometheus's /metrics/detailed: per-queue series of the families asked
+    for (queue_coarse_metrics, queue_consumer_count), optionally of some vhosts only."""
+    stats = [s for s in source.queue_stats() if not vhosts or s[0] in vhosts]
+
+    class One(Collector):
+        def collect(self) -> Iterator[Any]:
+            labels = ["vhost", "queue"]
+            if "queue_coarse_metrics" in families:
+                for name, doc, pick in (
+                    ("rabbitmq_detailed_queue_messages_ready", "Messages ready to be "
+                     "delivered to consumers", lambda s: s[2]),
+                    ("rabbitmq_detailed_queue_messages_unacked", "Messages delivered to "
+                     "consumers but not yet acknowledged", lambda s: s[3]),
+                    ("rabbitmq_detailed_queue_messages", "Sum of ready and unacknowledged "
+                     "messages", lambda s: s[2] + s[3]),
+                ):
+                    g = GaugeMetricFamily(name, doc, labels=labels)
+                    for s in stats:
+                        g.add_metric([s[0], s[1]], pick(s))
+                    yield g
+            if "queue_consumer_count" in families:
+                g = GaugeMetricFamily("rabbitmq_detailed_queue_consumers", "Consumers on a "
+                                      "queue", labels=labels)
+                for s in stats:
+                    g.add_metric([s[0], s[1]], s[4])
+                yield g
+
+    registry = CollectorRegistry()
+    registry.register(One())
+    return generate_latest(registry)
+
+
+DETAILED_FAMILIES = ("queue_coarse_metrics", "queue_consumer_count")
+
+
 class Metrics:
     """Counters are plain ints bumped on the hot path (a prometheus_client
     Counter takes a lock per increment: ~3% of the broker's CPU, measured)
@@ -177,6 +291,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(source))
         self.registry.register(_CounterCollector(self))
+        self.registry.register(_RabbitCollector(source, self))
+        self.source = source
 
     @property
     def batches(self) -> int:

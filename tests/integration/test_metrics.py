@@ -165,3 +165,39 @@ def test_queue_ready_unacked_and_counters(broker, node, names):
                     "consumers back and unacked messages requeued")
     finally:
         close_quietly(c)
+
+
+RABBITMQ_NAMES = [  # as the rabbitmq_prometheus plugin names them (its Grafana dashboards)
+    "rabbitmq_connections", "rabbitmq_channels", "rabbitmq_queues", "rabbitmq_consumers",
+    "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked",
+    "rabbitmq_queue_messages", "rabbitmq_channel_messages_published_total",
+    "rabbitmq_channel_messages_confirmed_total", "rabbitmq_channel_messages_delivered_total",
+    "rabbitmq_channel_messages_acked_total", "rabbitmq_connections_opened_total",
+    "rabbitmq_raft_term_total", "rabbitmq_raft_log_commit_index",
+    "rabbitmq_raft_log_last_applied_index", "rabbitmq_process_resident_memory_bytes",
+    "rabbitmq_resident_memory_limit_bytes", "rabbitmq_disk_space_available_bytes",
+    "rabbitmq_alarms_memory_used_watermark", "rabbitmq_identity_info",
+]
+
+
+def test_rabbitmq_names_and_detailed_endpoint(broker, node, names):
+    q = names.queue()
+    c = connect(broker.url)
+    try:
+        ch = c.channel()
+        ch.queue_declare(q)
+        ch.basic_publish("", q, b"m")
+        s = wait_metric(node, lambda s: (s.value("rabbitmq_queue_messages_ready") or 0) >= 1,
+                        "the message in rabbitmq_queue_messages_ready")
+        missing = [n for n in RABBITMQ_NAMES if n not in s.samples]
+        assert not missing, f"missing metrics: {missing}"
+        assert (s.value("rabbitmq_connections") or 0) >= 1
+        url = (f"http://127.0.0.1:{node.metrics_port}/metrics/detailed"
+               "?family=queue_coarse_metrics&family=queue_consumer_count&vhost=%2F")
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            detailed = Scrape(resp.read().decode())
+        assert detailed.value("rabbitmq_detailed_queue_messages_ready", vhost="/", queue=q) == 1
+        assert detailed.value("rabbitmq_detailed_queue_consumers", vhost="/", queue=q) == 0
+        assert "rabbitmq_queue_messages_ready" not in detailed.samples  # only what was asked
+    finally:
+        close_quietly(c)
