@@ -145,8 +145,7 @@ def _listing(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
     tags = request["tags"]
     if "administrator" not in tags and "monitoring" not in tags:
         perms = state(request).permissions
-        items = [i for i in items if (request["user"], i.get("vhost")) in perms
-                 or i.get("vhost") is None]
+        items = [i for i in items if (request["user"], _item_vhost(i)) in perms]
     q = request.query
     if "name" in q:
         import re
@@ -184,6 +183,12 @@ def _listing(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
             "filtered_count": total, "item_count": len(chunk), "items": chunk, "page": page,
             "page_count": max(1, -(-total // size)), "page_size": size, "total_count": total})
     return web.json_response(items)
+
+
+def _item_vhost(item: dict[str, Any]) -> Any:
+    """The vhost an item of a listing belongs to (a consumer's is its queue's)."""
+    queue = item.get("queue")
+    return item.get("vhost") or (queue.get("vhost") if isinstance(queue, dict) else None)
 
 
 def _columns(item: dict[str, Any], cols: list[list[str]]) -> dict[str, Any]:

@@ -343,3 +343,38 @@ def test_message_rates_follow_traffic(apis: tuple[Api, Api], amqp_ports: tuple[i
         "message_stats"]["publish_details"]["samples"]
     assert samples and samples[0]["sample"] >= 300
     raft.ok("DELETE", f"/api/queues/{V}/cmp-rates")
+
+
+def test_management_user_sees_only_its_vhosts(apis: tuple[Api, Api],
+                                              amqp_ports: tuple[int, int]) -> None:
+    """A user tagged management lists only the vhosts it has permissions on, consumers
+    included (RabbitMQ's rule); an administrator sees everything."""
+    import pika
+
+    raft = apis[0]
+    raft.ok("PUT", f"/api/vhosts/{q('hidden')}", {})
+    raft.ok("PUT", f"/api/permissions/{q('hidden')}/guest",
+            {"configure": ".*", "write": ".*", "read": ".*"})
+    raft.ok("PUT", "/api/users/mgr", {"password": "mgr-pw", "tags": "management"})
+    raft.ok("PUT", f"/api/permissions/{V}/mgr", {"configure": ".*", "write": ".*", "read": ".*"})
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", amqp_ports[0], virtual_host="hidden"))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("secret-q")
+        ch.basic_consume("secret-q", lambda *a: None)
+        _wait(lambda: any(c["queue"]["vhost"] == "hidden"
+                          for c in raft.ok("GET", "/api/consumers")))
+        mgr = raft.as_("mgr", "mgr-pw")
+        for path in ("/api/queues", "/api/consumers", "/api/exchanges", "/api/bindings",
+                     "/api/channels"):
+            items = mgr.ok("GET", path)
+            vhosts = {i.get("vhost") or i["queue"]["vhost"] for i in items}
+            assert "hidden" not in vhosts, path
+        assert mgr("GET", f"/api/queues/{q('hidden')}")[0] == 401
+        assert mgr("GET", f"/api/queues/{q('hidden')}/secret-q")[0] == 401
+        assert mgr("GET", "/api/connections")[1] == []  # not its own
+    finally:
+        conn.close()
+        raft("DELETE", f"/api/vhosts/{q('hidden')}")
+        raft("DELETE", "/api/users/mgr")
