@@ -263,6 +263,8 @@ LISTS: dict[str, tuple[str, list[str]]] = {
     "nodes": ("/api/nodes", ["name", "running", "raft.role", "raft.term",
                              "raft.commit_index", "mem_used", "mem_alarm",
                              "disk_free_alarm"]),
+    "policies": ("/api/policies", ["vhost", "name", "pattern", "apply-to", "definition",
+                                   "priority"]),
     "users": ("/api/users", ["name", "tags"]),
     "vhosts": ("/api/vhosts", ["name", "description", "messages"]),
     "permissions": ("/api/permissions", ["user", "vhost", "configure", "write", "read"]),
@@ -271,7 +273,7 @@ LISTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-_PER_VHOST = {"queues", "exchanges", "bindings", "connections", "consumers"}
+_PER_VHOST = {"queues", "exchanges", "bindings", "connections", "consumers", "policies"}
 
 
 def list_items(api: Api, what: str, fmt: str, vhost: str | None = None) -> int:

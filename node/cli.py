@@ -131,8 +131,8 @@ def _parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", parents=[common], help="list objects of the cluster")
     lst.add_argument("what", choices=("queues", "exchanges", "bindings", "connections",
-                                      "channels", "consumers", "nodes", "users", "vhosts",
-                                      "permissions", "topic-permissions"))
+                                      "channels", "consumers", "nodes", "policies", "users",
+                                      "vhosts", "permissions", "topic-permissions"))
     lst.add_argument("--vhost", help="only this vhost's (queues, exchanges, bindings, ...)")
     lst.add_argument("--format", choices=("table", "json"), default="table")
     return parser

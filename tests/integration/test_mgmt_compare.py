@@ -378,3 +378,13 @@ def test_management_user_sees_only_its_vhosts(apis: tuple[Api, Api],
         conn.close()
         raft("DELETE", f"/api/vhosts/{q('hidden')}")
         raft("DELETE", "/api/users/mgr")
+
+
+def test_policies_none_yet(apis: tuple[Api, Api]) -> None:
+    """RaftMQ has no policies: the lists agree (empty), and setting one is refused with a
+    reason instead of being accepted and ignored."""
+    assert both(apis, "GET", "/api/policies") == ([], [])
+    assert both(apis, "GET", f"/api/policies/{V}") == ([], [])
+    status, answer = apis[0]("PUT", f"/api/policies/{V}/ttl",
+                             {"pattern": ".*", "definition": {"message-ttl": 1000}})
+    assert status == 400 and "not supported" in answer["reason"]
