@@ -674,9 +674,10 @@ class RaftNode:
         self._replica.addNodeToCluster(
             addr, callback=lambda _r, err: callback(membership_result(err)))
 
-    def transfer_leadership(self) -> None:
-        """Leader only: ask the most caught-up follower to take over."""
-        self._replica.transferLeadership(None, callback=lambda *_: None)
+    def transfer_leadership(self, to: str | None = None) -> None:
+        """Leader only: ask ``to`` (a member's Raft address; None: the most caught-up
+        follower) to take over. pysyncobj refuses a target that is not caught up."""
+        self._replica.transferLeadership(to, callback=lambda *_: None)
 
     def remove_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
         self._replica.removeNodeFromCluster(

@@ -118,6 +118,29 @@ def cluster_status(api: Api) -> int:
     return 0
 
 
+def drain(api: Api) -> int:
+    me = api.request("GET", "/api/whoami")  # fails early on bad credentials
+    del me
+    status = api.request("GET", "/api/status")
+    result = api.request("POST", f"/api/nodes/{quote(status['node'])}/drain", timeout=60,
+                         ok=(200, 409))
+    print(f"node {status['node']} drained: {result['closed']} client connections closed, "
+          f"leader {result['leader_after']}"
+          + ("" if result["settled"] else " (some proposals were still in flight)"))
+    return 0 if result["settled"] else 1
+
+
+def transfer_leadership(api: Api, to: str | None) -> int:
+    query = f"?to={quote(to)}" if to else ""
+    result = api.request("POST", f"/api/cluster/transfer-leadership{query}", timeout=60,
+                         ok=(200, 409))
+    if not result.get("ok"):
+        print(f"raftmq: leadership did not move: {result.get('error')}", file=sys.stderr)
+        return 1
+    print(f"leader: {result['leader']}")
+    return 0
+
+
 def cluster_change(api: Api, method: str, address: str, force: bool = False) -> int:
     """Send the change to the leader (only a leader can step down for its own removal)."""
     view = api.request("GET", "/api/status", timeout=5)

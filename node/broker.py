@@ -94,6 +94,7 @@ class Broker:
         self._tick_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._servers: list[asyncio.AbstractServer] = []
+        self.draining = False  # node/maintenance.py: out of service until it restarts
         self._last_tick_ms = 0
         self._last_idle_tick = time.monotonic()
         self._swept = 0.0
@@ -403,6 +404,14 @@ class Broker:
         cfg = self.cfg
         http = f"{cfg.management_host}:{cfg.management_port}" if cfg.management_port else ""
         self.propose(NodeUp(self.node_id, self.incarnation, self.cfg.raft_address, http))
+
+    @property
+    def servers(self) -> list[asyncio.AbstractServer]:
+        return self._servers
+
+    def flush_now(self) -> None:
+        """Propose what this turn holds now, and tick."""
+        self._flush()
 
     def close_clients(self, reason: str) -> None:
         for conn in list(self.connections.values()):

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cluster = sub.add_parser("cluster", help="inspect and change cluster membership")
     csub = cluster.add_subparsers(dest="action", required=True)
+    p = csub.add_parser("transfer-leadership", parents=[common],
+                        help="move Raft leadership (default: to the most up-to-date follower)")
+    p.add_argument("--to", help="node id or Raft address of the new leader")
     csub.add_parser("status", parents=[common],
                     help="members, leader, term, commit/applied index and lag")
     for action, verb in (("add", "add"), ("remove", "remove")):
@@ -42,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         if action == "add":
             p.add_argument("--force", action="store_true", help="add it even if it does not "
                            "answer as a RaftMQ node with this cluster's secret")
+
+    nd = sub.add_parser("node", help="operate on one node")
+    p = nd.add_subparsers(dest="action", required=True).add_parser(
+        "drain", parents=[common], help="take the node this --node points at out of service: "
+        "no new connections, leadership handed over, clients closed (320) once their "
+        "publishes are confirmed; it stays a cluster member until it stops")
 
     add = sub.add_parser("add", help="add a user or a virtual host")
     asub = add.add_subparsers(dest="what", required=True)
@@ -150,9 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     from node import admin
 
     api = admin.Api.from_args(args.node, args.user, args.password)
+    if args.command == "node":
+        return admin.drain(api)
     if args.command == "cluster":
         if args.action == "status":
             return admin.cluster_status(api)
+        if args.action == "transfer-leadership":
+            return admin.transfer_leadership(api, args.to)
         return admin.cluster_change(api, "POST" if args.action == "add" else "DELETE",
                                     args.address, getattr(args, "force", False))
     if args.command == "add":

@@ -867,3 +867,56 @@ async def list_policies(request: web.Request) -> web.Response:
 async def put_policy(request: web.Request) -> web.Response:
     return error(400, "bad_request", "policies are not supported by RaftMQ yet: set queue "
                                      "features with queue arguments (x-message-ttl, ...)")
+
+
+# --- maintenance: drain, leadership --------------------------------------------------------
+
+
+@routes.post("/api/nodes/{name}/drain")
+@needs("administrator")
+@guarded
+async def drain_node(request: web.Request) -> web.Response:
+    """RaftMQ's maintenance mode for one node (node/maintenance.py); asked of another
+    node, the request goes to it."""
+    from node.maintenance import drain
+
+    broker = broker_of(request)
+    name = request.match_info["name"]
+    if name != broker.node_id:
+        if name not in state(request).nodes:
+            raise not_found()
+        return await _forward(request, name)
+    result = await drain(broker)
+    return web.json_response({"ok": result.settled, "node": broker.node_id,
+                              **dataclasses.asdict(result)})
+
+
+@routes.post("/api/cluster/transfer-leadership")
+@needs("administrator")
+@guarded
+async def transfer_leadership(request: web.Request) -> web.Response:
+    """Move Raft leadership to ``to`` (a node id or Raft address; default: the most
+    up-to-date follower). Asked of a follower, the request goes to the leader."""
+    from node.maintenance import transfer_leadership as transfer
+
+    broker = broker_of(request)
+    st = state(request)
+    to = request.query.get("to") or None
+    if to is not None and to in st.nodes:
+        to = st.nodes[to].raft_address or to
+    if to is not None and to not in broker.raft.status().members:
+        raise bad_request(f"{to} is not a member of the cluster")
+    if not broker.raft.is_leader:
+        leader = broker.raft.leader
+        owner = next((n for n, i in st.nodes.items() if i.raft_address == leader), None)
+        if owner is None:
+            raise Refusal(error(503, "unavailable", "no leader known"))
+        return await _forward(request, owner)
+    if to == broker.cfg.raft_address:
+        return web.json_response({"ok": True, "leader": to})
+    leader = await transfer(broker, to)
+    if leader is None or (to is not None and leader != to):
+        return web.json_response({"ok": False, "leader": broker.raft.leader,
+                                  "error": "the leadership did not move in time (a target "
+                                           "must be connected and caught up)"}, status=409)
+    return web.json_response({"ok": True, "leader": leader})

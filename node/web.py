@@ -55,8 +55,8 @@ _client_errors = _ClientErrors()
 
 
 def healthy(broker: Broker) -> bool:
-    return (broker.ready and not broker.isolated and broker.raft.leader is not None
-            and broker.raft.has_quorum)
+    return (broker.ready and not broker.isolated and not broker.draining
+            and broker.raft.leader is not None and broker.raft.has_quorum)
 
 
 def metrics_app(broker: Broker) -> web.Application:

@@ -147,7 +147,7 @@ class FakeRaft:
     def remove_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
         callback(MembershipResult.DENIED)
 
-    def transfer_leadership(self) -> None:
+    def transfer_leadership(self, to: str | None = None) -> None:
         pass
 
     def close(self) -> None:

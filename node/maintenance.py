@@ -1,0 +1,80 @@
+"""Taking a node out of service cleanly, and moving Raft leadership (``raftmq node drain``,
+``raftmq cluster transfer-leadership``).
+
+A drain, in order: the node stops accepting connections (its listeners close, so clients
+reconnect elsewhere); if it leads, leadership goes to the most up-to-date follower; the
+node stops reading from its clients, so nothing new is proposed, and waits until what
+they proposed is applied (their publishes confirmed or nacked); then it closes them with
+320 CONNECTION_FORCED. The node stays a Raft member, serving the log, until it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+log = logging.getLogger(__name__)
+
+TRANSFER_TIMEOUT_S = 10.0
+SETTLE_TIMEOUT_S = 10.0
+POLL_S = 0.05
+DRAIN_REASON = "CONNECTION_FORCED - node drained for maintenance"
+
+
+@dataclass
+class DrainResult:
+    leader_before: str | None
+    leader_after: str | None
+    settled: bool  # every proposal of the node's clients was applied before they closed
+    closed: int  # client connections closed
+
+
+async def transfer_leadership(broker: Broker, to: str | None = None,
+                              timeout: float = TRANSFER_TIMEOUT_S) -> str | None:
+    """Leader only: hand leadership to ``to`` (a Raft address) or to the most caught-up
+    follower, and wait until another node leads. The new leader's address, or None when
+    no other node took over in time."""
+    deadline = time.monotonic() + timeout
+    me = broker.cfg.raft_address
+    asked = 0.0
+    while time.monotonic() < deadline:
+        leader = broker.raft.leader
+        if leader is not None and leader != me:
+            return leader
+        if broker.raft.is_leader and time.monotonic() - asked > 1.0:
+            broker.raft.transfer_leadership(to)  # asked again if the target was not ready
+            broker.wake()
+            asked = time.monotonic()
+        await asyncio.sleep(POLL_S)
+    return None
+
+
+async def drain(broker: Broker) -> DrainResult:
+    leader_before = broker.raft.leader
+    broker.draining = True
+    for server in broker.servers:
+        server.close()
+    log.warning("draining: listeners closed, no new connections")
+    leader_after = leader_before
+    if broker.raft.is_leader:
+        leader_after = await transfer_leadership(broker)
+        log.warning("draining: leadership handed to %s", leader_after)
+    conns = list(broker.connections.values())
+    for conn in conns:
+        conn.pause_reading("drain")
+    broker.flush_now()
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while broker.proposer.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_S)
+    settled = not broker.proposer.in_flight
+    await asyncio.sleep(POLL_S)  # the last confirms reach the sockets
+    broker.close_clients(DRAIN_REASON)
+    log.warning("draining: %d client connections closed (proposals settled: %s)",
+                len(conns), settled)
+    return DrainResult(leader_before, broker.raft.leader or leader_after, settled, len(conns))
