@@ -92,7 +92,7 @@ def test_statefulset_services_and_budget_agree(k8s: dict[tuple[str, str], dict[s
     assert {k: (v["path"], v["port"]) for k, v in probes.items()} == {
         "startupProbe": ("/healthz", "http"), "readinessProbe": ("/healthz", "http"),
         "livenessProbe": ("/livez", "http")}
-    assert container["lifecycle"]["preStop"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["raftmq", "node", "drain"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["data"] == manifests.image_env()["RAFTMQ_DATA_DIR"]
     assert [t["metadata"]["name"] for t in spec["volumeClaimTemplates"]] == ["data"]
