@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec bench-memory chaos fuzz clean install cluster cluster-stop
+.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec bench-memory chaos rolling-restart fuzz clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench-cluster: $(STAMP)
 
 bench-cluster-quick: $(STAMP)
 	$(BIN)/python -m bench.run_bench_cluster --quick
+
+# Every node of a 3-node cluster drained, restarted and waited for in turn, with 1,200 msg/s of
+# confirmed publishes and a consumer per node: longest confirm gap per node (<= 1 s), lost = 0.
+rolling-restart: $(STAMP)
+	$(BIN)/python -m tests.chaos.rolling
 
 # Seeded fault schedules (kill, pause, partition, power loss) on 3- and 5-node clusters.
 # make chaos SEED=N replays one schedule exactly; the default run is 50 schedules in <= 45 min,
