@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
-from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
@@ -130,6 +130,9 @@ class _Replica(SyncObj):
         # next_node_idx for the reply to an installed snapshot whose journal tail was kept
         self.install_reply: int | None = None
         self.internals: Internals | None = None  # set during SyncObj.__init__ (loading)
+        # Leader only, during a leadership transfer: new commands wait in pysyncobj's queue
+        # until then (monotonic s), so the target can catch up (Raft's thesis, 3.10).
+        self.hold_appends_until = 0.0
         super().__init__(self_addr, peers, conf)
         self.internals = Internals(self)
         self._hook_snapshot_install()
@@ -139,6 +142,12 @@ class _Replica(SyncObj):
             store = FileStore()
             store.attach(store_root, restored=False)
             self.state.store = store
+
+    def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's name
+        if self.hold_appends_until and monotonic_time() < self.hold_appends_until \
+                and self._isLeader():
+            return
+        super()._checkCommandsToApply()
 
     def _internals(self) -> Internals:
         # SyncObj.__init__ loads the snapshot before it returns: build the view early then
@@ -674,10 +683,20 @@ class RaftNode:
         self._replica.addNodeToCluster(
             addr, callback=lambda _r, err: callback(membership_result(err)))
 
-    def transfer_leadership(self, to: str | None = None) -> None:
+    def hold_appends(self, seconds: float) -> None:
+        """Leader: take no new commands into the log for ``seconds`` (0: from now on
+        again); they wait in pysyncobj's queue, and go to the new leader if this one
+        steps down."""
+        self._replica.hold_appends_until = monotonic_time() + seconds if seconds > 0 else 0.0
+
+    def transfer_leadership(self, to: str | None = None) -> bool:
         """Leader only: ask ``to`` (a member's Raft address; None: the most caught-up
-        follower) to take over. pysyncobj refuses a target that is not caught up."""
-        self._replica.transferLeadership(to, callback=lambda *_: None)
+        follower) to take over (Raft's TimeoutNow). False when pysyncobj refused: the
+        target is not caught up (it must have every entry the leader has), or gone."""
+        sent: list[bool] = []
+        self._replica.transferLeadership(
+            to, callback=lambda _r, err: sent.append(err == FAIL_REASON.SUCCESS))
+        return bool(sent and sent[0])
 
     def remove_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
         self._replica.removeNodeFromCluster(

@@ -25,8 +25,15 @@ TRANSFER_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 10.0
 POLL_S = 0.05
 # pysyncobj hands leadership only to a follower that has every entry the leader has; under
-# load that holds for moments between appends, so a transfer is asked for at every tick.
+# load that holds for moments between appends, so a transfer is asked for at every tick
+# until one is sent. A sent one is given this long to complete before asking again: each
+# TimeoutNow starts an election, and a stream of them would only disrupt the cluster.
 TRANSFER_POLL_S = 0.005
+TRANSFER_WAIT_S = 2.0
+# While trying, the leader takes no new entries into its log for this long (they wait in
+# its queue), so that a follower can have them all: Raft's transfer procedure.
+HOLD_S = 0.25
+HOLD_AFTER_SEND_S = 0.5
 DRAIN_REASON = "CONNECTION_FORCED - node drained for maintenance"
 
 
@@ -45,14 +52,25 @@ async def transfer_leadership(broker: Broker, to: str | None = None,
     no other node took over in time."""
     deadline = time.monotonic() + timeout
     me = broker.cfg.raft_address
+    sent_at = held_at = -TRANSFER_WAIT_S
     while time.monotonic() < deadline:
         leader = broker.raft.leader
         if leader is not None and leader != me:
+            broker.raft.hold_appends(0)
             return leader
-        if broker.raft.is_leader:
-            broker.raft.transfer_leadership(to)  # refused while the target is behind
+        now = time.monotonic()
+        if broker.raft.is_leader and now - sent_at >= TRANSFER_WAIT_S:
+            if broker.raft.transfer_leadership(to):  # refused while the target is behind
+                sent_at = now
+                # still nothing new until the target has won: an entry appended now would
+                # make the others refuse it their votes (their logs would be longer)
+                broker.raft.hold_appends(HOLD_AFTER_SEND_S)
+            elif now - held_at >= TRANSFER_WAIT_S:
+                held_at = now
+                broker.raft.hold_appends(HOLD_S)
             broker.wake()
         await asyncio.sleep(TRANSFER_POLL_S)
+    broker.raft.hold_appends(0)
     return None
 
 

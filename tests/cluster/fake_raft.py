@@ -147,7 +147,10 @@ class FakeRaft:
     def remove_member(self, addr: str, callback: Callable[[MembershipResult], None]) -> None:
         callback(MembershipResult.DENIED)
 
-    def transfer_leadership(self, to: str | None = None) -> None:
+    def transfer_leadership(self, to: str | None = None) -> bool:
+        return False
+
+    def hold_appends(self, seconds: float) -> None:
         pass
 
     def close(self) -> None:

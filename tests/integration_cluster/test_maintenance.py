@@ -149,7 +149,7 @@ def test_transfer_leadership_to_a_chosen_node(cluster: RaftMQCluster) -> None:
     time.sleep(1.0)
     pub.stop.set()
     pub.join(10)
-    assert pub.longest_gap < 2.0, f"confirms stopped for {pub.longest_gap:.2f}s"
+    assert pub.longest_gap < 1.0, f"confirms stopped for {pub.longest_gap:.2f}s"
     status, answer = Api(via.management_port)("POST",
                                               f"/api/cluster/transfer-leadership?to={q('x:1')}")
     assert status == 400 and "not a member" in answer["reason"]
