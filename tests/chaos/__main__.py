@@ -11,6 +11,7 @@ that replays it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import tempfile
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path,
                    default=Path(tempfile.gettempdir()) / "raftmq-chaos",
                    help="where each schedule's directory goes (default /tmp/raftmq-chaos)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="msg/s published in total by the producers (default: the schedule's, "
+                        "25 a producer); the confirm window grows with it")
     p.add_argument("--keep", choices=("fail", "always", "never"), default="fail",
                    help="keep a schedule's logs and data: on failure (default), always, never")
     return p
@@ -121,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 fault_s = MIN_FAULT_S
         s = make_schedule(seed, n, round(fault_s), kinds, env)
+        if args.rate:
+            per = args.rate / s.producers
+            s = dataclasses.replace(s, rate=per, window=max(s.window, int(per / 20)))
         print(f"[{i + 1}/{len(plan)}] seed={seed} nodes={n} env={s.env}: {s.describe()}",
               flush=True)
         r = run_schedule(s, args.workdir, keep=args.keep, model=args.power_loss_model,
