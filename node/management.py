@@ -120,7 +120,7 @@ async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
 
 def needs(tag: str) -> Callable[[Handler], Handler]:
     """The request's user must have ``tag`` (administrator implies every tag,
-    monitoring implies management)."""
+    monitoring implies management). A Refusal raised by the handler is its answer."""
 
     def wrap(handler: Handler) -> Handler:
         async def run(request: web.Request) -> web.StreamResponse:

@@ -215,24 +215,11 @@ def _vhost_param(request: web.Request) -> str | None:
     return vhost
 
 
-def guarded(handler: Any) -> Any:
-    async def run_it(request: web.Request) -> web.StreamResponse:
-        try:
-            response: web.StreamResponse = await handler(request)
-            return response
-        except Refusal as r:
-            return r.response
-
-    run_it.__name__ = handler.__name__
-    return run_it
-
-
 # --- overview ------------------------------------------------------------------------------
 
 
 @routes.get("/api/overview")
 @needs("management")
-@guarded
 async def overview(request: web.Request) -> web.Response:
     broker = broker_of(request)
     st: State = state(request)
@@ -267,7 +254,6 @@ def product_version() -> str:
 @routes.get("/api/queues")
 @routes.get("/api/queues/{vhost}")
 @needs("management")
-@guarded
 async def list_queues(request: web.Request) -> web.Response:
     vhost = _vhost_param(request)
     return _listing(request, views.queues(state(request), broker_of(request).node_id, vhost,
@@ -285,7 +271,6 @@ def _queue(request: web.Request) -> Any:
 
 @routes.get("/api/queues/{vhost}/{name}")
 @needs("management")
-@guarded
 async def get_queue(request: web.Request) -> web.Response:
     q = _queue(request)
     info = views.queue_json(state(request), broker_of(request).node_id, q, rates(request).queue)
@@ -297,7 +282,6 @@ async def get_queue(request: web.Request) -> web.Response:
 
 @routes.put("/api/queues/{vhost}/{name}")
 @needs("management")
-@guarded
 async def put_queue(request: web.Request) -> web.Response:
     vhost, name = request.match_info["vhost"], request.match_info["name"]
     data = await body(request)
@@ -310,7 +294,6 @@ async def put_queue(request: web.Request) -> web.Response:
 
 @routes.delete("/api/queues/{vhost}/{name}")
 @needs("management")
-@guarded
 async def delete_queue(request: web.Request) -> web.Response:
     _queue(request)
     await run(request, request.match_info["vhost"], C.QueueDelete(
@@ -321,7 +304,6 @@ async def delete_queue(request: web.Request) -> web.Response:
 
 @routes.delete("/api/queues/{vhost}/{name}/contents")
 @needs("management")
-@guarded
 async def purge_queue(request: web.Request) -> web.Response:
     _queue(request)
     await run(request, request.match_info["vhost"],
@@ -331,7 +313,6 @@ async def purge_queue(request: web.Request) -> web.Response:
 
 @routes.post("/api/queues/{vhost}/{name}/get")
 @needs("management")
-@guarded
 async def get_messages(request: web.Request) -> web.Response:
     """RabbitMQ's "get messages": up to ``count``, then acked (ack_requeue_false), or
     rejected or requeued as ``ackmode`` says; requeued ones come back redelivered."""
@@ -399,7 +380,6 @@ def _properties(props: bytes) -> dict[str, Any]:
 @routes.get("/api/exchanges")
 @routes.get("/api/exchanges/{vhost}")
 @needs("management")
-@guarded
 async def list_exchanges(request: web.Request) -> web.Response:
     return _listing(request, views.exchanges(state(request), _vhost_param(request)))
 
@@ -420,7 +400,6 @@ def _exchange(request: web.Request) -> Any:
 
 @routes.get("/api/exchanges/{vhost}/{name}")
 @needs("management")
-@guarded
 async def get_exchange(request: web.Request) -> web.Response:
     return web.json_response(views.exchange_json(request.match_info["vhost"],
                                                  _exchange(request)))
@@ -428,7 +407,6 @@ async def get_exchange(request: web.Request) -> web.Response:
 
 @routes.put("/api/exchanges/{vhost}/{name}")
 @needs("management")
-@guarded
 async def put_exchange(request: web.Request) -> web.Response:
     vhost, name = request.match_info["vhost"], request.match_info["name"]
     data = await body(request)
@@ -445,7 +423,6 @@ async def put_exchange(request: web.Request) -> web.Response:
 
 @routes.delete("/api/exchanges/{vhost}/{name}")
 @needs("management")
-@guarded
 async def delete_exchange(request: web.Request) -> web.Response:
     _exchange(request)
     await run(request, request.match_info["vhost"], C.ExchangeDelete(
@@ -455,7 +432,6 @@ async def delete_exchange(request: web.Request) -> web.Response:
 
 @routes.post("/api/exchanges/{vhost}/{name}/publish")
 @needs("management")
-@guarded
 async def publish(request: web.Request) -> web.Response:
     """{"routed": bool}: whether some queue took the message (it is published mandatory
     on the session's channel; an unroutable one comes back as a basic.return)."""
@@ -506,14 +482,12 @@ def _encode_properties(props: dict[str, Any]) -> bytes:
 @routes.get("/api/bindings")
 @routes.get("/api/bindings/{vhost}")
 @needs("management")
-@guarded
 async def list_bindings(request: web.Request) -> web.Response:
     return _listing(request, views.bindings(state(request), _vhost_param(request)))
 
 
 @routes.get("/api/queues/{vhost}/{name}/bindings")
 @needs("management")
-@guarded
 async def queue_bindings(request: web.Request) -> web.Response:
     q = _queue(request)
     return web.json_response([b for b in views.bindings(state(request), q.vhost)
@@ -523,7 +497,6 @@ async def queue_bindings(request: web.Request) -> web.Response:
 
 @routes.get("/api/exchanges/{vhost}/{name}/bindings/{side}")
 @needs("management")
-@guarded
 async def exchange_bindings(request: web.Request) -> web.Response:
     x = _exchange(request)
     side = request.match_info["side"]
@@ -558,14 +531,12 @@ def _between(request: web.Request) -> tuple[str, str, bool, str, list[dict[str, 
 
 @routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
 @needs("management")
-@guarded
 async def list_between(request: web.Request) -> web.Response:
     return web.json_response(_between(request)[4])
 
 
 @routes.post("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
 @needs("management")
-@guarded
 async def bind(request: web.Request) -> web.Response:
     vhost, src, is_x, dest, _ = _between(request)
     if src == "":
@@ -586,7 +557,6 @@ async def bind(request: web.Request) -> web.Response:
 
 @routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
 @needs("management")
-@guarded
 async def get_binding(request: web.Request) -> web.Response:
     return web.json_response(_one_binding(request))
 
@@ -602,7 +572,6 @@ def _one_binding(request: web.Request) -> dict[str, Any]:
 
 @routes.delete("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
 @needs("management")
-@guarded
 async def unbind(request: web.Request) -> web.Response:
     b = _one_binding(request)
     vhost, src, is_x, dest, _ = _between(request)
@@ -630,7 +599,6 @@ def _raw_arguments(st: State, vhost: str, src: str, is_x: bool, dest: str, rk: s
 @routes.get("/api/consumers")
 @routes.get("/api/consumers/{vhost}")
 @needs("management")
-@guarded
 async def list_consumers(request: web.Request) -> web.Response:
     return _listing(request, views.consumers(state(request), _vhost_param(request),
                                              _peers(request)))
@@ -639,7 +607,6 @@ async def list_consumers(request: web.Request) -> web.Response:
 @routes.get("/api/channels")
 @routes.get("/api/vhosts/{vhost}/channels")
 @needs("management")
-@guarded
 async def list_channels(request: web.Request) -> web.Response:
     return _listing(request, views.channels(state(request), _vhost_param(request),
                                             _peers(request)))
@@ -699,7 +666,6 @@ def connections(broker: Broker, vhost: str | None = None) -> list[dict[str, Any]
 @routes.get("/api/connections")
 @routes.get("/api/vhosts/{vhost}/connections")
 @needs("management")
-@guarded
 async def list_connections(request: web.Request) -> web.Response:
     items = connections(broker_of(request), _vhost_param(request))
     tags = request["tags"]
@@ -720,7 +686,6 @@ def _connection_key(request: web.Request) -> C.ConnKey:
 
 @routes.get("/api/connections/{name}")
 @needs("management")
-@guarded
 async def get_connection(request: web.Request) -> web.Response:
     key = _connection_key(request)
     info = next(i for i in connections(broker_of(request))
@@ -730,7 +695,6 @@ async def get_connection(request: web.Request) -> web.Response:
 
 @routes.delete("/api/connections/{name}")
 @needs("management")
-@guarded
 async def close_connection(request: web.Request) -> web.Response:
     """Close with 320 CONNECTION_FORCED and the X-Reason header's text, as RabbitMQ; a
     connection of another node is closed by that node (the request goes to it)."""
@@ -821,7 +785,6 @@ async def _ask_node(request: web.Request, name: str, info: Any) -> dict[str, Any
 
 @routes.get("/api/nodes")
 @needs("monitoring")
-@guarded
 async def list_nodes(request: web.Request) -> web.Response:
     """Every member, each as it reports itself (asked over its management port; a node
     that does not answer is listed as not running)."""
@@ -833,7 +796,6 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 @routes.get("/api/nodes/{name}")
 @needs("monitoring")
-@guarded
 async def get_node(request: web.Request) -> web.Response:
     broker = broker_of(request)
     name = request.match_info["name"]
@@ -853,7 +815,6 @@ async def get_node(request: web.Request) -> web.Response:
 @routes.get("/api/operator-policies")
 @routes.get("/api/operator-policies/{vhost}")
 @needs("management")
-@guarded
 async def list_policies(request: web.Request) -> web.Response:
     """RaftMQ has no policies (queue features come from queue arguments): the list is
     empty, as RabbitMQ's is with none; setting one is refused (below)."""
@@ -874,7 +835,6 @@ async def put_policy(request: web.Request) -> web.Response:
 
 @routes.post("/api/nodes/{name}/drain")
 @needs("administrator")
-@guarded
 async def drain_node(request: web.Request) -> web.Response:
     """RaftMQ's maintenance mode for one node (node/maintenance.py); asked of another
     node, the request goes to it."""
@@ -893,7 +853,6 @@ async def drain_node(request: web.Request) -> web.Response:
 
 @routes.post("/api/cluster/transfer-leadership")
 @needs("administrator")
-@guarded
 async def transfer_leadership(request: web.Request) -> web.Response:
     """Move Raft leadership to ``to`` (a node id or Raft address; default: the most
     up-to-date follower). Asked of a follower, the request goes to the leader."""
