@@ -6,10 +6,14 @@ them from a worker thread while the clients keep running on the event loop.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import random
 import signal
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +47,19 @@ class FaultRecord:
     def describe(self) -> str:
         rec = "NO RECOVERY" if self.recovery_s is None else f"rec {self.recovery_s:.1f}s"
         return f"{self.fault.describe()} -> {','.join(self.targets)} ({rec})"
+
+
+def _api(nd: RaftMQNode, method: str, path: str) -> dict[str, Any]:
+    """The node's management API as guest (from loopback); errors are answers too."""
+    req = urllib.request.Request(f"http://127.0.0.1:{nd.management_port}{path}", method=method)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return dict(json.load(r))
+    except urllib.error.HTTPError as e:
+        return {"error": f"HTTP {e.code}"}
+    except (OSError, ValueError) as e:
+        return {"error": str(e)}
 
 
 def _pick(nodes: list[str], pick: float) -> str:
@@ -93,9 +110,12 @@ class Nemesis:
         rec = FaultRecord(fault)
         rec.leader_before = cc.leader_id()
         kind = fault.kind
-        if kind in ("kill", "pause", "power-loss", "slow"):
+        if kind in ("kill", "pause", "power-loss", "slow", "drain"):
             rec.targets = [self._role(fault, rec.leader_before)]
-        elif kind in ("kill-all", "power-loss-all"):
+        elif kind == "transfer":
+            followers = sorted(i for i in cc.ids if i != rec.leader_before)
+            rec.targets = [_pick(followers, fault.pick)] if followers else []
+        elif kind in ("kill-all", "power-loss-all", "rolling"):
             rec.targets = list(cc.ids)
         elif kind == "kill-minority":
             shuffled = sorted(cc.ids)
@@ -122,6 +142,25 @@ class Nemesis:
                     cc.proxy.slow(rec.targets[0], other, latency)
             return rec
         nodes = [cc.by_id[t] for t in rec.targets]
+        if kind == "transfer":
+            rec.started = time.monotonic()
+            leader = cc.by_id.get(rec.leader_before or "")
+            if leader is not None and nodes:
+                answer = _api(leader, "POST", "/api/cluster/transfer-leadership"
+                              f"?to={nodes[0].node_id}")
+                rec.notes.append(f"leader after: {answer.get('leader')}")
+            return rec
+        if kind in ("drain", "rolling"):
+            rec.started = time.monotonic()
+            for nd in nodes:
+                _api(nd, "POST", f"/api/nodes/{nd.node_id}/drain")
+                nd.stop()
+                self.killed.add(nd.node_id)
+                if kind == "rolling":
+                    self._start(nd)
+                    if cc.wait_healthy(HEAL_TIMEOUT_S) is None:
+                        rec.notes.append(f"not healthy after restarting {nd.node_id}")
+            return rec
         if kind == "pause":
             rec.started = time.monotonic()
             for nd in nodes:

@@ -37,10 +37,13 @@ FAULT_WEIGHTS: dict[str, int] = {
 # Kinds only drawn when asked for (--kinds): adding them to FAULT_WEIGHTS would change what
 # every existing seed means.
 #   slow            one node's Raft links get 0.1-0.5 s of latency each way
-EXTRA_KINDS = ("slow",)
+#   transfer        Raft leadership moved to a follower (raftmq cluster transfer-leadership)
+#   drain           one node drained (raftmq node drain), stopped, started after `duration`
+#   rolling         every node in turn drained, stopped, started and waited for
+EXTRA_KINDS = ("slow", "transfer", "drain", "rolling")
 ALL_KINDS = (*FAULT_WEIGHTS, *EXTRA_KINDS)
 PARTITIONS = ("isolate", "halves", "ring")
-ROLE_FAULTS = ("kill", "pause", "isolate", "power-loss", "slow")  # aimed at the leader or a follower
+ROLE_FAULTS = ("kill", "pause", "isolate", "power-loss", "slow", "drain")  # at the leader or a follower
 EST_RECOVERY_S = 4.0  # budget per fault for the harness to see the cluster healthy again
 
 
