@@ -64,15 +64,20 @@ bench-cluster-quick: $(STAMP)
 rolling-restart: $(STAMP)
 	$(BIN)/python -m tests.chaos.rolling
 
-# Seeded fault schedules (kill, pause, partition, power loss) on 3- and 5-node clusters.
+# Seeded fault schedules (kill, pause, partitions, power loss, leadership transfer, drain,
+# rolling restart) on 3- and 5-node clusters at CHAOS_RATE msg/s of confirmed publishes.
 # make chaos SEED=N replays one schedule exactly; the default run is 50 schedules in <= 45 min,
 # then the regression tests named after the seeds that found bugs (~12 min); both always run.
 SEED ?=
+CHAOS_RATE ?= 1050
+CHAOS_KINDS ?= kill,kill-minority,pause,isolate,halves,ring,kill-all,power-loss,power-loss-all,transfer,drain,rolling
 chaos: $(STAMP)
 ifneq ($(SEED),)
-	$(BIN)/python -m tests.chaos --seed $(SEED) --keep always
+	$(BIN)/python -m tests.chaos --seed $(SEED) --keep always --rate $(CHAOS_RATE) \
+		--kinds $(CHAOS_KINDS)
 else
-	s=0; $(BIN)/python -m tests.chaos --schedules 50 --nodes 3,5 --minutes 45 --fault-seconds 45 || s=$$?; \
+	s=0; $(BIN)/python -m tests.chaos --schedules 50 --nodes 3,5 --minutes 45 --fault-seconds 45 \
+		--rate $(CHAOS_RATE) --kinds $(CHAOS_KINDS) || s=$$?; \
 	$(BIN)/python -m pytest -m chaos -q -rxX -p no:cacheprovider tests/chaos; t=$$?; \
 	exit $$(( s || t ))
 endif

@@ -94,6 +94,8 @@ class Schedule:
             cmd += f" --kinds {','.join(self.kinds)}"
         for k, v in self.env_override:
             cmd += f" --env {k}={v}"
+        if self.rate != 25.0:
+            cmd += f" --rate {self.rate * self.producers:g}"
         return cmd
 
 
