@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 REALM = 'Basic realm="RabbitMQ Management"'
 APPLY_TIMEOUT_S = 10.0
 MEMBERSHIP_TIMEOUT_S = 10.0
+MEMBERSHIP_ATTEMPTS = 3
 TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -713,22 +714,35 @@ async def _membership(request: web.Request, method: str) -> web.Response:
             return web.json_response({"ok": False, "error": "could not transfer leadership"},
                                      status=409)
         return await _forward_to_leader(request, method, address)
-    done: asyncio.Future[MembershipResult] = broker.loop.create_future()
+    for attempt in range(MEMBERSHIP_ATTEMPTS):
+        done: asyncio.Future[MembershipResult] = broker.loop.create_future()
 
-    def callback(result: MembershipResult) -> None:
-        if not done.done():
-            done.set_result(result)
+        def callback(result: MembershipResult, done: asyncio.Future[MembershipResult] = done,
+                     ) -> None:
+            if not done.done():
+                done.set_result(result)
 
-    if method == "POST":
-        broker.raft.add_member(address, callback)
-    else:
-        broker.raft.remove_member(address, callback)
-    broker.wake()
-    try:
-        result = await asyncio.wait_for(done, MEMBERSHIP_TIMEOUT_S)
-    except TimeoutError:
-        return web.json_response({"ok": False, "error": "timeout", "address": address},
-                                 status=504)
+        if method == "POST":
+            broker.raft.add_member(address, callback)
+        else:
+            broker.raft.remove_member(address, callback)
+        broker.wake()
+        try:
+            result = await asyncio.wait_for(done, MEMBERSHIP_TIMEOUT_S)
+        except TimeoutError:
+            return web.json_response({"ok": False, "error": "timeout", "address": address},
+                                     status=504)
+        # A removal lost to a change of leader (the node being removed may stand for
+        # election once the leader stops heartbeating it) is done again, by the leader.
+        retry = (method == "DELETE" and attempt + 1 < MEMBERSHIP_ATTEMPTS
+                 and result in (MembershipResult.DISCARDED, MembershipResult.LEADER_CHANGED))
+        if not retry:
+            return _answer(result, address)
+        await asyncio.sleep(0.5)
+        if address not in broker.raft.status().members:
+            return _answer(MembershipResult.OK, address)
+        if not broker.raft.is_leader:
+            return await _forward_to_leader(request, method, address)
     return _answer(result, address)
 
 
