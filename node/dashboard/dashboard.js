@@ -320,8 +320,11 @@ async function admin() {
   return [
     h("h2", {}, "Users"),
     table("users", [["Name", (u) => u.name], ["Tags", (u) => u.tags.join(", ")]], users,
-      (u) => h("button", { class: "danger", onclick: () => act(`user ${u.name} deleted`,
-        () => api("DELETE", `/api/users/${enc(u.name)}`)) }, "Delete")),
+      (u) => h("button", { class: "danger", onclick: () => {
+        if (confirm(`Delete user ${u.name}? Its connections are closed.`)) {
+          act(`user ${u.name} deleted`, () => api("DELETE", `/api/users/${enc(u.name)}`));
+        }
+      } }, "Delete")),
     form("add-user", [["name", "Name", { required: true }],
       ["password", "Password", { type: "password", required: true }],
       ["tags", "Tags", { placeholder: "administrator,monitoring" }]], "Add user",
