@@ -807,9 +807,9 @@ def app(broker: Broker, client_max_size: int) -> web.Application:
     application["broker"] = broker
     application.add_routes(routes)
     # their handlers build on this module's
-    from node import mgmt_dashboard, mgmt_definitions, mgmt_health, mgmt_objects
+    from node import mgmt_cluster, mgmt_dashboard, mgmt_definitions, mgmt_health, mgmt_objects
 
-    for extra in (mgmt_objects, mgmt_definitions, mgmt_health, mgmt_dashboard):
+    for extra in (mgmt_objects, mgmt_cluster, mgmt_definitions, mgmt_health, mgmt_dashboard):
         application.add_routes(extra.routes)
     _sample_rates(application, broker)
     return application

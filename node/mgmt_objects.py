@@ -10,11 +10,9 @@ error that comes back becomes the HTTP answer.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
-import os
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -138,7 +136,7 @@ def _visible(request: web.Request, vhost: str | None) -> bool:
     return (request["user"], vhost) in state(request).permissions
 
 
-def _listing(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
+def listing(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
     """RabbitMQ's filters on list endpoints: ``name`` (regex with use_regex=true, else
     substring), ``columns=a,b.c``, ``sort``/``sort_reverse``, and pagination with
     ``page``/``page_size`` (a paged answer is an object with ``items``)."""
@@ -256,7 +254,7 @@ def product_version() -> str:
 @needs("management")
 async def list_queues(request: web.Request) -> web.Response:
     vhost = _vhost_param(request)
-    return _listing(request, views.queues(state(request), broker_of(request).node_id, vhost,
+    return listing(request, views.queues(state(request), broker_of(request).node_id, vhost,
                                           rates(request).queue))
 
 
@@ -381,7 +379,7 @@ def _properties(props: bytes) -> dict[str, Any]:
 @routes.get("/api/exchanges/{vhost}")
 @needs("management")
 async def list_exchanges(request: web.Request) -> web.Response:
-    return _listing(request, views.exchanges(state(request), _vhost_param(request)))
+    return listing(request, views.exchanges(state(request), _vhost_param(request)))
 
 
 def _exchange_name(name: str) -> str:
@@ -483,7 +481,7 @@ def _encode_properties(props: dict[str, Any]) -> bytes:
 @routes.get("/api/bindings/{vhost}")
 @needs("management")
 async def list_bindings(request: web.Request) -> web.Response:
-    return _listing(request, views.bindings(state(request), _vhost_param(request)))
+    return listing(request, views.bindings(state(request), _vhost_param(request)))
 
 
 @routes.get("/api/queues/{vhost}/{name}/bindings")
@@ -600,7 +598,7 @@ def _raw_arguments(st: State, vhost: str, src: str, is_x: bool, dest: str, rk: s
 @routes.get("/api/consumers/{vhost}")
 @needs("management")
 async def list_consumers(request: web.Request) -> web.Response:
-    return _listing(request, views.consumers(state(request), _vhost_param(request),
+    return listing(request, views.consumers(state(request), _vhost_param(request),
                                              _peers(request)))
 
 
@@ -608,7 +606,7 @@ async def list_consumers(request: web.Request) -> web.Response:
 @routes.get("/api/vhosts/{vhost}/channels")
 @needs("management")
 async def list_channels(request: web.Request) -> web.Response:
-    return _listing(request, views.channels(state(request), _vhost_param(request),
+    return listing(request, views.channels(state(request), _vhost_param(request),
                                             _peers(request)))
 
 
@@ -671,7 +669,7 @@ async def list_connections(request: web.Request) -> web.Response:
     tags = request["tags"]
     if "administrator" not in tags and "monitoring" not in tags:
         items = [i for i in items if i["user"] == request["user"]]
-    return _listing(request, items)
+    return listing(request, items)
 
 
 def _connection_key(request: web.Request) -> C.ConnKey:
@@ -706,7 +704,7 @@ async def close_connection(request: web.Request) -> web.Response:
         raise Refusal(error(401, "not_authorised", "Not_Authorized"))
     reason = request.headers.get("X-Reason", "Closed via management plugin")
     if key[0] != broker.node_id:
-        return await _forward(request, key[0])
+        return await forward(request, key[0])
     mine = next((c for c in broker.connections.values() if c.key == key), None)
     if mine is None:
         raise not_found()
@@ -714,7 +712,7 @@ async def close_connection(request: web.Request) -> web.Response:
     return no_content()
 
 
-async def _forward(request: web.Request, node: str) -> web.Response:
+async def forward(request: web.Request, node: str) -> web.Response:
     """The same request to ``node``'s management API (its address is in the state)."""
     info = state(request).nodes.get(node)
     if info is None or not info.http_address or info.down:
@@ -742,71 +740,6 @@ def _ch(request: web.Request) -> C.ChKey:
     return PLACEHOLDER
 
 
-# --- nodes ---------------------------------------------------------------------------------
-
-NODE_ASK_TIMEOUT_S = 2.0
-_STARTED = time.time()
-
-
-def node_json(broker: Broker) -> dict[str, Any]:
-    """This node as RabbitMQ's /api/nodes shows one, with its Raft view."""
-    from node.management import resources
-
-    st = broker.raft.status()
-    lag = {peer: st.commit_index - idx for peer, idx in st.match_index}
-    return {
-        "name": broker.node_id, "type": "disc", "running": True, "being_drained": False,
-        "uptime": int((time.time() - _STARTED) * 1000), "os_pid": str(os.getpid()),
-        **{k: v for k, v in resources(broker).items() if k != "alarms"},
-        "raft": {"role": st.state, "leader": st.leader, "term": st.term,
-                 "commit_index": st.commit_index, "last_applied": st.last_applied,
-                 "log_entries": st.log_len, "has_quorum": st.has_quorum,
-                 "raft_address": broker.cfg.raft_address, "follower_lag": lag},
-        "cluster_links": [{"name": m, "connected": m in st.connected} for m in st.members],
-    }
-
-
-async def _ask_node(request: web.Request, name: str, info: Any) -> dict[str, Any]:
-    down = {"name": name, "type": "disc", "running": False}
-    if info.down or not info.http_address:
-        return down
-    url = f"http://{info.http_address}/api/nodes/{urllib.parse.quote(name, safe='')}"
-    try:
-        async with ClientSession(timeout=ClientTimeout(total=NODE_ASK_TIMEOUT_S)) as s, \
-                s.get(url, params={"local": "true"},
-                      headers={"Authorization": request.headers["Authorization"]}) as r:
-            if r.status == 200:
-                answer: dict[str, Any] = await r.json(content_type=None)
-                return answer
-    except (OSError, TimeoutError, ValueError):
-        pass
-    return down
-
-
-@routes.get("/api/nodes")
-@needs("monitoring")
-async def list_nodes(request: web.Request) -> web.Response:
-    """Every member, each as it reports itself (asked over its management port; a node
-    that does not answer is listed as not running)."""
-    broker = broker_of(request)
-    others = [(n, i) for n, i in sorted(state(request).nodes.items()) if n != broker.node_id]
-    answers = await asyncio.gather(*(_ask_node(request, n, i) for n, i in others))
-    return _listing(request, sorted([node_json(broker), *answers], key=lambda n: n["name"]))
-
-
-@routes.get("/api/nodes/{name}")
-@needs("monitoring")
-async def get_node(request: web.Request) -> web.Response:
-    broker = broker_of(request)
-    name = request.match_info["name"]
-    if name == broker.node_id:
-        return web.json_response(node_json(broker))
-    info = state(request).nodes.get(name)
-    if info is None or request.query.get("local") == "true":
-        raise not_found()
-    return web.json_response(await _ask_node(request, name, info))
-
-
 # --- policies: none yet -------------------------------------------------------------------
 
 
@@ -828,54 +761,3 @@ async def list_policies(request: web.Request) -> web.Response:
 async def put_policy(request: web.Request) -> web.Response:
     return error(400, "bad_request", "policies are not supported by RaftMQ yet: set queue "
                                      "features with queue arguments (x-message-ttl, ...)")
-
-
-# --- maintenance: drain, leadership --------------------------------------------------------
-
-
-@routes.post("/api/nodes/{name}/drain")
-@needs("administrator")
-async def drain_node(request: web.Request) -> web.Response:
-    """RaftMQ's maintenance mode for one node (node/maintenance.py); asked of another
-    node, the request goes to it."""
-    from node.maintenance import drain
-
-    broker = broker_of(request)
-    name = request.match_info["name"]
-    if name != broker.node_id:
-        if name not in state(request).nodes:
-            raise not_found()
-        return await _forward(request, name)
-    result = await drain(broker)
-    return web.json_response({"ok": result.settled, "node": broker.node_id,
-                              **dataclasses.asdict(result)})
-
-
-@routes.post("/api/cluster/transfer-leadership")
-@needs("administrator")
-async def transfer_leadership(request: web.Request) -> web.Response:
-    """Move Raft leadership to ``to`` (a node id or Raft address; default: the most
-    up-to-date follower). Asked of a follower, the request goes to the leader."""
-    from node.maintenance import transfer_leadership as transfer
-
-    broker = broker_of(request)
-    st = state(request)
-    to = request.query.get("to") or None
-    if to is not None and to in st.nodes:
-        to = st.nodes[to].raft_address or to
-    if to is not None and to not in broker.raft.status().members:
-        raise bad_request(f"{to} is not a member of the cluster")
-    if not broker.raft.is_leader:
-        leader = broker.raft.leader
-        owner = next((n for n, i in st.nodes.items() if i.raft_address == leader), None)
-        if owner is None:
-            raise Refusal(error(503, "unavailable", "no leader known"))
-        return await _forward(request, owner)
-    if to == broker.cfg.raft_address:
-        return web.json_response({"ok": True, "leader": to})
-    leader = await transfer(broker, to)
-    if leader is None or (to is not None and leader != to):
-        return web.json_response({"ok": False, "leader": broker.raft.leader,
-                                  "error": "the leadership did not move in time (a target "
-                                           "must be connected and caught up)"}, status=409)
-    return web.json_response({"ok": True, "leader": leader})
