@@ -327,8 +327,9 @@ class _Replica(SyncObj):
                 discard()
                 state["in"] = snapshot_stream.Incoming(tmp_path, incoming_root / new_generation())
             inc: snapshot_stream.Incoming | None = state["in"]
-            if inc is None:
-                return False
+            if inc is None or inc.complete:
+                return False  # the rest of a stream already installed or given up: a new one
+                # starts with a first chunk
             try:
                 inc.feed(chunk)
             except (OSError, snapshot_stream.StreamError):

@@ -93,6 +93,10 @@ class Incoming:
         self.segments: list[str] = []
 
     def feed(self, data: bytes) -> None:
+        if not data:
+            # (the sender's last chunk is empty when the stream ended exactly at a chunk's
+            # end: it only says "that was all")
+            return
         if self.complete:
             raise StreamError("data after the end of the stream")
         self._buf += data

@@ -52,3 +52,15 @@ def test_garbage_and_hostile_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StreamError, match="bad segment name"):
         Incoming(tmp_path / "s", tmp_path / "r").feed(evil)
     assert not (tmp_path / "escape").exists()
+
+
+def test_an_empty_last_chunk_after_the_end_is_fine(tmp_path: Path) -> None:
+    """The sender's last chunk can be empty (the stream ended exactly at a chunk's end)."""
+    out = Outgoing(parts(tmp_path))
+    inc = Incoming(tmp_path / "recv.snap", tmp_path / "recv")
+    while not out.done:
+        inc.feed(out.read(4096))
+    inc.feed(b"")
+    assert inc.complete
+    with pytest.raises(StreamError):
+        inc.feed(b"more")
