@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import datetime
+import struct
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,7 @@ from node.management import (
     state,
 )
 from node.mgmt_rates import Rates
+from protocol.fields import check_properties
 from protocol.properties import decode_properties, encode_properties
 
 if TYPE_CHECKING:
@@ -459,18 +462,20 @@ def _encode_properties(props: dict[str, Any]) -> bytes:
     if unknown:
         raise bad_request(f"unknown properties: {', '.join(sorted(unknown))}")
     kwargs = dict(props)
-    if "type" in kwargs:
-        kwargs["message_type"] = kwargs.pop("type")
-    if "expiration" in kwargs:
-        kwargs["expiration"] = str(kwargs["expiration"])
-    if "timestamp" in kwargs:
-        import datetime
-
-        kwargs["timestamp"] = datetime.datetime.fromtimestamp(int(kwargs["timestamp"]),
-                                                              datetime.UTC)
     try:
-        return encode_properties(**kwargs)
-    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        if "type" in kwargs:
+            kwargs["message_type"] = kwargs.pop("type")
+        if "expiration" in kwargs:
+            kwargs["expiration"] = str(kwargs["expiration"])
+        if "timestamp" in kwargs:
+            kwargs["timestamp"] = datetime.datetime.fromtimestamp(int(kwargs["timestamp"]),
+                                                                  datetime.UTC)
+        raw = encode_properties(**kwargs)
+        # the same check as a client's publish gets at the edge (protocol/fields.py)
+        check_properties(raw)
+        return raw
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError,
+            struct.error) as e:  # FieldError is a ValueError
         raise bad_request(f"invalid properties: {e}") from None
 
 

@@ -388,3 +388,14 @@ def test_policies_none_yet(apis: tuple[Api, Api]) -> None:
     status, answer = apis[0]("PUT", f"/api/policies/{V}/ttl",
                              {"pattern": ".*", "definition": {"message-ttl": 1000}})
     assert status == 400 and "not supported" in answer["reason"]
+
+
+def test_publish_with_bad_properties_is_a_400(apis: tuple[Api, Api]) -> None:
+    """Properties that do not encode, or that a client's publish could not carry either,
+    are the request's error, with a reason (never a 500)."""
+    for props in ({"priority": 1000}, {"timestamp": "soon"}, {"timestamp": 1e30},
+                  {"delivery_mode": "x"}, {"nope": 1}):
+        status, answer = apis[0]("POST", f"/api/exchanges/{V}/amq.default/publish",
+                                 {"routing_key": "x", "payload": "p", "properties": props,
+                                  "payload_encoding": "string"})
+        assert status == 400 and answer["error"] == "bad_request", (props, status, answer)
