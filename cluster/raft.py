@@ -40,8 +40,9 @@ from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.utility import TcpUtility, UtilityException
 
-from cluster import log_rules, machine, snapshot_stream
+from cluster import log_rules, machine, recovery, snapshot_stream
 from cluster import pysyncobj_patches as patches
 from cluster.commands import Batch, decode_batch
 from cluster.effects import Effect, OutOfOrder
@@ -471,6 +472,14 @@ class RaftNode:
         failed lookup); its own defaults are 600 s and 30 s, too long for pods
         that come back with a new IP."""
         data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = recovery.lock(data_dir)
+        forced = recovery.read_forced(data_dir)
+        if forced is not None:
+            # force-members rewrote this node's membership: it replaces --peers for good
+            if set(forced) != {self_addr, *peers}:
+                log.warning("membership forced by 'raftmq cluster force-members' to %s: "
+                            "--peers (%s) is not used", ", ".join(forced), ", ".join(peers))
+            peers = [m for m in forced if m != self_addr]
         self.node_id = node_id
         self._journal_path = str(data_dir / "raft.journal")
         # a leader that heard from no majority for this long counts as cut off
@@ -618,6 +627,9 @@ class RaftNode:
             if self._journal_fd is not None:
                 os.close(self._journal_fd)
                 self._journal_fd = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # --- reading ----------------------------------------------------------------
 
@@ -779,3 +791,14 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
             raise OSError("connection closed")
         buf += chunk
     return buf
+
+
+def member_status(address: str, secret: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """pysyncobj's status of the running member at ``address`` (its ``status`` utility
+    message, encrypted with ``secret``), or None when it does not answer so."""
+    try:
+        answer = TcpUtility(password=secret or None, timeout=timeout).executeCommand(
+            address, ["status"])
+    except (UtilityException, OSError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None

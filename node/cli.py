@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from node import config
+from node import config, force_members
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         if action == "add":
             p.add_argument("--force", action="store_true", help="add it even if it does not "
                            "answer as a RaftMQ node with this cluster's secret")
+
+    p = csub.add_parser(
+        "force-members", help="recover from a lost majority: on a stopped survivor, rewrite "
+        "its data directory's membership to the survivors (a plan only without --yes)")
+    force_members.add_arguments(p)
 
     nd = sub.add_parser("node", help="operate on one node")
     p = nd.add_subparsers(dest="action", required=True).add_parser(
@@ -156,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"raftmq: {e}", file=sys.stderr)
             return 2
         return serve(cfg)
+    if args.command == "cluster" and args.action == "force-members":
+        from node import force_members
+
+        return force_members.run(args)
     from node import admin
 
     api = admin.Api.from_args(args.node, args.user, args.password)
@@ -220,9 +229,11 @@ def serve(cfg: config.Config) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
         pass
+    from cluster.recovery import RecoveryError
+
     try:
         asyncio.run(_run(cfg))
-    except OSError as e:
+    except (OSError, RecoveryError) as e:
         logging.getLogger("raftmq").error("cannot start: %s", e)
         return 1
     return 0
