@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .powerloss import MODELS
 from .runner import RunResult, run_schedule
-from .schedule import ALL_KINDS, make_schedule
+from .schedule import ALL_KINDS, EXTRA_KINDS, make_schedule
 
 # Time model of a schedule: FIXED_S (start, warm-up, drain, sweep, stop) plus PER_FAULT_S for
 # every second of --fault-seconds (faults, gaps, recoveries, and the last fault running past the
@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fault time per schedule (default 30; with --minutes: at most this)")
     p.add_argument("--kinds", default="",
                    help=f"only these fault kinds, comma-separated ({', '.join(ALL_KINDS)}; "
-                        "slow is only drawn when named here)")
+                        f"or all; {', '.join(EXTRA_KINDS)} are only drawn when named here "
+                        "or with all)")
     p.add_argument("--env", action="append", default=[], metavar="RAFTMQ_X=V",
                    help="override a node tunable the seed would draw (repeatable)")
     p.add_argument("--power-loss-model", choices=MODELS, default="journal",
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sizes = [int(x) for x in args.nodes.split(",") if x.strip()]
     kinds = tuple(k for k in args.kinds.split(",") if k) or None
+    if kinds and "all" in kinds:
+        kinds = tuple(dict.fromkeys(k for k in (*kinds, *ALL_KINDS) if k != "all"))
     if kinds and (bad := [k for k in kinds if k not in ALL_KINDS]):
         print(f"unknown fault kinds {bad}", file=sys.stderr)
         return 2

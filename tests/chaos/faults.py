@@ -7,23 +7,73 @@ them from a worker thread while the clients keep running on the event loop.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import itertools
 import json
+import os
 import random
+import re
 import signal
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tests.harness.cluster import ClusterError
 from tests.harness.raftmq import RaftMQNode
 
 from .cluster import ChaosCluster
 from .powerloss import cut_back
 from .schedule import Fault
+from .slowdisk import DEFAULT_RANGE_MS, clear_delay, set_delay, shim_stats
 
 HEAL_TIMEOUT_S = 30.0  # after a fault is healed, how long the cluster may take to be healthy
+FILLER = "chaos-filler"  # the full-disk fault's file in the target's data directory
+FILL_LEAVE = 8192  # bytes the full-disk fault leaves free
+FILL_MAX = 1 << 34  # bound on what it writes, whatever statvfs says
+CRASH_LINES = re.compile(r"Traceback|Error|error|SIGBUS|Bus error|No space|ENOSPC|corrupt|"
+                         r"Fatal|CRITICAL")
+
+
+def fill_disk(directory: Path, leave: int = FILL_LEAVE) -> tuple[int, int]:
+    """Write ``directory/chaos-filler`` until the file system says ENOSPC, then give back
+    ``leave`` bytes; returns (bytes written, bytes free after)."""
+    path = directory / FILLER
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    written = 0
+    try:
+        for chunk in (1 << 20, 1 << 16, 1 << 12, 512):
+            block = b"\0" * chunk
+            while written < FILL_MAX:
+                try:
+                    n = os.write(fd, block)
+                except OSError as e:
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    break
+                written += n
+                if n < chunk:
+                    break
+        os.ftruncate(fd, max(0, written - leave))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    st = os.statvfs(directory)
+    return written, st.f_bavail * st.f_frsize
+
+
+def _crash_report(nd: RaftMQNode, lines: int = 200) -> str:
+    """Exit code and the log lines that look like the reason, for a node that died."""
+    code = nd.proc.returncode if nd.proc is not None else None
+    how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    tail = nd.log_tail(lines).splitlines()
+    since = max((i for i, line in enumerate(tail) if "##### chaos" in line and "inject" in line),
+                default=0)
+    hits = [line.strip() for line in tail[since:] if CRASH_LINES.search(line)]
+    return f"{nd.node_id} crashed ({how})" + (": " + " | ".join(hits[-6:]) if hits else "")
 
 
 @dataclass
@@ -110,7 +160,8 @@ class Nemesis:
         rec = FaultRecord(fault)
         rec.leader_before = cc.leader_id()
         kind = fault.kind
-        if kind in ("kill", "pause", "power-loss", "slow", "drain"):
+        if kind in ("kill", "pause", "power-loss", "slow", "drain", "membership", "slow-disk",
+                    "full-disk"):
             rec.targets = [self._role(fault, rec.leader_before)]
         elif kind == "transfer":
             followers = sorted(i for i in cc.ids if i != rec.leader_before)
@@ -142,6 +193,31 @@ class Nemesis:
                     cc.proxy.slow(rec.targets[0], other, latency)
             return rec
         nodes = [cc.by_id[t] for t in rec.targets]
+        if kind == "membership":
+            rec.started = time.monotonic()
+            answer, notes = cc.remove_member(nodes[0])
+            rec.notes += notes
+            rec.notes.append(f"removed {nodes[0].node_id}: "
+                             f"{'ok' if (answer or {}).get('ok') else answer}")
+            return rec
+        if kind == "slow-disk":
+            if cc.shim is None:
+                raise RuntimeError(f"slow-disk needs the shim: {cc.shim_error}")
+            control = cc.slowsync_file(nodes[0].node_id)
+            self._shim_before = shim_stats(control.with_name(control.name + ".log")) or (0, 0)
+            rec.started = time.monotonic()
+            set_delay(control, *DEFAULT_RANGE_MS)
+            rec.notes.append(f"syncs delayed {DEFAULT_RANGE_MS[0]}-{DEFAULT_RANGE_MS[1]} ms")
+            return rec
+        if kind == "full-disk":
+            nd = nodes[0]
+            if not cc.tmpfs_mib:
+                raise RuntimeError("full-disk needs the data directories on tmpfs "
+                                   "(ChaosCluster(tmpfs_mib=...))")
+            rec.started = time.monotonic()
+            written, free = fill_disk(nd.data_dir)
+            rec.notes.append(f"filled {written / 2**20:.0f} MiB, {free // 1024} KiB free")
+            return rec
         if kind == "transfer":
             rec.started = time.monotonic()
             leader = cc.by_id.get(rec.leader_before or "")
@@ -176,7 +252,7 @@ class Nemesis:
             self.killed.add(nd.node_id)
         if kind.startswith("power-loss"):
             for nd in nodes:
-                report = cut_back(nd.data_dir, self.model)
+                report = cut_back(nd.data_dir, self.model, cc.side_dir(nd.node_id))
                 rec.notes.append(f"{nd.node_id} journal last entry {report['before']} -> "
                                  f"{report['after']}" + (f" removed {report['removed']}"
                                                          if report.get("removed") else ""))
@@ -194,6 +270,37 @@ class Nemesis:
             for t in rec.targets:
                 cc.signal(cc.by_id[t], signal.SIGCONT)
                 cc.paused.discard(t)
+        elif kind == "membership":
+            try:
+                nd = cc.add_member()
+                rec.targets.append(f"+{nd.node_id}")
+                rec.notes.append(f"added {nd.node_id}")
+            except ClusterError as e:
+                rec.notes.append(f"adding a node failed: {str(e).splitlines()[0]}")
+                cc.note_all(f"adding a node failed: {e}")
+        elif kind == "slow-disk":
+            control = cc.slowsync_file(rec.targets[0])
+            clear_delay(control)
+            time.sleep(1.1)  # the shim's log line is at most 1 s old
+            after = shim_stats(control.with_name(control.name + ".log")) or (0, 0)
+            before = getattr(self, "_shim_before", (0, 0))
+            if after[0] < before[0]:  # the process restarted meanwhile: its counters too
+                before = (0, 0)
+            rec.notes.append(f"{after[0] - before[0]} syncs delayed, "
+                             f"{(after[1] - before[1]) / 1000:.1f} s in all")
+            nd = cc.by_id[rec.targets[0]]
+            if not nd.is_running():
+                rec.notes.append(_crash_report(nd))
+                cc.note_all(f"slow disk: {rec.notes[-1]}; restarting it")
+                self._start(nd)
+        elif kind == "full-disk":
+            nd = cc.by_id[rec.targets[0]]
+            with contextlib.suppress(FileNotFoundError):
+                (nd.data_dir / FILLER).unlink()
+            if not nd.is_running():
+                rec.notes.append(_crash_report(nd))
+                cc.note_all(f"full disk: {rec.notes[-1]}; restarting it")
+                self._start(nd)
         else:
             for t in rec.targets:
                 self._start(cc.by_id[t])
@@ -212,6 +319,11 @@ class Nemesis:
         for nd in cc.nodes:
             cc.signal(nd, signal.SIGCONT)
         cc.paused.clear()
+        for nd in cc.nodes:
+            with contextlib.suppress(OSError):
+                clear_delay(cc.slowsync_file(nd.node_id))
+            with contextlib.suppress(FileNotFoundError):
+                (nd.data_dir / FILLER).unlink()
         for nd in cc.nodes:
             self._start(nd)
 

@@ -47,6 +47,15 @@ SHADOW = "raft.journal.synced"
 SYNCED_FILES = "raft.synced-files"  # names of other files the tracker saw fsynced (strict model)
 UNSYNCED_FILES = ("raft.journal.meta", "raft.dump")
 MODELS = ("journal", "strict")
+# A directory for the tracker's own files (shadow journal, synced-files list, apply log) instead
+# of the data directory: for a data directory on a small file system that the full-disk fault
+# fills, where the harness's writes must not be what fails.
+SIDE_DIR_ENV = "RAFTMQ_CHAOS_SIDE_DIR"
+
+
+def side_dir(data_dir: str) -> str:
+    """Where this process keeps the tracker's files for ``data_dir``."""
+    return os.environ.get(SIDE_DIR_ENV) or data_dir
 
 
 class _Tracker:
@@ -117,7 +126,7 @@ def _path_of(fd: int) -> str:
 
 
 def _commit(path: str, size: int, chunks: list[tuple[int, bytes]]) -> None:
-    shadow = os.path.join(os.path.dirname(path), SHADOW)
+    shadow = os.path.join(side_dir(os.path.dirname(path)), SHADOW)
     fd = os.open(shadow, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         for start, data in chunks:
@@ -133,7 +142,7 @@ _synced_paths: set[str] = set()  # files fsynced in this process (a snapshot's t
 def _note_synced(path: str) -> None:
     name = os.path.basename(path)
     if name in UNSYNCED_FILES:
-        with open(os.path.join(os.path.dirname(path), SYNCED_FILES), "a") as f:
+        with open(os.path.join(side_dir(os.path.dirname(path)), SYNCED_FILES), "a") as f:
             f.write(name + "\n")
 
 
@@ -208,8 +217,8 @@ def install_apply_log(data_dir: str) -> None:
     from pysyncobj import syncobj
 
     cls: Any = syncobj.SyncObj
-    os.makedirs(data_dir, exist_ok=True)
-    out = open(os.path.join(data_dir, APPLIED), "a", buffering=1)  # noqa: SIM115 - process-long
+    os.makedirs(side_dir(data_dir), exist_ok=True)
+    out = open(os.path.join(side_dir(data_dir), APPLIED), "a", buffering=1)  # noqa: SIM115 - process-long
     out.write(f"L {os.getpid()}\n")
     apply_entries, load_dump = cls._SyncObj__applyLogEntries, cls._SyncObj__loadDumpFile
 
@@ -295,12 +304,14 @@ def install_trace(path: str) -> None:
     cls._SyncObj__applyLogEntries = traced_apply
 
 
-def cut_back(data_dir: Path, model: str = "journal") -> dict[str, Any]:
+def cut_back(data_dir: Path, model: str = "journal", side: Path | None = None) -> dict[str, Any]:
     """Turn a killed node's data directory into what a power loss would have left; returns what
-    was cut (for the report). The node must be dead."""
+    was cut (for the report). The node must be dead. ``side``: where its tracker kept its files
+    (``RAFTMQ_CHAOS_SIDE_DIR``; default the data directory)."""
+    side = data_dir if side is None else side
     if model not in MODELS:
         raise ValueError(f"power loss model {model!r}: one of {MODELS}")
-    journal, shadow = data_dir / JOURNAL, data_dir / SHADOW
+    journal, shadow = data_dir / JOURNAL, side / SHADOW
     report: dict[str, Any] = {"model": model, "before": last_entry(journal)}
     if shadow.exists():
         shutil.copyfile(shadow, journal)
@@ -308,7 +319,7 @@ def cut_back(data_dir: Path, model: str = "journal") -> dict[str, Any]:
         journal.unlink()  # never synced: gone
     report["after"] = last_entry(journal)
     if model == "strict":
-        synced_file = data_dir / SYNCED_FILES
+        synced_file = side / SYNCED_FILES
         synced = set(synced_file.read_text().split()) if synced_file.exists() else set()
         for name in UNSYNCED_FILES:
             if name not in synced and (data_dir / name).exists():

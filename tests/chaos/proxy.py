@@ -24,7 +24,8 @@ The proxy runs in a process of its own (``python -m tests.chaos.proxy``) so that
 event loop never delays Raft traffic. It reads its links as one JSON line on stdin, answers
 ``ready``, then takes one command per line and answers each with one line ``ok ...``:
 ``cut SRC DST MODE``, ``heal SRC DST``, ``delay SRC DST MS`` (latency on a link, 0 to
-remove), ``heal_all`` (also removes delays), ``stats``, ``quit``.
+remove), ``heal_all`` (also removes delays), ``link SRC DST LHOST LPORT THOST TPORT`` (a new
+link, for a node added to the cluster), ``stats``, ``quit``.
 """
 
 from __future__ import annotations
@@ -195,6 +196,14 @@ async def _serve(config: dict[str, Any], stdin: IO[str], stdout: IO[str]) -> Non
             links[args[0], args[1]].heal()
         elif cmd == "delay" and len(args) == 3 and (args[0], args[1]) in links:
             links[args[0], args[1]].delay = float(args[2]) / 1000.0
+        elif cmd == "link" and len(args) == 6 and (args[0], args[1]) not in links:
+            new = _Link(args[0], args[1], (args[2], int(args[3])), (args[4], int(args[5])))
+            try:
+                await new.serve()
+            except OSError as e:
+                print(f"error {e}", file=stdout, flush=True)
+                continue
+            links[args[0], args[1]] = new
         elif cmd == "heal_all":
             for link in links.values():
                 link.heal()
@@ -294,6 +303,13 @@ class ProxyControl:
         self.command(f"cut {a} {b} {mode}")
         self.command(f"cut {b} {a} {mode}")
         self.cut_pairs[frozenset((a, b))] = mode
+
+    def add_links(self, links: list[LinkSpec]) -> None:
+        """Start proxying ``links`` too (a node joined the cluster)."""
+        for lk in links:
+            self.command(f"link {lk.src} {lk.dst} {lk.listen[0]} {lk.listen[1]} "
+                         f"{lk.target[0]} {lk.target[1]}")
+            self.links.append(lk)
 
     def heal(self, a: str, b: str) -> None:
         self.command(f"heal {a} {b}")

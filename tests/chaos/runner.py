@@ -23,6 +23,7 @@ from .powerloss import APPLIED
 from .schedule import Schedule
 
 FINAL_HEAL_TIMEOUT_S = 45.0
+TMPFS_MIB = 256  # data directory size when a schedule has full-disk faults
 PRODUCER_RETRY_S = 30.0  # after the faults, how long producers keep retrying unconfirmed ones
 DRAIN_QUIET_S = 4.0  # consumers are done when nothing arrived for this long...
 DRAIN_TIMEOUT_S = 30.0  # ...or after this long
@@ -214,19 +215,26 @@ def run_schedule(s: Schedule, root: Path, keep: str = "fail", model: str = "jour
     result = RunResult(s, workdir)
     h = History(run=f"s{s.seed}")
     t0 = time.monotonic()
-    cc = ChaosCluster(workdir, s.nodes, {**NODE_ENV, **s.env})
     residual: dict[str, int] = {}
+    cc: ChaosCluster | None = None
     try:
+        cc = ChaosCluster(workdir, s.nodes, {**NODE_ENV, **s.env}, spare=s.spare_nodes,
+                          tmpfs_mib=TMPFS_MIB if s.needs_tmpfs else 0)
         cc.start(timeout=90)
         residual = asyncio.run(_drive(cc, s, result, h, model, log))
         result.verdict = check(h, residual)
-        check_applied(result.verdict, {nd.node_id: nd.data_dir / APPLIED for nd in cc.nodes})
+        # Every node that ever ran, removed members too.
+        check_applied(result.verdict, {nd.node_id: cc.side_dir(nd.node_id) / APPLIED
+                                       for nd in cc.all_nodes})
     except Exception:  # noqa: BLE001 - reported with the run
         result.error = traceback.format_exc()
         if h.publishes:
             result.verdict = check(h, residual)
     finally:
-        cc.stop()
+        if cc is not None:
+            problems = cc.stop(keep_data=keep == "always" or (keep == "fail" and not result.ok))
+            if problems:
+                log("  " + "; ".join(problems))
     result.elapsed = time.monotonic() - t0
     result.timings = _timings(result.faults, h.confirm_times)
     if keep == "always" or (keep == "fail" and not result.ok):

@@ -40,10 +40,18 @@ FAULT_WEIGHTS: dict[str, int] = {
 #   transfer        Raft leadership moved to a follower (raftmq cluster transfer-leadership)
 #   drain           one node drained (raftmq node drain), stopped, started after `duration`
 #   rolling         every node in turn drained, stopped, started and waited for
-EXTRA_KINDS = ("slow", "transfer", "drain", "rolling")
+#   membership      one member (leader or follower) removed (raftmq cluster remove) and stopped;
+#                   after `duration` a fresh node (new id, data directory, ports) is started and
+#                   added (raftmq cluster add), so the cluster is back to its size
+#   slow-disk       one node's fsync / fdatasync / msync each delayed 50-500 ms (an LD_PRELOAD
+#                   shim, slowsync.c) for `duration`
+#   full-disk       one node's data directory (a small tmpfs) filled up to a few KiB for
+#                   `duration`, then the filler deleted (a node that crashed is restarted)
+EXTRA_KINDS = ("slow", "transfer", "drain", "rolling", "membership", "slow-disk", "full-disk")
 ALL_KINDS = (*FAULT_WEIGHTS, *EXTRA_KINDS)
 PARTITIONS = ("isolate", "halves", "ring")
-ROLE_FAULTS = ("kill", "pause", "isolate", "power-loss", "slow", "drain")  # at the leader or a follower
+ROLE_FAULTS = ("kill", "pause", "isolate", "power-loss", "slow", "drain",  # at the leader or
+               "membership", "slow-disk", "full-disk")  # a follower
 EST_RECOVERY_S = 4.0  # budget per fault for the harness to see the cluster healthy again
 
 
@@ -83,6 +91,16 @@ class Schedule:
 
     def describe(self) -> str:
         return " ; ".join(f.describe() for f in self.faults)
+
+    @property
+    def spare_nodes(self) -> int:
+        """Node ids to provision beyond ``nodes``: one per membership change."""
+        return sum(1 for f in self.faults if f.kind == "membership")
+
+    @property
+    def needs_tmpfs(self) -> bool:
+        """Data directories on small tmpfs mounts (the full-disk fault fills one)."""
+        return any(f.kind == "full-disk" for f in self.faults)
 
     kinds: tuple[str, ...] = ()  # restricted to these kinds (empty: all)
     env_override: tuple[tuple[str, str], ...] = ()
