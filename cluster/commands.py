@@ -28,7 +28,18 @@ NodeId = str
 ConnKey = tuple[str, int]
 ChKey = tuple[str, int, int]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the batch envelope (encode_batch); never changed so far
+
+# Command levels, for upgrades with members of two releases running together. A command
+# class has the level of the release that introduced it (``SINCE``); a member of an older
+# release leaves a command it does not know out of the batch (an unknown tag), so its
+# replica would differ. A node therefore proposes a command above level 1 only once the
+# cluster's enabled level (``State.level``) reaches it: every member announced (Supports)
+# that it understands that level, and the leader recorded it (EnableLevel).
+#   1: every command of release 0.1.0 (git 7acbfcb, before levels existed)
+#   2: Supports, EnableLevel (both proposable at any level: a member that skips them only
+#      misses level bookkeeping that it does not use), NodeDraining
+LEVEL = 2
 
 Arguments = dict[str, Any]
 
@@ -37,6 +48,7 @@ class Command:
     """Base of all commands; subclasses are frozen slotted dataclasses."""
 
     TAG: ClassVar[int]
+    SINCE: ClassVar[int] = 1  # the command level that introduced it (see LEVEL)
     __slots__ = ()
 
 
@@ -396,6 +408,36 @@ class LimitsSet(Command):
     kind: str
     name: str
     limits: Arguments
+
+
+# --- upgrades (command levels) --------------------------------------------------------
+
+
+@_command(60)
+class Supports(Command):
+    """The member at ``raft_address`` (node ``node``) understands commands up to ``level``:
+    proposed with every NodeUp, and again if a snapshot from an older leader lost it."""
+
+    node: str
+    raft_address: str
+    level: int
+
+
+@_command(61)
+class EnableLevel(Command):
+    """The leader saw every member announce ``level``: commands up to it may be proposed."""
+
+    level: int
+
+
+@_command(62)
+class NodeDraining(Command):
+    """``node`` (in ``incarnation``) is being drained (raftmq node drain): every member's
+    API shows it until its next life."""
+
+    SINCE = 2
+    node: str
+    incarnation: int
 
 
 # --- time ----------------------------------------------------------------------------

@@ -177,6 +177,7 @@ class _Replica(SyncObj):
         except Exception:  # pysyncobj logs a broken dump itself, below
             snapshot = None
         if snapshot is not None:
+            _refuse_newer_format(snapshot)
             self._read_snapshot_once(snapshot)
             if self._trim_journal_to(snapshot[2], snapshot[1]) and clearJournal:
                 # This node may have acknowledged the entries kept (counted for a commit).
@@ -391,6 +392,24 @@ class _Replica(SyncObj):
             log.error("entry %s/%d/%d: %d undecodable commands skipped", batch.node,
                       batch.incarnation, batch.seq, batch.skipped)
         self._sink(batch, machine.apply_batch(self.state, batch), len(data))
+
+
+EXIT_NEWER_FORMAT = 78  # EX_CONFIG
+
+
+def _refuse_newer_format(snapshot: Any) -> None:
+    """A snapshot written by a newer release (a node downgraded, or a newer leader's) is
+    never applied: this release would misread it. The node stops, saying so (pysyncobj
+    loads snapshots inside its tick, where an exception would only be logged)."""
+    data = snapshot[0] if isinstance(snapshot, tuple) and snapshot else None
+    state = data.get("state") if isinstance(data, dict) else None
+    written = getattr(state, "format", 1)
+    if isinstance(written, int) and written > machine.SNAPSHOT_FORMAT:
+        log.critical("stopping: a snapshot of format %d (written by a newer release) cannot "
+                     "be read by this release (formats up to %d); run the newer release",
+                     written, machine.SNAPSHOT_FORMAT)
+        logging.shutdown()
+        os._exit(EXIT_NEWER_FORMAT)
 
 
 def _sync_conf(self_addr: str, journal: str, dump: str, bind_address: str | None, secret: str,

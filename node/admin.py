@@ -94,10 +94,13 @@ def cluster_status(api: Api) -> int:
         views.setdefault(addr, None)
     leader = first["raft"]["leader"]
     commit = max((v["raft"]["commit_index"] for v in views.values() if v), default=0)
+    levels = first.get("levels") or {}  # (a node of a release before levels: none)
+    announced = levels.get("members") or {}
     print(f"leader: {leader or '(none)'}   term: {first['raft']['term']}   "
-          f"members: {len(first['raft']['members'])}")
+          f"members: {len(first['raft']['members'])}   "
+          f"command level: {levels.get('cluster', 1)}")
     header = (f"{'member':<22} {'node':<10} {'role':<10} {'term':>5} {'commit':>9} "
-              f"{'applied':>9} {'lag':>6}  state")
+              f"{'applied':>9} {'lag':>6} {'level':>5}  state")
     print(header)
     print("-" * len(header))
     for addr in sorted(views):
@@ -106,15 +109,17 @@ def cluster_status(api: Api) -> int:
         if v is None:
             node = next((n for n, i in first["nodes"].items() if i.get("raft_address") == addr),
                         "?")
-            print(f"{addr:<22} {node:<10} {'unreachable':<10} {'':>5} {'':>9} {'':>9} {'':>6}  "
-                  f"{'member' if member else 'not a member'}")
+            print(f"{addr:<22} {node:<10} {'unreachable':<10} {'':>5} {'':>9} {'':>9} {'':>6} "
+                  f"{announced.get(addr, '-'):>5}  {'member' if member else 'not a member'}")
             continue
         r = v["raft"]
+        draining = bool((first["nodes"].get(v["node"]) or {}).get("draining"))
         flags = [s for s, on in (("isolated", v["isolated"]), ("not ready", not v["ready"]),
-                                 ("not a member", not member)) if on]
+                                 ("draining", draining), ("not a member", not member)) if on]
+        level = (v.get("levels") or {}).get("node", 1)
         print(f"{addr:<22} {v['node']:<10} {r['state']:<10} {r['term']:>5} "
               f"{r['commit_index']:>9} {r['last_applied']:>9} {commit - r['last_applied']:>6}"
-              f"  {', '.join(flags) or 'ok'}")
+              f" {level:>5}  {', '.join(flags) or 'ok'}")
     return 0
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from cluster import machine
-from cluster.commands import Bootstrap, Command, NodeUp, Tick
+from cluster.commands import LEVEL, Bootstrap, Command, NodeUp, Supports, Tick
 from cluster.effects import Deliver, Effect, Fault
 from cluster.machine import access
 from cluster.proposer import Proposer, target
@@ -83,7 +83,8 @@ class Broker:
         self._next_conn = (self.incarnation % (1 << 31)) << 16
         self.metrics = Metrics(self)
         self.proposer = Proposer(self.raft, self.node_id, self.incarnation, self.dispatch,
-                                 unencodable=self._unencodable)
+                                 unencodable=self._unencodable,
+                                 level=lambda: self.raft.state.level)
         self.metrics.proposer = self.proposer
         self.membership = MembershipWatch(self)
         self.auth = Authenticator(lambda name: self.raft.state.users.get(name),
@@ -404,6 +405,8 @@ class Broker:
         cfg = self.cfg
         http = f"{cfg.management_host}:{cfg.management_port}" if cfg.management_port else ""
         self.propose(NodeUp(self.node_id, self.incarnation, self.cfg.raft_address, http))
+        # what this node understands (upgrades with mixed releases: cluster/commands.py LEVEL)
+        self.propose(Supports(self.node_id, self.cfg.raft_address, LEVEL))
 
     @property
     def servers(self) -> list[asyncio.AbstractServer]:

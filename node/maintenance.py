@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cluster.commands import NodeDraining
+
 if TYPE_CHECKING:
     from node.broker import Broker
 
@@ -77,6 +79,10 @@ async def transfer_leadership(broker: Broker, to: str | None = None,
 async def drain(broker: Broker) -> DrainResult:
     leader_before = broker.raft.leader
     broker.draining = True
+    if broker.raft.state.level >= NodeDraining.SINCE:
+        # every member's API shows it (a member of an older release would not know it)
+        broker.propose(NodeDraining(broker.node_id, broker.incarnation))
+        broker.flush_now()
     for server in broker.servers:
         server.close()
     log.warning("draining: listeners closed, no new connections")

@@ -217,6 +217,10 @@ def status(broker: Broker) -> dict[str, Any]:
         "raft_address": broker.cfg.raft_address,
         "raft": asdict(st),
         "nodes": {name: asdict(info) for name, info in machine.nodes(broker.raft.state).items()},
+        # upgrades: the command level this node understands, the cluster's enabled level
+        # and what each member announced (cluster/commands.py LEVEL)
+        "levels": {"node": C.LEVEL, "cluster": broker.raft.state.level,
+                   "members": dict(broker.raft.state.levels)},
         "connections": len(broker.connections),
         **resources(broker),
     }

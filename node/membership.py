@@ -22,7 +22,7 @@ import time
 from typing import Protocol
 
 from cluster import machine
-from cluster.commands import Command, NodeDown
+from cluster.commands import LEVEL, Command, EnableLevel, NodeDown, Supports
 from cluster.replica import Replica
 from node.config import Config
 
@@ -46,6 +46,7 @@ class Host(Protocol):
 log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 0.1
+LEVELS_EVERY_S = 2.0  # how often command levels are looked at (announcing, enabling)
 
 
 class MembershipWatch:
@@ -55,6 +56,7 @@ class MembershipWatch:
         self._unhealthy_since: float | None = None
         self._lost_since: dict[str, float] = {}
         self._proposed_down: set[tuple[str, int]] = set()
+        self._levels_checked = 0.0
 
     def check(self) -> None:
         now = time.monotonic()
@@ -64,6 +66,7 @@ class MembershipWatch:
         self._check_isolation(now)
         self._check_own_life()
         self._check_peers(now)
+        self._check_levels(now)
 
     def _check_isolation(self, now: float) -> None:
         b = self.broker
@@ -88,6 +91,27 @@ class MembershipWatch:
         if b.ready and info is not None and info.down and info.incarnation == b.incarnation:
             log.warning("node %s was declared down by the cluster; starting a new life", b.node_id)
             b.new_life()
+
+    def _check_levels(self, now: float) -> None:
+        """Upgrades (cluster/commands.py LEVEL): make sure the log says what this node
+        understands (a snapshot from a leader of an older release may have lost its
+        announcement), and, on the leader, enable the highest level every member
+        announced."""
+        b = self.broker
+        if not b.ready or now - self._levels_checked < LEVELS_EVERY_S:
+            return
+        self._levels_checked = now
+        state = b.raft.state
+        me = b.cfg.raft_address
+        if state.levels.get(me, 0) < LEVEL:
+            b.propose_once(Supports(b.node_id, me, LEVEL))
+        if not b.raft.is_leader or not b.raft.has_quorum:
+            return
+        members = [me, *b.raft.peers()]
+        common = min(min(state.levels.get(m, 1) for m in members), LEVEL)
+        if common > state.level:
+            log.info("every member understands command level %d: enabling it", common)
+            b.propose_once(EnableLevel(common))
 
     def _check_peers(self, now: float) -> None:
         b = self.broker

@@ -15,9 +15,10 @@ from cluster.machine.apply import (
     vhost_exists,
 )
 from cluster.machine.expiry import next_deadline
-from cluster.machine.state import NodeInfo, State, new_state
+from cluster.machine.state import SNAPSHOT_FORMAT, NodeInfo, State, new_state
 
 __all__ = [
+    "SNAPSHOT_FORMAT",
     "NodeInfo",
     "State",
     "apply",

@@ -59,6 +59,9 @@ _OTHER_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.TopicPermissionSet: access.topic_permission_set,
     C.TopicPermissionClear: access.topic_permission_clear,
     C.LimitsSet: access.limits_set,
+    C.Supports: lifecycle.supports,
+    C.EnableLevel: lifecycle.enable_level,
+    C.NodeDraining: lifecycle.node_draining,
 }
 
 

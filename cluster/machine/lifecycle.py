@@ -174,3 +174,22 @@ def node_down(state: State, cmd: C.NodeDown, out: list[Effect]) -> None:
     _clear_alarms(state, cmd.node)  # a node that is down blocks nobody
     inc = cmd.incarnation
     _forget_node(state, cmd.node, lambda i: i <= inc, out)
+
+
+# --- upgrades (command levels, cluster/commands.py) ----------------------------------------
+
+
+def supports(state: State, cmd: C.Supports, out: list[Effect]) -> None:
+    if cmd.raft_address and isinstance(cmd.level, int) and cmd.level > 0:
+        state.levels[cmd.raft_address] = cmd.level
+
+
+def enable_level(state: State, cmd: C.EnableLevel, out: list[Effect]) -> None:
+    if isinstance(cmd.level, int) and cmd.level > state.level:
+        state.level = cmd.level
+
+
+def node_draining(state: State, cmd: C.NodeDraining, out: list[Effect]) -> None:
+    info = state.nodes.get(cmd.node)
+    if info is not None and info.incarnation == cmd.incarnation and not info.down:
+        info.draining = True

@@ -28,6 +28,11 @@ Dest = tuple[bool, str]
 # A binding, as the source exchange stores it: (destination, routing key, frozen args).
 BindKey = tuple[Dest, str, Any]
 
+# Format of the state pickled in snapshots. 1: release 0.1.0 (not numbered then);
+# 2: State.format, level, levels and NodeInfo.draining. Older formats are migrated when
+# read (the __setstate__ methods fill what they lack); a newer one is refused at start-up.
+SNAPSHOT_FORMAT = 2
+
 DEFAULT_EXCHANGES: tuple[tuple[str, str], ...] = (
     ("", "direct"),
     ("amq.direct", "direct"),
@@ -295,6 +300,7 @@ class NodeInfo:
     down: bool = False
     raft_address: str = ""
     http_address: str = ""
+    draining: bool = False  # NodeDraining in this incarnation
 
 
 @dataclass(eq=True)
@@ -340,12 +346,21 @@ class State:
     n_published: int = 0  # basic.publish applied
     n_unroutable: int = 0  # of which routed to no queue
     n_confirmed: int = 0  # publisher confirms (acks and nacks)
+    # --- upgrades (cluster/commands.py LEVEL) --------------------------------------------
+    # Snapshot format: 1 for snapshots of releases before formats were numbered (read
+    # through the defaults of __setstate__); a snapshot of a higher format than
+    # SNAPSHOT_FORMAT is refused at start-up (written by a newer release).
+    format: int = 1
+    level: int = 1  # the cluster's enabled command level (EnableLevel)
+    levels: dict[str, int] = field(default_factory=dict)  # Raft address -> level announced
     # Message bytes (cluster/store.py): a MemoryStore, or the node's FileStore (whose
     # index is pickled with the state; the files are its own)
     store: Any = field(default_factory=MemoryStore, compare=False, repr=False)
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         _fill_defaults(State, d)  # snapshots taken before a field existed
+        if d["format"] <= SNAPSHOT_FORMAT:
+            d["format"] = SNAPSHOT_FORMAT  # migrated (a newer one stays, for the loader)
         self.__dict__.update(d)
         if _LEGACY:
             for msg_id, (rec, refs) in sorted(_LEGACY.items()):
@@ -365,6 +380,6 @@ def new_vhost(name: str) -> VHost:
 
 
 def new_state() -> State:
-    state = State()
+    state = State(format=SNAPSHOT_FORMAT)
     state.vhosts["/"] = new_vhost("/")
     return state

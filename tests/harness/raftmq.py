@@ -52,6 +52,8 @@ class RaftMQNode:
         self.raft_host = raft_host
         self.raft_bind = raft_bind
         self.module = module
+        # where the node's code is imported from: a previous release's tree in upgrade tests
+        self.code_root = REPO_ROOT
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,8 +101,9 @@ class RaftMQNode:
             raise RuntimeError(f"node {self.node_id} is already running (pid {self.pid})")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **self.extra_env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        self.proc = start_group(self.argv(), env, self.log_path, cwd=REPO_ROOT)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.code_root),
+                                                          env.get("PYTHONPATH")]))
+        self.proc = start_group(self.argv(), env, self.log_path, cwd=self.code_root)
         if wait:
             self.wait_ready(timeout)
         return self
