@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec bench-memory chaos rolling-restart fuzz clean install cluster cluster-stop
+.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec bench-memory chaos chaos-long rolling-restart fuzz clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -65,12 +65,13 @@ rolling-restart: $(STAMP)
 	$(BIN)/python -m tests.chaos.rolling
 
 # Seeded fault schedules (kill, pause, partitions, power loss, leadership transfer, drain,
-# rolling restart) on 3- and 5-node clusters at CHAOS_RATE msg/s of confirmed publishes.
+# rolling restart, membership change, slow disk, full disk) on 3- and 5-node clusters at
+# CHAOS_RATE msg/s of confirmed publishes. full-disk mounts a tmpfs per node: needs root.
 # make chaos SEED=N replays one schedule exactly; the default run is 50 schedules in <= 45 min,
 # then the regression tests named after the seeds that found bugs (~12 min); both always run.
 SEED ?=
 CHAOS_RATE ?= 1050
-CHAOS_KINDS ?= kill,kill-minority,pause,isolate,halves,ring,kill-all,power-loss,power-loss-all,transfer,drain,rolling
+CHAOS_KINDS ?= kill,kill-minority,pause,isolate,halves,ring,kill-all,power-loss,power-loss-all,transfer,drain,rolling,membership,slow-disk,full-disk
 chaos: $(STAMP)
 ifneq ($(SEED),)
 	$(BIN)/python -m tests.chaos --seed $(SEED) --keep always --rate $(CHAOS_RATE) \
@@ -81,6 +82,17 @@ else
 	$(BIN)/python -m pytest -m chaos -q -rxX -p no:cacheprovider tests/chaos; t=$$?; \
 	exit $$(( s || t ))
 endif
+
+# Not in CI: CHAOS_LONG_SCHEDULES (200) schedules drawing from every fault kind (all: the
+# chaos kinds and slow) on 3- and 5-node clusters, no time budget (~60 s each, about 3.5 h),
+# then the same table as chaos. CHAOS_LONG_BASE=N fixes the seeds (default: random, printed).
+CHAOS_LONG_SCHEDULES ?= 200
+CHAOS_LONG_KINDS ?= all
+CHAOS_LONG_BASE ?=
+chaos-long: $(STAMP)
+	$(BIN)/python -m tests.chaos --schedules $(CHAOS_LONG_SCHEDULES) --nodes 3,5 \
+		--fault-seconds 45 --rate $(CHAOS_RATE) --kinds $(CHAOS_LONG_KINDS) \
+		$(if $(CHAOS_LONG_BASE),--base-seed $(CHAOS_LONG_BASE),)
 
 # Hostile input, three layers (~10 min): 1,000,000 mutated conversations against the protocol
 # object, 20,000 hypothesis command logs against the state machine, 20,000 hostile connections

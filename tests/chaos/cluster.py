@@ -124,7 +124,9 @@ class ChaosCluster:
             taken.add(port)
             self.raft_binds[node_id] = port
             hosts = ",".join(f"n{j}={link_ip(i, j)}" for j in range(1, self.capacity + 1))
-            extra = {"RAFTMQ_STATIC_HOSTS": hosts}
+            # PYTHONFAULTHANDLER: a node killed by a signal (SIGBUS from an mmap on a full
+            # disk, SIGSEGV) leaves its threads' tracebacks in its log.
+            extra = {"RAFTMQ_STATIC_HOSTS": hosts, "PYTHONFAULTHANDLER": "1"}
             if self.shim is not None:
                 control = self.slowsync_file(node_id)
                 clear_delay(control)
