@@ -46,6 +46,7 @@ from .slowdisk import ShimError, build_shim, clear_delay, shim_env
 SECRET = "chaos-secret"
 APPLY_SLACK = 50  # entries a healthy follower may trail the leader's commit index by
 TMPFS_DISK_FREE_LIMIT = "4MB"  # the disk alarm's limit on a tmpfs data directory
+STRICT_ENV = "CHAOS_STRICT"  # =1: no harness workaround for known broker refusals
 
 
 class MountError(RuntimeError):
@@ -225,7 +226,7 @@ class ChaosCluster:
     # ------------------------------------------------------------------ membership
 
     def remove_member(self, nd: RaftMQNode, timeout: float = 45.0,
-                      workaround: bool = True) -> tuple[Any, list[str]]:
+                      workaround: bool | None = None) -> tuple[Any, list[str]]:
         """Remove ``nd`` from the Raft members through the leader's API (``DELETE
         /api/members``, as ``raftmq cluster remove`` does), wait until the other members agree,
         stop its process. Returns the API's answer and notes; raises ``ClusterError`` if the
@@ -234,7 +235,10 @@ class ChaosCluster:
         ``workaround``: when the leader refuses to remove itself ("could not transfer
         leadership", seen under load: its step-down uses pysyncobj's bare transfer), do what an
         operator would: ``transfer-leadership`` first, then remove it through the new leader
-        (noted)."""
+        (noted). Default: on, unless the environment has ``CHAOS_STRICT=1`` (then the refusal
+        fails the run)."""
+        if workaround is None:
+            workaround = os.environ.get(STRICT_ENV, "") != "1"
         cl = self.cluster
         deadline = time.monotonic() + timeout
         notes: list[str] = []
