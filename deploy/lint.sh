@@ -4,6 +4,7 @@
 #   ShellCheck         deploy/lint.sh
 #   docker-compose     docker-compose.yml (`config -q`, with deploy/compose.env.example)
 #   kubernetes-validate --strict, Kubernetes 1.29 and 1.37 schemas: deploy/kubernetes/*.yaml
+#                      and deploy/kubernetes/recovery/*.yaml
 #   kustomization.yaml lists exactly the manifests beside it
 # The linters are pip-installed into .venv on first use (deploy/lint-requirements.txt).
 # Any finding, warning or error, fails the run (exit 1).
@@ -53,7 +54,7 @@ run "docker-compose config -q docker-compose.yml ($("$BIN/docker-compose" versio
   --env-file deploy/compose.env.example config -q
 
 manifests=()
-for f in "$K8S_DIR"/*.yaml; do
+for f in "$K8S_DIR"/*.yaml "$K8S_DIR"/recovery/*.yaml; do
   [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f")
 done
 # kubernetes-validate prints INFO for each resource that passed; WARN (e.g. an unknown kind
