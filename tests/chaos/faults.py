@@ -121,6 +121,7 @@ class Nemesis:
         self.cc = cc
         self.model = power_loss_model
         self.killed: set[str] = set()
+        self._shim_before = (0, 0)  # the slow-disk shim's counters when the fault started
 
     # ------------------------------------------------------------------ targets
 
@@ -281,9 +282,8 @@ class Nemesis:
         elif kind == "slow-disk":
             control = cc.slowsync_file(rec.targets[0])
             clear_delay(control)
-            time.sleep(1.1)  # the shim's log line is at most 1 s old
             after = shim_stats(control.with_name(control.name + ".log")) or (0, 0)
-            before = getattr(self, "_shim_before", (0, 0))
+            before = self._shim_before
             if after[0] < before[0]:  # the process restarted meanwhile: its counters too
                 before = (0, 0)
             rec.notes.append(f"{after[0] - before[0]} syncs delayed, "

@@ -91,7 +91,8 @@ def clear_delay(control: Path) -> None:
 
 
 def shim_stats(log: Path) -> tuple[int, int] | None:
-    """(calls delayed, ms slept) as the shim last logged them (at most 1 s old), or None."""
+    """(calls delayed, ms slept) as the shim last logged them (after each delayed call), or
+    None."""
     try:
         lines = log.read_text().split("\n")
     except OSError:

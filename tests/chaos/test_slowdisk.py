@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,6 @@ def test_shim_delays_syncs_and_switches_without_restart(tmp_path: Path) -> None:
         for what in ("fsync", "fdatasync", "msync"):
             assert median_ms(what, 5) < 40, what  # no delay by default
         set_delay(control, 200, 220)
-        import time
         time.sleep(0.25)  # the shim re-reads the file at most every 100 ms
         for what in ("fsync", "fdatasync", "msync"):
             ms = median_ms(what, 3)
