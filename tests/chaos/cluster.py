@@ -46,7 +46,8 @@ from .slowdisk import ShimError, build_shim, clear_delay, shim_env
 SECRET = "chaos-secret"
 APPLY_SLACK = 50  # entries a healthy follower may trail the leader's commit index by
 TMPFS_DISK_FREE_LIMIT = "4MB"  # the disk alarm's limit on a tmpfs data directory
-STRICT_ENV = "CHAOS_STRICT"  # =1: no harness workaround for known broker refusals
+# =1: work around a leader that refuses to remove itself (fixed in d058d25; for bisecting)
+WORKAROUND_ENV = "CHAOS_LEADER_REMOVAL_WORKAROUND"
 
 
 class MountError(RuntimeError):
@@ -233,12 +234,12 @@ class ChaosCluster:
         membership did not change.
 
         ``workaround``: when the leader refuses to remove itself ("could not transfer
-        leadership", seen under load: its step-down uses pysyncobj's bare transfer), do what an
-        operator would: ``transfer-leadership`` first, then remove it through the new leader
-        (noted). Default: on, unless the environment has ``CHAOS_STRICT=1`` (then the refusal
-        fails the run)."""
+        leadership": under load before d058d25, whose step-down used pysyncobj's bare
+        transfer), do what an operator would: ``transfer-leadership`` first, then remove it
+        through the new leader (noted as ``BROKER: ...``). Default: off (the refusal fails the
+        run), on with ``CHAOS_LEADER_REMOVAL_WORKAROUND=1`` in the environment."""
         if workaround is None:
-            workaround = os.environ.get(STRICT_ENV, "") != "1"
+            workaround = os.environ.get(WORKAROUND_ENV, "") == "1"
         cl = self.cluster
         deadline = time.monotonic() + timeout
         notes: list[str] = []
