@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.metadata
+import logging
 import os
 import random
 import types
@@ -35,7 +36,7 @@ import pysyncobj.serializer as serializer_module
 import pysyncobj.syncobj as syncobj_module
 from pysyncobj import SyncObj
 from pysyncobj.config import FAIL_REASON
-from pysyncobj.journal import FileJournal
+from pysyncobj.journal import FileJournal, ResizableFile
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.serializer import Serializer
 from pysyncobj.tcp_connection import TcpConnection
@@ -128,7 +129,46 @@ PATCHES: tuple[Patch, ...] = (
     Patch("proposals handed over at once", "_checkCommandsToApply",
           "a batch queued in pysyncobj across the start of an election reached the new leader "
           "ahead of older resubmitted ones", "seed 472396"),
+    Patch(
+        "disk errors stop the node", "ResizableFile.write, storeMeta, fdatasync",
+        "a full disk made pysyncobj's mmap'd journal die of SIGBUS (a page of a sparse file "
+        "with no block behind it) and an unwritable meta file escape as an exception while the "
+        "node went on: blocks are now reserved (posix_fallocate) before the mapping grows, and "
+        "any write or sync error stops the node with a message (the journal in memory would "
+        "no longer be the one on disk; retrying an fsync after an error is unsafe)",
+        "chaos full-disk kind"),
 )
+
+
+log = logging.getLogger(__name__)
+EXIT_DISK_ERROR = 74  # EX_IOERR
+
+
+def stop_on_disk_error(what: str, path: str, error: OSError) -> None:
+    """Fail-stop: a write or sync of Raft state failed. Nothing acknowledged depends on the
+    failed write (acknowledgements follow a successful fdatasync), so a restart once the disk
+    is writable again recovers from what is on disk."""
+    log.critical("stopping: %s %s failed: %s. Start the node again once the disk has space "
+                 "(and works): it recovers from its journal and the other members", what,
+                 path, error)
+    logging.shutdown()
+    os._exit(EXIT_DISK_ERROR)
+
+
+def _reserving_write(self: Any, offset: int, values: bytes) -> None:
+    """ResizableFile.write with the file's blocks reserved before the mapping grows: a
+    write through an mmap into a hole the filesystem cannot fill is a SIGBUS."""
+    mm = self._ResizableFile__mm
+    end = offset + len(values)
+    if end > len(mm):  # (len: the mapping; mm.size() is the file's size)
+        new = max(int(len(mm) * self._ResizableFile__resizeFactor), end)
+        try:
+            os.posix_fallocate(self._ResizableFile__f.fileno(), 0, new)
+            mm.resize(new)
+        except OSError as e:
+            stop_on_disk_error("growing the Raft journal", self._ResizableFile__fileName, e)
+    mm[offset:end] = values
+
 
 # What install() replaces: (owner, attribute).
 _MODULE_ATTRS: tuple[tuple[Any, str], ...] = (
@@ -144,6 +184,7 @@ _MODULE_ATTRS: tuple[tuple[Any, str], ...] = (
     (SyncObj, "_checkCommandsToApply"),
     (Serializer, "setTransmissionData"),
     (Serializer, "deserialize"),
+    (ResizableFile, "write"),
 )
 
 _installed = False
@@ -192,6 +233,7 @@ def install() -> None:
     syncobj_module.PIPE_NOTIFIER_ENABLED = False
     setattr(serializer_module, "atomicReplace", durable_replace)  # noqa: B010
     setattr(serializer_module, "gzip", fast_gzip)  # noqa: B010
+    ResizableFile.write = _reserving_write
     tcp_patch.install()
     _installed = True
 
@@ -444,9 +486,12 @@ def hook_meta(storer: Any) -> None:
     path = storer.getPath()
 
     def store_meta(meta: Any) -> None:
-        with open(path + ".tmp", "wb") as f:
-            f.write(dumps(meta))
-        durable_replace(path + ".tmp", path)
+        try:
+            with open(path + ".tmp", "wb") as f:
+                f.write(dumps(meta))
+            durable_replace(path + ".tmp", path)
+        except OSError as e:  # a vote or term that is not durable must not be acted on
+            stop_on_disk_error("writing the Raft term and vote to", path, e)
 
     storer.storeMeta = store_meta
 

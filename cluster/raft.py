@@ -589,7 +589,11 @@ class RaftNode:
         them so (:meth:`flush`) before the next tick, in which the leader
         counts its own copy towards a commit."""
         self._replica.doTick(0.0)
-        self._replica.state.store.flush()  # records of entries applied in the tick
+        try:
+            self._replica.state.store.flush()  # records of entries applied in the tick
+        except OSError as e:  # (the log holds them: a restart writes them again)
+            patches.stop_on_disk_error("writing to the message store in", str(
+                self._replica.store_root), e)
         self._poller.after_event()  # acknowledgements held during the tick, if any
         if self._snapshot_bytes and self._log_bytes > self._snapshot_bytes:
             self._log_bytes = 0
@@ -618,7 +622,10 @@ class RaftNode:
                 self._journal_fd = os.open(self._journal_path, os.O_RDONLY)
             except FileNotFoundError:
                 return
-        os.fdatasync(self._journal_fd)
+        try:
+            os.fdatasync(self._journal_fd)
+        except OSError as e:
+            patches.stop_on_disk_error("fdatasync of", self._journal_path, e)
 
     def collect(self) -> None:
         """Let go of message-store files deleted since the last call: the caller has

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
+from pysyncobj.journal import FileJournal
 
 from cluster import pysyncobj_patches as P
 
@@ -40,3 +45,27 @@ def test_membership_results_are_this_projects_own() -> None:
     assert P.membership_result(0) is R.OK
     assert P.membership_result(6) is R.DENIED
     assert P.membership_result(99) is R.UNKNOWN
+
+
+def test_journal_blocks_are_reserved_and_a_full_disk_stops_the_node(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    P.install()
+    journal = FileJournal(str(tmp_path / "j"))
+    for i in range(200):  # grows the file several times, blocks reserved each time
+        journal.add(b"x" * 100, i + 1, 1)
+    journal.flush()
+    assert [journal[i][1] for i in (0, 199)] == [1, 200]
+    assert os.stat(tmp_path / "j").st_blocks * 512 >= os.stat(tmp_path / "j").st_size
+    stopped: list[int] = []
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(P.os, "posix_fallocate", full)
+    monkeypatch.setattr(P.os, "_exit", stopped.append)
+    monkeypatch.setattr(P.logging, "shutdown", lambda: None)
+    with pytest.raises(IndexError):  # (a real stop never returns to write)
+        for i in range(200, 2000):
+            journal.add(b"x" * 100, i + 1, 1)
+    assert stopped and stopped[0] == P.EXIT_DISK_ERROR
+    journal._destroy()
