@@ -329,9 +329,14 @@ class ChaosCluster:
     # ------------------------------------------------------------------ status
 
     def statuses(self) -> dict[str, dict[str, Any] | None]:
-        """``/api/status`` of every running, unpaused node (None when it does not answer)."""
-        return {nd.node_id: self.cluster.try_status(nd, timeout=1.0) for nd in self.nodes
-                if nd.is_running() and nd.node_id not in self.paused}
+        """``/api/status`` of every running, unpaused node (None when it does not answer, or
+        answers an error such as 401 from a node that lost its users)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for nd in self.nodes:
+            if nd.is_running() and nd.node_id not in self.paused:
+                st = self.cluster.try_status(nd, timeout=1.0)
+                out[nd.node_id] = st if st and "ready" in st and "raft" in st else None
+        return out
 
     def leader_id(self, statuses: dict[str, dict[str, Any] | None] | None = None) -> str | None:
         """The node that says it is leader (the highest term wins), or None."""

@@ -180,7 +180,7 @@ def install() -> None:
     from pysyncobj import journal
 
     resizable: Any = journal.ResizableFile
-    original_init, original_write = resizable.__init__, resizable.write
+    original_init = resizable.__init__
 
     def init(self: Any, fileName: str, *args: Any, **kwargs: Any) -> None:  # noqa: N803
         original_init(self, fileName, *args, **kwargs)
@@ -190,14 +190,35 @@ def install() -> None:
             with _tracker.lock:
                 _tracker.fresh.add(path)
 
-    def write(self: Any, offset: int, values: bytes) -> None:
-        original_write(self, offset, values)
-        # Marked after the write: a capture in between reads it next time (pessimistic), never
-        # takes the range before the bytes are there.
-        _tracker.wrote(self._chaos_path, offset, len(values))
+    def track_writes() -> None:
+        """Wrap whatever ``ResizableFile.write`` is now (once)."""
+        original_write = resizable.write
+        if getattr(original_write, "_chaos_tracked", False):
+            return
+
+        def write(self: Any, offset: int, values: bytes) -> None:
+            original_write(self, offset, values)
+            # Marked after the write: a capture in between reads it next time (pessimistic),
+            # never takes the range before the bytes are there.
+            _tracker.wrote(self._chaos_path, offset, len(values))
+
+        write._chaos_tracked = True  # type: ignore[attr-defined]
+        resizable.write = write
 
     resizable.__init__ = init
-    resizable.write = write
+    track_writes()
+    # The broker's own pysyncobj patches may *replace* ResizableFile.write when a replica is
+    # built (a469ccc: blocks reserved before the mmap grows): wrap it again after them, or the
+    # tracker would see no journal write and a power loss would cut the journal to nothing.
+    from cluster import pysyncobj_patches
+
+    broker_install = pysyncobj_patches.install
+
+    def install_then_track() -> None:
+        broker_install()
+        track_writes()
+
+    pysyncobj_patches.install = install_then_track
     setattr(os, "fdatasync", _wrap_sync(os.fdatasync))  # noqa: B010 - a test hook, typed loosely
     setattr(os, "fsync", _wrap_sync(os.fsync))  # noqa: B010
     setattr(os, "replace", _wrap_rename(os.replace))  # noqa: B010
