@@ -84,7 +84,7 @@ else
 endif
 
 # Not in CI: CHAOS_LONG_SCHEDULES (200) schedules drawing from every fault kind (all: the
-# chaos kinds and slow) on 3- and 5-node clusters, no time budget (~60 s each, about 3.5 h),
+# chaos kinds and slow) on 3- and 5-node clusters, no time budget (~50 s each, about 3 h),
 # then the same table as chaos. CHAOS_LONG_BASE=N fixes the seeds (default: random, printed).
 CHAOS_LONG_SCHEDULES ?= 200
 CHAOS_LONG_KINDS ?= all
