@@ -492,41 +492,49 @@ class RaftNode:
         that come back with a new IP."""
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = recovery.lock(data_dir)
-        forced = recovery.read_forced(data_dir)
-        if forced is not None:
-            # force-members rewrote this node's membership: it replaces --peers for good
-            if set(forced) != {self_addr, *peers}:
-                log.warning("membership forced by 'raftmq cluster force-members' to %s: "
-                            "--peers (%s) is not used", ", ".join(forced), ", ".join(peers))
-            peers = [m for m in forced if m != self_addr]
-        self.node_id = node_id
-        self._journal_path = str(data_dir / "raft.journal")
-        # a leader that heard from no majority for this long counts as cut off
-        self._contact_timeout = max(1.0, 2 * election_timeout)
-        self._fsync = fsync
-        conf = _sync_conf(self_addr, self._journal_path, str(data_dir / "raft.dump"),
-                          bind_address, secret, election_timeout, snapshot_entries, dns_cache_s)
-        _check_bindable(conf.bindAddress or self_addr)
-        self._pending: list[Effect] = []
-        self._applied_seqs: list[int] = []
-        self._out_of_order: list[int] = []
-        self._incarnation: int | None = None
-        self.self_addr = self_addr
-        self._poller = _LoopPoller()
-        patches.install()
-        self._replica: _Replica = patches.with_poller(
-            self._poller, lambda: _Replica(self_addr, list(peers), conf, self._on_applied,
-                                           data_dir / "store" if store else None))
-        internals = self._replica.internals
-        assert internals is not None
-        self._internals: Internals = internals
-        self._journal_fd: int | None = None
-        # pysyncobj keeps every entry since the last snapshot in memory and
-        # counts only entries; at 4 KiB messages that is gigabytes. Compact
-        # by bytes as well.
-        self._log_bytes = 0
-        self._snapshot_bytes = snapshot_bytes
-        self._hook_durability()
+        with contextlib.ExitStack() as undo:
+            undo.callback(self._release_lock)  # start-up failed: let go of the directory
+            forced = recovery.read_forced(data_dir)
+            if forced is not None:
+                # force-members rewrote this node's membership: it replaces --peers for good
+                if set(forced) != {self_addr, *peers}:
+                    log.warning("membership forced by 'raftmq cluster force-members' to %s: "
+                                "--peers (%s) is not used", ", ".join(forced), ", ".join(peers))
+                peers = [m for m in forced if m != self_addr]
+            self.node_id = node_id
+            self._journal_path = str(data_dir / "raft.journal")
+            # a leader that heard from no majority for this long counts as cut off
+            self._contact_timeout = max(1.0, 2 * election_timeout)
+            self._fsync = fsync
+            conf = _sync_conf(self_addr, self._journal_path, str(data_dir / "raft.dump"),
+                              bind_address, secret, election_timeout, snapshot_entries, dns_cache_s)
+            _check_bindable(conf.bindAddress or self_addr)
+            self._pending: list[Effect] = []
+            self._applied_seqs: list[int] = []
+            self._out_of_order: list[int] = []
+            self._incarnation: int | None = None
+            self.self_addr = self_addr
+            self._poller = _LoopPoller()
+            patches.install()
+            self._replica: _Replica = patches.with_poller(
+                self._poller, lambda: _Replica(self_addr, list(peers), conf, self._on_applied,
+                                               data_dir / "store" if store else None))
+            internals = self._replica.internals
+            assert internals is not None
+            self._internals: Internals = internals
+            self._journal_fd: int | None = None
+            # pysyncobj keeps every entry since the last snapshot in memory and
+            # counts only entries; at 4 KiB messages that is gigabytes. Compact
+            # by bytes as well.
+            self._log_bytes = 0
+            self._snapshot_bytes = snapshot_bytes
+            self._hook_durability()
+            undo.pop_all()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _hook_durability(self) -> None:
         """Wire the instance patches (cluster/pysyncobj_patches.py)."""
@@ -653,9 +661,7 @@ class RaftNode:
             if self._journal_fd is not None:
                 os.close(self._journal_fd)
                 self._journal_fd = None
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._release_lock()
 
     # --- reading ----------------------------------------------------------------
 
