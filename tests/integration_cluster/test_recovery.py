@@ -135,3 +135,34 @@ def test_single_node_with_a_corrupted_membership(
     cluster.wait_ready([node], 30)
     assert cluster.members() == [node.raft_address]
     assert drain_queue(node, set(range(100))) == set(range(100))
+
+
+def test_two_survivors_of_five(make_cluster: Callable[..., RaftMQCluster]) -> None:
+    """Three of five lost: each survivor is stopped and forced to the same two members, and
+    they elect a leader between them (the more advanced log wins the election)."""
+    cluster = make_cluster(5)
+    leader = cluster.leader()
+    survivors = [leader, next(nd for nd in cluster.nodes if nd is not leader)]
+    lost = [nd for nd in cluster.nodes if nd not in survivors]
+    declare(leader)
+    pub = Publisher(lambda: [leader])
+    pub.start()
+    time.sleep(1.5)
+    cluster.kill_all(lost)
+    time.sleep(0.5)
+    pub.stop.set()
+    pub.join(15)
+    for nd in survivors:
+        nd.stop()
+    keep = [nd.raft_address for nd in survivors]
+    for nd in survivors:
+        out = force_members(nd, keep, "--yes")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "run the same command on" in out.stdout
+    cluster.nodes = survivors
+    for nd in survivors:
+        nd.start(wait=False)
+    cluster.wait_ready(survivors, 30)
+    assert cluster.members() == sorted(keep)
+    confirmed = set(pub.confirmed)
+    assert confirmed <= drain_queue(survivors[1], confirmed)
