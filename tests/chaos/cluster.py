@@ -122,7 +122,9 @@ class ChaosCluster:
             i = int(node_id[1:])
             if i > self.capacity:
                 raise ClusterError(f"no spare node id for {node_id} (capacity {self.capacity})")
-            port = low_free_port(taken)
+            # (also never a port the harness gave a node that is down for the moment)
+            harness = self.__dict__.get("cluster")
+            port = low_free_port(taken | (harness._ports if harness is not None else set()))
             taken.add(port)
             self.raft_binds[node_id] = port
             hosts = ",".join(f"n{j}={link_ip(i, j)}" for j in range(1, self.capacity + 1))

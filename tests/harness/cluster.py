@@ -110,6 +110,9 @@ class RaftMQCluster:
         env = {"RAFTMQ_CLUSTER_SECRET": self.secret, **self.extra_env}
         options = dict(self.node_options(node_id)) if self.node_options else {}
         env.update(options.pop("extra_env", None) or {})
+        bind = str(options.get("raft_bind") or "")
+        if bind.rpartition(":")[2].isdigit():  # picked by the caller: not for another port
+            self._ports.add(int(bind.rpartition(":")[2]))
         nd = RaftMQNode(
             self.base_dir / node_id, node_id=node_id,
             amqp_port=self._port(), metrics_port=self._port(), raft_port=self._port(),
