@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def table(results: list[RunResult]) -> str:
     head = ("seed", "nodes", "faults", "published", "confirmed", "consumed", "lost",
-            "unexpected", "dup", "unexpl", "order", "max rec s", "time s", "verdict")
+            "unexpected", "dup", "unexpl", "order", "msg/s", "max rec s", "time s", "verdict")
     rows = []
     for r in results:
         v = r.verdict
@@ -78,14 +78,19 @@ def table(results: list[RunResult]) -> str:
                 str(v.published), str(v.confirmed), str(v.consumed), str(v.lost),
                 str(v.unexpected), str(v.duplicated), str(v.dup_unexplained),
                 str(v.order_violations))),
+            "-" if r.rate is None else f"{r.rate:.0f}",
             ("NONE" if norec else "") + (f"{max(recs):.1f}" if recs else "-"),
             f"{r.elapsed:.0f}", r.status))
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     ok = sum(1 for r in results if r.status == "OK")
+    rates = sorted(r.rate for r in results if r.rate is not None)
+    median = f"; confirmed msg/s median {rates[len(rates) // 2]:.0f} (min {rates[0]:.0f})" \
+        if rates else ""
     lines.append(f"{ok}/{len(results)} schedules OK; lost={sum(r.verdict.lost for r in results if r.verdict)} "
-                 f"unexpected={sum(r.verdict.unexpected for r in results if r.verdict)}")
+                 f"unexpected={sum(r.verdict.unexpected for r in results if r.verdict)}"
+                 f"; published={sum(r.verdict.published for r in results if r.verdict)}{median}")
     return "\n".join(lines)
 
 

@@ -59,7 +59,15 @@ class RunResult:
     recovered: bool = False  # healthy after the final heal
     error: str | None = None  # the harness could not finish the run
     elapsed: float = 0.0
+    publishing_s: float = 0.0  # from the producers' start to their stop (faults included)
     kept: bool = False
+
+    @property
+    def rate(self) -> float | None:
+        """Confirmed messages a second while the producers ran (the faults included)."""
+        if self.verdict is None or self.publishing_s <= 0:
+            return None
+        return self.verdict.confirmed / self.publishing_s
 
     def schedule_nodes(self) -> list[str]:
         return [f"n{i}" for i in range(1, self.schedule.nodes + 1)]
@@ -89,8 +97,9 @@ class RunResult:
                        f"(redelivered={v.dup_redelivered},retry={v.dup_retry},"
                        f"unexplained={v.dup_unexplained}) order={v.order_violations}")
         faults = "; ".join(t.text() for t in self.timings) or s.describe()
-        out = (f"{self.status} seed={s.seed} nodes={s.nodes} faults={len(s.faults)} {counts} "
-               f"time={self.elapsed:.0f}s [{faults}]")
+        rate = "" if self.rate is None else f" confirmed/s={self.rate:.0f}"
+        out = (f"{self.status} seed={s.seed} nodes={s.nodes} faults={len(s.faults)} {counts}"
+               f"{rate} time={self.elapsed:.0f}s [{faults}]")
         if self.status != "OK":
             out += f"\n    rerun: {s.rerun()}\n    logs: {self.workdir}"
             if self.error:
@@ -153,6 +162,7 @@ async def _drive(cc: ChaosCluster, s: Schedule, result: RunResult, h: History,
     consumers = [Consumer(c + 1, cc.urls, queues, h, s.prefetch, first_node=(c + 1) % s.nodes)
                  for c in range(s.consumers)]
     p_tasks = [asyncio.create_task(p.run(PRODUCER_RETRY_S)) for p in producers]
+    publishing_from = time.monotonic()
     c_tasks = [asyncio.create_task(c.run()) for c in consumers]
     try:
         await asyncio.sleep(s.warmup)
@@ -177,6 +187,7 @@ async def _drive(cc: ChaosCluster, s: Schedule, result: RunResult, h: History,
         # Producers: no new messages, retry the unconfirmed ones.
         for p in producers:
             p.stopping = True
+        result.publishing_s = time.monotonic() - publishing_from
         done, pending = await asyncio.wait(p_tasks, timeout=PRODUCER_RETRY_S + 15)
         for t in pending:
             t.cancel()
