@@ -144,15 +144,22 @@ log = logging.getLogger(__name__)
 EXIT_DISK_ERROR = 74  # EX_IOERR
 
 
+def fail_stop(code: int, message: str, *args: Any) -> None:
+    """Log ``message`` and end the process at once with ``code``. For what pysyncobj runs
+    inside its tick or a socket callback, where an exception would only be logged and the
+    node would go on."""
+    log.critical("stopping: " + message, *args)
+    logging.shutdown()
+    os._exit(code)
+
+
 def stop_on_disk_error(what: str, path: str, error: OSError) -> None:
     """Fail-stop: a write or sync of Raft state failed. Nothing acknowledged depends on the
     failed write (acknowledgements follow a successful fdatasync), so a restart once the disk
     is writable again recovers from what is on disk."""
-    log.critical("stopping: %s %s failed: %s. Start the node again once the disk has space "
-                 "(and works): it recovers from its journal and the other members", what,
-                 path, error)
-    logging.shutdown()
-    os._exit(EXIT_DISK_ERROR)
+    fail_stop(EXIT_DISK_ERROR, "%s %s failed: %s. Start the node again once the disk has "
+              "space (and works): it recovers from its journal and the other members", what,
+              path, error)
 
 
 def _reserving_write(self: Any, offset: int, values: bytes) -> None:

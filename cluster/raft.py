@@ -405,11 +405,9 @@ def _refuse_newer_format(snapshot: Any) -> None:
     state = data.get("state") if isinstance(data, dict) else None
     written = getattr(state, "format", 1)
     if isinstance(written, int) and written > machine.SNAPSHOT_FORMAT:
-        log.critical("stopping: a snapshot of format %d (written by a newer release) cannot "
-                     "be read by this release (formats up to %d); run the newer release",
-                     written, machine.SNAPSHOT_FORMAT)
-        logging.shutdown()
-        os._exit(EXIT_NEWER_FORMAT)
+        patches.fail_stop(EXIT_NEWER_FORMAT, "a snapshot of format %d (written by a newer "
+                          "release) cannot be read by this release (formats up to %d); run "
+                          "the newer release", written, machine.SNAPSHOT_FORMAT)
 
 
 def _sync_conf(self_addr: str, journal: str, dump: str, bind_address: str | None, secret: str,

@@ -153,6 +153,7 @@ class LogInfo:
     membership_changes: list[tuple[int, str, str]] = field(default_factory=list)  # idx, kind, addr
     # what the entries after the commit index hold (command names, counted)
     uncommitted: Counter[str] = field(default_factory=Counter)
+    snapshot: Any = field(default=None, repr=False)  # as read: rewritten without reading again
 
     def members(self, peers: Iterable[str], self_addr: str) -> tuple[str, ...]:
         base = self.forced_members or (self_addr, *peers)
@@ -230,7 +231,7 @@ def read_data_dir(data_dir: Path) -> LogInfo:
         snapshot_index=int(snapshot[1][1]) if snapshot is not None else None,
         snapshot_members=(tuple(sorted(n.id for n in snapshot[3]))
                           if snapshot is not None else None),
-        forced_members=read_forced(data_dir))
+        forced_members=read_forced(data_dir), snapshot=snapshot)
     for command, idx, _term in entries:
         kind = _entry_kind(command)
         if kind == _MEMBERSHIP:
@@ -271,8 +272,7 @@ def _rewrite_journal(path: Path) -> int:
     return changed
 
 
-def _rewrite_snapshot(path: Path, members: Iterable[str]) -> None:
-    snapshot = _read_snapshot(path)
+def _rewrite_snapshot(path: Path, snapshot: Any, members: Iterable[str]) -> None:
     updated = (*snapshot[:3], {TCPNode(m) for m in members}, *snapshot[4:])
     tmp = path.with_name(path.name + ".forced.tmp")
     with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=1) as g:
@@ -291,6 +291,6 @@ def force_members(info: LogInfo, keep: Iterable[str]) -> int:
     tmp = forced.with_name(forced.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     patches.durable_replace(str(tmp), str(forced))
-    if info.snapshot_index is not None:
-        _rewrite_snapshot(data_dir / DUMP, members)
+    if info.snapshot is not None:
+        _rewrite_snapshot(data_dir / DUMP, info.snapshot, members)
     return _rewrite_journal(data_dir / JOURNAL)

@@ -11,7 +11,6 @@ that replays it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import sys
 import tempfile
@@ -134,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 fault_s = MIN_FAULT_S
         s = make_schedule(seed, n, round(fault_s), kinds, env)
         if args.rate:
-            per = args.rate / s.producers
-            s = dataclasses.replace(s, rate=per, window=max(s.window, int(per / 20)))
+            s = s.at_total_rate(args.rate)
         print(f"[{i + 1}/{len(plan)}] seed={seed} nodes={n} env={s.env}: {s.describe()}",
               flush=True)
         r = run_schedule(s, args.workdir, keep=args.keep, model=args.power_loss_model,

@@ -8,6 +8,7 @@ Which node is "the leader" can only be known at run time; a fault names a *role*
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -104,6 +105,12 @@ class Schedule:
 
     kinds: tuple[str, ...] = ()  # restricted to these kinds (empty: all)
     env_override: tuple[tuple[str, str], ...] = ()
+
+    def at_total_rate(self, rate: float) -> Schedule:
+        """The same schedule with its producers sharing ``rate`` msg/s (``--rate``); each
+        may have 50 ms of its rate unconfirmed at once."""
+        per = rate / self.producers
+        return dataclasses.replace(self, rate=per, window=max(self.window, int(per / 20)))
 
     def rerun(self) -> str:
         cmd = (f"python -m tests.chaos --seed {self.seed} --nodes {self.nodes} "

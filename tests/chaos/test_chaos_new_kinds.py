@@ -8,7 +8,6 @@ LD_PRELOAD shim with gcc (skipped without a compiler)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -36,9 +35,7 @@ needs_cc = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc")
 ])
 def test_new_fault_kind(kind: str, tmp_path: Path) -> None:
     s = make_schedule(SEED, 3, fault_seconds=1.0, kinds=(kind,),
-                      env={"RAFTMQ_SNAPSHOT_ENTRIES": "100000"})
-    per = RATE / s.producers
-    s = dataclasses.replace(s, rate=per, window=max(s.window, int(per / 20)))
+                      env={"RAFTMQ_SNAPSHOT_ENTRIES": "100000"}).at_total_rate(RATE)
     r = run_schedule(s, tmp_path, keep="fail")
     print(r.line())
     for rec in r.faults:

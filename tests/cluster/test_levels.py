@@ -64,7 +64,7 @@ def test_newer_snapshot_format_stops_the_node(monkeypatch: pytest.MonkeyPatch) -
     raft._refuse_newer_format(({"state": st}, None, None, set()))  # this release's: fine
     st.format = SNAPSHOT_FORMAT + 1
     exits: list[int] = []
-    monkeypatch.setattr(raft.os, "_exit", exits.append)
-    monkeypatch.setattr(raft.logging, "shutdown", lambda: None)
+    monkeypatch.setattr(raft.patches.os, "_exit", exits.append)
+    monkeypatch.setattr(raft.patches.logging, "shutdown", lambda: None)
     raft._refuse_newer_format(({"state": st}, None, None, set()))
     assert exits == [raft.EXIT_NEWER_FORMAT]
