@@ -8,7 +8,8 @@ replica, on the event loop (see node/http.py: no thread touches the state).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -251,6 +252,32 @@ def detailed(source: Source, families: set[str], vhosts: set[str]) -> bytes:
 DETAILED_FAMILIES = ("queue_coarse_metrics", "queue_consumer_count")
 
 
+class RenderCache:
+    """Scrapes render on the event loop, linear in the queues, and the metrics port
+    needs no login: a rendering that took long is reused for ``share`` times as long,
+    so however often anyone scrapes, rendering takes at most ~1/share of the loop.
+    Quick renderings (a node with few queues) are never reused: scrapes stay live."""
+
+    def __init__(self, share: int = 20, quick_s: float = 0.005, entries: int = 8) -> None:
+        self.share, self.quick_s, self.entries = share, quick_s, entries
+        self._cache: dict[Hashable, tuple[float, bytes]] = {}  # key -> (fresh until, body)
+        self._clock = time.monotonic
+
+    def get(self, key: Hashable, render: Callable[[], bytes]) -> bytes:
+        start = self._clock()
+        hit = self._cache.get(key)
+        if hit is not None and start < hit[0]:
+            return hit[1]
+        body = render()
+        cost = self._clock() - start
+        self._cache.pop(key, None)
+        if cost > self.quick_s:
+            while len(self._cache) >= self.entries:  # keys come from the query: bounded
+                del self._cache[next(iter(self._cache))]
+            self._cache[key] = (start + self.share * cost, body)
+        return body
+
+
 class Metrics:
     """Counters are plain ints bumped on the hot path (a prometheus_client
     Counter takes a lock per increment: ~3% of the broker's CPU, measured)
@@ -293,6 +320,7 @@ class Metrics:
         self.registry.register(_CounterCollector(self))
         self.registry.register(_RabbitCollector(source, self))
         self.source = source
+        self.renders = RenderCache()
 
     @property
     def batches(self) -> int:
@@ -303,4 +331,9 @@ class Metrics:
         return self.proposer.resubmitted if self.proposer is not None else 0
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.renders.get("", lambda: generate_latest(self.registry))
+
+    def detailed(self, families: set[str], vhosts: set[str]) -> bytes:
+        """:func:`detailed` for this node, through the same cache."""
+        key = (frozenset(families), frozenset(vhosts))
+        return self.renders.get(key, lambda: detailed(self.source, families, vhosts))
