@@ -405,8 +405,6 @@ class ServerConnection:
     def _check_channel(self, ch: int, what: str) -> int | None:
         """Common checks for a frame on channel ``ch`` != 0; returns its state."""
         if self._state is _OPEN_STATE:
-            # channel_max caps how many channels are open at once, not their
-            # numbers (RabbitMQ's rabbit_reader does the same).
             return self._channels.get(ch, 0)
         if self._state in _CLOSING_STATES:
             return None  # being torn down: drop silently
@@ -489,6 +487,14 @@ class ServerConnection:
             raise self._hard(CHANNEL_ERROR, f"channel {ch} is not open (expected channel.open)",
                              class_id, method_id)
         method = self._decode(index, buf, start + 4, end)
+        if ch > self.channel_max:
+            # Spec (connection.tune): "usable channel numbers are in the range
+            # 1..channel-max". RabbitMQ only counts open channels; a number above
+            # the limit gets the same hard 530 as one channel too many there.
+            raise self._hard(
+                NOT_ALLOWED, f"channel number {ch} is above the negotiated channel_max "
+                f"({self.channel_max})", class_id, method_id,
+            )  # fmt: skip
         if len(self._channels) >= self.channel_max:
             raise self._hard(
                 NOT_ALLOWED, f"number of channels opened ({len(self._channels)}) has reached "

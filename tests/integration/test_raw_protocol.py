@@ -122,6 +122,18 @@ def test_method_on_unopened_channel_gets_504(broker):
         assert "CHANNEL_ERROR" in m.reply_text
 
 
+@pytest.mark.raftmq_only  # RabbitMQ only counts open channels, whatever their numbers
+def test_channel_number_above_channel_max_gets_530(broker):
+    """Spec: usable channel numbers are 1..channel-max. channel_max itself opens; the
+    next number is refused like one channel too many (530, connection closed)."""
+    with RawClient(broker.host, broker.port) as c:
+        c.handshake()  # takes the server's channel_max (2047)
+        open_channel(c, 2047)
+        c.send_frame(2048, commands.Channel.Open())
+        m = expect_connection_close(c, 530, await_close=True)
+        assert "channel number 2048 is above the negotiated channel_max (2047)" in m.reply_text
+
+
 def test_content_body_without_publish_gets_505(broker):
     with RawClient(broker.host, broker.port) as c:
         c.handshake()

@@ -359,16 +359,46 @@ def test_secure_ok_round() -> None:
     assert isinstance(ev, MethodReceived) and ev.method.response == "answer"
 
 
-def test_channel_max_caps_open_channels_not_numbers() -> None:
-    """As RabbitMQ: any channel number may be used, but no more than
-    channel_max channels may be open at once (530)."""
+def test_channel_max_caps_open_channels() -> None:
+    """No more than channel_max channels may be open at once (530, as RabbitMQ)."""
     conn = ServerConnection(channel_max=3)
-    events = feed(conn, handshake(channel_max=3) + method(65535, commands.Channel.Open())
-                  + method(2, commands.Channel.Open()) + method(7, commands.Channel.Open())
-                  + method(9, commands.Channel.Open()))
+    events = feed(conn, handshake(channel_max=3) + method(3, commands.Channel.Open())
+                  + method(2, commands.Channel.Open()) + method(1, commands.Channel.Open())
+                  + method(1, commands.Channel.Close(200, "", 0, 0))
+                  + method(1, commands.Channel.Open()) + method(1, commands.Channel.Close(200, "", 0, 0))
+                  + method(1, commands.Channel.Open()))
     errors = [e for e in events if isinstance(e, Exception)]
     opened = [e.channel for e in events if isinstance(e, MethodReceived)
               and isinstance(e.method, commands.Channel.Open)]
-    assert opened == [65535, 2, 7]
+    assert opened == [3, 2, 1, 1, 1] and not errors
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("offered", "asked", "number", "limit"), [
+    (3, 3, 4, 3),
+    (3, 0, 4, 3),  # the client takes the server's offer
+    (2047, 10, 11, 10),  # the client's lower value is the limit
+    (2047, 2047, 2048, 2047),
+    (0, 0, 65535, None),  # no limit on either side: every number is usable
+])
+def test_channel_number_above_channel_max_is_refused(
+    mode: str, offered: int, asked: int, number: int, limit: int | None
+) -> None:
+    """Spec (connection.tune): usable channel numbers are 1..channel-max. A channel.open
+    above it is a hard 530, like one channel too many; channel_max itself is usable."""
+    conn = ServerConnection(channel_max=offered)
+    events = feed(conn, handshake(channel_max=asked) + method(number - 1, commands.Channel.Open())
+                  + method(number, commands.Channel.Open()), mode)
+    errors = [e for e in events if isinstance(e, Exception)]
+    opened = [e.channel for e in events if isinstance(e, MethodReceived)
+              and isinstance(e.method, commands.Channel.Open)]
+    if limit is None:
+        assert opened == [number - 1, number] and not errors
+        return
+    assert opened == [number - 1]
     assert len(errors) == 1 and isinstance(errors[0], AMQPError)
-    assert errors[0].reply_code == NOT_ALLOWED
+    err = errors[0]
+    assert (err.reply_code, err.class_id, err.method_id) == (NOT_ALLOWED, 20, 10)
+    assert err.hard
+    assert f"channel number {number} is above the negotiated channel_max ({limit})" in err.reply_text
+    assert conn.open_channels == frozenset({number - 1})
