@@ -141,8 +141,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("channel_max", _channel_max, "2047", "most channels per connection offered"),
     Option("max_connections", _positive_int, "0",
            "most client connections this node accepts (0: no limit, RabbitMQ's default)"),
-    Option("max_consumers_per_channel", _positive_int, "0",
-           "most consumers on one channel (0: no limit, RabbitMQ's default)"),
+    Option("max_consumers_per_channel", _positive_int, "1000",
+           "most consumers on one channel, beyond them basic.consume closes the connection "
+           "(530) as RabbitMQ's consumer_max_per_channel does (0: no limit, RabbitMQ's "
+           "default; 1,000 is Amazon MQ's)"),
     Option("heartbeat", _positive_int, "60", "heartbeat interval offered to clients, s (0 off)"),
     Option("tls_port", _port, "5671", "AMQPS port (used when --tls-cert and --tls-key are given)"),
     Option("tls_host", str, "", "address the AMQPS listener binds (default: --amqp-host)"),
@@ -233,7 +235,7 @@ class Config:
     frame_max: int = 131072
     channel_max: int = 2047
     max_connections: int = 0
-    max_consumers_per_channel: int = 0
+    max_consumers_per_channel: int = 1000
     heartbeat: int = 60
     tls_port: int = 5671
     tls_host: str = ""

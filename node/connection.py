@@ -105,7 +105,8 @@ class AMQPConnection(asyncio.Protocol):
         self.session = Session(self.key, self.proto, node.propose, node.after_apply,
                                self._write, node.metrics, clock=lambda: self._last_recv,
                                flush=self._flush_writes, may_open_channel=node.may_open_channel,
-                               turn=node.proposer.turn, settled=node.proposer.settled)
+                               turn=node.proposer.turn, settled=node.proposer.settled,
+                               hold_reading=self._hold_for_publishes)
         self.session.max_consumers = self.cfg.max_consumers_per_channel
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
@@ -238,6 +239,14 @@ class AMQPConnection(asyncio.Protocol):
         self._last_recv = max(self._last_recv, now)
         if self.proto.incomplete:
             self._stall_since = now
+
+    def _hold_for_publishes(self, hold: bool) -> None:
+        """Its publishes in Raft are past PUBLISH_WINDOW (node/session.py): read no more
+        until they are applied."""
+        if hold:
+            self.pause_reading("publish")
+        else:
+            self.resume_reading("publish")
 
     @property
     def reading_paused(self) -> bool:

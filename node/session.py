@@ -33,6 +33,19 @@ from protocol.methods import build
 # under the machine's window per consumer, so the window never closes for want of it.
 SENT_BATCH = NOACK_WINDOW // 4
 
+# What one connection may hold uncommitted in transactions (tx.select, then publishes,
+# acks and nacks without tx.commit), all its channels together: the buffer lives here
+# until the commit, which proposes it as one Raft entry that every replica holds in
+# memory. RabbitMQ has no such limit (its memory alarm is the bound); a transaction
+# past it closes its channel with 406, as a message past max_message_size does.
+TX_MAX_BYTES = 128 << 20  # message bodies and properties (RabbitMQ's max_message_size)
+TX_MAX_COMMANDS = 65536
+# Publish bytes of one connection proposed but not yet applied, before its socket is
+# read no more until they are: a client publishing faster than the cluster commits
+# (or a slow follower forwarding to the leader) grows Raft's in-flight entries, not
+# without bound. Far above what a commit round trip carries at full speed.
+PUBLISH_WINDOW = 16 << 20
+
 Propose = Callable[[c.Command], None]
 
 
@@ -54,8 +67,8 @@ class Channel:
     """Node-side channel state (the replicated part lives in the machine)."""
 
     __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "acked_upto",
-                 "unconfirmed", "early", "tx", "tx_commands", "closing", "last_turn",
-                 "sent")
+                 "unconfirmed", "early", "tx", "tx_commands", "tx_bytes", "closing",
+                 "last_turn", "sent")
 
     def __init__(self, number: int, key: c.ChKey) -> None:
         self.number = number
@@ -72,6 +85,7 @@ class Channel:
         self.early: set[int] = set()
         self.tx = False
         self.tx_commands: list[c.Command] = []
+        self.tx_bytes = 0  # bodies and properties in tx_commands
         self.closing = False
         self.last_turn = 0  # the proposer's turn in which this channel last proposed
         # no-ack deliveries written per consumer tag, not yet reported with Sent
@@ -86,11 +100,13 @@ class Session:
                  flush: Callable[[], None] = lambda: None,
                  may_open_channel: Callable[[str], str | None] = lambda user: None,
                  turn: Callable[[], int] = lambda: 0,
-                 settled: Callable[[int], bool] = lambda turn: True) -> None:
+                 settled: Callable[[int], bool] = lambda turn: True,
+                 hold_reading: Callable[[bool], None] = lambda hold: None) -> None:
         """``write`` buffers a frame; ``flush`` sends what is buffered (needed only for
         replies sent outside a dispatch, which flushes by itself). ``turn`` and
         ``settled`` are the proposer's (cluster/proposer.py): replies made here wait
-        behind the effects of what the channel proposed before."""
+        behind the effects of what the channel proposed before. ``hold_reading(True)``
+        stops reading the socket until ``hold_reading(False)`` (PUBLISH_WINDOW)."""
         self.conn = conn
         self.proto = proto
         self.propose = propose
@@ -100,6 +116,7 @@ class Session:
         self.may_open_channel = may_open_channel
         self.turn = turn
         self.settled = settled
+        self.hold_reading = hold_reading
         self.max_consumers = 0  # per channel (--max-consumers-per-channel)
         self.counters: SessionCounters = counters or Counters()
         self.clock = clock  # when the event being handled arrived
@@ -112,6 +129,10 @@ class Session:
         # False while the socket takes no more writes: no-ack deliveries are reported
         # written (freeing the consumer's window in the machine) only once it drains
         self.writable = True
+        self.tx_bytes = 0  # uncommitted, all channels (TX_MAX_BYTES)
+        self.tx_commands = 0  # likewise (TX_MAX_COMMANDS)
+        self.unapplied = 0  # publish bytes proposed, not yet applied (PUBLISH_WINDOW)
+        self.held = False  # reading held until they are
 
     # --- client -> node ---------------------------------------------------------------
 
@@ -140,12 +161,48 @@ class Session:
             return None
         return ch
 
-    def _propose(self, ch: Channel, cmd: c.Command) -> None:
+    def _propose(self, ch: Channel, cmd: c.Command, size: int = 0) -> None:
+        """``size``: a publish's body and properties."""
         if ch.tx and isinstance(cmd, c.Publish | c.Ack | c.Nack):
-            ch.tx_commands.append(cmd)
-        else:
-            self.propose(cmd)
-            ch.last_turn = self.turn()
+            self._buffer_tx(ch, cmd, size)
+            return
+        self.propose(cmd)
+        ch.last_turn = self.turn()
+        if size:
+            self._count_unapplied(size)
+
+    def _buffer_tx(self, ch: Channel, cmd: c.Command, size: int) -> None:
+        if self.tx_bytes + size > TX_MAX_BYTES or self.tx_commands >= TX_MAX_COMMANDS:
+            raise ChannelError(ch.number, PRECONDITION_FAILED,
+                               f"PRECONDITION_FAILED - uncommitted transactions of this "
+                               f"connection hold more than {TX_MAX_COMMANDS} commands or "
+                               f"{TX_MAX_BYTES} bytes", *_TX_METHOD[type(cmd)])
+        ch.tx_commands.append(cmd)
+        ch.tx_bytes += size
+        self.tx_bytes += size
+        self.tx_commands += 1
+
+    def _take_tx(self, ch: Channel) -> list[c.Command]:
+        """The channel's uncommitted commands, no longer counted against the limits."""
+        cmds = ch.tx_commands
+        self.tx_bytes -= ch.tx_bytes
+        self.tx_commands -= len(cmds)
+        ch.tx_commands, ch.tx_bytes = [], 0
+        return cmds
+
+    def _count_unapplied(self, size: int) -> None:
+        self.unapplied += size
+        if self.unapplied > PUBLISH_WINDOW and not self.held:
+            self.held = True
+            self.hold_reading(True)
+            # every publish read so far joined this turn's entry (reading stops now)
+            self.after_apply(self._applied)
+
+    def _applied(self) -> None:
+        self.unapplied = 0
+        if self.held:
+            self.held = False
+            self.hold_reading(False)
 
     def reply_in_order(self, ch: Channel, frame: bytes) -> None:
         """A reply made here, not by the machine: it waits until what the channel sent
@@ -185,7 +242,7 @@ class Session:
             seq = ch.publish_seq
             ch.unconfirmed.append(seq)
         self._propose(ch, c.Publish(ch.key, ev.exchange, ev.routing_key, ev.mandatory,
-                                    props, ev.body, seq))
+                                    props, ev.body, seq), len(ev.body) + len(props))
         self.last_publish = self.clock()
         self.counters.published += 1
 
@@ -204,13 +261,16 @@ class Session:
             self.counters.channels_opened += 1
             return
         if isinstance(m, spec.Channel.CloseOk):
-            self.channels.pop(number, None)
+            gone = self.channels.pop(number, None)
+            if gone is not None:
+                self._take_tx(gone)
             return
         ch = self.channels.get(number)
         if ch is None:
             return
         if isinstance(m, spec.Channel.Close):
             self.channels.pop(number, None)
+            self._take_tx(ch)
             self.propose(c.ChannelClose(ch.key))
             self.write(self.proto.channel_close_ok(number))
             return
@@ -229,6 +289,7 @@ class Session:
         if ch is None or ch.closing:
             return
         ch.closing = True
+        self._take_tx(ch)
         self.propose(c.ChannelClose(ch.key))
         self.write(self.proto.close_channel(number, err.reply_code, err.reply_text,
                                             err.class_id, err.method_id))
@@ -275,6 +336,10 @@ class Session:
         if ch is None or ch.key != key or ch.closing:
             return None
         return ch
+
+
+# The method a buffered command came from (for the error's class and method ids).
+_TX_METHOD = {c.Publish: (60, 40), c.Ack: (60, 80), c.Nack: (60, 120)}
 
 
 def _ids(m: Any) -> tuple[int, int]:
@@ -383,9 +448,11 @@ def _tx_commit(s: Session, ch: Channel, m: Any) -> None:
         raise ChannelError(ch.number, PRECONDITION_FAILED,
                            "PRECONDITION_FAILED - channel is not transactional", 90, 20)
     # The whole transaction goes into one Raft entry: applied atomically.
-    for cmd in ch.tx_commands:
+    size = ch.tx_bytes
+    for cmd in s._take_tx(ch):
         s.propose(cmd)
-    ch.tx_commands = []
+    if size:
+        s._count_unapplied(size)
     number = ch.number
 
     def reply() -> None:
@@ -400,7 +467,7 @@ def _tx_rollback(s: Session, ch: Channel, m: Any) -> None:
     if not ch.tx:
         raise ChannelError(ch.number, PRECONDITION_FAILED,
                            "PRECONDITION_FAILED - channel is not transactional", 90, 30)
-    ch.tx_commands = []
+    s._take_tx(ch)
     s.reply_in_order(ch, s.proto.send_method(ch.number, build(spec.Tx.RollbackOk)))
 
 
@@ -517,6 +584,7 @@ def _channel_error(s: Session, ef: e.ChannelError) -> None:
     if ch is None:
         return
     ch.closing = True
+    s._take_tx(ch)
     # The machine already closed the channel in the replicated state.
     s.write(s.proto.close_channel(ch.number, ef.reply_code, ef.reply_text, ef.class_id,
                                   ef.method_id))

@@ -24,6 +24,15 @@ def test_defaults() -> None:
     assert cfg.data_dir == "./data"
 
 
+def test_consumers_per_channel_are_limited_by_default() -> None:
+    """RabbitMQ's consumer_max_per_channel defaults to unlimited; ours to 1,000 (Amazon
+    MQ's), so a leaking or hostile client cannot grow one channel without bound. 0 lifts it."""
+    assert load().max_consumers_per_channel == 1000
+    assert config.Config().max_consumers_per_channel == 1000
+    assert load(["--max-consumers-per-channel", "0"]).max_consumers_per_channel == 0
+    assert load(env={"RAFTMQ_MAX_CONSUMERS_PER_CHANNEL": "5"}).max_consumers_per_channel == 5
+
+
 def test_environment_then_flags() -> None:
     cfg = load(env={"RAFTMQ_AMQP_PORT": "5999", "RAFTMQ_NODE_ID": "a"})
     assert cfg.amqp_port == 5999 and cfg.node_id == "a"

@@ -10,6 +10,7 @@ from pamqp import commands as spec
 
 from cluster import commands as C
 from cluster import effects as E
+from node import session
 from node.session import Session
 from protocol import ServerConnection
 from protocol.errors import ChannelError
@@ -120,3 +121,77 @@ def test_effects_for_a_reopened_channel_are_dropped(h: Harness) -> None:
     h.frames()
     h.s.run_effect(E.QueueDeclareOk(old, "q", 0, 0))
     assert h.frames() == []
+
+
+# --- per-connection bounds ------------------------------------------------------------
+
+
+def _tx_publish(h: Harness, number: int, body: bytes = b"x") -> None:
+    h.s.on_event(MessagePublished(number, "", "q", False, False, b"\x00\x00", body))
+
+
+def test_uncommitted_transactions_are_bounded_per_connection(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tx.select, then publishes without tx.commit: past TX_MAX_COMMANDS (all channels of
+    the connection together) the publish that overflows gets a 406 for its channel, and
+    closing the channel frees what it held."""
+    monkeypatch.setattr(session, "TX_MAX_COMMANDS", 5)
+    for number in (1, 2):
+        h.open(number)
+        h.s.on_event(MethodReceived(number, spec.Tx.Select()))
+    for _ in range(3):
+        _tx_publish(h, 1)
+    _tx_publish(h, 2)
+    h.s.on_event(AckReceived(2, 1, False))  # acks count too
+    with pytest.raises(ChannelError) as info:
+        _tx_publish(h, 2)
+    err = info.value
+    assert (err.channel, err.reply_code, err.class_id, err.method_id) == (2, 406, 60, 40)
+    assert "uncommitted" in err.reply_text
+    h.s.channel_error(2, err)  # what the connection does with it
+    assert h.s.tx_commands == 3
+    _tx_publish(h, 1)  # channel 2's share is free again
+    _tx_publish(h, 1)
+    h.s.on_event(MethodReceived(1, spec.Tx.Commit()))
+    assert h.s.tx_commands == 0 and h.s.tx_bytes == 0
+    assert sum(isinstance(c, C.Publish) for c in h.proposed) == 5
+
+
+def test_uncommitted_transaction_bytes_are_bounded(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(session, "TX_MAX_BYTES", 1000)
+    h.open(1)
+    h.s.on_event(MethodReceived(1, spec.Tx.Select()))
+    _tx_publish(h, 1, b"a" * 600)
+    with pytest.raises(ChannelError) as info:
+        _tx_publish(h, 1, b"b" * 600)
+    assert info.value.reply_code == 406
+    h.s.on_event(MethodReceived(1, spec.Tx.Rollback()))
+    assert h.s.tx_bytes == 0
+    _tx_publish(h, 1, b"c" * 900)  # rolled back: room again
+    assert h.s.tx_bytes == 902 and not any(isinstance(c, C.Publish) for c in h.proposed)
+
+
+def test_publishes_past_the_window_hold_reading_until_applied(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client publishing faster than the cluster applies: past PUBLISH_WINDOW bytes
+    proposed and not applied, its socket is not read until they are."""
+    monkeypatch.setattr(session, "PUBLISH_WINDOW", 1000)
+    holds: list[bool] = []
+    h.s.hold_reading = holds.append
+    h.open(1)
+    for _ in range(3):
+        _tx_publish(h, 1, b"m" * 300)
+    assert holds == [] and not h.hooks
+    _tx_publish(h, 1, b"m" * 300)  # 4 x 302 bytes > 1000
+    _tx_publish(h, 1, b"m" * 300)  # already held: no second hold
+    assert holds == [True] and len(h.hooks) == 1
+    h.hooks.pop()()  # the entry holding them is applied
+    assert holds == [True, False] and h.s.unapplied == 0
+    # a transaction's commit counts the same way
+    h.s.on_event(MethodReceived(1, spec.Tx.Select()))
+    for _ in range(4):
+        _tx_publish(h, 1, b"t" * 300)
+    assert holds == [True, False]
+    h.s.on_event(MethodReceived(1, spec.Tx.Commit()))
+    assert holds == [True, False, True]
