@@ -102,11 +102,13 @@ class AMQPConnection(asyncio.Protocol):
             channel_max=self.cfg.channel_max,
             heartbeat=self.cfg.heartbeat,
         )
+        self._out: list[bytes | memoryview] = []  # one writelines per flush
         self.session = Session(self.key, self.proto, node.propose, node.after_apply,
                                self._write, node.metrics, clock=lambda: self._last_recv,
                                flush=self._flush_writes, may_open_channel=node.may_open_channel,
                                turn=node.proposer.turn, settled=node.proposer.settled,
-                               hold_reading=self._hold_for_publishes)
+                               hold_reading=self._hold_for_publishes,
+                               write_parts=self._out.extend)
         self.session.max_consumers = self.cfg.max_consumers_per_channel
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
@@ -120,7 +122,6 @@ class AMQPConnection(asyncio.Protocol):
         self.peer: tuple[Any, ...] | None = None
         self.tls = False
         self.certificate_user: str | None = None  # a verified client certificate's CN
-        self._out: list[bytes] = []
         now = time.monotonic()
         self.created = now
         self._last_recv = now

@@ -12,7 +12,7 @@ heartbeats and flow control; tests drive a session with plain callables
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from pamqp import commands as spec
@@ -25,6 +25,7 @@ from protocol.constants import NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITION_FAILED
 from protocol.errors import AMQPConnectionError, AMQPError, ChannelError
 from protocol.events import AckReceived, MessagePublished, MethodReceived, NackReceived
 from protocol.fields import USER_ID, FieldError, short_property
+from protocol.frames import Frames
 from protocol.frames import ack as ack_frame
 from protocol.frames import nack as nack_frame
 from protocol.methods import build
@@ -101,17 +102,23 @@ class Session:
                  may_open_channel: Callable[[str], str | None] = lambda user: None,
                  turn: Callable[[], int] = lambda: 0,
                  settled: Callable[[int], bool] = lambda turn: True,
-                 hold_reading: Callable[[bool], None] = lambda hold: None) -> None:
+                 hold_reading: Callable[[bool], None] = lambda hold: None,
+                 write_parts: Callable[[Sequence[bytes | memoryview]], None] | None = None,
+                 ) -> None:
         """``write`` buffers a frame; ``flush`` sends what is buffered (needed only for
         replies sent outside a dispatch, which flushes by itself). ``turn`` and
         ``settled`` are the proposer's (cluster/proposer.py): replies made here wait
         behind the effects of what the channel proposed before. ``hold_reading(True)``
-        stops reading the socket until ``hold_reading(False)`` (PUBLISH_WINDOW)."""
+        stops reading the socket until ``hold_reading(False)`` (PUBLISH_WINDOW).
+        ``write_parts`` buffers the pieces of a big content (protocol.frames.JOIN_MAX)
+        unjoined (default: joined, then ``write``)."""
         self.conn = conn
         self.proto = proto
         self.propose = propose
         self.after_apply = after_apply
         self.write = write
+        self.write_parts: Callable[[Sequence[bytes | memoryview]], None] = (
+            write_parts or (lambda parts: write(b"".join(parts))))
         self.flush = flush
         self.may_open_channel = may_open_channel
         self.turn = turn
@@ -330,6 +337,13 @@ class Session:
         ch.acked_upto = upto
         self.write(ack_frame(ch.number, upto, True))
 
+    def write_content(self, out: Frames) -> None:
+        """A content's frames: one bytes, or a big body's pieces."""
+        if type(out) is bytes:
+            self.write(out)
+        else:
+            self.write_parts(out)  # type: ignore[arg-type]
+
     def live(self, key: c.ChKey) -> Channel | None:
         """The channel an effect is addressed to, if it is still the same and open."""
         ch = self.channels.get(key[2] & 0xFFFF)
@@ -522,8 +536,8 @@ def _deliver(s: Session, ef: e.Deliver) -> None:
     if ch is None:
         return  # the channel is closing: the machine requeues on ChannelClose
     exchange, routing_key, properties, body = ef.store.read(ef.msg_id)
-    s.write(s.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag, ef.redelivered,
-                            exchange, routing_key, properties, body))
+    s.write_content(s.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag,
+                                    ef.redelivered, exchange, routing_key, properties, body))
     s.counters.delivered += 1
     if ef.no_ack:
         ch.sent[ef.consumer_tag] = ch.sent.get(ef.consumer_tag, 0) + 1
@@ -534,8 +548,8 @@ def _get_ok(s: Session, ef: e.GetOk) -> None:
     if ch is None:
         return
     exchange, routing_key, properties, body = ef.store.read(ef.msg_id)
-    s.write(s.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, exchange,
-                           routing_key, ef.message_count, properties, body))
+    s.write_content(s.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, exchange,
+                                   routing_key, ef.message_count, properties, body))
     s.counters.delivered += 1
 
 
@@ -545,8 +559,8 @@ def _return(s: Session, ef: e.Return) -> None:
         return
     if ch.confirm_upto:
         s._send_confirm_acks(ch)
-    s.write(s.proto.basic_return(ch.number, ef.reply_code, ef.reply_text, ef.exchange,
-                                 ef.routing_key, ef.properties, ef.body))
+    s.write_content(s.proto.basic_return(ch.number, ef.reply_code, ef.reply_text, ef.exchange,
+                                         ef.routing_key, ef.properties, ef.body))
 
 
 def _confirm(s: Session, ef: e.Confirm) -> None:

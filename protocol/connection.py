@@ -713,7 +713,7 @@ class ServerConnection:
         routing_key: str,
         properties: bytes,
         body: bytes,
-    ) -> bytes:
+    ) -> frames.Frames:
         return frames.deliver(
             channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key,
             properties, body, self.frame_max,
@@ -729,7 +729,7 @@ class ServerConnection:
         message_count: int,
         properties: bytes,
         body: bytes,
-    ) -> bytes:
+    ) -> frames.Frames:
         return frames.get_ok(
             channel, delivery_tag, redelivered, exchange, routing_key, message_count,
             properties, body, self.frame_max,
@@ -744,7 +744,7 @@ class ServerConnection:
         routing_key: str,
         properties: bytes,
         body: bytes,
-    ) -> bytes:
+    ) -> frames.Frames:
         return frames.basic_return(
             channel, reply_code, reply_text, exchange, routing_key, properties, body,
             self.frame_max,

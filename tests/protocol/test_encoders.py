@@ -168,3 +168,25 @@ def test_publish_roundtrip(
             prev = cut
     expected = MessagePublished(1, exchange, routing_key, False, False, props.marshal(), body)
     assert events == [expected, expected]
+
+
+@pytest.mark.parametrize("frame_max", [131072, 0])
+def test_big_body_is_written_from_the_body_itself(frame_max: int) -> None:
+    """From JOIN_MAX on, a delivery is not joined into one bytes (a copy of the whole
+    body): the encoder returns the pieces, each body piece a slice of the body."""
+    body = bytes(range(256)) * (frames.JOIN_MAX // 256 + 3)
+    conn = _conn(frame_max) if frame_max else opened(0, frame_max=0)
+    for out in (conn.deliver(1, "c", 1, False, "", "q", PROPS, body),
+                conn.get_ok(1, 1, False, "", "q", 0, PROPS, body),
+                conn.basic_return(1, 312, "NO_ROUTE", "", "q", PROPS, body)):
+        assert isinstance(out, list)
+        pieces = [p for p in out if isinstance(p, memoryview)]
+        if frame_max:
+            assert len(pieces) == -(-len(body) // (frame_max - 8))
+            assert all(p.obj is body for p in pieces)
+        else:
+            assert any(p is body for p in out)  # one body frame: the body object itself
+        _, props, got, _ = decode_content(b"".join(out))
+        assert props == PROPS and got == body
+    small = conn.deliver(1, "c", 1, False, "", "q", PROPS, body[: frames.JOIN_MAX - 1])
+    assert isinstance(small, bytes)
