@@ -165,8 +165,14 @@ def opened(ch: int = 1, **kw: Any) -> ServerConnection:
     return conn
 
 
-def decode_frames(data: bytes) -> list[tuple[int, Any]]:
+def joined(data: bytes | list[bytes | memoryview]) -> bytes:
+    """An encoder's output as one bytes (a big content comes as its pieces)."""
+    return data if isinstance(data, bytes) else b"".join(data)
+
+
+def decode_frames(data: bytes | list[bytes | memoryview]) -> list[tuple[int, Any]]:
     """Split server output into (channel, pamqp frame) pairs; checks it is exact."""
+    data = joined(data)
     out = []
     while data:
         n, ch, obj = pframe.unmarshal(data)
@@ -175,8 +181,9 @@ def decode_frames(data: bytes) -> list[tuple[int, Any]]:
     return out
 
 
-def decode_content(data: bytes) -> tuple[Any, bytes, bytes, int]:
+def decode_content(data: bytes | list[bytes | memoryview]) -> tuple[Any, bytes, bytes, int]:
     """(method, raw properties, body, number of body frames) from a method+content."""
+    data = joined(data)
     frames = decode_frames(data)
     (_, m), (_, hdr), *bodies = frames
     assert isinstance(hdr, pheader.ContentHeader)
