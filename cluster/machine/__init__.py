@@ -15,15 +15,19 @@ from cluster.machine.apply import (
     vhost_exists,
 )
 from cluster.machine.expiry import next_deadline
+from cluster.machine.names import MAX_NAME_BYTES, check_name, name_problem
 from cluster.machine.state import SNAPSHOT_FORMAT, NodeInfo, State, new_state
 
 __all__ = [
+    "MAX_NAME_BYTES",
     "SNAPSHOT_FORMAT",
     "NodeInfo",
     "State",
     "apply",
     "apply_batch",
     "channel_open",
+    "check_name",
+    "name_problem",
     "new_state",
     "next_deadline",
     "nodes",

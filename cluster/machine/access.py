@@ -37,8 +37,10 @@ import re
 
 from cluster import commands as C
 from cluster.effects import ConnectionError, Effect
-from cluster.machine.errors import ACCESS_REFUSED, CONNECTION_FORCED, error
+from cluster.machine.contain import Failed, note, report
+from cluster.machine.errors import ACCESS_REFUSED, CONNECTION_FORCED, error, rs
 from cluster.machine.lifecycle import close_connection
+from cluster.machine.names import name_problem
 from cluster.machine.queues import delete_queue
 from cluster.machine.state import Channel, Exchange, Permission, State, User, new_vhost
 
@@ -161,6 +163,8 @@ def user_delete(state: State, cmd: C.UserDelete, out: list[Effect]) -> None:
 
 
 def vhost_put(state: State, cmd: C.VHostPut, out: list[Effect]) -> None:
+    if name_problem(cmd.name) is not None:
+        return  # a vhost name is a short string (connection.open): the API refuses it first
     vh = state.vhosts.get(cmd.name)
     if vh is None:
         vh = state.vhosts[cmd.name] = new_vhost(cmd.name)
@@ -178,8 +182,13 @@ def vhost_delete(state: State, cmd: C.VHostDelete, out: list[Effect]) -> None:
         out.append(ConnectionError(conn.key, CONNECTION_FORCED,
                                    f"CONNECTION_FORCED - vhost '{cmd.name}' is deleted", 0, 0))
         close_connection(state, conn, out)
+    failed: Failed | None = None
     for q in list(vh.queues.values()):
-        delete_queue(state, q, out)
+        try:
+            delete_queue(state, q, out)
+        except Exception as exc:  # the vhost goes all the same
+            failed = note(failed, rs("queue", q.name, q.vhost), exc)
+    report(state, failed, "deleting a vhost", out)
     del state.vhosts[cmd.name]
     for key in [k for k in state.permissions if k[1] == cmd.name]:
         del state.permissions[key]

@@ -120,25 +120,24 @@ def _fault(state: State, cmd: C.Command, exc: Exception, out: list[Effect]) -> N
     """``cmd`` raised: a bug. The same bug raises at the same point on every replica,
     so whatever it changed before raising, the replicas stay equal. Its connection is
     closed with 541 (the client may have lost a reply, so it must not go on), a
-    Fault effect asks its node to log it, and the batch goes on."""
-    state.dl_pending.clear()
+    Fault effect asks its node to log it, and the batch goes on. Messages dead-lettered
+    before it raised (possibly other tenants', by a tick) are still republished."""
     node = state.origin[0] if state.origin is not None else ""
     name = type(exc).__name__
     out.append(Fault(node, describe(cmd), f"{name}: {exc}"))
     key = getattr(cmd, "ch", None) or getattr(cmd, "conn", None)
-    if not isinstance(key, tuple) or len(key) < 2:
-        return
-    conn = state.conns.get(key[:2])
-    if conn is None:
-        return
-    out.append(ConnectionError(conn.key, INTERNAL_ERROR,
-                               f"INTERNAL_ERROR - {type(cmd).__name__} failed ({name})", 0, 0))
-    try:
-        close_connection(state, conn, out)
-    except Exception as again:  # the state is too broken to close it cleanly: forget it
-        state.dl_pending.clear()
-        out.append(Fault(node, f"closing {conn.key}", f"{type(again).__name__}: {again}"))
-        state.conns.pop(conn.key, None)
+    conn = state.conns.get(key[:2]) if isinstance(key, tuple) and len(key) >= 2 else None
+    if conn is not None:
+        out.append(ConnectionError(conn.key, INTERNAL_ERROR,
+                                   f"INTERNAL_ERROR - {type(cmd).__name__} failed ({name})",
+                                   0, 0))
+        try:
+            close_connection(state, conn, out)
+        except Exception as again:  # the state is too broken to close it cleanly: forget it
+            out.append(Fault(node, f"closing {conn.key}", f"{type(again).__name__}: {again}"))
+            state.conns.pop(conn.key, None)
+    if state.dl_pending:
+        flush_dead_letters(state, out)  # each on its own: never raises
 
 
 def describe(cmd: C.Command, limit: int = 60) -> str:

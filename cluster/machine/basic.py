@@ -21,11 +21,13 @@ from cluster.machine import errors as E
 from cluster.machine.access import READ, WRITE
 from cluster.machine.errors import error, rs
 from cluster.machine.features import (
+    consumer_added,
     expire_head,
     make_slow,
     pop_head,
     run_slow,
 )
+from cluster.machine.names import check_name, name_problem
 from cluster.machine.qargs import consumer_priority, parse_expiration, validate_consume_args
 from cluster.machine.queues import (
     add_message,
@@ -64,6 +66,10 @@ def _message_ttl(props: bytes) -> int:
 def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> None:
     vh = state.vhosts[ch.vhost]
     name = cmd.exchange
+    # what the store records (with one-byte lengths) must fit a short string: the API
+    # publishes without AMQP framing (O(1) for ASCII)
+    if name_problem(cmd.routing_key) is not None or name_problem(name) is not None:
+        _bad_publish(ch, cmd)
     access.check(state, ch, WRITE, "exchange", name, E.BASIC_PUBLISH)
     if name == "":
         q = vh.queues.get(cmd.routing_key)
@@ -85,9 +91,10 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
     state.n_published += 1
     if targets:
         msg_id = state.next_msg_id
-        state.next_msg_id = msg_id + 1
-        # the bytes once, one reference per queue (enqueue takes a queue's reference)
+        # the bytes once, one reference per queue (enqueue takes a queue's reference);
+        # a put that raises has changed nothing, not even the next id
         state.store.put(msg_id, name, cmd.routing_key, props, cmd.body, len(targets))
+        state.next_msg_id = msg_id + 1
         size = len(cmd.body)
         for q in targets:
             if not add_message(state, q, msg_id, size, props, msg_ttl, out):
@@ -102,6 +109,11 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
         out.append(Confirm(ch.key, cmd.confirm_seq, not refused))
 
 
+def _bad_publish(ch: Channel, cmd: C.Publish) -> None:
+    for kind, value in (("exchange name", cmd.exchange), ("routing key", cmd.routing_key)):
+        check_name(kind, value, ch.vhost, E.BASIC_PUBLISH)
+
+
 # --- consumers -----------------------------------------------------------------------
 
 
@@ -110,6 +122,7 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
     tag = cmd.consumer_tag
     if tag in ch.consumers:
         raise error(E.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", m)
+    check_name("consumer tag", tag, ch.vhost, m)  # it goes back in every basic.deliver
     if cmd.max_consumers and len(ch.consumers) >= cmd.max_consumers:
         raise error(E.NOT_ALLOWED, f"reached maximum ({cmd.max_consumers}) of consumers per "
                                    "channel", m)
@@ -135,8 +148,10 @@ def consume(state: State, ch: Channel, cmd: C.Consume, out: list[Effect]) -> Non
             q.service = type(q.service)(sorted(q.service, key=lambda x: -x.priority))
     ch.consumers[tag] = c
     q.consumers[(ch.key, tag)] = c
-    if q.single_active and q.active_consumer is None:
-        q.active_consumer = (ch.key, tag)
+    if q.single_active:
+        consumer_added(q, c)
+        if q.active_consumer is None:
+            q.active_consumer = (ch.key, tag)
     q.had_consumer = True
     if cmd.exclusive:
         q.exclusive_consumer = True

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from cluster import commands as C
 from cluster.effects import Effect
+from cluster.machine.contain import Failed, note, report
 from cluster.machine.deadletter import is_cycle, record_death
+from cluster.machine.errors import rs
 from cluster.machine.features import expire_head, queue_deadline
 from cluster.machine.queues import add_message, delete_queue
 from cluster.machine.routing import route
@@ -27,29 +29,42 @@ def next_deadline(state: State) -> int | None:
 
 
 def expire_due(state: State, out: list[Effect]) -> None:
-    """Expire whatever is due at ``state.now_ms`` and recompute ``next_due``."""
+    """Expire whatever is due at ``state.now_ms`` and recompute ``next_due``. Each queue
+    on its own: one that raises leaves the index (``schedule`` puts it back at its next
+    use) rather than fail again at every command, and the others expire as due."""
     now = state.now_ms
     timed = state.timed
     nd: int | None = None
+    failed: Failed | None = None
     for qid in list(timed):
         q = state.queues.get(qid)
         if q is None or q.deleted:
             del timed[qid]
             continue
-        if q.expires is not None and not q.consumers and q.last_used + q.expires <= now:
-            # x-expires: deleted as by queue.delete; its messages are not dead-lettered
-            del timed[qid]
-            delete_queue(state, q, out)
+        try:
+            d = _expire_queue(state, q, now, out)
+        except Exception as exc:
+            timed.pop(qid, None)
+            failed = note(failed, rs("queue", q.name, q.vhost), exc)
             continue
-        if q.slow:
-            expire_head(state, q)
-        d = queue_deadline(q)
         if d is None:
-            del timed[qid]
+            timed.pop(qid, None)
         elif nd is None or d < nd:
             nd = d
     state.next_due = nd
+    report(state, failed, "expiring", out)
     flush_dead_letters(state, out)
+
+
+def _expire_queue(state: State, q: Queue, now: int, out: list[Effect]) -> int | None:
+    """Expire what is due in ``q``; its next deadline (None: none, or it was deleted)."""
+    if q.expires is not None and not q.consumers and q.last_used + q.expires <= now:
+        # x-expires: deleted as by queue.delete; its messages are not dead-lettered
+        delete_queue(state, q, out)
+        return None
+    if q.slow:
+        expire_head(state, q)
+    return queue_deadline(q)
 
 
 def tick(state: State, cmd: C.Tick, out: list[Effect]) -> None:
@@ -60,16 +75,22 @@ def tick(state: State, cmd: C.Tick, out: list[Effect]) -> None:
 
 def flush_dead_letters(state: State, out: list[Effect]) -> None:
     """Republish the messages dead-lettered during the current command, including
-    those dead-lettered again on arrival (rabbit_dead_letter:publish)."""
+    those dead-lettered again on arrival (rabbit_dead_letter:publish). Each on its own:
+    one that cannot be republished is dropped (a Fault says so), the others go on, and
+    so does the command that dead-lettered them. Never raises."""
     pending = state.dl_pending
-    try:
-        i = 0
-        while i < len(pending):
-            vhost, qname, dlx, dlrk, msg, reason = pending[i]
-            i += 1
+    failed: Failed | None = None
+    i = 0
+    while i < len(pending):
+        vhost, qname, dlx, dlrk, msg, reason = pending[i]
+        i += 1
+        try:
             _republish(state, vhost, qname, dlx, dlrk, msg, reason, out)
-    finally:
-        pending.clear()
+        except Exception as exc:
+            failed = note(failed, f"message {entry_id(msg)} from {rs('queue', qname, vhost)}",
+                          exc)
+    pending.clear()
+    report(state, failed, "dead-lettering", out)
 
 
 def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None, msg: Entry,
@@ -97,7 +118,7 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
     if not targets:
         return
     msg_id = state.next_msg_id
+    state.store.put(msg_id, dlx, rk, props, body, len(targets))  # raises before any change
     state.next_msg_id = msg_id + 1
-    state.store.put(msg_id, dlx, rk, props, body, len(targets))
     for t in targets:
         add_message(state, t, msg_id, len(body), props, None, out)

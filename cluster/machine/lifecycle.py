@@ -10,6 +10,8 @@ from __future__ import annotations
 from cluster import commands as C
 from cluster.effects import Effect
 from cluster.machine.bindings import delete_exchange
+from cluster.machine.contain import Failed, note, report
+from cluster.machine.errors import rs
 from cluster.machine.queues import (
     delete_queue,
     reactivate_channel,
@@ -17,7 +19,7 @@ from cluster.machine.queues import (
     return_msg,
     run_touched,
 )
-from cluster.machine.state import Channel, Connection, NodeInfo, Queue, State
+from cluster.machine.state import Channel, Connection, NodeInfo, Queue, State, entry_id
 
 
 def close_channel(state: State, ch: Channel, out: list[Effect]) -> None:
@@ -27,22 +29,33 @@ def close_channel(state: State, ch: Channel, out: list[Effect]) -> None:
 def close_channels(state: State, chs: list[Channel], out: list[Effect]) -> None:
     """Forget channels: first cancel all their consumers (no ConsumerCancelled:
     the channels are going away), then return their unacked messages, so that
-    nothing is redelivered to a channel that is closing in the same step."""
+    nothing is redelivered to a channel that is closing in the same step. Each
+    consumer and each message on its own (contain.py): the channels may be many
+    tenants' (a node down), and each is forgotten whatever one item does."""
     touched: dict[int, Queue] = {}
+    failed: Failed | None = None
     for ch in chs:
         del state.channels[ch.key]
         conn = state.conns.get(ch.key[:2])
         if conn is not None:
             conn.channels.pop(ch.key[2], None)
         for c in list(ch.consumers.values()):
-            remove_consumer(state, c, out, notify=False, touched=touched)
+            try:
+                remove_consumer(state, c, out, notify=False, touched=touched)
+            except Exception as exc:
+                failed = note(failed, f"consumer '{c.tag}' of channel {ch.key}", exc)
     for ch in chs:
         for q, msg, _c in ch.unacked.values():
-            return_msg(state, q, msg)
+            try:
+                return_msg(state, q, msg)
+            except Exception as exc:
+                failed = note(failed, f"message {entry_id(msg)} unacked on channel {ch.key}",
+                              exc)
             if not q.deleted:
                 touched[q.qid] = q
         ch.unacked.clear()
         ch.global_unacked = 0
+    report(state, failed, "closing channels", out)
     run_touched(state, touched, out)
 
 
@@ -56,12 +69,17 @@ def close_connections(state: State, conns: list[Connection], out: list[Effect]) 
     close_channels(state, chs, out)
     for conn in conns:
         del state.conns[conn.key]
+    failed: Failed | None = None
     for conn in conns:
         for qid in list(conn.exclusive_queues):
             q = state.queues.get(qid)
             if q is not None:
-                delete_queue(state, q, out)
+                try:
+                    delete_queue(state, q, out)
+                except Exception as exc:
+                    failed = note(failed, rs("exclusive queue", q.name, q.vhost), exc)
         conn.exclusive_queues.clear()
+    report(state, failed, "closing connections", out)
 
 
 def _incarnation_of(state: State, node: str) -> int:
@@ -126,15 +144,23 @@ def _forget_node(state: State, node: str, doomed: object, out: list[Effect]) -> 
     assert callable(doomed)
     close_connections(
         state, [c for k, c in state.conns.items() if k[0] == node and doomed(c.incarnation)], out)
+    failed: Failed | None = None
     for q in [q for q in state.queues.values()
               if not q.durable and q.home[0] == node and doomed(q.home[1])]:
         if not q.deleted:
-            delete_queue(state, q, out)
+            try:
+                delete_queue(state, q, out)
+            except Exception as exc:
+                failed = note(failed, rs("transient queue", q.name, q.vhost), exc)
     for vh in state.vhosts.values():
         for ex in [x for x in vh.exchanges.values()
                    if not x.durable and x.home[0] == node and doomed(x.home[1])]:
             if ex.name in vh.exchanges:
-                delete_exchange(state, vh, ex, out)
+                try:
+                    delete_exchange(state, vh, ex, out)
+                except Exception as exc:
+                    failed = note(failed, rs("transient exchange", ex.name, vh.name), exc)
+    report(state, failed, f"forgetting node {node}", out)
 
 
 def alarm_set(state: State, cmd: C.AlarmSet, out: list[Effect]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster.machine import errors as E
 from cluster.machine.errors import error, rs
+from cluster.machine.names import name_problem
 from cluster.machine.state import Queue
 
 MAX_EXPIRY = 4294967295  # rabbit_misc's ?MAX_EXPIRY_TIMER
@@ -96,8 +97,19 @@ def _longstr(v: Any, _args: dict[str, Any]) -> str | None:
     return None if isinstance(v, str | bytes) else f"{{unacceptable_type,{type_name(v)}}}"
 
 
-def _dlrk(v: Any, args: dict[str, Any]) -> str | None:
+def _short(v: Any, args: dict[str, Any]) -> str | None:
+    """A long string that becomes a name or a routing key (dead-lettering): it must fit
+    the short string it becomes (names.py), as decoded (invalid UTF-8 in bytes grows)."""
     err = _longstr(v, args)
+    if err is None:
+        problem = name_problem(text(v))
+        if problem is not None:
+            return f"{{value_too_long,{problem}}}"
+    return err
+
+
+def _dlrk(v: Any, args: dict[str, Any]) -> str | None:
+    err = _short(v, args)
     if err is None and "x-dead-letter-exchange" not in args:
         return "routing_key_but_no_dlx_defined"
     return err
@@ -127,7 +139,7 @@ def _bool(v: Any, _args: dict[str, Any]) -> str | None:
 _QUEUE_CHECKS: tuple[tuple[str, _Check], ...] = (
     ("x-expires", _expires),
     ("x-message-ttl", _message_ttl),
-    ("x-dead-letter-exchange", _longstr),
+    ("x-dead-letter-exchange", _short),
     ("x-dead-letter-routing-key", _dlrk),
     ("x-max-length", _non_neg_int),
     ("x-max-length-bytes", _non_neg_int),

@@ -7,7 +7,10 @@ head consumer, gives it the next message if it still has credit, and puts it
 back at the tail: round robin without scanning all consumers per message.
 Consumers out of credit (per-consumer prefetch, channel-wide prefetch, or
 channel.flow off) drop out of the deque when reached, and are put back by
-``reactivate`` when credit frees up.
+``reactivate`` when credit frees up. A removed consumer stays in the deque, marked
+out of service, until it is reached or the deque is compacted (once such entries
+outnumber the live ones): removal is O(1) amortised, so closing a connection with
+n consumers costs O(n), not O(n²).
 
 Queues with TTLs, length limits, priorities or consumer priorities (``q.slow``)
 take the feature-aware paths in :mod:`cluster.machine.features`; a plain queue
@@ -20,6 +23,8 @@ import heapq
 
 from cluster.effects import ConsumerCancelled, Deliver, Effect
 from cluster.machine.bindings import remove_binding
+from cluster.machine.contain import Failed, note, report
+from cluster.machine.errors import rs
 from cluster.machine.features import (
     dead_letter,
     enqueue,
@@ -58,6 +63,9 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
     store = state.store
     while service and (q.ready or q.returned):
         c = service.popleft()
+        if not c.in_service:  # removed meanwhile
+            q.service_stale -= 1
+            continue
         ch = channels[c.ch]
         if not has_credit(c, ch):
             c.in_service = False
@@ -124,9 +132,16 @@ def reactivate_channel(state: State, ch: Channel, touched: dict[int, Queue]) -> 
 
 
 def run_touched(state: State, touched: dict[int, Queue], out: list[Effect]) -> None:
+    """Run each queue on its own: one that raises (a bug) does not keep the others, or
+    the command that touched them, from going on (contain.py)."""
+    failed: Failed | None = None
     for q in touched.values():
         if not q.deleted:
-            run_queue(state, q, out)
+            try:
+                run_queue(state, q, out)
+            except Exception as exc:
+                failed = note(failed, rs("queue", q.name, q.vhost), exc)
+    report(state, failed, "delivering", out)
 
 
 def return_msg(state: State, q: Queue, entry: Entry) -> None:
@@ -192,8 +207,10 @@ def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool,
     if c.exclusive:
         q.exclusive_consumer = False
     if c.in_service:
-        c.in_service = False
-        q.service = type(q.service)(x for x in q.service if x is not c)
+        c.in_service = False  # left where it is: skipped when reached
+        q.service_stale += 1
+        if 2 * q.service_stale > len(q.service):
+            compact_service(q)
     if notify:
         out.append(ConsumerCancelled(c.ch, c.tag))
     if q.auto_delete and q.had_consumer and not q.consumers:
@@ -209,6 +226,13 @@ def remove_consumer(state: State, c: Consumer, out: list[Effect], notify: bool,
                 run_touched(state, local, out)
     if not q.consumers:
         touch(state, q)
+
+
+def compact_service(q: Queue) -> None:
+    """Drop the removed consumers' entries from the service deque, in one pass (done when
+    they are over half of it, so each removal pays O(1) amortised)."""
+    q.service = type(q.service)(x for x in q.service if x.in_service)
+    q.service_stale = 0
 
 
 def drop_ready(state: State, q: Queue) -> None:
@@ -243,6 +267,8 @@ def delete_queue(state: State, q: Queue, out: list[Effect]) -> int:
             out.append(ConsumerCancelled(c.ch, c.tag))
     q.consumers.clear()
     q.service.clear()
+    q.service_stale = 0
+    q.sac = None
     drop_ready(state, q)
     if q.exclusive_owner is not None:
         conn = state.conns.get(q.exclusive_owner)

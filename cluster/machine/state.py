@@ -118,7 +118,9 @@ class Consumer:
     prefetch: int  # 0 = unlimited (per-consumer basic.qos global=false)
     arguments: dict[str, Any]
     unacked: int = 0
-    in_service: bool = False  # currently in its queue's service deque
+    # in its queue's service deque; a removed consumer may still sit there, with this
+    # False, until the deque reaches it (Queue.service_stale)
+    in_service: bool = False
     active: bool = True  # False once cancelled (unacked entries may still point here)
     priority: int = 0  # x-priority consume argument: higher is served first
     # no-ack deliveries the node has not yet reported written (Sent); at most NOACK_WINDOW
@@ -148,8 +150,12 @@ class Queue:
     returned: list[tuple[int, Msg]] = field(default_factory=list)
     consumers: dict[tuple[ChKey, str], Consumer] = field(default_factory=dict)
     # Round-robin service order of consumers that (probably) have credit; entries
-    # without credit are dropped lazily when reached.
+    # without credit are dropped lazily when reached, and so are consumers removed
+    # meanwhile (``in_service`` False): removing one is O(1), not a rebuild of the deque.
     service: deque[Consumer] = field(default_factory=deque)
+    # entries of ``service`` whose consumer was removed; compacted once they outnumber
+    # the others (queues.remove_consumer)
+    service_stale: int = 0
     unacked: int = 0  # checked out to a channel, not settled
     had_consumer: bool = False  # auto-delete only fires after a first consumer
     exclusive_consumer: bool = False
@@ -178,9 +184,20 @@ class Queue:
     n_delivered: int = 0  # deliveries and basic.get-oks, redeliveries included
     n_redelivered: int = 0
     n_acked: int = 0
+    # Derived: single active consumer's succession order (features.next_active), rebuilt
+    # from ``consumers`` on demand; not pickled.
+    sac: Any = field(default=None, compare=False, repr=False)
 
     def ready_count(self) -> int:
         return len(self.ready) + len(self.returned)
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["sac"] = None
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)  # fields added since: their class default (service_stale)
 
 
 @dataclass(eq=True)

@@ -31,6 +31,7 @@ from cluster.machine.access import CONFIGURE, READ, WRITE
 from cluster.machine.bindings import add_binding, delete_exchange, remove_binding
 from cluster.machine.errors import AMQPError, error, rs
 from cluster.machine.features import touch
+from cluster.machine.names import check_name, name_problem
 from cluster.machine.qargs import configure, text, type_name, validate_queue_args
 from cluster.machine.queues import delete_queue, drop_ready
 from cluster.machine.routing import freeze, x_match_valid
@@ -141,6 +142,7 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
             raise error(E.COMMAND_INVALID, f"unknown exchange type '{cmd.type}'", m)
         if name == "":
             raise E.default_exchange_refused(m)
+        check_name("exchange name", name, ch.vhost, m)
         access.check(state, ch, CONFIGURE, "exchange", name, m)
         ex = vh.exchanges.get(name)
         if ex is None:
@@ -153,6 +155,11 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
                 raise error(E.PRECONDITION_FAILED,
                                 f"invalid type '{type_name(ae)}' for arg 'alternate-exchange' "
                                 f"in {rs('exchange', name, ch.vhost)}", m)
+            problem = name_problem(text(ae)) if ae is not None else None
+            if problem is not None:  # an exchange name once routed to
+                raise error(E.PRECONDITION_FAILED,
+                            f"invalid arg 'alternate-exchange' for "
+                            f"{rs('exchange', name, ch.vhost)}: {{value_too_long,{problem}}}", m)
             if ae is not None:
                 access.check(state, ch, READ, "exchange", name, m)
                 access.check(state, ch, WRITE, "exchange", text(ae), m)
@@ -213,6 +220,7 @@ def exchange_bind(state: State, ch: Channel, cmd: C.ExchangeBind, out: list[Effe
     if cmd.destination not in vh.exchanges:
         raise E.no_exchange(cmd.destination, ch.vhost, m)
     _check_headers_args(source, cmd.arguments, m)
+    check_name("routing key", cmd.routing_key, ch.vhost, m)
     add_binding(vh, source, (True, cmd.destination), cmd.routing_key, cmd.arguments)
     if not cmd.nowait:
         out.append(ExchangeBindOk(ch.key))
@@ -253,6 +261,8 @@ def queue_declare(state: State, ch: Channel, cmd: C.QueueDeclare, out: list[Effe
         elif name.startswith("amq."):
             raise error(E.ACCESS_REFUSED,
                             f"queue name '{name}' contains reserved prefix 'amq.*'", m)
+        else:
+            check_name("queue name", name, ch.vhost, m)
         access.check(state, ch, CONFIGURE, "queue", name, m)
         found = vh.queues.get(name)
         if found is None:
@@ -316,6 +326,7 @@ def queue_bind(state: State, ch: Channel, cmd: C.QueueBind, out: list[Effect]) -
     access.check_topic(state, ch, READ, source, routing_key, m)
     q = lookup_queue(state, ch, name, m)
     _check_headers_args(source, cmd.arguments, m)
+    check_name("routing key", routing_key, ch.vhost, m)
     add_binding(vh, source, (False, q.name), routing_key, cmd.arguments)
     if not cmd.nowait:
         out.append(QueueBindOk(ch.key))
