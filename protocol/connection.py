@@ -35,6 +35,7 @@ from protocol.constants import (
     FRAME_MIN_SIZE,
     NOT_ALLOWED,
     NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
     PROTOCOL_HEADER,
     UNEXPECTED_FRAME,
 )
@@ -50,7 +51,7 @@ from protocol.events import (
     ProtocolHeaderReceived,
     _NeedData,
 )
-from protocol.fields import truncate_short
+from protocol.fields import ARGUMENTS_MAX_BYTES, ARGUMENTS_MAX_ITEMS, count_items, truncate_short
 from protocol.methods import METHODS, DecodeError, decode_method
 
 _FRAME_HDR = struct.Struct(">BHI")
@@ -79,6 +80,13 @@ _PUBLISH = _idx(60, 40)
 _ACK = _idx(60, 80)
 _REJECT = _idx(60, 90)
 _NACK = _idx(60, 120)
+
+# Methods carrying an arguments table (bounded: protocol/fields.py ARGUMENTS_MAX_*).
+_WITH_ARGUMENTS = frozenset({
+    _idx(40, 10), _idx(40, 30), _idx(40, 40),  # exchange.declare / bind / unbind
+    _idx(50, 10), _idx(50, 20), _idx(50, 50),  # queue.declare / bind / unbind
+    _idx(60, 20),  # basic.consume
+})  # fmt: skip
 
 # Methods a client may send on an open channel (spec chassis "server", plus
 # RabbitMQ's extensions). Known but server-to-client methods -> 503, as
@@ -469,7 +477,26 @@ class ServerConnection:
                 NOT_IMPLEMENTED, f"unknown method {class_id}.{index & 0xFFFF}",
                 class_id, index & 0xFFFF,
             )  # fmt: skip
+        if index in _WITH_ARGUMENTS:
+            return MethodReceived(ch, self._decode_with_arguments(ch, index, buf, start, end))
         return MethodReceived(ch, self._decode(index, buf, start + 4, end))
+
+    def _decode_with_arguments(self, ch: int, index: int, buf: bytes | bytearray, start: int,
+                               end: int) -> base.Frame:
+        """Whatever frame_max was negotiated, a declare / bind / consume carries no more
+        than ARGUMENTS_MAX_BYTES, and its table no more than ARGUMENTS_MAX_ITEMS: a soft
+        406 for that channel, as RabbitMQ refuses arguments it does not accept."""
+        ids = index >> 16, index & 0xFFFF
+        if end - start > ARGUMENTS_MAX_BYTES:
+            raise ChannelError(ch, PRECONDITION_FAILED, "method of "
+                               f"{end - start} bytes; at most {ARGUMENTS_MAX_BYTES} with "
+                               "arguments", *ids)
+        method = self._decode(index, buf, start + 4, end)
+        arguments = getattr(method, "arguments", None)
+        if arguments and count_items(arguments, ARGUMENTS_MAX_ITEMS) > ARGUMENTS_MAX_ITEMS:
+            raise ChannelError(ch, PRECONDITION_FAILED, "arguments table with more than "
+                               f"{ARGUMENTS_MAX_ITEMS} keys and array elements", *ids)
+        return method
 
     def _on_unopened_channel(self, ch: int, chstate: int, index: int, buf: bytes | bytearray,
                              start: int, end: int) -> Event | None:

@@ -24,6 +24,13 @@ import struct
 from typing import Any
 
 MAX_DEPTH = 64  # nested tables / arrays; RabbitMQ sets none, real headers use 2-3
+# The arguments of a declare, bind or consume are replicated to every node and kept in
+# the state (per queue, binding, consumer), decoded: a 128 KiB table of 40,000 voids
+# is 4 MB there. RabbitMQ bounds them by frame_max only. Ours: what the default
+# frame_max carries, and no more than this many keys and array elements at every level
+# (the management API applies the same numbers, node/mgmt_input.py).
+ARGUMENTS_MAX_BYTES = 131072
+ARGUMENTS_MAX_ITEMS = 1024
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -420,3 +427,19 @@ def truncate_short(text: str) -> str:
     if len(raw) <= 255:
         return text
     return raw[:255].decode("utf-8", "ignore")
+
+
+def count_items(value: Any, limit: int) -> int:
+    """Keys and array elements of ``value`` at every level, counted up to just past
+    ``limit`` (a caller comparing with ``limit`` need not walk the rest)."""
+    n = 0
+    stack = [value]
+    while stack and n <= limit:
+        v = stack.pop()
+        if isinstance(v, dict):
+            n += len(v)
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            n += len(v)
+            stack.extend(v)
+    return n

@@ -91,3 +91,19 @@ def test_uncommitted_transaction_is_bounded(broker):
         _open(c, 2)  # the connection is fine
         q = _exclusive_queue(c, 2)
         assert q
+
+
+def test_oversized_arguments_table_closes_only_its_channel(broker):
+    """A queue.declare whose arguments hold more than 1,024 keys and array elements is
+    refused before anything is replicated: 406 for that channel, the connection goes on."""
+    with RawClient(broker.host, broker.port) as c:
+        c.handshake()
+        _open(c, 1)
+        c.send_frame(1, commands.Queue.Declare(
+            queue="", exclusive=True, arguments={f"x-k{i}": i for i in range(1025)}))
+        ch, close = c.recv_method()
+        assert isinstance(close, commands.Channel.Close), close
+        assert (ch, close.reply_code, close.class_id, close.method_id) == (1, 406, 50, 10)
+        c.send_frame(1, commands.Channel.CloseOk())
+        _open(c, 2)
+        assert _exclusive_queue(c, 2)

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 from pamqp import base, commands
 
-from protocol import AMQPConnectionError, AMQPError, MessagePublished, MethodReceived
+from protocol import (
+    AMQPConnectionError,
+    AMQPError,
+    MessagePublished,
+    MethodReceived,
+    ServerConnection,
+)
 from protocol.constants import FRAME_ERROR, RESOURCE_ERROR
 from protocol.methods import build, decode_method, encode_method
 from tests.protocol.client import (
@@ -17,6 +23,7 @@ from tests.protocol.client import (
     body_frame,
     decode_frames,
     feed,
+    handshake,
     method,
     open_channel,
     opened,
@@ -137,3 +144,51 @@ def test_incomplete_and_frames_parsed() -> None:
     conn.receive_data(frame[5:])
     assert isinstance(conn.next_event(), MethodReceived)
     assert not conn.incomplete and conn.frames_parsed == before + 1
+
+
+# --- arguments tables (declare, bind, consume) -----------------------------------------
+
+_WITH_ARGS: list[tuple[Any, tuple[int, int]]] = [
+    (lambda a: commands.Queue.Declare(queue="q", arguments=a), (50, 10)),
+    (lambda a: commands.Exchange.Declare(exchange="x", arguments=a), (40, 10)),
+    (lambda a: commands.Queue.Bind(queue="q", exchange="x", arguments=a), (50, 20)),
+    (lambda a: commands.Queue.Unbind(queue="q", exchange="x", arguments=a), (50, 50)),
+    (lambda a: commands.Exchange.Bind(destination="d", source="s", arguments=a), (40, 30)),
+    (lambda a: commands.Exchange.Unbind(destination="d", source="s", arguments=a), (40, 40)),
+    (lambda a: commands.Basic.Consume(queue="q", arguments=a), (60, 20)),
+]
+
+
+@pytest.mark.parametrize(("make", "ids"), _WITH_ARGS)
+def test_arguments_table_items_are_bounded(make: Any, ids: tuple[int, int]) -> None:
+    """1,024 keys and array elements (every level counted) pass; one more is a soft 406
+    for that channel, and the next method on another channel is parsed as usual."""
+    conn = opened(1)
+    conn.receive_data(open_channel(2))
+    assert isinstance(conn.next_event(), MethodReceived)
+    at_limit = {f"k{i}": i for i in range(1000)} | {"nested": {"a": list(range(22))}}
+    over = {f"k{i}": i for i in range(1000)} | {"nested": {"a": list(range(23))}}
+    events = feed(conn, method(1, make(at_limit)) + method(1, make(over))
+                  + method(2, commands.Basic.Qos(prefetch_count=5)))
+    assert isinstance(events[0], MethodReceived) and events[0].method.arguments == at_limit
+    err = events[1]
+    assert isinstance(err, AMQPError) and not err.hard
+    assert (err.reply_code, err.class_id, err.method_id) == (406, *ids)
+    assert "more than 1024 keys and array elements" in err.reply_text
+    assert isinstance(events[2], MethodReceived) and events[2].channel == 2
+
+
+def test_method_with_arguments_is_bounded_whatever_frame_max() -> None:
+    """With --frame-max 0 (no limit) a declare could carry any table: it is refused past
+    128 KiB (the default frame_max), as the management API refuses such arguments."""
+    conn = ServerConnection(frame_max=0)
+    events = feed(conn, handshake(frame_max=0) + open_channel(1))
+    assert not [e for e in events if isinstance(e, Exception)]
+    fits: dict[str, Any] = {"x-big": "v" * (131072 - 200)}
+    too_big: dict[str, Any] = {"x-big": "v" * 131072}
+    events = feed(conn, method(1, commands.Queue.Declare(queue="q", arguments=fits))
+                  + method(1, commands.Queue.Declare(queue="q", arguments=too_big)))
+    assert isinstance(events[0], MethodReceived)
+    err = events[1]
+    assert isinstance(err, AMQPError) and (err.reply_code, err.class_id) == (406, 50)
+    assert "at most 131072 with arguments" in err.reply_text
