@@ -181,6 +181,7 @@ class AMQPConnection(asyncio.Protocol):
         self._last_recv = time.monotonic()
         if self._draining:
             return
+        self.session.received(len(data))
         try:
             self.proto.receive_data(data)
         except Exception:
@@ -242,8 +243,8 @@ class AMQPConnection(asyncio.Protocol):
             self._stall_since = now
 
     def _hold_for_publishes(self, hold: bool) -> None:
-        """Its publishes in Raft are past PUBLISH_WINDOW (node/session.py): read no more
-        until they are applied."""
+        """It sent INPUT_WINDOW bytes ahead of what is applied (node/session.py): read
+        no more until its commands are."""
         if hold:
             self.pause_reading("publish")
         else:

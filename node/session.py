@@ -41,11 +41,12 @@ SENT_BATCH = NOACK_WINDOW // 4
 # past it closes its channel with 406, as a message past max_message_size does.
 TX_MAX_BYTES = 128 << 20  # message bodies and properties (RabbitMQ's max_message_size)
 TX_MAX_COMMANDS = 65536
-# Publish bytes of one connection proposed but not yet applied, before its socket is
-# read no more until they are: a client publishing faster than the cluster commits
-# (or a slow follower forwarding to the leader) grows Raft's in-flight entries, not
-# without bound. Far above what a commit round trip carries at full speed.
-PUBLISH_WINDOW = 16 << 20
+# Bytes one connection may send ahead of what the cluster has applied: past them its
+# socket is not read until the commands proposed so far are applied. A client
+# pipelining publishes, basic.gets or declares faster than the cluster commits (or
+# than a follower forwards to the leader) would otherwise grow Raft's in-flight
+# entries without bound. Far above what a commit round trip carries at full speed.
+INPUT_WINDOW = 16 << 20
 
 Propose = Callable[[c.Command], None]
 
@@ -109,7 +110,7 @@ class Session:
         replies sent outside a dispatch, which flushes by itself). ``turn`` and
         ``settled`` are the proposer's (cluster/proposer.py): replies made here wait
         behind the effects of what the channel proposed before. ``hold_reading(True)``
-        stops reading the socket until ``hold_reading(False)`` (PUBLISH_WINDOW).
+        stops reading the socket until ``hold_reading(False)`` (INPUT_WINDOW).
         ``write_parts`` buffers the pieces of a big content (protocol.frames.JOIN_MAX)
         unjoined (default: joined, then ``write``)."""
         self.conn = conn
@@ -138,7 +139,7 @@ class Session:
         self.writable = True
         self.tx_bytes = 0  # uncommitted, all channels (TX_MAX_BYTES)
         self.tx_commands = 0  # likewise (TX_MAX_COMMANDS)
-        self.unapplied = 0  # publish bytes proposed, not yet applied (PUBLISH_WINDOW)
+        self.unapplied = 0  # bytes read since the last apply (INPUT_WINDOW)
         self.held = False  # reading held until they are
 
     # --- client -> node ---------------------------------------------------------------
@@ -175,8 +176,6 @@ class Session:
             return
         self.propose(cmd)
         ch.last_turn = self.turn()
-        if size:
-            self._count_unapplied(size)
 
     def _buffer_tx(self, ch: Channel, cmd: c.Command, size: int) -> None:
         if self.tx_bytes + size > TX_MAX_BYTES or self.tx_commands >= TX_MAX_COMMANDS:
@@ -197,12 +196,14 @@ class Session:
         ch.tx_commands, ch.tx_bytes = [], 0
         return cmds
 
-    def _count_unapplied(self, size: int) -> None:
+    def received(self, size: int) -> None:
+        """``size`` bytes read from the client (before they are parsed)."""
         self.unapplied += size
-        if self.unapplied > PUBLISH_WINDOW and not self.held:
+        if self.unapplied > INPUT_WINDOW and not self.held:
             self.held = True
             self.hold_reading(True)
-            # every publish read so far joined this turn's entry (reading stops now)
+            # what they carry joins this turn's entry (reading stops now); a content
+            # still incomplete waits for the next read anyway
             self.after_apply(self._applied)
 
     def _applied(self) -> None:
@@ -462,11 +463,8 @@ def _tx_commit(s: Session, ch: Channel, m: Any) -> None:
         raise ChannelError(ch.number, PRECONDITION_FAILED,
                            "PRECONDITION_FAILED - channel is not transactional", 90, 20)
     # The whole transaction goes into one Raft entry: applied atomically.
-    size = ch.tx_bytes
     for cmd in s._take_tx(ch):
         s.propose(cmd)
-    if size:
-        s._count_unapplied(size)
     number = ch.number
 
     def reply() -> None:

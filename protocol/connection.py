@@ -227,6 +227,7 @@ class ServerConnection:
         # and all unfinished contents of one connection together (its channels
         # may interleave them) may not announce more than this either.
         self.max_message_size = max_message_size
+        self._unlimited_frame = max(max_message_size, FRAME_MIN_SIZE)
         # Negotiated values (set by tune-ok). Until then frames up to
         # frame-min-size must be accepted (spec), and RabbitMQ accepts no more.
         self.frame_max = FRAME_MIN_SIZE
@@ -310,11 +311,14 @@ class ServerConnection:
                 return NEED_DATA
             ftype, ch, size = _FRAME_HDR.unpack_from(buf, pos)
             # RabbitMQ tolerates payloads up to frame_max (not frame_max - 8):
-            # several clients get the overhead wrong. We do the same.
-            if size > self.frame_max and self.frame_max:
+            # several clients get the overhead wrong. We do the same. frame_max 0
+            # ("no limit") still buffers no frame larger than a whole message.
+            if size > (self.frame_max or self._unlimited_frame):
                 raise self._hard(
                     FRAME_ERROR,
-                    f"frame payload {size} larger than negotiated frame_max {self.frame_max}",
+                    f"frame payload {size} larger than negotiated frame_max {self.frame_max}"
+                    if self.frame_max else f"frame payload {size} larger than the largest "
+                    f"message ({self.max_message_size}) with frame_max 0",
                     framing_lost=True,
                 )
             end = pos + 7 + size

@@ -172,29 +172,24 @@ def test_uncommitted_transaction_bytes_are_bounded(
     assert h.s.tx_bytes == 902 and not any(isinstance(c, C.Publish) for c in h.proposed)
 
 
-def test_publishes_past_the_window_hold_reading_until_applied(
+def test_input_past_the_window_holds_reading_until_applied(
         h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client publishing faster than the cluster applies: past PUBLISH_WINDOW bytes
-    proposed and not applied, its socket is not read until they are."""
-    monkeypatch.setattr(session, "PUBLISH_WINDOW", 1000)
+    """A client sending faster than the cluster applies (publishes, basic.gets, declares
+    pipelined): past INPUT_WINDOW bytes read since the last apply, its socket is not
+    read until what it sent is applied."""
+    monkeypatch.setattr(session, "INPUT_WINDOW", 1000)
     holds: list[bool] = []
     h.s.hold_reading = holds.append
-    h.open(1)
     for _ in range(3):
-        _tx_publish(h, 1, b"m" * 300)
+        h.s.received(300)
     assert holds == [] and not h.hooks
-    _tx_publish(h, 1, b"m" * 300)  # 4 x 302 bytes > 1000
-    _tx_publish(h, 1, b"m" * 300)  # already held: no second hold
+    h.s.received(300)  # 1,200 bytes > 1,000
+    h.s.received(300)  # already held: no second hold
     assert holds == [True] and len(h.hooks) == 1
-    h.hooks.pop()()  # the entry holding them is applied
+    h.hooks.pop()()  # the entry holding what they carried is applied
     assert holds == [True, False] and h.s.unapplied == 0
-    # a transaction's commit counts the same way
-    h.s.on_event(MethodReceived(1, spec.Tx.Select()))
-    for _ in range(4):
-        _tx_publish(h, 1, b"t" * 300)
+    h.s.received(999)
     assert holds == [True, False]
-    h.s.on_event(MethodReceived(1, spec.Tx.Commit()))
-    assert holds == [True, False, True]
 
 
 def test_a_big_delivery_is_written_in_pieces_of_the_stored_body(h: Harness) -> None:

@@ -192,3 +192,18 @@ def test_method_with_arguments_is_bounded_whatever_frame_max() -> None:
     err = events[1]
     assert isinstance(err, AMQPError) and (err.reply_code, err.class_id) == (406, 50)
     assert "at most 131072 with arguments" in err.reply_text
+
+
+def test_frame_max_zero_still_bounds_a_frame_by_the_largest_message() -> None:
+    """frame_max 0 negotiated (no limit on either side): a frame announcing more than a
+    whole message may carry is a framing error at once, before it is buffered."""
+    conn = ServerConnection(frame_max=0, max_message_size=1 << 20)
+    events = feed(conn, handshake(frame_max=0) + open_channel(1))
+    assert not [e for e in events if isinstance(e, Exception)] and conn.frame_max == 0
+    ok = publish_with(1, b"\x00\x00", b"y" * (1 << 20))  # one body frame of 1 MiB
+    events = feed(conn, ok)
+    assert isinstance(events[0], MessagePublished) and len(events[0].body) == 1 << 20
+    events = feed(conn, raw(1, 1, b"")[:3] + struct.pack(">I", (1 << 20) + 1) + b"\x00")
+    [err] = events
+    assert isinstance(err, AMQPConnectionError) and err.reply_code == FRAME_ERROR
+    assert err.framing_lost and "with frame_max 0" in err.reply_text
