@@ -1,0 +1,207 @@
+"""RabbitMQ's query parameters on list endpoints, as pure functions over built items:
+``name`` (a case-insensitive substring, or with ``use_regex=true`` a regular expression
+searched case-insensitively: rabbit_mgmt_util's ``re:run(Value, Re, [caseless])``),
+``sort`` / ``sort_reverse``, ``columns``, and ``page`` / ``page_size`` (at most 500).
+
+Every cost here is bounded by what the request asks of the items the user can see:
+
+* a user's regular expression runs on RE2 (linear in the name, no backtracking: ``(a+)+$``
+  stalled the event loop 33 s under Python's ``re``), at most PATTERN_MAX characters, and
+  the whole filter within FILTER_BUDGET_S (checked per item);
+* sorting never raises: any two JSON values compare, in Erlang's term order as
+  RabbitMQ sorts them (numbers < atoms < objects < arrays < strings), nesting cut off at
+  SORT_DEPTH;
+* the caller (node/mgmt_objects.py) runs ``finish`` off the event loop for big lists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import re2
+
+PATTERN_MAX = 1000  # characters of a ``name`` filter
+FILTER_BUDGET_S = 5.0  # wall time one regex filter may take over a whole listing
+PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 100, 500  # rabbit_mgmt_util's
+SORT_DEPTH = 8  # nesting a sort key looks into (beyond: compared as its JSON text)
+DEFAULT_SORT = ("vhost", "name")  # merged after the user's sort key, as RabbitMQ's
+
+
+class QueryError(ValueError):
+    """A bad query parameter: the reason goes back as a 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    name: str | None = None
+    use_regex: bool = False
+    sort: tuple[tuple[str, ...], ...] = ()
+    reverse: bool = False
+    columns: tuple[tuple[str, ...], ...] = ()
+    page: int | None = None
+    page_size: int = PAGE_SIZE_DEFAULT
+
+
+def parse(q: Mapping[str, str]) -> Query:
+    """The listing parameters of a query string; raises QueryError."""
+    name = q.get("name") or None
+    use_regex = q.get("use_regex", "").lower() == "true"
+    if name is not None and len(name) > PATTERN_MAX:
+        raise QueryError(f"name filter longer than {PATTERN_MAX} characters")
+    sort: tuple[tuple[str, ...], ...] = ()
+    if q.get("sort"):
+        first = q["sort"]
+        sort = tuple(tuple(k for k in s.split(".") if k) or (s,)
+                     for s in (first, *(d for d in DEFAULT_SORT if d != first)))
+    columns = tuple(tuple(c.split(".")) for c in q.get("columns", "").split(",") if c)
+    page, size = None, PAGE_SIZE_DEFAULT
+    if "page" in q:
+        try:
+            page, size = int(q["page"]), int(q.get("page_size", PAGE_SIZE_DEFAULT))
+        except ValueError:
+            raise QueryError("page and page_size must be integers") from None
+        if page < 1 or not 1 <= size <= PAGE_SIZE_MAX:
+            raise QueryError(f"invalid pagination parameters: page number {page}, page size "
+                             f"{size} (page >= 1, page_size 1 to {PAGE_SIZE_MAX})")
+    return Query(name, use_regex, sort, q.get("sort_reverse") == "true", columns, page, size)
+
+
+# --- the name filter ------------------------------------------------------------------------
+
+
+def matcher(pattern: str, use_regex: bool) -> Callable[[str], bool]:
+    """RabbitMQ's name filter: case-insensitive substring, or regex search. A pattern RE2
+    cannot run is a QueryError saying why (also when Python's re would have taken it:
+    backreferences and lookaround have no linear-time algorithm, so RE2 has neither)."""
+    if not use_regex:
+        folded = pattern.casefold()
+        return lambda s: folded in s.casefold()
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False  # a user's bad pattern is a 400, not a line on stderr
+    try:
+        compiled = re2.compile(pattern, options)
+    except re2.error as e:
+        reason = e.args[0].decode(errors="replace") if e.args and isinstance(
+            e.args[0], bytes) else str(e)
+        if _python_accepts(pattern):
+            reason += (" (name filters run on RE2, in time linear in the name: it has no "
+                       "backreferences or lookaround)")
+        raise QueryError(f"invalid regular expression in name: {reason}") from None
+    search = compiled.search
+    return lambda s: search(s) is not None
+
+
+def _python_accepts(pattern: str) -> bool:
+    try:
+        re.compile(pattern)  # compiling only (matching is what backtracks)
+    except (re.error, RecursionError, OverflowError):
+        return False
+    return True
+
+
+def filter_names(items: Sequence[dict[str, Any]], match: Callable[[str], bool],
+                 budget_s: float = FILTER_BUDGET_S,
+                 clock: Callable[[], float] = time.monotonic) -> list[dict[str, Any]]:
+    deadline = clock() + budget_s
+    out = []
+    for i in items:
+        if clock() > deadline:
+            raise QueryError(f"the name filter took longer than {budget_s:g}s over "
+                             f"{len(items)} items: use a simpler pattern")
+        name = i.get("name")
+        if match(name if isinstance(name, str) else str(name if name is not None else "")):
+            out.append(i)
+    return out
+
+
+# --- sorting --------------------------------------------------------------------------------
+
+
+def _term(v: Any, depth: int = 0) -> tuple[Any, ...]:
+    """A sort key for any JSON value, total over them all: Erlang's term order as
+    RabbitMQ's sort_list sees JSON (number < atom < map < list < binary); booleans and
+    null are atoms (false < null < true, by name)."""
+    if isinstance(v, bool):
+        return (1, "true" if v else "false")
+    if isinstance(v, int | float):
+        return (0, v) if v == v else (0, float("inf"))  # NaN (never equal) sorts last
+    if v is None:
+        return (1, "null")
+    if isinstance(v, str):
+        return (4, v)
+    if depth >= SORT_DEPTH:
+        return (5, json.dumps(v, sort_keys=True, default=str))
+    if isinstance(v, dict):
+        return (2, len(v), tuple((str(k), _term(x, depth + 1)) for k, x in sorted(
+            v.items(), key=lambda kv: str(kv[0]))))
+    if isinstance(v, list | tuple):
+        return (3, tuple(_term(x, depth + 1) for x in v))
+    return (4, str(v))
+
+
+def _dotted(item: Any, path: tuple[str, ...]) -> Any:
+    for k in path:
+        item = item.get(k, 0) if isinstance(item, dict) else 0  # missing: 0, as RabbitMQ
+    return item
+
+
+def sort(items: list[dict[str, Any]], keys: tuple[tuple[str, ...], ...],
+         reverse: bool) -> list[dict[str, Any]]:
+    if not keys:
+        return items
+    ordered = sorted(items, key=lambda i: tuple(_term(_dotted(i, k)) for k in keys))
+    if reverse:
+        ordered.reverse()
+    return ordered
+
+
+# --- columns and pages ------------------------------------------------------------------------
+
+
+def columns(item: dict[str, Any], cols: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in cols:
+        v: Any = item
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        if v is None:
+            continue
+        dst = out
+        for k in path[:-1]:
+            nxt = dst.setdefault(k, {})
+            if not isinstance(nxt, dict):  # "a" and "a.b" both asked: "a" wins
+                break
+            dst = nxt
+        else:
+            dst[path[-1]] = v
+    return out
+
+
+def finish(items: list[dict[str, Any]], query: Query,
+           match: Callable[[str], bool] | None) -> Any:
+    """The answer: filtered, sorted, paged and cut to columns. RabbitMQ's paged answer is
+    an object with ``items`` and the counts (``total_count`` before the name filter); an
+    unpaged one is the list itself."""
+    total = len(items)
+    if match is not None:
+        items = filter_names(items, match)
+    items = sort(items, query.sort, query.reverse)
+    if query.page is None:
+        return [columns(i, query.columns) for i in items] if query.columns else items
+    filtered, size = len(items), query.page_size
+    offset = (query.page - 1) * size
+    if offset > filtered:  # RabbitMQ's page_out_of_range
+        raise QueryError(f"Page out of range, page: {query.page} page size: {size}, "
+                         f"len: {filtered}")
+    chunk = items[offset: offset + size]
+    if query.columns:
+        chunk = [columns(i, query.columns) for i in chunk]
+    return {"filtered_count": filtered, "item_count": len(chunk), "items": chunk,
+            "page": query.page, "page_count": -(-filtered // size), "page_size": size,
+            "total_count": total}
