@@ -6,12 +6,16 @@ message's peak memory.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pamqp import body, commands, header
 from pamqp import frame as pframe
 
 from node import session
+from tests.harness.api import Api
 from tests.integration.rawclient import RawClient
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.raftmq_only]
@@ -107,3 +111,80 @@ def test_oversized_arguments_table_closes_only_its_channel(broker):
         c.send_frame(1, commands.Channel.CloseOk())
         _open(c, 2)
         assert _exclusive_queue(c, 2)
+
+
+# --- connections -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.harness.raftmq import RaftMQNode
+
+    base = tmp_path_factory.mktemp("limited")
+    node = RaftMQNode(base / "data", log_path=base / "node.log",
+                      extra_env={"RAFTMQ_MAX_CONNECTIONS": "4"})
+    with node:
+        yield node
+
+
+def test_vhost_connection_limit_answers_530(limited_node: Any) -> None:
+    """A vhost's max-connections: the next connection.open is refused with 530 (as
+    RabbitMQ's is_over_vhost_connection_limit), the open ones go on."""
+    api = Api(limited_node.management_port)
+    api.ok("PUT", "/api/vhosts/few", {})
+    api.ok("PUT", "/api/permissions/few/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    api.ok("PUT", "/api/vhost-limits/few/max-connections", {"value": 1})
+    try:
+        with RawClient(limited_node.host, limited_node.amqp_port) as first:
+            first.handshake(vhost="few")
+            _wait_counted(api, "few", 1)
+            with RawClient(limited_node.host, limited_node.amqp_port) as second:
+                close = _refused_open(second, "few")
+                assert (close.reply_code, close.class_id, close.method_id) == (530, 10, 40)
+                assert "connection limit (1) is reached" in close.reply_text
+            _open(first, 1)  # the first one is untouched
+    finally:
+        api.ok("DELETE", "/api/vhost-limits/few/max-connections")
+
+
+def _refused_open(c: RawClient, vhost: str) -> Any:
+    """The handshake up to connection.open; returns the connection.close answering it."""
+    c.send(b"AMQP\x00\x00\x09\x01")
+    assert isinstance(c.recv_method()[1], commands.Connection.Start)
+    c.send_frame(0, commands.Connection.StartOk(
+        client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"))
+    _, tune = c.recv_method()
+    c.send_frame(0, commands.Connection.TuneOk(tune.channel_max, tune.frame_max, 0))
+    c.send_frame(0, commands.Connection.Open(virtual_host=vhost))
+    _, close = c.recv_method()
+    assert isinstance(close, commands.Connection.Close), close
+    _close_ok(c)
+    return close
+
+
+def _wait_counted(api: Api, vhost: str, n: int) -> None:
+    """The limit counts connections in the replicated state: wait until they are."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        conns = api.ok("GET", f"/api/vhosts/{vhost}/connections") or []
+        if len(conns) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{n} connections to {vhost} not counted in 10 s")
+
+
+def test_node_connection_limit_closes_the_next_socket(limited_node: Any) -> None:
+    """--max-connections 4: a fifth socket is closed before any AMQP (RabbitMQ 3.10's
+    connection_max stops accepting); the four open connections keep working."""
+    clients = [RawClient(limited_node.host, limited_node.amqp_port) for _ in range(4)]
+    try:
+        for c in clients:
+            c.handshake()
+        with RawClient(limited_node.host, limited_node.amqp_port) as extra:
+            extra.send(b"AMQP\x00\x00\x09\x01")
+            assert extra.wait_closed(5) == b""
+        for c in clients:
+            _open(c, 1)
+    finally:
+        for c in clients:
+            c.close()
