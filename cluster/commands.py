@@ -502,6 +502,20 @@ def encode_command(cmd: Command) -> list[Any]:
     return [cmd.TAG, *(getattr(cmd, f) for f in cmd._FIELDS)]  # type: ignore[attr-defined]
 
 
+class Unencodable(ValueError):
+    """A command that cannot be written into a Raft entry (an integer beyond 64 bits, a
+    lone surrogate in a string, a type msgpack does not know)."""
+
+
+def check_encodable(cmd: Command) -> None:
+    """Raise :class:`Unencodable` (with the reason) if ``cmd`` cannot be encoded: for the
+    edges, to refuse it before proposing rather than have the proposer leave it out."""
+    try:
+        msgpack.packb(encode_command(cmd), use_bin_type=True, default=_default)
+    except (TypeError, ValueError, OverflowError) as e:  # UnicodeEncodeError: ValueError
+        raise Unencodable(f"{type(cmd).__name__} cannot be encoded: {e}") from None
+
+
 def decode_command(raw: Any) -> Command:
     """Raises ValueError for anything that is not a known command with its fields."""
     try:

@@ -90,6 +90,8 @@ class Proposer:
         self._batch: list[Command] = []
         self._seq = 0  # of the last batch sealed
         self._after_apply: dict[int, list[Callable[[], None]]] = {}
+        # seq -> commands left out of that batch (they did not encode), until its hooks ran
+        self._dropped: dict[int, list[Command]] = {}
         # seq -> (encoded batch, when last proposed; 0.0: not yet handed to Raft)
         self._in_flight: dict[int, tuple[bytes, float]] = {}
         self._unsent: list[int] = []
@@ -125,6 +127,13 @@ class Proposer:
     def turn(self) -> int:
         """The sequence number this turn's batch will have."""
         return self._seq + 1
+
+    def dropped(self, turn: int) -> tuple[Command, ...]:
+        """The commands of turn ``turn`` left out of its batch because they did not
+        encode. For its :meth:`after_apply` hooks, which thus learn that what they wait
+        for was not done (an API request answers an error, not 201); forgotten once
+        those hooks have run."""
+        return tuple(self._dropped.get(turn, ()))
 
     def settled(self, turn: int) -> bool:
         """Everything proposed up to and including turn ``turn`` has been applied (and
@@ -185,6 +194,7 @@ class Proposer:
                 encode_batch(Batch(batch.node, batch.incarnation, 0, 0, (cmd,)))
             except Exception:
                 log.error("dropping %s: it does not encode", type(cmd).__name__)
+                self._dropped.setdefault(batch.seq, []).append(cmd)
                 self._unencodable(cmd)
                 continue
             kept.append(cmd)
@@ -270,6 +280,7 @@ class Proposer:
                     fn()
                 except Exception:
                     log.exception("after-apply callback %r failed", fn)
+            self._dropped.pop(seq, None)
 
     # --- lives -------------------------------------------------------------------------
 
@@ -282,6 +293,7 @@ class Proposer:
         self._chained = 0
         self._gap = False
         self._after_apply.clear()
+        self._dropped.clear()
         self._held.clear()
         self._batch = []
 

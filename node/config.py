@@ -160,6 +160,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("handshake_timeout", _seconds, "10",
            "a client must complete the AMQP handshake within this long, and may not stall "
            "inside a frame for longer (with heartbeats: nor for two heartbeat intervals), s"),
+    Option("http_request_timeout", _seconds, "30",
+           "HTTP ports: a request's headers and body must arrive within this, s"),
+    Option("http_keepalive_timeout", _seconds, "75",
+           "HTTP ports: an idle keep-alive connection is closed after this, s"),
+    Option("http_max_connections", _positive_int, "1000",
+           "HTTP ports: most connections open at once on each, one more is closed "
+           "(0: no limit)"),
     Option("flow_high_water", _positive_int, "300",
            "pause publishers while a queue with consumers holds this many ready messages"),
     Option("vm_memory_high_watermark", alarms.parse_memory_watermark,
@@ -245,6 +252,9 @@ class Config:
     tls_verify: str = "none"
     tls_ciphers: str = ""
     handshake_timeout: float = 10.0
+    http_request_timeout: float = 30.0
+    http_keepalive_timeout: float = 75.0
+    http_max_connections: int = 1000
     flow_high_water: int = 300
     vm_memory_high_watermark: alarms.Limit = alarms.Limit(0.4, relative=True)
     disk_free_limit: alarms.Limit = alarms.Limit(50_000_000, relative=False)

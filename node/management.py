@@ -7,7 +7,9 @@ user may do: ``management`` (its own view), ``monitoring`` (everything, read-onl
 anything needs ``administrator``; refusals are RabbitMQ's ``401 not_authorised``.
 
 Changes are Raft commands: a handler proposes them and answers once they are applied
-(or 503 when the cluster cannot commit them in time).
+(or 503 when the cluster cannot commit them in time). Every client value is checked before
+it is proposed (node/mgmt_input.py): bad input is a 400 with a reason, never a 201/204 for
+something not done and never a 500.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -31,6 +31,16 @@ from cluster.replica import MembershipResult
 from node import alarms
 from node.login import Accepted, Attempt, Refused, is_loopback
 from node.maintenance import transfer_leadership
+from node.mgmt_input import (
+    INT64_MAX,
+    INT64_MIN,
+    InputError,
+    check_name,
+    check_regex,
+    check_short,
+    check_text,
+    parse_json,
+)
 from node.passwords import ALGORITHMS, SHA256, hash_password, valid_hash
 
 if TYPE_CHECKING:
@@ -43,6 +53,8 @@ APPLY_TIMEOUT_S = 10.0
 MEMBERSHIP_TIMEOUT_S = 10.0
 MEMBERSHIP_ATTEMPTS = 3
 TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
+MAX_TAGS = 64  # of a user or a vhost
+MAX_TEXT_BYTES = 65535  # a description, a password
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
@@ -149,24 +161,62 @@ def _has(tags: tuple[str, ...], tag: str) -> bool:
 
 
 async def body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
+    """The request's JSON object (node/mgmt_input.py's rules: no NaN, bounded depth)."""
+    if not request.body_exists:  # (node/web.py has read it already: can_read_body is False)
         return {}
     try:
-        data = json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request(f"invalid JSON: {e}") from None
+        data = parse_json(await request.read())
+    except InputError as e:
+        raise bad_request(str(e)) from None
     if not isinstance(data, dict):
         raise bad_request("a JSON object is required")
     return data
 
 
+def checked(value: Callable[[], Any]) -> Any:
+    """``value()``, an InputError from it answered as 400."""
+    try:
+        return value()
+    except InputError as e:
+        raise bad_request(str(e)) from None
+
+
 async def submit(request: web.Request, *cmds: C.Command) -> None:
     """Propose ``cmds`` in one Raft entry and wait until it is applied."""
+    await propose_and_wait(broker_of(request), *cmds)
+
+
+async def propose_and_wait(broker: Broker, *cmds: C.Command,
+                           timeout: float = APPLY_TIMEOUT_S) -> None:
+    """Propose ``cmds`` in this turn's Raft entry and wait until it is applied here.
+    A command that cannot be encoded is refused (400) before anything is proposed; one
+    the proposer left out all the same (cluster/proposer.py ``dropped``) is a 500 naming
+    it, never a success; an entry not applied in ``timeout`` is a 503."""
+    for cmd in cmds:
+        try:
+            C.check_encodable(cmd)
+        except C.Unencodable as e:
+            raise bad_request(str(e)) from None
+    proposer = broker.proposer
+    turn = proposer.turn()
+    done: asyncio.Future[tuple[C.Command, ...]] = broker.loop.create_future()
+
+    def applied() -> None:
+        if not done.done():
+            done.set_result(proposer.dropped(turn))
+
+    for cmd in cmds:
+        broker.propose(cmd)
+    broker.after_apply(applied)
     try:
-        await broker_of(request).submit(*cmds, timeout=APPLY_TIMEOUT_S)
+        left_out = await asyncio.wait_for(done, timeout)
     except TimeoutError:
         raise Refusal(error(503, "unavailable", "the cluster did not commit the change in "
-                                                f"{APPLY_TIMEOUT_S:g}s (no quorum?)")) from None
+                                                f"{timeout:g}s (no quorum?)")) from None
+    lost = [type(c).__name__ for c in cmds if any(c is d for d in left_out)]
+    if lost:
+        raise Refusal(error(500, "internal_error", f"{', '.join(lost)} could not be "
+                                                   "encoded and was not applied"))
 
 
 def state(request: web.Request) -> Any:
@@ -180,23 +230,28 @@ def _tags(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
         raise bad_request("tags must be a comma-separated string or a list of strings")
-    return tuple(t.strip() for t in items if t.strip())
+    if len(items) > MAX_TAGS:
+        raise bad_request(f"more than {MAX_TAGS} tags")
+    tags = []
+    for t in items:
+        if t.strip():
+            tags.append(_text(t, "a tag", 255).strip())
+    return tuple(tags)
 
 
 def _regex(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise bad_request(f"{what} must be a string (a regular expression)")
-    try:
-        re.compile(value)
-    except re.error as e:
-        raise bad_request(f"{what}: invalid regular expression: {e}") from None
-    return value
+    result: str = checked(lambda: check_regex(value, what))
+    return result
 
 
-def _name(value: str, what: str) -> str:
-    if not value or len(value.encode()) > 255:
-        raise bad_request(f"{what} must be 1 to 255 bytes of UTF-8")
-    return value
+def _name(value: Any, what: str) -> str:
+    result: str = checked(lambda: check_name(value, what))
+    return result
+
+
+def _text(value: Any, what: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    result: str = checked(lambda: check_text(value, what, max_bytes))
+    return result
 
 
 # --- who am I, status ---------------------------------------------------------------------
@@ -318,12 +373,10 @@ async def put_user(request: web.Request) -> web.Response:
         if algorithm not in ALGORITHMS:
             raise bad_request(f"unsupported hashing_algorithm {algorithm!r}")
         if "password" in data:
-            if not isinstance(data["password"], str):
-                raise bad_request("password must be a string")
-            password_hash = hash_password(data["password"], algorithm)
+            password_hash = hash_password(_text(data["password"], "password"), algorithm)
         elif "password_hash" in data:
-            password_hash = data["password_hash"]
-            if not isinstance(password_hash, str) or not valid_hash(password_hash, algorithm):
+            password_hash = _text(data["password_hash"], "password_hash")
+            if not valid_hash(password_hash, algorithm):
                 raise bad_request(f"password_hash is not a {algorithm} hash")
         elif existing is not None:
             password_hash, algorithm = existing.password_hash, existing.hashing
@@ -354,8 +407,9 @@ async def delete_user(request: web.Request) -> web.Response:
 async def bulk_delete_users(request: web.Request) -> web.Response:
     try:
         users = (await body(request)).get("users")
-        if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+        if not isinstance(users, list):
             raise bad_request("users must be a list of names")
+        users = [_name(u, "a user name") for u in users]
         await submit(request, *(C.UserDelete(u) for u in users))
         return no_content()
     except Refusal as r:
@@ -404,9 +458,7 @@ async def put_vhost(request: web.Request) -> web.Response:
     try:
         name = _name(request.match_info["name"], "vhost name")
         data = await body(request)
-        description = data.get("description", "")
-        if not isinstance(description, str):
-            raise bad_request("description must be a string")
+        description = _text(data.get("description", ""), "description")
         existed = name in state(request).vhosts
         await submit(request, C.VHostPut(name, description, _tags(data.get("tags"))))
         return created_or_updated(existed)
@@ -558,8 +610,9 @@ async def put_topic_permission(request: web.Request) -> web.Response:
         user, vhost = _user_and_vhost(request)
         data = await body(request)
         exchange = data.get("exchange")
-        if not isinstance(exchange, str):
+        if exchange is None:
             raise bad_request("exchange is required")
+        exchange = checked(lambda: check_short(exchange, "exchange"))
         existed = (user, vhost, exchange) in state(request).topic_permissions
         await submit(request, C.TopicPermissionSet(user, vhost, exchange,
                                                    _regex(data.get("write"), "write"),
@@ -638,8 +691,9 @@ async def _set_limit(request: web.Request, kind: str, target: str, allowed: tupl
         value: Any = -1
         if not remove:
             value = (await body(request)).get("value")
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise bad_request("value must be an integer (negative: no limit)")
+            if not isinstance(value, int) or isinstance(value, bool) or \
+                    not INT64_MIN <= value <= INT64_MAX:
+                raise bad_request("value must be a 64-bit integer (negative: no limit)")
         await submit(request, C.LimitsSet(kind, target, {name: value}))
         return no_content()
     except Refusal as r:
@@ -698,7 +752,8 @@ async def _membership(request: web.Request, method: str) -> web.Response:
     broker = broker_of(request)
     address = request.query.get("address", "")
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit()) or \
+            not 0 < int(port) < 65536 or len(address) > 1024:
         return error(400, "bad_request", "address=HOST:PORT is required")
     if method == "POST" and request.query.get("force") != "true":
         if not broker.cfg.cluster_secret:

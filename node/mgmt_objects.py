@@ -31,12 +31,15 @@ from node.management import (
     bad_request,
     body,
     broker_of,
+    checked,
     error,
     needs,
     no_content,
     not_found,
+    propose_and_wait,
     state,
 )
+from node.mgmt_input import check_arguments, check_name, check_short
 from node.mgmt_rates import Rates
 from protocol.fields import check_properties
 from protocol.properties import decode_properties, encode_properties
@@ -79,14 +82,10 @@ class ApiSession:
                 if getattr(c, "ch", None) == PLACEHOLDER else c for c in cmds]
         sinks = self.broker.api_sessions
         sinks[self.conn_no] = self
-        try:
-            await self.broker.submit(C.ConnectionOpen(self.key, self.vhost, self.user,
-                                                      self.system),
-                                     C.ChannelOpen(self.ch), *ours,
-                                     C.ConnectionClose(self.key), timeout=APPLY_TIMEOUT_S)
-        except TimeoutError:
-            raise Refusal(error(503, "unavailable", "the cluster did not commit the change "
-                                                    f"in {APPLY_TIMEOUT_S:g}s")) from None
+        try:  # (400 for a command that cannot be encoded, 503 when not committed in time)
+            await propose_and_wait(self.broker, C.ConnectionOpen(self.key, self.vhost,
+                                                                 self.user, self.system),
+                                   C.ChannelOpen(self.ch), *ours, C.ConnectionClose(self.key))
         finally:
             sinks.pop(self.conn_no, None)
         for ef, _ in self.effects:
@@ -116,10 +115,16 @@ def _flag(request: web.Request, name: str) -> bool:
 
 
 def _arguments(data: dict[str, Any]) -> dict[str, Any]:
-    args = data.get("arguments", {}) or {}
-    if not isinstance(args, dict):
-        raise bad_request("arguments must be a JSON object")
+    """The request's argument table (node/mgmt_input.py: 64-bit integers, finite numbers,
+    short keys, bounded size)."""
+    args: dict[str, Any] = checked(lambda: check_arguments(data.get("arguments")))
     return args
+
+
+def _short(value: Any, what: str, empty: bool = True) -> str:
+    """A name (not empty unless ``empty``) or routing key: at most 255 bytes of UTF-8."""
+    text: str = checked(lambda: check_short(value, what) if empty else check_name(value, what))
+    return text
 
 
 def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
@@ -284,7 +289,8 @@ async def get_queue(request: web.Request) -> web.Response:
 @routes.put("/api/queues/{vhost}/{name}")
 @needs("management")
 async def put_queue(request: web.Request) -> web.Response:
-    vhost, name = request.match_info["vhost"], request.match_info["name"]
+    vhost = request.match_info["vhost"]
+    name = _short(request.match_info["name"], "queue name", empty=False)
     data = await body(request)
     existed = name in state(request).vhosts.get(vhost, _NO_VHOST).queues
     await run(request, vhost, C.QueueDeclare(
@@ -409,11 +415,13 @@ async def get_exchange(request: web.Request) -> web.Response:
 @routes.put("/api/exchanges/{vhost}/{name}")
 @needs("management")
 async def put_exchange(request: web.Request) -> web.Response:
-    vhost, name = request.match_info["vhost"], request.match_info["name"]
+    vhost = request.match_info["vhost"]
+    name = _short(request.match_info["name"], "exchange name", empty=False)
     data = await body(request)
     kind = data.get("type")
     if not isinstance(kind, str) or not kind:
         raise bad_request("type is required (direct, fanout, topic, headers)")
+    kind = _short(kind, "type")
     existed = name in state(request).vhosts.get(vhost, _NO_VHOST).exchanges
     await run(request, vhost, C.ExchangeDeclare(
         _ch(request), name, kind, False, _bool(data, "durable", True),
@@ -546,9 +554,7 @@ async def bind(request: web.Request) -> web.Response:
         raise Refusal(error(403, "access_refused", "operation not permitted on the default "
                                                    "exchange"))
     data = await body(request)
-    rk, args = data.get("routing_key", ""), _arguments(data)
-    if not isinstance(rk, str):
-        raise bad_request("routing_key must be a string")
+    rk, args = _short(data.get("routing_key", ""), "routing_key"), _arguments(data)
     ch = _ch(request)
     await run(request, vhost, C.ExchangeBind(ch, dest, src, rk, False, args) if is_x else
               C.QueueBind(ch, dest, src, rk, False, args))

@@ -267,6 +267,35 @@ def test_a_command_that_does_not_encode_is_left_out(node: Node, cluster: FakeClu
     assert queue_bodies(node.raft) == [b"fine"] and node.confirms() == [1]
 
 
+def test_the_hooks_of_a_turn_learn_what_was_left_out(node: Node) -> None:
+    """An API request waits with an after_apply hook: it must learn that its command was
+    not in the entry (the API said 201 for a queue never declared)."""
+    bad = C.QueueDeclare(CH, "x", False, False, False, False, False, {"k": 1 << 70})
+    turn = node.proposer.turn()
+    seen: list[tuple[C.Command, ...]] = []
+    node.proposer.propose(bad)
+    node.proposer.propose(enq(CH, "q", b"fine", confirm=1))
+    node.proposer.after_apply(lambda: seen.append(node.proposer.dropped(turn)))
+    node.proposer.flush()
+    node.proposer.run()
+    assert seen == [(bad,)]
+    assert queue_bodies(node.raft) == [b"fine"] and "x" not in node.raft.state.vhosts["/"].queues
+    assert node.proposer.dropped(turn) == ()  # forgotten once the hooks ran
+    seen.clear()
+    turn = node.proposer.turn()
+    node.proposer.after_apply(lambda: seen.append(node.proposer.dropped(turn)))
+    node.turn(enq(CH, "q", b"also fine", confirm=2))
+    assert seen == [()]
+
+
+def test_check_encodable_names_the_reason() -> None:
+    C.check_encodable(C.QueueDeclare(CH, "x", False, False, False, False, False,
+                                     {"k": (1 << 63) - 1}))
+    for bad in ({"k": 1 << 70}, {"k": "\ud800"}, {"k": object()}):
+        with pytest.raises(C.Unencodable, match="QueueDeclare cannot be encoded"):
+            C.check_encodable(C.QueueDeclare(CH, "x", False, False, False, False, False, bad))
+
+
 def _batch(node: str, inc: int, seq: int, *cmds: C.Command) -> bytes:
     return C.encode_batch(C.Batch(node, inc, seq, 0, cmds))
 
