@@ -290,6 +290,11 @@ class AMQPConnection(asyncio.Protocol):
             log.exception("internal error on connection %s", self.peer)
             self.node.metrics.faults += 1
             self.force_close(INTERNAL_ERROR, "INTERNAL_ERROR - see the broker log")
+        if proto.receiving_content and not self.blocked and self.node.alarm is not None:
+            # As rabbit_reader blocks at a content frame: a first message (up to
+            # max_message_size) is not read in whole during an alarm either, so many
+            # connections each sending one cannot fill the memory the alarm protects.
+            self.alarm(self.node.alarm, publishing=True)
         self._note_progress()
         self._flush_writes()
 
@@ -333,10 +338,11 @@ class AMQPConnection(asyncio.Protocol):
 
     # --- alarms ----------------------------------------------------------------------
 
-    def alarm(self, reason: str | None) -> None:
+    def alarm(self, reason: str | None, publishing: bool = False) -> None:
         """An alarm in the cluster (``reason``) or none any more. As RabbitMQ does, only a
-        connection that publishes is blocked: it is no longer read (its acks neither), and
-        a client that announced the capability gets connection.blocked / unblocked."""
+        connection that publishes (``publishing``: it is sending a content now) is
+        blocked: it is no longer read (its acks neither), and a client that announced
+        the capability gets connection.blocked / unblocked."""
         if self.closed or not self.opened:
             return
         if reason is None:
@@ -347,8 +353,8 @@ class AMQPConnection(asyncio.Protocol):
                     self._flush_writes()
                 self.resume_reading("alarm")
             return
-        if self.blocked or not self.session.last_publish:
-            return  # not a publisher (yet): blocked at its first publish
+        if self.blocked or not (self.session.last_publish or publishing):
+            return  # not a publisher (yet): blocked at its first content frame
         self.blocked = True
         self.pause_reading("alarm")
         if self._announces("connection.blocked"):

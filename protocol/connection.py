@@ -298,6 +298,11 @@ class ServerConnection:
     def _pending_content(self) -> int:
         return self._content.pending_bytes()
 
+    @property
+    def receiving_content(self) -> bool:
+        """A basic.publish waits for its header or body frames."""
+        return self._content.busy()
+
     def next_event(self) -> Event | _NeedData:
         state = self._state
         if state in _NOT_PARSING:

@@ -82,6 +82,10 @@ class ContentAssembler:
         """A content is under way on ``ch``: only its frames may come."""
         return ch in self._pending
 
+    def busy(self) -> bool:
+        """A content is under way on some channel (a basic.publish waits for frames)."""
+        return bool(self._pending)
+
     def pending_bytes(self) -> int:
         """Body bytes announced by unfinished contents (received or still to come)."""
         return sum(c.remaining + (len(c.received) if c.received is not None else 0)
