@@ -71,7 +71,8 @@ async def list_nodes(request: web.Request) -> web.Response:
     broker = broker_of(request)
     others = [(n, i) for n, i in sorted(state(request).nodes.items()) if n != broker.node_id]
     answers = await asyncio.gather(*(_ask_node(request, n, i) for n, i in others))
-    return listing(request, sorted([node_json(broker), *answers], key=lambda n: n["name"]))
+    return await listing(request, sorted([node_json(broker), *answers],
+                                         key=lambda n: n["name"]))
 
 
 @routes.get("/api/nodes/{name}")

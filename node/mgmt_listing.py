@@ -16,6 +16,7 @@ Every cost here is bounded by what the request asks of the items the user can se
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 import time
@@ -153,12 +154,20 @@ def _dotted(item: Any, path: tuple[str, ...]) -> Any:
 
 def sort(items: list[dict[str, Any]], keys: tuple[tuple[str, ...], ...],
          reverse: bool) -> list[dict[str, Any]]:
+    """Stable, by ``keys``. Sorted in runs of SORT_RUN merged by heapq.merge: one C-level
+    sort holds the GIL throughout (100,000 items: ~150 ms in which the event loop's
+    thread cannot run); runs and a Python-level merge let it in every few ms."""
     if not keys:
         return items
-    ordered = sorted(items, key=lambda i: tuple(_term(_dotted(i, k)) for k in keys))
+    keyed = [(tuple(_term(_dotted(i, k)) for k in keys), n) for n, i in enumerate(items)]
+    runs = [sorted(keyed[at: at + SORT_RUN]) for at in range(0, len(keyed), SORT_RUN)]
+    ordered = [items[n] for _, n in heapq.merge(*runs)]
     if reverse:
         ordered.reverse()
     return ordered
+
+
+SORT_RUN = 2048
 
 
 # --- columns and pages ------------------------------------------------------------------------
@@ -181,6 +190,18 @@ def columns(item: dict[str, Any], cols: tuple[tuple[str, ...], ...]) -> dict[str
         else:
             dst[path[-1]] = v
     return out
+
+
+def encode(answer: Any) -> str:
+    """``answer`` as JSON, a list's items one by one: json.dumps of a whole listing holds
+    the GIL for as long as it takes (10,000 queues: ~50 ms); per item, the event loop's
+    thread gets its turns."""
+    if isinstance(answer, list):
+        return "[" + ",".join(json.dumps(i) for i in answer) + "]"
+    if isinstance(answer, dict) and isinstance(answer.get("items"), list):
+        rest = json.dumps({k: v for k, v in answer.items() if k != "items"})
+        return f'{rest[:-1]}, "items": {encode(answer["items"])}}}'
+    return json.dumps(answer)
 
 
 def finish(items: list[dict[str, Any]], query: Query,

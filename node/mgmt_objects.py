@@ -10,6 +10,7 @@ error that comes back becomes the HTTP answer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -17,6 +18,8 @@ import datetime
 import struct
 import time
 import urllib.parse
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -24,6 +27,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from cluster import commands as C
 from cluster import effects as E
 from cluster.machine.state import State
+from node import mgmt_listing
 from node import mgmt_views as views
 from node.management import (
     APPLY_TIMEOUT_S,
@@ -39,7 +43,7 @@ from node.management import (
     propose_and_wait,
     state,
 )
-from node.mgmt_input import check_arguments, check_name, check_short
+from node.mgmt_input import InputError, check_arguments, check_name, check_short
 from node.mgmt_rates import Rates
 from protocol.fields import check_properties
 from protocol.properties import decode_properties, encode_properties
@@ -136,87 +140,69 @@ def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def viewer(request: web.Request) -> views.Viewer:
+    """What the request's user may see (node/mgmt_views.py Viewer), once per request."""
+    found: views.Viewer | None = request.get("viewer")
+    if found is None:
+        found = request["viewer"] = views.Viewer.of(state(request), request["user"],
+                                                    request["tags"])
+    return found
+
+
 def _visible(request: web.Request, vhost: str | None) -> bool:
-    """A management user sees only the vhosts it has permissions on."""
-    tags = request["tags"]
-    if vhost is None or "administrator" in tags or "monitoring" in tags:
-        return True
-    return (request["user"], vhost) in state(request).permissions
+    """The vhost's queues, exchanges and bindings are the user's to see."""
+    return vhost is None or viewer(request).sees_vhost(vhost)
 
 
-def listing(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
-    """RabbitMQ's filters on list endpoints: ``name`` (regex with use_regex=true, else
-    substring), ``columns=a,b.c``, ``sort``/``sort_reverse``, and pagination with
-    ``page``/``page_size`` (a paged answer is an object with ``items``)."""
-    tags = request["tags"]
-    if "administrator" not in tags and "monitoring" not in tags:
-        perms = state(request).permissions
-        items = [i for i in items if (request["user"], _item_vhost(i)) in perms]
-    q = request.query
-    if "name" in q:
-        import re
-
-        pattern = q["name"]
-        try:
-            match = (re.compile(pattern).search if q.get("use_regex") == "true"
-                     else lambda s: pattern in s)
-        except re.error as e:
-            raise bad_request(f"invalid regex: {e}") from None
-        items = [i for i in items if match(str(i.get("name", "")))]
-    if "sort" in q:
-        keys = q["sort"].split(".")
-
-        def key(i: dict[str, Any]) -> Any:
-            v: Any = i
-            for k in keys:
-                v = v.get(k) if isinstance(v, dict) else None
-            return (v is None, str(type(v)), v if v is not None else 0)
-
-        items = sorted(items, key=key, reverse=q.get("sort_reverse") == "true")
-    if "columns" in q:
-        cols = [c.split(".") for c in q["columns"].split(",") if c]
-        items = [_columns(i, cols) for i in items]
-    if "page" in q:
-        try:
-            page, size = int(q["page"]), int(q.get("page_size", "100"))
-        except ValueError:
-            raise bad_request("page and page_size must be integers") from None
-        if page < 1 or not 1 <= size <= 500:
-            raise bad_request("page must be >= 1 and page_size 1 to 500")
-        total = len(items)
-        chunk = items[(page - 1) * size: page * size]
-        return web.json_response({
-            "filtered_count": total, "item_count": len(chunk), "items": chunk, "page": page,
-            "page_count": max(1, -(-total // size)), "page_size": size, "total_count": total})
-    return web.json_response(items)
+# Listings are built in slices of LIST_SLICE items with the event loop let run between
+# them; a long one (more than INLINE_MAX items) or one with a regex filter is filtered,
+# sorted, paged and encoded in this worker thread (RE2 lets go of the GIL while it
+# matches, so the loop goes on serving clients meanwhile). One worker: what the listings
+# of the management API cost in all is at most one core.
+LIST_SLICE = 500
+INLINE_MAX = 1000
+_LISTING_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgmt-listing")
 
 
-def _item_vhost(item: dict[str, Any]) -> Any:
-    """The vhost an item of a listing belongs to (a consumer's is its queue's)."""
-    queue = item.get("queue")
-    return item.get("vhost") or (queue.get("vhost") if isinstance(queue, dict) else None)
+async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.Response:
+    """RabbitMQ's filters on list endpoints (node/mgmt_listing.py): ``name`` (with
+    use_regex=true a regular expression), ``columns=a,b.c``, ``sort``/``sort_reverse``,
+    ``page``/``page_size``. ``rows`` holds only what the user may see."""
+    try:
+        query = mgmt_listing.parse(request.query)
+        match = mgmt_listing.matcher(query.name, query.use_regex) if query.name else None
+    except mgmt_listing.QueryError as e:
+        raise bad_request(str(e)) from None
+    items: list[dict[str, Any]] = []
+    for item in rows:
+        items.append(item)
+        if len(items) % LIST_SLICE == 0:
+            await asyncio.sleep(0)
+    try:
+        if len(items) <= INLINE_MAX and not query.use_regex:
+            return web.json_response(mgmt_listing.finish(items, query, match))
+        text = await asyncio.get_running_loop().run_in_executor(
+            _LISTING_POOL, _finish_json, items, query, match)
+    except mgmt_listing.QueryError as e:
+        raise bad_request(str(e)) from None
+    return web.Response(text=text, content_type="application/json")
 
 
-def _columns(item: dict[str, Any], cols: list[list[str]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path in cols:
-        v: Any = item
-        for k in path:
-            v = v.get(k) if isinstance(v, dict) else None
-        if v is None:
-            continue
-        dst = out
-        for k in path[:-1]:
-            dst = dst.setdefault(k, {})
-        dst[path[-1]] = v
-    return out
+def _finish_json(items: list[dict[str, Any]], query: mgmt_listing.Query,
+                 match: Any) -> str:
+    return mgmt_listing.encode(mgmt_listing.finish(items, query, match))
 
 
-def _vhost_param(request: web.Request) -> str | None:
+def _vhost_param(request: web.Request, monitors_see_all: bool = False) -> str | None:
+    """The path's vhost: 404 when there is none, 401 when the user may not look into it
+    (RabbitMQ's is_authorized_vhost: an administrator, or a user with permissions there;
+    ``monitors_see_all``: is_authorized_vhost_visible, where a monitor may too)."""
     vhost = request.match_info.get("vhost")
-    if vhost is not None and vhost not in state(request).vhosts:
+    if vhost is None:
+        return None
+    if vhost not in state(request).vhosts:
         raise not_found()
-    if vhost is not None and not _visible(request, vhost):
+    if not (_visible(request, vhost) or (monitors_see_all and viewer(request).monitor)):
         raise Refusal(error(401, "not_authorised", "Not_Authorized"))
     return vhost
 
@@ -227,17 +213,21 @@ def _vhost_param(request: web.Request) -> str | None:
 @routes.get("/api/overview")
 @needs("management")
 async def overview(request: web.Request) -> web.Response:
+    """RabbitMQ's overview; a user who is not a monitor sees the totals and message
+    rates of what it may see only (its vhosts, its own connections)."""
     broker = broker_of(request)
     st: State = state(request)
     cfg = broker.cfg
+    who = viewer(request)
     return web.json_response({
         "management_version": "3.10.8", "rabbitmq_version": "3.10.8",
         "product_name": "RaftMQ", "product_version": product_version(),
         "cluster_name": "raftmq", "node": broker.node_id,
         "erlang_version": "n/a", "rates_mode": "basic",
-        **views.totals(st),
-        "message_stats": rates(request).overview(_seconds(request, "msg_rates_age"),
-                                                  _seconds(request, "msg_rates_incr") or 1.0),
+        **views.totals(st, who),
+        "message_stats": rates(request).overview(
+            _seconds(request, "msg_rates_age"), _seconds(request, "msg_rates_incr") or 1.0,
+            None if who.monitor else who.vhosts),
         "listeners": [{"node": broker.node_id, "protocol": "amqp", "ip_address": cfg.amqp_host,
                        "port": cfg.amqp_port}],
         "contexts": [{"node": broker.node_id, "description": "RaftMQ Management",
@@ -262,8 +252,8 @@ def product_version() -> str:
 @needs("management")
 async def list_queues(request: web.Request) -> web.Response:
     vhost = _vhost_param(request)
-    return listing(request, views.queues(state(request), broker_of(request).node_id, vhost,
-                                          rates(request).queue))
+    return await listing(request, views.queues(state(request), broker_of(request).node_id,
+                                                vhost, rates(request).queue, viewer(request)))
 
 
 def _queue(request: web.Request) -> Any:
@@ -280,9 +270,7 @@ def _queue(request: web.Request) -> Any:
 async def get_queue(request: web.Request) -> web.Response:
     q = _queue(request)
     info = views.queue_json(state(request), broker_of(request).node_id, q, rates(request).queue)
-    info["consumer_details"] = [c for c in views.consumers(state(request), q.vhost,
-                                                           _peers(request))
-                                if c["queue"]["name"] == q.name]
+    info["consumer_details"] = views.queue_consumers(state(request), q, _peers(request))
     return web.json_response(info)
 
 
@@ -333,7 +321,8 @@ async def get_messages(request: web.Request) -> web.Response:
         raise bad_request(f"ackmode must be one of {', '.join(ACKMODES)}")
     if encoding not in ("auto", "base64"):
         raise bad_request("encoding must be auto or base64")
-    if truncate is not None and (not isinstance(truncate, int) or truncate < 0):
+    if truncate is not None and (not isinstance(truncate, int) or isinstance(truncate, bool)
+                                 or truncate < 0):
         raise bad_request("truncate must be a non-negative integer")
     ch = _ch(request)
     cmds: list[C.Command] = [C.Get(ch, q.name, False) for _ in range(count)]
@@ -388,7 +377,8 @@ def _properties(props: bytes) -> dict[str, Any]:
 @routes.get("/api/exchanges/{vhost}")
 @needs("management")
 async def list_exchanges(request: web.Request) -> web.Response:
-    return listing(request, views.exchanges(state(request), _vhost_param(request)))
+    return await listing(request, views.exchanges(state(request), _vhost_param(request),
+                                                   viewer(request)))
 
 
 def _exchange_name(name: str) -> str:
@@ -447,37 +437,77 @@ async def publish(request: web.Request) -> web.Response:
     x = _exchange(request)
     data = await body(request)
     rk, payload = data.get("routing_key", ""), data.get("payload", "")
-    props, how = data.get("properties", {}) or {}, data.get("payload_encoding", "string")
-    if not isinstance(rk, str) or not isinstance(payload, str) or not isinstance(props, dict):
-        raise bad_request("routing_key and payload must be strings, properties an object")
+    props, how = data.get("properties"), data.get("payload_encoding", "string")
+    props = {} if props is None else props
+    if not isinstance(payload, str) or not isinstance(props, dict):
+        raise bad_request("payload must be a string, properties an object")
+    rk = _checked(check_short, rk, "routing_key")
+    if how not in ("string", "base64"):
+        raise bad_request("payload_encoding must be string or base64")
     try:
         raw = base64.b64decode(payload, validate=True) if how == "base64" else \
             payload.encode()
-    except (binascii.Error, ValueError):
-        raise bad_request("payload is not valid base64") from None
-    if how not in ("string", "base64"):
-        raise bad_request("payload_encoding must be string or base64")
+    except (binascii.Error, ValueError):  # a lone surrogate is a UnicodeEncodeError
+        raise bad_request(f"payload is not valid {'base64' if how == 'base64' else 'Unicode'}"
+                          ) from None
+    encoded = _encode_properties(props)
+    refused = spoofed_user_id(props, request["user"], request["tags"])
+    if refused is not None:
+        raise bad_request(refused)
     got = await run(request, request.match_info["vhost"], C.Publish(
-        _ch(request), x.name, rk, True, _encode_properties(props), raw, 0))
+        _ch(request), x.name, rk, True, encoded, raw, 0))
     return web.json_response({"routed": not any(isinstance(ef, E.Return) for ef, _ in got)})
 
 
+def spoofed_user_id(props: dict[str, Any], user: str, tags: Iterable[str]) -> str | None:
+    """The refusal of a ``user_id`` that is not the publisher's login, as RabbitMQ's
+    channel refuses it (rabbit_channel:check_user_id_header: 406, unless the user has
+    the ``impersonator`` tag); its management API answers that channel error as 400."""
+    uid = props.get("user_id")
+    if uid is None or uid == user or "impersonator" in tags:
+        return None
+    return (f"406 PRECONDITION_FAILED - user_id property set to '{uid}' but authenticated "
+            f"user was '{user}'")
+
+
+SHORT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to",
+                    "expiration", "message_id", "type", "user_id", "app_id", "cluster_id")
+OCTET_PROPERTIES = ("delivery_mode", "priority")
+
+
+def _checked(check: Any, value: Any, what: str) -> Any:
+    try:
+        return check(value, what)
+    except InputError as e:
+        raise bad_request(str(e)) from None
+
+
 def _encode_properties(props: dict[str, Any]) -> bytes:
-    known = {"content_type", "content_encoding", "headers", "delivery_mode", "priority",
-             "correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type",
-             "user_id", "app_id", "cluster_id"}
-    unknown = set(props) - known
+    """The API's message properties (RabbitMQ's names) as AMQP basic properties, each
+    value checked for its AMQP type first: a 400 naming the property, never a 500."""
+    unknown = set(props) - {*SHORT_PROPERTIES, *OCTET_PROPERTIES, "headers", "timestamp"}
     if unknown:
         raise bad_request(f"unknown properties: {', '.join(sorted(unknown))}")
-    kwargs = dict(props)
+    kwargs: dict[str, Any] = {}
+    for key, value in props.items():
+        what = f"properties.{key}"
+        if key == "expiration" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # RabbitMQ's API takes a number too
+        if key in SHORT_PROPERTIES:
+            kwargs["message_type" if key == "type" else key] = _checked(check_short, value, what)
+        elif key in OCTET_PROPERTIES:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+                raise bad_request(f"{what} must be an integer from 0 to 255")
+            kwargs[key] = value
+        elif key == "timestamp":  # seconds since the epoch, a 64-bit AMQP timestamp
+            if not isinstance(value, int) or isinstance(value, bool) or \
+                    not 0 <= value <= TIMESTAMP_MAX:
+                raise bad_request(f"{what} must be an integer number of seconds from 0 to "
+                                  f"{TIMESTAMP_MAX}")
+            kwargs[key] = datetime.datetime.fromtimestamp(value, datetime.UTC)
+        else:  # headers: a field table
+            kwargs[key] = _checked(check_arguments, value, what)
     try:
-        if "type" in kwargs:
-            kwargs["message_type"] = kwargs.pop("type")
-        if "expiration" in kwargs:
-            kwargs["expiration"] = str(kwargs["expiration"])
-        if "timestamp" in kwargs:
-            kwargs["timestamp"] = datetime.datetime.fromtimestamp(int(kwargs["timestamp"]),
-                                                                  datetime.UTC)
         raw = encode_properties(**kwargs)
         # the same check as a client's publish gets at the edge (protocol/fields.py)
         check_properties(raw)
@@ -487,6 +517,9 @@ def _encode_properties(props: dict[str, Any]) -> bytes:
         raise bad_request(f"invalid properties: {e}") from None
 
 
+TIMESTAMP_MAX = 253402300799  # 9999-12-31T23:59:59Z: the last second datetime can hold
+
+
 # --- bindings ------------------------------------------------------------------------------
 
 
@@ -494,7 +527,8 @@ def _encode_properties(props: dict[str, Any]) -> bytes:
 @routes.get("/api/bindings/{vhost}")
 @needs("management")
 async def list_bindings(request: web.Request) -> web.Response:
-    return listing(request, views.bindings(state(request), _vhost_param(request)))
+    return await listing(request, views.bindings(state(request), _vhost_param(request),
+                                                  viewer(request)))
 
 
 @routes.get("/api/queues/{vhost}/{name}/bindings")
@@ -609,16 +643,46 @@ def _raw_arguments(st: State, vhost: str, src: str, is_x: bool, dest: str, rk: s
 @routes.get("/api/consumers/{vhost}")
 @needs("management")
 async def list_consumers(request: web.Request) -> web.Response:
-    return listing(request, views.consumers(state(request), _vhost_param(request),
-                                             _peers(request)))
+    return await listing(request, views.consumers(
+        state(request), _vhost_param(request, monitors_see_all=True), _peers(request),
+        viewer(request)))
 
 
 @routes.get("/api/channels")
 @routes.get("/api/vhosts/{vhost}/channels")
 @needs("management")
 async def list_channels(request: web.Request) -> web.Response:
-    return listing(request, views.channels(state(request), _vhost_param(request),
-                                            _peers(request)))
+    return await listing(request, views.channels(
+        state(request), _vhost_param(request, monitors_see_all=True), _peers(request),
+        viewer(request)))
+
+
+@routes.get("/api/channels/{name}")
+@needs("management")
+async def get_channel(request: web.Request) -> web.Response:
+    """One channel, named as the listings name it ("node:number (channel)"); one the user
+    may not see is as missing as one that does not exist."""
+    conn_name, sep, number = request.match_info["name"].rpartition(" (")
+    key = _connection_key(request, conn_name)
+    st = state(request)
+    for ch in st.conns[key].channels:
+        full = (*key, ch)
+        if sep and number == f"{views.channel_number(full)})" and full in st.channels:
+            return web.json_response(views.channel_json(st, full, st.channels[full],
+                                                        _peers(request)))
+    raise not_found()
+
+
+@routes.get("/api/connections/{name}/channels")
+@needs("management")
+async def connection_channels(request: web.Request) -> web.Response:
+    key = _connection_key(request)
+    st = state(request)
+    peers = _peers(request)
+    return await listing(request, (views.channel_json(st, (*key, ch), st.channels[(*key, ch)],
+                                                      peers)
+                                   for ch in list(st.conns[key].channels)
+                                   if (*key, ch) in st.channels))
 
 
 def _seconds(request: web.Request, name: str) -> float:
@@ -638,57 +702,65 @@ def _peers(request: web.Request) -> views.Peers:
             if c.peer and len(c.peer) >= 2}
 
 
-def connections(broker: Broker, vhost: str | None = None) -> list[dict[str, Any]]:
-    """Every client connection in the cluster (the state knows user, vhost, channels);
-    this node adds what only it knows of its own (peer, client properties, TLS)."""
+def connections(broker: Broker, vhost: str | None = None,
+                who: views.Viewer | None = None) -> Iterator[dict[str, Any]]:
+    """Every client connection in the cluster that ``who`` may see (the state knows user,
+    vhost, channels); this node adds what only it knows of its own (peer, client
+    properties, TLS)."""
     st = broker.raft.state
-    local = {c.key: c for c in broker.connections.values()}
-    out = []
-    for key, conn in st.conns.items():
+    for key, conn in list(st.conns.items()):
         if vhost is not None and conn.vhost != vhost:
+            continue
+        if who is not None and not who.sees_user(conn.user):
             continue
         if key[0] == broker.node_id and key[1] in broker.api_sessions:
             continue
-        info: dict[str, Any] = {
-            "name": views.connection_name(key), "node": key[0], "vhost": conn.vhost,
-            "user": conn.user, "channels": len(conn.channels), "state": "running",
-            "protocol": "AMQP 0-9-1", "type": "network",
-        }
-        mine = local.get(key)
-        if mine is not None:
-            peer = mine.peer or ("", 0)
-            here = mine.transport.get_extra_info("sockname") if mine.transport else None
-            info.update(peer_host=peer[0], peer_port=peer[1], ssl=mine.tls,
-                        host=here[0] if here else None, port=here[1] if here else None,
-                        frame_max=mine.proto.frame_max, channel_max=mine.proto.channel_max,
-                        timeout=mine.proto.heartbeat,
-                        auth_mechanism="EXTERNAL" if mine.certificate_user else "PLAIN",
-                        client_properties=views.jsonable(mine.client_properties),
-                        connected_at=int((time.time() - (time.monotonic() - mine.created))
-                                         * 1000),
-                        blocked=mine.blocked,
-                        send_pend=mine.flow.buffered if mine.flow is not None else 0)
-        out.append(info)
-    return out
+        yield connection_json(broker, key, conn)
+
+
+def connection_json(broker: Broker, key: C.ConnKey, conn: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "name": views.connection_name(key), "node": key[0], "vhost": conn.vhost,
+        "user": conn.user, "channels": len(conn.channels), "state": "running",
+        "protocol": "AMQP 0-9-1", "type": "network",
+    }
+    mine = broker.connections.get(key[1]) if key[0] == broker.node_id else None
+    if mine is not None and mine.key == key:
+        peer = mine.peer or ("", 0)
+        here = mine.transport.get_extra_info("sockname") if mine.transport else None
+        info.update(peer_host=peer[0], peer_port=peer[1], ssl=mine.tls,
+                    host=here[0] if here else None, port=here[1] if here else None,
+                    frame_max=mine.proto.frame_max, channel_max=mine.proto.channel_max,
+                    timeout=mine.proto.heartbeat,
+                    auth_mechanism="EXTERNAL" if mine.certificate_user else "PLAIN",
+                    client_properties=views.jsonable(mine.client_properties),
+                    connected_at=int((time.time() - (time.monotonic() - mine.created))
+                                     * 1000),
+                    blocked=mine.blocked,
+                    send_pend=mine.flow.buffered if mine.flow is not None else 0)
+    return info
 
 
 @routes.get("/api/connections")
 @routes.get("/api/vhosts/{vhost}/connections")
 @needs("management")
 async def list_connections(request: web.Request) -> web.Response:
-    items = connections(broker_of(request), _vhost_param(request))
-    tags = request["tags"]
-    if "administrator" not in tags and "monitoring" not in tags:
-        items = [i for i in items if i["user"] == request["user"]]
-    return listing(request, items)
+    return await listing(request, connections(
+        broker_of(request), _vhost_param(request, monitors_see_all=True), viewer(request)))
 
 
-def _connection_key(request: web.Request) -> C.ConnKey:
-    node, sep, number = request.match_info["name"].rpartition(":")
+def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
+    """The key of the connection the path names. One the user may not see (RabbitMQ:
+    a monitor sees every connection, anyone else its own) is a 404 exactly as one that
+    does not exist: names are sequential, and another tenant's must not be guessable."""
+    broker = broker_of(request)
+    node, sep, number = (request.match_info["name"] if name is None else name).rpartition(":")
     if not sep or not number.isdigit():
         raise not_found()
     key = (node, int(number))
-    if key not in state(request).conns:
+    conn = state(request).conns.get(key)
+    if conn is None or not viewer(request).sees_user(conn.user) or \
+            (node == broker.node_id and key[1] in broker.api_sessions):
         raise not_found()
     return key
 
@@ -697,9 +769,8 @@ def _connection_key(request: web.Request) -> C.ConnKey:
 @needs("management")
 async def get_connection(request: web.Request) -> web.Response:
     key = _connection_key(request)
-    info = next(i for i in connections(broker_of(request))
-                if i["name"] == views.connection_name(key))
-    return web.json_response(info)
+    broker = broker_of(request)
+    return web.json_response(connection_json(broker, key, state(request).conns[key]))
 
 
 @routes.delete("/api/connections/{name}")
@@ -709,10 +780,9 @@ async def close_connection(request: web.Request) -> web.Response:
     connection of another node is closed by that node (the request goes to it)."""
     key = _connection_key(request)
     broker = broker_of(request)
-    conn = state(request).conns[key]
-    tags = request["tags"]
-    if "administrator" not in tags and conn.user != request["user"]:
-        raise Refusal(error(401, "not_authorised", "Not_Authorized"))
+    if not viewer(request).may_close(state(request).conns[key].user):
+        # a monitor, who may see it: RabbitMQ's is_authorized_user refusal
+        raise Refusal(error(401, "not_authorised", "User not authorised to access object"))
     reason = request.headers.get("X-Reason", "Closed via management plugin")
     if key[0] != broker.node_id:
         return await forward(request, key[0])

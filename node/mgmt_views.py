@@ -11,11 +11,50 @@ import decimal
 import hashlib
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from cluster.machine.state import Exchange, Queue, State, VHost
 
 RATE = {"rate": 0.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who asks, and what RabbitMQ's management plugin lets them see
+    (rabbit_mgmt_util:filter_vhost, filter_user, is_monitor):
+
+    * queues, exchanges, bindings: an administrator sees every vhost's; anyone else
+      (monitoring users too) only those of the vhosts it has permissions in;
+    * connections, channels, consumers: a monitor (administrator or monitoring) sees
+      everyone's; anyone else only its own (the connection's user is itself);
+    * overview totals: a monitor's are the cluster's; anyone else's count only what it
+      may see (its vhosts' queues and messages, its own connections and channels).
+
+    ``vhosts`` is None when every vhost is visible."""
+
+    user: str
+    admin: bool
+    monitor: bool
+    vhosts: frozenset[str] | None
+
+    @classmethod
+    def of(cls, state: State, user: str, tags: Iterable[str]) -> Viewer:
+        tags = set(tags)
+        admin = "administrator" in tags
+        return cls(user, admin, admin or "monitoring" in tags,
+                   None if admin else frozenset(v for u, v in state.permissions if u == user))
+
+    def sees_vhost(self, vhost: str) -> bool:
+        return self.vhosts is None or vhost in self.vhosts
+
+    def sees_user(self, user: str) -> bool:
+        """May see a connection, channel or consumer of ``user``."""
+        return self.monitor or user == self.user
+
+    def may_close(self, user: str) -> bool:
+        """May close a connection of ``user`` (RabbitMQ: administrators, or its own)."""
+        return self.admin or user == self.user
 
 
 def jsonable(value: Any) -> Any:
@@ -33,11 +72,16 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def vhosts(state: State, vhost: str | None) -> Iterable[VHost]:
+def vhosts(state: State, vhost: str | None, viewer: Viewer | None = None) -> list[VHost]:
+    """The vhosts a listing covers (one, or all), less those ``viewer`` may not see. A
+    list: the listings below iterate copies, so a handler may build them in slices with
+    the event loop running in between (node/mgmt_objects.py ``listing``)."""
     if vhost is None:
-        return state.vhosts.values()
-    vh = state.vhosts.get(vhost)
-    return [vh] if vh is not None else []
+        found = list(state.vhosts.values())
+    else:
+        vh = state.vhosts.get(vhost)
+        found = [vh] if vh is not None else []
+    return found if viewer is None else [vh for vh in found if viewer.sees_vhost(vh.name)]
 
 
 def queue_type(q: Queue) -> str:
@@ -69,9 +113,12 @@ def queue_json(state: State, node: str, q: Queue,
 
 
 def queues(state: State, node: str, vhost: str | None = None,
-           stats: Callable[[Queue], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    return [queue_json(state, node, q, stats) for vh in vhosts(state, vhost)
-            for q in vh.queues.values() if not q.deleted]
+           stats: Callable[[Queue], dict[str, Any]] | None = None,
+           viewer: Viewer | None = None) -> Iterator[dict[str, Any]]:
+    for vh in vhosts(state, vhost, viewer):
+        for q in list(vh.queues.values()):
+            if not q.deleted:
+                yield queue_json(state, node, q, stats)
 
 
 def exchange_json(vhost: str, x: Exchange) -> dict[str, Any]:
@@ -82,9 +129,11 @@ def exchange_json(vhost: str, x: Exchange) -> dict[str, Any]:
             "policy": None}
 
 
-def exchanges(state: State, vhost: str | None = None) -> list[dict[str, Any]]:
-    return [exchange_json(vh.name, x) for vh in vhosts(state, vhost)
-            for x in vh.exchanges.values()]
+def exchanges(state: State, vhost: str | None = None,
+              viewer: Viewer | None = None) -> Iterator[dict[str, Any]]:
+    for vh in vhosts(state, vhost, viewer):
+        for x in list(vh.exchanges.values()):
+            yield exchange_json(vh.name, x)
 
 
 def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
@@ -112,7 +161,7 @@ def binding_json(vhost: str, source: str, dest_is_exchange: bool, dest: str,
 
 def _bindings(vh: VHost) -> Iterator[dict[str, Any]]:
     # The default exchange binds every queue by its name (RabbitMQ lists these first).
-    for q in vh.queues.values():
+    for q in list(vh.queues.values()):
         if not q.deleted:
             yield binding_json(vh.name, "", False, q.name, q.name, {})
     # The others in RabbitMQ's order: source, routing key, destination (exchanges first).
@@ -123,25 +172,39 @@ def _bindings(vh: VHost) -> Iterator[dict[str, Any]]:
         yield binding_json(vh.name, source, not to_queue, dest, rk, args)
 
 
-def bindings(state: State, vhost: str | None = None) -> list[dict[str, Any]]:
-    return [b for vh in vhosts(state, vhost) for b in _bindings(vh)]
+def bindings(state: State, vhost: str | None = None,
+             viewer: Viewer | None = None) -> Iterator[dict[str, Any]]:
+    for vh in vhosts(state, vhost, viewer):
+        yield from _bindings(vh)
 
 
-def consumers(state: State, vhost: str | None = None,
-              peers: Peers | None = None) -> list[dict[str, Any]]:
-    out = []
+def consumers(state: State, vhost: str | None = None, peers: Peers | None = None,
+              viewer: Viewer | None = None) -> Iterator[dict[str, Any]]:
+    """Consumers of the vhost (or all); a viewer who is not a monitor sees only those on
+    its own connections (RabbitMQ's rabbit_mgmt_wm_consumers:filter_user)."""
     for vh in vhosts(state, vhost):
-        for q in vh.queues.values():
-            for c in q.consumers.values():
-                out.append({
-                    "queue": {"name": q.name, "vhost": vh.name},
-                    "consumer_tag": c.tag, "exclusive": q.exclusive_consumer,
-                    "ack_required": not c.no_ack, "prefetch_count": c.prefetch,
-                    "active": c.active, "activity_status": "up" if c.active else "waiting",
-                    "arguments": jsonable(c.arguments),
-                    "channel_details": channel_details(c.ch, state, peers),
-                })
-    return out
+        for q in list(vh.queues.values()):
+            for c in list(q.consumers.values()):
+                if viewer is not None and not viewer.monitor:
+                    conn = state.conns.get(c.ch[:2])
+                    if conn is None or conn.user != viewer.user:
+                        continue
+                yield consumer_json(state, q, c, peers)
+
+
+def queue_consumers(state: State, q: Queue, peers: Peers | None = None) -> list[dict[str, Any]]:
+    return [consumer_json(state, q, c, peers) for c in q.consumers.values()]
+
+
+def consumer_json(state: State, q: Queue, c: Any, peers: Peers | None) -> dict[str, Any]:
+    return {
+        "queue": {"name": q.name, "vhost": q.vhost},
+        "consumer_tag": c.tag, "exclusive": q.exclusive_consumer,
+        "ack_required": not c.no_ack, "prefetch_count": c.prefetch,
+        "active": c.active, "activity_status": "up" if c.active else "waiting",
+        "arguments": jsonable(c.arguments),
+        "channel_details": channel_details(c.ch, state, peers),
+    }
 
 
 # Peers of this node's own connections, (host, port) by connection key: only the node
@@ -171,30 +234,40 @@ def channel_details(ch: tuple[str, int, int], state: State,
             "user": conn.user if conn else "", "peer_host": host, "peer_port": port}
 
 
-def channels(state: State, vhost: str | None = None,
-             peers: Peers | None = None) -> list[dict[str, Any]]:
-    out = []
-    for key, ch in state.channels.items():
+def channels(state: State, vhost: str | None = None, peers: Peers | None = None,
+             viewer: Viewer | None = None) -> Iterator[dict[str, Any]]:
+    for key, ch in list(state.channels.items()):
         if vhost is not None and ch.vhost != vhost:
             continue
         conn = state.conns.get(key[:2])
-        host, port = (peers or {}).get(key[:2], (None, None))
-        out.append({
-            "name": channel_name(key), "number": channel_number(key), "node": key[0],
-            "vhost": ch.vhost, "user": conn.user if conn else "",
-            "connection_details": {"name": connection_name(key[:2]), "peer_host": host,
-                                   "peer_port": port},
-            "consumer_count": len(ch.consumers),
-            "messages_unacknowledged": len(ch.unacked),
-            "prefetch_count": ch.consumer_prefetch, "global_prefetch_count": ch.global_prefetch,
-            "state": "running" if ch.flow else "flow",
-        })
-    return out
+        if viewer is not None and not viewer.sees_user(conn.user if conn else ""):
+            continue
+        yield channel_json(state, key, ch, peers)
 
 
-def totals(state: State) -> dict[str, Any]:
+def channel_json(state: State, key: tuple[str, int, int], ch: Any,
+                 peers: Peers | None = None) -> dict[str, Any]:
+    conn = state.conns.get(key[:2])
+    host, port = (peers or {}).get(key[:2], (None, None))
+    return {
+        "name": channel_name(key), "number": channel_number(key), "node": key[0],
+        "vhost": ch.vhost, "user": conn.user if conn else "",
+        "connection_details": {"name": connection_name(key[:2]), "peer_host": host,
+                               "peer_port": port},
+        "consumer_count": len(ch.consumers),
+        "messages_unacknowledged": len(ch.unacked),
+        "prefetch_count": ch.consumer_prefetch, "global_prefetch_count": ch.global_prefetch,
+        "state": "running" if ch.flow else "flow",
+    }
+
+
+def totals(state: State, viewer: Viewer | None = None) -> dict[str, Any]:
+    """Object and message totals; for a viewer who is not a monitor, of what it may see
+    only, as RabbitMQ's overview for such a user (which has no consumer count)."""
+    mine = viewer is not None and not viewer.monitor
+    shown = vhosts(state, None, viewer if mine else None)
     ready = unacked = n_queues = n_consumers = 0
-    for vh in state.vhosts.values():
+    for vh in shown:
         for q in vh.queues.values():
             if q.deleted:
                 continue
@@ -202,11 +275,19 @@ def totals(state: State) -> dict[str, Any]:
             ready += q.ready_count()
             unacked += q.unacked
             n_consumers += len(q.consumers)
+    objects: dict[str, int] = {
+        "exchanges": sum(len(vh.exchanges) for vh in shown), "queues": n_queues}
+    if mine:
+        assert viewer is not None
+        own = {key for key, c in state.conns.items() if c.user == viewer.user}
+        chans = [ch for key, ch in state.channels.items() if key[:2] in own]
+        objects.update(connections=len(own), channels=len(chans),
+                       consumers=sum(len(ch.consumers) for ch in chans))
+    else:
+        objects.update(connections=len(state.conns), channels=len(state.channels),
+                       consumers=n_consumers)
     return {
-        "object_totals": {
-            "connections": len(state.conns), "channels": len(state.channels),
-            "exchanges": sum(len(vh.exchanges) for vh in state.vhosts.values()),
-            "queues": n_queues, "consumers": n_consumers},
+        "object_totals": objects,
         "queue_totals": {
             "messages": ready + unacked, "messages_ready": ready,
             "messages_unacknowledged": unacked, "messages_details": RATE,
