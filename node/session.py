@@ -41,11 +41,12 @@ SENT_BATCH = NOACK_WINDOW // 4
 # past it closes its channel with 406, as a message past max_message_size does.
 TX_MAX_BYTES = 128 << 20  # message bodies and properties (RabbitMQ's max_message_size)
 TX_MAX_COMMANDS = 65536
-# Bytes one connection may send ahead of what the cluster has applied: past them its
-# socket is not read until the commands proposed so far are applied. A client
+# Bytes one connection may send before its reading waits, once, until everything it
+# sent so far is applied: so it is never more than this ahead of the cluster. A client
 # pipelining publishes, basic.gets or declares faster than the cluster commits (or
 # than a follower forwards to the leader) would otherwise grow Raft's in-flight
-# entries without bound. Far above what a commit round trip carries at full speed.
+# entries without bound. The wait is one commit round trip per 16 MiB: nothing at
+# full speed.
 INPUT_WINDOW = 16 << 20
 
 Propose = Callable[[c.Command], None]
@@ -139,7 +140,7 @@ class Session:
         self.writable = True
         self.tx_bytes = 0  # uncommitted, all channels (TX_MAX_BYTES)
         self.tx_commands = 0  # likewise (TX_MAX_COMMANDS)
-        self.unapplied = 0  # bytes read since the last apply (INPUT_WINDOW)
+        self.unapplied = 0  # bytes read since reading last waited (INPUT_WINDOW)
         self.held = False  # reading held until they are
 
     # --- client -> node ---------------------------------------------------------------
