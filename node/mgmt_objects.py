@@ -159,9 +159,14 @@ def _visible(request: web.Request, vhost: str | None) -> bool:
 # sorted, paged and encoded in this worker thread (RE2 lets go of the GIL while it
 # matches, so the loop goes on serving clients meanwhile). One worker: what the listings
 # of the management API cost in all is at most one core.
+# At most PENDING_PER_USER of one user's listings wait for it or run there, and
+# PENDING_MAX in all: past that a 503 (a flood of regex listings would queue minutes of
+# work ahead of everyone else's).
 LIST_SLICE = 500
 INLINE_MAX = 1000
+PENDING_PER_USER, PENDING_MAX = 2, 8
 _LISTING_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgmt-listing")
+_pending: dict[str, int] = {}
 
 
 async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.Response:
@@ -181,8 +186,18 @@ async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.R
     try:
         if len(items) <= INLINE_MAX and not query.use_regex:
             return web.json_response(mgmt_listing.finish(items, query, match))
-        text = await asyncio.get_running_loop().run_in_executor(
-            _LISTING_POOL, _finish_json, items, query, match)
+        user = request.get("user", "")
+        if _pending.get(user, 0) >= PENDING_PER_USER or sum(_pending.values()) >= PENDING_MAX:
+            raise Refusal(error(503, "service_unavailable", "too many listings are being "
+                                                            "prepared: try again shortly"))
+        _pending[user] = _pending.get(user, 0) + 1
+        try:
+            text = await asyncio.get_running_loop().run_in_executor(
+                _LISTING_POOL, _finish_json, items, query, match)
+        finally:
+            _pending[user] -= 1
+            if not _pending[user]:
+                del _pending[user]
     except mgmt_listing.QueryError as e:
         raise bad_request(str(e)) from None
     return web.Response(text=text, content_type="application/json")

@@ -181,15 +181,32 @@ def bindings(state: State, vhost: str | None = None,
 def consumers(state: State, vhost: str | None = None, peers: Peers | None = None,
               viewer: Viewer | None = None) -> Iterator[dict[str, Any]]:
     """Consumers of the vhost (or all); a viewer who is not a monitor sees only those on
-    its own connections (RabbitMQ's rabbit_mgmt_wm_consumers:filter_user)."""
+    its own connections (RabbitMQ's rabbit_mgmt_wm_consumers:filter_user), found through
+    them: another tenant's million consumers cost it nothing."""
+    if viewer is not None and not viewer.monitor:
+        for _key, ch in own_channels(state, viewer.user, vhost):
+            for c in list(ch.consumers.values()):
+                q = state.queues.get(c.qid)
+                if q is not None and not q.deleted:
+                    yield consumer_json(state, q, c, peers)
+        return
     for vh in vhosts(state, vhost):
         for q in list(vh.queues.values()):
             for c in list(q.consumers.values()):
-                if viewer is not None and not viewer.monitor:
-                    conn = state.conns.get(c.ch[:2])
-                    if conn is None or conn.user != viewer.user:
-                        continue
                 yield consumer_json(state, q, c, peers)
+
+
+def own_channels(state: State, user: str,
+                 vhost: str | None = None) -> list[tuple[tuple[str, int, int], Any]]:
+    """(key, channel) of every channel on ``user``'s connections (of ``vhost``)."""
+    out = []
+    for key, conn in state.conns.items():
+        if conn.user == user and (vhost is None or conn.vhost == vhost):
+            for num in conn.channels:
+                ch = state.channels.get((key[0], key[1], num))
+                if ch is not None:
+                    out.append(((key[0], key[1], num), ch))
+    return out
 
 
 def queue_consumers(state: State, q: Queue, peers: Peers | None = None) -> list[dict[str, Any]]:
@@ -236,12 +253,12 @@ def channel_details(ch: tuple[str, int, int], state: State,
 
 def channels(state: State, vhost: str | None = None, peers: Peers | None = None,
              viewer: Viewer | None = None) -> Iterator[dict[str, Any]]:
-    for key, ch in list(state.channels.items()):
-        if vhost is not None and ch.vhost != vhost:
-            continue
-        conn = state.conns.get(key[:2])
-        if viewer is not None and not viewer.sees_user(conn.user if conn else ""):
-            continue
+    if viewer is not None and not viewer.monitor:
+        found = own_channels(state, viewer.user, vhost)
+    else:
+        found = [(key, ch) for key, ch in state.channels.items()
+                 if vhost is None or ch.vhost == vhost]
+    for key, ch in found:
         yield channel_json(state, key, ch, peers)
 
 
@@ -279,10 +296,10 @@ def totals(state: State, viewer: Viewer | None = None) -> dict[str, Any]:
         "exchanges": sum(len(vh.exchanges) for vh in shown), "queues": n_queues}
     if mine:
         assert viewer is not None
-        own = {key for key, c in state.conns.items() if c.user == viewer.user}
-        chans = [ch for key, ch in state.channels.items() if key[:2] in own]
-        objects.update(connections=len(own), channels=len(chans),
-                       consumers=sum(len(ch.consumers) for ch in chans))
+        chans = own_channels(state, viewer.user)
+        objects.update(connections=sum(c.user == viewer.user for c in state.conns.values()),
+                       channels=len(chans),
+                       consumers=sum(len(ch.consumers) for _, ch in chans))
     else:
         objects.update(connections=len(state.conns), channels=len(state.channels),
                        consumers=n_consumers)

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -194,3 +195,35 @@ def test_sorting_in_runs_is_stable_and_whole() -> None:
     items = [{"name": f"q{i:05d}", "vhost": "/", "k": i % 7} for i in range(3 * L.SORT_RUN + 5)]
     ordered = L.sort(items, query(sort="k").sort, False)
     assert ordered == sorted(items, key=lambda i: (i["k"], i["name"]))
+
+
+async def test_queued_listings_are_bounded_per_user_and_in_all() -> None:
+    """While the worker is busy, a user has at most PENDING_PER_USER listings waiting for
+    it (the next one is a 503 at once), and PENDING_MAX wait in all."""
+    import node.mgmt_objects as objects
+    from node.management import Refusal
+
+    release = threading.Event()
+    blocker = asyncio.get_running_loop().run_in_executor(objects._LISTING_POOL, release.wait, 10)
+
+    def ask(user: str) -> Any:
+        request = make_mocked_request("GET", "/api/queues?use_regex=true&name=q")
+        request["user"] = user
+        return asyncio.ensure_future(objects.listing(request, iter([{"name": "q"}])))
+
+    waiting = [ask("mallory") for _ in range(objects.PENDING_PER_USER)]
+    await asyncio.sleep(0.05)
+    for who in ("mallory", *(f"user-{i}" for i in range(objects.PENDING_MAX))):
+        answer = ask(who)
+        await asyncio.sleep(0)
+        if who == "mallory" or len(waiting) >= objects.PENDING_MAX:
+            with pytest.raises(Refusal) as info:
+                await answer
+            assert info.value.response.status == 503
+        else:
+            waiting.append(answer)
+            await asyncio.sleep(0.01)
+    release.set()
+    await blocker
+    assert all(r.status == 200 for r in await asyncio.gather(*waiting))
+    assert objects._pending == {}
