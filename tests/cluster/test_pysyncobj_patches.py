@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import time
+import zlib
 from pathlib import Path
+from typing import Any
 
+import pysyncobj.pickle as sync_pickle
 import pytest
+from pysyncobj.encryptor import getEncryptor
 from pysyncobj.journal import FileJournal
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
 from cluster import pysyncobj_patches as P
+from cluster import tcp_patch
 
 
 def test_every_patch_says_what_why_and_who_found_it() -> None:
@@ -69,3 +77,109 @@ def test_journal_blocks_are_reserved_and_a_full_disk_stops_the_node(
             journal.add(b"x" * 100, i + 1, 1)
     assert stopped and stopped[0] == P.EXIT_DISK_ERROR
     journal._destroy()
+
+
+# --- large entries (issue 19, item 9) ----------------------------------------------------
+
+
+def _pair(timeout: float = 10.0) -> tuple[Any, Any, list[Any], Any]:
+    """Two pysyncobj TcpConnections over a socketpair, encrypted as a cluster's are (the
+    second times out after ``timeout``); the messages the second receives; the poller
+    serving both (select, no loop)."""
+    from cluster.raft import _LoopPoller
+
+    P.install()
+    poller = _LoopPoller()
+    got: list[Any] = []
+    a_sock, b_sock = socket.socketpair()
+    for s in (a_sock, b_sock):
+        s.setblocking(False)
+    a = TcpConnection(poller, socket=a_sock, timeout=10.0, sendBufferSize=1 << 22,
+                      recvBufferSize=1 << 18)
+    b = TcpConnection(poller, onMessageReceived=got.append, socket=b_sock, timeout=timeout,
+                      recvBufferSize=1 << 18)
+    a.encryptor = b.encryptor = getEncryptor("test-secret")
+    return a, b, got, poller
+
+
+def _pump(poller: Any, got: list[Any], n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        poller.poll(0.05)
+    assert len(got) >= n
+
+
+def test_incompressible_frames_are_stored_and_the_rest_deflated() -> None:
+    noise = os.urandom(1 << 20)
+    text = b"the quick brown fox jumps over the lazy dog " * 30000
+    small = b"heartbeat" * 100
+    stored = tcp_patch.compress(noise)
+    assert zlib.decompress(stored) == noise
+    assert len(noise) <= len(stored) < len(noise) + 1024  # stored blocks, nothing deflated
+    assert len(tcp_patch.compress(text)) < len(text) // 20
+    assert tcp_patch.compress(small) == zlib.compress(small, tcp_patch.LEVEL)  # as pysyncobj
+    t0 = time.perf_counter()
+    tcp_patch.compress(os.urandom(20 << 20))
+    assert time.perf_counter() - t0 < 0.2  # deflating it took 0.4 s on the same machine
+
+
+def test_a_frame_is_authenticated_once_and_its_stamp_still_checked() -> None:
+    fernet = getEncryptor("test-secret")
+    token = fernet.encrypt_at_time(b"x" * 1000, 1_234_567)
+    assert tcp_patch.token_timestamp(token[:12]) == fernet.extract_timestamp(token) == 1_234_567
+    a, b, got, poller = _pair()
+    body = os.urandom(3 << 20)
+    a.send({"type": "apply_command", "command": body})
+    a.send({"type": "next"})
+    _pump(poller, got, 2)
+    assert got[0]["command"] == body and got[1] == {"type": "next"}
+    # a frame stamped earlier than the last one received drops the peer, as in pysyncobj
+    b.recvLastTimestamp = 2 ** 40
+    a.send({"type": "late"})
+    deadline = time.monotonic() + 5
+    while b.state != CONNECTION_STATE.DISCONNECTED and time.monotonic() < deadline:
+        poller.poll(0.05)
+    assert b.state == CONNECTION_STATE.DISCONNECTED and len(got) == 2
+    a.disconnect()
+
+
+def test_a_peer_whose_bytes_wait_unread_is_not_timed_out() -> None:
+    a, b, got, poller = _pair(timeout=0.2)
+    a.send({"type": "heartbeat"})  # b has not read it: its loop was busy
+    time.sleep(0.3)
+    b._TcpConnection__processConnectionTimeout()
+    assert b.state == CONNECTION_STATE.CONNECTED
+    _pump(poller, got, 1)
+    time.sleep(0.3)  # and now truly nothing for longer than the timeout
+    b._TcpConnection__processConnectionTimeout()
+    assert b.state == CONNECTION_STATE.DISCONNECTED
+    a.disconnect()
+
+
+def test_a_large_entrys_pieces_are_joined_in_place_and_a_premature_finish_waits() -> None:
+    """pysyncobj's follower side of a transmission (start/process/finish), as it reads:
+    ``recv = data``, ``recv += data``, ``loads(recv)`` on finish."""
+    P.install()
+    entry = (os.urandom(1 << 20), 7, 3)
+    pickled = P.dumps(entry)
+    pieces = [pickled[i:i + (1 << 16)] for i in range(0, len(pickled), 1 << 16)]
+    kinds = ["start", *["process"] * (len(pieces) - 3), "finish", "finish"]  # one too early
+    state: dict[str, Any] = {}
+    applied: list[Any] = []
+    buffers: set[int] = set()
+
+    def follower(node: Any, message: dict[str, Any]) -> None:
+        if message["transmission"] == "start":
+            state["recv"] = message["data"]
+        else:
+            state["recv"] += message["data"]
+        buffers.add(id(state["recv"]))
+        if message["transmission"] == "finish":
+            applied.append(sync_pickle.loads(state["recv"]))
+            state["recv"] = ""
+
+    for kind, piece in zip(kinds, pieces, strict=True):
+        P._on_transmission_chunk(follower, "leader", {"type": "append_entries",
+                                                      "transmission": kind, "data": piece})
+    assert applied == [entry]
+    assert len(buffers) == 1  # one buffer, extended in place: linear, not quadratic
