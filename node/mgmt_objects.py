@@ -154,16 +154,17 @@ def _visible(request: web.Request, vhost: str | None) -> bool:
     return vhost is None or viewer(request).sees_vhost(vhost)
 
 
-# Listings are built in slices of LIST_SLICE items with the event loop let run between
-# them; a long one (more than INLINE_MAX items) or one with a regex filter is filtered,
-# sorted, paged and encoded in this worker thread (RE2 lets go of the GIL while it
-# matches, so the loop goes on serving clients meanwhile). One worker: what the listings
-# of the management API cost in all is at most one core.
-# At most PENDING_PER_USER of one user's listings wait for it or run there, and
-# PENDING_MAX in all: past that a 503 (a flood of regex listings would queue minutes of
-# work ahead of everyone else's).
-LIST_SLICE = 500
-INLINE_MAX = 1000
+# Listings are built in slices of at most SLICE_S with the event loop let run between
+# them (a slice is timed, not counted: one connection's client properties can be 128 KiB);
+# one that is long (more than INLINE_MAX items), took more than INLINE_S to build (its
+# encoding will cost about as much), or has a regex filter is filtered, sorted, paged and
+# encoded in this worker thread (RE2 lets go of the GIL while it matches, so the loop goes
+# on serving clients meanwhile). One worker: what the listings of the management API cost
+# in all is at most one core. At most PENDING_PER_USER of one user's listings wait for it
+# or run there, and PENDING_MAX in all: past that a 503 (a flood of regex listings would
+# queue minutes of work ahead of everyone else's).
+SLICE_S = 0.005
+INLINE_MAX, INLINE_S = 1000, 0.005
 PENDING_PER_USER, PENDING_MAX = 2, 8
 _LISTING_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgmt-listing")
 _pending: dict[str, int] = {}
@@ -179,12 +180,18 @@ async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.R
     except mgmt_listing.QueryError as e:
         raise bad_request(str(e)) from None
     items: list[dict[str, Any]] = []
+    slice_start = time.perf_counter()
+    building = 0.0
     for item in rows:
         items.append(item)
-        if len(items) % LIST_SLICE == 0:
+        now = time.perf_counter()
+        if now - slice_start > SLICE_S:
+            building += now - slice_start
             await asyncio.sleep(0)
+            slice_start = time.perf_counter()
+    building += time.perf_counter() - slice_start
     try:
-        if len(items) <= INLINE_MAX and not query.use_regex:
+        if len(items) <= INLINE_MAX and building <= INLINE_S and not query.use_regex:
             return web.json_response(mgmt_listing.finish(items, query, match))
         user = request.get("user", "")
         if _pending.get(user, 0) >= PENDING_PER_USER or sum(_pending.values()) >= PENDING_MAX:

@@ -146,6 +146,21 @@ def test_regex_refusals_are_400_with_a_reason(admin: Api) -> None:
     assert bob("GET", f"/api/queues/{q(B)}?name=%5C1")[0] == 200
 
 
+def test_a_user_without_permissions_sees_no_objects(admin: Api) -> None:
+    """The issue's second case: a management user with no permissions at all ran the
+    pattern over the built-in exchanges' names (2.9 s); it sees none of them now."""
+    admin.ok("PUT", "/api/users/nobody", {"password": "nobody", "tags": "management"})
+    nobody = as_(admin, "nobody")
+    for path in ("/api/exchanges", "/api/queues", "/api/bindings", "/api/channels",
+                 "/api/connections", "/api/consumers", "/api/vhosts"):
+        assert nobody.ok("GET", f"{path}?use_regex=true&name={q(EVIL)}") == [], path
+        assert nobody.ok("GET", path) == [], path
+    totals = nobody.ok("GET", "/api/overview")["object_totals"]
+    assert totals == {"exchanges": 0, "queues": 0, "connections": 0, "channels": 0,
+                      "consumers": 0}
+    assert nobody("GET", f"/api/exchanges/{q(A)}")[0] == 401
+
+
 def test_listings_are_paged(admin: Api) -> None:
     bob = as_(admin, "bob")
     for i in range(7):
