@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 IMPORT_MAX_ITEMS = 100_000  # items per section of one import
+IMPORT_MAX_BYTES = 16 << 20  # node/web.py's client_max_size of the management port
 # Commands per Raft entry of an import: measured, 500 queue declarations apply in a few
 # ms on each replica, where one entry of 100,000 stalled the loop 3.8 s (issue 19).
 CHUNK = 500
@@ -140,7 +141,7 @@ async def get_definitions(request: web.Request) -> web.Response:
 @routes.post("/api/definitions")
 @needs("administrator")
 async def post_definitions(request: web.Request) -> web.Response:
-    defs = await body(request)
+    defs = await body(request, IMPORT_MAX_BYTES)
     await apply(request, await plan(defs, state(request)))
     return web.Response(status=204)
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from array import array
+from itertools import accumulate
 from typing import Any
 
 # An AMQP short string (names, routing keys, table keys): the machine checks the same
@@ -32,6 +34,9 @@ from cluster.machine.names import MAX_NAME_BYTES
 
 MAX_DEPTH = 32  # JSON nesting; RabbitMQ's definitions nest 4 deep, arguments a few more
 MAX_DIGITS = 40  # an integer literal (a signed 64-bit value has at most 20)
+# Brackets (and quotes of strings with brackets) in one document: bounds the depth
+# check's work to ~0.3 s (measured); an import of 300,000 objects has 1.2 million.
+MAX_MARKS = 2_500_000
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_ARGUMENT_ITEMS = 1024  # keys and array elements at every level of one table
 MAX_ARGUMENTS_BYTES = 131072  # the default frame_max: the most an AMQP declare carries
@@ -45,25 +50,32 @@ class InputError(ValueError):
 
 # --- JSON --------------------------------------------------------------------------------
 
-# A JSON string literal (escapes included), to be blanked before brackets are counted.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_MARK = bytes(b for b in range(256) if b not in b'[]{}"')
+_STRING = re.compile(b'"[^"]*"')
+# opening brackets to 1, closing ones to 255 (-1 as a signed byte)
+_STEPS = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")
 
 
 def nesting_exceeds(raw: bytes, limit: int = MAX_DEPTH) -> bool:
-    """Whether the JSON text ``raw`` nests deeper than ``limit``, in C-speed passes over
-    its brackets: each pass removes every innermost ``[]``/``{}`` pair, so a pair nested
-    ``d`` deep is gone after ``d`` passes. Malformed text (no pair to remove) counts as
-    exceeding: the parser would refuse it anyway, perhaps only after recursing."""
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
-    for _ in range(limit):
-        if not brackets:
-            return False
-        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
-        if len(shorter) == len(brackets):
-            return True
-        brackets = shorter
-    return bool(brackets)
+    """Whether the JSON text ``raw`` nests deeper than ``limit`` (an InputError when it
+    has more than MAX_MARKS brackets to count): the running count of
+    its brackets outside strings (+1 opening, -1 closing), with no recursion and at C
+    speed (bytes methods, ``accumulate`` over signed bytes: measured 5 ms a MiB of
+    RabbitMQ definitions, 50 ms a MiB of nothing but brackets)."""
+    # Outside strings JSON has no backslash: without its escaped backslashes and quotes,
+    # the quotes left delimit the strings. Keep only quotes and brackets; two adjacent
+    # quotes hold no bracket outside a string (an empty string, or nothing between two),
+    # so they go too, and what remains between quotes is inside a string.
+    marks = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_MARK)
+    marks = marks.replace(b'""', b"")
+    if len(marks) > MAX_MARKS:
+        raise InputError(f"more than {MAX_MARKS} arrays, objects and strings with brackets")
+    outside = _STRING.sub(b"", marks)
+    brackets = outside.translate(_STEPS, _NOT_BRACKET)
+    if re.search(b"\x01{%d}" % (limit + 1), brackets):  # the usual attack, found at once
+        return True
+    return max(accumulate(array("b", brackets)), default=0) > limit
 
 
 def _no_constant(name: str) -> Any:
@@ -87,7 +99,11 @@ def parse_json(raw: bytes) -> Any:
     """The JSON document ``raw`` (empty: ``{}``) under the rules of the module docstring."""
     if not raw.strip():
         return {}
-    if nesting_exceeds(raw):
+    try:
+        too_deep = nesting_exceeds(raw)
+    except InputError as e:
+        raise InputError(f"invalid JSON: {e}") from None
+    if too_deep:
         raise InputError(f"invalid JSON: nested deeper than {MAX_DEPTH} levels "
                          "(or unbalanced brackets)")
     try:

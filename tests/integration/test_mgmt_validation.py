@@ -322,3 +322,18 @@ def test_import_respects_the_vhost_queue_limit(api):
         assert queues(api, "imp-lim") == set()
     finally:
         api.ok("DELETE", "/api/vhosts/imp-lim")
+
+
+@pytest.mark.raftmq_only
+@pytest.mark.parametrize("size", [(4 << 20) + 1, (16 << 20) + 1])
+def test_bodies_are_bounded(api, broker, size):
+    """4 MiB for a request's JSON, 16 MiB for a definitions import (the port's limit)."""
+    doc = b'{"arguments": {}, "pad": "' + b"x" * (size - 28) + b'"}'
+    assert len(doc) == size
+    status, _ = raw(api, "PUT", "/api/queues/%2F/padded", doc)
+    assert status == 413
+    assert "padded" not in queues(api)
+    if size > 16 << 20:
+        assert raw(api, "POST", "/api/definitions", doc)[0] == 413
+    else:
+        assert raw(api, "POST", "/api/definitions", doc)[0] == 204  # (nothing in it)
