@@ -186,6 +186,21 @@ def test_a_dead_letter_the_store_refuses_loses_no_other_tenants_message() -> Non
     assert A[:2] in m.state.conns and B[:2] in m.state.conns
 
 
+def test_the_same_with_the_store_on_disk(tmp_path: Path) -> None:
+    """As a node runs it: the FileStore's one-byte length is what refused the record."""
+    m = two_tenants()
+    m.state.store = FileStore()
+    m.state.store.attach(tmp_path, restored=False)
+    hostile_queue(m)
+    m.run(*[enq(B, "bq", b"b%d" % i) for i in range(3)])
+    tenant_a_dead_letters_by_ttl(m, 20)
+    out = m.at(50)
+    assert dlq_bodies(m) == [b"a%d" % i for i in range(20)]
+    [fault] = of_type(out, E.Fault)
+    assert "routing key (300 bytes)" in fault.error
+    m.state.store.close()
+
+
 def test_the_command_that_triggers_the_flush_is_not_faulted() -> None:
     """A's reject dead-letters in the same command whose flush meets B's failure (B's
     message expired on the way): A's connection stays, its message arrives."""
