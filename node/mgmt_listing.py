@@ -33,6 +33,23 @@ SORT_DEPTH = 8  # nesting a sort key looks into (beyond: compared as its JSON te
 DEFAULT_SORT = ("vhost", "name")  # merged after the user's sort key, as RabbitMQ's
 
 
+def breathe(every_s: float = 0.001) -> Callable[[], None]:
+    """A call to make between items of a long job in the listings' worker thread: every
+    ``every_s`` it lets go of the GIL (time.sleep(0)), so the event loop's thread waits
+    at most that long for it each time it wakes (otherwise up to the 5 ms switch interval,
+    and a publish->confirm round trip wakes the loop many times: 500 ms round trips were
+    measured while 5,000 queues were sorted and encoded)."""
+    last = [time.perf_counter()]
+
+    def maybe() -> None:
+        now = time.perf_counter()
+        if now - last[0] > every_s:
+            time.sleep(0)
+            last[0] = time.perf_counter()
+
+    return maybe
+
+
 class QueryError(ValueError):
     """A bad query parameter: the reason goes back as a 400."""
 
@@ -111,7 +128,9 @@ def filter_names(items: Sequence[dict[str, Any]], match: Callable[[str], bool],
                  clock: Callable[[], float] = time.monotonic) -> list[dict[str, Any]]:
     deadline = clock() + budget_s
     out = []
+    pause = breathe()
     for i in items:
+        pause()
         if clock() > deadline:
             raise QueryError(f"the name filter took longer than {budget_s:g}s over "
                              f"{len(items)} items: use a simpler pattern")
@@ -159,15 +178,22 @@ def sort(items: list[dict[str, Any]], keys: tuple[tuple[str, ...], ...],
     thread cannot run); runs and a Python-level merge let it in every few ms."""
     if not keys:
         return items
-    keyed = [(tuple(_term(_dotted(i, k)) for k in keys), n) for n, i in enumerate(items)]
-    runs = [sorted(keyed[at: at + SORT_RUN]) for at in range(0, len(keyed), SORT_RUN)]
+    pause = breathe()
+    keyed = []
+    for n, i in enumerate(items):
+        keyed.append((tuple(_term(_dotted(i, k)) for k in keys), n))
+        pause()
+    runs = []
+    for at in range(0, len(keyed), SORT_RUN):
+        runs.append(sorted(keyed[at: at + SORT_RUN]))
+        pause()
     ordered = [items[n] for _, n in heapq.merge(*runs)]
     if reverse:
         ordered.reverse()
     return ordered
 
 
-SORT_RUN = 2048
+SORT_RUN = 512  # sorting one run holds the GIL: ~0.5 ms
 
 
 # --- columns and pages ------------------------------------------------------------------------
@@ -197,7 +223,12 @@ def encode(answer: Any) -> str:
     the GIL for as long as it takes (10,000 queues: ~50 ms); per item, the event loop's
     thread gets its turns."""
     if isinstance(answer, list):
-        return "[" + ",".join(json.dumps(i) for i in answer) + "]"
+        pause = breathe()
+        parts = []
+        for i in answer:
+            parts.append(json.dumps(i))
+            pause()
+        return "[" + ",".join(parts) + "]"
     if isinstance(answer, dict) and isinstance(answer.get("items"), list):
         rest = json.dumps({k: v for k, v in answer.items() if k != "items"})
         return f'{rest[:-1]}, "items": {encode(answer["items"])}}}'
