@@ -64,8 +64,10 @@ def close_connection(state: State, conn: Connection, out: list[Effect]) -> None:
 
 
 def close_connections(state: State, conns: list[Connection], out: list[Effect]) -> None:
-    chs = [state.channels[(conn.key[0], conn.key[1], num)]
-           for conn in conns for num in conn.channels]
+    # (a channel the connection lists but the state lost would be a bug: skipped, so the
+    # other connections, maybe other tenants' on the same node, still close)
+    chs = [ch for conn in conns for num in conn.channels
+           if (ch := state.channels.get((conn.key[0], conn.key[1], num))) is not None]
     close_channels(state, chs, out)
     for conn in conns:
         del state.conns[conn.key]
