@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -133,8 +134,9 @@ def export(st: Any) -> dict[str, Any]:
 async def get_definitions(request: web.Request) -> web.Response:
     headers = {}
     if request.query.get("download"):
-        headers["Content-Disposition"] = \
-            f'attachment; filename="{request.query["download"]}"'
+        # the client's file name in a header: only characters that cannot break out of it
+        name = re.sub(r"[^\w.\- ]", "_", request.query["download"], flags=re.ASCII)[:200]
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return web.json_response(export(state(request)), headers=headers)
 
 

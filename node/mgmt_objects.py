@@ -371,7 +371,7 @@ async def get_messages(request: web.Request) -> web.Response:
 
 def _int(value: Any) -> Any:
     """Numbers may come as strings (rabbitmqadmin sends them so)."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isdecimal() and value.isascii():
         return int(value)
     return value
 
@@ -777,7 +777,7 @@ def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
     does not exist: names are sequential, and another tenant's must not be guessable."""
     broker = broker_of(request)
     node, sep, number = (request.match_info["name"] if name is None else name).rpartition(":")
-    if not sep or not number.isdigit():
+    if not sep or not (number.isascii() and number.isdigit()):  # ("²".isdigit() is True)
         raise not_found()
     key = (node, int(number))
     conn = state(request).conns.get(key)

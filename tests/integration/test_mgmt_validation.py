@@ -337,3 +337,29 @@ def test_bodies_are_bounded(api, broker, size):
         assert raw(api, "POST", "/api/definitions", doc)[0] == 413
     else:
         assert raw(api, "POST", "/api/definitions", doc)[0] == 204  # (nothing in it)
+
+
+@pytest.mark.raftmq_only
+def test_odd_digits_and_header_characters_are_no_500(api, broker):
+    """"²".isdigit() is True and int("²") raises; a file name with CR LF in a header made
+    aiohttp raise after the handler (a traceback, no answer)."""
+    before = tracebacks(broker)
+    api.ok("PUT", "/api/queues/%2F/odd", {})
+    assert api("POST", "/api/queues/%2F/odd/get", {"count": "\u00b2",
+                                                   "ackmode": "ack_requeue_true"})[0] == 400
+    assert api("POST", "/api/queues/%2F/odd/get", {"count": "2", "ackmode": "ack_requeue_true",
+                                                   "truncate": "\u00b2"})[0] == 400
+    assert api("GET", "/api/connections/n1:%C2%B2")[0] == 404
+    assert api("DELETE", "/api/connections/n1:%C2%B2")[0] == 404
+    host, port = api.base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    token = base64.b64encode(b"guest:guest").decode()
+    conn.request("GET", "/api/definitions?download=a%0d%0aSet-Cookie:%20x%22",
+                 headers={"Authorization": f"Basic {token}"})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 200 and resp.getheader("Set-Cookie") is None
+    assert resp.getheader("Content-Disposition") == 'attachment; filename="a__Set-Cookie_ x_"'
+    api.ok("DELETE", "/api/queues/%2F/odd")
+    assert tracebacks(broker) == before
