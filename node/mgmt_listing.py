@@ -71,11 +71,11 @@ def parse(q: Mapping[str, str]) -> Query:
     use_regex = q.get("use_regex", "").lower() == "true"
     if name is not None and len(name) > PATTERN_MAX:
         raise QueryError(f"name filter longer than {PATTERN_MAX} characters")
-    sort: tuple[tuple[str, ...], ...] = ()
-    if q.get("sort"):
-        first = q["sort"]
-        sort = tuple(tuple(k for k in s.split(".") if k) or (s,)
-                     for s in (first, *(d for d in DEFAULT_SORT if d != first)))
+    # RabbitMQ sorts every listing by vhost and name, after the user's key if any
+    first = q.get("sort") or None
+    sort = tuple(tuple(k for k in s.split(".") if k) or (s,)
+                 for s in ((first,) if first else ()) + tuple(d for d in DEFAULT_SORT
+                                                              if d != first))
     columns = tuple(tuple(c.split(".")) for c in q.get("columns", "").split(",") if c)
     page, size = None, PAGE_SIZE_DEFAULT
     if "page" in q:

@@ -105,7 +105,10 @@ def test_sort_merges_the_default_keys_and_missing_is_zero() -> None:
                                    {"name": "c", "vhost": "/", "n": -1}]
     assert [i["name"] for i in L.sort(items, query(sort="n").sort, False)] == ["c", "b", "a"]
     assert [i["name"] for i in L.sort(items, query(sort="n").sort, True)] == ["a", "b", "c"]
-    assert L.sort(items, query().sort, False) == items  # no sort asked: as listed
+    # no sort asked: by vhost and name, as RabbitMQ's default
+    assert [i["name"] for i in L.sort(items, query().sort, False)] == ["a", "b", "c"]
+    assert [i["name"] for i in L.sort(items, query(sort_reverse="true").sort, True)] == [
+        "c", "b", "a"]
 
 
 def test_columns_keep_nested_paths() -> None:
