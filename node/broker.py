@@ -54,6 +54,9 @@ ACKS_STALLED_S = 0.25
 # often, not stall everyone (the scan is linear in the queues).
 FLOW_CHECK_S = 0.005
 FLOW_SCAN_SHARE = 20
+# State machine faults logged at most this many times per window (the rest are counted).
+FAULT_LOG_MAX = 10
+FAULT_LOG_S = 10.0
 # How often the node measures its memory and free disk (node/alarms.py).
 ALARM_CHECK_S = 1.0
 
@@ -107,6 +110,9 @@ class Broker:
         self._flow_paused: list[AMQPConnection] = []
         self._flow_checked = 0.0
         self._flow_every = FLOW_CHECK_S
+        self._fault_window = 0.0
+        self._faults_logged = 0
+        self._faults_hidden = 0
         self._acked_seen = 0
         self._acked_at = 0.0
         self.alarms = Alarms(
@@ -348,9 +354,7 @@ class Broker:
                     api.take(ef)
                     continue
                 if type(ef) is Fault:
-                    self.metrics.faults += 1
-                    log.error("a command of this node failed in the state machine (its "
-                              "connection is closed with 541): %s: %s", ef.command, ef.error)
+                    self._log_fault(ef)
                 continue
             if type(ef) is Deliver and not machine.channel_open(state, ef.ch):
                 continue  # closed later in the same catch-up: already requeued
@@ -366,6 +370,23 @@ class Broker:
                 conn.effects_done()
             except Exception:
                 self._connection_failed(conn, "flushing effects")
+
+    def _log_fault(self, ef: Fault) -> None:
+        """A bug contained by the machine to one command or item (a command's connection
+        is closed with 541 by the ConnectionError beside it). Logged at most FAULT_LOG_MAX
+        times per FAULT_LOG_S: an item that fails on every tick must not flood the log."""
+        self.metrics.faults += 1
+        now = time.monotonic()
+        if now - self._fault_window >= FAULT_LOG_S:
+            if self._faults_hidden:
+                log.error("%d more state machine faults in the last %.0f s were not logged",
+                          self._faults_hidden, FAULT_LOG_S)
+            self._fault_window, self._faults_logged, self._faults_hidden = now, 0, 0
+        if self._faults_logged >= FAULT_LOG_MAX:
+            self._faults_hidden += 1
+            return
+        self._faults_logged += 1
+        log.error("failed in the state machine (contained to it): %s: %s", ef.command, ef.error)
 
     def _connection_failed(self, conn: AMQPConnection, doing: str) -> None:
         log.exception("internal error on connection %s (%s) while %s; closing it with 541",

@@ -232,3 +232,23 @@ async def test_flow_scan_takes_a_bounded_share_of_the_loop(
     # 10 ms scans every 5 ms would be 34 scans (67 % of the loop); at 1/20 of it, 3 or 4
     assert 2 <= scans <= 5, scans
     assert b._flow_every >= B.FLOW_SCAN_SHARE * 0.01
+
+
+async def test_state_machine_faults_are_logged_at_a_bounded_rate(
+    node: InProcessNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A poisoned item may fault on every tick: the log gets FAULT_LOG_MAX lines a
+    window and a count of the rest, the metric counts every one."""
+    from node import broker as B
+
+    b = node.broker
+    before = b.metrics.faults
+    with caplog.at_level(logging.ERROR, logger="node.broker"):
+        for i in range(200):
+            b._log_fault(E.Fault("n1", f"expiring: queue {i}", "RuntimeError: boom"))
+        b._fault_window -= B.FAULT_LOG_S  # the window is over
+        b._log_fault(E.Fault("n1", "expiring: queue x", "RuntimeError: boom"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("failed in the state machine" in m for m in lines) == B.FAULT_LOG_MAX + 1
+    assert any(f"{200 - B.FAULT_LOG_MAX} more state machine faults" in m for m in lines)
+    assert b.metrics.faults - before == 201
