@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,11 @@ def breathe(every_s: float = 0.001) -> Callable[[], None]:
     ``every_s`` it lets go of the GIL (time.sleep(0)), so the event loop's thread waits
     at most that long for it each time it wakes (otherwise up to the 5 ms switch interval,
     and a publish->confirm round trip wakes the loop many times: 500 ms round trips were
-    measured while 5,000 queues were sorted and encoded)."""
+    measured while 5,000 queues were sorted and encoded). On the loop's own thread (a
+    short listing finished inline) it does nothing: letting go there would make the loop
+    wait for the worker instead."""
+    if threading.current_thread() is threading.main_thread():
+        return _nothing
     last = [time.perf_counter()]
 
     def maybe() -> None:
@@ -48,6 +53,10 @@ def breathe(every_s: float = 0.001) -> Callable[[], None]:
             last[0] = time.perf_counter()
 
     return maybe
+
+
+def _nothing() -> None:
+    pass
 
 
 class QueryError(ValueError):

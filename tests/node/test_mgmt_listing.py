@@ -250,3 +250,23 @@ async def test_slices_are_timed_not_counted() -> None:
         gc.enable()
     assert response.status == 200 and len(json.loads(response.text)) == 300
     assert worst < 0.05, f"the loop stood still {worst * 1000:.0f} ms"
+
+
+def test_breathing_only_off_the_loops_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker lets go of the GIL every ms; the loop's thread (a short listing
+    finished inline) never does: it would then wait for the worker."""
+    slept: list[str] = []
+    monkeypatch.setattr(L.time, "sleep", lambda s: slept.append(
+        threading.current_thread().name))
+
+    def spin() -> None:
+        pause = L.breathe(every_s=0.0)
+        for _ in range(5):
+            pause()
+
+    spin()
+    assert slept == []
+    worker = threading.Thread(target=spin, name="worker")
+    worker.start()
+    worker.join(5)
+    assert slept == ["worker"] * 5
