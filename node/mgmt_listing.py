@@ -112,6 +112,10 @@ def matcher(pattern: str, use_regex: bool) -> Callable[[str], bool]:
     options.case_sensitive = False
     options.log_errors = False  # a user's bad pattern is a 400, not a line on stderr
     try:
+        pattern.encode()
+    except UnicodeEncodeError:
+        raise QueryError("name is not valid Unicode (a lone surrogate)") from None
+    try:
         compiled = re2.compile(pattern, options)
     except re2.error as e:
         reason = e.args[0].decode(errors="replace") if e.args and isinstance(
@@ -121,7 +125,14 @@ def matcher(pattern: str, use_regex: bool) -> Callable[[str], bool]:
                        "backreferences or lookaround)")
         raise QueryError(f"invalid regular expression in name: {reason}") from None
     search = compiled.search
-    return lambda s: search(s) is not None
+
+    def match(name: str) -> bool:
+        try:
+            return search(name) is not None
+        except UnicodeEncodeError:  # RE2 reads UTF-8: a name that is not cannot match
+            return False
+
+    return match
 
 
 def _python_accepts(pattern: str) -> bool:

@@ -141,6 +141,10 @@ def test_regex_refusals_are_400_with_a_reason(admin: Api) -> None:
         status, answer = bob("GET", base + urllib.parse.quote(pattern, safe=""))
         assert status == 400, (pattern, answer)
         assert says in answer["reason"], (pattern, answer)
+    for raw in ("%ED%A0%80", "%FF", "%00"):  # not UTF-8, a lone surrogate, NUL
+        for regex in ("true", "false"):
+            status, answer = bob("GET", f"/api/queues/{q(B)}?use_regex={regex}&name={raw}")
+            assert status in (200, 400), (raw, status, answer)
     # without use_regex the name is a case-insensitive substring, even "(" or "\1"
     assert bob("GET", f"/api/queues/{q(B)}?name=%28")[0] == 200
     assert bob("GET", f"/api/queues/{q(B)}?name=%5C1")[0] == 200

@@ -52,6 +52,12 @@ def test_patterns_re2_cannot_run_are_refused_with_why(pattern: str, says: str) -
     assert says in str(info.value)
 
 
+def test_lone_surrogates_are_refused_or_unmatched() -> None:
+    with pytest.raises(L.QueryError, match="not valid Unicode"):
+        L.matcher("\ud800", True)
+    assert not L.matcher("a", True)("\ud800a")
+
+
 def test_pattern_length_is_bounded() -> None:
     assert query(name="a" * L.PATTERN_MAX, use_regex="true").name
     with pytest.raises(L.QueryError, match="longer than 1000"):
