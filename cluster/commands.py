@@ -39,7 +39,10 @@ FORMAT_VERSION = 1  # of the batch envelope (encode_batch); never changed so far
 #   1: every command of release 0.1.0 (git 7acbfcb, before levels existed)
 #   2: Supports, EnableLevel (both proposable at any level: a member that skips them only
 #      misses level bookkeeping that it does not use), NodeDraining
-LEVEL = 2
+#   3: no new command; expiry visits only the queues that are due, through a deadline
+#      heap (cluster/machine/expiry.py): release 0.2.0 visits every timed queue, and the
+#      order can differ, so the heap waits until every member applies it
+LEVEL = 3
 
 Arguments = dict[str, Any]
 

@@ -10,15 +10,20 @@ proposes one at :func:`next_deadline`.
 
 from __future__ import annotations
 
+import heapq
+
 from cluster import commands as C
 from cluster.effects import Effect
 from cluster.machine.contain import Failed, note, report
 from cluster.machine.deadletter import is_cycle, record_death
 from cluster.machine.errors import rs
-from cluster.machine.features import expire_head, queue_deadline
+from cluster.machine.features import expire_head, push_deadline, queue_deadline
 from cluster.machine.queues import add_message, delete_queue
 from cluster.machine.routing import route
 from cluster.machine.state import Entry, Queue, State, entry_id
+
+# The command level from which expiry finds due queues through State.deadlines.
+DEADLINE_HEAP_LEVEL = 3
 
 
 def next_deadline(state: State) -> int | None:
@@ -31,7 +36,74 @@ def next_deadline(state: State) -> int | None:
 def expire_due(state: State, out: list[Effect]) -> None:
     """Expire whatever is due at ``state.now_ms`` and recompute ``next_due``. Each queue
     on its own: one that raises leaves the index (``schedule`` puts it back at its next
-    use) rather than fail again at every command, and the others expire as due."""
+    use) rather than fail again at every command, and the others expire as due.
+
+    Up to level 2 every timed queue is visited (as release 0.1.0 does, so that replicas
+    of both releases expire alike); from level 3 only the queues the deadline heap says
+    are due, in the same order: 50,000 idle x-expires queues of one tenant cost 64 ms a
+    visit of all, at every command that found something due."""
+    if state.level >= DEADLINE_HEAP_LEVEL:
+        _expire_by_heap(state, out)
+    else:
+        state.deadlines_built = False
+        _expire_scan(state, out)
+
+
+def _expire_by_heap(state: State, out: list[Effect]) -> None:
+    now = state.now_ms
+    timed = state.timed
+    if not state.deadlines_built:
+        _build_heap(state)
+    heap, pushed = state.deadlines, state.pushed
+    due: set[int] = set()
+    while heap and heap[0][0] <= now:
+        d, qid = heapq.heappop(heap)
+        if pushed.get(qid) == d:
+            del pushed[qid]
+        if qid in timed:
+            due.add(qid)
+    failed: Failed | None = None
+    for qid in sorted(due, key=lambda i: (timed[i] if timed[i] is not None else -1, i)):
+        q = state.queues.get(qid)
+        if q is None or q.deleted:
+            _untime(state, qid)
+            continue
+        try:
+            d_next = _expire_queue(state, q, now, out)
+        except Exception as exc:
+            _untime(state, qid)
+            failed = note(failed, rs("queue", q.name, q.vhost), exc)
+            continue
+        if d_next is None:
+            _untime(state, qid)
+        else:
+            push_deadline(state, qid, d_next)
+    state.next_due = heap[0][0] if heap else None
+    report(state, failed, "expiring", out)
+    flush_dead_letters(state, out)
+
+
+def _untime(state: State, qid: int) -> None:
+    state.timed.pop(qid, None)
+    state.pushed.pop(qid, None)
+
+
+def _build_heap(state: State) -> None:
+    """The deadline heap from ``timed`` (once per life of the index: level 3 reached, a
+    snapshot of an earlier release restored)."""
+    entries: list[tuple[int, int]] = []
+    for qid in state.timed:
+        q = state.queues.get(qid)
+        d = queue_deadline(q) if q is not None and not q.deleted else None
+        # a queue that left keeps an entry due now: the next visit drops it from timed
+        entries.append((d if d is not None else state.now_ms, qid))
+    heapq.heapify(entries)
+    state.deadlines = entries
+    state.pushed = {qid: d for d, qid in entries}
+    state.deadlines_built = True
+
+
+def _expire_scan(state: State, out: list[Effect]) -> None:
     now = state.now_ms
     timed = state.timed
     nd: int | None = None

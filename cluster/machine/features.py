@@ -313,10 +313,28 @@ def schedule(state: State, q: Queue) -> None:
     if d is None:
         return
     if q.qid not in state.timed:
-        state.timed[q.qid] = None
+        state.timed[q.qid] = state.timed_seq
+        state.timed_seq += 1
+    if state.deadlines_built:
+        push_deadline(state, q.qid, d)
     nd = state.next_due
     if nd is None or d < nd:
         state.next_due = d
+
+
+def push_deadline(state: State, qid: int, d: int) -> None:
+    """Keep an entry no later than ``d`` in the deadline heap for ``qid``. Entries
+    that went stale (the queue's deadline moved, or it left) are dropped when popped,
+    and the heap is rebuilt once they outnumber the live ones: its size stays linear in
+    the timed queues whatever a tenant does."""
+    cur = state.pushed.get(qid)
+    if cur is not None and cur <= d:
+        return
+    state.pushed[qid] = d
+    heap = state.deadlines
+    heapq.heappush(heap, (d, qid))
+    if len(heap) > 2 * len(state.pushed) + 64:
+        heap[:] = sorted((dl, i) for i, dl in state.pushed.items())
 
 
 def touch(state: State, q: Queue) -> None:

@@ -258,6 +258,8 @@ def delete_queue(state: State, q: Queue, out: list[Effect]) -> int:
     if vh.queues.get(q.name) is q:
         del vh.queues[q.name]
     state.queues.pop(q.qid, None)
+    state.timed.pop(q.qid, None)  # (the deadline heap drops its entry when it comes up)
+    state.pushed.pop(q.qid, None)
     for c in list(q.consumers.values()):
         c.active = False
         c.in_service = False

@@ -344,9 +344,19 @@ class State:
     # (node, incarnation) of the batch being applied, to stamp new connections.
     origin: tuple[str, int] | None = None
     # Queues that may have a deadline (a TTL'd message at their head, or x-expires):
-    # qid -> None. ``next_due`` is a lower bound of their earliest deadline.
-    timed: dict[int, None] = field(default_factory=dict)
+    # qid -> the order it entered (None: entered before orders were kept). ``next_due`` is
+    # a lower bound of their earliest deadline.
+    timed: dict[int, int | None] = field(default_factory=dict)
     next_due: int | None = None
+    timed_seq: int = 0
+    # From level 3 (cluster/machine/expiry.py): a heap of (deadline, qid), at least one
+    # entry no later than each timed queue's deadline, so that expiry visits only the
+    # queues that are due instead of every timed queue of every tenant. ``pushed``: the
+    # earliest deadline pushed for each queue. An index: rebuilt from ``timed`` when
+    # ``deadlines_built`` is False (a snapshot of an earlier release, or level < 3).
+    deadlines: list[tuple[int, int]] = field(default_factory=list, compare=False, repr=False)
+    pushed: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
+    deadlines_built: bool = field(default=False, compare=False, repr=False)
     # Dead-lettered messages waiting to be republished within the current command
     # (always empty between commands).
     dl_pending: list[Any] = field(default_factory=list)

@@ -30,6 +30,7 @@ from cluster.machine.features import queue_deadline
 from cluster.machine.queues import has_credit
 from cluster.machine.state import State, entry_id
 from protocol.properties import decode_properties, encode_properties
+from tests.cluster import helpers
 from tests.cluster.helpers import guest_state, stored
 
 QT, DLQ, DLX = "qt", "dlq", "dlx"
@@ -561,6 +562,9 @@ class MachineLog(RuleBasedStateMachine):
             d = queue_deadline(q)
             if d is not None:
                 assert q.qid in s.timed and nd is not None and d >= nd
+                if s.deadlines_built:  # level 3: the heap has an entry no later than d
+                    assert s.pushed.get(q.qid, d + 1) <= d
+                    assert (s.pushed[q.qid], q.qid) in s.deadlines
             if q.name == QT:
                 assert q.ready_count() <= QT_MAX
 
@@ -623,6 +627,25 @@ MachineLog.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestMachineLog = MachineLog.TestCase
+
+
+class MachineLogLevel2(MachineLog):
+    """The same logs at command level 2: expiry visits every timed queue (as release
+    0.2.0 does) instead of the deadline heap (level 3)."""
+
+    def __init__(self) -> None:
+        level, helpers.LEVEL_UNDER_TEST = helpers.LEVEL_UNDER_TEST, 2
+        try:
+            super().__init__()
+        finally:
+            helpers.LEVEL_UNDER_TEST = level
+
+
+MachineLogLevel2.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestMachineLogLevel2 = MachineLogLevel2.TestCase
 
 
 # --- batching does not change the outcome ---------------------------------------------------
