@@ -56,6 +56,7 @@ TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonato
 MAX_TAGS = 64  # of a user or a vhost
 MAX_TEXT_BYTES = 65535  # a description, a password
 MAX_REQUEST_BYTES = 4 << 20  # a request's JSON body, but for a definitions import
+DELETE_CHUNK = 500  # queues or exchanges deleted per Raft entry when a vhost is deleted
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 routes = web.RouteTableDef()
@@ -480,10 +481,38 @@ async def delete_vhost(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in state(request).vhosts:
             return error(404, "Object Not Found", "Not Found")
+        await _empty_vhost(request, name)
         await submit(request, C.VHostDelete(name))
         return no_content()
     except Refusal as r:
         return r.response
+
+
+async def _empty_vhost(request: web.Request, name: str) -> None:
+    """Delete the vhost's queues and exchanges DELETE_CHUNK to a Raft entry first (as
+    RabbitMQ deletes a vhost's queues one by one, before its connections are closed), so
+    no entry removes 100,000 queues at once on every replica (measured: 2.3 s stalls).
+    Best effort: exclusive queues, and whatever a chunk could not delete (an object gone
+    or locked meanwhile), go with the VHostDelete that follows."""
+    from node.mgmt_objects import PLACEHOLDER, ApiSession
+
+    vh = state(request).vhosts[name]
+    doomed: list[C.Command] = [C.QueueDelete(PLACEHOLDER, q.name, False, False, False)
+                               for q in vh.queues.values()
+                               if q.exclusive_owner is None and not q.deleted]
+    doomed += [C.ExchangeDelete(PLACEHOLDER, x, False, False) for x in vh.exchanges
+               if x and not x.startswith("amq.")]
+    if len(doomed) <= DELETE_CHUNK:
+        return  # (one entry either way)
+    for i in range(0, len(doomed), DELETE_CHUNK):
+        if name not in state(request).vhosts:
+            return
+        try:
+            await ApiSession(broker_of(request), request["user"], name, system=True).run(
+                *doomed[i:i + DELETE_CHUNK])
+        except Refusal as r:
+            if r.response.status == 503:
+                raise
 
 
 # --- permissions --------------------------------------------------------------------------

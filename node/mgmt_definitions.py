@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -73,6 +75,7 @@ IMPORT_MAX_BYTES = 16 << 20  # node/web.py's client_max_size of the management p
 # ms on each replica, where one entry of 100,000 stalled the loop 3.8 s (issue 19).
 CHUNK = 500
 YIELD_EVERY = 1000  # items checked between two yields to the event loop
+SLICE_S = 0.005  # of building or encoding an export between two yields to the loop
 _T = TypeVar("_T")
 _Item = tuple[str, C.Command]
 # RabbitMQ's own identity, in every export of it: nothing to import.
@@ -83,22 +86,48 @@ def _exported_exchange(name: str) -> bool:
     return name != "" and not name.startswith("amq.")
 
 
-def export(st: Any) -> dict[str, Any]:
+class _Pause:
+    """Lets the event loop run every SLICE_S of work (``await pause()`` per item)."""
+
+    def __init__(self) -> None:
+        self.since = time.perf_counter()
+
+    async def __call__(self) -> None:
+        if time.perf_counter() - self.since > SLICE_S:
+            await asyncio.sleep(0)
+            self.since = time.perf_counter()
+
+
+async def export(st: Any) -> dict[str, Any]:
+    """The definitions, built in slices with the loop let run between them (100,000
+    queues took one stretch of ~1 s). The state is read through lists taken at once, so
+    what changes meanwhile cannot break an iteration; the export is as of each slice,
+    as RabbitMQ's is not a snapshot either."""
+    pause = _Pause()
     vhosts = list(st.vhosts.values())
-    queues = [{"name": q.name, "vhost": vh.name, "durable": q.durable,
-               "auto_delete": q.auto_delete, "arguments": views.jsonable(q.arguments)}
-              for vh in vhosts for q in vh.queues.values()
-              if q.durable and q.exclusive_owner is None and not q.deleted]
+    queues = []
+    for vh in vhosts:
+        for q in list(vh.queues.values()):
+            if q.durable and q.exclusive_owner is None and not q.deleted:
+                queues.append({"name": q.name, "vhost": vh.name, "durable": q.durable,
+                               "auto_delete": q.auto_delete,
+                               "arguments": views.jsonable(q.arguments)})
+            await pause()
     exported_queues = {(q["vhost"], q["name"]) for q in queues}
-    exchanges = [{"name": x.name, "vhost": vh.name, "type": x.type, "durable": x.durable,
-                  "auto_delete": x.auto_delete, "internal": x.internal,
-                  "arguments": views.jsonable(x.arguments)}
-                 for vh in vhosts for x in vh.exchanges.values()
-                 if x.durable and _exported_exchange(x.name)]
+    exchanges = []
+    for vh in vhosts:
+        for x in list(vh.exchanges.values()):
+            if x.durable and _exported_exchange(x.name):
+                exchanges.append({"name": x.name, "vhost": vh.name, "type": x.type,
+                                  "durable": x.durable, "auto_delete": x.auto_delete,
+                                  "internal": x.internal,
+                                  "arguments": views.jsonable(x.arguments)})
+            await pause()
     exported_x = {(x["vhost"], x["name"]) for x in exchanges}
     bindings = []
     for vh in vhosts:
-        for b in views.bindings(st, vh.name):
+        for b in views.bindings(st, vh.name):  # (it lists what it reads first)
+            await pause()
             dest = (vh.name, b["destination"])
             if b["source"] == "" or ((vh.name, b["source"]) not in exported_x
                                      and _exported_exchange(b["source"])):
@@ -110,11 +139,12 @@ def export(st: Any) -> dict[str, Any]:
                                                "destination_type", "routing_key",
                                                "arguments")})
     users = []
-    for u in st.users.values():
+    for u in list(st.users.values()):
         entry = user_json(u)
         if not entry["limits"]:
             del entry["limits"]
         users.append(entry)
+        await pause()
     return {
         "rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8",
         "product_name": "RaftMQ", "product_version": product_version(),
@@ -129,6 +159,41 @@ def export(st: Any) -> dict[str, Any]:
     }
 
 
+async def encode(doc: dict[str, Any]) -> str:
+    """``doc`` as JSON, its lists item by item in slices. A non-finite float (which an
+    AMQP client could have put in an argument) is written as null: JSON has none, and
+    one would make the whole export unreadable."""
+    pause = _Pause()
+    out = []
+    for key, value in doc.items():
+        if isinstance(value, list):
+            items = []
+            for item in value:
+                items.append(_dumps(item))
+                await pause()
+            out.append(f"{json.dumps(key)}: [{', '.join(items)}]")
+        else:
+            out.append(f"{json.dumps(key)}: {_dumps(value)}")
+    return "{" + ", ".join(out) + "}"
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 @routes.get("/api/definitions")
 @needs("administrator")
 async def get_definitions(request: web.Request) -> web.Response:
@@ -137,7 +202,8 @@ async def get_definitions(request: web.Request) -> web.Response:
         # the client's file name in a header: only characters that cannot break out of it
         name = re.sub(r"[^\w.\- ]", "_", request.query["download"], flags=re.ASCII)[:200]
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return web.json_response(export(state(request)), headers=headers)
+    return web.Response(text=await encode(await export(state(request))),
+                        content_type="application/json", headers=headers)
 
 
 @routes.post("/api/definitions")

@@ -12,6 +12,7 @@ with a reason, never a 500 or a traceback (issue 19, items 6 and 8).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 from pathlib import Path
@@ -279,7 +280,10 @@ def test_import_applies_everything_it_answers_204_for(api):
     assert queues(api, "import-ok") == {f"q{i}" for i in range(1200)}
     bound = [b for b in api.ok("GET", "/api/bindings/import-ok") if b["source"] == "ix"]
     assert len(bound) == 1200
+    # deleted DELETE_CHUNK queues and exchanges to a Raft entry, then the vhost
     api.ok("DELETE", "/api/vhosts/import-ok")
+    assert api("GET", "/api/vhosts/import-ok")[0] == 404
+    assert not [q for q in api.ok("GET", "/api/queues") if q["vhost"] == "import-ok"]
 
 
 @pytest.mark.raftmq_only
@@ -363,3 +367,62 @@ def test_odd_digits_and_header_characters_are_no_500(api, broker):
     assert resp.getheader("Content-Disposition") == 'attachment; filename="a__Set-Cookie_ x_"'
     api.ok("DELETE", "/api/queues/%2F/odd")
     assert tracebacks(broker) == before
+
+
+@pytest.mark.raftmq_only
+def test_a_nan_from_amqp_never_makes_the_export_invalid_json(api, broker):
+    """An AMQP client can send a double NaN in queue arguments (a raw frame: pika will
+    not encode one): refused at the edge or stored, the export stays strict JSON."""
+    from pamqp import commands
+
+    from tests.integration.rawclient import RawClient
+
+    with RawClient(broker.host, broker.port) as c:
+        c.handshake()
+        c.send_frame(0 + 1, commands.Channel.Open())
+        c.recv_method()
+        c.send_frame(1, commands.Queue.Declare(queue="amqp-nan",
+                                               arguments={"x-n": float("nan")}))
+        with contextlib.suppress(Exception):
+            c.recv_method()
+
+    def strict(raw_text: bytes) -> Any:
+        return json.loads(raw_text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+
+    status, _ = raw(api, "GET", "/api/definitions", b"")
+    assert status == 200
+    host, port = api.base.removeprefix("http://").split(":")
+    http_conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    http_conn.request("GET", "/api/definitions", headers={
+        "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    defs = strict(http_conn.getresponse().read())
+    http_conn.close()
+    found = [q for q in defs["queues"] if q["name"] == "amqp-nan"]
+    assert found == [] or found[0]["arguments"] == {"x-n": None}
+    with contextlib.suppress(Exception):
+        api("DELETE", "/api/queues/%2F/amqp-nan")
+
+
+@pytest.mark.raftmq_only
+def test_deleting_a_big_vhost_in_use(api, broker):
+    """More queues than one deletion entry takes, one consumed and one exclusive to a
+    live connection: all go, the connection is closed, the vhost is gone."""
+    import pika
+
+    doc = _doc("del-v", [{"name": f"q{i}"} for i in range(700)])
+    assert api("POST", "/api/definitions", doc)[0] == 204
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url_for(vhost="del-v")))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("mine", exclusive=True)
+        ch.basic_consume("q0", lambda *a: None)
+        assert api("DELETE", "/api/vhosts/del-v")[0] == 204
+        with pytest.raises(pika.exceptions.AMQPError):
+            for _ in range(50):
+                conn.process_data_events(time_limit=0.1)
+                ch.queue_declare("probe", passive=True)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    assert api("GET", "/api/vhosts/del-v")[0] == 404
+    assert not [q for q in api.ok("GET", "/api/queues") if q["vhost"] == "del-v"]

@@ -105,3 +105,14 @@ def test_names_and_patterns():
     for bad in ("(", "[", 1, None):
         with pytest.raises(InputError):
             check_regex(bad, "read")
+
+
+async def test_the_export_is_strict_json_whatever_the_state_holds():
+    from node.mgmt_definitions import encode
+
+    doc = {"queues": [{"name": "q", "arguments": {"x": float("nan"), "y": [float("inf")],
+                                                  "z": 1.5}}], "rabbit_version": "3.10.8"}
+    text = await encode(doc)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "queues": [{"name": "q", "arguments": {"x": None, "y": [None], "z": 1.5}}],
+        "rabbit_version": "3.10.8"}
