@@ -97,8 +97,12 @@ chaos-long: $(STAMP)
 # Hostile input, three layers (~10 min): 1,000,000 mutated conversations against the protocol
 # object, 20,000 hypothesis command logs against the state machine, 20,000 hostile connections
 # (200 at once) against a running node beside a well-behaved client. make test runs a short one.
+# Then the hostile-tenant suite for 5 minutes (tests/hostile: tenant B attacks, tenant A
+# measures losses and confirm latency); both always run.
 fuzz: $(STAMP)
-	$(BIN)/python -m tests.fuzz all
+	s=0; $(BIN)/python -m tests.fuzz all || s=$$?; \
+	$(BIN)/python -m tests.hostile --minutes 5; t=$$?; \
+	exit $$(( s || t ))
 
 bench-codec: $(STAMP)
 	$(BIN)/python bench/codec_bench.py

@@ -398,6 +398,10 @@ def many_consumers(t: Target) -> Outcome:
         time.sleep(0.5)
     _, registered = queue_depth(t, "B", "b.many")
     out.seen.append(f"{registered} registered")
+    # the queue's own page lists every consumer: linear in what b made, but on the loop?
+    got = request(t.management_port, "GET", "/api/queues/B/b.many", "b", timeout=60)
+    out.expect(got.status == 200, f"GET /api/queues/B/b.many: {got.status}")
+    out.seen.append(f"its page {len(got.body) >> 10} KiB in {got.seconds:.2f} s")
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     dropped = time.monotonic()
     c.close()

@@ -101,14 +101,20 @@ def amqp(t: Target, user: str = "b", vhost: str = "B") -> Iterator[pika.Blocking
 
 
 def queue_depth(t: Target, vhost: str, name: str) -> tuple[int, int]:
-    """(messages, consumers) of a queue, as the admin reads them; (-1, -1) if absent."""
+    """(messages, consumers) of a queue, as the admin reads them; (-1, -1) if absent.
+    Read from the listing (two columns), not from GET /api/queues/VHOST/NAME, whose
+    consumer_details of 10k consumers would cost the node more than the attack."""
     from urllib.parse import quote
 
-    got = request(t.management_port, "GET", f"/api/queues/{quote(vhost, safe='')}/"
-               f"{quote(name, safe='')}", "guest", timeout=30)
+    got = request(t.management_port, "GET", f"/api/queues/{quote(vhost, safe='')}?name="
+                  f"{quote(name, safe='')}&columns=name,messages,consumers", "guest",
+                  timeout=30)
     if got.status != 200:
         return -1, -1
-    info = json.loads(got.body)  # lenient: the attacks judge strict JSON themselves
+    rows = json.loads(got.body)  # lenient: the attacks judge strict JSON themselves
+    info = next((r for r in rows if isinstance(r, dict) and r.get("name") == name), None)
+    if info is None:
+        return -1, -1
     return int(info.get("messages", 0)), int(info.get("consumers", 0))
 
 
