@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -216,6 +217,31 @@ class _Conn(asyncio.Protocol):
         self.inner.resume_writing()
 
 
+class _Budget:
+    """At most ``per_second`` tracebacks logged a second (one user repeating a request
+    that hits a bug must not fill the disk: 400 tracebacks in 0.9 s were seen); how
+    many were held back is said with the next one that is logged."""
+
+    def __init__(self, per_second: int = 5) -> None:
+        self.per_second, self.window, self.count, self.held = per_second, 0.0, 0, 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self.window >= 1.0:
+            if self.held:
+                log.error("%d more requests failed the same way (tracebacks not logged)",
+                          self.held)
+            self.window, self.count, self.held = now, 0, 0
+        self.count += 1
+        if self.count > self.per_second:
+            self.held += 1
+            return False
+        return True
+
+
+_tracebacks = _Budget()
+
+
 @web.middleware
 async def unexpected_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """A handler's exception that is not an HTTP answer: 500 with a short reason, the
@@ -225,7 +251,8 @@ async def unexpected_errors(request: web.Request, handler: Any) -> web.StreamRes
     except (web.HTTPException, asyncio.CancelledError):
         raise
     except Exception as e:
-        log.exception("%s %s failed", request.method, request.path[:200])
+        if _tracebacks.allow():
+            log.exception("%s %s failed", request.method, request.path[:200])
         return web.json_response({"error": "internal_error",
                                   "reason": f"{type(e).__name__}: see the node's log"},
                                  status=500)

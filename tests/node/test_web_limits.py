@@ -198,3 +198,15 @@ async def test_an_unexpected_exception_is_a_short_500_logged_once(server, caplog
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(failures) == 1 and failures[0].exc_info is not None
     assert "GET /broken failed" in failures[0].getMessage()
+
+
+async def test_tracebacks_are_rate_limited(server, caplog):
+    port, _ = server
+    with caplog.at_level(logging.ERROR):
+        answers = await asyncio.gather(*(_get(port, "/broken") for _ in range(20)))
+        assert [status for status, _ in answers] == [500] * 20
+        await asyncio.sleep(1.1)
+        await _get(port, "/broken")  # the next second: logged, with the count held back
+    logged = [r for r in caplog.records if r.exc_info is not None]
+    assert 5 <= len(logged) <= 6 + 5  # (20 may straddle two windows)
+    assert any("more requests failed the same way" in r.getMessage() for r in caplog.records)
