@@ -63,7 +63,8 @@ def test_nesting_check_is_linear_and_without_recursion():
 
 
 @pytest.mark.parametrize("raw", [b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"1e400",
-                                 b"[-1e999]", b"1" * 41, b"{", b"\xff"])
+                                 b"[-1e999]", b"1" * 41, b"{", b"\xff",
+                                 '["\\u005b"]'.encode("utf-16")])
 def test_json_that_is_refused(raw):
     with pytest.raises(InputError, match="invalid JSON"):
         parse_json(raw)
