@@ -15,7 +15,8 @@ costs the node a socket and buffers whichever port it opens:
 * a request's headers and body must arrive within ``request_timeout`` of its first byte
   (or of the connection's start): a half-open request is closed, its body too slow a
   408 (aiohttp has no header-read timeout of its own; its keep-alive timer only starts
-  after a response);
+  after a response). Bytes pipelined in the same read as the request before them are
+  bounded by the keep-alive timeout instead (aiohttp's buffer is not visible here);
 * an idle keep-alive connection is closed after ``keepalive_timeout``;
 * at most ``max_connections`` connections per port: one more is closed at once;
 * a body is read whole before the handler runs, so ``client_max_size`` bounds it on
@@ -132,9 +133,11 @@ class Guard:
                         conn.close()  # (aiohttp would linger 10 s reading the rest)
                         return response
                 conn.disarm()
+                conn.handling = True
                 return await handler(request)
             finally:
                 conn.busy = False
+                conn.handled()
 
         return deadline
 
@@ -148,15 +151,18 @@ class _Refused(asyncio.Protocol):
 
 class _Conn(asyncio.Protocol):
     """One connection: aiohttp's RequestHandler, with the request deadline. The deadline
-    is armed when the connection is made and by the first byte that arrives while no
-    request is being handled; it is disarmed when a request's body is complete and its
+    is armed when the connection is made, by the first byte that arrives while no
+    request is being handled, and when a handler ends if bytes of a next (pipelined)
+    request came while it ran; it is disarmed when a request's body is complete and its
     handler starts; if it passes first, the connection is closed."""
 
     def __init__(self, guard: Guard, inner: RequestHandler) -> None:
         self.guard, self.inner = guard, inner
         self.transport: asyncio.Transport | None = None
         self.peer: Any = None
-        self.busy = False  # a handler is running
+        self.busy = False  # the middleware has the request (its body, its handler)
+        self.handling = False  # its handler runs (the body is complete)
+        self.early = False  # bytes of a next request came while a handler ran
         self._deadline: asyncio.TimerHandle | None = None
 
     def deadline_at(self) -> float:
@@ -170,6 +176,12 @@ class _Conn(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_at(loop.time() + self.guard.limits.request_timeout,
                                       self._expire)
+
+    def handled(self) -> None:
+        """A handler is done: bytes that came meanwhile start the next request's clock."""
+        if self.handling and self.early and self._deadline is None:
+            self._arm()
+        self.handling = self.early = False
 
     def disarm(self) -> None:
         if self._deadline is not None:
@@ -196,7 +208,9 @@ class _Conn(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy and self._deadline is None:
+        if self.handling:
+            self.early = True
+        elif not self.busy and self._deadline is None:
             self._arm()
         self.inner.data_received(data)
 
