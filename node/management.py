@@ -883,11 +883,12 @@ def _sample_rates(application: web.Application, broker: Broker) -> None:
     handle: list[asyncio.TimerHandle] = []
 
     def tick() -> None:
+        wait = SAMPLE_S
         try:
-            rates.sample()
+            wait = rates.sample()
         except Exception:  # never let a sampling bug stop the sampling
             log.exception("sampling message rates failed")
-        handle[:] = [broker.loop.call_later(SAMPLE_S, tick)]
+        handle[:] = [broker.loop.call_later(wait, tick)]
 
     async def start(_app: web.Application) -> None:
         tick()

@@ -15,6 +15,9 @@ from collections.abc import Collection
 from typing import Any
 
 SAMPLE_S = 1.0
+# A sample walks every queue: with a tenant's 100,000 queues it takes ~0.3 s, so samples
+# are then taken less often, the walk taking at most 1/SAMPLE_SHARE of the loop's time.
+SAMPLE_SHARE = 20
 RATE_WINDOW_S = 5.0
 HISTORY_S = 600
 PER_QUEUE = int(RATE_WINDOW_S / SAMPLE_S) + 2
@@ -80,7 +83,13 @@ class Rates:
         # vhost -> its samples: always a suffix of ``history``'s times (taken together)
         self.vhosts: dict[str, deque[Sample]] = {}
 
-    def sample(self) -> None:
+    def sample(self) -> float:
+        """Take a sample; returns how long to wait before the next one."""
+        started = time.perf_counter()
+        self._sample()
+        return max(SAMPLE_S, SAMPLE_SHARE * (time.perf_counter() - started))
+
+    def _sample(self) -> None:
         state, now = self.state_of(), self.clock()
         self.history.append((now, overall_counts(state)))
         seen = state.queues

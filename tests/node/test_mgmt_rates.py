@@ -83,3 +83,24 @@ def test_a_users_rates_are_those_of_its_vhosts() -> None:
     del state.vhosts["b"], state.queues[2]
     rates.sample()
     assert set(rates.vhosts) == {"a"}
+
+
+def test_a_slow_sample_spaces_the_next_ones_out() -> None:
+    """A sample walks every queue; when that is slow (a tenant's 100,000 queues), the
+    next comes after SAMPLE_SHARE times its cost, never every second regardless."""
+    import time
+
+    from node import mgmt_rates
+
+    state = SimpleNamespace(queues={}, vhosts={}, n_published=0, n_confirmed=0,
+                            n_unroutable=0)
+    rates = Rates(lambda: state)
+    assert rates.sample() == mgmt_rates.SAMPLE_S  # quick: once a second
+    real = rates._sample
+
+    def slow() -> None:
+        time.sleep(0.1)
+        real()
+
+    rates._sample = slow  # type: ignore[method-assign]
+    assert rates.sample() >= mgmt_rates.SAMPLE_SHARE * 0.1
