@@ -309,23 +309,21 @@ def metrics_app(broker: Broker) -> web.Application:
     @routes.get("/metrics/detailed")
     async def metrics_detailed(request: web.Request) -> web.Response:
         """rabbitmq_prometheus's per-queue endpoint: ?family=...&vhost=... (repeatable)."""
-        from node.metrics import DETAILED_FAMILIES, detailed
+        from node.metrics import DETAILED_FAMILIES
 
         families = set(request.query.getall("family", []))
         unknown = families - set(DETAILED_FAMILIES)
         if unknown:
             return web.Response(status=400, text=f"unknown families {sorted(unknown)}; "
                                 f"known: {', '.join(DETAILED_FAMILIES)}\n")
-        body = detailed(broker.metrics.source, families,
-                        set(request.query.getall("vhost", [])))
+        body = broker.metrics.detailed(families, set(request.query.getall("vhost", [])))
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
     @routes.get("/metrics/per-object")
     async def metrics_per_object(request: web.Request) -> web.Response:
-        from node.metrics import DETAILED_FAMILIES, detailed
+        from node.metrics import DETAILED_FAMILIES
 
-        body = broker.metrics.render() + detailed(broker.metrics.source,
-                                                  set(DETAILED_FAMILIES), set())
+        body = broker.metrics.render() + broker.metrics.detailed(set(DETAILED_FAMILIES), set())
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
     @routes.get("/healthz")
