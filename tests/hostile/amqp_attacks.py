@@ -20,7 +20,7 @@ from pamqp import commands as C
 from protocol.methods import build
 from tests.fuzz.corpus import method
 from tests.hostile.api_attacks import evil_name
-from tests.hostile.target import PASSWORDS, Outcome, Target, queue_depth, request
+from tests.hostile.target import PASSWORDS, Outcome, Target, amqp, queue_depth, request
 from tests.integration.rawclient import PROTOCOL_HEADER, ConnectionClosedError, RawClient
 
 CLEAR_BOUND_S = 1.0  # consumers of a dropped connection gone, from the drop (O(1) each)
@@ -112,8 +112,6 @@ class DeadLetterPump:
 
 
 def amqp_b(t: Target) -> Any:
-    from tests.hostile.target import amqp
-
     return amqp(t, "b", "B")
 
 
@@ -272,9 +270,10 @@ def _answer(c: RawClient, timeout: float = 15) -> str:
         return f"unreadable {type(exc).__name__}"
     code = getattr(m, "reply_code", None)
     if isinstance(m, C.Connection.Close | C.Channel.Close):
-        c.send_frame(0 if isinstance(m, C.Connection.Close) else 1,
-                     C.Connection.CloseOk() if isinstance(m, C.Connection.Close)
-                     else C.Channel.CloseOk())
+        with contextlib.suppress(OSError):  # the node may close first: it said why already
+            c.send_frame(0 if isinstance(m, C.Connection.Close) else 1,
+                         C.Connection.CloseOk() if isinstance(m, C.Connection.Close)
+                         else C.Channel.CloseOk())
     return f"{m.name} {code}" if code is not None else m.name
 
 
