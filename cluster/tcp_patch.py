@@ -12,7 +12,11 @@ Sending also compresses only what compresses: pysyncobj deflates every frame at
 level 3, which costs 20 ms per MiB of incompressible bytes (a 20 MiB random
 body: 0.4 s per hop, in one loop turn, on every node it crosses) for nothing.
 A large frame whose sample does not shrink is stored (level 0: same format,
-the receiver is unchanged). Receiving, a frame's token is authenticated once, not twice. Imported only by cluster/raft.py.
+the receiver is unchanged). Frames are encoded (deflated, encrypted) as the socket
+takes them, a bounded amount per loop turn, so one peer's large entry does not hold
+the loop. Receiving, a frame's token is authenticated once, not twice.
+
+Imported only by cluster/pysyncobj_patches.py (PATCHES lists each change).
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ def _send(self: Any, message: Any) -> None:
     buf.pending.append(data)
     if now:
         _try_send_buffer(self)
+    else:  # pysyncobj checks on every send whether the peer went silent: so does this
+        getattr(self, _P + "processConnectionTimeout")()
     buf = getattr(self, _P + "writeBuffer")
     if (buf or getattr(buf, "pending", None)) and self.state == CONNECTION_STATE.CONNECTED:
         # The rest leaves on write events. pysyncobj asks for them only after a write
