@@ -52,6 +52,12 @@ PRODUCT = "RaftMQ"
 VERSION = "0.1.0"
 # How long a server-initiated close waits for the client's close-ok.
 CLOSE_TIMEOUT_S = 2.0
+# One connection's input handled in one loop turn: at most this long, then the rest in
+# later turns with its reading paused meanwhile. 30,000 basic.consume pipelined in one
+# read were 0.3 s of decoding and one Raft entry of 30,000 commands (0.3 s to apply on
+# every replica): everyone else waited for both.
+TURN_BUDGET_S = 0.01
+TURN_CHECK_EVERY = 64  # events between looks at the clock
 # After close-ok, how long the socket stays open (its input read and discarded) for the
 # client to close it first.
 CLOSE_DRAIN_S = 5.0
@@ -133,6 +139,7 @@ class AMQPConnection(asyncio.Protocol):
         self._frames_seen = 0
         # A login held back by the throttle: parsing waits for its answer.
         self._auth_pending = False
+        self._turn_held = False  # input left for the next loop turn (TURN_BUDGET_S)
         self._auth_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -259,8 +266,14 @@ class AMQPConnection(asyncio.Protocol):
     def _process(self) -> None:
         """Handle every whole event buffered (until a login answer is held back)."""
         proto = self.proto
+        n = 0
+        deadline = time.monotonic() + TURN_BUDGET_S
         try:
             while not self.closed and not self._auth_pending:
+                n += 1
+                if n % TURN_CHECK_EVERY == 0 and time.monotonic() > deadline:
+                    self._continue_next_turn()
+                    break
                 try:
                     ev = proto.next_event()
                     if ev is NEED_DATA:
@@ -297,6 +310,22 @@ class AMQPConnection(asyncio.Protocol):
             self.alarm(self.node.alarm, publishing=True)
         self._note_progress()
         self._flush_writes()
+
+    def _continue_next_turn(self) -> None:
+        """Its turn's budget is spent: read nothing more until what it sent so far is
+        handled, one budget per loop turn (other connections and Raft in between)."""
+        if not self._turn_held:
+            self._turn_held = True
+            self.pause_reading("turn")
+            self.node.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_held = False
+        if self.closed:
+            return
+        self._process()
+        if not self._turn_held:
+            self.resume_reading("turn")
 
     def _on_channel_zero(self, ev: Any) -> None:
         if type(ev) is MethodReceived:

@@ -13,7 +13,7 @@ from pamqp import commands as spec
 from pamqp import frame as pframe
 
 from cluster import effects as E
-from protocol.methods import build
+from protocol.methods import build, encode_method
 from tests.node.inproc import Client, InProcessNode, _header
 
 
@@ -252,3 +252,41 @@ async def test_state_machine_faults_are_logged_at_a_bounded_rate(
     assert sum("failed in the state machine" in m for m in lines) == B.FAULT_LOG_MAX + 1
     assert any(f"{200 - B.FAULT_LOG_MAX} more state machine faults" in m for m in lines)
     assert b.metrics.faults - before == 201
+
+
+async def test_a_connections_input_is_handled_a_budget_per_loop_turn(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5,000 basic.consume in one read: handled over several loop turns with the
+    connection's reading paused meanwhile (another client is served in between), and
+    every one of them is answered in the end."""
+    from node import connection as conn_mod
+
+    monkeypatch.setattr(conn_mod, "TURN_BUDGET_S", 0.0)  # every TURN_CHECK_EVERY events
+    node = await InProcessNode(asyncio.get_running_loop(),
+                               max_consumers_per_channel=0).start()
+    try:
+        await _consume_5000_in_one_read(node)
+    finally:
+        await node.stop()
+
+
+async def _consume_5000_in_one_read(node: InProcessNode) -> None:
+    c = node.client()
+    await c.open()
+    await declare(c, "q")
+    frames = []
+    for i in range(5000):
+        payload = encode_method(build(spec.Basic.Consume, 0, "q", f"t{i}", False, True))
+        frames.append(struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce")
+    c.send(b"".join(frames))
+    assert not c.transport.reading  # the rest waits for the next turns
+    other = node.client()
+    await other.open()  # served while the big input is still being worked through
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if c.transport.reading:
+            break
+    assert c.transport.reading
+    await node.settle()
+    assert names(c.frames()).count("Basic.ConsumeOk") == 5000
