@@ -18,7 +18,7 @@ import datetime
 import struct
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -179,6 +179,19 @@ async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.R
         match = mgmt_listing.matcher(query.name, query.use_regex) if query.name else None
     except mgmt_listing.QueryError as e:
         raise bad_request(str(e)) from None
+    items, building = await _gather(rows)
+    try:
+        if len(items) <= INLINE_MAX and building <= INLINE_S and not query.use_regex:
+            return web.json_response(mgmt_listing.finish(items, query, match))
+        text = await _in_worker(request, _finish_json, items, query, match)
+    except mgmt_listing.QueryError as e:
+        raise bad_request(str(e)) from None
+    return web.Response(text=text, content_type="application/json")
+
+
+async def _gather(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+    """``rows`` built in slices of SLICE_S with the loop let run between them; and how
+    long building took."""
     items: list[dict[str, Any]] = []
     slice_start = time.perf_counter()
     building = 0.0
@@ -190,24 +203,22 @@ async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.R
             await asyncio.sleep(0)
             slice_start = time.perf_counter()
     building += time.perf_counter() - slice_start
+    return items, building
+
+
+async def _in_worker(request: web.Request, fn: Callable[..., str], *args: Any) -> str:
+    """``fn(*args)`` in the listing worker thread, bounded per user and in all (503)."""
+    user = request.get("user", "")
+    if _pending.get(user, 0) >= PENDING_PER_USER or sum(_pending.values()) >= PENDING_MAX:
+        raise Refusal(error(503, "service_unavailable", "too many listings are being "
+                                                        "prepared: try again shortly"))
+    _pending[user] = _pending.get(user, 0) + 1
     try:
-        if len(items) <= INLINE_MAX and building <= INLINE_S and not query.use_regex:
-            return web.json_response(mgmt_listing.finish(items, query, match))
-        user = request.get("user", "")
-        if _pending.get(user, 0) >= PENDING_PER_USER or sum(_pending.values()) >= PENDING_MAX:
-            raise Refusal(error(503, "service_unavailable", "too many listings are being "
-                                                            "prepared: try again shortly"))
-        _pending[user] = _pending.get(user, 0) + 1
-        try:
-            text = await asyncio.get_running_loop().run_in_executor(
-                _LISTING_POOL, _finish_json, items, query, match)
-        finally:
-            _pending[user] -= 1
-            if not _pending[user]:
-                del _pending[user]
-    except mgmt_listing.QueryError as e:
-        raise bad_request(str(e)) from None
-    return web.Response(text=text, content_type="application/json")
+        return await asyncio.get_running_loop().run_in_executor(_LISTING_POOL, fn, *args)
+    finally:
+        _pending[user] -= 1
+        if not _pending[user]:
+            del _pending[user]
 
 
 def _finish_json(items: list[dict[str, Any]], query: mgmt_listing.Query,
@@ -291,9 +302,25 @@ def _queue(request: web.Request) -> Any:
 @needs("management")
 async def get_queue(request: web.Request) -> web.Response:
     q = _queue(request)
-    info = views.queue_json(state(request), broker_of(request).node_id, q, rates(request).queue)
-    info["consumer_details"] = views.queue_consumers(state(request), q, _peers(request))
-    return web.json_response(info)
+    st = state(request)
+    info = views.queue_json(st, broker_of(request).node_id, q, rates(request).queue)
+    # a queue may have a million consumers (2,047 channels x 1,000 on each connection)
+    consumers, building = await _gather(
+        views.consumer_json(st, q, c, _peers(request)) for c in list(q.consumers.values()))
+    info["consumer_details"] = consumers
+    if len(consumers) <= INLINE_MAX and building <= INLINE_S:
+        return web.json_response(info)
+    text = await _in_worker(request, _queue_page_json, info)
+    return web.Response(text=text, content_type="application/json")
+
+
+def _queue_page_json(info: dict[str, Any]) -> str:
+    """The queue's page as JSON, its consumers one by one (mgmt_listing.encode lets the
+    loop's thread in between)."""
+    details = info.pop("consumer_details")
+    rest = mgmt_listing.encode(info)
+    return f'{rest[:-1]}, "consumer_details": {mgmt_listing.encode(details)}}}'
+
 
 
 @routes.put("/api/queues/{vhost}/{name}")

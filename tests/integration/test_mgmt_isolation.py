@@ -383,3 +383,25 @@ def test_sort_on_any_field_answers_200(node: RaftMQNode, admin: Api,
     by_len = bob.ok("GET", f"/api/queues/{q(B)}?sort=arguments.x-max-length&name=sort-args")
     assert [i["name"] for i in by_len] == ["sort-args-str", "sort-args"]  # missing: 0 < 5
     assert tracebacks(node) == before
+
+
+# --- a queue's page with very many consumers ------------------------------------------------
+
+
+def test_queue_page_with_thousands_of_consumers_is_whole(node: RaftMQNode, admin: Api) -> None:
+    """The page lists every consumer (RabbitMQ's consumer_details), built in slices and
+    encoded off the loop when big: 3,000 consumers on three channels."""
+    conn = amqp(node, "bob", B)
+    try:
+        chans = [conn.channel() for _ in range(3)]
+        chans[0].queue_declare("crowded")
+        for i, ch in enumerate(chans):
+            for j in range(1000):
+                ch.basic_consume("crowded", lambda *a: None, consumer_tag=f"c{i}-{j}")
+        page = as_(admin, "bob").ok("GET", f"/api/queues/{q(B)}/crowded")
+        assert page["consumers"] == 3000
+        tags = {c["consumer_tag"] for c in page["consumer_details"]}
+        assert len(tags) == 3000 and "c2-999" in tags
+        assert page["name"] == "crowded"
+    finally:
+        close_quietly(conn)
