@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from cluster import commands as C
@@ -137,3 +138,17 @@ class Machine:
 
 def of_type(effects: list[Effect], cls: type) -> list[Any]:
     return [e for e in effects if isinstance(e, cls)]
+
+
+def held_references(state: State) -> tuple[Counter[int], Counter[int]]:
+    """(what queues and channels hold of each message, what the store counts): equal
+    when every queue entry and unacked delivery holds one reference and nothing else does."""
+    from cluster.machine.state import entry_id
+
+    held: Counter[int] = Counter()
+    for q in state.queues.values():
+        held.update(entry_id(m) for m in q.ready)
+        held.update(m.id for _, m in q.returned)
+    for ch in state.channels.values():
+        held.update(entry_id(m) for _q, m, _c in ch.unacked.values())
+    return held, Counter(state.store.live())

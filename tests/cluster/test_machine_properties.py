@@ -28,7 +28,7 @@ from cluster import effects as E
 from cluster.machine import apply_batch, next_deadline, restore, snapshot
 from cluster.machine.features import queue_deadline
 from cluster.machine.queues import has_credit
-from cluster.machine.state import State, entry_id
+from cluster.machine.state import State
 from protocol.properties import decode_properties, encode_properties
 from tests.cluster import helpers
 from tests.cluster.helpers import guest_state, stored
@@ -576,13 +576,8 @@ class MachineLog(RuleBasedStateMachine):
         for s in (self.main, self.restored):
             if s is None:
                 continue
-            held: Counter[int] = Counter()
-            for q in s.queues.values():
-                held.update(entry_id(m) for m in q.ready)
-                held.update(m.id for _, m in q.returned)
-            for ch in s.channels.values():
-                held.update(entry_id(m) for _q, m, _c in ch.unacked.values())
-            assert held == Counter(s.store.live())
+            held, live = helpers.held_references(s)
+            assert held == live
 
     @invariant()
     def channels_and_tags_match_model(self) -> None:

@@ -36,8 +36,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from cluster import commands as C
 from cluster import effects as E
 from cluster.machine import apply_batch, next_deadline, restore, snapshot
-from cluster.machine.state import State, entry_id
+from cluster.machine.state import State
 from protocol.properties import encode_properties
+from tests.cluster import helpers
 from tests.cluster.helpers import guest_state, stored
 
 A_PUB, A_CON = ("na", 1, 1), ("na", 1, 2)
@@ -414,13 +415,8 @@ class TenantLog(RuleBasedStateMachine):
         for s in (self.main, self.restored):
             if s is None:
                 continue
-            held: Counter[int] = Counter()
-            for q in s.queues.values():
-                held.update(entry_id(m) for m in q.ready)
-                held.update(m.id for _, m in q.returned)
-            for ch in s.channels.values():
-                held.update(entry_id(m) for _q, m, _c in ch.unacked.values())
-            assert held == Counter(s.store.live())
+            held, live = helpers.held_references(s)
+            assert held == live
 
     @invariant()
     def service_deques_are_sound(self) -> None:

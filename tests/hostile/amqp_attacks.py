@@ -20,7 +20,15 @@ from pamqp import commands as C
 from protocol.methods import build
 from tests.fuzz.corpus import method
 from tests.hostile.api_attacks import evil_name
-from tests.hostile.target import PASSWORDS, Outcome, Target, amqp, queue_depth, request
+from tests.hostile.target import (
+    PASSWORDS,
+    Outcome,
+    Target,
+    amqp,
+    queue_depth,
+    request,
+    wait_closed,
+)
 from tests.integration.rawclient import PROTOCOL_HEADER, ConnectionClosedError, RawClient
 
 CLEAR_BOUND_S = 1.0  # consumers of a dropped connection gone, from the drop (O(1) each)
@@ -346,22 +354,7 @@ def _garbage(t: Target, count: int) -> list[str]:
         s.sendall(junk)
         s.setblocking(False)
         socks.append(s)
-    deadline = time.monotonic() + CLOSE_BOUND_S
-    while socks and time.monotonic() < deadline:
-        still = []
-        for s in socks:
-            try:
-                if s.recv(65536) == b"":
-                    s.close()
-                    continue
-            except BlockingIOError:
-                pass
-            except OSError:
-                s.close()
-                continue
-            still.append(s)
-        socks = still
-        time.sleep(0.1)
+    socks = wait_closed(socks, CLOSE_BOUND_S)
     for s in socks:
         s.close()
     return [f"{len(socks)} of {count} garbage connections open after {CLOSE_BOUND_S:g} s"] \

@@ -6,10 +6,18 @@ problems name every answer that is not what the issue demands."""
 from __future__ import annotations
 
 import socket
-import time
 from urllib.parse import quote
 
-from tests.hostile.target import Answer, Outcome, Target, amqp, brief, queue_depth, request
+from tests.hostile.target import (
+    Answer,
+    Outcome,
+    Target,
+    amqp,
+    brief,
+    queue_depth,
+    request,
+    wait_closed,
+)
 
 # (a+)+$ against "aaaa…a" + one other character backtracks 2^19 steps per name
 EVIL = "(a%2B)%2B%24"
@@ -236,23 +244,8 @@ def half_open(t: Target, sockets: int, wait_s: float) -> Outcome:
             socks.append((name, s))
         except OSError as exc:
             out.seen.append(f"connect to {name}: {exc}")
-    deadline = time.monotonic() + wait_s
-    open_ = list(socks)
-    while open_ and time.monotonic() < deadline:
-        still = []
-        for name, s in open_:
-            try:
-                if s.recv(4096) == b"":
-                    s.close()
-                    continue
-            except BlockingIOError:
-                pass
-            except OSError:
-                s.close()
-                continue
-            still.append((name, s))
-        open_ = still
-        time.sleep(0.2)
+    left_open = set(wait_closed([s for _, s in socks], wait_s, poll_s=0.2))
+    open_ = [(name, s) for name, s in socks if s in left_open]
     for name in ("management", "metrics"):
         left = sum(1 for n, _ in open_ if n == name)
         total = sum(1 for n, _ in socks if n == name)

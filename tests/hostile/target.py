@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -121,3 +122,26 @@ def queue_depth(t: Target, vhost: str, name: str) -> tuple[int, int]:
 def brief(answer: Answer) -> str:
     text = answer.body[:80].decode(errors="replace").replace("\n", " ")
     return f"{answer.status} {text!r}" if answer.status in (0, 500) else str(answer.status)
+
+
+def wait_closed(socks: list[socket.socket], within_s: float,
+                poll_s: float = 0.1) -> list[socket.socket]:
+    """Wait until the node closed each of ``socks`` (non-blocking) or ``within_s`` is
+    over; those it closed are closed here too. Returns the ones still open."""
+    deadline = time.monotonic() + within_s
+    while socks and time.monotonic() < deadline:
+        still = []
+        for s in socks:
+            try:
+                if s.recv(65536) == b"":
+                    s.close()
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                s.close()
+                continue
+            still.append(s)
+        socks = still
+        time.sleep(poll_s)
+    return socks
