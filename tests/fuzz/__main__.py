@@ -16,11 +16,12 @@ from tests.fuzz import node_fuzz, protocol_fuzz
 
 def machine(argv: list[str]) -> int:
     examples = argv[0] if argv else "20000"
-    print(f"machine fuzz: {examples} hypothesis command logs", flush=True)
+    print(f"machine fuzz: {examples} hypothesis command logs, and the two-tenant logs "
+          f"(examples / 40, ~70 s)", flush=True)
     start = time.monotonic()
     code = subprocess.call(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "timeout=0",
-         "tests/cluster/test_machine_fuzz.py"],
+         "tests/cluster/test_machine_fuzz.py", "tests/cluster/test_tenant_properties.py"],
         env={**os.environ, "FUZZ_EXAMPLES": examples})
     print(f"machine: {examples} logs in {time.monotonic() - start:.0f} s: "
           f"{'no failure' if code == 0 else 'FAILED'}")
