@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 routes = web.RouteTableDef()
 
 GET_MAX = 10_000  # messages one /get may take
+GET_CHUNK = 100  # of them to a Raft entry at most
+GET_BYTES = 64 << 20  # taken until this many bytes of bodies are held: the answer is bounded
 ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true",
             "reject_requeue_false")
 
@@ -73,29 +75,51 @@ class ApiSession:
         self.ch: C.ChKey = (*self.key, 1)
         self.user, self.vhost, self.system = user, vhost, system
         self.effects: list[Any] = []
+        # bytes of message bodies read at most (then a stored message's record is None)
+        self.budget: int | None = None
+        self.read_bytes = 0
 
     def take(self, ef: E.Effect) -> None:
-        if isinstance(ef, E.Stored):
-            self.effects.append((ef, ef.record()))
+        if isinstance(ef, E.Stored) and (self.budget is None or self.read_bytes < self.budget):
+            rec = ef.record()
+            self.read_bytes += len(rec[3])
+            self.effects.append((ef, rec))
         else:
             self.effects.append((ef, None))
 
     async def run(self, *cmds: C.Command) -> list[tuple[Any, Any]]:
-        """Run ``cmds`` (built with the channel key PLACEHOLDER) on this session."""
+        """Run ``cmds`` (built with the channel key PLACEHOLDER) on this session, opened
+        and closed in the same Raft entry."""
+        try:
+            await self.step(*cmds, opening=True, closing=True)
+        finally:
+            self.broker.api_sessions.pop(self.conn_no, None)
+        return self.effects
+
+    async def step(self, *cmds: C.Command, opening: bool = False,
+                   closing: bool = False) -> list[tuple[Any, Any]]:
+        """One Raft entry of this session's commands (opening or closing it too); the
+        effects they had. A session over several entries (:func:`get_messages`) must be
+        closed whatever happens: :meth:`abandon`."""
         ours = [dataclasses.replace(c, ch=self.ch)  # type: ignore[type-var]
                 if getattr(c, "ch", None) == PLACEHOLDER else c for c in cmds]
-        sinks = self.broker.api_sessions
-        sinks[self.conn_no] = self
-        try:  # (400 for a command that cannot be encoded, 503 when not committed in time)
-            await propose_and_wait(self.broker, C.ConnectionOpen(self.key, self.vhost,
-                                                                 self.user, self.system),
-                                   C.ChannelOpen(self.ch), *ours, C.ConnectionClose(self.key))
-        finally:
-            sinks.pop(self.conn_no, None)
-        for ef, _ in self.effects:
+        head: list[C.Command] = [C.ConnectionOpen(self.key, self.vhost, self.user, self.system),
+                                 C.ChannelOpen(self.ch)] if opening else []
+        tail: list[C.Command] = [C.ConnectionClose(self.key)] if closing else []
+        self.broker.api_sessions[self.conn_no] = self
+        before = len(self.effects)
+        # (400 for a command that cannot be encoded, 503 when not committed in time)
+        await propose_and_wait(self.broker, *head, *ours, *tail)
+        new = self.effects[before:]
+        for ef, _ in new:
             if isinstance(ef, E.ChannelError | E.ConnectionError):
                 raise Refusal(_refusal(ef.reply_code, ef.reply_text))
-        return self.effects
+        return new
+
+    def abandon(self) -> None:
+        """Close the session without waiting (its unacked messages are requeued)."""
+        self.broker.api_sessions.pop(self.conn_no, None)
+        self.broker.propose(C.ConnectionClose(self.key))
 
 
 def _refusal(code: int, text: str) -> web.Response:
@@ -373,17 +397,10 @@ async def get_messages(request: web.Request) -> web.Response:
     if truncate is not None and (not isinstance(truncate, int) or isinstance(truncate, bool)
                                  or truncate < 0):
         raise bad_request("truncate must be a non-negative integer")
-    ch = _ch(request)
-    cmds: list[C.Command] = [C.Get(ch, q.name, False) for _ in range(count)]
-    # the session's close requeues what is not acked or rejected
-    if ackmode == "ack_requeue_false":
-        cmds.append(C.Ack(ch, 0, True))
-    elif ackmode == "reject_requeue_false":
-        cmds.append(C.Nack(ch, 0, True, False))
-    got = await run(request, q.vhost, *cmds)
+    got = await _get_in_chunks(request, q, count, ackmode)
     out = []
     for ef, rec in got:
-        if not isinstance(ef, E.GetOk):
+        if not isinstance(ef, E.GetOk) or rec is None:
             continue
         exchange, routing_key, props, payload = rec
         shown = payload[:truncate] if truncate is not None else payload
@@ -394,6 +411,44 @@ async def get_messages(request: web.Request) -> web.Response:
                     "properties": views.jsonable(_properties(props)), "payload": text,
                     "payload_encoding": how})
     return web.json_response(out)
+
+
+async def _get_in_chunks(request: web.Request, q: Any, count: int,
+                         ackmode: str) -> list[tuple[Any, Any]]:
+    """Up to ``count`` messages on one session, stopping once GET_BYTES of bodies are read
+    (10,000 messages of 128 MiB would be 1.2 TiB in one answer) or the queue is empty;
+    then what was read is acked or rejected as ``ackmode`` says, and the session's close
+    requeues the rest. The first message comes alone (the session opens in its entry),
+    the rest in entries sized by the bodies seen so far; past the budget a message's
+    bytes are not even read (ApiSession.budget)."""
+    session = ApiSession(broker_of(request), request["user"], q.vhost)
+    session.budget = GET_BYTES
+    closed = False
+    try:
+        taken = 0
+        n = 1
+        while taken < count and session.read_bytes < GET_BYTES:
+            gets = [C.Get(PLACEHOLDER, q.name, False) for _ in range(n)]
+            new = await session.step(*gets, opening=not taken)
+            taken += n
+            if sum(1 for ef, _ in new if isinstance(ef, E.GetOk)) < n:
+                break  # the queue is empty
+            mean = max(1, session.read_bytes // taken)
+            n = max(1, min(GET_CHUNK, count - taken, (GET_BYTES - session.read_bytes) // mean))
+        shown = [ef.delivery_tag for ef, rec in session.effects
+                 if isinstance(ef, E.GetOk) and rec is not None]
+        last: list[C.Command] = []
+        if shown and ackmode == "ack_requeue_false":  # (tags rise: "up to the last shown")
+            last.append(C.Ack(PLACEHOLDER, max(shown), True))
+        elif shown and ackmode == "reject_requeue_false":
+            last.append(C.Nack(PLACEHOLDER, max(shown), True, False))
+        await session.step(*last, closing=True)
+        closed = True
+    finally:
+        if not closed:
+            session.abandon()
+        session.broker.api_sessions.pop(session.conn_no, None)
+    return session.effects
 
 
 def _int(value: Any) -> Any:

@@ -426,3 +426,61 @@ def test_deleting_a_big_vhost_in_use(api, broker):
             conn.close()
     assert api("GET", "/api/vhosts/del-v")[0] == 404
     assert not [q for q in api.ok("GET", "/api/queues") if q["vhost"] == "del-v"]
+
+
+# --- /get takes what it shows, and a bounded amount of it --------------------------------
+
+
+def _fill(broker: Any, queue: str, bodies: list[bytes]) -> None:
+    from tests.integration.helpers import close_quietly, connect
+
+    conn = connect(broker.url)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue)
+        ch.confirm_delivery()
+        for body in bodies:
+            ch.basic_publish("", queue, body)
+    finally:
+        close_quietly(conn)
+
+
+def _depth(api: Api, queue: str) -> int:
+    import time
+
+    for _ in range(100):  # the listing's counts follow the apply
+        got = api.ok("GET", f"/api/queues/%2F/{queue}")
+        if got.get("messages") is not None:
+            return int(got["messages"])
+        time.sleep(0.05)
+    raise AssertionError("no depth")
+
+
+def test_get_many_messages_in_order_with_every_ackmode(api: Api, broker: Any) -> None:
+    """250 messages (more than one Raft entry of gets): all shown in order; requeued ones
+    stay, acked ones go."""
+    bodies = [b"m%03d" % i for i in range(250)]
+    _fill(broker, "getmany", bodies)
+    got = api.ok("POST", "/api/queues/%2F/getmany/get",
+                 {"count": 250, "ackmode": "ack_requeue_true", "encoding": "auto"})
+    assert [m["payload"] for m in got] == [b.decode() for b in bodies]
+    assert _depth(api, "getmany") == 250
+    got = api.ok("POST", "/api/queues/%2F/getmany/get",
+                 {"count": 300, "ackmode": "ack_requeue_false", "encoding": "auto"})
+    assert [m["payload"] for m in got] == [b.decode() for b in bodies]
+    assert all(m["redelivered"] for m in got)
+    assert _depth(api, "getmany") == 0
+
+
+@pytest.mark.raftmq_only
+def test_get_holds_a_bounded_amount_and_leaves_the_rest(api: Api, broker: Any) -> None:
+    """Five 20 MiB messages, count 5: /get stops once 64 MiB are read (four), acks only
+    what it showed, and the fifth stays in the queue."""
+    big = [bytes([65 + i]) * (20 << 20) for i in range(5)]
+    _fill(broker, "getbig", big)
+    got = api.ok("POST", "/api/queues/%2F/getbig/get",
+                 {"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto",
+                  "truncate": 10})
+    assert [m["payload"] for m in got] == [chr(65 + i) * 10 for i in range(4)]
+    assert all(m["payload_bytes"] == 20 << 20 for m in got)
+    assert _depth(api, "getbig") == 1
