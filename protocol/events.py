@@ -52,6 +52,8 @@ class MessagePublished(Event):
     mandatory: bool
     immediate: bool
     properties: bytes
+    # bytes, or for a body of several frames the bytearray they were copied into (not
+    # copied again to make it bytes: protocol/content.py); read-only by convention
     body: bytes
 
 

@@ -100,7 +100,8 @@ def _check_event(ev: Any) -> None:
         for s in (ev.exchange, ev.routing_key):
             if not isinstance(s, str) or len(s.encode()) > 255:
                 raise Violation(f"bad short string {s!r}")
-        if not isinstance(ev.body, bytes) or len(ev.body) > MAX_MESSAGE:
+        # (a body of several frames is the bytearray they were copied into: protocol/content.py)
+        if not isinstance(ev.body, bytes | bytearray) or len(ev.body) > MAX_MESSAGE:
             raise Violation("body")
     elif isinstance(ev, MethodReceived):
         m = ev.method
