@@ -9,6 +9,7 @@ import base64
 import datetime
 import decimal
 import hashlib
+import math
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, decimal.Decimal):
-        return float(value)
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or Infinity (an AMQP double may be either)
     if isinstance(value, datetime.datetime):
         return int(value.timestamp())
     return value
