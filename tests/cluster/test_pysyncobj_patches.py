@@ -209,3 +209,25 @@ def test_what_the_socket_cannot_take_is_encoded_on_write_events_in_order() -> No
     assert [m["i"] for m in got] == list(range(len(pieces)))
     assert all(m["data"] == piece for m, piece in zip(got, pieces, strict=True))
     a.disconnect()
+
+
+def test_journal_records_written_in_pieces_read_back_as_pysyncobj_writes_them(
+    tmp_path: Path,
+) -> None:
+    """The patched FileJournal.add (three writes, the large one a pwrite) leaves the
+    record format as it was: a journal opened again (pysyncobj's own reader, through the
+    mapping) holds the same entries, and compaction and truncation still work."""
+    P.install()
+    path = str(tmp_path / "raft.journal")
+    j = FileJournal(path)
+    entries = [(b"small", 1, 1), (os.urandom(3 << 20), 2, 1), (b"x" * (P.PWRITE_FROM - 1), 3, 2),
+               (b"", 4, 2), (os.urandom(P.PWRITE_FROM), 5, 3)]
+    for cmd, idx, term in entries:
+        j.add(cmd, idx, term)
+    j.flush()
+    again = FileJournal(path)
+    assert [again[i] for i in range(len(again))] == entries
+    again.deleteEntriesTo(2)  # compaction rewrites the rest at the start
+    again.deleteEntriesFrom(2)
+    third = FileJournal(path)
+    assert [third[i] for i in range(len(third))] == entries[2:4]
