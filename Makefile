@@ -22,11 +22,15 @@ test: $(STAMP) lint-deploy
 	$(BIN)/mypy tests bench
 	$(BIN)/python -m pytest -q
 
+# 3 nodes on 127.0.0.1 (deploy/local-cluster.sh): AMQP CLUSTER_BASE_PORT..+2, management +10000,
+# metrics +10020, Raft +20000; data and logs in CLUSTER_DATA. The defaults clash with make run.
+CLUSTER_BASE_PORT ?= 5672
+CLUSTER_DATA ?= data/cluster
 cluster: $(STAMP)
-	deploy/local-cluster.sh start
+	CLUSTER_BASE_PORT=$(CLUSTER_BASE_PORT) CLUSTER_DATA=$(CLUSTER_DATA) deploy/local-cluster.sh start
 
 cluster-stop:
-	deploy/local-cluster.sh stop
+	CLUSTER_BASE_PORT=$(CLUSTER_BASE_PORT) CLUSTER_DATA=$(CLUSTER_DATA) deploy/local-cluster.sh stop
 
 # Dockerfile (hadolint), compose file (docker compose config), Kubernetes
 # manifests (kubernetes-validate); the linters install into .venv on first use.
