@@ -17,8 +17,12 @@ user's own permissions). What only the machine can refuse (a queue redeclared wi
 arguments than it has) stops the import there: a 400 naming the item and how much was
 applied before it (that stays, as in RabbitMQ). 204 means everything was applied.
 Names beginning with amq. are skipped with a warning, as RabbitMQ skips them. RabbitMQ's
-cluster name and id (global parameters) are ignored; RaftMQ has no policies or other
-parameters yet, so a file with some is refused rather than half-applied.
+cluster name and id (global parameters) are ignored. Vhost limits are what RabbitMQ 3.10
+exports them as, runtime parameters ``{"component": "vhost-limits", "name": "limits",
+"vhost": v, "value": {"max-connections": 100}}`` (its vhosts' own ``"limits"`` stays
+``[]``), and an imported one replaces the vhost's limits, as RabbitMQ's does; user
+limits are the users' ``"limits"`` object. RaftMQ has no policies or other parameters
+yet, so a file with some is refused rather than half-applied.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from node import mgmt_views as views
 from node.management import (
     MAX_TAGS,
     MAX_TEXT_BYTES,
+    USER_LIMITS,
+    VHOST_LIMITS,
     Refusal,
     bad_request,
     body,
@@ -55,6 +61,8 @@ from node.management import (
     user_json,
 )
 from node.mgmt_input import (
+    INT64_MAX,
+    INT64_MIN,
     InputError,
     check_arguments,
     check_name,
@@ -80,6 +88,7 @@ _T = TypeVar("_T")
 _Item = tuple[str, C.Command]
 # RabbitMQ's own identity, in every export of it: nothing to import.
 IGNORED_GLOBALS = ("cluster_name", "internal_cluster_id")
+VHOST_LIMITS_COMPONENT = "vhost-limits"  # RabbitMQ's runtime parameter of a vhost's limits
 
 
 def _exported_exchange(name: str) -> bool:
@@ -154,7 +163,10 @@ async def export(st: Any) -> dict[str, Any]:
                    for vh in vhosts],
         "permissions": [permission_json(k, p) for k, p in st.permissions.items()],
         "topic_permissions": [topic_json(k, tp) for k, tp in st.topic_permissions.items()],
-        "parameters": [], "global_parameters": [], "policies": [],
+        "parameters": [{"value": dict(vh.limits), "vhost": vh.name,
+                        "component": VHOST_LIMITS_COMPONENT, "name": "limits"}
+                       for vh in vhosts if vh.limits],
+        "global_parameters": [], "policies": [],
         "queues": queues, "exchanges": exchanges, "bindings": bindings,
     }
 
@@ -306,10 +318,9 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
     """Every item of ``defs`` checked (types, names, arguments, patterns, references to
     users, vhosts, exchanges and queues, queue arguments as the machine checks them)
     before anything is applied; a 400 naming the first bad item."""
-    for unsupported in ("policies", "parameters"):
-        if _Items(defs, unsupported).items:
-            raise bad_request(f"{unsupported} are not supported by RaftMQ yet; remove them "
-                              "from the file to import the rest")
+    if _Items(defs, "policies").items:
+        raise bad_request("policies are not supported by RaftMQ yet; remove them from the "
+                          "file to import the rest")
     gps = _Items(defs, "global_parameters")
     async for gp in gps.each():
         if gp.get("name") not in IGNORED_GLOBALS:
@@ -326,6 +337,9 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
             raise us.refuse(f"not a {algorithm[:40]} password hash")
         out.globals.append((us.label, C.UserPut(name, password_hash, algorithm,
                                                 us.tags(u.get("tags", [])))))
+        if u.get("limits"):  # (an empty one is [] in some RabbitMQ exports)
+            out.globals.append((us.label, C.LimitsSet(
+                "user", name, _limits(us, u["limits"], USER_LIMITS))))
         users.add(name)
     vs = _Items(defs, "vhosts")
     async for vh in vs.each():
@@ -348,8 +362,39 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
         out.globals.append((tps.label, C.TopicPermissionSet(
             user, vhost, tps.text(tp, "exchange", short=True),
             *(tps.check(check_regex, tp.get(k), k) for k in ("write", "read")))))
-    await _topology(defs, st, vhosts, out)
+    # vhost limits: after the vhosts, before the queues they count (RabbitMQ's order)
+    limits: dict[str, dict[str, int]] = {}  # per vhost, what the file sets
+    prs = _Items(defs, "parameters")
+    async for pr in prs.each():
+        if pr.get("component") != VHOST_LIMITS_COMPONENT:
+            raise prs.refuse(f"parameters other than {VHOST_LIMITS_COMPONENT} are not "
+                             "supported by RaftMQ yet; remove them from the file to import "
+                             "the rest")
+        vhost = prs.text(pr, "vhost", "/")
+        if vhost not in vhosts:
+            raise prs.refuse(f"vhost {vhost[:60]!r} does not exist (and is not in the file)")
+        value = _limits(prs, pr.get("value"), VHOST_LIMITS)
+        limits[vhost] = {k: v for k, v in value.items() if v >= 0}
+        # replaces the vhost's limits, as RabbitMQ's import of the parameter does
+        out.globals.append((prs.label, C.LimitsSet(
+            "vhost", vhost, {k: value.get(k, -1) for k in VHOST_LIMITS})))
+    await _topology(defs, st, vhosts, limits, out)
     return out
+
+
+def _limits(items: _Items, value: Any, allowed: tuple[str, ...]) -> dict[str, int]:
+    """A limits object ``{"max-connections": 100}``: known names, 64-bit integers
+    (negative: no limit), as PUT /api/vhost-limits and /api/user-limits take them."""
+    if not isinstance(value, dict):
+        raise items.refuse("limits must be an object of limit names and integers")
+    for name, limit in value.items():
+        if name not in allowed:
+            raise items.refuse(f"unknown limit {str(name)[:60]!r} (one of "
+                               f"{', '.join(allowed)})")
+        if not isinstance(limit, int) or isinstance(limit, bool) or \
+                not INT64_MIN <= limit <= INT64_MAX:
+            raise items.refuse(f"{name}: must be a 64-bit integer (negative: no limit)")
+    return dict(value)
 
 
 def _refer(items: _Items, item: dict[str, Any], users: set[str],
@@ -364,11 +409,13 @@ def _refer(items: _Items, item: dict[str, Any], users: set[str],
     return user, vhost
 
 
-async def _topology(defs: dict[str, Any], st: Any, vhosts: set[str], out: Plan) -> None:
-    """Exchanges, queues and bindings per vhost, checked as the machine checks a new one."""
+async def _topology(defs: dict[str, Any], st: Any, vhosts: set[str],
+                    limits: dict[str, dict[str, int]], out: Plan) -> None:
+    """Exchanges, queues and bindings per vhost, checked as the machine checks a new one
+    (``limits``: the vhost limits the file sets, applied before the queues)."""
     exchanges: set[tuple[str, str]] = set()  # (vhost, name) in the file
     queues: set[tuple[str, str]] = set()
-    new_queues: dict[str, int] = {}  # per existing vhost, for its max-queues limit
+    new_queues: dict[str, int] = {}  # per vhost, for its max-queues limit
 
     def vhost_of(items: _Items, item: dict[str, Any]) -> str:
         vhost = items.text(item, "vhost", "/")
@@ -406,10 +453,12 @@ async def _topology(defs: dict[str, Any], st: Any, vhosts: set[str], out: Plan) 
         if name.startswith("amq."):
             log.warning("import: %s skipped: the prefix amq. is reserved", qs.label)
             continue  # (as RabbitMQ skips them)
-        if vh is not None and name not in vh.queues:
+        if (vh is None or name not in vh.queues) and (vhost, name) not in queues:
             new_queues[vhost] = new_queues.get(vhost, 0) + 1
-            limit = vh.limits.get("max-queues")
-            if limit is not None and 0 <= limit < len(vh.queues) + new_queues[vhost]:
+            limit = limits[vhost].get("max-queues") if vhost in limits else \
+                vh.limits.get("max-queues") if vh is not None else None
+            have = len(vh.queues) if vh is not None else 0
+            if limit is not None and 0 <= limit < have + new_queues[vhost]:
                 raise qs.refuse(f"vhost {vhost!r} would have more queues than its "
                                 f"max-queues limit ({limit})")
         try:
