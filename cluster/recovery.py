@@ -21,7 +21,16 @@ survivor holds beyond its commit index become committed once the new membership 
 That is why the chosen survivors must include the member with the highest commit index that
 can be seen (:func:`check_plan`).
 
-The pure parts (:func:`replay_membership`, :func:`check_plan`) are separate from the file
+Both checks need the old membership: the members to ask, and the ones to count a quorum of.
+The journal alone does not give it: its membership entries record only the members added or
+removed after the start, never the ``--peers`` the node started with. So without
+``members.forced``, without a snapshot and without ``--peers`` the membership is unknown and
+the plan is refused (:func:`unknown_membership`), rather than taken to be this node alone
+(which would ask nobody, and so could neither see that the old cluster still works nor that
+another member is more advanced).
+
+The pure parts (:func:`replay_membership`, :func:`unknown_membership`, :func:`check_plan`)
+are separate from the file
 work (:func:`read_data_dir`, :func:`force_members`).
 """
 
@@ -101,6 +110,29 @@ def replay_membership(base: Iterable[str], snapshot_members: Iterable[str] | Non
     return tuple(sorted(members))
 
 
+def unknown_membership(peers: Iterable[str] | None, forced: Iterable[str] | None,
+                       snapshot_members: Iterable[str] | None,
+                       changes: Iterable[tuple[str, str]]) -> str | None:
+    """Why the membership a stopped node had cannot be known, or None when it can.
+
+    ``peers`` is None when ``--peers`` was not given (an empty list: the node was started
+    alone). The base set comes from ``members.forced``, the snapshot or ``--peers``; the
+    journal's ``changes`` only say what happened after the start, so they never make up for
+    a missing base: a node started with ``--peers A,B`` and then joined by ``C`` holds
+    ``add C`` alone, and ``A`` and ``B`` would be neither asked nor counted."""
+    if peers is not None or forced is not None or snapshot_members is not None:
+        return None
+    named = sorted({addr for _, addr in changes})
+    journal = (f"its journal's membership entries name only {', '.join(named)} (they record "
+               "the members added or removed later, not the ones it started with)"
+               if named else "its journal holds no membership entries")
+    return ("the membership this node had cannot be known, so the old members can be neither "
+            "asked whether the old cluster still has a quorum nor compared with this node: "
+            f"its data directory holds no snapshot ({DUMP}) and no {FORCED_FILE}, {journal}, "
+            "and --peers was not given. Pass --peers with the --peers the node was started "
+            "with (or set RAFTMQ_PEERS; --peers '' for a node started alone)")
+
+
 @dataclass(frozen=True)
 class Seen:
     """One member's position as far as it can be known: from its data directory (this node)
@@ -155,10 +187,15 @@ class LogInfo:
     uncommitted: Counter[str] = field(default_factory=Counter)
     snapshot: Any = field(default=None, repr=False)  # as read: rewritten without reading again
 
-    def members(self, peers: Iterable[str], self_addr: str) -> tuple[str, ...]:
-        base = self.forced_members or (self_addr, *peers)
-        return replay_membership(base, self.snapshot_members,
-                                 [(k, a) for _, k, a in self.membership_changes])
+    def members(self, peers: Iterable[str] | None, self_addr: str) -> tuple[str, ...]:
+        """The membership this node had (``peers``: None when ``--peers`` was not given);
+        :class:`RecoveryError` when it cannot be known (:func:`unknown_membership`)."""
+        changes = [(k, a) for _, k, a in self.membership_changes]
+        why = unknown_membership(peers, self.forced_members, self.snapshot_members, changes)
+        if why is not None:
+            raise RecoveryError(why)
+        base = self.forced_members or (self_addr, *(peers or ()))
+        return replay_membership(base, self.snapshot_members, changes)
 
 
 def _entry_kind(command: bytes) -> int:

@@ -4,7 +4,9 @@ Runs on a survivor whose node is stopped, on its data directory. Without ``--yes
 prints the plan; with it, it rewrites the membership to ``--keep``. It refuses when the
 survivors chosen leave out the most advanced member it can see (its own data directory, and
 every other member that answers over the Raft port), or when the old cluster still has a
-working majority.
+working majority. Both checks need the old membership: when the data directory cannot tell
+it (no snapshot, no ``members.forced``) and ``--peers`` is not given, it refuses and asks for
+``--peers`` (the journal's membership entries never name the members the node started with).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raft-address", default=os.environ.get("RAFTMQ_RAFT_ADDRESS"),
                    help="this node's Raft address (default: $RAFTMQ_RAFT_ADDRESS; may be left "
                    "out when --keep names one member)")
-    p.add_argument("--peers", default=os.environ.get("RAFTMQ_PEERS", ""),
-                   help="the --peers the node was started with (default: $RAFTMQ_PEERS): the "
-                   "membership of a node that never took a snapshot starts from them")
+    p.add_argument("--peers", default=os.environ.get("RAFTMQ_PEERS"),
+                   help="the --peers the node was started with (default: $RAFTMQ_PEERS; '' for "
+                   "a node started alone): the membership of a node that never took a snapshot "
+                   "starts from them, and without them it refuses")
     p.add_argument("--cluster-secret", default=os.environ.get("RAFTMQ_CLUSTER_SECRET", ""),
                    help="the cluster secret (default: $RAFTMQ_CLUSTER_SECRET), to ask the "
                    "other members that still run where their logs are")
@@ -70,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     from cluster.raft import member_status
 
     keep = sorted(set(_addresses(args.keep, "--keep")))
-    peers = _addresses([args.peers], "--peers") if args.peers else []
+    peers = _addresses([args.peers], "--peers") if args.peers is not None else None
     self_addr = args.raft_address
     if not self_addr:
         if len(keep) != 1:

@@ -5,6 +5,7 @@ node whose membership was corrupted (a member that does not exist) recovered."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,13 +23,15 @@ from tests.integration_cluster.test_maintenance import QUEUE, Publisher, drain_q
 pytestmark = pytest.mark.timeout(240)
 
 
-def force_members(node: RaftMQNode, keep: list[str], *extra: str,
-                  secret: str = "test-secret") -> subprocess.CompletedProcess[str]:
+def force_members(node: RaftMQNode, keep: list[str], *extra: str, secret: str = "test-secret",
+                  peers: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAFTMQ_PEERS"}
     return subprocess.run(
         [sys.executable, "-m", "node", "cluster", "force-members", "--data-dir",
-         str(node.data_dir), "--raft-address", node.raft_address, "--peers", ",".join(node.peers),
+         str(node.data_dir), "--raft-address", node.raft_address,
+         *(["--peers", ",".join(node.peers)] if peers else []),
          "--cluster-secret", secret, "--keep", *keep, *extra],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, env=env)
 
 
 def declare(node: RaftMQNode) -> None:
@@ -166,3 +169,30 @@ def test_two_survivors_of_five(make_cluster: Callable[..., RaftMQCluster]) -> No
     assert cluster.members() == sorted(keep)
     confirmed = set(pub.confirmed)
     assert confirmed <= drain_queue(survivors[1], confirmed)
+
+
+@pytest.mark.timeout(60)
+def test_without_peers_refused_on_a_young_cluster(
+        make_cluster: Callable[..., RaftMQCluster]) -> None:
+    """The README's command once had no --peers: on a survivor that never took a snapshot the
+    plan took the membership to be this node alone, asked nobody, and went ahead while the
+    other two still had a quorum. Now it refuses and asks for --peers; with them, the plan
+    lists and asks the old members and refuses because the old cluster still works."""
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    follower = next(nd for nd in cluster.nodes if nd is not leader)
+    follower.stop()
+    assert not (follower.data_dir / "raft.dump").exists()  # young: no snapshot
+    out = force_members(follower, [follower.raft_address], "--yes", peers=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "cannot be known" in out.stderr and "Pass --peers" in out.stderr
+    out = force_members(follower, [follower.raft_address], "--yes")
+    assert out.returncode == 2, out.stdout + out.stderr
+    members = sorted(nd.raft_address for nd in cluster.nodes)
+    assert f"  membership: {', '.join(members)}\n" in out.stdout
+    for nd in cluster.nodes:
+        if nd is not follower:
+            assert f"  {nd.raft_address:<28} commit" in out.stdout  # asked, and answered
+    assert "still works" in out.stderr
+    assert not (follower.data_dir / "members.forced").exists()
+    cluster.restart(follower)  # untouched: it rejoins as before
