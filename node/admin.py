@@ -79,7 +79,10 @@ def quote(name: str) -> str:
 
 
 def cluster_status(api: Api) -> int:
-    """Print every member's view: role, term, commit and applied index, lag."""
+    """Print every member's view: role, term, commit and applied index, lag. A node that
+    is not a member and does not answer (one removed, or left out by force-members) is
+    named on one line below the table, not given a row: the cluster's node table keeps
+    every node that ever joined (a removed member that still runs does get its row)."""
     first = api.request("GET", "/api/status", timeout=5)
     views: dict[str, dict[str, Any] | None] = {first["raft_address"]: first}
     for info in first["nodes"].values():
@@ -103,9 +106,14 @@ def cluster_status(api: Api) -> int:
               f"{'applied':>9} {'lag':>6} {'level':>5}  state")
     print(header)
     print("-" * len(header))
+    former = []
     for addr in sorted(views):
         v = views[addr]
         member = addr in first["raft"]["members"]
+        if v is None and not member:
+            former.append(next((f"{n} ({addr})" for n, i in first["nodes"].items()
+                                if i.get("raft_address") == addr), addr))
+            continue
         if v is None:
             node = next((n for n, i in first["nodes"].items() if i.get("raft_address") == addr),
                         "?")
@@ -120,6 +128,8 @@ def cluster_status(api: Api) -> int:
         print(f"{addr:<22} {v['node']:<10} {r['state']:<10} {r['term']:>5} "
               f"{r['commit_index']:>9} {r['last_applied']:>9} {commit - r['last_applied']:>6}"
               f" {level:>5}  {', '.join(flags) or 'ok'}")
+    if former:
+        print(f"not members and not answering (removed or left out): {', '.join(former)}")
     return 0
 
 
@@ -159,7 +169,9 @@ def cluster_change(api: Api, method: str, address: str, force: bool = False) -> 
     if result.get("ok"):
         print(f"{address} {verb}")
         return 0
-    print(f"raftmq: {address} not {verb}: {result.get('error')}")
+    # the API's parameter is force=true; the command's flag is --force
+    error = str(result.get("error")).replace("force=true", "--force")
+    print(f"raftmq: {address} not {verb}: {error}")
     return 1
 
 
@@ -205,8 +217,8 @@ def set_permissions(api: Api, user: str, vhost: str, configure: str, write: str,
                     read: str) -> int:
     api.request("PUT", f"/api/permissions/{quote(vhost)}/{quote(user)}",
                 {"configure": configure, "write": write, "read": read})
-    print(f"permissions of {user} in vhost {vhost}: configure {configure!r} write {write!r} "
-          f"read {read!r}")
+    print(f"permissions of {user} in vhost {vhost}: configure {_typed(configure)} write "
+          f"{_typed(write)} read {_typed(read)}")
     return 0
 
 
@@ -220,9 +232,14 @@ def set_topic_permissions(api: Api, user: str, vhost: str, exchange: str, write:
                           read: str) -> int:
     api.request("PUT", f"/api/topic-permissions/{quote(vhost)}/{quote(user)}",
                 {"exchange": exchange, "write": write, "read": read})
-    print(f"topic permissions of {user} on {exchange} in vhost {vhost}: write {write!r} "
-          f"read {read!r}")
+    print(f"topic permissions of {user} on {exchange} in vhost {vhost}: write "
+          f"{_typed(write)} read {_typed(read)}")
     return 0
+
+
+def _typed(pattern: str) -> str:
+    """A regex in quotes as the user typed it (repr() would double its backslashes)."""
+    return f"'{pattern}'"
 
 
 def set_node_limit(api: Api, name: str, value: str) -> int:
@@ -230,11 +247,30 @@ def set_node_limit(api: Api, name: str, value: str) -> int:
     node = api.request("GET", "/api/status")["node"]
     key = name.replace("-", "_")
     res = api.request("PUT", f"/api/nodes/{quote(node)}/limits", {key: value})
-    print(f"node {node}: {name} {value}: memory {res['mem_used'] >> 20} MiB used of "
-          f"{res['mem_limit'] >> 20} MiB{' (ALARM)' if res['mem_alarm'] else ''}, disk "
-          f"{res['disk_free'] >> 20} MiB free, limit {res['disk_free_limit'] >> 20} MiB"
+    print(f"node {node}: {name} {_setting(name, value, res)}: memory "
+          f"{_mib(res['mem_used'])} used of "
+          f"{_mib(res['mem_limit'])}{' (ALARM)' if res['mem_alarm'] else ''}, disk "
+          f"{_mib(res['disk_free'])} free, limit {_mib(res['disk_free_limit'])}"
           f"{' (ALARM)' if res['disk_free_alarm'] else ''}")
     return 0
+
+
+def _setting(name: str, value: str, res: dict[str, Any]) -> str:
+    """The value as set: a fraction (0.4, mem_relative:1.5) as typed, a size in MiB like
+    every other size of the line (50MB typed is 47.7 MiB; both side by side read as a
+    mistake)."""
+    if name == "disk-free-limit":
+        return value if value.strip().startswith("mem_relative:") else \
+            _mib(res["disk_free_limit"])
+    try:
+        relative = 0 < float(value) <= 1
+    except ValueError:
+        relative = False
+    return value if relative else _mib(res["mem_limit"])
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def set_limit(api: Api, kind: str, name: str, limit: str, value: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -90,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="Closed via raftmq close connection")
 
     for verb, helptext in (("export", "write the definitions (users, vhosts, permissions, "
-                                      "queues, exchanges, bindings) to FILE, RabbitMQ's "
-                                      "format; - for standard output"),
+                                      "limits, queues, exchanges, bindings) to FILE, "
+                                      "RabbitMQ's format; - for standard output"),
                            ("import", "apply a definitions FILE (RabbitMQ's format, e.g. "
                                       "exported from RabbitMQ); - for standard input")):
         p = sub.add_parser(verb, help=helptext).add_subparsers(dest="what", required=True) \
@@ -115,9 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("write")
     p.add_argument("read")
     p.add_argument("--vhost", default="/")
-    p = ssub.add_parser("user-tags", parents=[common])
-    p.add_argument("name")
-    p.add_argument("tags", nargs="?", default="")
+    p = ssub.add_parser("user-tags", parents=[common],
+                        help="replace a user's tags (its password stays)")
+    p.add_argument("name", metavar="USER")
+    p.add_argument("tags", nargs="?", default="", help="comma-separated: administrator, "
+                   "monitoring, management, policymaker; none given: no tags")
     p = ssub.add_parser("password", parents=[common], help="change a user's password")
     p.add_argument("name")
     p.add_argument("new_password", metavar="PASSWORD")
@@ -153,6 +156,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``raftmq`` command. A reader that goes away (``raftmq cluster status | head
+    -2``) ends it quietly with 141, as SIGPIPE ends other Unix tools, not a traceback
+    (SIGPIPE itself stays ignored: a node must not die of a client's closed socket)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit where a broken pipe cannot be caught
+        return code
+    except BrokenPipeError:
+        # what is still buffered for stdout goes nowhere, so the exit cannot fail on it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         try:
