@@ -29,8 +29,8 @@ the plan is refused (:func:`unknown_membership`), rather than taken to be this n
 (which would ask nobody, and so could neither see that the old cluster still works nor that
 another member is more advanced).
 
-The pure parts (:func:`replay_membership`, :func:`unknown_membership`, :func:`check_plan`)
-are separate from the file
+The pure parts (:func:`replay_membership`, :func:`unknown_membership`, :func:`members_named`,
+:func:`check_plan`) are separate from the file
 work (:func:`read_data_dir`, :func:`force_members`).
 """
 
@@ -131,6 +131,15 @@ def unknown_membership(peers: Iterable[str] | None, forced: Iterable[str] | None
             f"its data directory holds no snapshot ({DUMP}) and no {FORCED_FILE}, {journal}, "
             "and --peers was not given. Pass --peers with the --peers the node was started "
             "with (or set RAFTMQ_PEERS; --peers '' for a node started alone)")
+
+
+_PARTNER = "partner_node_status_server_"  # pysyncobj's status: one key per other member
+
+
+def members_named(status: dict[str, Any]) -> set[str]:
+    """The other members a running member's status names (its own membership): members the
+    old membership given here may have missed (a wrong ``--peers``) are asked as well."""
+    return {k[len(_PARTNER):] for k in status if isinstance(k, str) and k.startswith(_PARTNER)}
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@
 Runs on a survivor whose node is stopped, on its data directory. Without ``--yes`` it only
 prints the plan; with it, it rewrites the membership to ``--keep``. It refuses when the
 survivors chosen leave out the most advanced member it can see (its own data directory, and
-every other member that answers over the Raft port), or when the old cluster still has a
-working majority. Both checks need the old membership: when the data directory cannot tell
-it (no snapshot, no ``members.forced``) and ``--peers`` is not given, it refuses and asks for
-``--peers`` (the journal's membership entries never name the members the node started with).
+every other member that answers over the Raft port, and any member a running one names), or
+when the old cluster still has a working majority. Both checks need the old membership: when
+the data directory cannot tell it (no snapshot, no ``members.forced``) and ``--peers`` is not
+given, it refuses and asks for ``--peers`` (the journal's membership entries never name the
+members the node started with).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "other members that still run where their logs are")
     p.add_argument("--yes", action="store_true",
                    help="rewrite the data directory (without it: print the plan only)")
+
+
+_MAX_ASKED = 64  # members asked at most (the old membership and those running ones name)
 
 
 class _Refused(Exception):
@@ -95,19 +99,27 @@ def _run(args: argparse.Namespace) -> int:
         seen = [recovery.Seen(self_addr, info.commit_index, info.current_term)]
         print("members:")
         print(f"  {self_addr:<28} commit {info.commit_index:>9}  (its data directory)")
-        for addr in sorted((set(old) | set(keep)) - {self_addr}):
+        # every member of the old membership, then any other that a running one names
+        todo = sorted((set(old) | set(keep)) - {self_addr})
+        asked: set[str] = set()
+        while todo and len(asked) < _MAX_ASKED:
+            addr = todo.pop(0)
+            asked.add(addr)
+            note = ("  (kept)" if addr in keep else "") + (
+                "" if addr in old or addr in keep else "  (named by a running member)")
             status = member_status(addr, args.cluster_secret) if args.cluster_secret else None
             if status is None:
                 why = "not answering" if args.cluster_secret else "not asked (no secret)"
-                print(f"  {addr:<28} {why}{'  (kept)' if addr in keep else ''}")
+                print(f"  {addr:<28} {why}{note}")
                 continue
             s = recovery.Seen(addr, int(status.get("commit_idx", 0)),
                               int(status.get("raft_term", 0)),
                               bool(status.get("has_quorum", False)))
             seen.append(s)
             quorum = "has a quorum" if s.has_quorum else "no quorum"
-            print(f"  {addr:<28} commit {s.commit_index:>9}  running, {quorum}"
-                  f"{'  (kept)' if addr in keep else ''}")
+            print(f"  {addr:<28} commit {s.commit_index:>9}  running, {quorum}{note}")
+            todo = sorted(set(todo) | (recovery.members_named(status) - asked - {self_addr}))
+        old = tuple(sorted(set(old) | (asked - set(keep))))
         lost = sorted(set(old) - set(keep))
         top = max(s.commit_index for s in seen)
         print("what may be lost:")

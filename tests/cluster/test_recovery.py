@@ -54,6 +54,12 @@ def test_lock_and_forced_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the membership
 
 
+def test_members_named_by_a_running_member() -> None:
+    status = {"commit_idx": 3, "partner_node_status_server_b:1": 2,
+              "partner_node_status_server_c:1": 0, "partner_nodes_count": 2}
+    assert recovery.members_named(status) == {"b:1", "c:1"}
+
+
 def test_membership_unknown_without_snapshot_forced_or_peers() -> None:
     from cluster.recovery import unknown_membership
 
@@ -157,6 +163,16 @@ def test_plan_with_peers_lists_and_asks_the_old_members(
     ahead = {"commit_idx": 9, "raft_term": 1, "has_quorum": False}
     rc, _ = _force(monkeypatch, {"n3:25672": ahead}, *argv, "--yes")
     assert rc == 2 and "highest commit index seen (9) is on n3:25672" in capsys.readouterr().err
+    # a wrong --peers is caught: a running member names its own members, and they are asked
+    named = {"commit_idx": 5, "raft_term": 1, "has_quorum": False,
+             "partner_node_status_server_n1:25672": 0, "partner_node_status_server_n5:25672": 2}
+    rc, asked = _force(monkeypatch, {"n2:25672": named, "n5:25672": working}, *argv, "--yes")
+    out, err = capsys.readouterr()
+    assert asked == ["n2:25672", "n3:25672", "n4:25672", "n5:25672"]
+    assert "  n5:25672                     commit         5  running, has a quorum  (named by a " \
+        "running member)" in out
+    assert rc == 2 and "n5:25672 is running and sees a majority" in err
+    assert not (d / recovery.FORCED_FILE).exists()
     # all gone: forced
     rc, _ = _force(monkeypatch, {}, *argv, "--yes")
     assert rc == 0 and recovery.read_forced(d) == ("n1:25672",), capsys.readouterr()
