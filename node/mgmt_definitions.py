@@ -19,10 +19,10 @@ applied before it (that stays, as in RabbitMQ). 204 means everything was applied
 Names beginning with amq. are skipped with a warning, as RabbitMQ skips them. RabbitMQ's
 cluster name and id (global parameters) are ignored. Vhost limits are what RabbitMQ 3.10
 exports them as, runtime parameters ``{"component": "vhost-limits", "name": "limits",
-"vhost": v, "value": {"max-connections": 100}}`` (its vhosts' own ``"limits"`` stays
-``[]``), and an imported one replaces the vhost's limits, as RabbitMQ's does; user
-limits are the users' ``"limits"`` object. RaftMQ has no policies or other parameters
-yet, so a file with some is refused rather than half-applied.
+"vhost": v, "value": {"max-connections": 100}}`` (the ``"limits"`` of our vhost entries,
+not in 3.10's, stays ``[]``), and an imported one replaces the vhost's limits, as
+RabbitMQ's does; user limits are the users' ``"limits"`` object. RaftMQ has no policies
+or other parameters yet, so a file with some is refused rather than half-applied.
 """
 
 from __future__ import annotations

@@ -2,17 +2,21 @@
 export said ``"limits": []`` while /api/vhost-limits showed max-connections 100).
 
 RabbitMQ 3.10 exports a vhost's limits as a runtime parameter, ``{"component":
-"vhost-limits", "name": "limits", "vhost": v, "value": {...}}`` in ``"parameters"`` (its
-vhosts' own ``"limits"`` stays ``[]``), and a user's as the user's ``"limits"`` object.
+"vhost-limits", "name": "limits", "vhost": v, "value": {...}}`` in ``"parameters"``, and
+a user's as the user's ``"limits"`` object (checked side by side with RabbitMQ below).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.harness.api import Api, q
+from tests.harness.ports import free_port
+from tests.harness.raftmq import RaftMQNode
 from tests.integration.conftest import BROKER_KIND
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -107,3 +111,62 @@ def test_bad_parameters_are_refused_naming_them(api, parameter, words):
         assert api("GET", f"/api/vhosts/{q(VHOST)}")[0] == 404
     finally:
         _clean(api)
+
+
+# --- side by side with RabbitMQ 3.10 -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api]]:
+    """A RaftMQ node and a RabbitMQ 3.10 with its management plugin, of this module."""
+    from tests.harness.rabbitmq import RabbitMQ
+
+    base = tmp_path_factory.mktemp("defs-limits")
+    rabbit = RabbitMQ(base / "rabbitmq", management_port=free_port())
+    node = RaftMQNode(base / "raftmq" / "data", log_path=base / "raftmq" / "node.log")
+    with rabbit, node:
+        theirs = Api(rabbit.management_port or 0)
+        deadline = time.monotonic() + 60
+        while theirs("GET", "/api/overview")[0] != 200:
+            assert time.monotonic() < deadline, "RabbitMQ's management API did not answer"
+            time.sleep(0.2)
+        yield Api(node.management_port), theirs
+
+
+@pytest.mark.raftmq_only
+@pytest.mark.timeout(180)
+def test_limits_cross_rabbitmq_both_ways(both):
+    """Limits set on RabbitMQ, exported, imported here: the same limits, and our export's
+    parameters and user limits equal to RabbitMQ's; then our export imported into a
+    RabbitMQ whose copies were deleted: its limits back."""
+    ours, theirs = both
+    theirs.ok("PUT", f"/api/vhosts/{q(VHOST)}", {"description": "d", "tags": "t1"})
+    theirs.ok("PUT", f"/api/vhost-limits/{q(VHOST)}/max-connections", {"value": 100})
+    theirs.ok("PUT", f"/api/vhost-limits/{q(VHOST)}/max-queues", {"value": 7})
+    theirs.ok("PUT", f"/api/users/{q(USER)}", {"password": "pw", "tags": ""})
+    theirs.ok("PUT", f"/api/user-limits/{q(USER)}/max-channels", {"value": 3})
+    original = theirs.ok("GET", "/api/definitions")
+    doc = {k: [x for x in original[k] if x.get("vhost", x.get("name")) in (VHOST, USER)]
+           for k in ("users", "vhosts", "parameters")}
+    assert doc["parameters"] == [{"value": {"max-connections": 100, "max-queues": 7},
+                                  "vhost": VHOST, "component": "vhost-limits",
+                                  "name": "limits"}]  # (what RabbitMQ 3.10 writes)
+    # (3.10's vhost entry is {"name"} alone; ours also has "metadata" and a "limits" that
+    # stays []: the limits themselves are the parameter)
+    assert doc["vhosts"][0].get("limits", []) == []
+
+    ours.ok("POST", "/api/definitions", doc)
+    for path in (f"/api/vhost-limits/{q(VHOST)}", f"/api/user-limits/{q(USER)}"):
+        assert ours.ok("GET", path) == theirs.ok("GET", path), path
+    exported = ours.ok("GET", "/api/definitions")
+    assert [p for p in exported["parameters"] if p["vhost"] == VHOST] == doc["parameters"]
+    assert next(u for u in exported["users"] if u["name"] == USER)["limits"] == \
+        next(u for u in original["users"] if u["name"] == USER)["limits"]
+
+    theirs.ok("DELETE", f"/api/vhosts/{q(VHOST)}")
+    theirs.ok("DELETE", f"/api/users/{q(USER)}")
+    theirs.ok("POST", "/api/definitions", exported)
+    assert theirs.ok("GET", f"/api/vhost-limits/{q(VHOST)}") == [
+        {"vhost": VHOST, "value": {"max-connections": 100, "max-queues": 7}}]
+    assert theirs.ok("GET", f"/api/user-limits/{q(USER)}") == [
+        {"user": USER, "value": {"max-channels": 3}}]
