@@ -49,6 +49,11 @@ CHECK_EVERY_S = 0.1
 # A check this much later than the previous one follows a stall of the loop.
 ISOLATION_LATE_S = 0.5
 LEVELS_EVERY_S = 2.0  # how often command levels are looked at (announcing, enabling)
+# While the cluster's level is below this release's, announce it again this often: a member
+# that ran the previous release skipped the others' announcements (an unknown command), and
+# once its log is compacted it never learns them, so replicas' level tables differ and a
+# leader that lacks one never enables the level (rolling upgrade test, level 3).
+REANNOUNCE_EVERY_S = 10.0
 
 
 class MembershipWatch:
@@ -60,6 +65,7 @@ class MembershipWatch:
         self._lost_since: dict[str, float] = {}
         self._proposed_down: set[tuple[str, int]] = set()
         self._levels_checked = 0.0
+        self._announced = 0.0
 
     def check(self) -> None:
         now = time.monotonic()
@@ -115,7 +121,9 @@ class MembershipWatch:
         self._levels_checked = now
         state = b.raft.state
         me = b.cfg.raft_address
-        if state.levels.get(me, 0) < LEVEL:
+        if state.levels.get(me, 0) < LEVEL or (
+                state.level < LEVEL and now - self._announced >= REANNOUNCE_EVERY_S):
+            self._announced = now
             b.propose_once(Supports(b.node_id, me, LEVEL))
         if not b.raft.is_leader or not b.raft.has_quorum:
             return
