@@ -153,6 +153,16 @@ def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
             node.stop()
 
 
+@pytest.fixture(scope="module")
+def api(broker: Broker) -> Any:
+    """The management API of the broker under test, as its administrator."""
+    from tests.harness.api import Api
+
+    if broker.node is None and BROKER_KIND == "raftmq":
+        pytest.skip("needs the node's management port")
+    return Api(broker.node.management_port if broker.node is not None else 15672)
+
+
 @pytest.fixture
 def node(broker: Broker) -> Any:
     if broker.node is None:

@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.harness.api import Api, q
 from tests.harness.ports import free_port
 from tests.harness.raftmq import RaftMQNode
-from tests.integration.conftest import BROKER_KIND
 
 pytestmark = [pytest.mark.timeout(60)]
 
 VHOST = "defs-limits"
 USER = "defs-limits-user"
-
-
-@pytest.fixture(scope="module")
-def api(broker: Any) -> Api:
-    if broker.node is None and BROKER_KIND == "raftmq":
-        pytest.skip("needs the node's management port")
-    port = broker.node.management_port if broker.node is not None else 15672
-    return Api(port)
 
 
 def _clean(api: Api) -> None:

@@ -21,17 +21,8 @@ from typing import Any
 import pytest
 
 from tests.harness.api import Api, q
-from tests.integration.conftest import BROKER_KIND
 
 pytestmark = [pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module")
-def api(broker: Any) -> Api:
-    if broker.node is None and BROKER_KIND == "raftmq":
-        pytest.skip("needs the node's management port")
-    port = broker.node.management_port if broker.node is not None else 15672
-    return Api(port)
 
 
 def raw(api: Api, method: str, path: str, data: bytes) -> tuple[int, Any]:
