@@ -1,0 +1,1 @@
+"""README.md run as documentation (issue 20)."""
