@@ -37,8 +37,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from node import management
 from node.auth import RateLimitedLog
+from node.mgmt import framework as management
 
 if TYPE_CHECKING:
     from node.broker import Broker

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.mgmt_input import (
+from node.mgmt.input import (
     MAX_ARGUMENT_ITEMS,
     MAX_ARGUMENTS_BYTES,
     MAX_DEPTH,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import decimal
 import json
 
-from node.mgmt_views import jsonable
+from node.mgmt.views import jsonable
 
 
 def test_non_finite_numbers_become_null_and_the_rest_stays() -> None:

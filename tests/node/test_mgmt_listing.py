@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from node import mgmt_listing as L
+from node.mgmt import listing as L
 
 
 def query(**params: str) -> L.Query:
@@ -136,7 +136,7 @@ async def _loop_gaps(done: asyncio.Event, gaps: list[float]) -> None:
 
 
 async def _timed_listing(path: str, rows: Iterator[dict[str, Any]]) -> tuple[Any, float]:
-    from node.mgmt_objects import listing
+    from node.mgmt.objects import listing
 
     done, gaps = asyncio.Event(), []  # type: ignore[var-annotated]
     ticker = asyncio.create_task(_loop_gaps(done, gaps))
@@ -176,7 +176,7 @@ async def test_a_long_listing_never_holds_the_loop() -> None:
 
 
 async def test_a_bad_query_is_a_400_before_any_item_is_built() -> None:
-    from node.management import Refusal
+    from node.mgmt.framework import Refusal
 
     built = []
 
@@ -209,8 +209,8 @@ def test_sorting_in_runs_is_stable_and_whole() -> None:
 async def test_queued_listings_are_bounded_per_user_and_in_all() -> None:
     """While the worker is busy, a user has at most PENDING_PER_USER listings waiting for
     it (the next one is a 503 at once), and PENDING_MAX wait in all."""
-    import node.mgmt_objects as objects
-    from node.management import Refusal
+    import node.mgmt.objects as objects
+    from node.mgmt.framework import Refusal
 
     release = threading.Event()
     blocker = asyncio.get_running_loop().run_in_executor(objects._LISTING_POOL, release.wait, 10)

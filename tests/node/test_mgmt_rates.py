@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from node.mgmt_rates import Rates
+from node.mgmt.rates import Rates
 
 
 def test_rates_over_the_window_and_chart() -> None:
@@ -90,7 +90,7 @@ def test_a_slow_sample_spaces_the_next_ones_out() -> None:
     next comes after SAMPLE_SHARE times its cost, never every second regardless."""
     import time
 
-    from node import mgmt_rates
+    from node.mgmt import rates as mgmt_rates
 
     state = SimpleNamespace(queues={}, vhosts={}, n_published=0, n_confirmed=0,
                             n_unroutable=0)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from cluster import commands as C
-from node.management import Refusal, propose_and_wait
+from node.mgmt.framework import Refusal, propose_and_wait
 from tests.node.inproc import InProcessNode
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from node.management import Refusal, bad_request, broker_of, error, needs, not_found, state
-from node.mgmt_objects import forward, listing
+from node.mgmt.framework import Refusal, bad_request, broker_of, error, needs, not_found, state
+from node.mgmt.objects import forward, listing
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -30,7 +30,7 @@ _STARTED = time.time()
 
 def node_json(broker: Broker) -> dict[str, Any]:
     """This node as RabbitMQ's /api/nodes shows one, with its Raft view."""
-    from node.management import resources
+    from node.mgmt.framework import resources
 
     st = broker.raft.status()
     lag = {peer: st.commit_index - idx for peer, idx in st.match_index}

@@ -11,8 +11,8 @@ from aiohttp import web
 
 from cluster import commands as C
 from cluster import effects as E
-from node.management import broker_of, needs, not_found, state
-from node.mgmt_objects import PLACEHOLDER, ApiSession
+from node.mgmt.framework import broker_of, needs, not_found, state
+from node.mgmt.objects import PLACEHOLDER, ApiSession
 
 routes = web.RouteTableDef()
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 routes = web.RouteTableDef()
 
-FILES = Path(__file__).resolve().parent / "dashboard"
+FILES = Path(__file__).resolve().parent.parent / "dashboard"  # node/dashboard/
 TYPES = {"index.html": "text/html", "dashboard.js": "application/javascript",
          "dashboard.css": "text/css"}
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",

@@ -1,0 +1,948 @@
+"""Management API for queues, exchanges, bindings, consumers, channels and connections:
+RabbitMQ 3.10's paths, JSON, status codes and error bodies.
+
+Listings come from the replicated state, so every node answers for the whole cluster
+(node/mgmt_views.py). Changes (declare, delete, bind, purge, get, publish) run as AMQP
+commands on a channel of the request's own (ApiSession): the machine checks them, and the
+request user's permissions, exactly as it does for a client's, and the reply or channel
+error that comes back becomes the HTTP answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import datetime
+import struct
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from cluster import commands as C
+from cluster import effects as E
+from cluster.machine.state import State
+from node.mgmt import listing as mgmt_listing
+from node.mgmt import views
+from node.mgmt.framework import (
+    APPLY_TIMEOUT_S,
+    Refusal,
+    bad_request,
+    body,
+    broker_of,
+    checked,
+    error,
+    needs,
+    no_content,
+    not_found,
+    propose_and_wait,
+    state,
+)
+from node.mgmt.input import InputError, check_arguments, check_name, check_short
+from node.mgmt.rates import Rates
+from protocol.fields import check_properties
+from protocol.properties import decode_properties, encode_properties
+
+if TYPE_CHECKING:
+    from node.broker import Broker
+
+routes = web.RouteTableDef()
+
+GET_MAX = 10_000  # messages one /get may take
+GET_CHUNK = 100  # of them to a Raft entry at most
+GET_BYTES = 64 << 20  # taken until this many bytes of bodies are held: the answer is bounded
+ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true",
+            "reject_requeue_false")
+
+
+# --- a request's own channel -------------------------------------------------------------
+
+
+class ApiSession:
+    """A connection of the API's own, opened, used and closed in one Raft entry: the
+    commands run as ``user`` in ``vhost``; the effects addressed to it are collected (a
+    stored message's bytes are read as it arrives, while the store still has them)."""
+
+    def __init__(self, broker: Broker, user: str, vhost: str, system: bool = False) -> None:
+        self.broker = broker
+        self.conn_no = broker.new_conn_no()
+        self.key: C.ConnKey = (broker.node_id, self.conn_no)
+        self.ch: C.ChKey = (*self.key, 1)
+        self.user, self.vhost, self.system = user, vhost, system
+        self.effects: list[Any] = []
+        # bytes of message bodies read at most (then a stored message's record is None)
+        self.budget: int | None = None
+        self.read_bytes = 0
+
+    def take(self, ef: E.Effect) -> None:
+        if isinstance(ef, E.Stored) and (self.budget is None or self.read_bytes < self.budget):
+            rec = ef.record()
+            self.read_bytes += len(rec[3])
+            self.effects.append((ef, rec))
+        else:
+            self.effects.append((ef, None))
+
+    async def run(self, *cmds: C.Command) -> list[tuple[Any, Any]]:
+        """Run ``cmds`` (built with the channel key PLACEHOLDER) on this session, opened
+        and closed in the same Raft entry."""
+        try:
+            await self.step(*cmds, opening=True, closing=True)
+        finally:
+            self.broker.api_sessions.pop(self.conn_no, None)
+        return self.effects
+
+    async def step(self, *cmds: C.Command, opening: bool = False,
+                   closing: bool = False) -> list[tuple[Any, Any]]:
+        """One Raft entry of this session's commands (opening or closing it too); the
+        effects they had. A session over several entries (:func:`get_messages`) must be
+        closed whatever happens: :meth:`abandon`."""
+        ours = [dataclasses.replace(c, ch=self.ch)  # type: ignore[type-var]
+                if getattr(c, "ch", None) == PLACEHOLDER else c for c in cmds]
+        head: list[C.Command] = [C.ConnectionOpen(self.key, self.vhost, self.user, self.system),
+                                 C.ChannelOpen(self.ch)] if opening else []
+        tail: list[C.Command] = [C.ConnectionClose(self.key)] if closing else []
+        self.broker.api_sessions[self.conn_no] = self
+        before = len(self.effects)
+        # (400 for a command that cannot be encoded, 503 when not committed in time)
+        await propose_and_wait(self.broker, *head, *ours, *tail)
+        new = self.effects[before:]
+        for ef, _ in new:
+            if isinstance(ef, E.ChannelError | E.ConnectionError):
+                raise Refusal(_refusal(ef.reply_code, ef.reply_text))
+        return new
+
+    def abandon(self) -> None:
+        """Close the session without waiting (its unacked messages are requeued)."""
+        self.broker.api_sessions.pop(self.conn_no, None)
+        self.broker.propose(C.ConnectionClose(self.key))
+
+
+def _refusal(code: int, text: str) -> web.Response:
+    """A channel error as RabbitMQ's management API answers it."""
+    reason = text.split(" - ", 1)[1] if " - " in text else text
+    if code == 403:  # RabbitMQ does not say more, whatever the cause
+        return error(401, "not_authorised", "Access refused.")
+    if code == 404:
+        return error(404, "Object Not Found", "Not Found")
+    return error(400, "bad_request", reason)
+
+
+async def run(request: web.Request, vhost: str, *cmds: C.Command) -> list[tuple[Any, Any]]:
+    if vhost not in state(request).vhosts:
+        raise not_found()
+    return await ApiSession(broker_of(request), request["user"], vhost).run(*cmds)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() == "true"
+
+
+def _arguments(data: dict[str, Any]) -> dict[str, Any]:
+    """The request's argument table (node/mgmt_input.py: 64-bit integers, finite numbers,
+    short keys, bounded size)."""
+    args: dict[str, Any] = checked(lambda: check_arguments(data.get("arguments")))
+    return args
+
+
+def _short(value: Any, what: str, empty: bool = True) -> str:
+    """A name (not empty unless ``empty``) or routing key: at most 255 bytes of UTF-8."""
+    text: str = checked(lambda: check_short(value, what) if empty else check_name(value, what))
+    return text
+
+
+def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if isinstance(value, str):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise bad_request(f"{key} must be true or false")
+    return value
+
+
+def viewer(request: web.Request) -> views.Viewer:
+    """What the request's user may see (node/mgmt_views.py Viewer), once per request."""
+    found: views.Viewer | None = request.get("viewer")
+    if found is None:
+        found = request["viewer"] = views.Viewer.of(state(request), request["user"],
+                                                    request["tags"])
+    return found
+
+
+def _visible(request: web.Request, vhost: str | None) -> bool:
+    """The vhost's queues, exchanges and bindings are the user's to see."""
+    return vhost is None or viewer(request).sees_vhost(vhost)
+
+
+# Listings are built in slices of at most SLICE_S with the event loop let run between
+# them (a slice is timed, not counted: one connection's client properties can be 128 KiB);
+# one that is long (more than INLINE_MAX items), took more than INLINE_S to build (its
+# encoding will cost about as much), or has a regex filter is filtered, sorted, paged and
+# encoded in this worker thread (RE2 lets go of the GIL while it matches, so the loop goes
+# on serving clients meanwhile). One worker: what the listings of the management API cost
+# in all is at most one core. At most PENDING_PER_USER of one user's listings wait for it
+# or run there, and PENDING_MAX in all: past that a 503 (a flood of regex listings would
+# queue minutes of work ahead of everyone else's).
+SLICE_S = 0.005
+INLINE_MAX, INLINE_S = 1000, 0.005
+PENDING_PER_USER, PENDING_MAX = 2, 8
+_LISTING_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgmt-listing")
+_pending: dict[str, int] = {}
+
+
+async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.Response:
+    """RabbitMQ's filters on list endpoints (node/mgmt_listing.py): ``name`` (with
+    use_regex=true a regular expression), ``columns=a,b.c``, ``sort``/``sort_reverse``,
+    ``page``/``page_size``. ``rows`` holds only what the user may see."""
+    try:
+        query = mgmt_listing.parse(request.query)
+        match = mgmt_listing.matcher(query.name, query.use_regex) if query.name else None
+    except mgmt_listing.QueryError as e:
+        raise bad_request(str(e)) from None
+    items, building = await _gather(rows)
+    try:
+        if len(items) <= INLINE_MAX and building <= INLINE_S and not query.use_regex:
+            return web.json_response(mgmt_listing.finish(items, query, match))
+        text = await _in_worker(request, _finish_json, items, query, match)
+    except mgmt_listing.QueryError as e:
+        raise bad_request(str(e)) from None
+    return web.Response(text=text, content_type="application/json")
+
+
+async def _gather(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+    """``rows`` built in slices of SLICE_S with the loop let run between them; and how
+    long building took."""
+    items: list[dict[str, Any]] = []
+    slice_start = time.perf_counter()
+    building = 0.0
+    for item in rows:
+        items.append(item)
+        now = time.perf_counter()
+        if now - slice_start > SLICE_S:
+            building += now - slice_start
+            await asyncio.sleep(0)
+            slice_start = time.perf_counter()
+    building += time.perf_counter() - slice_start
+    return items, building
+
+
+async def _in_worker(request: web.Request, fn: Callable[..., str], *args: Any) -> str:
+    """``fn(*args)`` in the listing worker thread, bounded per user and in all (503)."""
+    user = request.get("user", "")
+    if _pending.get(user, 0) >= PENDING_PER_USER or sum(_pending.values()) >= PENDING_MAX:
+        raise Refusal(error(503, "service_unavailable", "too many listings are being "
+                                                        "prepared: try again shortly"))
+    _pending[user] = _pending.get(user, 0) + 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_LISTING_POOL, fn, *args)
+    finally:
+        _pending[user] -= 1
+        if not _pending[user]:
+            del _pending[user]
+
+
+def _finish_json(items: list[dict[str, Any]], query: mgmt_listing.Query,
+                 match: Any) -> str:
+    return mgmt_listing.encode(mgmt_listing.finish(items, query, match))
+
+
+def _vhost_param(request: web.Request, monitors_see_all: bool = False) -> str | None:
+    """The path's vhost: 404 when there is none, 401 when the user may not look into it
+    (RabbitMQ's is_authorized_vhost: an administrator, or a user with permissions there;
+    ``monitors_see_all``: is_authorized_vhost_visible, where a monitor may too)."""
+    vhost = request.match_info.get("vhost")
+    if vhost is None:
+        return None
+    if vhost not in state(request).vhosts:
+        raise not_found()
+    if not (_visible(request, vhost) or (monitors_see_all and viewer(request).monitor)):
+        raise Refusal(error(401, "not_authorised", "Not_Authorized"))
+    return vhost
+
+
+# --- overview ------------------------------------------------------------------------------
+
+
+@routes.get("/api/overview")
+@needs("management")
+async def overview(request: web.Request) -> web.Response:
+    """RabbitMQ's overview; a user who is not a monitor sees the totals and message
+    rates of what it may see only (its vhosts, its own connections)."""
+    broker = broker_of(request)
+    st: State = state(request)
+    cfg = broker.cfg
+    who = viewer(request)
+    return web.json_response({
+        "management_version": "3.10.8", "rabbitmq_version": "3.10.8",
+        "product_name": "RaftMQ", "product_version": product_version(),
+        "cluster_name": "raftmq", "node": broker.node_id,
+        "erlang_version": "n/a", "rates_mode": "basic",
+        **views.totals(st, who),
+        "message_stats": rates(request).overview(
+            _seconds(request, "msg_rates_age"), _seconds(request, "msg_rates_incr") or 1.0,
+            None if who.monitor else who.vhosts),
+        "listeners": [{"node": broker.node_id, "protocol": "amqp", "ip_address": cfg.amqp_host,
+                       "port": cfg.amqp_port}],
+        "contexts": [{"node": broker.node_id, "description": "RaftMQ Management",
+                      "path": "/", "port": str(cfg.management_port)}],
+    })
+
+
+def product_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("raftmq")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
+
+
+# --- queues --------------------------------------------------------------------------------
+
+
+@routes.get("/api/queues")
+@routes.get("/api/queues/{vhost}")
+@needs("management")
+async def list_queues(request: web.Request) -> web.Response:
+    vhost = _vhost_param(request)
+    return await listing(request, views.queues(state(request), broker_of(request).node_id,
+                                                vhost, rates(request).queue, viewer(request)))
+
+
+def _queue(request: web.Request) -> Any:
+    vhost = _vhost_param(request)
+    assert vhost is not None
+    q = state(request).vhosts[vhost].queues.get(request.match_info["name"])
+    if q is None or q.deleted:
+        raise not_found()
+    return q
+
+
+@routes.get("/api/queues/{vhost}/{name}")
+@needs("management")
+async def get_queue(request: web.Request) -> web.Response:
+    q = _queue(request)
+    st = state(request)
+    info = views.queue_json(st, broker_of(request).node_id, q, rates(request).queue)
+    # a queue may have a million consumers (2,047 channels x 1,000 on each connection)
+    consumers, building = await _gather(
+        views.consumer_json(st, q, c, _peers(request)) for c in list(q.consumers.values()))
+    info["consumer_details"] = consumers
+    if len(consumers) <= INLINE_MAX and building <= INLINE_S:
+        return web.json_response(info)
+    text = await _in_worker(request, _queue_page_json, info)
+    return web.Response(text=text, content_type="application/json")
+
+
+def _queue_page_json(info: dict[str, Any]) -> str:
+    """The queue's page as JSON, its consumers one by one (mgmt_listing.encode lets the
+    loop's thread in between)."""
+    details = info.pop("consumer_details")
+    rest = mgmt_listing.encode(info)
+    return f'{rest[:-1]}, "consumer_details": {mgmt_listing.encode(details)}}}'
+
+
+
+@routes.put("/api/queues/{vhost}/{name}")
+@needs("management")
+async def put_queue(request: web.Request) -> web.Response:
+    vhost = request.match_info["vhost"]
+    name = _short(request.match_info["name"], "queue name", empty=False)
+    data = await body(request)
+    existed = name in state(request).vhosts.get(vhost, _NO_VHOST).queues
+    await run(request, vhost, C.QueueDeclare(
+        _ch(request), name, False, _bool(data, "durable", True), False,
+        _bool(data, "auto_delete", False), False, _arguments(data)))
+    return web.Response(status=204 if existed else 201)
+
+
+@routes.delete("/api/queues/{vhost}/{name}")
+@needs("management")
+async def delete_queue(request: web.Request) -> web.Response:
+    _queue(request)
+    await run(request, request.match_info["vhost"], C.QueueDelete(
+        _ch(request), request.match_info["name"], _flag(request, "if-unused"),
+        _flag(request, "if-empty"), False))
+    return no_content()
+
+
+@routes.delete("/api/queues/{vhost}/{name}/contents")
+@needs("management")
+async def purge_queue(request: web.Request) -> web.Response:
+    _queue(request)
+    await run(request, request.match_info["vhost"],
+              C.QueuePurge(_ch(request), request.match_info["name"], False))
+    return no_content()
+
+
+@routes.post("/api/queues/{vhost}/{name}/get")
+@needs("management")
+async def get_messages(request: web.Request) -> web.Response:
+    """RabbitMQ's "get messages": up to ``count``, then acked (ack_requeue_false), or
+    rejected or requeued as ``ackmode`` says; requeued ones come back redelivered."""
+    q = _queue(request)
+    data = await body(request)
+    count, ackmode = _int(data.get("count", 1)), data.get("ackmode", "ack_requeue_true")
+    encoding, truncate = data.get("encoding", "auto"), _int(data.get("truncate"))
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= GET_MAX:
+        raise bad_request(f"count must be an integer from 1 to {GET_MAX}")
+    if ackmode not in ACKMODES:
+        raise bad_request(f"ackmode must be one of {', '.join(ACKMODES)}")
+    if encoding not in ("auto", "base64"):
+        raise bad_request("encoding must be auto or base64")
+    if truncate is not None and (not isinstance(truncate, int) or isinstance(truncate, bool)
+                                 or truncate < 0):
+        raise bad_request("truncate must be a non-negative integer")
+    got = await _get_in_chunks(request, q, count, ackmode)
+    out = []
+    for ef, rec in got:
+        if not isinstance(ef, E.GetOk) or rec is None:
+            continue
+        exchange, routing_key, props, payload = rec
+        shown = payload[:truncate] if truncate is not None else payload
+        text, how = _payload(bytes(shown), encoding)
+        out.append({"payload_bytes": len(payload), "redelivered": ef.redelivered,
+                    "exchange": exchange, "routing_key": routing_key,
+                    "message_count": ef.message_count,
+                    "properties": views.jsonable(_properties(props)), "payload": text,
+                    "payload_encoding": how})
+    return web.json_response(out)
+
+
+async def _get_in_chunks(request: web.Request, q: Any, count: int,
+                         ackmode: str) -> list[tuple[Any, Any]]:
+    """Up to ``count`` messages on one session, stopping once GET_BYTES of bodies are read
+    (10,000 messages of 128 MiB would be 1.2 TiB in one answer) or the queue is empty;
+    then what was read is acked or rejected as ``ackmode`` says, and the session's close
+    requeues the rest. The first message comes alone (the session opens in its entry),
+    the rest in entries sized by the bodies seen so far; past the budget a message's
+    bytes are not even read (ApiSession.budget)."""
+    session = ApiSession(broker_of(request), request["user"], q.vhost)
+    session.budget = GET_BYTES
+    closed = False
+    try:
+        taken = 0
+        n = 1
+        while taken < count and session.read_bytes < GET_BYTES:
+            gets = [C.Get(PLACEHOLDER, q.name, False) for _ in range(n)]
+            new = await session.step(*gets, opening=not taken)
+            taken += n
+            if sum(1 for ef, _ in new if isinstance(ef, E.GetOk)) < n:
+                break  # the queue is empty
+            mean = max(1, session.read_bytes // taken)
+            n = max(1, min(GET_CHUNK, count - taken, (GET_BYTES - session.read_bytes) // mean))
+        shown = [ef.delivery_tag for ef, rec in session.effects
+                 if isinstance(ef, E.GetOk) and rec is not None]
+        last: list[C.Command] = []
+        if shown and ackmode == "ack_requeue_false":  # (tags rise: "up to the last shown")
+            last.append(C.Ack(PLACEHOLDER, max(shown), True))
+        elif shown and ackmode == "reject_requeue_false":
+            last.append(C.Nack(PLACEHOLDER, max(shown), True, False))
+        await session.step(*last, closing=True)
+        closed = True
+    finally:
+        if not closed:
+            session.abandon()
+        session.broker.api_sessions.pop(session.conn_no, None)
+    return session.effects
+
+
+def _int(value: Any) -> Any:
+    """Numbers may come as strings (rabbitmqadmin sends them so)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdecimal() and value.isascii():
+        return int(value)
+    return value
+
+
+def _payload(data: bytes, encoding: str) -> tuple[str, str]:
+    if encoding == "auto":
+        try:
+            return data.decode("utf-8"), "string"
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(data).decode(), "base64"
+
+
+def _properties(props: bytes) -> dict[str, Any]:
+    decoded = decode_properties(props) if props and props != b"\x00\x00" else {}
+    if "message_type" in decoded:
+        decoded["type"] = decoded.pop("message_type")
+    return decoded
+
+
+# --- exchanges -----------------------------------------------------------------------------
+
+
+@routes.get("/api/exchanges")
+@routes.get("/api/exchanges/{vhost}")
+@needs("management")
+async def list_exchanges(request: web.Request) -> web.Response:
+    return await listing(request, views.exchanges(state(request), _vhost_param(request),
+                                                   viewer(request)))
+
+
+def _exchange_name(name: str) -> str:
+    """RabbitMQ's URLs name the default exchange "amq.default"."""
+    return "" if name == "amq.default" else name
+
+
+def _exchange(request: web.Request) -> Any:
+    vhost = _vhost_param(request)
+    assert vhost is not None
+    x = state(request).vhosts[vhost].exchanges.get(_exchange_name(request.match_info["name"]))
+    if x is None:
+        raise not_found()
+    return x
+
+
+@routes.get("/api/exchanges/{vhost}/{name}")
+@needs("management")
+async def get_exchange(request: web.Request) -> web.Response:
+    return web.json_response(views.exchange_json(request.match_info["vhost"],
+                                                 _exchange(request)))
+
+
+@routes.put("/api/exchanges/{vhost}/{name}")
+@needs("management")
+async def put_exchange(request: web.Request) -> web.Response:
+    vhost = request.match_info["vhost"]
+    name = _short(request.match_info["name"], "exchange name", empty=False)
+    data = await body(request)
+    kind = data.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise bad_request("type is required (direct, fanout, topic, headers)")
+    kind = _short(kind, "type")
+    existed = name in state(request).vhosts.get(vhost, _NO_VHOST).exchanges
+    await run(request, vhost, C.ExchangeDeclare(
+        _ch(request), name, kind, False, _bool(data, "durable", True),
+        _bool(data, "auto_delete", False), _bool(data, "internal", False), False,
+        _arguments(data)))
+    return web.Response(status=204 if existed else 201)
+
+
+@routes.delete("/api/exchanges/{vhost}/{name}")
+@needs("management")
+async def delete_exchange(request: web.Request) -> web.Response:
+    _exchange(request)
+    await run(request, request.match_info["vhost"], C.ExchangeDelete(
+        _ch(request), request.match_info["name"], _flag(request, "if-unused"), False))
+    return no_content()
+
+
+@routes.post("/api/exchanges/{vhost}/{name}/publish")
+@needs("management")
+async def publish(request: web.Request) -> web.Response:
+    """{"routed": bool}: whether some queue took the message (it is published mandatory
+    on the session's channel; an unroutable one comes back as a basic.return)."""
+    x = _exchange(request)
+    data = await body(request)
+    rk, payload = data.get("routing_key", ""), data.get("payload", "")
+    props, how = data.get("properties"), data.get("payload_encoding", "string")
+    props = {} if props is None else props
+    if not isinstance(payload, str) or not isinstance(props, dict):
+        raise bad_request("payload must be a string, properties an object")
+    rk = _checked(check_short, rk, "routing_key")
+    if how not in ("string", "base64"):
+        raise bad_request("payload_encoding must be string or base64")
+    try:
+        raw = base64.b64decode(payload, validate=True) if how == "base64" else \
+            payload.encode()
+    except (binascii.Error, ValueError):  # a lone surrogate is a UnicodeEncodeError
+        raise bad_request(f"payload is not valid {'base64' if how == 'base64' else 'Unicode'}"
+                          ) from None
+    encoded = _encode_properties(props)
+    refused = spoofed_user_id(props, request["user"], request["tags"])
+    if refused is not None:
+        raise bad_request(refused)
+    got = await run(request, request.match_info["vhost"], C.Publish(
+        _ch(request), x.name, rk, True, encoded, raw, 0))
+    return web.json_response({"routed": not any(isinstance(ef, E.Return) for ef, _ in got)})
+
+
+def spoofed_user_id(props: dict[str, Any], user: str, tags: Iterable[str]) -> str | None:
+    """The refusal of a ``user_id`` that is not the publisher's login, as RabbitMQ's
+    channel refuses it (rabbit_channel:check_user_id_header: 406, unless the user has
+    the ``impersonator`` tag); its management API answers that channel error as 400."""
+    uid = props.get("user_id")
+    if uid is None or uid == user or "impersonator" in tags:
+        return None
+    return (f"406 PRECONDITION_FAILED - user_id property set to '{uid}' but authenticated "
+            f"user was '{user}'")
+
+
+SHORT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to",
+                    "expiration", "message_id", "type", "user_id", "app_id", "cluster_id")
+OCTET_PROPERTIES = ("delivery_mode", "priority")
+
+
+def _checked(check: Any, value: Any, what: str) -> Any:
+    try:
+        return check(value, what)
+    except InputError as e:
+        raise bad_request(str(e)) from None
+
+
+def _encode_properties(props: dict[str, Any]) -> bytes:
+    """The API's message properties (RabbitMQ's names) as AMQP basic properties, each
+    value checked for its AMQP type first: a 400 naming the property, never a 500."""
+    unknown = set(props) - {*SHORT_PROPERTIES, *OCTET_PROPERTIES, "headers", "timestamp"}
+    if unknown:
+        raise bad_request(f"unknown properties: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in props.items():
+        what = f"properties.{key}"
+        if key == "expiration" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # RabbitMQ's API takes a number too
+        if key in SHORT_PROPERTIES:
+            kwargs["message_type" if key == "type" else key] = _checked(check_short, value, what)
+        elif key in OCTET_PROPERTIES:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+                raise bad_request(f"{what} must be an integer from 0 to 255")
+            kwargs[key] = value
+        elif key == "timestamp":  # seconds since the epoch, a 64-bit AMQP timestamp
+            if not isinstance(value, int) or isinstance(value, bool) or \
+                    not 0 <= value <= TIMESTAMP_MAX:
+                raise bad_request(f"{what} must be an integer number of seconds from 0 to "
+                                  f"{TIMESTAMP_MAX}")
+            kwargs[key] = datetime.datetime.fromtimestamp(value, datetime.UTC)
+        else:  # headers: a field table
+            kwargs[key] = _checked(check_arguments, value, what)
+    try:
+        raw = encode_properties(**kwargs)
+        # the same check as a client's publish gets at the edge (protocol/fields.py)
+        check_properties(raw)
+        return raw
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError,
+            struct.error) as e:  # FieldError is a ValueError
+        raise bad_request(f"invalid properties: {e}") from None
+
+
+TIMESTAMP_MAX = 253402300799  # 9999-12-31T23:59:59Z: the last second datetime can hold
+
+
+# --- bindings ------------------------------------------------------------------------------
+
+
+@routes.get("/api/bindings")
+@routes.get("/api/bindings/{vhost}")
+@needs("management")
+async def list_bindings(request: web.Request) -> web.Response:
+    return await listing(request, views.bindings(state(request), _vhost_param(request),
+                                                  viewer(request)))
+
+
+@routes.get("/api/queues/{vhost}/{name}/bindings")
+@needs("management")
+async def queue_bindings(request: web.Request) -> web.Response:
+    q = _queue(request)
+    return web.json_response([b for b in views.bindings(state(request), q.vhost)
+                              if b["destination_type"] == "queue"
+                              and b["destination"] == q.name])
+
+
+@routes.get("/api/exchanges/{vhost}/{name}/bindings/{side}")
+@needs("management")
+async def exchange_bindings(request: web.Request) -> web.Response:
+    x = _exchange(request)
+    side = request.match_info["side"]
+    if side not in ("source", "destination"):
+        raise not_found()
+    vhost = request.match_info["vhost"]
+    if side == "source":
+        found = [b for b in views.bindings(state(request), vhost)
+                 if b["source"] == x.name and (x.name or b["destination_type"] == "queue")]
+    else:
+        found = [b for b in views.bindings(state(request), vhost)
+                 if b["destination_type"] == "exchange" and b["destination"] == x.name]
+    return web.json_response(found)
+
+
+def _between(request: web.Request) -> tuple[str, str, bool, str, list[dict[str, Any]]]:
+    """(vhost, source, destination is an exchange, destination, bindings between them)."""
+    vhost = _vhost_param(request)
+    assert vhost is not None
+    m = request.match_info
+    src, dest, is_x = _exchange_name(m["source"]), m["destination"], m["kind"] == "e"
+    if m["kind"] not in ("e", "q"):
+        raise not_found()
+    vh = state(request).vhosts[vhost]
+    if src not in vh.exchanges or (dest not in (vh.exchanges if is_x else vh.queues)):
+        raise not_found()
+    found = [b for b in views.bindings(state(request), vhost)
+             if b["source"] == src and b["destination"] == dest
+             and (b["destination_type"] == "exchange") == is_x]
+    return vhost, src, is_x, dest, found
+
+
+@routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
+@needs("management")
+async def list_between(request: web.Request) -> web.Response:
+    return web.json_response(_between(request)[4])
+
+
+@routes.post("/api/bindings/{vhost}/e/{source}/{kind}/{destination}")
+@needs("management")
+async def bind(request: web.Request) -> web.Response:
+    vhost, src, is_x, dest, _ = _between(request)
+    if src == "":
+        raise Refusal(error(403, "access_refused", "operation not permitted on the default "
+                                                   "exchange"))
+    data = await body(request)
+    rk, args = _short(data.get("routing_key", ""), "routing_key"), _arguments(data)
+    ch = _ch(request)
+    await run(request, vhost, C.ExchangeBind(ch, dest, src, rk, False, args) if is_x else
+              C.QueueBind(ch, dest, src, rk, False, args))
+    location = "/api/bindings/{}/e/{}/{}/{}/{}".format(
+        *(urllib.parse.quote(p, safe="") for p in (vhost, src, "e" if is_x else "q", dest)),
+        views.properties_key(rk, args))
+    return web.Response(status=201, headers={"Location": location})
+
+
+@routes.get("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
+@needs("management")
+async def get_binding(request: web.Request) -> web.Response:
+    return web.json_response(_one_binding(request))
+
+
+def _one_binding(request: web.Request) -> dict[str, Any]:
+    found = _between(request)[4]
+    props = request.match_info["props"]
+    for b in found:
+        if b["properties_key"] in (props, urllib.parse.quote(props, safe="")):
+            return b
+    raise not_found()
+
+
+@routes.delete("/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}")
+@needs("management")
+async def unbind(request: web.Request) -> web.Response:
+    b = _one_binding(request)
+    vhost, src, is_x, dest, _ = _between(request)
+    ch = _ch(request)
+    args = _raw_arguments(state(request), vhost, src, is_x, dest, b["routing_key"],
+                          b["properties_key"])
+    await run(request, vhost, C.ExchangeUnbind(ch, dest, src, b["routing_key"], False, args)
+              if is_x else C.QueueUnbind(ch, dest, src, b["routing_key"], args))
+    return no_content()
+
+
+def _raw_arguments(st: State, vhost: str, src: str, is_x: bool, dest: str, rk: str,
+                   key: str) -> dict[str, Any]:
+    """The binding's arguments as stored (typed AMQP values), for the unbind to match."""
+    for ((dx, dname), brk, _f), args in st.vhosts[vhost].exchanges[src].bindings.items():
+        if dx == is_x and dname == dest and brk == rk and \
+                views.properties_key(brk, args) == key:
+            return args
+    return {}
+
+
+# --- consumers, channels, connections ------------------------------------------------------
+
+
+@routes.get("/api/consumers")
+@routes.get("/api/consumers/{vhost}")
+@needs("management")
+async def list_consumers(request: web.Request) -> web.Response:
+    return await listing(request, views.consumers(
+        state(request), _vhost_param(request, monitors_see_all=True), _peers(request),
+        viewer(request)))
+
+
+@routes.get("/api/channels")
+@routes.get("/api/vhosts/{vhost}/channels")
+@needs("management")
+async def list_channels(request: web.Request) -> web.Response:
+    return await listing(request, views.channels(
+        state(request), _vhost_param(request, monitors_see_all=True), _peers(request),
+        viewer(request)))
+
+
+@routes.get("/api/channels/{name}")
+@needs("management")
+async def get_channel(request: web.Request) -> web.Response:
+    """One channel, named as the listings name it ("node:number (channel)"); one the user
+    may not see is as missing as one that does not exist."""
+    conn_name, sep, number = request.match_info["name"].rpartition(" (")
+    key = _connection_key(request, conn_name)
+    st = state(request)
+    for ch in st.conns[key].channels:
+        full = (*key, ch)
+        if sep and number == f"{views.channel_number(full)})" and full in st.channels:
+            return web.json_response(views.channel_json(st, full, st.channels[full],
+                                                        _peers(request)))
+    raise not_found()
+
+
+@routes.get("/api/connections/{name}/channels")
+@needs("management")
+async def connection_channels(request: web.Request) -> web.Response:
+    key = _connection_key(request)
+    st = state(request)
+    peers = _peers(request)
+    return await listing(request, (views.channel_json(st, (*key, ch), st.channels[(*key, ch)],
+                                                      peers)
+                                   for ch in list(st.conns[key].channels)
+                                   if (*key, ch) in st.channels))
+
+
+def _seconds(request: web.Request, name: str) -> float:
+    try:
+        return max(0.0, min(float(request.query.get(name, 0)), 3600.0))
+    except ValueError:
+        raise bad_request(f"{name} must be a number of seconds") from None
+
+
+def rates(request: web.Request) -> Rates:
+    found: Rates = request.app["rates"]
+    return found
+
+
+def _peers(request: web.Request) -> views.Peers:
+    return {c.key: (str(c.peer[0]), int(c.peer[1])) for c in broker_of(request).connections.values()
+            if c.peer and len(c.peer) >= 2}
+
+
+def connections(broker: Broker, vhost: str | None = None,
+                who: views.Viewer | None = None) -> Iterator[dict[str, Any]]:
+    """Every client connection in the cluster that ``who`` may see (the state knows user,
+    vhost, channels); this node adds what only it knows of its own (peer, client
+    properties, TLS)."""
+    st = broker.raft.state
+    for key, conn in list(st.conns.items()):
+        if vhost is not None and conn.vhost != vhost:
+            continue
+        if who is not None and not who.sees_user(conn.user):
+            continue
+        if key[0] == broker.node_id and key[1] in broker.api_sessions:
+            continue
+        yield connection_json(broker, key, conn)
+
+
+def connection_json(broker: Broker, key: C.ConnKey, conn: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "name": views.connection_name(key), "node": key[0], "vhost": conn.vhost,
+        "user": conn.user, "channels": len(conn.channels), "state": "running",
+        "protocol": "AMQP 0-9-1", "type": "network",
+    }
+    mine = broker.connections.get(key[1]) if key[0] == broker.node_id else None
+    if mine is not None and mine.key == key:
+        peer = mine.peer or ("", 0)
+        here = mine.transport.get_extra_info("sockname") if mine.transport else None
+        info.update(peer_host=peer[0], peer_port=peer[1], ssl=mine.tls,
+                    host=here[0] if here else None, port=here[1] if here else None,
+                    frame_max=mine.proto.frame_max, channel_max=mine.proto.channel_max,
+                    timeout=mine.proto.heartbeat,
+                    auth_mechanism="EXTERNAL" if mine.certificate_user else "PLAIN",
+                    client_properties=views.jsonable(mine.client_properties),
+                    connected_at=int((time.time() - (time.monotonic() - mine.created))
+                                     * 1000),
+                    blocked=mine.blocked,
+                    send_pend=mine.flow.buffered if mine.flow is not None else 0)
+    return info
+
+
+@routes.get("/api/connections")
+@routes.get("/api/vhosts/{vhost}/connections")
+@needs("management")
+async def list_connections(request: web.Request) -> web.Response:
+    return await listing(request, connections(
+        broker_of(request), _vhost_param(request, monitors_see_all=True), viewer(request)))
+
+
+def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
+    """The key of the connection the path names. One the user may not see (RabbitMQ:
+    a monitor sees every connection, anyone else its own) is a 404 exactly as one that
+    does not exist: names are sequential, and another tenant's must not be guessable."""
+    broker = broker_of(request)
+    node, sep, number = (request.match_info["name"] if name is None else name).rpartition(":")
+    if not sep or not (number.isascii() and number.isdigit()):  # ("²".isdigit() is True)
+        raise not_found()
+    key = (node, int(number))
+    conn = state(request).conns.get(key)
+    if conn is None or not viewer(request).sees_user(conn.user) or \
+            (node == broker.node_id and key[1] in broker.api_sessions):
+        raise not_found()
+    return key
+
+
+@routes.get("/api/connections/{name}")
+@needs("management")
+async def get_connection(request: web.Request) -> web.Response:
+    key = _connection_key(request)
+    broker = broker_of(request)
+    return web.json_response(connection_json(broker, key, state(request).conns[key]))
+
+
+@routes.delete("/api/connections/{name}")
+@needs("management")
+async def close_connection(request: web.Request) -> web.Response:
+    """Close with 320 CONNECTION_FORCED and the X-Reason header's text, as RabbitMQ; a
+    connection of another node is closed by that node (the request goes to it)."""
+    key = _connection_key(request)
+    broker = broker_of(request)
+    if not viewer(request).may_close(state(request).conns[key].user):
+        # a monitor, who may see it: RabbitMQ's is_authorized_user refusal
+        raise Refusal(error(401, "not_authorised", "User not authorised to access object"))
+    reason = request.headers.get("X-Reason", "Closed via management plugin")
+    if key[0] != broker.node_id:
+        return await forward(request, key[0])
+    mine = next((c for c in broker.connections.values() if c.key == key), None)
+    if mine is None:
+        raise not_found()
+    mine.force_close(320, f"CONNECTION_FORCED - {reason}")
+    return no_content()
+
+
+async def forward(request: web.Request, node: str) -> web.Response:
+    """The same request to ``node``'s management API (its address is in the state)."""
+    info = state(request).nodes.get(node)
+    if info is None or not info.http_address or info.down:
+        raise Refusal(error(503, "unavailable", f"node {node} is not reachable"))
+    url = f"http://{info.http_address}{request.rel_url}"
+    try:
+        async with ClientSession(timeout=ClientTimeout(total=APPLY_TIMEOUT_S)) as s, \
+                s.request(request.method, url, headers={
+                    k: v for k, v in request.headers.items()
+                    if k in ("Authorization", "X-Reason")}) as r:
+            return web.Response(status=r.status, body=await r.read(),
+                                content_type=r.content_type or "application/json")
+    except (OSError, TimeoutError) as e:
+        raise Refusal(error(503, "unavailable", f"node {node}: {e}")) from None
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+_NO_VHOST: Any = type("NoVHost", (), {"queues": {}, "exchanges": {}})()
+PLACEHOLDER: C.ChKey = ("", 0, 0)  # replaced by the session's channel (ApiSession.run)
+
+
+def _ch(request: web.Request) -> C.ChKey:
+    return PLACEHOLDER
+
+
+# --- policies: none yet -------------------------------------------------------------------
+
+
+@routes.get("/api/policies")
+@routes.get("/api/policies/{vhost}")
+@routes.get("/api/operator-policies")
+@routes.get("/api/operator-policies/{vhost}")
+@needs("management")
+async def list_policies(request: web.Request) -> web.Response:
+    """RaftMQ has no policies (queue features come from queue arguments): the list is
+    empty, as RabbitMQ's is with none; setting one is refused (below)."""
+    _vhost_param(request)
+    return web.json_response([])
+
+
+@routes.put("/api/policies/{vhost}/{name}")
+@routes.put("/api/operator-policies/{vhost}/{name}")
+@needs("administrator")
+async def put_policy(request: web.Request) -> web.Response:
+    return error(400, "bad_request", "policies are not supported by RaftMQ yet: set queue "
+                                     "features with queue arguments (x-message-ttl, ...)")
