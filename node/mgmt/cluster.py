@@ -35,7 +35,8 @@ def node_json(broker: Broker) -> dict[str, Any]:
     st = broker.raft.status()
     lag = {peer: st.commit_index - idx for peer, idx in st.match_index}
     return {
-        "name": broker.node_id, "type": "disc", "running": True, "being_drained": False,
+        "name": broker.node_id, "type": "disc", "running": True,
+        "being_drained": broker.draining,
         "uptime": int((time.time() - _STARTED) * 1000), "os_pid": str(os.getpid()),
         **{k: v for k, v in resources(broker).items() if k != "alarms"},
         "raft": {"role": st.state, "leader": st.leader, "term": st.term,
