@@ -49,6 +49,28 @@ start)
     echo $! > "$DIR/n$i.pid"
     echo "n$i: amqp://guest:guest@127.0.0.1:$(amqp "$i")/  api http://127.0.0.1:$(mgmt "$i")/api  metrics http://127.0.0.1:$(metrics "$i")/metrics  log $DIR/n$i.log"
   done
+  # ready when every /healthz answers 200 (a leader elected, the state applied): commands
+  # that follow `make cluster` then work at once
+  if ! "$BIN/python" - "$(metrics 1)" "$(metrics 2)" "$(metrics 3)" <<'PY'
+import sys, time, urllib.request
+deadline = time.monotonic() + 60
+for port in sys.argv[1:]:
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit(f"metrics port {port}: /healthz not 200 after 60 s")
+        time.sleep(0.2)
+PY
+  then
+    for i in 1 2 3; do echo "--- $DIR/n$i.log"; tail -5 "$DIR/n$i.log"; done >&2
+    exit 1
+  fi
+  echo "ready: every node answers /healthz"
   echo "status: $BIN/raftmq cluster status --node 127.0.0.1:$(mgmt 1)"
   echo "stop:   make cluster-stop   (or: deploy/local-cluster.sh stop; same CLUSTER_DATA)"
   ;;

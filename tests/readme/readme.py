@@ -144,7 +144,7 @@ class Shell:
         self.env = {**env, "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', os.defpath)}"}
         self.subs = subs
         self.timeout = timeout
-        fd, name = tempfile.mkstemp(prefix="readme-env-", dir=cwd)
+        fd, name = tempfile.mkstemp(prefix="readme-env-")
         os.close(fd)
         self._exports = Path(name)
         self.ran: list[str] = []  # every command run, as written in the README
@@ -163,6 +163,9 @@ class Shell:
             raise CommandFailed(f"README command failed (exit {proc.returncode}):\n  {command}\n"
                                 f"ran as:\n  {actual}\nprinted:\n{proc.stdout}")
         return proc.stdout
+
+    def close(self) -> None:
+        self._exports.unlink(missing_ok=True)
 
     def run_block(self, text: str) -> str:
         return "".join(self.run(c) for c in commands(text))
