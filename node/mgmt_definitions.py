@@ -21,8 +21,15 @@ cluster name and id (global parameters) are ignored. Vhost limits are what Rabbi
 exports them as, runtime parameters ``{"component": "vhost-limits", "name": "limits",
 "vhost": v, "value": {"max-connections": 100}}`` (the ``"limits"`` of our vhost entries,
 not in 3.10's, stays ``[]``), and an imported one replaces the vhost's limits, as
-RabbitMQ's does; user limits are the users' ``"limits"`` object. RaftMQ has no policies
-or other parameters yet, so a file with some is refused rather than half-applied.
+RabbitMQ's does; user limits are the users' ``"limits"`` object.
+
+The export holds what RabbitMQ 3.10's does (tests/integration/test_definitions_rabbitmq.py
+compares every kind both ways): non-exclusive queues and exchanges, transient ones too,
+and bindings naming a standard exchange (amq.direct...), which an import takes as existing
+in every vhost, a new one too. What RaftMQ cannot keep is refused, the whole file, naming
+it, rather than dropped: policies (issue 23), global parameters other than RabbitMQ's
+identity, runtime parameters other than vhost-limits (federation upstreams, shovels...),
+and a vhost's ``default_queue_type`` other than classic (a 3.11 export's).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from aiohttp import web
 
 from cluster import commands as C
 from cluster.machine import qargs
+from cluster.machine.state import DEFAULT_EXCHANGES
 from cluster.machine.topology import EXCHANGE_TYPES
 from node import mgmt_views as views
 from node.management import (
@@ -89,6 +97,11 @@ _Item = tuple[str, C.Command]
 # RabbitMQ's own identity, in every export of it: nothing to import.
 IGNORED_GLOBALS = ("cluster_name", "internal_cluster_id")
 VHOST_LIMITS_COMPONENT = "vhost-limits"  # RabbitMQ's runtime parameter of a vhost's limits
+# amq.direct, amq.topic...: in every vhost, a new one too (bindings may name them)
+STANDARD_EXCHANGES = frozenset(name for name, _ in DEFAULT_EXCHANGES if name)
+# a vhost's default queue type (3.11's, or 3.10's PUT /api/vhosts): RaftMQ has only its
+# own ("classic" when asked), so a file asking for another is refused, not ignored
+CLASSIC_QUEUE_TYPES = (None, "", "classic", "undefined")
 
 
 def _exported_exchange(name: str) -> bool:
@@ -117,7 +130,7 @@ async def export(st: Any) -> dict[str, Any]:
     queues = []
     for vh in vhosts:
         for q in list(vh.queues.values()):
-            if q.durable and q.exclusive_owner is None and not q.deleted:
+            if q.exclusive_owner is None and not q.deleted:
                 queues.append({"name": q.name, "vhost": vh.name, "durable": q.durable,
                                "auto_delete": q.auto_delete,
                                "arguments": views.jsonable(q.arguments)})
@@ -126,7 +139,7 @@ async def export(st: Any) -> dict[str, Any]:
     exchanges = []
     for vh in vhosts:
         for x in list(vh.exchanges.values()):
-            if x.durable and _exported_exchange(x.name):
+            if _exported_exchange(x.name):
                 exchanges.append({"name": x.name, "vhost": vh.name, "type": x.type,
                                   "durable": x.durable, "auto_delete": x.auto_delete,
                                   "internal": x.internal,
@@ -137,12 +150,14 @@ async def export(st: Any) -> dict[str, Any]:
     for vh in vhosts:
         for b in views.bindings(st, vh.name):  # (it lists what it reads first)
             await pause()
-            dest = (vh.name, b["destination"])
-            if b["source"] == "" or ((vh.name, b["source"]) not in exported_x
-                                     and _exported_exchange(b["source"])):
+            # (a standard amq.* exchange at either end is in every vhost: RabbitMQ
+            # exports those bindings; the default exchange's are implicit)
+            src, dest, to_x = b["source"], b["destination"], \
+                b["destination_type"] == "exchange"
+            if src == "" or ((vh.name, src) not in exported_x and _exported_exchange(src)):
                 continue
-            if dest not in (exported_x if b["destination_type"] == "exchange"
-                            else exported_queues):
+            if (vh.name, dest) not in (exported_x if to_x else exported_queues) and \
+                    not (to_x and dest.startswith("amq.")):
                 continue
             bindings.append({k: b[k] for k in ("source", "vhost", "destination",
                                                "destination_type", "routing_key",
@@ -346,6 +361,11 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
         meta: dict[str, Any] = vh["metadata"] if isinstance(vh.get("metadata"), dict) else {}
         description = meta.get("description", vh.get("description", "")) or ""
         name = vs.name(vh)
+        queue_type = meta.get("default_queue_type", vh.get("default_queue_type"))
+        if queue_type not in CLASSIC_QUEUE_TYPES:
+            raise vs.refuse(f"default_queue_type {str(queue_type)[:40]!r} is not supported "
+                            "by RaftMQ (a queue declared without x-queue-type is classic "
+                            "here); remove it from the file to import the rest")
         out.globals.append((vs.label, C.VHostPut(
             name, vs.check(check_text, description, "description", MAX_TEXT_BYTES),
             vs.tags(meta.get("tags", vh.get("tags", [])) or []))))
@@ -480,12 +500,14 @@ async def _topology(defs: dict[str, Any], st: Any, vhosts: set[str],
         if src == "":
             continue  # the default exchange's bindings are implicit
         vh = existing(vhost)
-        if (vhost, src) not in exchanges and (vh is None or src not in vh.exchanges):
+        if (vhost, src) not in exchanges and src not in STANDARD_EXCHANGES and \
+                (vh is None or src not in vh.exchanges):
             raise bs.refuse(f"source exchange {src[:60]!r} does not exist in vhost "
                             f"{vhost[:60]!r} (and is not in the file)")
         known, have = (exchanges, vh.exchanges if vh else {}) if kind == "exchange" else \
             (queues, vh.queues if vh else {})
-        if (vhost, dest) not in known and dest not in have:
+        if (vhost, dest) not in known and dest not in have and \
+                not (kind == "exchange" and dest in STANDARD_EXCHANGES):
             raise bs.refuse(f"destination {kind} {dest[:60]!r} does not exist in vhost "
                             f"{vhost[:60]!r} (and is not in the file)")
         out.topology.setdefault(vhost, []).append((bs.label, C.ExchangeBind(

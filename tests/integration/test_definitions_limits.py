@@ -8,14 +8,12 @@ a user's as the user's ``"limits"`` object (checked side by side with RabbitMQ b
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.harness.api import Api, q
-from tests.harness.ports import free_port
-from tests.harness.raftmq import RaftMQNode
+from tests.integration.test_definitions_rabbitmq import brokers
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -109,18 +107,7 @@ def test_bad_parameters_are_refused_naming_them(api, parameter, words):
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Api]]:
     """A RaftMQ node and a RabbitMQ 3.10 with its management plugin, of this module."""
-    from tests.harness.rabbitmq import RabbitMQ
-
-    base = tmp_path_factory.mktemp("defs-limits")
-    rabbit = RabbitMQ(base / "rabbitmq", management_port=free_port())
-    node = RaftMQNode(base / "raftmq" / "data", log_path=base / "raftmq" / "node.log")
-    with rabbit, node:
-        theirs = Api(rabbit.management_port or 0)
-        deadline = time.monotonic() + 60
-        while theirs("GET", "/api/overview")[0] != 200:
-            assert time.monotonic() < deadline, "RabbitMQ's management API did not answer"
-            time.sleep(0.2)
-        yield Api(node.management_port), theirs
+    yield from brokers(tmp_path_factory.mktemp("defs-limits"))
 
 
 @pytest.mark.raftmq_only
