@@ -270,11 +270,15 @@ def read_data_dir(data_dir: Path) -> LogInfo:
         journal._destroy()
     if not entries:
         raise RecoveryError(f"the journal {journal_path} is empty")
+    snapshot_index = int(snapshot[1][1]) if snapshot is not None else None
+    # pysyncobj writes the commit index to the journal lazily; a snapshot holds only applied,
+    # hence committed, entries, so the commit index is at least the snapshot's
+    commit = max(min(commit, entries[-1][1]), snapshot_index or 0)
     info = LogInfo(
         data_dir=data_dir, first_index=entries[0][1], last_index=entries[-1][1],
-        last_term=entries[-1][2], commit_index=min(commit, entries[-1][1]),
+        last_term=entries[-1][2], commit_index=commit,
         current_term=max(current_term, entries[-1][2]),
-        snapshot_index=int(snapshot[1][1]) if snapshot is not None else None,
+        snapshot_index=snapshot_index,
         snapshot_members=(tuple(sorted(n.id for n in snapshot[3]))
                           if snapshot is not None else None),
         forced_members=read_forced(data_dir), snapshot=snapshot)

@@ -59,7 +59,7 @@ def _addresses(values: list[str], what: str) -> list[str]:
 
 
 def _counted(counter: dict[str, int]) -> str:
-    return ", ".join(f"{n} {name}" for name, n in sorted(counter.items(), key=lambda kv: -kv[1]))
+    return ", ".join(f"{n} {name}" for name, n in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,6 +65,14 @@ def block(readme: str, section: str, index: int = 0, lang: str | None = None) ->
     return mine[index]
 
 
+def block_with(readme: str, section: str, fragment: str, lang: str | None = None) -> Block:
+    """The first block under ``section`` whose text holds ``fragment``."""
+    for b in blocks(readme):
+        if b.section == section and fragment in b.text and (lang is None or b.lang == lang):
+            return b
+    raise LookupError(f"README: no {lang or 'fenced'} block with {fragment!r} under {section!r}")
+
+
 def commands(text: str) -> list[str]:
     """The commands of a shell block: lines joined across trailing backslashes; blank and
     comment-only lines dropped (comments after a command stay: bash ignores them)."""
