@@ -34,7 +34,7 @@ from node.metrics import Metrics
 from node.passwords import SHA256, hash_password
 
 if TYPE_CHECKING:
-    from node.mgmt.objects import ApiSession
+    from node.mgmt.framework import ApiSession
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
 """Old home of node/mgmt/objects.py: these names stay importable here for
 node/mgmt_definitions.py until it moves into node/mgmt/."""
 
-from node.mgmt.objects import PLACEHOLDER, ApiSession, product_version  # noqa: F401
+from node.mgmt.framework import PLACEHOLDER, ApiSession, product_version  # noqa: F401

@@ -38,7 +38,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from node.auth import RateLimitedLog
-from node.mgmt import framework as management
+from node.mgmt import app as management
 
 if TYPE_CHECKING:
     from node.broker import Broker

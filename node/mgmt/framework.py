@@ -1,15 +1,27 @@
-"""The management API: RabbitMQ's paths, JSON and status codes, on the management port.
+"""The management API's framework: what every resource module of node/mgmt/ builds on, and
+the only module of the package they import (besides the pure ones: views, listing, input,
+rates).
 
-Every request authenticates with HTTP basic auth against the replicated user table
-(the same users, hashes and login throttle as AMQP). RabbitMQ's tags decide what a
-user may do: ``management`` (its own view), ``monitoring`` (everything, read-only),
-``administrator`` (everything, including every change). Every endpoint that changes
-anything needs ``administrator``; refusals are RabbitMQ's ``401 not_authorised``.
-
-Changes are Raft commands: a handler proposes them and answers once they are applied
-(or 503 when the cluster cannot commit them in time). Every client value is checked before
-it is proposed (node/mgmt_input.py): bad input is a 400 with a reason, never a 201/204 for
-something not done and never a 500.
+* **The node** is seen through :class:`Node`, a Protocol of what the API uses of it
+  (node/broker.py's Broker satisfies it; the tests use the in-process node).
+* **Answers**: a handler returns its response, or raises :class:`Refusal` with RabbitMQ's
+  error body (:func:`error`; :func:`bad_request`, :func:`not_found`, :func:`unauthorised`
+  for the usual ones). :func:`needs` answers a Refusal, so no handler catches one.
+* **Authentication**: every request with HTTP basic auth against the replicated user table
+  (the same users, hashes and login throttle as AMQP). RabbitMQ's tags decide what a user
+  may do: ``management`` (its own view), ``monitoring`` (everything, read-only),
+  ``administrator`` (everything, including every change); refusals are RabbitMQ's ``401
+  not_authorised``.
+* **Input**: :func:`body` (the JSON object, node/mgmt/input.py's rules) and :func:`checked`
+  (a value checked, an InputError answered as 400): bad input is a 400 with a reason,
+  never a 201/204 for something not done and never a 500.
+* **Changes** are Raft commands: :func:`submit` proposes them and returns once they are
+  applied (503 when the cluster cannot commit them in time). Changes to queues, exchanges
+  and bindings run as AMQP commands on the request's own connection, :class:`ApiSession`,
+  so the machine checks them (and the user's permissions) as it checks a client's.
+* **Listings**: :func:`listing` filters, sorts, pages and encodes, off the loop when big.
+* **Other nodes**: :func:`forward` asks a member's management API, with the request's
+  credentials (the one place the API makes HTTP requests).
 """
 
 from __future__ import annotations
@@ -17,49 +29,113 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import logging
+import dataclasses
+import importlib.metadata
+import json
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import ClientSession, ClientTimeout, web
 
 from cluster import commands as C
-from cluster import machine
-from cluster.replica import MembershipResult
-from node import alarms
+from cluster import effects as E
 from node.login import Accepted, Attempt, Refused, is_loopback
-from node.maintenance import transfer_leadership
-from node.mgmt.input import (
-    INT64_MAX,
-    INT64_MIN,
-    InputError,
-    check_name,
-    check_regex,
-    check_short,
-    check_text,
-    parse_json,
-)
-from node.passwords import ALGORITHMS, SHA256, hash_password, valid_hash
+from node.mgmt import listing as L
+from node.mgmt.input import InputError, parse_json
 
 if TYPE_CHECKING:
-    from node.broker import Broker
-
-log = logging.getLogger(__name__)
+    from cluster.proposer import Proposer
+    from cluster.replica import Replica
+    from node.alarms import Alarms
+    from node.config import Config
+    from node.connection import AMQPConnection
+    from node.login import Authenticator
+    from node.mgmt.rates import Rates
 
 REALM = 'Basic realm="RabbitMQ Management"'
 APPLY_TIMEOUT_S = 10.0
-MEMBERSHIP_TIMEOUT_S = 10.0
-MEMBERSHIP_ATTEMPTS = 3
-TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
-MAX_TAGS = 64  # of a user or a vhost
 MAX_TEXT_BYTES = 65535  # a description, a password
 MAX_REQUEST_BYTES = 4 << 20  # a request's JSON body, but for a definitions import
-DELETE_CHUNK = 500  # queues or exchanges deleted per Raft entry when a vhost is deleted
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-routes = web.RouteTableDef()
+
+
+# --- the node --------------------------------------------------------------------------
+
+
+class Node(Protocol):
+    """What the management API uses of the node it serves (node/broker.py's Broker)."""
+
+    cfg: Config
+    node_id: str
+    incarnation: int
+    ready: bool
+    isolated: bool
+    draining: bool  # node/maintenance.py: out of service until it restarts
+    raft: Replica  # the replicated state, Raft status, leadership, membership changes
+    proposer: Proposer  # (which commands of a turn were left out: propose_and_wait)
+    auth: Authenticator
+    alarms: Alarms
+    connections: dict[int, AMQPConnection]  # this node's client connections, by number
+    api_sessions: dict[int, ApiSession]  # the API's own connections, by number
+
+    @property
+    def alarm(self) -> str | None:
+        """Why publishers are blocked (node/alarms.py), None if they are not."""
+
+    def new_conn_no(self) -> int: ...
+
+    def propose(self, cmd: C.Command) -> None: ...
+
+    def after_apply(self, fn: Callable[[], None]) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    """The node's maintenance operations (node/maintenance.py), bound to it where the app
+    is assembled (node/mgmt/app.py)."""
+
+    drain: Callable[[], Awaitable[Any]]  # -> a DrainResult
+    # (to: a Raft address or None, timeout or None for the default) -> the new leader's
+    # Raft address, or None when no other node took over in time
+    transfer: Callable[[str | None, float | None], Awaitable[str | None]]
+
+
+NODE = web.AppKey("node", Node)
+RATES: web.AppKey[Rates] = web.AppKey("rates")
+MAINTENANCE = web.AppKey("maintenance", Maintenance)
+
+
+def node_of(request: web.Request) -> Node:
+    return request.app[NODE]
+
+
+broker_of = node_of  # (its name in node/mgmt_definitions.py)
+
+
+def state(request: web.Request) -> Any:
+    """The replicated state (cluster/machine/state.py State) as this node has applied it."""
+    return request.app[NODE].raft.state
+
+
+def rates(request: web.Request) -> Rates:
+    return request.app[RATES]
+
+
+def maintenance(request: web.Request) -> Maintenance:
+    return request.app[MAINTENANCE]
+
+
+def product_version() -> str:
+    try:
+        return importlib.metadata.version("raftmq")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
 
 
 # --- answers ---------------------------------------------------------------------------
@@ -72,6 +148,9 @@ def error(status: int, kind: str, reason: str, **headers: str) -> web.Response:
 
 
 class Refusal(Exception):
+    """The request's answer is ``response`` (an error): raised by a handler or anything
+    it calls, answered by :func:`needs`."""
+
     def __init__(self, response: web.Response) -> None:
         super().__init__(response.status)
         self.response = response
@@ -85,6 +164,14 @@ def not_found(reason: str = "Not Found") -> Refusal:
     return Refusal(error(404, "Object Not Found", reason))
 
 
+def unauthorised(reason: str, **headers: str) -> Refusal:
+    return Refusal(error(401, "not_authorised", reason, **headers))
+
+
+def unavailable(reason: str, kind: str = "unavailable") -> Refusal:
+    return Refusal(error(503, kind, reason))
+
+
 def no_content() -> web.Response:
     return web.Response(status=204)
 
@@ -96,11 +183,6 @@ def created_or_updated(existed: bool) -> web.Response:
 # --- authentication ----------------------------------------------------------------------
 
 
-def broker_of(request: web.Request) -> Broker:
-    broker: Broker = request.app["broker"]
-    return broker
-
-
 async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
     """(user, tags) of the request's basic credentials; raises a 401 refusal."""
     header = request.headers.get("Authorization", "")
@@ -109,14 +191,14 @@ async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
     challenge = {} if request.headers.get("X-Requested-With") == "XMLHttpRequest" else \
         {"WWW-Authenticate": REALM}
     if not header.startswith("Basic "):
-        raise Refusal(error(401, "not_authorised", "Not_Authorized", **challenge))
+        raise unauthorised("Not_Authorized", **challenge)
     try:
         user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise Refusal(error(401, "not_authorised", "Login failed")) from None
-    broker = broker_of(request)
+        raise unauthorised("Login failed") from None
+    node = node_of(request)
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    auth = broker.auth
+    auth = node.auth
     step: Attempt | Accepted | Refused = auth.start(peer, "PLAIN",
                                                     f"\0{user}\0{password}".encode())
     if isinstance(step, Attempt):
@@ -126,11 +208,11 @@ async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
     if isinstance(step, Refused):
         if step.delay > 0:
             await asyncio.sleep(step.delay)
-        raise Refusal(error(401, "not_authorised", "Login failed", **challenge))
+        raise unauthorised("Login failed", **challenge)
     assert isinstance(step, Accepted)
-    if step.user in broker.cfg.loopback_users and not is_loopback(peer):
-        raise Refusal(error(401, "not_authorised", "Login failed"))
-    record = broker.raft.state.users.get(step.user)
+    if step.user in node.cfg.loopback_users and not is_loopback(peer):
+        raise unauthorised("Login failed")
+    record = node.raft.state.users.get(step.user)
     return step.user, tuple(record.tags) if record is not None else ()
 
 
@@ -142,7 +224,7 @@ def needs(tag: str) -> Callable[[Handler], Handler]:
         async def run(request: web.Request) -> web.StreamResponse:
             try:
                 user, tags = await authenticate(request)
-                if not _has(tags, tag):
+                if not has(tags, tag):
                     return error(401, "not_authorised", f"Not {tag} user")
                 request["user"], request["tags"] = user, tags
                 return await handler(request)
@@ -154,7 +236,9 @@ def needs(tag: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
-def _has(tags: tuple[str, ...], tag: str) -> bool:
+def has(tags: Iterable[str], tag: str) -> bool:
+    """Whether a user with ``tags`` has ``tag``'s rights."""
+    tags = tuple(tags)
     if "administrator" in tags:
         return True
     if tag == "management":
@@ -162,8 +246,11 @@ def _has(tags: tuple[str, ...], tag: str) -> bool:
     return tag in tags
 
 
+# --- input -------------------------------------------------------------------------------
+
+
 async def body(request: web.Request, max_bytes: int = MAX_REQUEST_BYTES) -> dict[str, Any]:
-    """The request's JSON object (node/mgmt_input.py's rules: no NaN, bounded depth), of at
+    """The request's JSON object (node/mgmt/input.py's rules: no NaN, bounded depth), of at
     most ``max_bytes`` (parsing costs the loop ~50 ms a MiB: a large body only where a
     large document is expected, a definitions import)."""
     if not request.body_exists:  # (node/web.py has read it already: can_read_body is False)
@@ -181,20 +268,28 @@ async def body(request: web.Request, max_bytes: int = MAX_REQUEST_BYTES) -> dict
     return data
 
 
-def checked(value: Callable[[], Any]) -> Any:
-    """``value()``, an InputError from it answered as 400."""
+def checked(check: Callable[..., Any], value: Any, *args: Any) -> Any:
+    """``check(value, *args)`` (node/mgmt/input.py), an InputError from it answered as 400."""
     try:
-        return value()
+        return check(value, *args)
     except InputError as e:
         raise bad_request(str(e)) from None
 
 
+def flag(request: web.Request, name: str) -> bool:
+    """A query flag: ``?name=true``."""
+    return request.query.get(name, "false").lower() == "true"
+
+
+# --- changes -----------------------------------------------------------------------------
+
+
 async def submit(request: web.Request, *cmds: C.Command) -> None:
     """Propose ``cmds`` in one Raft entry and wait until it is applied."""
-    await propose_and_wait(broker_of(request), *cmds)
+    await propose_and_wait(node_of(request), *cmds)
 
 
-async def propose_and_wait(broker: Broker, *cmds: C.Command,
+async def propose_and_wait(node: Node, *cmds: C.Command,
                            timeout: float = APPLY_TIMEOUT_S) -> None:
     """Propose ``cmds`` in this turn's Raft entry and wait until it is applied here.
     A command that cannot be encoded is refused (400) before anything is proposed; one
@@ -205,711 +300,232 @@ async def propose_and_wait(broker: Broker, *cmds: C.Command,
             C.check_encodable(cmd)
         except C.Unencodable as e:
             raise bad_request(str(e)) from None
-    proposer = broker.proposer
+    proposer = node.proposer
     turn = proposer.turn()
-    done: asyncio.Future[tuple[C.Command, ...]] = broker.loop.create_future()
+    done: asyncio.Future[tuple[C.Command, ...]] = asyncio.get_running_loop().create_future()
 
     def applied() -> None:
         if not done.done():
             done.set_result(proposer.dropped(turn))
 
     for cmd in cmds:
-        broker.propose(cmd)
-    broker.after_apply(applied)
+        node.propose(cmd)
+    node.after_apply(applied)
     try:
         left_out = await asyncio.wait_for(done, timeout)
     except TimeoutError:
-        raise Refusal(error(503, "unavailable", "the cluster did not commit the change in "
-                                                f"{timeout:g}s (no quorum?)")) from None
+        raise unavailable(f"the cluster did not commit the change in {timeout:g}s "
+                          "(no quorum?)") from None
     lost = [type(c).__name__ for c in cmds if any(c is d for d in left_out)]
     if lost:
         raise Refusal(error(500, "internal_error", f"{', '.join(lost)} could not be "
                                                    "encoded and was not applied"))
 
 
-def state(request: web.Request) -> Any:
-    return broker_of(request).raft.state
+PLACEHOLDER: C.ChKey = ("", 0, 0)  # replaced by the session's channel (ApiSession.step)
 
 
-def _tags(value: Any) -> tuple[str, ...]:
-    """RabbitMQ takes tags as "a,b" or ["a", "b"]."""
-    if value is None or value == "":
-        return ()
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
-        raise bad_request("tags must be a comma-separated string or a list of strings")
-    if len(items) > MAX_TAGS:
-        raise bad_request(f"more than {MAX_TAGS} tags")
-    tags = []
-    for t in items:
-        if t.strip():
-            tags.append(_text(t, "a tag", 255).strip())
-    return tuple(tags)
+class ApiSession:
+    """A connection of the API's own, opened, used and closed in one Raft entry: the
+    commands run as ``user`` in ``vhost``; the effects addressed to it are collected (a
+    stored message's bytes are read as it arrives, while the store still has them)."""
 
+    def __init__(self, node: Node, user: str, vhost: str, system: bool = False) -> None:
+        self.node = node
+        self.conn_no = node.new_conn_no()
+        self.key: C.ConnKey = (node.node_id, self.conn_no)
+        self.ch: C.ChKey = (*self.key, 1)
+        self.user, self.vhost, self.system = user, vhost, system
+        self.effects: list[Any] = []
+        # bytes of message bodies read at most (then a stored message's record is None)
+        self.budget: int | None = None
+        self.read_bytes = 0
 
-def _regex(value: Any, what: str) -> str:
-    result: str = checked(lambda: check_regex(value, what))
-    return result
-
-
-def _name(value: Any, what: str) -> str:
-    result: str = checked(lambda: check_name(value, what))
-    return result
-
-
-def _text(value: Any, what: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
-    result: str = checked(lambda: check_text(value, what, max_bytes))
-    return result
-
-
-# --- who am I, status ---------------------------------------------------------------------
-
-
-@routes.get("/api/whoami")
-@needs("management")
-async def whoami(request: web.Request) -> web.Response:
-    return web.json_response({"name": request["user"], "tags": list(request["tags"])})
-
-
-def status(broker: Broker) -> dict[str, Any]:
-    st = broker.raft.status()
-    return {
-        "node": broker.node_id,
-        "incarnation": broker.incarnation,
-        "ready": broker.ready,
-        "isolated": broker.isolated,
-        "raft_address": broker.cfg.raft_address,
-        "raft": asdict(st),
-        "nodes": {name: asdict(info) for name, info in machine.nodes(broker.raft.state).items()},
-        # upgrades: the command level this node understands, the cluster's enabled level
-        # and what each member announced (cluster/commands.py LEVEL)
-        "levels": {"node": C.LEVEL, "cluster": broker.raft.state.level,
-                   "members": dict(broker.raft.state.levels)},
-        "connections": len(broker.connections),
-        **resources(broker),
-    }
-
-
-def resources(broker: Broker) -> dict[str, Any]:
-    """Memory and disk, this node's alarms and every alarm in the cluster (RabbitMQ's
-    /api/nodes names: mem_used, mem_limit, mem_alarm, disk_free, disk_free_limit,
-    disk_free_alarm)."""
-    mon = broker.alarms.monitor
-    return {
-        "mem_used": mon.memory_used, "mem_limit": mon.memory_limit,
-        "mem_total": mon.memory_total, "mem_alarm": mon.active[alarms.MEMORY],
-        "vm_memory_high_watermark": str(mon.memory_watermark),
-        "disk_free": mon.disk_free, "disk_free_limit": mon.disk_free_limit,
-        "disk_free_alarm": mon.active[alarms.DISK],
-        "alarms": [{"node": node, "resource": resource}
-                   for node, resource in broker.alarms.in_force()],
-        "publishers_blocked": broker.alarm,
-    }
-
-
-@routes.put("/api/nodes/{node}/limits")
-@needs("administrator")
-async def put_node_limits(request: web.Request) -> web.Response:
-    """Change this node's memory watermark or disk free limit at run time, as
-    ``rabbitmqctl set_vm_memory_high_watermark`` / ``set_disk_free_limit`` (until the
-    node restarts: the command line or environment sets them at start-up)."""
-    broker = broker_of(request)
-    try:
-        if request.match_info["node"] != broker.node_id:
-            raise not_found(f"this is node {broker.node_id}: ask that node")
-        data = await body(request)
-        mon = broker.alarms.monitor
-        try:
-            if "vm_memory_high_watermark" in data:
-                mon.memory_watermark = alarms.parse_memory_watermark(
-                    str(data["vm_memory_high_watermark"]))
-            if "disk_free_limit" in data:
-                mon.disk_limit = alarms.parse_disk_limit(str(data["disk_free_limit"]))
-        except ValueError as e:
-            raise bad_request(str(e)) from None
-        broker.alarms.check()
-        return web.json_response(resources(broker))
-    except Refusal as r:
-        return r.response
-
-
-@routes.get("/api/status")
-@needs("monitoring")
-async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(status(broker_of(request)))
-
-
-# --- users -----------------------------------------------------------------------------
-
-
-def user_json(u: Any) -> dict[str, Any]:
-    return {"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": u.hashing,
-            "tags": list(u.tags), "limits": dict(u.limits)}
-
-
-@routes.get("/api/users")
-@needs("administrator")
-async def list_users(request: web.Request) -> web.Response:
-    return web.json_response([user_json(u) for u in state(request).users.values()])
-
-
-@routes.get("/api/users/without-permissions")
-@needs("administrator")
-async def users_without_permissions(request: web.Request) -> web.Response:
-    s = state(request)
-    with_perms = {u for u, _ in s.permissions}
-    return web.json_response([user_json(u) for n, u in s.users.items() if n not in with_perms])
-
-
-@routes.get("/api/users/{name}")
-@needs("administrator")
-async def get_user(request: web.Request) -> web.Response:
-    u = state(request).users.get(request.match_info["name"])
-    if u is None:
-        return error(404, "Object Not Found", "Not Found")
-    return web.json_response(user_json(u))
-
-
-@routes.put("/api/users/{name}")
-@needs("administrator")
-async def put_user(request: web.Request) -> web.Response:
-    try:
-        name = _name(request.match_info["name"], "user name")
-        data = await body(request)
-        existing = state(request).users.get(name)
-        algorithm = data.get("hashing_algorithm", SHA256)
-        if algorithm not in ALGORITHMS:
-            raise bad_request(f"unsupported hashing_algorithm {algorithm!r}")
-        if "password" in data:
-            password_hash = hash_password(_text(data["password"], "password"), algorithm)
-        elif "password_hash" in data:
-            password_hash = _text(data["password_hash"], "password_hash")
-            if not valid_hash(password_hash, algorithm):
-                raise bad_request(f"password_hash is not a {algorithm} hash")
-        elif existing is not None:
-            password_hash, algorithm = existing.password_hash, existing.hashing
+    def take(self, ef: E.Effect) -> None:
+        if isinstance(ef, E.Stored) and (self.budget is None or self.read_bytes < self.budget):
+            rec = ef.record()
+            self.read_bytes += len(rec[3])
+            self.effects.append((ef, rec))
         else:
-            raise bad_request("password or password_hash is required for a new user")
-        tags = _tags(data.get("tags", list(existing.tags) if existing else ""))
-        await submit(request, C.UserPut(name, password_hash, algorithm, tags))
-        return created_or_updated(existing is not None)
-    except Refusal as r:
-        return r.response
+            self.effects.append((ef, None))
 
-
-@routes.delete("/api/users/{name}")
-@needs("administrator")
-async def delete_user(request: web.Request) -> web.Response:
-    try:
-        name = request.match_info["name"]
-        if name not in state(request).users:
-            return error(404, "Object Not Found", "Not Found")
-        await submit(request, C.UserDelete(name))
-        return no_content()
-    except Refusal as r:
-        return r.response
-
-
-@routes.post("/api/users/bulk-delete")
-@needs("administrator")
-async def bulk_delete_users(request: web.Request) -> web.Response:
-    try:
-        users = (await body(request)).get("users")
-        if not isinstance(users, list):
-            raise bad_request("users must be a list of names")
-        users = [_name(u, "a user name") for u in users]
-        await submit(request, *(C.UserDelete(u) for u in users))
-        return no_content()
-    except Refusal as r:
-        return r.response
-
-
-# --- virtual hosts ------------------------------------------------------------------------
-
-
-def vhost_json(vh: Any) -> dict[str, Any]:
-    return {"name": vh.name, "description": vh.description, "tags": list(vh.tags),
-            "tracing": False, "default_queue_type": "classic",
-            "metadata": {"description": vh.description, "tags": list(vh.tags)},
-            "messages": sum(q.ready_count() + q.unacked for q in vh.queues.values()),
-            "messages_ready": sum(q.ready_count() for q in vh.queues.values()),
-            "messages_unacknowledged": sum(q.unacked for q in vh.queues.values())}
-
-
-def _visible(request: web.Request, vhost: str) -> bool:
-    tags = request["tags"]
-    if _has(tags, "monitoring"):
-        return True
-    return (request["user"], vhost) in state(request).permissions
-
-
-@routes.get("/api/vhosts")
-@needs("management")
-async def list_vhosts(request: web.Request) -> web.Response:
-    return web.json_response([vhost_json(v) for n, v in state(request).vhosts.items()
-                              if _visible(request, n)])
-
-
-@routes.get("/api/vhosts/{name}")
-@needs("management")
-async def get_vhost(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    vh = state(request).vhosts.get(name)
-    if vh is None or not _visible(request, name):
-        return error(404, "Object Not Found", "Not Found")
-    return web.json_response(vhost_json(vh))
-
-
-@routes.put("/api/vhosts/{name}")
-@needs("administrator")
-async def put_vhost(request: web.Request) -> web.Response:
-    try:
-        name = _name(request.match_info["name"], "vhost name")
-        data = await body(request)
-        description = _text(data.get("description", ""), "description")
-        existed = name in state(request).vhosts
-        await submit(request, C.VHostPut(name, description, _tags(data.get("tags"))))
-        return created_or_updated(existed)
-    except Refusal as r:
-        return r.response
-
-
-@routes.delete("/api/vhosts/{name}")
-@needs("administrator")
-async def delete_vhost(request: web.Request) -> web.Response:
-    try:
-        name = request.match_info["name"]
-        if name not in state(request).vhosts:
-            return error(404, "Object Not Found", "Not Found")
-        await _empty_vhost(request, name)
-        await submit(request, C.VHostDelete(name))
-        return no_content()
-    except Refusal as r:
-        return r.response
-
-
-async def _empty_vhost(request: web.Request, name: str) -> None:
-    """Delete the vhost's queues and exchanges DELETE_CHUNK to a Raft entry first (as
-    RabbitMQ deletes a vhost's queues one by one, before its connections are closed), so
-    no entry removes 100,000 queues at once on every replica (measured: 2.3 s stalls).
-    Best effort: exclusive queues, and whatever a chunk could not delete (an object gone
-    or locked meanwhile), go with the VHostDelete that follows."""
-    from node.mgmt.objects import PLACEHOLDER, ApiSession
-
-    vh = state(request).vhosts[name]
-    doomed: list[C.Command] = [C.QueueDelete(PLACEHOLDER, q.name, False, False, False)
-                               for q in vh.queues.values()
-                               if q.exclusive_owner is None and not q.deleted]
-    doomed += [C.ExchangeDelete(PLACEHOLDER, x, False, False) for x in vh.exchanges
-               if x and not x.startswith("amq.")]
-    if len(doomed) <= DELETE_CHUNK:
-        return  # (one entry either way)
-    for i in range(0, len(doomed), DELETE_CHUNK):
-        if name not in state(request).vhosts:
-            return
+    async def run(self, *cmds: C.Command) -> list[tuple[Any, Any]]:
+        """Run ``cmds`` (built with the channel key PLACEHOLDER) on this session, opened
+        and closed in the same Raft entry."""
         try:
-            await ApiSession(broker_of(request), request["user"], name, system=True).run(
-                *doomed[i:i + DELETE_CHUNK])
-        except Refusal as r:
-            if r.response.status == 503:
-                raise
+            await self.step(*cmds, opening=True, closing=True)
+        finally:
+            self.forget()
+        return self.effects
+
+    async def step(self, *cmds: C.Command, opening: bool = False,
+                   closing: bool = False) -> list[tuple[Any, Any]]:
+        """One Raft entry of this session's commands (opening or closing it too); the
+        effects they had. A session over several entries (node/mgmt/objects.py
+        ``get_messages``) must be closed whatever happens: :meth:`abandon`."""
+        ours = [dataclasses.replace(c, ch=self.ch)  # type: ignore[type-var]
+                if getattr(c, "ch", None) == PLACEHOLDER else c for c in cmds]
+        head: list[C.Command] = [C.ConnectionOpen(self.key, self.vhost, self.user, self.system),
+                                 C.ChannelOpen(self.ch)] if opening else []
+        tail: list[C.Command] = [C.ConnectionClose(self.key)] if closing else []
+        self.node.api_sessions[self.conn_no] = self
+        before = len(self.effects)
+        # (400 for a command that cannot be encoded, 503 when not committed in time)
+        await propose_and_wait(self.node, *head, *ours, *tail)
+        new = self.effects[before:]
+        for ef, _ in new:
+            if isinstance(ef, E.ChannelError | E.ConnectionError):
+                raise Refusal(channel_refusal(ef.reply_code, ef.reply_text))
+        return new
+
+    def abandon(self) -> None:
+        """Close the session without waiting (its unacked messages are requeued)."""
+        self.forget()
+        self.node.propose(C.ConnectionClose(self.key))
+
+    def forget(self) -> None:
+        """Effects for the session's connection go nowhere from now on."""
+        self.node.api_sessions.pop(self.conn_no, None)
 
 
-# --- permissions --------------------------------------------------------------------------
+def channel_refusal(code: int, text: str) -> web.Response:
+    """A channel error as RabbitMQ's management API answers it."""
+    reason = text.split(" - ", 1)[1] if " - " in text else text
+    if code == 403:  # RabbitMQ does not say more, whatever the cause
+        return error(401, "not_authorised", "Access refused.")
+    if code == 404:
+        return not_found().response
+    return error(400, "bad_request", reason)
 
 
-def permission_json(key: tuple[str, str], p: Any) -> dict[str, Any]:
-    return {"user": key[0], "vhost": key[1], "configure": p.configure, "write": p.write,
-            "read": p.read}
+async def run(request: web.Request, vhost: str, *cmds: C.Command) -> list[tuple[Any, Any]]:
+    """``cmds`` on a session of the request's user in ``vhost`` (404 when there is none)."""
+    if vhost not in state(request).vhosts:
+        raise not_found()
+    return await ApiSession(node_of(request), request["user"], vhost).run(*cmds)
 
 
-def topic_json(key: tuple[str, str, str], tp: tuple[str, str]) -> dict[str, Any]:
-    return {"user": key[0], "vhost": key[1], "exchange": key[2], "write": tp[0], "read": tp[1]}
+# --- listings ----------------------------------------------------------------------------
+
+# Listings are built in slices of at most SLICE_S with the event loop let run between
+# them (a slice is timed, not counted: one connection's client properties can be 128 KiB);
+# one that is long (more than INLINE_MAX items), took more than INLINE_S to build (its
+# encoding will cost about as much), or has a regex filter is filtered, sorted, paged and
+# encoded in this worker thread (RE2 lets go of the GIL while it matches, so the loop goes
+# on serving clients meanwhile). One worker: what the listings of the management API cost
+# in all is at most one core. At most PENDING_PER_USER of one user's listings wait for it
+# or run there, and PENDING_MAX in all: past that a 503 (a flood of regex listings would
+# queue minutes of work ahead of everyone else's).
+SLICE_S = 0.005
+INLINE_MAX, INLINE_S = 1000, 0.005
+PENDING_PER_USER, PENDING_MAX = 2, 8
+_LISTING_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgmt-listing")
+_pending: dict[str, int] = {}
 
 
-def _permissions(request: web.Request, user: str | None = None,
-                 vhost: str | None = None) -> list[dict[str, Any]]:
-    return [permission_json(k, p) for k, p in state(request).permissions.items()
-            if (user is None or k[0] == user) and (vhost is None or k[1] == vhost)]
-
-
-def _topic_permissions(request: web.Request, user: str | None = None,
-                       vhost: str | None = None) -> list[dict[str, Any]]:
-    return [topic_json(k, tp) for k, tp in state(request).topic_permissions.items()
-            if (user is None or k[0] == user) and (vhost is None or k[1] == vhost)]
-
-
-@routes.get("/api/permissions")
-@needs("administrator")
-async def list_permissions(request: web.Request) -> web.Response:
-    return web.json_response(_permissions(request))
-
-
-@routes.get("/api/users/{name}/permissions")
-@needs("administrator")
-async def user_permissions(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if name not in state(request).users:
-        return error(404, "Object Not Found", "Not Found")
-    return web.json_response(_permissions(request, user=name))
-
-
-@routes.get("/api/vhosts/{name}/permissions")
-@needs("administrator")
-async def vhost_permissions(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if name not in state(request).vhosts:
-        return error(404, "Object Not Found", "Not Found")
-    return web.json_response(_permissions(request, vhost=name))
-
-
-@routes.get("/api/permissions/{vhost}/{user}")
-@needs("administrator")
-async def get_permission(request: web.Request) -> web.Response:
-    key = (request.match_info["user"], request.match_info["vhost"])
-    p = state(request).permissions.get(key)
-    if p is None:
-        return error(404, "Object Not Found", "Not Found")
-    return web.json_response(permission_json(key, p))
-
-
-def _user_and_vhost(request: web.Request) -> tuple[str, str]:
-    user, vhost = request.match_info["user"], request.match_info["vhost"]
-    s = state(request)
-    if vhost not in s.vhosts:
-        raise bad_request(f"vhost_not_found: {vhost}")
-    if user not in s.users:
-        raise bad_request(f"user_not_found: {user}")
-    return user, vhost
-
-
-@routes.put("/api/permissions/{vhost}/{user}")
-@needs("administrator")
-async def put_permission(request: web.Request) -> web.Response:
+async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.Response:
+    """RabbitMQ's filters on list endpoints (node/mgmt/listing.py): ``name`` (with
+    use_regex=true a regular expression), ``columns=a,b.c``, ``sort``/``sort_reverse``,
+    ``page``/``page_size``. ``rows`` holds only what the user may see."""
     try:
-        user, vhost = _user_and_vhost(request)
-        data = await body(request)
-        existed = (user, vhost) in state(request).permissions
-        await submit(request, C.PermissionSet(user, vhost, _regex(data.get("configure"),
-                                                                   "configure"),
-                                              _regex(data.get("write"), "write"),
-                                              _regex(data.get("read"), "read")))
-        return created_or_updated(existed)
-    except Refusal as r:
-        return r.response
-
-
-@routes.delete("/api/permissions/{vhost}/{user}")
-@needs("administrator")
-async def delete_permission(request: web.Request) -> web.Response:
+        query = L.parse(request.query)
+        match = L.matcher(query.name, query.use_regex) if query.name else None
+    except L.QueryError as e:
+        raise bad_request(str(e)) from None
+    items, building = await gather(rows)
     try:
-        key = (request.match_info["user"], request.match_info["vhost"])
-        if key not in state(request).permissions:
-            return error(404, "Object Not Found", "Not Found")
-        await submit(request, C.PermissionClear(*key))
-        return no_content()
-    except Refusal as r:
-        return r.response
+        if len(items) <= INLINE_MAX and building <= INLINE_S and not query.use_regex:
+            return web.json_response(L.finish(items, query, match))
+        text = await in_worker(request, _finish_json, items, query, match)
+    except L.QueryError as e:
+        raise bad_request(str(e)) from None
+    return web.Response(text=text, content_type="application/json")
 
 
-@routes.get("/api/topic-permissions")
-@needs("administrator")
-async def list_topic_permissions(request: web.Request) -> web.Response:
-    return web.json_response(_topic_permissions(request))
+async def gather(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+    """``rows`` built in slices of SLICE_S with the loop let run between them; and how
+    long building took."""
+    items: list[dict[str, Any]] = []
+    slice_start = time.perf_counter()
+    building = 0.0
+    for item in rows:
+        items.append(item)
+        now = time.perf_counter()
+        if now - slice_start > SLICE_S:
+            building += now - slice_start
+            await asyncio.sleep(0)
+            slice_start = time.perf_counter()
+    building += time.perf_counter() - slice_start
+    return items, building
 
 
-@routes.get("/api/users/{name}/topic-permissions")
-@needs("administrator")
-async def user_topic_permissions(request: web.Request) -> web.Response:
-    return web.json_response(_topic_permissions(request, user=request.match_info["name"]))
-
-
-@routes.get("/api/vhosts/{name}/topic-permissions")
-@needs("administrator")
-async def vhost_topic_permissions(request: web.Request) -> web.Response:
-    return web.json_response(_topic_permissions(request, vhost=request.match_info["name"]))
-
-
-@routes.get("/api/topic-permissions/{vhost}/{user}")
-@needs("administrator")
-async def get_topic_permissions(request: web.Request) -> web.Response:
-    found = _topic_permissions(request, request.match_info["user"], request.match_info["vhost"])
-    if not found:
-        return error(404, "Object Not Found", "Not Found")
-    return web.json_response(found)
-
-
-@routes.put("/api/topic-permissions/{vhost}/{user}")
-@needs("administrator")
-async def put_topic_permission(request: web.Request) -> web.Response:
+async def in_worker(request: web.Request, fn: Callable[..., str], *args: Any) -> str:
+    """``fn(*args)`` in the listing worker thread, bounded per user and in all (503)."""
+    user = request.get("user", "")
+    if _pending.get(user, 0) >= PENDING_PER_USER or sum(_pending.values()) >= PENDING_MAX:
+        raise unavailable("too many listings are being prepared: try again shortly",
+                          "service_unavailable")
+    _pending[user] = _pending.get(user, 0) + 1
     try:
-        user, vhost = _user_and_vhost(request)
-        data = await body(request)
-        exchange = data.get("exchange")
-        if exchange is None:
-            raise bad_request("exchange is required")
-        exchange = checked(lambda: check_short(exchange, "exchange"))
-        existed = (user, vhost, exchange) in state(request).topic_permissions
-        await submit(request, C.TopicPermissionSet(user, vhost, exchange,
-                                                   _regex(data.get("write"), "write"),
-                                                   _regex(data.get("read"), "read")))
-        return created_or_updated(existed)
-    except Refusal as r:
-        return r.response
+        return await asyncio.get_running_loop().run_in_executor(_LISTING_POOL, fn, *args)
+    finally:
+        _pending[user] -= 1
+        if not _pending[user]:
+            del _pending[user]
 
 
-@routes.delete("/api/topic-permissions/{vhost}/{user}")
-@needs("administrator")
-async def delete_topic_permissions(request: web.Request) -> web.Response:
-    """All of the user's topic permissions in the vhost (``?exchange=`` for one)."""
+def _finish_json(items: list[dict[str, Any]], query: L.Query, match: Any) -> str:
+    return L.encode(L.finish(items, query, match))
+
+
+# --- other nodes -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What another node's management API answered."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+    def json(self) -> Any:
+        """The body as JSON (ValueError if it is not)."""
+        return json.loads(self.body)
+
+    def response(self) -> web.Response:
+        """The same answer, to this request's client."""
+        return web.Response(status=self.status, body=self.body,
+                            content_type=self.content_type or "application/json")
+
+
+class Unreachable(Exception):
+    """The other node did not answer (connection refused, timeout, bad address)."""
+
+
+async def forward(request: web.Request, address: str, path: str | None = None, *,
+                  method: str | None = None, params: Mapping[str, str] | None = None,
+                  timeout: float = APPLY_TIMEOUT_S) -> Answer:
+    """Ask the management API at ``address`` (HOST:PORT) with the request's credentials
+    (and its X-Reason): the same request, or ``method`` on ``path`` with ``params``.
+    Raises :class:`Unreachable`; what the caller makes of that is its own answer."""
+    url = f"http://{address}{request.rel_url if path is None else path}"
+    headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "X-Reason")}
     try:
-        user, vhost = request.match_info["user"], request.match_info["vhost"]
-        only = request.query.get("exchange")
-        keys = [k for k in state(request).topic_permissions
-                if k[0] == user and k[1] == vhost and (only is None or k[2] == only)]
-        if not keys:
-            return error(404, "Object Not Found", "Not Found")
-        await submit(request, *(C.TopicPermissionClear(*k) for k in keys))
-        return no_content()
-    except Refusal as r:
-        return r.response
-
-
-# --- limits --------------------------------------------------------------------------------
-
-VHOST_LIMITS = ("max-connections", "max-queues")
-USER_LIMITS = ("max-connections", "max-channels")
-
-
-def _limits(items: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    return [{key: name, "value": dict(o.limits)} for name, o in items.items() if o.limits]
-
-
-@routes.get("/api/vhost-limits")
-@needs("monitoring")
-async def list_vhost_limits(request: web.Request) -> web.Response:
-    return web.json_response(_limits(state(request).vhosts, "vhost"))
-
-
-@routes.get("/api/vhost-limits/{vhost}")
-@needs("monitoring")
-async def get_vhost_limits(request: web.Request) -> web.Response:
-    vh = state(request).vhosts.get(request.match_info["vhost"])
-    if vh is None:
-        return error(404, "Object Not Found", "Not Found")
-    return web.json_response([{"vhost": vh.name, "value": dict(vh.limits)}] if vh.limits else [])
-
-
-@routes.get("/api/user-limits")
-@needs("monitoring")
-async def list_user_limits(request: web.Request) -> web.Response:
-    return web.json_response(_limits(state(request).users, "user"))
-
-
-@routes.get("/api/user-limits/{user}")
-@needs("monitoring")
-async def get_user_limits(request: web.Request) -> web.Response:
-    u = state(request).users.get(request.match_info["user"])
-    if u is None:
-        return error(404, "Object Not Found", "Not Found")
-    return web.json_response([{"user": u.name, "value": dict(u.limits)}] if u.limits else [])
-
-
-async def _set_limit(request: web.Request, kind: str, target: str, allowed: tuple[str, ...],
-                     remove: bool) -> web.Response:
-    try:
-        name = request.match_info["name"]
-        if name not in allowed:
-            raise bad_request(f"unknown {kind} limit {name!r} (one of {', '.join(allowed)})")
-        table = state(request).vhosts if kind == "vhost" else state(request).users
-        if target not in table:
-            return error(404, "Object Not Found", "Not Found")
-        value: Any = -1
-        if not remove:
-            value = (await body(request)).get("value")
-            if not isinstance(value, int) or isinstance(value, bool) or \
-                    not INT64_MIN <= value <= INT64_MAX:
-                raise bad_request("value must be a 64-bit integer (negative: no limit)")
-        await submit(request, C.LimitsSet(kind, target, {name: value}))
-        return no_content()
-    except Refusal as r:
-        return r.response
-
-
-@routes.put("/api/vhost-limits/{vhost}/{name}")
-@needs("administrator")
-async def put_vhost_limit(request: web.Request) -> web.Response:
-    return await _set_limit(request, "vhost", request.match_info["vhost"], VHOST_LIMITS, False)
-
-
-@routes.delete("/api/vhost-limits/{vhost}/{name}")
-@needs("administrator")
-async def delete_vhost_limit(request: web.Request) -> web.Response:
-    return await _set_limit(request, "vhost", request.match_info["vhost"], VHOST_LIMITS, True)
-
-
-@routes.put("/api/user-limits/{user}/{name}")
-@needs("administrator")
-async def put_user_limit(request: web.Request) -> web.Response:
-    return await _set_limit(request, "user", request.match_info["user"], USER_LIMITS, False)
-
-
-@routes.delete("/api/user-limits/{user}/{name}")
-@needs("administrator")
-async def delete_user_limit(request: web.Request) -> web.Response:
-    return await _set_limit(request, "user", request.match_info["user"], USER_LIMITS, True)
-
-
-# --- cluster membership ---------------------------------------------------------------------
-
-
-@routes.post("/api/members")
-@needs("administrator")
-async def add_member(request: web.Request) -> web.Response:
-    return await _membership(request, "POST")
-
-
-@routes.delete("/api/members")
-@needs("administrator")
-async def remove_member(request: web.Request) -> web.Response:
-    return await _membership(request, "DELETE")
-
-
-def _answer(result: MembershipResult | str, address: str) -> web.Response:
-    ok = result == MembershipResult.OK
-    return web.json_response({"ok": ok, "error": None if ok else str(result),
-                              "address": address}, status=200 if ok else 409)
-
-
-async def _membership(request: web.Request, method: str) -> web.Response:
-    """Add or remove a Raft member. An address that does not answer as a RaftMQ node with
-    this cluster's secret is refused (``force=true`` skips the check), so a typo cannot
-    add a member that never comes and cost the cluster its quorum."""
-    broker = broker_of(request)
-    address = request.query.get("address", "")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or \
-            not 0 < int(port) < 65536 or len(address) > 1024:
-        return error(400, "bad_request", "address=HOST:PORT is required")
-    if method == "POST" and request.query.get("force") != "true":
-        if not broker.cfg.cluster_secret:
-            return error(400, "bad_request", "this node has no --cluster-secret: a cluster "
-                         "needs one (its Raft traffic is encrypted and authenticated with it)")
-        from cluster.raft import probe_member  # pysyncobj: only here and in the replica
-
-        ok, why = await asyncio.to_thread(probe_member, address, broker.cfg.cluster_secret)
-        if not ok:
-            return web.json_response({"ok": False, "address": address, "error":
-                                      f"{address} does not answer as a RaftMQ node with this "
-                                      f"cluster's secret ({why}); force=true adds it anyway"},
-                                     status=409)
-    if method == "DELETE" and (not broker.raft.is_leader or address == broker.cfg.raft_address):
-        # Removals are done by the leader: a removed node never learns the commit of its
-        # own removal. A leader cannot remove itself: it hands leadership over first.
-        if broker.raft.is_leader and not await _step_down(broker):
-            return web.json_response({"ok": False, "error": "could not transfer leadership"},
-                                     status=409)
-        return await _forward_to_leader(request, method, address)
-    for attempt in range(MEMBERSHIP_ATTEMPTS):
-        done: asyncio.Future[MembershipResult] = broker.loop.create_future()
-
-        def callback(result: MembershipResult, done: asyncio.Future[MembershipResult] = done,
-                     ) -> None:
-            if not done.done():
-                done.set_result(result)
-
-        if method == "POST":
-            broker.raft.add_member(address, callback)
-        else:
-            broker.raft.remove_member(address, callback)
-        broker.wake()
-        try:
-            result = await asyncio.wait_for(done, MEMBERSHIP_TIMEOUT_S)
-        except TimeoutError:
-            return web.json_response({"ok": False, "error": "timeout", "address": address},
-                                     status=504)
-        # A removal lost to a change of leader (the node being removed may stand for
-        # election once the leader stops heartbeating it) is done again, by the leader.
-        retry = (method == "DELETE" and attempt + 1 < MEMBERSHIP_ATTEMPTS
-                 and result in (MembershipResult.DISCARDED, MembershipResult.LEADER_CHANGED))
-        if not retry:
-            return _answer(result, address)
-        await asyncio.sleep(0.5)
-        if address not in broker.raft.status().members:
-            return _answer(MembershipResult.OK, address)
-        if not broker.raft.is_leader:
-            return await _forward_to_leader(request, method, address)
-    return _answer(result, address)
-
-
-async def _step_down(broker: Broker) -> bool:
-    """Hand leadership over (the leader is to be removed) the way a drain does: new entries
-    held back until a follower has them all (pysyncobj's bare transfer was refused under
-    load, where no follower is ever fully caught up: found by the chaos suite)."""
-    deadline = time.monotonic() + MEMBERSHIP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if not broker.raft.is_leader:
-            if broker.raft.leader is not None:
-                return True
-            await asyncio.sleep(0.2)
-            continue
-        await transfer_leadership(broker, timeout=max(0.5, deadline - time.monotonic()))
-    return False
-
-
-async def _forward_to_leader(request: web.Request, method: str, address: str) -> web.Response:
-    broker = broker_of(request)
-    leader = broker.raft.leader
-    http = next((i.http_address for i in machine.nodes(broker.raft.state).values()
-                 if i.raft_address == leader and i.http_address), None)
-    if http is None:
-        return web.json_response({"ok": False, "error": f"no HTTP address known for the leader "
-                                  f"{leader}"}, status=409)
-    url = f"http://{http}/api/members"
-    try:
-        async with ClientSession(timeout=ClientTimeout(total=MEMBERSHIP_TIMEOUT_S + 5)) as s, \
-                s.request(method, url, params={"address": address},
-                          headers={"Authorization": request.headers["Authorization"]}) as r:
-            return web.json_response(await r.json(content_type=None), status=r.status)
+        async with ClientSession(timeout=ClientTimeout(total=timeout)) as s, \
+                s.request(method or request.method, url, params=params, headers=headers) as r:
+            return Answer(r.status, await r.read(), r.content_type)
     except (OSError, TimeoutError, ValueError) as e:
-        return web.json_response({"ok": False, "error": str(e)}, status=504)
+        raise Unreachable(str(e)) from None
 
 
-def _sample_rates(application: web.Application, broker: Broker) -> None:
-    """Message rates (node/mgmt_rates.py), sampled while the API is served."""
-    from node.mgmt.rates import SAMPLE_S, Rates
-
-    rates = application["rates"] = Rates(lambda: broker.raft.state)
-    handle: list[asyncio.TimerHandle] = []
-
-    def tick() -> None:
-        wait = SAMPLE_S
-        try:
-            wait = rates.sample()
-        except Exception:  # never let a sampling bug stop the sampling
-            log.exception("sampling message rates failed")
-        handle[:] = [broker.loop.call_later(wait, tick)]
-
-    async def start(_app: web.Application) -> None:
-        tick()
-
-    async def stop(_app: web.Application) -> None:
-        for h in handle:
-            h.cancel()
-
-    application.on_startup.append(start)
-    application.on_cleanup.append(stop)
-
-
-def app(broker: Broker, client_max_size: int) -> web.Application:
-    application = web.Application(client_max_size=client_max_size)
-    application["broker"] = broker
-    application.add_routes(routes)
-    # their handlers build on this module's
-    from node import mgmt_definitions
-    from node.mgmt import cluster, dashboard, health, objects
-
-    for extra in (objects, cluster, mgmt_definitions, health, dashboard):
-        application.add_routes(extra.routes)
-    _sample_rates(application, broker)
-    return application
+async def forward_to(request: web.Request, node: str) -> web.Response:
+    """The same request to ``node``'s management API (its address is in the state); 503
+    when it has none or does not answer."""
+    info = state(request).nodes.get(node)
+    if info is None or not info.http_address or info.down:
+        raise unavailable(f"node {node} is not reachable")
+    try:
+        return (await forward(request, info.http_address)).response()
+    except Unreachable as e:
+        raise unavailable(f"node {node}: {e}") from None

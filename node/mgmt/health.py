@@ -11,8 +11,7 @@ from aiohttp import web
 
 from cluster import commands as C
 from cluster import effects as E
-from node.mgmt.framework import broker_of, needs, not_found, state
-from node.mgmt.objects import PLACEHOLDER, ApiSession
+from node.mgmt.framework import PLACEHOLDER, ApiSession, needs, node_of, not_found, state
 
 routes = web.RouteTableDef()
 
@@ -31,7 +30,7 @@ def failed(reason: str, **extra: Any) -> web.Response:
 @needs("monitoring")
 async def alarms(request: web.Request) -> web.Response:
     found = [{"node": node, "resource": resource}
-             for node, resource in broker_of(request).alarms.in_force()]
+             for node, resource in node_of(request).alarms.in_force()]
     if found:
         return failed("There are alarms in effect in the cluster", alarms=found)
     return ok()
@@ -40,9 +39,9 @@ async def alarms(request: web.Request) -> web.Response:
 @routes.get("/api/health/checks/local-alarms")
 @needs("monitoring")
 async def local_alarms(request: web.Request) -> web.Response:
-    broker = broker_of(request)
-    found = [{"node": broker.node_id, "resource": r}
-             for r, on in broker.alarms.monitor.active.items() if on]
+    node = node_of(request)
+    found = [{"node": node.node_id, "resource": r}
+             for r, on in node.alarms.monitor.active.items() if on]
     if found:
         return failed("There are alarms in effect on the node", alarms=found)
     return ok()
@@ -58,7 +57,7 @@ def quorum_critical(members: int, up: int) -> bool:
 async def node_is_quorum_critical(request: web.Request) -> web.Response:
     """Every queue lives in the one Raft group of the cluster: stopping this node is
     critical when the members up, this one included, are just a majority."""
-    st = broker_of(request).raft.status()  # members: this node's address and its peers'
+    st = node_of(request).raft.status()  # members: this node's address and its peers'
     if len(st.members) <= 1:
         return web.json_response({"status": "ok", "reason": "single node cluster"})
     if quorum_critical(len(st.members), 1 + len(st.connected)):
@@ -76,7 +75,7 @@ async def aliveness(request: web.Request) -> web.Response:
     vhost = request.match_info["vhost"]
     if vhost not in state(request).vhosts:
         raise not_found()
-    got = await ApiSession(broker_of(request), request["user"], vhost).run(
+    got = await ApiSession(node_of(request), request["user"], vhost).run(
         C.QueueDeclare(PLACEHOLDER, ALIVENESS_QUEUE, False, False, False, False, False, {}),
         C.Publish(PLACEHOLDER, "", ALIVENESS_QUEUE, False, b"\x00\x00", b"test_message", 0),
         C.Get(PLACEHOLDER, ALIVENESS_QUEUE, True))

@@ -1,55 +1,60 @@
-"""Management API for queues, exchanges, bindings, consumers, channels and connections:
-RabbitMQ 3.10's paths, JSON, status codes and error bodies.
+"""Management API for the overview, queues, exchanges, bindings, consumers, channels and
+connections: RabbitMQ 3.10's paths, JSON, status codes and error bodies.
 
 Listings come from the replicated state, so every node answers for the whole cluster
-(node/mgmt_views.py). Changes (declare, delete, bind, purge, get, publish) run as AMQP
-commands on a channel of the request's own (ApiSession): the machine checks them, and the
-request user's permissions, exactly as it does for a client's, and the reply or channel
-error that comes back becomes the HTTP answer.
+(node/mgmt/views.py). Changes (declare, delete, bind, purge, get, publish) run as AMQP
+commands on a channel of the request's own (node/mgmt/framework.py ApiSession): the
+machine checks them, and the request user's permissions, exactly as it does for a
+client's, and the reply or channel error that comes back becomes the HTTP answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import dataclasses
 import datetime
 import struct
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import web
 
 from cluster import commands as C
 from cluster import effects as E
 from cluster.machine.state import State
-from node.mgmt import listing as mgmt_listing
+from node.mgmt import listing as L
 from node.mgmt import views
 from node.mgmt.framework import (
-    APPLY_TIMEOUT_S,
+    INLINE_MAX,
+    INLINE_S,
+    PLACEHOLDER,
+    ApiSession,
+    Node,
     Refusal,
     bad_request,
     body,
-    broker_of,
     checked,
     error,
+    flag,
+    forward_to,
+    gather,
+    in_worker,
+    listing,
     needs,
     no_content,
+    node_of,
     not_found,
-    propose_and_wait,
+    product_version,
+    rates,
+    run,
     state,
+    unauthorised,
 )
-from node.mgmt.input import InputError, check_arguments, check_name, check_short
-from node.mgmt.rates import Rates
+from node.mgmt.input import check_arguments, check_name, check_short
 from protocol.fields import check_properties
 from protocol.properties import decode_properties, encode_properties
-
-if TYPE_CHECKING:
-    from node.broker import Broker
 
 routes = web.RouteTableDef()
 
@@ -60,98 +65,16 @@ ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true",
             "reject_requeue_false")
 
 
-# --- a request's own channel -------------------------------------------------------------
-
-
-class ApiSession:
-    """A connection of the API's own, opened, used and closed in one Raft entry: the
-    commands run as ``user`` in ``vhost``; the effects addressed to it are collected (a
-    stored message's bytes are read as it arrives, while the store still has them)."""
-
-    def __init__(self, broker: Broker, user: str, vhost: str, system: bool = False) -> None:
-        self.broker = broker
-        self.conn_no = broker.new_conn_no()
-        self.key: C.ConnKey = (broker.node_id, self.conn_no)
-        self.ch: C.ChKey = (*self.key, 1)
-        self.user, self.vhost, self.system = user, vhost, system
-        self.effects: list[Any] = []
-        # bytes of message bodies read at most (then a stored message's record is None)
-        self.budget: int | None = None
-        self.read_bytes = 0
-
-    def take(self, ef: E.Effect) -> None:
-        if isinstance(ef, E.Stored) and (self.budget is None or self.read_bytes < self.budget):
-            rec = ef.record()
-            self.read_bytes += len(rec[3])
-            self.effects.append((ef, rec))
-        else:
-            self.effects.append((ef, None))
-
-    async def run(self, *cmds: C.Command) -> list[tuple[Any, Any]]:
-        """Run ``cmds`` (built with the channel key PLACEHOLDER) on this session, opened
-        and closed in the same Raft entry."""
-        try:
-            await self.step(*cmds, opening=True, closing=True)
-        finally:
-            self.broker.api_sessions.pop(self.conn_no, None)
-        return self.effects
-
-    async def step(self, *cmds: C.Command, opening: bool = False,
-                   closing: bool = False) -> list[tuple[Any, Any]]:
-        """One Raft entry of this session's commands (opening or closing it too); the
-        effects they had. A session over several entries (:func:`get_messages`) must be
-        closed whatever happens: :meth:`abandon`."""
-        ours = [dataclasses.replace(c, ch=self.ch)  # type: ignore[type-var]
-                if getattr(c, "ch", None) == PLACEHOLDER else c for c in cmds]
-        head: list[C.Command] = [C.ConnectionOpen(self.key, self.vhost, self.user, self.system),
-                                 C.ChannelOpen(self.ch)] if opening else []
-        tail: list[C.Command] = [C.ConnectionClose(self.key)] if closing else []
-        self.broker.api_sessions[self.conn_no] = self
-        before = len(self.effects)
-        # (400 for a command that cannot be encoded, 503 when not committed in time)
-        await propose_and_wait(self.broker, *head, *ours, *tail)
-        new = self.effects[before:]
-        for ef, _ in new:
-            if isinstance(ef, E.ChannelError | E.ConnectionError):
-                raise Refusal(_refusal(ef.reply_code, ef.reply_text))
-        return new
-
-    def abandon(self) -> None:
-        """Close the session without waiting (its unacked messages are requeued)."""
-        self.broker.api_sessions.pop(self.conn_no, None)
-        self.broker.propose(C.ConnectionClose(self.key))
-
-
-def _refusal(code: int, text: str) -> web.Response:
-    """A channel error as RabbitMQ's management API answers it."""
-    reason = text.split(" - ", 1)[1] if " - " in text else text
-    if code == 403:  # RabbitMQ does not say more, whatever the cause
-        return error(401, "not_authorised", "Access refused.")
-    if code == 404:
-        return error(404, "Object Not Found", "Not Found")
-    return error(400, "bad_request", reason)
-
-
-async def run(request: web.Request, vhost: str, *cmds: C.Command) -> list[tuple[Any, Any]]:
-    if vhost not in state(request).vhosts:
-        raise not_found()
-    return await ApiSession(broker_of(request), request["user"], vhost).run(*cmds)
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "false").lower() == "true"
-
-
 def _arguments(data: dict[str, Any]) -> dict[str, Any]:
     """The request's argument table (node/mgmt_input.py: 64-bit integers, finite numbers,
     short keys, bounded size)."""
-    args: dict[str, Any] = checked(lambda: check_arguments(data.get("arguments")))
+    args: dict[str, Any] = checked(check_arguments, data.get("arguments"))
     return args
 
 
 def _short(value: Any, what: str, empty: bool = True) -> str:
     """A name (not empty unless ``empty``) or routing key: at most 255 bytes of UTF-8."""
-    text: str = checked(lambda: check_short(value, what) if empty else check_name(value, what))
+    text: str = checked(check_short if empty else check_name, value, what)
     return text
 
 
@@ -178,78 +101,6 @@ def _visible(request: web.Request, vhost: str | None) -> bool:
     return vhost is None or viewer(request).sees_vhost(vhost)
 
 
-# Listings are built in slices of at most SLICE_S with the event loop let run between
-# them (a slice is timed, not counted: one connection's client properties can be 128 KiB);
-# one that is long (more than INLINE_MAX items), took more than INLINE_S to build (its
-# encoding will cost about as much), or has a regex filter is filtered, sorted, paged and
-# encoded in this worker thread (RE2 lets go of the GIL while it matches, so the loop goes
-# on serving clients meanwhile). One worker: what the listings of the management API cost
-# in all is at most one core. At most PENDING_PER_USER of one user's listings wait for it
-# or run there, and PENDING_MAX in all: past that a 503 (a flood of regex listings would
-# queue minutes of work ahead of everyone else's).
-SLICE_S = 0.005
-INLINE_MAX, INLINE_S = 1000, 0.005
-PENDING_PER_USER, PENDING_MAX = 2, 8
-_LISTING_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgmt-listing")
-_pending: dict[str, int] = {}
-
-
-async def listing(request: web.Request, rows: Iterable[dict[str, Any]]) -> web.Response:
-    """RabbitMQ's filters on list endpoints (node/mgmt_listing.py): ``name`` (with
-    use_regex=true a regular expression), ``columns=a,b.c``, ``sort``/``sort_reverse``,
-    ``page``/``page_size``. ``rows`` holds only what the user may see."""
-    try:
-        query = mgmt_listing.parse(request.query)
-        match = mgmt_listing.matcher(query.name, query.use_regex) if query.name else None
-    except mgmt_listing.QueryError as e:
-        raise bad_request(str(e)) from None
-    items, building = await _gather(rows)
-    try:
-        if len(items) <= INLINE_MAX and building <= INLINE_S and not query.use_regex:
-            return web.json_response(mgmt_listing.finish(items, query, match))
-        text = await _in_worker(request, _finish_json, items, query, match)
-    except mgmt_listing.QueryError as e:
-        raise bad_request(str(e)) from None
-    return web.Response(text=text, content_type="application/json")
-
-
-async def _gather(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
-    """``rows`` built in slices of SLICE_S with the loop let run between them; and how
-    long building took."""
-    items: list[dict[str, Any]] = []
-    slice_start = time.perf_counter()
-    building = 0.0
-    for item in rows:
-        items.append(item)
-        now = time.perf_counter()
-        if now - slice_start > SLICE_S:
-            building += now - slice_start
-            await asyncio.sleep(0)
-            slice_start = time.perf_counter()
-    building += time.perf_counter() - slice_start
-    return items, building
-
-
-async def _in_worker(request: web.Request, fn: Callable[..., str], *args: Any) -> str:
-    """``fn(*args)`` in the listing worker thread, bounded per user and in all (503)."""
-    user = request.get("user", "")
-    if _pending.get(user, 0) >= PENDING_PER_USER or sum(_pending.values()) >= PENDING_MAX:
-        raise Refusal(error(503, "service_unavailable", "too many listings are being "
-                                                        "prepared: try again shortly"))
-    _pending[user] = _pending.get(user, 0) + 1
-    try:
-        return await asyncio.get_running_loop().run_in_executor(_LISTING_POOL, fn, *args)
-    finally:
-        _pending[user] -= 1
-        if not _pending[user]:
-            del _pending[user]
-
-
-def _finish_json(items: list[dict[str, Any]], query: mgmt_listing.Query,
-                 match: Any) -> str:
-    return mgmt_listing.encode(mgmt_listing.finish(items, query, match))
-
-
 def _vhost_param(request: web.Request, monitors_see_all: bool = False) -> str | None:
     """The path's vhost: 404 when there is none, 401 when the user may not look into it
     (RabbitMQ's is_authorized_vhost: an administrator, or a user with permissions there;
@@ -260,7 +111,7 @@ def _vhost_param(request: web.Request, monitors_see_all: bool = False) -> str | 
     if vhost not in state(request).vhosts:
         raise not_found()
     if not (_visible(request, vhost) or (monitors_see_all and viewer(request).monitor)):
-        raise Refusal(error(401, "not_authorised", "Not_Authorized"))
+        raise unauthorised("Not_Authorized")
     return vhost
 
 
@@ -272,33 +123,24 @@ def _vhost_param(request: web.Request, monitors_see_all: bool = False) -> str | 
 async def overview(request: web.Request) -> web.Response:
     """RabbitMQ's overview; a user who is not a monitor sees the totals and message
     rates of what it may see only (its vhosts, its own connections)."""
-    broker = broker_of(request)
+    node = node_of(request)
     st: State = state(request)
-    cfg = broker.cfg
+    cfg = node.cfg
     who = viewer(request)
     return web.json_response({
         "management_version": "3.10.8", "rabbitmq_version": "3.10.8",
         "product_name": "RaftMQ", "product_version": product_version(),
-        "cluster_name": "raftmq", "node": broker.node_id,
+        "cluster_name": "raftmq", "node": node.node_id,
         "erlang_version": "n/a", "rates_mode": "basic",
         **views.totals(st, who),
         "message_stats": rates(request).overview(
             _seconds(request, "msg_rates_age"), _seconds(request, "msg_rates_incr") or 1.0,
             None if who.monitor else who.vhosts),
-        "listeners": [{"node": broker.node_id, "protocol": "amqp", "ip_address": cfg.amqp_host,
+        "listeners": [{"node": node.node_id, "protocol": "amqp", "ip_address": cfg.amqp_host,
                        "port": cfg.amqp_port}],
-        "contexts": [{"node": broker.node_id, "description": "RaftMQ Management",
+        "contexts": [{"node": node.node_id, "description": "RaftMQ Management",
                       "path": "/", "port": str(cfg.management_port)}],
     })
-
-
-def product_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("raftmq")
-    except importlib.metadata.PackageNotFoundError:
-        return "dev"
 
 
 # --- queues --------------------------------------------------------------------------------
@@ -309,7 +151,7 @@ def product_version() -> str:
 @needs("management")
 async def list_queues(request: web.Request) -> web.Response:
     vhost = _vhost_param(request)
-    return await listing(request, views.queues(state(request), broker_of(request).node_id,
+    return await listing(request, views.queues(state(request), node_of(request).node_id,
                                                 vhost, rates(request).queue, viewer(request)))
 
 
@@ -327,23 +169,23 @@ def _queue(request: web.Request) -> Any:
 async def get_queue(request: web.Request) -> web.Response:
     q = _queue(request)
     st = state(request)
-    info = views.queue_json(st, broker_of(request).node_id, q, rates(request).queue)
+    info = views.queue_json(st, node_of(request).node_id, q, rates(request).queue)
     # a queue may have a million consumers (2,047 channels x 1,000 on each connection)
-    consumers, building = await _gather(
+    consumers, building = await gather(
         views.consumer_json(st, q, c, _peers(request)) for c in list(q.consumers.values()))
     info["consumer_details"] = consumers
     if len(consumers) <= INLINE_MAX and building <= INLINE_S:
         return web.json_response(info)
-    text = await _in_worker(request, _queue_page_json, info)
+    text = await in_worker(request, _queue_page_json, info)
     return web.Response(text=text, content_type="application/json")
 
 
 def _queue_page_json(info: dict[str, Any]) -> str:
-    """The queue's page as JSON, its consumers one by one (mgmt_listing.encode lets the
+    """The queue's page as JSON, its consumers one by one (L.encode lets the
     loop's thread in between)."""
     details = info.pop("consumer_details")
-    rest = mgmt_listing.encode(info)
-    return f'{rest[:-1]}, "consumer_details": {mgmt_listing.encode(details)}}}'
+    rest = L.encode(info)
+    return f'{rest[:-1]}, "consumer_details": {L.encode(details)}}}'
 
 
 
@@ -365,8 +207,8 @@ async def put_queue(request: web.Request) -> web.Response:
 async def delete_queue(request: web.Request) -> web.Response:
     _queue(request)
     await run(request, request.match_info["vhost"], C.QueueDelete(
-        _ch(request), request.match_info["name"], _flag(request, "if-unused"),
-        _flag(request, "if-empty"), False))
+        _ch(request), request.match_info["name"], flag(request, "if-unused"),
+        flag(request, "if-empty"), False))
     return no_content()
 
 
@@ -421,7 +263,7 @@ async def _get_in_chunks(request: web.Request, q: Any, count: int,
     requeues the rest. The first message comes alone (the session opens in its entry),
     the rest in entries sized by the bodies seen so far; past the budget a message's
     bytes are not even read (ApiSession.budget)."""
-    session = ApiSession(broker_of(request), request["user"], q.vhost)
+    session = ApiSession(node_of(request), request["user"], q.vhost)
     session.budget = GET_BYTES
     closed = False
     try:
@@ -447,7 +289,7 @@ async def _get_in_chunks(request: web.Request, q: Any, count: int,
     finally:
         if not closed:
             session.abandon()
-        session.broker.api_sessions.pop(session.conn_no, None)
+        session.forget()
     return session.effects
 
 
@@ -529,7 +371,7 @@ async def put_exchange(request: web.Request) -> web.Response:
 async def delete_exchange(request: web.Request) -> web.Response:
     _exchange(request)
     await run(request, request.match_info["vhost"], C.ExchangeDelete(
-        _ch(request), request.match_info["name"], _flag(request, "if-unused"), False))
+        _ch(request), request.match_info["name"], flag(request, "if-unused"), False))
     return no_content()
 
 
@@ -545,7 +387,7 @@ async def publish(request: web.Request) -> web.Response:
     props = {} if props is None else props
     if not isinstance(payload, str) or not isinstance(props, dict):
         raise bad_request("payload must be a string, properties an object")
-    rk = _checked(check_short, rk, "routing_key")
+    rk = checked(check_short, rk, "routing_key")
     if how not in ("string", "base64"):
         raise bad_request("payload_encoding must be string or base64")
     try:
@@ -579,13 +421,6 @@ SHORT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply
 OCTET_PROPERTIES = ("delivery_mode", "priority")
 
 
-def _checked(check: Any, value: Any, what: str) -> Any:
-    try:
-        return check(value, what)
-    except InputError as e:
-        raise bad_request(str(e)) from None
-
-
 def _encode_properties(props: dict[str, Any]) -> bytes:
     """The API's message properties (RabbitMQ's names) as AMQP basic properties, each
     value checked for its AMQP type first: a 400 naming the property, never a 500."""
@@ -598,7 +433,7 @@ def _encode_properties(props: dict[str, Any]) -> bytes:
         if key == "expiration" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # RabbitMQ's API takes a number too
         if key in SHORT_PROPERTIES:
-            kwargs["message_type" if key == "type" else key] = _checked(check_short, value, what)
+            kwargs["message_type" if key == "type" else key] = checked(check_short, value, what)
         elif key in OCTET_PROPERTIES:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
                 raise bad_request(f"{what} must be an integer from 0 to 255")
@@ -610,7 +445,7 @@ def _encode_properties(props: dict[str, Any]) -> bytes:
                                   f"{TIMESTAMP_MAX}")
             kwargs[key] = datetime.datetime.fromtimestamp(value, datetime.UTC)
         else:  # headers: a field table
-            kwargs[key] = _checked(check_arguments, value, what)
+            kwargs[key] = checked(check_arguments, value, what)
     try:
         raw = encode_properties(**kwargs)
         # the same check as a client's publish gets at the edge (protocol/fields.py)
@@ -796,39 +631,34 @@ def _seconds(request: web.Request, name: str) -> float:
         raise bad_request(f"{name} must be a number of seconds") from None
 
 
-def rates(request: web.Request) -> Rates:
-    found: Rates = request.app["rates"]
-    return found
-
-
 def _peers(request: web.Request) -> views.Peers:
-    return {c.key: (str(c.peer[0]), int(c.peer[1])) for c in broker_of(request).connections.values()
+    return {c.key: (str(c.peer[0]), int(c.peer[1])) for c in node_of(request).connections.values()
             if c.peer and len(c.peer) >= 2}
 
 
-def connections(broker: Broker, vhost: str | None = None,
+def connections(node: Node, vhost: str | None = None,
                 who: views.Viewer | None = None) -> Iterator[dict[str, Any]]:
     """Every client connection in the cluster that ``who`` may see (the state knows user,
     vhost, channels); this node adds what only it knows of its own (peer, client
     properties, TLS)."""
-    st = broker.raft.state
+    st = node.raft.state
     for key, conn in list(st.conns.items()):
         if vhost is not None and conn.vhost != vhost:
             continue
         if who is not None and not who.sees_user(conn.user):
             continue
-        if key[0] == broker.node_id and key[1] in broker.api_sessions:
+        if key[0] == node.node_id and key[1] in node.api_sessions:
             continue
-        yield connection_json(broker, key, conn)
+        yield connection_json(node, key, conn)
 
 
-def connection_json(broker: Broker, key: C.ConnKey, conn: Any) -> dict[str, Any]:
+def connection_json(node: Node, key: C.ConnKey, conn: Any) -> dict[str, Any]:
     info: dict[str, Any] = {
         "name": views.connection_name(key), "node": key[0], "vhost": conn.vhost,
         "user": conn.user, "channels": len(conn.channels), "state": "running",
         "protocol": "AMQP 0-9-1", "type": "network",
     }
-    mine = broker.connections.get(key[1]) if key[0] == broker.node_id else None
+    mine = node.connections.get(key[1]) if key[0] == node.node_id else None
     if mine is not None and mine.key == key:
         peer = mine.peer or ("", 0)
         here = mine.transport.get_extra_info("sockname") if mine.transport else None
@@ -850,21 +680,21 @@ def connection_json(broker: Broker, key: C.ConnKey, conn: Any) -> dict[str, Any]
 @needs("management")
 async def list_connections(request: web.Request) -> web.Response:
     return await listing(request, connections(
-        broker_of(request), _vhost_param(request, monitors_see_all=True), viewer(request)))
+        node_of(request), _vhost_param(request, monitors_see_all=True), viewer(request)))
 
 
 def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
     """The key of the connection the path names. One the user may not see (RabbitMQ:
     a monitor sees every connection, anyone else its own) is a 404 exactly as one that
     does not exist: names are sequential, and another tenant's must not be guessable."""
-    broker = broker_of(request)
+    here = node_of(request)
     node, sep, number = (request.match_info["name"] if name is None else name).rpartition(":")
     if not sep or not (number.isascii() and number.isdigit()):  # ("²".isdigit() is True)
         raise not_found()
     key = (node, int(number))
     conn = state(request).conns.get(key)
     if conn is None or not viewer(request).sees_user(conn.user) or \
-            (node == broker.node_id and key[1] in broker.api_sessions):
+            (node == here.node_id and key[1] in here.api_sessions):
         raise not_found()
     return key
 
@@ -873,8 +703,8 @@ def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
 @needs("management")
 async def get_connection(request: web.Request) -> web.Response:
     key = _connection_key(request)
-    broker = broker_of(request)
-    return web.json_response(connection_json(broker, key, state(request).conns[key]))
+    node = node_of(request)
+    return web.json_response(connection_json(node, key, state(request).conns[key]))
 
 
 @routes.delete("/api/connections/{name}")
@@ -883,42 +713,24 @@ async def close_connection(request: web.Request) -> web.Response:
     """Close with 320 CONNECTION_FORCED and the X-Reason header's text, as RabbitMQ; a
     connection of another node is closed by that node (the request goes to it)."""
     key = _connection_key(request)
-    broker = broker_of(request)
+    node = node_of(request)
     if not viewer(request).may_close(state(request).conns[key].user):
         # a monitor, who may see it: RabbitMQ's is_authorized_user refusal
-        raise Refusal(error(401, "not_authorised", "User not authorised to access object"))
+        raise unauthorised("User not authorised to access object")
     reason = request.headers.get("X-Reason", "Closed via management plugin")
-    if key[0] != broker.node_id:
-        return await forward(request, key[0])
-    mine = next((c for c in broker.connections.values() if c.key == key), None)
+    if key[0] != node.node_id:
+        return await forward_to(request, key[0])
+    mine = next((c for c in node.connections.values() if c.key == key), None)
     if mine is None:
         raise not_found()
     mine.force_close(320, f"CONNECTION_FORCED - {reason}")
     return no_content()
 
 
-async def forward(request: web.Request, node: str) -> web.Response:
-    """The same request to ``node``'s management API (its address is in the state)."""
-    info = state(request).nodes.get(node)
-    if info is None or not info.http_address or info.down:
-        raise Refusal(error(503, "unavailable", f"node {node} is not reachable"))
-    url = f"http://{info.http_address}{request.rel_url}"
-    try:
-        async with ClientSession(timeout=ClientTimeout(total=APPLY_TIMEOUT_S)) as s, \
-                s.request(request.method, url, headers={
-                    k: v for k, v in request.headers.items()
-                    if k in ("Authorization", "X-Reason")}) as r:
-            return web.Response(status=r.status, body=await r.read(),
-                                content_type=r.content_type or "application/json")
-    except (OSError, TimeoutError) as e:
-        raise Refusal(error(503, "unavailable", f"node {node}: {e}")) from None
-
-
 # --- helpers -------------------------------------------------------------------------------
 
 
 _NO_VHOST: Any = type("NoVHost", (), {"queues": {}, "exchanges": {}})()
-PLACEHOLDER: C.ChKey = ("", 0, 0)  # replaced by the session's channel (ApiSession.run)
 
 
 def _ch(request: web.Request) -> C.ChKey:
@@ -944,5 +756,5 @@ async def list_policies(request: web.Request) -> web.Response:
 @routes.put("/api/operator-policies/{vhost}/{name}")
 @needs("administrator")
 async def put_policy(request: web.Request) -> web.Response:
-    return error(400, "bad_request", "policies are not supported by RaftMQ yet: set queue "
-                                     "features with queue arguments (x-message-ttl, ...)")
+    raise bad_request("policies are not supported by RaftMQ yet: set queue features with "
+                      "queue arguments (x-message-ttl, ...)")

@@ -136,7 +136,7 @@ async def _loop_gaps(done: asyncio.Event, gaps: list[float]) -> None:
 
 
 async def _timed_listing(path: str, rows: Iterator[dict[str, Any]]) -> tuple[Any, float]:
-    from node.mgmt.objects import listing
+    from node.mgmt.framework import listing
 
     done, gaps = asyncio.Event(), []  # type: ignore[var-annotated]
     ticker = asyncio.create_task(_loop_gaps(done, gaps))
@@ -209,7 +209,7 @@ def test_sorting_in_runs_is_stable_and_whole() -> None:
 async def test_queued_listings_are_bounded_per_user_and_in_all() -> None:
     """While the worker is busy, a user has at most PENDING_PER_USER listings waiting for
     it (the next one is a 503 at once), and PENDING_MAX wait in all."""
-    import node.mgmt.objects as objects
+    import node.mgmt.framework as objects
     from node.mgmt.framework import Refusal
 
     release = threading.Event()
