@@ -155,3 +155,40 @@ def test_removed_nodes_consumer_messages_go_elsewhere(cluster: RaftMQCluster) ->
         h.wait_redelivered(10, "redelivery after the removal")
         print(f"member removal -> its unacked redelivered elsewhere: {time.monotonic() - t0:.2f}s")
         assert h.all_redelivered_in_order()
+
+
+def test_removed_member_procedure_as_the_readme_says(cluster: RaftMQCluster) -> None:
+    """README "Membership": a removed member that keeps running is cut off and closes its
+    clients with 320; stopped, its data directory deleted, started empty with --peers set to the
+    current members and added again (`raftmq cluster add`), it is a member serving clients."""
+    import shutil
+
+    import pika
+    import pika.exceptions
+
+    victim = cluster.followers()[0]
+    leader = cluster.leader()
+    client = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", victim.amqp_port))
+    rest = sorted(nd.raft_address for nd in cluster.nodes if nd is not victim)
+    http_json(f"{cluster.http_url(leader)}/api/members?address={victim.raft_address}",
+              method="DELETE", timeout=30)
+    cluster.nodes.remove(victim)
+    cluster.wait_members(rest)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(400):  # --isolation-timeout (3 s) and slack: at most 20 s
+            client.process_data_events(0.05)
+    assert closed.value.reply_code == 320, closed.value
+    assert victim.is_running()  # it does not stop by itself
+
+    victim.stop()
+    shutil.rmtree(victim.data_dir)
+    victim.peers = rest
+    victim.start(wait=False)
+    added = subprocess.run([sys.executable, "-m", "node", "cluster", "add", victim.raft_address,
+                            "--node", f"127.0.0.1:{leader.management_port}"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert added.returncode == 0, added.stdout + added.stderr
+    cluster.nodes.append(victim)
+    cluster.wait_members(sorted([*rest, victim.raft_address]))
+    cluster.wait_ready([victim], 30)
+    roundtrip_ok(victim.url)
