@@ -9,10 +9,9 @@ than once across a leader change, so the node treats them idempotently.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, dataclass_transform
+from typing import TypeVar, dataclass_transform
 
 from cluster.commands import ChKey, ConnKey
-from cluster.store import Record
 
 
 class Effect:
@@ -115,32 +114,12 @@ class GetEmpty(Effect):
 
 
 class Stored(Effect):
-    """An effect carrying a stored message: its bytes are read from the message store
-    (cluster/store.py) when the node writes the frame, not copied into the effect."""
+    """An effect about a stored message: it carries the message's id, and the node reads
+    the bytes (``Replica.read``) when it writes the frame. The replica lets go of a
+    record only once every effect that could read it is written (``Replica.collect``)."""
 
     __slots__ = ()
     msg_id: int
-    store: Any
-
-    def record(self) -> Record:
-        rec: Record = self.store.read(self.msg_id)
-        return rec
-
-    @property
-    def exchange(self) -> str:
-        return self.record()[0]
-
-    @property
-    def routing_key(self) -> str:
-        return self.record()[1]
-
-    @property
-    def properties(self) -> bytes:
-        return self.record()[2]
-
-    @property
-    def body(self) -> bytes:
-        return self.record()[3]
 
 
 @_ef
@@ -150,7 +129,6 @@ class GetOk(Stored):
     redelivered: bool
     message_count: int  # messages left ready in the queue
     msg_id: int
-    store: Any = field(default=None, compare=False, repr=False)
 
 
 # --- asynchronous ----------------------------------------------------------------------
@@ -164,7 +142,6 @@ class Deliver(Stored):
     redelivered: bool
     msg_id: int
     no_ack: bool = False  # the node reports these back with Sent once written
-    store: Any = field(default=None, compare=False, repr=False)
 
 
 @_ef

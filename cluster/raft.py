@@ -44,11 +44,12 @@ from pysyncobj.utility import TcpUtility, UtilityException
 
 from cluster import log_rules, machine, recovery, snapshot_stream
 from cluster import pysyncobj_patches as patches
+from cluster import store as stores
 from cluster.commands import Batch, decode_batch
 from cluster.effects import Effect, OutOfOrder
 from cluster.pysyncobj_patches import Internals, membership_result
 from cluster.replica import MembershipResult, RaftStatus
-from cluster.store import FileStore, new_generation
+from cluster.store import FileStore, MemoryStore, new_generation
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,10 @@ class _Replica(SyncObj):
     """The replicated object: pysyncobj pickles attributes set after its
     ``__init__`` (here ``state``) into snapshots.
 
+    The machine keeps message ids, not bytes: after each entry the replica carries out on
+    its message store (``store``) what applying decided (``State.writes``), and a snapshot
+    holds the store's index as the state's ``store`` (cluster/store.py ``with_store``).
+
     Also where pysyncobj's snapshot handling is corrected (both found by the chaos suite)."""
 
     def __init__(self, self_addr: str, peers: list[str], conf: SyncObjConf,
@@ -131,6 +136,12 @@ class _Replica(SyncObj):
         # snapshots: the sink must be one of them, the state must not.
         self._sink = sink
         self.store_root = store_root  # message store files (None: bytes stay in memory)
+        # message bytes: a FileStore under store_root, or in memory (set before SyncObj's
+        # __init__ so that pysyncobj leaves it out of snapshots: the state carries it)
+        self.store: Any = MemoryStore()
+        if store_root is not None:
+            self.store = FileStore()
+            self.store.attach(store_root, restored=False)
         # next_node_idx for the reply to an installed snapshot whose journal tail was kept
         self.install_reply: int | None = None
         self.internals: Internals | None = None  # set during SyncObj.__init__ (loading)
@@ -142,10 +153,6 @@ class _Replica(SyncObj):
         self._hook_snapshot_install()
         self._hook_snapshot_writes()
         self.state = machine.new_state()
-        if store_root is not None:
-            store = FileStore()
-            store.attach(store_root, restored=False)
-            self.state.store = store
 
     def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's name
         if self.hold_appends_until and monotonic_time() < self.hold_appends_until \
@@ -174,9 +181,8 @@ class _Replica(SyncObj):
         """pysyncobj's snapshot loading (at start-up, and installing one from the leader), but
         a journal that holds the snapshot's last entry keeps the entries after it
         (:func:`~cluster.log_rules.journal_trim_position`)."""
-        serializer = self._internals().serializer
         try:
-            snapshot = serializer.deserialize()
+            snapshot = self._load_snapshot()
         except Exception:  # pysyncobj logs a broken dump itself, below
             snapshot = None
         if snapshot is not None:
@@ -191,29 +197,42 @@ class _Replica(SyncObj):
         if self.state is not previous:
             self._adopt_store(previous)
 
+    def _load_snapshot(self) -> Any:
+        """The snapshot file, read as cluster/store.py's load_snapshot reads it (one from
+        before the message store gives up the bytes its entries held)."""
+        internals = self._internals()
+        path = internals.conf.fullDumpFile
+        if path is None or "deserialize" in vars(internals.serializer):
+            return internals.serializer.deserialize()  # in memory, or read already
+        with open(path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
+            return stores.load_snapshot(g)
+
     def _adopt_store(self, previous: Any) -> None:
-        """A snapshot was loaded: open the files its store index refers to (cut back to
-        what it recorded: the log after it writes the rest again), and let go of the
-        store the state had before."""
-        if previous is not None and previous.store is not self.state.store:
-            closing = getattr(previous.store, "close", None)
-            if closing is not None:
-                closing()
+        """A snapshot was loaded: take the store it carried, open the files its index
+        refers to (cut back to what it recorded: the log after it writes the rest again),
+        let go of the store the replica had before, and give the machine the headers it
+        keeps that the snapshot lacked (machine.rebuild_headers)."""
+        loaded = stores.take_store(self.state)
+        closing = getattr(self.store, "close", None)
+        if closing is not None and self.store is not loaded:
+            closing()
         root = self.store_root
         if root is None:
-            return
-        store = self.state.store
-        if isinstance(store, FileStore):
-            store.attach(root, restored=True)
-            return
-        # a snapshot from before the message store (or from a replica without one)
-        migrated = FileStore()
-        migrated.attach(root, restored=False)
-        for msg_id, refs in sorted(store.live().items()):
-            exchange, routing_key, properties, body = store.read(msg_id)
-            migrated.put(msg_id, exchange, routing_key, properties, body, refs)
-        migrated.flush()
-        self.state.store = migrated
+            self.store = loaded if loaded is not None else MemoryStore()
+        elif isinstance(loaded, FileStore):
+            loaded.attach(root, restored=True)
+            self.store = loaded
+        else:
+            # a snapshot from before the message store (or from a replica without one)
+            migrated = FileStore()
+            migrated.attach(root, restored=False)
+            if loaded is not None:
+                for msg_id, refs in sorted(loaded.live().items()):
+                    exchange, routing_key, properties, body = loaded.read(msg_id)
+                    migrated.put(msg_id, exchange, routing_key, properties, body, refs)
+            migrated.flush()
+            self.store = migrated
+        machine.rebuild_headers(self.state, self.store.read)
 
     def _hook_snapshot_writes(self) -> None:
         """Tell the message store when pysyncobj starts a snapshot (it writes out its
@@ -222,18 +241,19 @@ class _Replica(SyncObj):
         serializer = self._internals().serializer
         serialize, check = serializer.serialize, serializer.checkSerializing
 
-        def store() -> Any:
-            return getattr(self.__dict__.get("state"), "store", None)
-
         def serialize_hooked(data: Any, idx: Any) -> Any:
-            st = store()
-            if isinstance(st, FileStore) and not patches.serializer_busy(serializer):
-                st.before_snapshot()
+            st = self.store
+            if not patches.serializer_busy(serializer):
+                if isinstance(st, FileStore):
+                    st.before_snapshot()
+                fields = data[0]
+                if isinstance(fields, dict) and "state" in fields:
+                    fields["state"] = stores.with_store(fields["state"], st)
             return serialize(data, idx)
 
         def check_hooked() -> Any:
             status, idx = check()
-            st = store()
+            st = self.store
             if isinstance(st, FileStore) and status in (SERIALIZER_STATE.SUCCESS,
                                                         SERIALIZER_STATE.FAILED):
                 st.snapshot_done(status == SERIALIZER_STATE.SUCCESS)
@@ -266,7 +286,7 @@ class _Replica(SyncObj):
             if out is None:
                 parts = [(snapshot_stream.SNAPSHOT, "snapshot", Path(conf.fullDumpFile),
                           os.path.getsize(conf.fullDumpFile))]
-                store = getattr(self.__dict__.get("state"), "store", None)
+                store = self.store
                 if isinstance(store, FileStore):
                     parts += [(snapshot_stream.SEGMENT, path.name, path, length)
                               for path, length in store.snapshot_files]
@@ -356,7 +376,7 @@ class _Replica(SyncObj):
         internals = self._internals()
         try:
             with open(tmp_path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
-                snapshot = patches.load(g)
+                snapshot = stores.load_snapshot(g)
         except Exception:
             log.exception("a received snapshot does not load")
             discard()
@@ -394,7 +414,20 @@ class _Replica(SyncObj):
         if batch.skipped:
             log.error("entry %s/%d/%d: %d undecodable commands skipped", batch.node,
                       batch.incarnation, batch.seq, batch.skipped)
-        self._sink(batch, machine.apply_batch(self.state, batch), len(data))
+        effects = machine.apply_batch(self.state, batch)
+        writes = machine.take_writes(self.state)
+        if writes:
+            try:
+                stores.run(self.store, writes)
+            except OSError as e:  # (the log holds them: a restart writes them again)
+                patches.stop_on_disk_error("writing to the message store in",
+                                           str(self.store_root), e)
+        self._sink(batch, effects, len(data))
+
+    def read(self, msg_id: int) -> stores.Record:
+        """A stored message's exchange, routing key, properties and body."""
+        rec: stores.Record = self.store.read(msg_id)
+        return rec
 
 
 EXIT_NEWER_FORMAT = 78  # EX_CONFIG
@@ -604,7 +637,7 @@ class RaftNode:
         self._last_tick = now
         self._replica.doTick(0.0)
         try:
-            self._replica.state.store.flush()  # records of entries applied in the tick
+            self._replica.store.flush()  # records of entries applied in the tick
         except OSError as e:  # (the log holds them: a restart writes them again)
             patches.stop_on_disk_error("writing to the message store in", str(
                 self._replica.store_root), e)
@@ -657,7 +690,12 @@ class RaftNode:
     def collect(self) -> None:
         """Let go of message-store files deleted since the last call: the caller has
         written every effect applied so far (nothing it holds reads them any more)."""
-        self._replica.state.store.collect()
+        self._replica.store.collect()
+
+    def read(self, msg_id: int) -> stores.Record:
+        """A stored message's record (a Deliver's or GetOk's ``msg_id``): readable until
+        the :meth:`collect` after the entry that let it go."""
+        return self._replica.read(msg_id)
 
     def release_pages(self) -> None:
         """Drop the journal's synced pages from this process (they stay in the page
@@ -673,7 +711,7 @@ class RaftNode:
     def close(self) -> None:
         try:
             self._replica.destroy()
-            closing = getattr(self._replica.state.store, "close", None)
+            closing = getattr(self._replica.store, "close", None)
             if closing is not None:
                 closing()
         finally:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cluster.effects import Effect
+from cluster.records import Record
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class Replica(RaftLog, Protocol):
     def peers(self) -> list[str]: ...
 
     def is_connected(self, peer: str) -> bool: ...
+
+    def read(self, msg_id: int) -> Record:
+        """A stored message's record (the ``msg_id`` of a Deliver or GetOk): readable until
+        the :meth:`collect` after the entry that let it go."""
 
     def collect(self) -> None:
         """Let go of message bytes released so far (every effect that could read them

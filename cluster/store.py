@@ -11,6 +11,8 @@ the message is delivered. Two implementations of one interface:
   message) that is pickled with the state into snapshots, and a small cache of the
   records written last.
 
+The machine never calls a store: it writes what it decided to ``State.writes``
+(cluster/records.py) and the replica carries that out here (:func:`run`) after each entry.
 Both count references: a message routed to N queues is put once with ``refs=N`` and
 released N times. A released record stays readable until :meth:`collect` (the node calls
 it once the effects of what it applied are written), so an effect made while applying
@@ -20,8 +22,8 @@ can still read the message it delivers.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
-import struct
 import time
 from array import array
 from bisect import bisect_left, bisect_right
@@ -30,27 +32,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-# exchange, routing key, properties, body
-Record = tuple[str, str, bytes, bytes]
+from cluster.records import (  # noqa: F401 - the record format, re-exported
+    HEADER,
+    MAX_BLOB,
+    MAX_NAME,
+    Copy,
+    Record,
+    RecordError,
+    StoreError,
+    Write,
+    check,
+    decode,
+    encode,
+)
 
-HEADER = struct.Struct(">QBBII")  # message id, exchange, routing key, properties, body lengths
-# The widest each length field holds: exchange and routing key are AMQP short strings
-# (the machine refuses longer ones where a client or API user supplies them:
-# cluster/machine/names.py); properties and body fit 4 GiB.
-MAX_NAME = 0xFF
-MAX_BLOB = 0xFFFFFFFF
 SEGMENT_MAX = 64 << 20
 CACHE_MAX = 16 << 20  # bytes of recently written records kept in memory
 WRITE_BUFFER = 1 << 20  # written to the file when this much is buffered (and every tick)
-
-
-class StoreError(RuntimeError):
-    """The store on disk does not match the snapshot that refers to it."""
-
-
-class RecordError(StoreError, ValueError):
-    """A record the format cannot hold (a name over 255 bytes, ...): refused by ``put``
-    before anything changed."""
 
 
 class Store(Protocol):
@@ -66,47 +64,18 @@ class Store(Protocol):
     def flush(self) -> None: ...
 
 
-def _fields(exchange: str, routing_key: str, properties: bytes,
-            body: bytes) -> tuple[bytes, bytes]:
-    """Exchange and routing key as UTF-8, once checked against the record format."""
-    try:
-        ex, rk = exchange.encode(), routing_key.encode()
-    except UnicodeEncodeError as exc:
-        raise RecordError(f"exchange or routing key is not valid UTF-8: {exc}") from None
-    if len(ex) > MAX_NAME or len(rk) > MAX_NAME:
-        raise RecordError(f"exchange ({len(ex)} bytes) or routing key ({len(rk)} bytes) "
-                          f"longer than {MAX_NAME} bytes")
-    if len(properties) > MAX_BLOB or len(body) > MAX_BLOB:
-        raise RecordError(f"properties ({len(properties)} bytes) or body ({len(body)} bytes) "
-                          f"longer than {MAX_BLOB} bytes")
-    return ex, rk
-
-
-def check(exchange: str, routing_key: str, properties: bytes, body: bytes) -> None:
-    """Raise RecordError if the record format cannot hold these (what ``put`` checks
-    before it changes anything)."""
-    _fields(exchange, routing_key, properties, body)
-
-
-def encode(msg_id: int, exchange: str, routing_key: str, properties: bytes,
-           body: bytes) -> bytes:
-    ex, rk = _fields(exchange, routing_key, properties, body)
-    return b"".join((HEADER.pack(msg_id, len(ex), len(rk), len(properties), len(body)),
-                     ex, rk, properties, body))
-
-
-def decode(data: bytes | bytearray | memoryview, msg_id: int) -> Record:
-    got, ex_len, rk_len, props_len, body_len = HEADER.unpack_from(data)
-    if got != msg_id:
-        raise StoreError(f"record for message {msg_id} holds message {got}")
-    p = HEADER.size
-    ex = bytes(data[p:p + ex_len]).decode()
-    p += ex_len
-    rk = bytes(data[p:p + rk_len]).decode()
-    p += rk_len
-    props = bytes(data[p:p + props_len])
-    p += props_len
-    return ex, rk, props, bytes(data[p:p + body_len])
+def run(store: Store, writes: list[Write]) -> None:
+    """Carry out what applying decided (``State.writes``, cluster/records.py), in order."""
+    put, release = store.put, store.release
+    for w in writes:
+        if type(w) is int:
+            release(w)
+        elif type(w) is tuple:
+            put(*w)
+        else:
+            assert isinstance(w, Copy)
+            body = store.read(w.source)[3]
+            put(w.msg_id, w.exchange, w.routing_key, w.properties, body, w.refs)
 
 
 # --- in memory ---------------------------------------------------------------------------
@@ -452,3 +421,84 @@ class FileStore:
         return {"segments": len(self.segments), "live": sum(s.live for s in self.segments),
                 "bytes": sum(s.length for s in self.segments),
                 "cached": len(self._cache), "cache_bytes": self._cache_bytes}
+
+
+# --- snapshots: the state and the store's index in one pickle ------------------------------
+# The machine's State holds no store. A snapshot holds the state with the store (for a
+# FileStore: its index) as the state's attribute ``store``, where releases that kept the
+# store in the state read it: snapshots go both ways between releases in a rolling upgrade.
+
+
+def with_store(state: Any, store: Any) -> Any:
+    """A shallow copy of ``state`` that pickles with ``store`` as its ``store``."""
+    shim = object.__new__(type(state))
+    shim.__dict__.update(state.__dict__)
+    shim.__dict__["store"] = store
+    return shim
+
+
+def take_store(state: Any) -> Any:
+    """The store a loaded snapshot's state carried (None: it had none), taken out of it."""
+    return state.__dict__.pop("store", None) if state is not None else None
+
+
+def load_snapshot(file: Any) -> Any:
+    """Unpickle a snapshot (pysyncobj's tuple). One written before the message store (its
+    Msg entries held the bytes) gets them as a MemoryStore in its state's ``store``."""
+    loader = _Loader(file)
+    snapshot = loader.load()
+    if loader.records:
+        data = snapshot[0] if isinstance(snapshot, tuple) and snapshot else None
+        state = data.get("state") if isinstance(data, dict) else None
+        if state is not None:
+            store = MemoryStore()
+            for msg_id, (rec, refs) in sorted(loader.records.items()):
+                store.records[msg_id] = rec
+                store.refs[msg_id] = refs
+            state.__dict__["store"] = store
+    return snapshot
+
+
+def _legacy_priority(properties: bytes) -> int:
+    from protocol.fields import PRIORITY, FieldError, octet_property
+
+    try:
+        return int(octet_property(properties, PRIORITY) or 0) if properties[:1] and \
+            properties[0] & 0x08 else 0
+    except FieldError:
+        return 0
+
+
+class _Loader(pickle.Unpickler):
+    """Unpickles Msg entries through a subclass that takes the bytes a snapshot from
+    before the store kept in them (one reference per entry) and then becomes a Msg."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        from cluster.machine.state import Msg
+
+        self.records: dict[int, tuple[Record, int]] = {}
+        records = self.records
+
+        class _OldMsg(Msg):
+            __slots__ = ()
+
+            def __setstate__(self, state: Any) -> None:
+                values = state[1] if isinstance(state, tuple) else state
+                if "body" in values:
+                    values = dict(values)
+                    rec = (values.pop("exchange"), values.pop("routing_key"),
+                           values.pop("properties"), values.pop("body"))
+                    values["size"] = len(rec[3])
+                    values["priority"] = _legacy_priority(rec[2])
+                    _, refs = records.get(values["id"], (rec, 0))
+                    records[values["id"]] = (rec, refs + 1)
+                Msg.__setstate__(self, values)
+                self.__class__ = Msg  # type: ignore[assignment]  # same slots
+
+        self._msg = _OldMsg
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "Msg" and module == "cluster.machine.state":
+            return self._msg
+        return super().find_class(module, name)

@@ -23,6 +23,7 @@ from pamqp import commands as spec
 from cluster import commands as c
 from cluster import effects as e
 from cluster.proposer import Proposer
+from cluster.replica import Replica
 from node.config import Config
 from node.flow import FlowControl
 from node.login import Accepted, Attempt, Authenticator, Refused
@@ -73,6 +74,7 @@ class Node(Protocol):
     auth: Authenticator
     isolated: bool
     proposer: Proposer
+    raft: Replica  # (its ``read``: the bytes of the messages delivered)
 
     @property
     def alarm(self) -> str | None:
@@ -114,7 +116,7 @@ class AMQPConnection(asyncio.Protocol):
                                flush=self._flush_writes, may_open_channel=node.may_open_channel,
                                turn=node.proposer.turn, settled=node.proposer.settled,
                                hold_reading=self._hold_for_publishes,
-                               write_parts=self._out.extend)
+                               write_parts=self._out.extend, read=node.raft.read)
         self.session.max_consumers = self.cfg.max_consumers_per_channel
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None

@@ -20,6 +20,7 @@ from pamqp import commands as spec
 from cluster import commands as c
 from cluster import effects as e
 from cluster.machine.features import NOACK_WINDOW
+from cluster.records import Record
 from protocol.connection import ServerConnection
 from protocol.constants import NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITION_FAILED
 from protocol.errors import AMQPConnectionError, AMQPError, ChannelError
@@ -95,6 +96,10 @@ class Channel:
         self.sent: dict[str, int] = {}
 
 
+def _no_store(msg_id: int) -> Record:
+    raise LookupError(f"message {msg_id}: this session reads no store")
+
+
 class Session:
     def __init__(self, conn: c.ConnKey, proto: ServerConnection, propose: Propose,
                  after_apply: Callable[[Callable[[], None]], None],
@@ -106,6 +111,7 @@ class Session:
                  settled: Callable[[int], bool] = lambda turn: True,
                  hold_reading: Callable[[bool], None] = lambda hold: None,
                  write_parts: Callable[[Sequence[bytes | memoryview]], None] | None = None,
+                 read: Callable[[int], Record] | None = None,
                  ) -> None:
         """``write`` buffers a frame; ``flush`` sends what is buffered (needed only for
         replies sent outside a dispatch, which flushes by itself). ``turn`` and
@@ -113,7 +119,8 @@ class Session:
         behind the effects of what the channel proposed before. ``hold_reading(True)``
         stops reading the socket until ``hold_reading(False)`` (INPUT_WINDOW).
         ``write_parts`` buffers the pieces of a big content (protocol.frames.JOIN_MAX)
-        unjoined (default: joined, then ``write``)."""
+        unjoined (default: joined, then ``write``). ``read``: a stored message's record
+        by id (the replica's store), for Deliver and GetOk."""
         self.conn = conn
         self.proto = proto
         self.propose = propose
@@ -126,6 +133,7 @@ class Session:
         self.turn = turn
         self.settled = settled
         self.hold_reading = hold_reading
+        self.read: Callable[[int], Record] = read or _no_store
         self.max_consumers = 0  # per channel (--max-consumers-per-channel)
         self.counters: SessionCounters = counters or Counters()
         self.clock = clock  # when the event being handled arrived
@@ -534,7 +542,7 @@ def _deliver(s: Session, ef: e.Deliver) -> None:
     ch = s.live(ef.ch)
     if ch is None:
         return  # the channel is closing: the machine requeues on ChannelClose
-    exchange, routing_key, properties, body = ef.store.read(ef.msg_id)
+    exchange, routing_key, properties, body = s.read(ef.msg_id)
     s.write_content(s.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag,
                                     ef.redelivered, exchange, routing_key, properties, body))
     s.counters.delivered += 1
@@ -546,7 +554,7 @@ def _get_ok(s: Session, ef: e.GetOk) -> None:
     ch = s.live(ef.ch)
     if ch is None:
         return
-    exchange, routing_key, properties, body = ef.store.read(ef.msg_id)
+    exchange, routing_key, properties, body = s.read(ef.msg_id)
     s.write_content(s.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, exchange,
                                    routing_key, ef.message_count, properties, body))
     s.counters.delivered += 1

@@ -178,7 +178,11 @@ def _seen_before(state: State, batch: C.Batch) -> bool:
 
 
 def apply_batch(state: State, batch: C.Batch) -> list[Effect]:
-    """Apply one Raft entry once per idempotency key; returns its effects."""
+    """Apply one Raft entry once per idempotency key; returns its effects. What it decided
+    about message bytes is in ``state.writes`` (``take_writes``)."""
+    if not state.headers_built:
+        raise RuntimeError("State.headers were not rebuilt after loading a snapshot "
+                           "(cluster.machine.rebuild_headers)")
     info = state.nodes.get(batch.node)
     if info is not None and batch.incarnation < info.incarnation:
         return []  # from an earlier life of the node: everything it refers to is gone

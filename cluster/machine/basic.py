@@ -16,7 +16,7 @@ from cluster.effects import (
     RecoverOk,
     Return,
 )
-from cluster.machine import access
+from cluster.machine import access, messages
 from cluster.machine import errors as E
 from cluster.machine.access import READ, WRITE
 from cluster.machine.errors import error, rs
@@ -93,10 +93,12 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
         msg_id = state.next_msg_id
         # the bytes once, one reference per queue (enqueue takes a queue's reference);
         # a put that raises has changed nothing, not even the next id
-        state.store.put(msg_id, name, cmd.routing_key, props, cmd.body, len(targets))
+        messages.put(state, msg_id, name, cmd.routing_key, props, cmd.body, len(targets))
         state.next_msg_id = msg_id + 1
         size = len(cmd.body)
         for q in targets:
+            if q.dlx is not None:
+                messages.hold(state, msg_id, name, cmd.routing_key, props, size)
             if not add_message(state, q, msg_id, size, props, msg_ttl, out):
                 refused = True
     if not targets:
@@ -193,10 +195,10 @@ def get(state: State, ch: Channel, cmd: C.Get, out: list[Effect]) -> None:
         ch.unacked[tag] = (q, msg, None)
         q.unacked += 1
     else:
-        state.store.release(mid)  # readable until the node has written the get-ok
+        messages.let_go(state, q, mid)  # readable until the node has written the get-ok
     if slow:
         expire_head(state, q)
-    out.append(GetOk(ch.key, tag, redelivered, q.ready_count(), mid, state.store))
+    out.append(GetOk(ch.key, tag, redelivered, q.ready_count(), mid))
     q.n_delivered += 1
     q.n_redelivered += redelivered
     if slow:
@@ -242,7 +244,7 @@ def ack(state: State, ch: Channel, cmd: C.Ack, out: list[Effect]) -> None:
         if entry is None:
             raise error(E.PRECONDITION_FAILED, f"unknown delivery tag {tag}", E.BASIC_ACK)
         q, msg, c = entry
-        state.store.release(entry_id(msg))
+        messages.let_go(state, q, entry_id(msg))
         if not q.deleted:
             q.unacked -= 1
             q.n_acked += 1

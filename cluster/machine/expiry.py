@@ -14,6 +14,7 @@ import heapq
 
 from cluster import commands as C
 from cluster.effects import Effect
+from cluster.machine import messages
 from cluster.machine.contain import Failed, note, report
 from cluster.machine.deadletter import is_cycle, record_death
 from cluster.machine.errors import rs
@@ -154,10 +155,10 @@ def flush_dead_letters(state: State, out: list[Effect]) -> None:
     failed: Failed | None = None
     i = 0
     while i < len(pending):
-        vhost, qname, dlx, dlrk, msg, reason = pending[i]
+        vhost, qname, dlx, dlrk, msg, reason, hdr = pending[i]
         i += 1
         try:
-            _republish(state, vhost, qname, dlx, dlrk, msg, reason, out)
+            _republish(state, vhost, qname, dlx, dlrk, msg, reason, hdr, out)
         except Exception as exc:
             failed = note(failed, f"message {entry_id(msg)} from {rs('queue', qname, vhost)}",
                           exc)
@@ -166,12 +167,12 @@ def flush_dead_letters(state: State, out: list[Effect]) -> None:
 
 
 def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None, msg: Entry,
-               reason: str, out: list[Effect]) -> None:
+               reason: str, hdr: messages.Header, out: list[Effect]) -> None:
     vh = state.vhosts.get(vhost)
     if vh is None:
         return
-    # released when it left its queue; readable until the node's next collect
-    exchange, routing_key, properties, body = state.store.read(entry_id(msg))
+    # kept by the machine while a queue with a dead-letter exchange held it
+    exchange, routing_key, properties, size = hdr
     rk = dlrk if dlrk is not None else routing_key
     props, deaths = record_death(properties, reason, qname, exchange, routing_key,
                                  state.now_ms // 1000, dlrk is not None)
@@ -190,7 +191,11 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
     if not targets:
         return
     msg_id = state.next_msg_id
-    state.store.put(msg_id, dlx, rk, props, body, len(targets))  # raises before any change
+    # the body stays the store's: copied from the message that died (let go in this
+    # entry, so still readable); raises before any change
+    messages.copy(state, msg_id, entry_id(msg), dlx, rk, props, size, len(targets))
     state.next_msg_id = msg_id + 1
     for t in targets:
-        add_message(state, t, msg_id, len(body), props, None, out)
+        if t.dlx is not None:
+            messages.hold(state, msg_id, dlx, rk, props, size)
+        add_message(state, t, msg_id, size, props, None, out)

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import cast
 
 from cluster.effects import Deliver, Effect
+from cluster.machine import messages
 from cluster.machine.fifo import IdFifo
 from cluster.machine.qargs import needs_slow
 from cluster.machine.state import Channel, Consumer, Entry, Msg, Queue, State, entry_id
@@ -114,8 +115,9 @@ def dead_letter(state: State, q: Queue, msg: Entry, reason: str) -> None:
     to the queue's dead-letter exchange, if any, once the current command is done
     (``expiry.flush_dead_letters``, as a new message); without one it is dropped."""
     if q.dlx is not None:
-        state.dl_pending.append((q.vhost, q.name, q.dlx, q.dlrk, msg, reason))
-    state.store.release(entry_id(msg))  # still readable while the command republishes it
+        state.dl_pending.append((q.vhost, q.name, q.dlx, q.dlrk, msg, reason,
+                                 messages.header(state, msg)))
+    messages.let_go(state, q, entry_id(msg))  # its body is copied when republished
 
 
 def expire_head(state: State, q: Queue, fresh: Msg | None = None) -> None:
@@ -244,14 +246,13 @@ def run_slow(state: State, q: Queue, out: list[Effect], fresh: Msg | None = None
             ch.last_tag = tag = ch.last_tag + 1
             if c.no_ack:
                 c.sent += 1
-                state.store.release(msg.id)
+                messages.let_go(state, q, msg.id)
             else:
                 ch.unacked[tag] = (q, msg, c)
                 c.unacked += 1
                 ch.global_unacked += 1
                 q.unacked += 1
-            out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.id, c.no_ack,
-                               state.store))
+            out.append(Deliver(ch.key, c.tag, tag, msg.redelivered, msg.id, c.no_ack))
             q.n_delivered += 1
             q.n_redelivered += msg.redelivered
             if cprio:
@@ -283,7 +284,7 @@ def enqueue(state: State, q: Queue, msg: Msg, msg_ttl: int | None,
             if q.overflow == "reject-publish-dlx":
                 dead_letter(state, q, msg, "maxlen")
             else:
-                state.store.release(msg.id)
+                messages.let_go(state, q, msg.id)
             return False
     push_ready(q, msg)
     run_slow(state, q, out, fresh=msg)

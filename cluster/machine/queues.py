@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 
 from cluster.effects import ConsumerCancelled, Deliver, Effect
+from cluster.machine import messages
 from cluster.machine.bindings import remove_binding
 from cluster.machine.contain import Failed, note, report
 from cluster.machine.errors import rs
@@ -60,7 +61,7 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
     """run_queue for a plain queue (``not q.slow``): the hot path."""
     service = q.service
     channels = state.channels
-    store = state.store
+    writes = state.writes
     while service and (q.ready or q.returned):
         c = service.popleft()
         if not c.in_service:  # removed meanwhile
@@ -82,13 +83,16 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
         ch.last_tag = tag = ch.last_tag + 1
         if c.no_ack:
             c.sent += 1
-            store.release(mid)  # readable until the node has written the delivery
+            if q.dlx is None:
+                writes.append(mid)  # let go; readable until the node has written it
+            else:
+                messages.let_go(state, q, mid)
         else:
             ch.unacked[tag] = (q, msg, c)
             c.unacked += 1
             ch.global_unacked += 1
             q.unacked += 1
-        out.append(Deliver(ch.key, c.tag, tag, redelivered, mid, c.no_ack, store))
+        out.append(Deliver(ch.key, c.tag, tag, redelivered, mid, c.no_ack))
         q.n_delivered += 1
         if redelivered:
             q.n_redelivered += 1
@@ -148,7 +152,7 @@ def return_msg(state: State, q: Queue, entry: Entry) -> None:
     """A checked-out message goes back to the queue head (redelivered); gone with its
     queue if that was deleted meanwhile."""
     if q.deleted:
-        state.store.release(entry_id(entry))
+        messages.let_go(state, q, entry_id(entry))
         return
     q.unacked -= 1
     msg = Msg(entry, 0) if type(entry) is int else entry
@@ -166,20 +170,19 @@ def release(state: State, ch: Channel, tags: list[int], requeue: bool,
     """Settle (ack, or nack without requeue) or return the given unacked tags.
     ``reject``: a nack/reject without requeue, which dead-letters."""
     unacked = ch.unacked
-    store = state.store
     for tag in tags:
         q, msg, c = unacked.pop(tag)
         if requeue:
             return_msg(state, q, msg)
             touched[q.qid] = q
         elif q.deleted:
-            store.release(entry_id(msg))
+            messages.let_go(state, q, entry_id(msg))
         else:
             q.unacked -= 1
             if reject and q.dlx is not None:
                 dead_letter(state, q, msg, "rejected")
             else:
-                store.release(entry_id(msg))
+                messages.let_go(state, q, entry_id(msg))
                 if not reject:
                     q.n_acked += 1
         if c is not None:
@@ -237,11 +240,15 @@ def compact_service(q: Queue) -> None:
 
 def drop_ready(state: State, q: Queue) -> None:
     """Every ready message of ``q`` goes (purge, deletion), its bytes with it."""
-    release = state.store.release
-    for entry in q.ready:
-        release(entry_id(entry))
-    for _key, msg in q.returned:
-        release(msg.id)
+    if q.dlx is None:
+        writes = state.writes
+        writes.extend(entry_id(entry) for entry in q.ready)
+        writes.extend(msg.id for _key, msg in q.returned)
+    else:
+        for entry in q.ready:
+            messages.let_go(state, q, entry_id(entry))
+        for _key, msg in q.returned:
+            messages.let_go(state, q, msg.id)
     q.ready.clear()
     q.returned.clear()
     q.ready_bytes = 0

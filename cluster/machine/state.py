@@ -21,7 +21,6 @@ from typing import Any
 
 from cluster.commands import ChKey, ConnKey
 from cluster.machine.fifo import IdFifo
-from cluster.store import MemoryStore
 
 # A binding destination: (is_exchange, name).
 Dest = tuple[bool, str]
@@ -60,8 +59,9 @@ def _set_slots(obj: Any, state: Any) -> None:
 @dataclass(slots=True, eq=True)
 class Msg:
     """One message's index entry in one queue: what the queue's rules need. Its bytes
-    (exchange, routing key, properties, body) are in ``State.store`` under ``id``, once
-    however many queues it was routed to (docs/storage.md)."""
+    (exchange, routing key, properties, body) are not the machine's: they are kept under
+    ``id`` by the node's store, once however many queues it was routed to
+    (cluster/machine/messages.py, docs/storage.md)."""
 
     id: int
     size: int  # body bytes (x-max-length-bytes)
@@ -72,16 +72,9 @@ class Msg:
     expires_at: int | None = None
 
     def __setstate__(self, state: Any) -> None:
-        values = state[1] if isinstance(state, tuple) else state
-        if "body" in values:  # a snapshot from before the store: the bytes were here
-            values = dict(values)
-            rec = (values.pop("exchange"), values.pop("routing_key"),
-                   values.pop("properties"), values.pop("body"))
-            values["size"] = len(rec[3])
-            values["priority"] = _legacy_priority(rec[2])
-            _, refs = _LEGACY.get(values["id"], (rec, 0))
-            _LEGACY[values["id"]] = (rec, refs + 1)
-        _set_slots(self, values)
+        # (a snapshot from before the store, whose entries held the bytes, is read by
+        # cluster/store.py's load_snapshot, which takes them out first)
+        _set_slots(self, state)
 
 
 # A queue entry: a Msg, or in a plain queue's ``ready`` just the id of a message never
@@ -91,21 +84,6 @@ Entry = Msg | int
 
 def entry_id(m: Entry) -> int:
     return m if type(m) is int else m.id  # type: ignore[union-attr]
-
-
-# Records found in Msg objects of an old snapshot while it is unpickled; State.__setstate__
-# (which runs after everything it holds is rebuilt) moves them into the store.
-_LEGACY: dict[int, tuple[tuple[str, str, bytes, bytes], int]] = {}
-
-
-def _legacy_priority(properties: bytes) -> int:
-    from protocol.fields import PRIORITY, FieldError, octet_property
-
-    try:
-        return int(octet_property(properties, PRIORITY) or 0) if properties[:1] and \
-            properties[0] & 0x08 else 0
-    except FieldError:
-        return 0
 
 
 @dataclass(slots=True, eq=True)
@@ -380,19 +358,37 @@ class State:
     format: int = 1
     level: int = 1  # the cluster's enabled command level (EnableLevel)
     levels: dict[str, int] = field(default_factory=dict)  # Raft address -> level announced
-    # Message bytes (cluster/store.py): a MemoryStore, or the node's FileStore (whose
-    # index is pickled with the state; the files are its own)
-    store: Any = field(default_factory=MemoryStore, compare=False, repr=False)
+    # --- message bytes (cluster/machine/messages.py) ---------------------------------------
+    # What applying decided about message records, in order (cluster/records.py): taken
+    # and carried out by whoever keeps the bytes (the replica) after each entry. Never
+    # pickled; empty between entries for a caller that takes them.
+    writes: list[Any] = field(default_factory=list, compare=False, repr=False)
+    # Exchange, routing key, properties and body size of each message held by a queue
+    # with a dead-letter exchange, and how many such queues (or their unacked deliveries)
+    # hold it: [exchange, routing key, properties, size, holders]. Equal on every replica
+    # that built it; ``headers_built`` False: read from the store (a snapshot that does
+    # not carry it), which messages.rebuild_headers does before any entry is applied.
+    headers: dict[int, list[Any]] = field(default_factory=dict, compare=False, repr=False)
+    headers_built: bool = field(default=True, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("writes", None)
+        # headers are those of this next_msg_id: a release that carried them along without
+        # keeping them up to date (its snapshot) has moved next_msg_id since, or has no
+        # messages to keep them for
+        d["headers_at"] = self.next_msg_id
+        return d
 
     def __setstate__(self, d: dict[str, Any]) -> None:
+        stamp = d.pop("headers_at", None)
         _fill_defaults(State, d)  # snapshots taken before a field existed
         if d["format"] <= SNAPSHOT_FORMAT:
             d["format"] = SNAPSHOT_FORMAT  # migrated (a newer one stays, for the loader)
+        d["headers_built"] = stamp is not None and stamp == d["next_msg_id"]
+        if not d["headers_built"]:
+            d["headers"] = {}
         self.__dict__.update(d)
-        if _LEGACY:
-            for msg_id, (rec, refs) in sorted(_LEGACY.items()):
-                self.store.put(msg_id, *rec, refs=refs)
-            _LEGACY.clear()
 
 
 def new_exchange(name: str, type_: str, durable: bool = True) -> Exchange:

@@ -343,7 +343,7 @@ class ApiSession:
 
     def take(self, ef: E.Effect) -> None:
         if isinstance(ef, E.Stored) and (self.budget is None or self.read_bytes < self.budget):
-            rec = ef.record()
+            rec = self.node.raft.read(ef.msg_id)
             self.read_bytes += len(rec[3])
             self.effects.append((ef, rec))
         else:

@@ -3,7 +3,8 @@
     .venv/bin/python -m tests.cluster.bench_apply
 
 One consumer with prefetch 100; each round applies one batch of 100 confirmed
-Publishes (each delivered at once) and one batch of 100 Acks.
+Publishes (each delivered at once) and one batch of 100 Acks; after each batch what it
+decided about message records is carried out on a MemoryStore, as the replica does.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import time
 
 from cluster import commands as C
-from cluster.machine import apply_batch
+from cluster.machine import apply_batch, take_writes
+from cluster.store import MemoryStore, run
 from tests.cluster.helpers import guest_state
 
 CH = ("n1", 1, 1)
@@ -19,12 +21,16 @@ CH = ("n1", 1, 1)
 
 def main(rounds: int = 2000, size: int = 100, body: bytes = b"x" * 100) -> None:
     s = guest_state()
+    store = MemoryStore()
     seq = 0
 
     def batch(*cmds: C.Command) -> list:
         nonlocal seq
         seq += 1
-        return apply_batch(s, C.Batch("n1", 1, seq, 0, cmds))
+        out = apply_batch(s, C.Batch("n1", 1, seq, 0, cmds))
+        run(store, take_writes(s))
+        store.collect()
+        return out
 
     batch(C.ConnectionOpen(CH[:2], "/", "guest"), C.ChannelOpen(CH),
           C.QueueDeclare(CH, "q", False, True, False, False, False, {}),

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from cluster import machine
 from cluster.commands import decode_batch
 from cluster.effects import Effect, OutOfOrder
+from cluster.records import Record
 from cluster.replica import MembershipResult, RaftStatus
-from tests.cluster.helpers import guest_state
+from cluster.store import run
+from tests.cluster.helpers import guest_state, store_of
 
 
 class FakeCluster:
@@ -50,6 +52,7 @@ class FakeRaft:
         self.cluster = cluster
         self.node_id = node_id
         self.state = guest_state()  # as after the first node's Bootstrap
+        self.store = store_of(self.state)  # message bytes, as the replica keeps them
         self.applied = 0  # entries of the log applied here
         self.incarnation: int | None = None
         self.proposed: list[bytes] = []
@@ -79,6 +82,7 @@ class FakeRaft:
             batch = decode_batch(self.cluster.log[self.applied])
             self.applied += 1
             out = machine.apply_batch(self.state, batch)
+            run(self.store, machine.take_writes(self.state))  # as the replica does
             mine = (batch.node, batch.incarnation) == (self.node_id, self.incarnation)
             if out and type(out[0]) is OutOfOrder:
                 if mine:
@@ -135,8 +139,11 @@ class FakeRaft:
     def is_connected(self, peer: str) -> bool:
         return False
 
+    def read(self, msg_id: int) -> Record:
+        return self.store.read(msg_id)
+
     def collect(self) -> None:
-        self.state.store.collect()
+        self.store.collect()
 
     def release_pages(self) -> None:
         pass

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+import weakref
 from collections import Counter
 from typing import Any
 
 from cluster import commands as C
-from cluster.effects import Effect
-from cluster.machine import State, apply, new_state
+from cluster.effects import Effect, Stored
+from cluster.machine import State, apply, new_state, restore, snapshot, take_writes
+from cluster.store import MemoryStore, run
 
 SHA256 = "rabbit_password_hashing_sha256"
 
@@ -94,13 +97,50 @@ def props(**kwargs: Any) -> bytes:
     return encode_properties(**kwargs)
 
 
+# The store of each state a test builds (keyed by id, dropped with the state): the machine
+# holds none, the replica keeps one beside it (cluster/raft.py).
+_STORES: dict[int, MemoryStore] = {}
+
+
+def store_of(state: State) -> MemoryStore:
+    """The MemoryStore of ``state``, with what applying decided so far (State.writes)
+    carried out on it, as the replica does after each entry. Never collected: a record
+    let go stays readable (as it is until the node's next collect)."""
+    st = _STORES.get(id(state))
+    if st is None:
+        st = _STORES[id(state)] = MemoryStore()
+        weakref.finalize(state, _STORES.pop, id(state), None)
+    writes = take_writes(state)
+    if writes:
+        run(st, writes)
+    return st
+
+
+def use_store(state: State, store: Any) -> None:
+    """Carry out ``state``'s writes on ``store`` (a FileStore, as a node runs it)."""
+    assert id(state) not in _STORES and not state.writes
+    _STORES[id(state)] = store
+    weakref.finalize(state, _STORES.pop, id(state), None)
+
+
+def clone(state: State) -> State:
+    """A replica restored from a snapshot of ``state``, with a copy of its store (the
+    store's own pickled form: its live records)."""
+    copy = restore(snapshot(state))
+    src = store_of(state)
+    dst = _STORES[id(copy)] = MemoryStore.__new__(MemoryStore)
+    dst.__dict__.update(pickle.loads(pickle.dumps(src.__getstate__())))
+    weakref.finalize(copy, _STORES.pop, id(copy), None)
+    return copy
+
+
 def stored(state: State, msg: Any) -> tuple[str, str, bytes, bytes]:
-    """(exchange, routing key, properties, body) of a queued message (a Msg) from the
-    state's store."""
+    """(exchange, routing key, properties, body) of a queued message (a Msg, an id, or a
+    Deliver / GetOk) from the state's store."""
     from cluster.machine.state import entry_id
 
-    rec: tuple[str, str, bytes, bytes] = state.store.read(entry_id(msg))
-    return rec
+    msg_id = msg.msg_id if isinstance(msg, Stored) else entry_id(msg)
+    return store_of(state).read(msg_id)
 
 
 def qos(ch: C.ChKey, n: int, global_: bool = False) -> C.Qos:
@@ -124,16 +164,41 @@ class Machine:
         return self.run(*(cmds or (C.Tick(),)))
 
     def run(self, *cmds: C.Command) -> list[Effect]:
-        out: list[Effect] = []
+        out = Effects()
+        out.machine = self
         for cmd in cmds:
             apply(self.state, self.now, cmd, out)
         return out
+
+    def body(self, ef: Any) -> bytes:
+        """The body of a Deliver's or GetOk's message, as the node reads it."""
+        return stored(self.state, ef)[3]
 
     def open(self, ch: C.ChKey = CH) -> C.ChKey:
         if ch[:2] not in self.state.conns:
             self.run(C.ConnectionOpen(ch[:2], "/", "guest"))
         self.run(C.ChannelOpen(ch))
         return ch
+
+
+class Effects(list[Effect]):
+    """Machine.run's effects, with the machine whose store holds their messages' bytes."""
+
+    machine: Machine
+
+    def __getitem__(self, i: Any) -> Any:
+        got = super().__getitem__(i)
+        if isinstance(i, slice):
+            part = Effects(got)
+            part.machine = self.machine
+            return part
+        return got
+
+
+def body(effects: list[Effect], ef: Any) -> bytes:
+    """The body of a Deliver or GetOk among the effects of a Machine.run."""
+    assert isinstance(effects, Effects)
+    return effects.machine.body(ef)
 
 
 def of_type(effects: list[Effect], cls: type) -> list[Any]:
@@ -151,4 +216,4 @@ def held_references(state: State) -> tuple[Counter[int], Counter[int]]:
         held.update(m.id for _, m in q.returned)
     for ch in state.channels.values():
         held.update(entry_id(m) for _q, m, _c in ch.unacked.values())
-    return held, Counter(state.store.live())
+    return held, Counter(store_of(state).live())

@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from cluster import commands as C
 from cluster import effects as E
-from cluster.machine import apply_batch, next_deadline, restore, snapshot
+from cluster.machine import apply_batch, next_deadline
 from cluster.machine.features import queue_deadline
 from cluster.machine.queues import has_credit
 from cluster.machine.state import State
@@ -171,10 +171,10 @@ class MachineLog(RuleBasedStateMachine):
         for e in eff:
             if isinstance(e, E.Deliver):
                 q, no_ack = self.consumers[e.ch][e.consumer_tag]
-                self.take(e.ch, e.delivery_tag, e.body, q, no_ack)
+                self.take(e.ch, e.delivery_tag, stored(self.main, e)[3], q, no_ack)
             elif isinstance(e, E.GetOk):
                 assert get_cmd is not None
-                self.take(e.ch, e.delivery_tag, e.body, get_cmd.queue, get_cmd.no_ack)
+                self.take(e.ch, e.delivery_tag, stored(self.main, e)[3], get_cmd.queue, get_cmd.no_ack)
             elif isinstance(e, E.ConsumerCancelled):
                 del self.consumers[e.ch][e.consumer_tag]
             elif isinstance(e, E.ChannelError):
@@ -524,7 +524,7 @@ class MachineLog(RuleBasedStateMachine):
 
     @rule()
     def snapshot_and_restore(self) -> None:
-        self.restored = restore(snapshot(self.main))
+        self.restored = helpers.clone(self.main)
         assert self.restored == self.main
 
     @rule(data=st.data())

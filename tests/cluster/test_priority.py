@@ -20,6 +20,9 @@ from tests.cluster.helpers import (
     q_declare,
     qos,
 )
+from tests.cluster.helpers import (
+    body as body_of,
+)
 
 
 @pytest.fixture
@@ -31,9 +34,9 @@ def drain(m: Machine, q: str = "q") -> list[bytes]:
     out: list[bytes] = []
     while True:
         (g,) = m.run(C.Get(CH, q, True))
-        if not hasattr(g, "body"):
+        if not hasattr(g, "msg_id"):  # GetEmpty
             return out
-        out.append(g.body)
+        out.append(m.body(g))
 
 
 def pri(p: int | None) -> bytes:
@@ -41,7 +44,7 @@ def pri(p: int | None) -> bytes:
 
 
 def tags(effects: list) -> list[tuple[str, bytes]]:
-    return [(d.consumer_tag, d.body) for d in of_type(effects, Deliver)]
+    return [(d.consumer_tag, body_of(effects, d)) for d in of_type(effects, Deliver)]
 
 
 # --- priority queues -------------------------------------------------------------------

