@@ -198,6 +198,8 @@ async def put_vhost(request: web.Request) -> web.Response:
     description = _text(data.get("description", ""), "description")
     existed = name in state(request).vhosts
     await submit(request, C.VHostPut(name, description, _tags(data.get("tags"))))
+    if not existed:  # as RabbitMQ's API does: its creator may use the new vhost at once
+        await submit(request, C.PermissionSet(request["user"], name, ".*", ".*", ".*"))
     return created_or_updated(existed)
 
 

@@ -475,3 +475,22 @@ def test_get_holds_a_bounded_amount_and_leaves_the_rest(api: Api, broker: Any) -
     assert [m["payload"] for m in got] == [chr(65 + i) * 10 for i in range(4)]
     assert all(m["payload_bytes"] == 20 << 20 for m in got)
     assert _depth(api, "getbig") == 1
+
+
+def test_a_new_vhost_gives_its_creator_every_permission(api):
+    """As RabbitMQ's API does (rabbit_mgmt_wm_vhost): the administrator who adds a vhost gets
+    configure, write and read '.*' on it; updating an existing vhost grants nothing."""
+    import uuid
+
+    user, vhost = f"creator-{uuid.uuid4().hex[:8]}", f"made-{uuid.uuid4().hex[:8]}"
+    assert api("PUT", f"/api/users/{user}", {"password": "pw-123456", "tags": "administrator"})[0] == 201
+    try:
+        assert api.as_(user, "pw-123456")("PUT", f"/api/vhosts/{vhost}", {})[0] == 201
+        status, perms = api("GET", f"/api/vhosts/{vhost}/permissions")
+        assert status == 200 and [(p["user"], p["configure"], p["write"], p["read"])
+                                  for p in perms] == [(user, ".*", ".*", ".*")]
+        assert api("PUT", f"/api/vhosts/{vhost}", {"description": "again"})[0] == 204
+        assert len(api("GET", f"/api/vhosts/{vhost}/permissions")[1]) == 1  # guest got none
+    finally:
+        api("DELETE", f"/api/vhosts/{vhost}")
+        api("DELETE", f"/api/users/{user}")
