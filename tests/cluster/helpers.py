@@ -205,6 +205,18 @@ def of_type(effects: list[Effect], cls: type) -> list[Any]:
     return [e for e in effects if isinstance(e, cls)]
 
 
+def expected_headers(state: State) -> dict[int, list[Any]]:
+    """State.headers as rebuilt from the store (what a replica loading a snapshot without
+    them computes): equal to the headers kept while applying."""
+    from cluster.machine import rebuild_headers
+
+    shadow = object.__new__(State)
+    shadow.__dict__.update(state.__dict__)
+    shadow.headers_built = False
+    rebuild_headers(shadow, store_of(state).read)
+    return shadow.headers
+
+
 def held_references(state: State) -> tuple[Counter[int], Counter[int]]:
     """(what queues and channels hold of each message, what the store counts): equal
     when every queue entry and unacked delivery holds one reference and nothing else does."""

@@ -578,6 +578,8 @@ class MachineLog(RuleBasedStateMachine):
                 continue
             held, live = helpers.held_references(s)
             assert held == live
+            # the dead-letter headers kept while applying are those the store gives
+            assert s.headers == helpers.expected_headers(s)
 
     @invariant()
     def channels_and_tags_match_model(self) -> None:

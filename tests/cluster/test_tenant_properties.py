@@ -417,6 +417,8 @@ class TenantLog(RuleBasedStateMachine):
                 continue
             held, live = helpers.held_references(s)
             assert held == live
+            assert s.headers == helpers.expected_headers(s)  # as rebuilt from the store
+        assert self.replica.headers == self.main.headers
 
     @invariant()
     def service_deques_are_sound(self) -> None:
