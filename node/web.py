@@ -4,7 +4,7 @@
   (readiness: up, sees a leader and a quorum, not isolated) and ``/livez``. Open:
   they change nothing, and Prometheus and Kubernetes probes must reach them.
 * **Management port** (``--management-port``, 15672): the authenticated API under
-  ``/api`` (node/management.py), RabbitMQ's paths and JSON.
+  ``/api`` (node/mgmt/), RabbitMQ's paths and JSON.
 
 aiohttp was chosen over the hand-written HTTP/1.0 handler it replaces: a maintained
 server with request-size limits, keep-alive, routing and JSON, on the same loop.

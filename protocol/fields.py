@@ -28,7 +28,7 @@ MAX_DEPTH = 64  # nested tables / arrays; RabbitMQ sets none, real headers use 2
 # the state (per queue, binding, consumer), decoded: a 128 KiB table of 40,000 voids
 # is 4 MB there. RabbitMQ bounds them by frame_max only. Ours: what the default
 # frame_max carries, and no more than this many keys and array elements at every level
-# (the management API applies the same numbers, node/mgmt_input.py).
+# (the management API applies the same numbers, node/mgmt/input.py).
 ARGUMENTS_MAX_BYTES = 131072
 ARGUMENTS_MAX_ITEMS = 1024
 

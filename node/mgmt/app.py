@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from node import maintenance, mgmt_definitions
-from node.mgmt import access, cluster, dashboard, health, members, objects
+from node import maintenance
+from node.mgmt import access, cluster, dashboard, definitions, health, members, objects
 from node.mgmt.framework import MAINTENANCE, NODE, RATES, Maintenance, Node
 from node.mgmt.rates import SAMPLE_S, Rates
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESOURCES = (access, cluster, members, objects, mgmt_definitions, health, dashboard)
+RESOURCES = (access, cluster, members, objects, definitions, health, dashboard)
 
 
 def app(broker: Broker, client_max_size: int) -> web.Application:

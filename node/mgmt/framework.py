@@ -115,7 +115,7 @@ def node_of(request: web.Request) -> Node:
     return request.app[NODE]
 
 
-broker_of = node_of  # (its name in node/mgmt_definitions.py)
+broker_of = node_of  # (its name in node/mgmt/definitions.py)
 
 
 def state(request: web.Request) -> Any:

@@ -11,7 +11,7 @@ Every cost here is bounded by what the request asks of the items the user can se
 * sorting never raises: any two JSON values compare, in Erlang's term order as
   RabbitMQ sorts them (numbers < atoms < objects < arrays < strings), nesting cut off at
   SORT_DEPTH;
-* the caller (node/mgmt_objects.py) runs ``finish`` off the event loop for big lists.
+* the caller (node/mgmt/framework.py) runs ``finish`` off the event loop for big lists.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true",
 
 
 def _arguments(data: dict[str, Any]) -> dict[str, Any]:
-    """The request's argument table (node/mgmt_input.py: 64-bit integers, finite numbers,
+    """The request's argument table (node/mgmt/input.py: 64-bit integers, finite numbers,
     short keys, bounded size)."""
     args: dict[str, Any] = checked(check_arguments, data.get("arguments"))
     return args
@@ -88,7 +88,7 @@ def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def viewer(request: web.Request) -> views.Viewer:
-    """What the request's user may see (node/mgmt_views.py Viewer), once per request."""
+    """What the request's user may see (node/mgmt/views.py Viewer), once per request."""
     found: views.Viewer | None = request.get("viewer")
     if found is None:
         found = request["viewer"] = views.Viewer.of(state(request), request["user"],

@@ -1,6 +1,6 @@
 """The replicated state as the management API shows it: RabbitMQ 3.10's JSON for queues,
 exchanges, bindings, consumers and channels. Pure functions of the state (every node
-answers the same, cluster-wide); the HTTP handlers are in node/mgmt_objects.py.
+answers the same, cluster-wide); the HTTP handlers are in node/mgmt/objects.py.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def jsonable(value: Any) -> Any:
 def vhosts(state: State, vhost: str | None, viewer: Viewer | None = None) -> list[VHost]:
     """The vhosts a listing covers (one, or all), less those ``viewer`` may not see. A
     list: the listings below iterate copies, so a handler may build them in slices with
-    the event loop running in between (node/mgmt_objects.py ``listing``)."""
+    the event loop running in between (node/mgmt/framework.py ``listing``)."""
     if vhost is None:
         found = list(state.vhosts.values())
     else:

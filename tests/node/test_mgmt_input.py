@@ -1,4 +1,4 @@
-"""node/mgmt_input.py: the management API's checks of client values, as pure functions."""
+"""node/mgmt/input.py: the management API's checks of client values, as pure functions."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_names_and_patterns():
 
 
 async def test_the_export_is_strict_json_whatever_the_state_holds():
-    from node.mgmt_definitions import encode
+    from node.mgmt.definitions import encode
 
     doc = {"queues": [{"name": "q", "arguments": {"x": float("nan"), "y": [float("inf")],
                                                   "z": 1.5}}], "rabbit_version": "3.10.8"}

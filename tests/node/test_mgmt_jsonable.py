@@ -1,4 +1,4 @@
-"""node/mgmt_views.jsonable: AMQP field values as strict JSON (an AMQP double may be NaN
+"""node/mgmt/views.jsonable: AMQP field values as strict JSON (an AMQP double may be NaN
 or Infinity, which JSON has no words for: a listing with one was invalid JSON for every
 user who could see it)."""
 

@@ -123,7 +123,7 @@ def test_columns_keep_nested_paths() -> None:
         "name": "q", "arguments": {"x": 1}}
 
 
-# --- the handler's side: node/mgmt_objects.py ``listing`` -------------------------------------
+# --- the handler's side: node/mgmt/framework.py ``listing`` -------------------------------------
 
 
 async def _loop_gaps(done: asyncio.Event, gaps: list[float]) -> None:

@@ -1,4 +1,4 @@
-"""node/management.py propose_and_wait: what the API proposes is applied, or the request
+"""node/mgmt/framework.py propose_and_wait: what the API proposes is applied, or the request
 is told why not (issue 19 item 6: an unencodable command was left out of its Raft entry
 by the proposer and the API answered 201 all the same). On an in-process node."""
 

@@ -3,7 +3,7 @@ vhosts, permissions, topic permissions, limits, queues, exchanges and bindings. 
 exported from RabbitMQ 3.10 imports here, and one exported here imports into RabbitMQ.
 
 An import is checked whole before anything is applied (:func:`plan`): types, names and
-routing keys (255 bytes), argument tables (node/mgmt_input.py), permission patterns
+routing keys (255 bytes), argument tables (node/mgmt/input.py), permission patterns
 (compiled), queue arguments as the machine checks them, exchange types, and every
 reference (a permission's user and vhost, a binding's source and destination, a queue's
 vhost, the vhost's max-queues limit) against the state and the file. The first bad item
@@ -50,25 +50,30 @@ from cluster import commands as C
 from cluster.machine import qargs
 from cluster.machine.state import DEFAULT_EXCHANGES
 from cluster.machine.topology import EXCHANGE_TYPES
-from node import mgmt_views as views
-from node.management import (
+from node.mgmt import views
+from node.mgmt.access import (
     MAX_TAGS,
-    MAX_TEXT_BYTES,
     USER_LIMITS,
     VHOST_LIMITS,
+    permission_json,
+    topic_json,
+    user_json,
+)
+from node.mgmt.framework import (
+    MAX_TEXT_BYTES,
+    PLACEHOLDER,
+    ApiSession,
     Refusal,
     bad_request,
     body,
     broker_of,
     error,
     needs,
-    permission_json,
+    product_version,
     state,
     submit,
-    topic_json,
-    user_json,
 )
-from node.mgmt_input import (
+from node.mgmt.input import (
     INT64_MAX,
     INT64_MIN,
     InputError,
@@ -78,7 +83,6 @@ from node.mgmt_input import (
     check_short,
     check_text,
 )
-from node.mgmt_objects import PLACEHOLDER, ApiSession, product_version
 from node.passwords import ALGORITHMS, SHA256, valid_hash
 from protocol.errors import AMQPError
 
