@@ -1,6 +1,6 @@
 """Pure rules for replicating the Raft log where pysyncobj's own are unsafe or stall.
 
-Each was found by the chaos suite (the seed is named); :mod:`cluster.raft` applies them to
+Each was found by the chaos suite (the seed is named); :mod:`cluster.raft.node` applies them to
 pysyncobj's messages and state. No I/O here, so each rule is tested on its own
 (``tests/cluster/test_log_rules.py``).
 

@@ -1,6 +1,6 @@
 """What the node needs from its replica of the Raft log, as interfaces.
 
-:class:`cluster.raft.RaftNode` (pysyncobj) implements them; tests use in-memory
+:class:`cluster.raft.node.RaftNode` (pysyncobj) implements them; tests use in-memory
 fakes (tests/cluster/fake_raft.py), so the proposer's rules and the node's logic
 run without sockets or pysyncobj.
 """

@@ -62,7 +62,7 @@ ALARM_CHECK_S = 1.0
 
 
 def _default_raft(cfg: Config) -> Replica:
-    from cluster.raft import RaftNode  # pysyncobj: only when a real node runs
+    from cluster.raft.node import RaftNode  # pysyncobj: only when a real node runs
 
     return RaftNode(
         cfg.node_id, cfg.raft_address, list(cfg.peers), cfg.data_path,
@@ -84,7 +84,7 @@ class Broker:
         self.incarnation = time.time_ns() // 1_000_000
         self.raft: Replica = raft if raft is not None else _default_raft(cfg)
         self.connections: dict[int, AMQPConnection] = {}
-        # Management API requests' own connections (node/mgmt_objects.py), by number.
+        # Management API requests' own connections (node/mgmt/framework.py ApiSession), by number.
         self.api_sessions: dict[int, ApiSession] = {}
         # Connection numbers are unique across this node's lives, so a stale
         # effect from an old life can never reach a new connection.

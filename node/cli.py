@@ -248,7 +248,7 @@ def serve(cfg: config.Config) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
         pass
-    from cluster.recovery import RecoveryError
+    from cluster.raft.recovery import RecoveryError
 
     try:
         asyncio.run(_run(cfg))

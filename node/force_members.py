@@ -1,4 +1,4 @@
-"""``raftmq cluster force-members``: recover from a lost majority (see cluster/recovery.py).
+"""``raftmq cluster force-members``: recover from a lost majority (see cluster/raft/recovery.py).
 
 Runs on a survivor whose node is stopped, on its data directory. Without ``--yes`` it only
 prints the plan; with it, it rewrites the membership to ``--keep``. It refuses when the
@@ -63,7 +63,7 @@ def _counted(counter: dict[str, int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.recovery import RecoveryError  # (pysyncobj: imported only when used)
+    from cluster.raft.recovery import RecoveryError  # (pysyncobj: imported only when used)
 
     try:
         return _run(args)
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cluster import recovery
-    from cluster.raft import member_status
+    from cluster.raft import recovery
+    from cluster.raft.probe import member_status
 
     keep = sorted(set(_addresses(args.keep, "--keep")))
     peers = _addresses([args.peers], "--peers") if args.peers is not None else None

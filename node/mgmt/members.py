@@ -60,7 +60,7 @@ async def _membership(request: web.Request, method: str) -> web.Response:
             raise bad_request("this node has no --cluster-secret: a cluster needs one (its "
                               "Raft traffic is encrypted and authenticated with it)")
         # (pysyncobj is imported only where a real node runs: not on import of the API)
-        from cluster.raft import probe_member
+        from cluster.raft.probe import probe_member
 
         ok, why = await asyncio.to_thread(probe_member, address, node.cfg.cluster_secret)
         if not ok:

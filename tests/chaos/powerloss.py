@@ -1,7 +1,7 @@
 """Simulated power loss: what a node's data directory would hold after the machine lost power.
 
 RaftMQ's journal (pysyncobj's ``raft.journal``) is written through an mmap and made durable by
-``fdatasync`` (``cluster/raft.py``, ``node/broker.py``). Whatever was written after the last
+``fdatasync`` (``cluster/raft/node.py``, ``node/broker.py``). Whatever was written after the last
 completed ``fdatasync`` is only in the page cache: a kill -9 keeps it (the kernel still has it), a
 power loss does not. The broker records nowhere how far its journal is synced, and the journal is
 not append-only (pysyncobj rewrites its header on every append, moves it back in
@@ -210,7 +210,7 @@ def install() -> None:
     # The broker's own pysyncobj patches may *replace* ResizableFile.write when a replica is
     # built (a469ccc: blocks reserved before the mmap grows): wrap it again after them, or the
     # tracker would see no journal write and a power loss would cut the journal to nothing.
-    from cluster import pysyncobj_patches
+    from cluster.raft import patches as pysyncobj_patches
 
     broker_install = pysyncobj_patches.install
 

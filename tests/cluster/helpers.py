@@ -98,7 +98,7 @@ def props(**kwargs: Any) -> bytes:
 
 
 # The store of each state a test builds (keyed by id, dropped with the state): the machine
-# holds none, the replica keeps one beside it (cluster/raft.py).
+# holds none, the replica keeps one beside it (cluster/raft/node.py).
 _STORES: dict[int, MemoryStore] = {}
 
 

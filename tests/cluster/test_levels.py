@@ -9,10 +9,10 @@ import pickle
 import pytest
 
 from cluster import commands as C
-from cluster import raft
 from cluster.machine import SNAPSHOT_FORMAT, apply, new_state
 from cluster.machine.state import State
 from cluster.proposer import Proposer
+from cluster.raft import node as raft
 from tests.cluster.fake_raft import FakeCluster
 
 

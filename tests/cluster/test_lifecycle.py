@@ -22,7 +22,7 @@ B1 = ("b", 1, 1)
 
 
 class Cluster:
-    """Feeds batches the way cluster/raft.py will: one batch per proposal."""
+    """Feeds batches the way cluster/raft/node.py does: one batch per proposal."""
 
     def __init__(self) -> None:
         self.state = guest_state()

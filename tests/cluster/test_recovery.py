@@ -1,4 +1,4 @@
-"""The pure rules of quorum-loss recovery (cluster/recovery.py); the command itself runs
+"""The pure rules of quorum-loss recovery (cluster/raft/recovery.py); the command itself runs
 against real nodes in tests/integration_cluster/test_recovery.py."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import recovery
-from cluster.recovery import Seen, check_plan, replay_membership
+from cluster.raft import recovery
+from cluster.raft.recovery import Seen, check_plan, replay_membership
 
 
 def test_membership_replay_order() -> None:
@@ -61,7 +61,7 @@ def test_members_named_by_a_running_member() -> None:
 
 
 def test_membership_unknown_without_snapshot_forced_or_peers() -> None:
-    from cluster.recovery import unknown_membership
+    from cluster.raft.recovery import unknown_membership
 
     assert unknown_membership([], None, None, []) is None  # --peers '': started alone
     assert unknown_membership(["b", "c"], None, None, []) is None
@@ -79,7 +79,7 @@ def _data_dir(path: Path, membership: Sequence[tuple[str, str]] = ()) -> Path:
     (and membership entries), all committed."""
     from pysyncobj.journal import FileJournal
 
-    from cluster import pysyncobj_patches as patches
+    from cluster.raft import patches
 
     path.mkdir()
     journal = FileJournal(str(path / recovery.JOURNAL))
@@ -101,7 +101,7 @@ def _force(monkeypatch: pytest.MonkeyPatch, answers: Mapping[str, Mapping[str, o
     its exit code and the addresses it asked."""
     import argparse
 
-    from cluster import raft
+    from cluster.raft import probe
     from node import force_members
 
     asked: list[str] = []
@@ -110,7 +110,7 @@ def _force(monkeypatch: pytest.MonkeyPatch, answers: Mapping[str, Mapping[str, o
         asked.append(address)
         return dict(answers[address]) if address in answers else None
 
-    monkeypatch.setattr(raft, "member_status", member_status)
+    monkeypatch.setattr(probe, "member_status", member_status)
     monkeypatch.delenv("RAFTMQ_PEERS", raising=False)
     p = argparse.ArgumentParser()
     force_members.add_arguments(p)

@@ -1,4 +1,4 @@
-"""cluster/pysyncobj_patches.py: the patch table, the version pin, loud failures."""
+"""cluster/raft/patches.py: the patch table, the version pin, loud failures."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
-from cluster import pysyncobj_patches as P
-from cluster import tcp_patch
+from cluster.raft import patches as P
+from cluster.raft import tcp as tcp_patch
 
 
 def test_every_patch_says_what_why_and_who_found_it() -> None:
@@ -87,7 +87,7 @@ def _pair(timeout: float = 10.0) -> tuple[Any, Any, list[Any], Any]:
     """Two pysyncobj TcpConnections over a socketpair, encrypted as a cluster's are (the
     second times out after ``timeout``); the messages the second receives; the poller
     serving both (select, no loop)."""
-    from cluster.raft import _LoopPoller
+    from cluster.raft.node import _LoopPoller
 
     P.install()
     poller = _LoopPoller()
@@ -231,3 +231,26 @@ def test_journal_records_written_in_pieces_read_back_as_pysyncobj_writes_them(
     again.deleteEntriesFrom(2)
     third = FileJournal(path)
     assert [third[i] for i in range(len(third))] == entries[2:4]
+
+
+def test_only_cluster_raft_imports_pysyncobj() -> None:
+    """One door: in the product (cluster/, node/, protocol/), every import of pysyncobj,
+    function-level ones included, is in a module of cluster/raft/."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    importers = set()
+    for pkg in ("cluster", "node", "protocol"):
+        for path in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) and not
+                         node.level else [])
+                if any(n == "pysyncobj" or n.startswith("pysyncobj.") for n in names):
+                    importers.add(path.relative_to(root).as_posix())
+    assert importers, "the scan found nothing: it is broken"
+    assert {p for p in importers if not p.startswith("cluster/raft/")} == set()
+    assert importers == {"cluster/raft/node.py", "cluster/raft/patches.py",
+                         "cluster/raft/probe.py", "cluster/raft/recovery.py",
+                         "cluster/raft/tcp.py"}

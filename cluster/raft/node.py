@@ -1,4 +1,5 @@
-"""The only module that imports pysyncobj.
+"""The node's replica of the Raft log, on pysyncobj (one of the modules of cluster/raft/,
+the only package that imports it).
 
 pysyncobj replicates one method, :meth:`_Replica.apply_batch`, whose single
 argument is a msgpack-encoded :class:`~cluster.commands.Batch` (``bytes``), so
@@ -28,26 +29,21 @@ import os
 import select
 import shutil
 import socket
-import struct
-import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
-from pysyncobj.encryptor import getEncryptor
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.utility import TcpUtility, UtilityException
 
-from cluster import log_rules, machine, recovery, snapshot_stream
-from cluster import pysyncobj_patches as patches
+from cluster import log_rules, machine, snapshot_stream
 from cluster import store as stores
 from cluster.commands import Batch, decode_batch
 from cluster.effects import Effect, OutOfOrder
-from cluster.pysyncobj_patches import Internals, membership_result
+from cluster.raft import patches, recovery
+from cluster.raft.patches import Internals, membership_result
 from cluster.replica import MembershipResult, RaftStatus
 from cluster.store import FileStore, MemoryStore, new_generation
 
@@ -572,7 +568,7 @@ class RaftNode:
             self._lock_fd = None
 
     def _hook_durability(self) -> None:
-        """Wire the instance patches (cluster/pysyncobj_patches.py)."""
+        """Wire the instance patches (cluster/raft/patches.py)."""
         internals = self._internals
         self._durability = patches.Durability(internals, self._replica, self.flush)
         if self._fsync:
@@ -827,67 +823,3 @@ class RaftNode:
             log_len=int(s.get("log_len", 0)),
             has_quorum=bool(s.get("has_quorum", False)),
         )
-
-
-def probe_member(address: str, secret: str, timeout: float = 3.0,
-                 patience: float = 8.0) -> tuple[bool, str]:
-    """Does ``address`` answer as a pysyncobj node encrypting with ``secret``?
-
-    Plays the start of pysyncobj's handshake on an encrypted connection: send a random
-    key, encrypted; a node with the same secret decrypts it and answers with its own key,
-    stamped with ours. Anything else (nothing listening, another secret, another
-    protocol) is a no, with the reason. A refused or unresolvable address is tried again
-    for ``patience`` seconds: a node being added has often only just been started."""
-    deadline = monotonic_time() + patience
-    while True:
-        ok, why = _probe_once(address, secret, timeout)
-        if ok or not why.startswith("cannot reach") or monotonic_time() >= deadline:
-            return ok, why
-        time.sleep(0.5)
-
-
-def _probe_once(address: str, secret: str, timeout: float) -> tuple[bool, str]:
-    host, _, port = address.rpartition(":")
-    fernet = getEncryptor(secret)
-    key = os.urandom(32)
-    data = fernet.encrypt_at_time(zlib.compress(patches.dumps(key), 3),
-                                  int(monotonic_time()))
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(struct.pack("i", len(data)) + data)
-            head = _recv_exactly(sock, 4)
-            (size,) = struct.unpack("i", head)
-            if not 0 < size < 1 << 20:
-                return False, "not a pysyncobj frame"
-            reply = _recv_exactly(sock, size)
-    except (OSError, ValueError) as e:
-        return False, f"cannot reach it: {e}"
-    try:
-        message = patches.loads(zlib.decompress(fernet.decrypt(reply)))
-    except Exception:
-        return False, "it answers, but not with this cluster's secret"
-    if isinstance(message, tuple) and len(message) == 2 and message[0] == key:
-        return True, "ok"
-    return False, "unexpected handshake"
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise OSError("connection closed")
-        buf += chunk
-    return buf
-
-
-def member_status(address: str, secret: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """pysyncobj's status of the running member at ``address`` (its ``status`` utility
-    message, encrypted with ``secret``), or None when it does not answer so."""
-    try:
-        answer = TcpUtility(password=secret or None, timeout=timeout).executeCommand(
-            address, ["status"])
-    except (UtilityException, OSError, ValueError):
-        return None
-    return answer if isinstance(answer, dict) else None

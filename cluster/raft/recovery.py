@@ -6,7 +6,7 @@ rewrites that membership, on each survivor's data directory while the node is st
 survivors alone. Where pysyncobj keeps the membership, and what is rewritten:
 
 * the base set a node starts from: ``--peers``, or ``members.forced`` once forced (this
-  module writes it; :class:`~cluster.raft.RaftNode` prefers it to ``--peers``);
+  module writes it; :class:`~cluster.raft.node.RaftNode` prefers it to ``--peers``);
 * the snapshot (``raft.dump``) records the members at its index, and replaces the base;
 * membership entries in the journal (``add`` / ``rem``) are replayed on top: every one
   present at the time of forcing becomes a no-op (same index and term), so the journal
@@ -51,8 +51,8 @@ from typing import Any
 from pysyncobj.journal import FileJournal
 from pysyncobj.node import TCPNode
 
-from cluster import pysyncobj_patches as patches
 from cluster.commands import decode_batch
+from cluster.raft import patches
 
 FORCED_FILE = "members.forced"
 LOCK_FILE = "lock"

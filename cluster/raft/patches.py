@@ -15,7 +15,7 @@ safety fix silently do nothing. So:
   instance: it checks, when the replica is built, that every attribute it
   names is there, and fails loudly otherwise.
 
-Only cluster/raft.py and this module import pysyncobj.
+Only the modules of cluster/raft/ import pysyncobj.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from pysyncobj.pickle import to_bytes
 from pysyncobj.serializer import Serializer
 from pysyncobj.tcp_connection import TcpConnection
 
-from cluster import log_rules, tcp_patch
+from cluster import log_rules
+from cluster.raft import tcp
 from cluster.replica import MembershipResult
 
 VERSION = "0.3.17"
@@ -68,7 +69,7 @@ PATCHES: tuple[Patch, ...] = (
           "measured (+50-70 % throughput); ARCHITECTURE.md"),
     Patch("linear TCP buffers", "TcpConnection.__processSend/__processRead/__processParseMessage",
           "bytes buffers rebuilt on every partial send/recv are quadratic: a multi-MB entry "
-          "stalled a node for seconds and elections churned", "measured; cluster/tcp_patch.py"),
+          "stalled a node for seconds and elections churned", "measured; cluster/raft/tcp.py"),
     Patch("no pipe notifier", "syncobj.PIPE_NOTIFIER_ENABLED",
           "cross-thread wake-ups are useless: everything runs on the node's event loop", "-"),
     Patch("durable snapshot replace", "serializer.atomicReplace",
@@ -140,13 +141,13 @@ PATCHES: tuple[Patch, ...] = (
     Patch("incompressible frames stored, not deflated", "TcpConnection.send",
           "deflating a 20 MiB random body took 0.4 s of one loop turn per hop (forward, and "
           "once per follower); a frame whose sample does not shrink is stored (zlib level 0, "
-          "the receiver unchanged)", "issue 19 item 9; cluster/tcp_patch.py"),
+          "the receiver unchanged)", "issue 19 item 9; cluster/raft/tcp.py"),
     Patch("frames encoded as the socket takes them", "TcpConnection.send, __trySendBuffer",
           "a leader encrypted all 320 pieces of a 20 MiB entry for one follower, then for "
           "the next, in one loop turn (0.3 s idle, over 1 s on a busy machine: followers "
           "started elections); and bytes a send left waited for the next send to move on. "
           "Now 1 MiB per connection per turn, the rest on write events, which are asked for",
-          "issue 19 item 9; tests/cluster/test_pysyncobj_patches.py"),
+          "issue 19 item 9; tests/cluster/test_raft_patches.py"),
     Patch("a busy loop is not a silent peer", "TcpConnection.__processConnectionTimeout; "
           "__raftElectionDeadline (RaftNode.tick)",
           "after a loop stall the peers' bytes wait unread: pysyncobj dropped connections "
@@ -291,7 +292,7 @@ fast_gzip = types.SimpleNamespace(
 def check_version() -> None:
     installed = importlib.metadata.version("pysyncobj")
     if installed != VERSION or getattr(syncobj_module, "VERSION", None) != VERSION:
-        raise PatchError(f"pysyncobj {installed} is installed; cluster/pysyncobj_patches.py "
+        raise PatchError(f"pysyncobj {installed} is installed; cluster/raft/patches.py "
                          f"was written for {VERSION}: review every patch before changing the pin")
     missing = [f"{getattr(o, '__name__', o)}.{a}" for o, a in _MODULE_ATTRS if not hasattr(o, a)]
     if missing:
@@ -310,7 +311,7 @@ def install() -> None:
     setattr(serializer_module, "gzip", fast_gzip)  # noqa: B010
     ResizableFile.write = _reserving_write
     FileJournal.add = _journal_add
-    tcp_patch.install()
+    tcp.install()
     _installed = True
 
 
@@ -495,7 +496,7 @@ class Internals:
         return mm
 
 
-# --- instance patches: wired by cluster/raft.py when a replica is built ------------------
+# --- instance patches: wired by cluster/raft/node.py when a replica is built ------------------
 
 
 class Durability:

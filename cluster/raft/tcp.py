@@ -16,7 +16,7 @@ the receiver is unchanged). Frames are encoded (deflated, encrypted) as the sock
 takes them, a bounded amount per loop turn, so one peer's large entry does not hold
 the loop. Receiving, a frame's token is authenticated once, not twice.
 
-Imported only by cluster/pysyncobj_patches.py (PATCHES lists each change).
+Imported only by cluster/raft/patches.py (PATCHES lists each change).
 """
 
 from __future__ import annotations
