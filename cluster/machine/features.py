@@ -31,7 +31,6 @@ from typing import cast
 from cluster.effects import Deliver, Effect
 from cluster.machine import messages
 from cluster.machine.fifo import IdFifo
-from cluster.machine.qargs import needs_slow
 from cluster.machine.state import Channel, Consumer, Entry, Msg, Queue, State, entry_id
 from protocol.fields import PRIORITY, FieldError, octet_property
 
@@ -75,6 +74,12 @@ def prio_key(q: Queue, msg: Msg) -> int:
 def peek(q: Queue) -> Msg:
     """The head of a slow queue (whose entries are all Msg: see make_slow)."""
     return cast(Msg, q.returned[0][1] if q.returned else q.ready[0])
+
+
+def needs_slow(q: Queue) -> bool:
+    """Whether the queue's configuration alone needs the feature-aware paths."""
+    return (q.message_ttl is not None or q.max_length is not None
+            or q.max_length_bytes is not None or q.max_priority > 0 or q.consumer_priorities)
 
 
 def make_slow(q: Queue) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster.machine import errors as E
 from cluster.machine.errors import error, rs
+from cluster.machine.features import make_slow, needs_slow
 from cluster.machine.names import name_problem
 from cluster.machine.state import Queue
 
@@ -199,15 +200,7 @@ def configure(q: Queue) -> None:
     q.max_priority = args.get("x-max-priority") or 0
     q.single_active = args.get("x-single-active-consumer") is True
     if needs_slow(q) and not q.slow:
-        from cluster.machine.features import make_slow  # features builds on this module
-
         make_slow(q)
-
-
-def needs_slow(q: Queue) -> bool:
-    """Whether the queue's configuration alone needs the feature-aware paths."""
-    return (q.message_ttl is not None or q.max_length is not None
-            or q.max_length_bytes is not None or q.max_priority > 0 or q.consumer_priorities)
 
 
 def consumer_priority(args: dict[str, Any]) -> int:
