@@ -19,7 +19,7 @@ run: $(STAMP)
 test: $(STAMP) lint-deploy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/mypy tests bench
+	$(BIN)/mypy tests bench harness
 	$(BIN)/python -m pytest -q
 
 # 3 nodes on 127.0.0.1 (deploy/local-cluster.sh): AMQP CLUSTER_BASE_PORT..+2, management +10000,
@@ -42,7 +42,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
-	$(BIN)/mypy tests bench
+	$(BIN)/mypy tests bench harness
 
 # RaftMQ and RabbitMQ (installed from Debian by the harness if missing) side by side.
 bench: $(STAMP)

@@ -27,8 +27,8 @@ from typing import Any
 
 from bench import backlog
 from bench.loadgen import LoadConfig
-from tests.harness.rabbitmq import RabbitMQ, ensure_installed
-from tests.harness.raftmq import RaftMQNode
+from harness.rabbitmq import RabbitMQ, ensure_installed
+from harness.raftmq import RaftMQNode
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MiB = 2**20

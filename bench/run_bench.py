@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.run_bench [--sizes 100,4096] [--duration 20] [--runs 3]
                                         [--only raftmq|rabbitmq] [--raftmq-env KEY=VALUE ...]
 
-Each trial: start a fresh broker (RaftMQ: one node via tests.harness.RaftMQNode; RabbitMQ 3.x:
-tests.harness.RabbitMQ, durable classic queue), note its idle RSS, run bench.loadgen (one
+Each trial: start a fresh broker (RaftMQ: one node via harness.raftmq.RaftMQNode; RabbitMQ 3.x:
+harness.rabbitmq.RabbitMQ, durable classic queue), note its idle RSS, run bench.loadgen (one
 confirming producer, one acking consumer), sample its RSS during the load, note RSS after,
 stop it. The table shows per-(size, broker) medians over the runs; JSON with every trial goes to
 bench/results/<timestamp>.json. Every process started is stopped on exit, Ctrl-C or error.
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadConfig, run_load
-from tests.harness.procs import cpu_seconds, rss_bytes, system_busy_seconds
-from tests.harness.rabbitmq import RabbitMQ, ensure_installed
-from tests.harness.raftmq import REPO_ROOT, RaftMQNode
+from harness.procs import cpu_seconds, rss_bytes, system_busy_seconds
+from harness.rabbitmq import RabbitMQ, ensure_installed
+from harness.raftmq import REPO_ROOT, RaftMQNode
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MiB = 2**20

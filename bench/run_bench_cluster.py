@@ -51,10 +51,10 @@ from pamqp import commands as cmd
 
 from bench.loadgen import Consumer, LeanClient, LoadConfig, LoadResult, run_load
 from bench.run_bench import RESULTS_DIR, RssSampler, _fmt, _interrupt, _median, _versions
-from tests.harness.cluster import ClusterError, RaftMQCluster
-from tests.harness.procs import cpu_seconds, rss_bytes, system_busy_seconds
-from tests.harness.rabbitmq import RabbitMQCluster, ensure_installed
-from tests.harness.raftmq import REPO_ROOT
+from harness.cluster import ClusterError, RaftMQCluster
+from harness.procs import cpu_seconds, rss_bytes, system_busy_seconds
+from harness.rabbitmq import RabbitMQCluster, ensure_installed
+from harness.raftmq import REPO_ROOT
 
 MiB = 2**20
 N_NODES = 3
@@ -120,7 +120,7 @@ def drain(cfg: LoadConfig, idle_s: float = 3.0, limit_s: float = 60.0) -> list[i
 
 
 class RaftMQBench:
-    """tests.harness.cluster.RaftMQCluster: three RaftMQ nodes on loopback, Raft secret set."""
+    """harness.cluster.RaftMQCluster: three RaftMQ nodes on loopback, Raft secret set."""
 
     name = "raftmq"
 
@@ -178,7 +178,7 @@ class RaftMQBench:
 
 
 class RabbitMQBench:
-    """tests.harness.RabbitMQCluster (3 nodes, quorum queues)."""
+    """harness.rabbitmq.RabbitMQCluster (3 nodes, quorum queues)."""
 
     name = "rabbitmq"
 

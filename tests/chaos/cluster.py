@@ -1,4 +1,4 @@
-"""A RaftMQ cluster (``tests.harness.cluster.RaftMQCluster``) whose Raft links all pass through
+"""A RaftMQ cluster (``harness.cluster.RaftMQCluster``) whose Raft links all pass through
 the chaos proxy (``proxy.py``), and whose nodes run under the power-loss tracker
 (``powerloss.py``).
 
@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.harness.cluster import ClusterError, RaftMQCluster, http_json
-from tests.harness.ports import free_port
-from tests.harness.raftmq import RaftMQNode
+from harness.cluster import ClusterError, RaftMQCluster, http_json
+from harness.ports import free_port
+from harness.raftmq import RaftMQNode
 
 from .powerloss import SIDE_DIR_ENV
 from .proxy import LinkSpec, ProxyControl

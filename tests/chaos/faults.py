@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.cluster import ClusterError
-from tests.harness.raftmq import RaftMQNode
+from harness.cluster import ClusterError
+from harness.raftmq import RaftMQNode
 
 from .cluster import ChaosCluster
 from .powerloss import cut_back

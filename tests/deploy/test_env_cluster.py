@@ -31,8 +31,8 @@ from typing import Any
 import pika
 import pytest
 
+from harness.procs import log_tail, start_group, stop_group
 from tests.deploy import manifests
-from tests.harness.procs import log_tail, start_group, stop_group
 
 pytestmark = pytest.mark.timeout(120)
 

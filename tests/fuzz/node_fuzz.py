@@ -337,7 +337,7 @@ def fuzz(conversations: int, concurrency: int, seed: int, port: int | None = Non
     if port is not None:
         return asyncio.run(run(conversations, concurrency, seed, port, metrics_port or 15692,
                                None, None))
-    from tests.harness.raftmq import RaftMQNode
+    from harness.raftmq import RaftMQNode
 
     base = keep or Path(tempfile.mkdtemp(prefix="raftmq-node-fuzz-"))
     node = RaftMQNode(base / "data", log_path=base / "node.log",

@@ -12,7 +12,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from .raftmq import REPO_ROOT
+from harness.raftmq import REPO_ROOT
 
 PREVIOUS_RELEASE = "0.1.0"
 PREVIOUS_REVISION = "7acbfcb19ecb7bc5cab7114251eb9676501c7919"

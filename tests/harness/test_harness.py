@@ -10,11 +10,10 @@ import pika
 import pytest
 
 from bench.loadgen import LoadConfig, run_load
-
-from .ports import free_port, wait_amqp, wait_port
-from .procs import wait_gone
-from .rabbitmq import RabbitMQ, RabbitMQCluster
-from .raftmq import REPO_ROOT, RaftMQNode
+from harness.ports import free_port, wait_amqp, wait_port
+from harness.procs import wait_gone
+from harness.rabbitmq import RabbitMQ, RabbitMQCluster
+from harness.raftmq import REPO_ROOT, RaftMQNode
 
 
 def _publish_get(url: str) -> bytes | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.raftmq import REPO_ROOT, RaftMQNode
+from harness.raftmq import REPO_ROOT, RaftMQNode
 from tests.hostile import amqp_attacks, api_attacks
 from tests.hostile.target import NODE, PASSWORDS, Outcome, Target, request
 

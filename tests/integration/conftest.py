@@ -2,9 +2,9 @@
 
 The suite runs unchanged against either broker:
 
-* ``BROKER=raftmq`` (default): a RaftMQ node started by ``tests.harness.raftmq.RaftMQNode``,
+* ``BROKER=raftmq`` (default): a RaftMQ node started by ``harness.raftmq.RaftMQNode``,
   one per test module (``broker``) or one per test (``fresh_broker``, for kill/restart tests).
-* ``BROKER=rabbitmq``: one RabbitMQ 3.10 for the whole session (``tests.harness.rabbitmq``),
+* ``BROKER=rabbitmq``: one RabbitMQ 3.10 for the whole session (``harness.rabbitmq``),
   the reference the RaftMQ behaviour is checked against.
 * ``BROKER_URL=amqp://...`` additionally points the suite at an already running broker of kind
   ``BROKER`` (nothing is started; tests needing ``fresh_broker`` or the node are skipped).
@@ -88,7 +88,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def _start_raftmq(base: Path) -> Any:
-    from tests.harness.raftmq import RaftMQNode  # imported lazily: RabbitMQ runs don't need it
+    from harness.raftmq import RaftMQNode  # imported lazily: RabbitMQ runs don't need it
 
     data_dir = base / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def _rabbitmq_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brok
     if EXTERNAL_URL:
         yield _from_url("rabbitmq", EXTERNAL_URL)
         return
-    from tests.harness.rabbitmq import RabbitMQ
+    from harness.rabbitmq import RabbitMQ
     server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
     server.start()
     try:
@@ -136,7 +136,7 @@ def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
     if BROKER_KIND == "rabbitmq":
         if not RESTARTS_ON_RABBITMQ:
             pytest.skip("fresh_broker on RabbitMQ needs BROKER_RESTARTS=1")
-        from tests.harness.rabbitmq import RabbitMQ
+        from harness.rabbitmq import RabbitMQ
 
         server = RabbitMQ(tmp_path / "rabbitmq")
         server.start()

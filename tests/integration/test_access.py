@@ -17,9 +17,9 @@ import pika
 import pika.exceptions
 import pytest
 
+from harness.ports import free_port
+from harness.raftmq import RaftMQNode
 from tests.harness.api import Api, q
-from tests.harness.ports import free_port
-from tests.harness.raftmq import RaftMQNode
 from tests.harness.tls import TestCA
 from tests.integration.helpers import close_quietly, connect, consume_n, roundtrip_ok
 

@@ -17,8 +17,8 @@ import aio_pika
 import pika
 import pytest
 
+from harness.raftmq import RaftMQNode
 from tests.harness.api import Api
-from tests.harness.raftmq import RaftMQNode
 from tests.integration.helpers import close_quietly
 
 pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(90)]
@@ -162,7 +162,7 @@ def test_cli_sets_the_watermark(alarm_node: RaftMQNode, api: Api, tmp_path: Path
     import subprocess
     import sys
 
-    from tests.harness.raftmq import REPO_ROOT
+    from harness.raftmq import REPO_ROOT
 
     out = subprocess.run([sys.executable, "-m", "node", "set", "vm-memory-high-watermark",
                           "0.9", "--node", f"127.0.0.1:{alarm_node.management_port}"],

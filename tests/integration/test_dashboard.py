@@ -14,8 +14,8 @@ import pika
 import pika.exceptions
 import pytest
 
+from harness.raftmq import RaftMQNode
 from tests.harness.browser import ensure_chromium
-from tests.harness.raftmq import RaftMQNode
 
 pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(240)]
 

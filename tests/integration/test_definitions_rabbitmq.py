@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from harness.ports import free_port
+from harness.raftmq import RaftMQNode
 from tests.harness.api import Api, q
-from tests.harness.ports import free_port
-from tests.harness.raftmq import RaftMQNode
 
 pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(240)]
 
@@ -41,7 +41,7 @@ IDENTITY = ("internal_cluster_id", "cluster_name")  # RabbitMQ's own, not ours t
 
 def brokers(base: Path) -> Iterator[tuple[Api, Api]]:
     """A RaftMQ node and a RabbitMQ 3.10 with its management plugin: (ours, theirs)."""
-    from tests.harness.rabbitmq import RabbitMQ
+    from harness.rabbitmq import RabbitMQ
 
     rabbit = RabbitMQ(base / "rabbitmq", management_port=free_port())
     node = RaftMQNode(base / "raftmq" / "data", log_path=base / "raftmq" / "node.log")

@@ -118,7 +118,7 @@ def test_oversized_arguments_table_closes_only_its_channel(broker):
 
 @pytest.fixture(scope="module")
 def limited_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.harness.raftmq import RaftMQNode
+    from harness.raftmq import RaftMQNode
 
     base = tmp_path_factory.mktemp("limited")
     node = RaftMQNode(base / "data", log_path=base / "node.log",

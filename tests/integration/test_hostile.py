@@ -129,7 +129,7 @@ def test_utf8_names_work_end_to_end(broker, name):
 def quick_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if BROKER_KIND != "raftmq":
         pytest.skip("RaftMQ's handshake timeout is set per node; RabbitMQ's is 10 s")
-    from tests.harness.raftmq import RaftMQNode
+    from harness.raftmq import RaftMQNode
 
     base = tmp_path_factory.mktemp("quick")
     node = RaftMQNode(base / "data", extra_env={"RAFTMQ_HANDSHAKE_TIMEOUT": "1"},

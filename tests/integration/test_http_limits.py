@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.raftmq import RaftMQNode
 from tests.harness.api import Api
-from tests.harness.raftmq import RaftMQNode
 
 pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(90)]
 

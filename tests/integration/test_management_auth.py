@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.raftmq import RaftMQNode
+from harness.raftmq import RaftMQNode
 from tests.integration.test_access import Api
 
 pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(60)]

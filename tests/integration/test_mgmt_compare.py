@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from harness.ports import free_port
+from harness.raftmq import RaftMQNode
 from tests.harness.api import Api, q
-from tests.harness.ports import free_port
-from tests.harness.raftmq import RaftMQNode
 
 pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(180)]
 
@@ -31,7 +31,7 @@ missing_fields: dict[str, set[str]] = {}
 
 @pytest.fixture(scope="module")
 def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
-    from tests.harness.rabbitmq import RabbitMQ
+    from harness.rabbitmq import RabbitMQ
 
     base = tmp_path_factory.mktemp("mgmt-compare")
     rabbit = RabbitMQ(base / "rabbitmq", management_port=free_port())

@@ -24,8 +24,8 @@ from typing import Any
 import pika
 import pytest
 
+from harness.raftmq import RaftMQNode
 from tests.harness.api import Api, q
-from tests.harness.raftmq import RaftMQNode
 from tests.integration.helpers import close_quietly, connect
 
 pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(120)]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.ports import free_port
-from tests.harness.raftmq import RaftMQNode
+from harness.ports import free_port
+from harness.raftmq import RaftMQNode
 
 SECRET = {"RAFTMQ_CLUSTER_SECRET": "process-test-secret-0123456789"}
 

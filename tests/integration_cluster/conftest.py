@@ -1,4 +1,4 @@
-"""Fixtures for the multi-node suite: real RaftMQ clusters (``tests.harness.cluster``) on
+"""Fixtures for the multi-node suite: real RaftMQ clusters (``harness.cluster``) on
 loopback.
 
 * ``make_cluster(n=3, **env)``: a fresh cluster for this test, free to be killed; every node it
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.cluster import RaftMQCluster
+from harness.cluster import RaftMQCluster
 
 # Tunables for tests (each is also a node option, RAFTMQ_<NAME>); a test may override them.
 TEST_ENV = {

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from tests.harness.cluster import RaftMQCluster
-from tests.harness.raftmq import RaftMQNode
+from harness.cluster import RaftMQCluster
+from harness.raftmq import RaftMQNode
 from tests.integration.helpers import Collector, close_quietly, connect, pump, unique
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)

@@ -12,9 +12,9 @@ import pika
 import pika.exceptions
 import pytest
 
+from harness.cluster import RaftMQCluster
+from harness.ports import free_port
 from tests.harness.api import Api, q
-from tests.harness.cluster import RaftMQCluster
-from tests.harness.ports import free_port
 from tests.harness.tls import TestCA
 from tests.integration.helpers import close_quietly, connect, consume_n
 from tests.integration.test_access import tls_params

@@ -9,8 +9,8 @@ from typing import Any
 import pika
 import pytest
 
+from harness.cluster import RaftMQCluster
 from tests.harness.api import Api
-from tests.harness.cluster import RaftMQCluster
 from tests.integration.helpers import close_quietly
 
 pytestmark = pytest.mark.timeout(120)

@@ -20,7 +20,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from tests.harness.cluster import RaftMQCluster
+from harness.cluster import RaftMQCluster
 from tests.integration.helpers import close_quietly, connect, queue_depth, unique
 
 pytestmark = pytest.mark.timeout(120)

@@ -13,7 +13,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from tests.harness.cluster import RaftMQCluster
+from harness.cluster import RaftMQCluster
 from tests.integration.helpers import (
     Collector,
     close_quietly,

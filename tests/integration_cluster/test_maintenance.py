@@ -16,9 +16,9 @@ import pika
 import pika.exceptions
 import pytest
 
+from harness.cluster import RaftMQCluster
+from harness.raftmq import RaftMQNode
 from tests.harness.api import Api, q
-from tests.harness.cluster import RaftMQCluster
-from tests.harness.raftmq import RaftMQNode
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import aio_pika
 import pytest
 
-from tests.harness.cluster import RaftMQCluster, http_json
-from tests.harness.raftmq import REPO_ROOT, RaftMQNode
+from harness.cluster import RaftMQCluster, http_json
+from harness.raftmq import REPO_ROOT, RaftMQNode
 from tests.integration.helpers import (
     roundtrip_ok,
     unique,

@@ -17,8 +17,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from tests.harness.cluster import RaftMQCluster
-from tests.harness.raftmq import RaftMQNode
+from harness.cluster import RaftMQCluster
+from harness.raftmq import RaftMQNode
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -52,7 +52,7 @@ def _runner(argv: list[str]) -> Callable[..., str]:
 
 @pytest.fixture(scope="module")
 def rabbitmqadmin(follower: RaftMQNode) -> Callable[..., str]:
-    from tests.harness.rabbitmq import ensure_installed
+    from harness.rabbitmq import ensure_installed
 
     ensure_installed()  # Debian's rabbitmq-server package ships rabbitmqadmin
     exe = shutil.which("rabbitmqadmin")

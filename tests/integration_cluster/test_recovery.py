@@ -16,8 +16,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from tests.harness.cluster import RaftMQCluster
-from tests.harness.raftmq import RaftMQNode
+from harness.cluster import RaftMQCluster
+from harness.raftmq import RaftMQNode
 from tests.integration_cluster.test_maintenance import QUEUE, Publisher, drain_queue
 
 pytestmark = pytest.mark.timeout(240)

@@ -17,9 +17,9 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from tests.harness.cluster import RaftMQCluster
-from tests.harness.ports import free_port
-from tests.harness.raftmq import REPO_ROOT
+from harness.cluster import RaftMQCluster
+from harness.ports import free_port
+from harness.raftmq import REPO_ROOT
 from tests.integration.helpers import (
     Collector,
     close_quietly,

@@ -17,8 +17,8 @@ import pika
 import pytest
 
 from cluster.commands import LEVEL
-from tests.harness.cluster import RaftMQCluster
-from tests.harness.raftmq import REPO_ROOT, RaftMQNode
+from harness.cluster import RaftMQCluster
+from harness.raftmq import REPO_ROOT, RaftMQNode
 from tests.harness.releases import previous_release
 from tests.integration_cluster.test_maintenance import QUEUE, Publisher, drain_queue
 

@@ -19,8 +19,8 @@ from typing import Any
 import pika
 import pytest
 
-from tests.harness.cluster import RaftMQCluster
-from tests.harness.raftmq import RaftMQNode
+from harness.cluster import RaftMQCluster
+from harness.raftmq import RaftMQNode
 from tests.readme.readme import README, Shell, block_with, commands, mismatches, substitute
 from tests.readme.test_readme_single_node import clean_env
 

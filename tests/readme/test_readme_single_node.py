@@ -21,9 +21,9 @@ import pika
 import pika.exceptions
 import pytest
 
+from harness.ports import free_port, wait_amqp
+from harness.procs import stop_group
 from tests.harness.api import Api
-from tests.harness.ports import free_port, wait_amqp
-from tests.harness.procs import stop_group
 from tests.readme.readme import README, REPO, VENV_BIN, Shell, block, commands, mismatches
 
 pytestmark = pytest.mark.timeout(240)

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from harness.ports import free_port
 from node.broker import Broker
 from node.config import Config
 from node.mgmt.app import app
 from node.web import MAX_BODY
 from tests.cluster.fake_raft import FakeCluster
-from tests.harness.ports import free_port
 from tests.node.inproc import InProcessNode
 
 GUEST = ("guest", "guest")

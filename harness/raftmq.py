@@ -12,7 +12,7 @@ from types import TracebackType
 from .ports import free_port, wait_amqp
 from .procs import log_tail, rss_bytes, start_group, stop_group
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class RaftMQNode:
