@@ -127,7 +127,7 @@ class ChannelClose(Command):
 class ConnectionFlow(Command):
     """The node's socket to this client stopped (``active`` False) or resumed taking
     what is written to it: deliveries to the connection's channels wait meanwhile,
-    the messages staying in their queues (node/flow.py)."""
+    the messages staying in their queues (node/amqp/flow.py)."""
 
     conn: ConnKey
     active: bool
@@ -135,7 +135,7 @@ class ConnectionFlow(Command):
 
 @_command(8)
 class AlarmSet(Command):
-    """A node's memory or disk alarm (``resource``) went on or off (node/alarms.py).
+    """A node's memory or disk alarm (``resource``) went on or off (node/services/alarms.py).
     While any node has one, publishers are blocked cluster-wide. Ignored unless it is
     about the node's current life; a node recorded down or up again has none."""
 

@@ -25,13 +25,13 @@ from cluster.effects import Deliver, Effect, Fault
 from cluster.machine import access
 from cluster.proposer import Proposer, target
 from cluster.replica import RaftStatus, Replica
-from node.alarms import Alarms, Monitor, trim_heap
+from node.amqp.connection import AMQPConnection
+from node.amqp.login import Authenticator
+from node.amqp.passwords import SHA256, hash_password
 from node.config import Config, tls_context
-from node.connection import AMQPConnection
-from node.login import Authenticator
 from node.membership import MembershipWatch
-from node.metrics import Metrics
-from node.passwords import SHA256, hash_password
+from node.services.alarms import Alarms, Monitor, trim_heap
+from node.services.metrics import Metrics
 
 if TYPE_CHECKING:
     from node.mgmt.framework import ApiSession
@@ -57,7 +57,7 @@ FLOW_SCAN_SHARE = 20
 # State machine faults logged at most this many times per window (the rest are counted).
 FAULT_LOG_MAX = 10
 FAULT_LOG_S = 10.0
-# How often the node measures its memory and free disk (node/alarms.py).
+# How often the node measures its memory and free disk (node/services/alarms.py).
 ALARM_CHECK_S = 1.0
 
 
@@ -103,7 +103,7 @@ class Broker:
         self._tick_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._servers: list[asyncio.AbstractServer] = []
-        self.draining = False  # node/maintenance.py: out of service until it restarts
+        self.draining = False  # node/services/maintenance.py: out of service until it restarts
         self._last_tick_ms = 0
         self._last_idle_tick = time.monotonic()
         self._swept = 0.0
@@ -121,7 +121,7 @@ class Broker:
         self.alarms.incarnation = self.incarnation
         self._alarms_checked = 0.0
 
-    # --- what connections need (node.connection.Node) --------------------------------
+    # --- what connections need (node.amqp.connection.Node) --------------------------------
 
     def new_conn_no(self) -> int:
         self._next_conn += 1
@@ -195,7 +195,7 @@ class Broker:
         self.proposer.propose_once(cmd)
         self.wake()
 
-    # --- what metrics need (node.metrics.Source) -------------------------------------
+    # --- what metrics need (node.services.metrics.Source) -------------------------------------
 
     def connection_count(self) -> int:
         return len(self.connections)

@@ -10,7 +10,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from node import config, force_members
+from node import config
+from node.ops import force_members
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -181,10 +182,10 @@ def _main(argv: list[str] | None) -> int:
             return 2
         return serve(cfg)
     if args.command == "cluster" and args.action == "force-members":
-        from node import force_members
+        from node.ops import force_members
 
         return force_members.run(args)
-    from node import admin
+    from node.ops import admin
 
     api = admin.Api.from_args(args.node, args.user, args.password)
     if args.command == "node":
@@ -234,7 +235,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def serve(cfg: config.Config) -> int:
-    from node.alarms import fix_mmap_threshold
+    from node.services.alarms import fix_mmap_threshold
 
     fix_mmap_threshold()
     logging.basicConfig(
@@ -264,8 +265,8 @@ async def _start(broker: Broker) -> None:
 
 
 async def _run(cfg: config.Config) -> None:
-    from node import web
     from node.broker import Broker
+    from node.services import web
 
     log = logging.getLogger("raftmq")
     log.info("starting: %s", config.describe(cfg))

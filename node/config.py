@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from node import alarms, discovery
+from node.services import alarms, discovery
 
 
 class ConfigError(Exception):
@@ -189,7 +189,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("isolation_timeout", _seconds, "3",
            "cut off from the majority this long, a node closes its clients (320), s"),
     Option("log_level", _log_level, "info", "debug, info, warning or error"),
-    # Deployment: peer discovery and name resolution (node/discovery.py).
+    # Deployment: peer discovery and name resolution (node/services/discovery.py).
     Option("peer_discovery", discovery.parse_mode, "none",
            "none (use --node-id/--raft-address/--peers) or statefulset (derive them from the "
            "pod's hostname <statefulset>-<ordinal>)"),

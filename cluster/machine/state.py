@@ -344,7 +344,7 @@ class State:
     # (user, vhost, exchange) -> (write, read) regexes on routing keys, topic exchanges only
     topic_permissions: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
     bootstrapped: bool = False  # the default user was created (once, on a new cluster)
-    # (node, resource) of every memory/disk alarm in force (node/alarms.py)
+    # (node, resource) of every memory/disk alarm in force (node/services/alarms.py)
     alarms: dict[tuple[str, str], None] = field(default_factory=dict)
     acl_version: int = 0  # bumped by every change to users or permissions (caches key on it)
     # Counters for the management API's overview rates (RabbitMQ's message_stats).

@@ -1,6 +1,6 @@
 """Is that address a member of this cluster? The probe used before a membership change
 (``raftmq cluster add``, node/mgmt/members.py) and by ``raftmq cluster force-members``
-(node/force_members.py), apart from the running node (cluster/raft/node.py): it opens its
+(node/ops/force_members.py), apart from the running node (cluster/raft/node.py): it opens its
 own connection and speaks just enough of pysyncobj's protocol.
 """
 

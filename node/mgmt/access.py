@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from cluster import commands as C
+from node.amqp.passwords import ALGORITHMS, SHA256, hash_password, valid_hash
 from node.mgmt.framework import (
     MAX_TEXT_BYTES,
     PLACEHOLDER,
@@ -28,7 +29,6 @@ from node.mgmt.framework import (
     submit,
 )
 from node.mgmt.input import INT64_MAX, INT64_MIN, check_name, check_regex, check_short, check_text
-from node.passwords import ALGORITHMS, SHA256, hash_password, valid_hash
 
 routes = web.RouteTableDef()
 

@@ -3,7 +3,7 @@ node it serves (node/mgmt/framework.py Node) with its maintenance operations, an
 message-rate sampler that runs while the API is served.
 
 This is the one module of node/mgmt/ that knows the concrete node (node/broker.py) and
-node/maintenance.py; the resource modules see the node through the framework only."""
+node/services/maintenance.py; the resource modules see the node through the framework only."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from node import maintenance
 from node.mgmt import access, cluster, dashboard, definitions, health, members, objects
 from node.mgmt.framework import MAINTENANCE, NODE, RATES, Maintenance, Node
 from node.mgmt.rates import SAMPLE_S, Rates
+from node.services import maintenance
 
 if TYPE_CHECKING:
     from node.broker import Broker
@@ -38,7 +38,7 @@ def app(broker: Broker, client_max_size: int) -> web.Application:
 
 
 def operations(broker: Broker) -> Maintenance:
-    """node/maintenance.py's drain and leadership transfer, for ``broker``."""
+    """node/services/maintenance.py's drain and leadership transfer, for ``broker``."""
 
     async def drain() -> maintenance.DrainResult:
         return await maintenance.drain(broker)

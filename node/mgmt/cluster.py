@@ -1,6 +1,6 @@
 """Management API for the cluster as a whole: this node's status and resources, every
 member's own report (/api/nodes, asked over the members' management ports) and the
-maintenance operations (drain a node, move Raft leadership; node/maintenance.py)."""
+maintenance operations (drain a node, move Raft leadership; node/services/maintenance.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from aiohttp import web
 
 from cluster import commands as C
 from cluster import machine
-from node import alarms
 from node.mgmt.framework import (
     Node,
     Unreachable,
@@ -32,6 +31,7 @@ from node.mgmt.framework import (
     state,
     unavailable,
 )
+from node.services import alarms
 
 routes = web.RouteTableDef()
 
@@ -175,7 +175,7 @@ async def get_node(request: web.Request) -> web.Response:
 @routes.post("/api/nodes/{name}/drain")
 @needs("administrator")
 async def drain_node(request: web.Request) -> web.Response:
-    """RaftMQ's maintenance mode for one node (node/maintenance.py); asked of another
+    """RaftMQ's maintenance mode for one node (node/services/maintenance.py); asked of another
     node, the request goes to it."""
     node = node_of(request)
     name = request.match_info["name"]

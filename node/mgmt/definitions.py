@@ -50,6 +50,7 @@ from cluster import commands as C
 from cluster.machine import qargs
 from cluster.machine.state import DEFAULT_EXCHANGES
 from cluster.machine.topology import EXCHANGE_TYPES
+from node.amqp.passwords import ALGORITHMS, SHA256, valid_hash
 from node.mgmt import views
 from node.mgmt.access import (
     MAX_TAGS,
@@ -83,14 +84,13 @@ from node.mgmt.input import (
     check_short,
     check_text,
 )
-from node.passwords import ALGORITHMS, SHA256, valid_hash
 from protocol.errors import AMQPError
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 IMPORT_MAX_ITEMS = 100_000  # items per section of one import
-IMPORT_MAX_BYTES = 16 << 20  # node/web.py's client_max_size of the management port
+IMPORT_MAX_BYTES = 16 << 20  # node/services/web.py's client_max_size of the management port
 # Commands per Raft entry of an import: measured, 500 queue declarations apply in a few
 # ms on each replica, where one entry of 100,000 stalled the loop 3.8 s (issue 19).
 CHUNK = 500

@@ -42,18 +42,18 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from cluster import commands as C
 from cluster import effects as E
-from node.login import Accepted, Attempt, Refused, is_loopback
+from node.amqp.login import Accepted, Attempt, Refused, is_loopback
 from node.mgmt import listing as L
 from node.mgmt.input import InputError, parse_json
 
 if TYPE_CHECKING:
     from cluster.proposer import Proposer
     from cluster.replica import Replica
-    from node.alarms import Alarms
+    from node.amqp.connection import AMQPConnection
+    from node.amqp.login import Authenticator
     from node.config import Config
-    from node.connection import AMQPConnection
-    from node.login import Authenticator
     from node.mgmt.rates import Rates
+    from node.services.alarms import Alarms
 
 REALM = 'Basic realm="RabbitMQ Management"'
 APPLY_TIMEOUT_S = 10.0
@@ -74,7 +74,7 @@ class Node(Protocol):
     incarnation: int
     ready: bool
     isolated: bool
-    draining: bool  # node/maintenance.py: out of service until it restarts
+    draining: bool  # node/services/maintenance.py: out of service until it restarts
     raft: Replica  # the replicated state, Raft status, leadership, membership changes
     proposer: Proposer  # (which commands of a turn were left out: propose_and_wait)
     auth: Authenticator
@@ -84,7 +84,7 @@ class Node(Protocol):
 
     @property
     def alarm(self) -> str | None:
-        """Why publishers are blocked (node/alarms.py), None if they are not."""
+        """Why publishers are blocked (node/services/alarms.py), None if they are not."""
 
     def new_conn_no(self) -> int: ...
 
@@ -97,7 +97,7 @@ class Node(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Maintenance:
-    """The node's maintenance operations (node/maintenance.py), bound to it where the app
+    """The node's maintenance operations (node/services/maintenance.py), bound to it where the app
     is assembled (node/mgmt/app.py)."""
 
     drain: Callable[[], Awaitable[Any]]  # -> a DrainResult
@@ -253,7 +253,7 @@ async def body(request: web.Request, max_bytes: int = MAX_REQUEST_BYTES) -> dict
     """The request's JSON object (node/mgmt/input.py's rules: no NaN, bounded depth), of at
     most ``max_bytes`` (parsing costs the loop ~50 ms a MiB: a large body only where a
     large document is expected, a definitions import)."""
-    if not request.body_exists:  # (node/web.py has read it already: can_read_body is False)
+    if not request.body_exists:  # (node/services/web.py has read it already: can_read_body is False)
         return {}
     raw = await request.read()
     if len(raw) > max_bytes:

@@ -24,7 +24,7 @@ def guest_state() -> State:
     """A new cluster's state as every node starts it: the default user ``guest``
     (password ``guest``) with every permission on "/" (the Bootstrap command a node
     proposes at start-up)."""
-    from node.passwords import hash_password
+    from node.amqp.passwords import hash_password
 
     state = new_state()
     # a fixed salt: states built apart must compare equal

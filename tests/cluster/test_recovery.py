@@ -102,7 +102,7 @@ def _force(monkeypatch: pytest.MonkeyPatch, answers: Mapping[str, Mapping[str, o
     import argparse
 
     from cluster.raft import probe
-    from node import force_members
+    from node.ops import force_members
 
     asked: list[str] = []
 

@@ -1,4 +1,4 @@
-"""Peer discovery (node/discovery.py): pure functions, and config.load with discovery settings."""
+"""Peer discovery (node/services/discovery.py): pure functions, and config.load with discovery settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from node import cli, config, discovery
+from node import cli, config
+from node.services import discovery
 
 
 def load(env: dict[str, str], argv: list[str] = ()) -> config.Config:  # type: ignore[assignment]

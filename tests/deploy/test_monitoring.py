@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from cluster.replica import RaftStatus
-from node.alarms import Alarms, Limit, Monitor
-from node.metrics import DETAILED_FAMILIES, Metrics, detailed
+from node.services.alarms import Alarms, Limit, Monitor
+from node.services.metrics import DETAILED_FAMILIES, Metrics, detailed
 from tests.deploy import manifests
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"

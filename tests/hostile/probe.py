@@ -2,7 +2,7 @@
 
 Every 10 ms it sends ``tx.rollback`` on a transactional channel with nothing pending and
 waits for ``tx.rollback-ok``. The node answers that from its event loop alone (no Raft
-entry: node/session.py ``reply_in_order`` with nothing unsettled), so a round trip is the
+entry: node/amqp/session.py ``reply_in_order`` with nothing unsettled), so a round trip is the
 time the loop took to notice the request: its longest one is the longest stall of the
 node's loop seen from outside (plus this process's own scheduling, so an upper bound).
 

@@ -14,7 +14,7 @@ import pytest
 from pamqp import body, commands, header
 from pamqp import frame as pframe
 
-from node import session
+from node.amqp import session
 from tests.harness.api import Api
 from tests.integration.rawclient import RawClient
 

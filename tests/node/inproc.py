@@ -11,9 +11,9 @@ from typing import Any
 from pamqp import commands as spec
 from pamqp import frame as pframe
 
+from node.amqp.connection import AMQPConnection
 from node.broker import Broker
 from node.config import Config
-from node.connection import AMQPConnection
 from protocol.methods import build, encode_method
 from tests.cluster.fake_raft import FakeCluster
 

@@ -1,4 +1,4 @@
-"""node/alarms.py: limits as RabbitMQ writes them, the monitor's rules, and what the node
+"""node/services/alarms.py: limits as RabbitMQ writes them, the monitor's rules, and what the node
 tells the log and its connections."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from cluster import commands as C
 from cluster.machine import apply
 from cluster.machine.state import NodeInfo
 from node import config
-from node.alarms import (
+from node.services.alarms import (
     DISK,
     MEMORY,
     Alarms,

@@ -1,4 +1,4 @@
-"""node/auth.py: SASL responses and the login throttle, with an explicit clock."""
+"""node/amqp/auth.py: SASL responses and the login throttle, with an explicit clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from node.auth import LoginThrottle, RateLimitedLog, credentials
+from node.amqp.auth import LoginThrottle, RateLimitedLog, credentials
 
 
 @pytest.mark.parametrize("mechanism,response,expected", [

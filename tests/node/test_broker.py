@@ -260,7 +260,7 @@ async def test_a_connections_input_is_handled_a_budget_per_loop_turn(
     """5,000 basic.consume in one read: handled over several loop turns with the
     connection's reading paused meanwhile (another client is served in between), and
     every one of them is answered in the end."""
-    from node import connection as conn_mod
+    from node.amqp import connection as conn_mod
 
     monkeypatch.setattr(conn_mod, "TURN_BUDGET_S", 0.0)  # every TURN_CHECK_EVERY events
     node = await InProcessNode(asyncio.get_running_loop(),

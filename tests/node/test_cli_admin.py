@@ -1,5 +1,5 @@
 """The ``raftmq`` management commands' rough edges (issue 20, item 10), against canned
-API answers (node/admin.py's Api with its requests answered here) and, for the broken
+API answers (node/ops/admin.py's Api with its requests answered here) and, for the broken
 pipe, a real ``python -m node`` against a one-route HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from node import admin, cli
+from node import cli
+from node.ops import admin
 
 pytestmark = [pytest.mark.timeout(30)]
 

@@ -1,5 +1,5 @@
 """What one connection can make the node buffer, in-process on the in-memory log: its
-input ahead of what the cluster applied (node/session.py INPUT_WINDOW), and a message
+input ahead of what the cluster applied (node/amqp/session.py INPUT_WINDOW), and a message
 in progress during an alarm."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from pamqp import commands as spec
 from pamqp import frame as pframe
 
-from node import session
+from node.amqp import session
 from protocol.methods import build
 from tests.node.inproc import InProcessNode, _header
 

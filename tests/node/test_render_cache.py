@@ -1,8 +1,8 @@
-"""node.metrics.RenderCache: an unauthenticated scrape cannot take the loop."""
+"""node.services.metrics.RenderCache: an unauthenticated scrape cannot take the loop."""
 
 from __future__ import annotations
 
-from node.metrics import RenderCache
+from node.services.metrics import RenderCache
 
 
 class Clock:

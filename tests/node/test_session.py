@@ -1,4 +1,4 @@
-"""node/session.py without a socket: method translation, confirms, transactions."""
+"""node/amqp/session.py without a socket: method translation, confirms, transactions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pamqp import commands as spec
 
 from cluster import commands as C
 from cluster import effects as E
-from node import session
-from node.session import Session
+from node.amqp import session
+from node.amqp.session import Session
 from protocol import ServerConnection
 from protocol.errors import ChannelError
 from protocol.events import AckReceived, MessagePublished, MethodReceived

@@ -1,4 +1,4 @@
-"""The HTTP ports' guard (node/web.py, issue 19 item 7): half-open requests are closed,
+"""The HTTP ports' guard (node/services/web.py, issue 19 item 7): half-open requests are closed,
 slow bodies get 408, idle keep-alive connections are closed, connections beyond the
 limit are closed at once, bodies are bounded on every port, and a handler's unexpected
 exception is a short 500 logged once. On a real socket and this test's own loop, with
@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from node import web as node_web
-from node.web import HttpLimits
+from node.services import web as node_web
+from node.services.web import HttpLimits
 
 pytestmark = pytest.mark.timeout(60)
 

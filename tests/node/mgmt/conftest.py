@@ -17,7 +17,7 @@ from harness.ports import free_port
 from node.broker import Broker
 from node.config import Config
 from node.mgmt.app import app
-from node.web import MAX_BODY
+from node.services.web import MAX_BODY
 from tests.cluster.fake_raft import FakeCluster
 from tests.node.inproc import InProcessNode
 

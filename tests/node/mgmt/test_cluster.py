@@ -46,7 +46,7 @@ async def test_transfer_leadership(api, monkeypatch):
     assert await api("POST", "/api/cluster/transfer-leadership?to=n7") == (
         400, {"error": "bad_request", "reason": "n7 is not a member of the cluster"})
     # nobody takes over in time (the fake's transfer is refused): a 409 naming the leader
-    from node import maintenance
+    from node.services import maintenance
 
     monkeypatch.setattr(maintenance, "TRANSFER_TIMEOUT_S", 0.1)
     assert await api("POST", "/api/cluster/transfer-leadership") == (409, {

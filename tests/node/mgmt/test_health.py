@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from node import alarms
+from node.services import alarms
 
 pytestmark = pytest.mark.timeout(60)
 

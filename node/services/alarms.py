@@ -10,7 +10,7 @@
 A node watches its own resources (:class:`Monitor`, about once a second) and puts
 each change in the Raft log (``AlarmSet``), so every node knows every node's alarms.
 While any node of the cluster is in alarm, every node blocks its publishing
-connections (node/connection.py): it sends ``connection.blocked`` to clients that
+connections (node/amqp/connection.py): it sends ``connection.blocked`` to clients that
 announce that capability and stops reading from them; consumers go on consuming and
 acknowledging. Reading resumes, with ``connection.unblocked``, once no alarm is left.
 A node also blocks on its own alarms before the log has them (it may be cut off from

@@ -2,7 +2,7 @@
 timeouts and flow control.
 
 Bytes go to the sans-I/O :class:`protocol.connection.ServerConnection`; events on
-channels go to the connection's :class:`node.session.Session`, which turns them
+channels go to the connection's :class:`node.amqp.session.Session`, which turns them
 into commands for the Raft log and turns the effects of applied entries back
 into frames. What a connection needs from its node is the small
 :class:`Node` protocol (node/broker.py implements it).
@@ -24,11 +24,11 @@ from cluster import commands as c
 from cluster import effects as e
 from cluster.proposer import Proposer
 from cluster.replica import Replica
+from node.amqp.flow import FlowControl
+from node.amqp.login import Accepted, Attempt, Authenticator, Refused
+from node.amqp.session import Session
 from node.config import Config
-from node.flow import FlowControl
-from node.login import Accepted, Attempt, Authenticator, Refused
-from node.metrics import Metrics
-from node.session import Session
+from node.services.metrics import Metrics
 from protocol.connection import ServerConnection, server_properties
 from protocol.constants import (
     COMMAND_INVALID,
@@ -78,7 +78,7 @@ class Node(Protocol):
 
     @property
     def alarm(self) -> str | None:
-        """Why publishers are blocked (node/alarms.py), None if they are not."""
+        """Why publishers are blocked (node/services/alarms.py), None if they are not."""
 
     def new_conn_no(self) -> int: ...
 
@@ -230,7 +230,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def _writable(self, writable: bool) -> None:
         """The client stopped (or resumed) taking what we write: deliveries to it stop
-        in the state machine (node/flow.py)."""
+        in the state machine (node/amqp/flow.py)."""
         if self.opened and not self.closed:
             self.node.propose(c.ConnectionFlow(self.key, writable))
             self.session.set_writable(writable)
@@ -252,7 +252,7 @@ class AMQPConnection(asyncio.Protocol):
             self._stall_since = now
 
     def _hold_for_publishes(self, hold: bool) -> None:
-        """It sent INPUT_WINDOW bytes ahead of what is applied (node/session.py): read
+        """It sent INPUT_WINDOW bytes ahead of what is applied (node/amqp/session.py): read
         no more until its commands are."""
         if hold:
             self.pause_reading("publish")
@@ -399,7 +399,7 @@ class AMQPConnection(asyncio.Protocol):
     # --- login ---------------------------------------------------------------------
 
     def _authenticate(self, m: Any) -> None:
-        """connection.start-ok: the login (node/login.py), answered at once or after the
+        """connection.start-ok: the login (node/amqp/login.py), answered at once or after the
         throttle's delay; nothing more from the client is parsed meanwhile."""
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")

@@ -37,7 +37,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from node.auth import RateLimitedLog
+from node.amqp.auth import RateLimitedLog
 from node.mgmt import app as management
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ def metrics_app(broker: Broker) -> web.Application:
     @routes.get("/metrics/detailed")
     async def metrics_detailed(request: web.Request) -> web.Response:
         """rabbitmq_prometheus's per-queue endpoint: ?family=...&vhost=... (repeatable)."""
-        from node.metrics import DETAILED_FAMILIES
+        from node.services.metrics import DETAILED_FAMILIES
 
         families = set(request.query.getall("family", []))
         unknown = families - set(DETAILED_FAMILIES)
@@ -321,7 +321,7 @@ def metrics_app(broker: Broker) -> web.Application:
 
     @routes.get("/metrics/per-object")
     async def metrics_per_object(request: web.Request) -> web.Response:
-        from node.metrics import DETAILED_FAMILIES
+        from node.services.metrics import DETAILED_FAMILIES
 
         body = broker.metrics.render() + broker.metrics.detailed(set(DETAILED_FAMILIES), set())
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

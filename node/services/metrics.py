@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cluster.replica import RaftStatus
-from node.alarms import RESOURCES, Alarms
+from node.services.alarms import RESOURCES, Alarms
 
 
 class Source(Protocol):
@@ -62,7 +62,7 @@ class _StateCollector(Collector):
              "Bytes written to client sockets and not yet sent, all connections",
              sum(buffered)),
             ("raftmq_connection_output_max_bytes",
-             "The largest unsent output of one connection (bounded: node/flow.py)",
+             "The largest unsent output of one connection (bounded: node/amqp/flow.py)",
              max(buffered, default=0)),
         ):
             g = GaugeMetricFamily(name, doc)

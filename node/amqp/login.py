@@ -1,6 +1,6 @@
 """Logins: connection.start-ok's credentials checked against the replicated user
-table (salted hashes, node/passwords.py), through the per-address-and-user
-throttle (node/auth.py), logged and counted. PLAIN and AMQPLAIN check a
+table (salted hashes, node/amqp/passwords.py), through the per-address-and-user
+throttle (node/amqp/auth.py), logged and counted. PLAIN and AMQPLAIN check a
 password; EXTERNAL (on a TLS connection whose client certificate was verified)
 logs in as the certificate's common name, as RabbitMQ's
 rabbitmq_auth_mechanism_ssl does.
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from node.auth import LoginThrottle, RateLimitedLog, credentials
-from node.passwords import verify
+from node.amqp.auth import LoginThrottle, RateLimitedLog, credentials
+from node.amqp.passwords import verify
 from protocol.constants import ACCESS_REFUSED
 
 

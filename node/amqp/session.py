@@ -4,7 +4,7 @@ A :class:`Session` turns what a client sends on its channels into commands for
 the Raft log, and the effects applied entries address to those channels into
 frames: method translation, publisher confirms (coalesced with ``multiple``),
 transactions (a commit is one Raft entry), channel open/close bookkeeping. The
-connection (node/connection.py) owns the socket, the handshake on channel 0,
+connection (node/amqp/connection.py) owns the socket, the handshake on channel 0,
 heartbeats and flow control; tests drive a session with plain callables
 (tests/node/test_session.py).
 """
@@ -54,7 +54,7 @@ Propose = Callable[[c.Command], None]
 
 
 class SessionCounters(Protocol):
-    """What a session counts (node/metrics.py exports them)."""
+    """What a session counts (node/services/metrics.py exports them)."""
 
     published: int
     acked: int
