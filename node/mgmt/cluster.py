@@ -73,7 +73,7 @@ def resources(node: Node) -> dict[str, Any]:
         "disk_free": mon.disk_free, "disk_free_limit": mon.disk_free_limit,
         "disk_free_alarm": mon.active[alarms.DISK],
         "alarms": [{"node": n, "resource": resource} for n, resource in node.alarms.in_force()],
-        "publishers_blocked": node.alarm,
+        "publishers_blocked": node.alarms.reason,
     }
 
 

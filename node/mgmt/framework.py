@@ -82,10 +82,6 @@ class Node(Protocol):
     connections: dict[int, AMQPConnection]  # this node's client connections, by number
     api_sessions: dict[int, ApiSession]  # the API's own connections, by number
 
-    @property
-    def alarm(self) -> str | None:
-        """Why publishers are blocked (node/services/alarms.py), None if they are not."""
-
     def new_conn_no(self) -> int: ...
 
     def propose(self, cmd: C.Command) -> None: ...
