@@ -5,6 +5,13 @@ one :class:`FakeCluster` holds the log; each :class:`FakeRaft` is a node's view
 of it, with a replica of the machine applied entry by entry. The test decides
 everything a real network decides: who leads, which proposals are lost, when
 entries commit, whether a node is catching up, whether an apply is reported.
+
+Several nodes share one log (tests/node/inproc.py InProcessCluster): any node's
+proposal reaches the log while there is a leader (as pysyncobj forwards a
+follower's command to it), a committed entry wakes every other node attached to
+a loop (as the leader's AppendEntries wake a real replica), and a node that is
+``down`` (its process gone) or ``cut_off`` is unreachable to the others and
+counts against the quorum.
 """
 
 from __future__ import annotations
@@ -30,27 +37,45 @@ class FakeCluster:
         self.lose_proposals = False  # proposals vanish (a leader about to fail)
         self.nodes: dict[str, FakeRaft] = {}
 
-    def node(self, node_id: str) -> FakeRaft:
-        raft = self.nodes[node_id] = FakeRaft(self, node_id)
+    def node(self, node_id: str, address: str | None = None) -> FakeRaft:
+        """A node; ``address``: its Raft address, as peers name it (default: its id)."""
+        raft = self.nodes[node_id] = FakeRaft(self, node_id, address)
         return raft
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes, by: FakeRaft | None = None) -> None:
         if self.lose_proposals or self.leader is None:
             return
         self.log.append(data)
         if self.auto_commit:
             self.commit = len(self.log)
+            self.replicate(by)  # (the proposing node applies in its own flush)
 
     def commit_all(self) -> None:
         self.commit = len(self.log)
+        self.replicate()
+
+    def replicate(self, skip: FakeRaft | None = None) -> None:
+        """Wake every running node behind the commit index (but ``skip``) to apply."""
+        for raft in self.nodes.values():
+            if (raft is not skip and raft.wake is not None and not raft.down
+                    and raft.applied < self.commit):
+                raft.wake()
+
+    def reachable(self, raft: FakeRaft) -> bool:
+        return not raft.down and not raft.cut_off
+
+    def has_majority(self) -> bool:
+        """More than half the nodes are reachable."""
+        return 2 * sum(self.reachable(r) for r in self.nodes.values()) > len(self.nodes)
 
 
 class FakeRaft:
     """One node's replica: implements cluster.replica.Replica."""
 
-    def __init__(self, cluster: FakeCluster, node_id: str) -> None:
+    def __init__(self, cluster: FakeCluster, node_id: str, address: str | None = None) -> None:
         self.cluster = cluster
         self.node_id = node_id
+        self.address = address or node_id
         self.state = guest_state()  # as after the first node's Bootstrap
         self.store = store_of(self.state)  # message bytes, as the replica keeps them
         self.applied = 0  # entries of the log applied here
@@ -61,6 +86,8 @@ class FakeRaft:
         self.catching_up = False
         self.hide_applied = False  # an apply whose callback never arrives
         self.cut_off = False  # this node sees no leader
+        self.down = False  # its process is gone: it proposes and applies nothing
+        self.wake: Callable[[], None] | None = None  # its node's (attach)
         self._applied_seqs: list[int] = []
         self._out_of_order: list[int] = []
 
@@ -68,16 +95,20 @@ class FakeRaft:
 
     @property
     def leader(self) -> str | None:
-        return None if self.cut_off else self.cluster.leader
+        return None if self.cut_off or self.down else self.cluster.leader
 
     def propose(self, data: bytes) -> None:
+        if self.down:
+            return
         self.proposed.append(data)
         if not self.cut_off:
-            self.cluster.append(data)
+            self.cluster.append(data, by=self)
             self.dirty = True
 
     def tick(self) -> list[Effect]:
         effects: list[Effect] = []
+        if self.down:
+            return effects
         while self.applied < self.cluster.commit:
             batch = decode_batch(self.cluster.log[self.applied])
             self.applied += 1
@@ -120,10 +151,10 @@ class FakeRaft:
 
     @property
     def has_quorum(self) -> bool:
-        return not self.cut_off
+        return self.cluster.reachable(self) and self.cluster.has_majority()
 
     def attach(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
-        pass
+        self.wake = wake
 
     def postpone_election(self) -> None:
         pass
@@ -134,10 +165,12 @@ class FakeRaft:
                           self.has_quorum, members=(self.node_id,))
 
     def peers(self) -> list[str]:
-        return []
+        return [r.address for r in self.cluster.nodes.values() if r is not self]
 
     def is_connected(self, peer: str) -> bool:
-        return False
+        return self.cluster.reachable(self) and any(
+            r.address == peer and r is not self and self.cluster.reachable(r)
+            for r in self.cluster.nodes.values())
 
     def read(self, msg_id: int) -> Record:
         return self.store.read(msg_id)

@@ -1,6 +1,7 @@
 """A node in this process: a Broker on the in-memory log (tests/cluster/fake_raft.py)
 with connections on fake transports, so node logic is tested without subprocesses
-or sockets (uvicorn's protocol tests are the model)."""
+or sockets (uvicorn's protocol tests are the model). Several nodes share one log
+in an :class:`InProcessCluster` (tests/node/test_two_nodes.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from protocol.methods import build, encode_method
 from tests.cluster.fake_raft import FakeCluster
 
 HEADER = b"AMQP\x00\x00\x09\x01"
+# settle(): loop turns at most, after the first, for every replica to catch up
+CATCH_UP_TURNS = 100
 
 
 class FakeTransport(asyncio.Transport):
@@ -116,22 +119,73 @@ def _header(size: int) -> Any:
 
 
 class InProcessNode:
-    def __init__(self, loop: asyncio.AbstractEventLoop, **cfg: Any) -> None:
-        self.cluster = FakeCluster()
-        self.raft = self.cluster.node("n1")
-        self.broker = Broker(Config(node_id="n1", metrics_port=0, **cfg), loop, raft=self.raft)
+    """A node on ``cluster`` (default: a fake log of its own, where it leads)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, cluster: FakeCluster | None = None,
+                 node_id: str = "n1", **cfg: Any) -> None:
+        self.cluster = cluster if cluster is not None else FakeCluster()
+        self.raft = self.cluster.nodes.get(node_id) or self.cluster.node(node_id)
+        self.broker = Broker(Config(node_id=node_id, metrics_port=0, **cfg), loop, raft=self.raft)
+        self.stopped = False
 
     async def start(self) -> InProcessNode:
         await self.broker.start(timeout=5)
         return self
 
     async def settle(self, turns: int = 5) -> None:
-        """Let the loop run the node's flushes and ticks."""
+        """Let the loop run the node's flushes and ticks: ``turns`` turns, then (bounded)
+        until every running node on the log has applied what it committed."""
         for _ in range(turns):
+            await asyncio.sleep(0)
+        for _ in range(CATCH_UP_TURNS):
+            if all(r.applied >= self.cluster.commit for r in self.cluster.nodes.values()
+                   if r.wake is not None and not r.down):
+                return
             await asyncio.sleep(0)
 
     def client(self) -> Client:
         return Client(self)
 
     async def stop(self) -> None:
-        await self.broker.stop()
+        if not self.stopped:
+            self.stopped = True
+            await self.broker.stop()
+
+
+class InProcessCluster:
+    """``size`` nodes n1, n2, ... in this process on one fake Raft log; n1 leads.
+
+    Each node's Raft address is its id (what its NodeUp records and its peers name),
+    so the leader's membership watch sees the others as members, connected while
+    they run."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int = 2, **cfg: Any) -> None:
+        self.fake = FakeCluster()
+        self.nodes = {
+            f"n{i}": InProcessNode(loop, cluster=self.fake, node_id=f"n{i}",
+                                   raft_address=f"n{i}", **cfg)
+            for i in range(1, size + 1)}
+
+    def __getitem__(self, node_id: str) -> InProcessNode:
+        return self.nodes[node_id]
+
+    async def start(self) -> InProcessCluster:
+        for node in self.nodes.values():
+            await node.start()
+        await self.settle()
+        return self
+
+    async def settle(self, turns: int = 10) -> None:
+        await self.nodes["n1"].settle(turns)
+
+    async def crash(self, node_id: str) -> None:
+        """The node's process dies: from now on nothing it does reaches the log, it
+        applies nothing, and the others find it unreachable; its clients lose their
+        connections."""
+        node = self.nodes[node_id]
+        node.raft.down = True
+        await node.stop()  # (its ConnectionClose proposals are lost with it)
+
+    async def stop(self) -> None:
+        for node in reversed(self.nodes.values()):
+            await node.stop()
