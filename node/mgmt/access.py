@@ -28,15 +28,22 @@ from node.mgmt.framework import (
     state,
     submit,
 )
-from node.mgmt.input import INT64_MAX, INT64_MIN, check_name, check_regex, check_short, check_text
+from node.mgmt.input import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_TAGS,
+    USER_LIMITS,
+    VHOST_LIMITS,
+    check_name,
+    check_regex,
+    check_short,
+    check_text,
+)
+from node.mgmt.views import permission_json, topic_json, user_json
 
 routes = web.RouteTableDef()
 
-TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
-MAX_TAGS = 64  # of a user or a vhost
 DELETE_CHUNK = 500  # queues or exchanges deleted per Raft entry when a vhost is deleted
-VHOST_LIMITS = ("max-connections", "max-queues")
-USER_LIMITS = ("max-connections", "max-channels")
 
 
 def _tags(value: Any) -> tuple[str, ...]:
@@ -80,11 +87,6 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 # --- users -----------------------------------------------------------------------------
-
-
-def user_json(u: Any) -> dict[str, Any]:
-    return {"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": u.hashing,
-            "tags": list(u.tags), "limits": dict(u.limits)}
 
 
 @routes.get("/api/users")
@@ -240,15 +242,6 @@ async def _empty_vhost(request: web.Request, name: str) -> None:
 
 
 # --- permissions --------------------------------------------------------------------------
-
-
-def permission_json(key: tuple[str, str], p: Any) -> dict[str, Any]:
-    return {"user": key[0], "vhost": key[1], "configure": p.configure, "write": p.write,
-            "read": p.read}
-
-
-def topic_json(key: tuple[str, str, str], tp: tuple[str, str]) -> dict[str, Any]:
-    return {"user": key[0], "vhost": key[1], "exchange": key[2], "write": tp[0], "read": tp[1]}
 
 
 def _permissions(request: web.Request, user: str | None = None,

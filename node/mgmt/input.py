@@ -43,6 +43,10 @@ MAX_ARGUMENT_ITEMS = 1024  # keys and array elements at every level of one table
 MAX_ARGUMENTS_BYTES = 131072  # the default frame_max: the most an AMQP declare carries
 # Arguments whose value names an exchange or is a routing key: a short string each.
 NAME_ARGUMENTS = ("x-dead-letter-exchange", "x-dead-letter-routing-key", "alternate-exchange")
+MAX_TAGS = 64  # of a user or a vhost
+# the limits RaftMQ enforces (RabbitMQ's names), of a vhost and of a user
+VHOST_LIMITS = ("max-connections", "max-queues")
+USER_LIMITS = ("max-connections", "max-channels")
 
 
 class InputError(ValueError):

@@ -1,5 +1,5 @@
-"""The replicated state as the management API shows it: RabbitMQ 3.10's JSON for queues,
-exchanges, bindings, consumers and channels. Pure functions of the state (every node
+"""The replicated state as the management API shows it: RabbitMQ 3.10's JSON for users and
+permissions, queues, exchanges, bindings, consumers and channels. Pure functions of the state (every node
 answers the same, cluster-wide); the HTTP handlers are in node/mgmt/objects.py.
 """
 
@@ -56,6 +56,20 @@ class Viewer:
     def may_close(self, user: str) -> bool:
         """May close a connection of ``user`` (RabbitMQ: administrators, or its own)."""
         return self.admin or user == self.user
+
+
+def user_json(u: Any) -> dict[str, Any]:
+    return {"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": u.hashing,
+            "tags": list(u.tags), "limits": dict(u.limits)}
+
+
+def permission_json(key: tuple[str, str], p: Any) -> dict[str, Any]:
+    return {"user": key[0], "vhost": key[1], "configure": p.configure, "write": p.write,
+            "read": p.read}
+
+
+def topic_json(key: tuple[str, str, str], tp: tuple[str, str]) -> dict[str, Any]:
+    return {"user": key[0], "vhost": key[1], "exchange": key[2], "write": tp[0], "read": tp[1]}
 
 
 def jsonable(value: Any) -> Any:
