@@ -152,7 +152,7 @@ class _Replica(SyncObj):
 
     def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's name
         if self.hold_appends_until and monotonic_time() < self.hold_appends_until \
-                and self._isLeader():
+                and self._internals().is_leader():
             return
         super()._checkCommandsToApply()
 
@@ -189,7 +189,7 @@ class _Replica(SyncObj):
                 clearJournal = False
                 self.install_reply = snapshot[1][1] + 1
         previous = self.__dict__.get("state")
-        SyncObj._SyncObj__loadDumpFile(self, clearJournal)
+        self._internals().load_dump_file(clearJournal)
         if self.state is not previous:
             self._adopt_store(previous)
 
@@ -574,7 +574,7 @@ class RaftNode:
         if self._fsync:
             patches.hook_meta(internals.meta_storer())
         self._poller.after_event = self._durability.release_held  # type: ignore[method-assign]
-        patches.hook_next_index(internals, self._replica._isLeader)
+        patches.hook_next_index(internals, internals.is_leader)
         patches.hook_leader_lost(internals)
 
     def attach(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
@@ -619,7 +619,7 @@ class RaftNode:
         472396). Handed over at once, it goes to the leader the caller saw, as the batches
         before it did, and is resubmitted after them if that leader is gone."""
         self._replica.apply_batch(data)
-        self._replica._checkCommandsToApply()
+        self._internals.check_commands_to_apply()
 
     def tick(self) -> list[Effect]:
         """Run one non-blocking pysyncobj tick; return the effects applied in it.
@@ -725,7 +725,7 @@ class RaftNode:
 
     @property
     def leader(self) -> str | None:
-        leader = self._replica._getLeader()
+        leader = self._internals.leader()
         return leader.id if leader is not None else None
 
     def postpone_election(self) -> None:
@@ -757,7 +757,7 @@ class RaftNode:
         replica = self._replica
         if not replica.hasQuorum:
             return False
-        if not replica._isLeader():
+        if not self._internals.is_leader():
             return True
         since = monotonic_time() - self._contact_timeout
         heard = self._internals.last_response_time
@@ -767,7 +767,7 @@ class RaftNode:
 
     @property
     def is_leader(self) -> bool:
-        return bool(self._replica._isLeader())
+        return self._internals.is_leader()
 
     def is_connected(self, peer: str) -> bool:
         return any(n.id == peer and self._replica.isNodeConnected(n)

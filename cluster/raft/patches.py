@@ -5,15 +5,16 @@ or slow for a broker (the chaos suite found most of them). The fixes reach into
 its private, name-mangled attributes; a release that renamed one would make a
 safety fix silently do nothing. So:
 
-* :data:`PATCHES` lists each change: what it replaces, why, and the chaos seed or
-  test that needs it. The rules themselves are pure functions in
-  :mod:`cluster.log_rules`; :mod:`cluster.raft` wires them in.
-* :func:`install` applies the module-level patches, once, explicitly (nothing
-  happens at import), after checking the installed version is the one they were
-  written for and that every patched attribute exists.
-* :class:`Internals` is the only way to the private state of a ``SyncObj``
-  instance: it checks, when the replica is built, that every attribute it
-  names is there, and fails loudly otherwise.
+* :data:`PATCHES` lists each change: what it replaces, why, the chaos seed or test
+  that needs it, and its installer: what puts it in place (a function here or in
+  :mod:`cluster.raft.tcp`, or the hook of :mod:`cluster.raft.node` that wires it into
+  each replica). The rules themselves are pure functions in :mod:`cluster.log_rules`.
+* :func:`install` applies the module-level patches (the rows marked ``once``), once,
+  explicitly (nothing happens at import), after checking the installed version is the
+  one they were written for and that every patched attribute exists.
+* :class:`Internals` is the only way to the private state and private methods of a
+  ``SyncObj`` instance: it checks, when the replica is built, that every attribute and
+  method it names is there, and fails loudly otherwise.
 
 Only the modules of cluster/raft/ import pysyncobj.
 """
@@ -44,7 +45,6 @@ from pysyncobj.serializer import Serializer
 from pysyncobj.tcp_connection import TcpConnection
 
 from cluster import log_rules
-from cluster.raft import tcp
 from cluster.replica import MembershipResult
 
 VERSION = "0.3.17"
@@ -61,100 +61,129 @@ class Patch:
     replaces: str  # the pysyncobj attribute(s) involved
     why: str
     found_by: str  # chaos seed, test or measurement
+    # What puts it in place, as "module:qualified.name" (installer_of resolves it): with
+    # ``once``, a function :func:`install` calls (module-level, before any replica); else
+    # what wires it into each replica as it is built (cluster/raft/node.py).
+    installer: str = ""
+    once: bool = False
 
 
 PATCHES: tuple[Patch, ...] = (
     Patch("pickle protocol 5", "pysyncobj.pickle.__protocol",
           "protocol 2 turns bytes into text and back: 7.6 µs per 4 KiB message vs 0.5 µs",
-          "measured (+50-70 % throughput); ARCHITECTURE.md"),
+          "measured (+50-70 % throughput); ARCHITECTURE.md",
+          installer="cluster.raft.patches:install_pickle_protocol", once=True),
     Patch("linear TCP buffers", "TcpConnection.__processSend/__processRead/__processParseMessage",
           "bytes buffers rebuilt on every partial send/recv are quadratic: a multi-MB entry "
-          "stalled a node for seconds and elections churned", "measured; cluster/raft/tcp.py"),
+          "stalled a node for seconds and elections churned", "measured; cluster/raft/tcp.py",
+          installer="cluster.raft.tcp:install_buffers", once=True),
     Patch("no pipe notifier", "syncobj.PIPE_NOTIFIER_ENABLED",
-          "cross-thread wake-ups are useless: everything runs on the node's event loop", "-"),
+          "cross-thread wake-ups are useless: everything runs on the node's event loop", "-",
+          installer="cluster.raft.patches:install_no_pipe_notifier", once=True),
     Patch("durable snapshot replace", "serializer.atomicReplace",
           "snapshots were renamed into place without fsync: after a power loss the snapshot "
-          "could be empty while the journal entries it covers were compacted away", "seed 3000"),
+          "could be empty while the journal entries it covers were compacted away", "seed 3000",
+          installer="cluster.raft.patches:install_durable_replace", once=True),
     Patch("event-loop poller", "syncobj.createPoller (during construction only)",
-          "pysyncobj's sockets are served by the asyncio loop, not a poll thread", "design"),
+          "pysyncobj's sockets are served by the asyncio loop, not a poll thread", "design",
+          installer="cluster.raft.patches:with_poller"),
     Patch("journal tail kept on snapshot load", "SyncObj.__loadDumpFile (overridden)",
           "a journal holding the snapshot's last entry keeps the entries after it, at start-up "
           "and on install (Raft's rule; pysyncobj dropped entries the node may have "
-          "acknowledged)", "seeds 3000, 1029; log_rules.journal_trim_position"),
+          "acknowledged)", "seeds 3000, 1029; log_rules.journal_trim_position",
+          installer="cluster.raft.node:_Replica._SyncObj__loadDumpFile"),
     Patch("stale snapshot refused", "Serializer.setTransmissionData, __incomingTransmissionFile",
           "a follower installed a snapshot older than the state it had applied and re-ran "
-          "every later entry's effects", "seed 1029; log_rules.snapshot_is_stale"),
+          "every later entry's effects", "seed 1029; log_rules.snapshot_is_stale",
+          installer="cluster.raft.node:_Replica._hook_snapshot_install"),
     Patch("durable Raft meta", "FileJournal.__metaStorer.storeMeta",
           "term and vote were written without fsync: after a power loss a node could vote "
-          "twice in one term", "seed 3000 (strict power-loss model)"),
+          "twice in one term", "seed 3000 (strict power-loss model)",
+          installer="cluster.raft.patches:hook_meta"),
     Patch("fsync before acknowledging", "journal.add, transport.send",
           "a follower acknowledged entries that were only in an unflushed mmap: a confirm "
-          "did not mean 'on disk on a majority'", "chaos power-loss schedules"),
+          "did not mean 'on disk on a majority'", "chaos power-loss schedules",
+          installer="cluster.raft.patches:Durability"),
     Patch("fast election after the leader's connection closes",
           "transport on-disconnected callback, __raftElectionDeadline",
           "a killed leader's sockets close at once; waiting a whole election timeout after "
-          "the last heartbeat cost 0.5-1.25 s of unavailability", "measured failover"),
+          "the last heartbeat cost 0.5-1.25 s of unavailability", "measured failover",
+          installer="cluster.raft.patches:hook_leader_lost"),
     Patch("next index never moves back on success; reset ceiling",
           "transport on-message callback, __raftNextIndex",
           "rejections of pipelined appends undid the walk back to the last matching entry: a "
-          "deposed leader never caught up under traffic", "seed 2005; log_rules.ResetCeiling"),
+          "deposed leader never caught up under traffic", "seed 2005; log_rules.ResetCeiling",
+          installer="cluster.raft.patches:hook_next_index"),
     Patch("conflict answered with commit index + 1", "next_node_idx replies",
           "one round trip to resolve a diverged tail instead of one per entry",
-          "seed 2005; log_rules.conflict_reply_index"),
+          "seed 2005; log_rules.conflict_reply_index",
+          installer="cluster.raft.patches:Durability"),
     Patch("commit index after a snapshot chunk bounded", "__raftCommitIndex",
           "a snapshot chunk moved the commit index past what was installed",
-          "seed 201; log_rules.commit_after_snapshot_message"),
+          "seed 201; log_rules.commit_after_snapshot_message",
+          installer="cluster.raft.patches:hook_next_index"),
     Patch("leader quorum needs recent contact", "__lastResponseTime",
           "behind a black hole TCP stays 'connected': a cut-off leader kept its clients for "
-          "8 s", "seed 908683"),
+          "8 s", "seed 908683",
+          installer="cluster.raft.node:RaftNode.has_quorum"),
     Patch("election postponed after a loop stall", "__raftElectionDeadline, "
           "__generateRaftTimeout", "a stalled loop reads heartbeats late; without pre-vote "
           "this deposed healthy leaders (hundreds of terms under multi-MB messages)",
-          "measured with the client suites"),
+          "measured with the client suites",
+          installer="cluster.raft.node:RaftNode.postpone_election"),
     Patch("message store follows snapshots", "Serializer.serialize, checkSerializing, "
           "__pid", "the store's buffer is written out before the snapshot writer forks; store "
           "segments that died before a snapshot started are deleted once it is on disk",
-          "docs/storage.md"),
+          "docs/storage.md",
+          installer="cluster.raft.node:_Replica._hook_snapshot_writes"),
     Patch("journal pages let go", "FileJournal.__journalFile.__mm",
           "the journal is an mmap that grows and is read back rarely: its pages, once "
           "synced, are dropped from the process (madvise) so they do not count as its "
-          "memory", "bench/memory.py"),
+          "memory", "bench/memory.py",
+          installer="cluster.raft.node:RaftNode.release_pages"),
     Patch("snapshot compression level 1", "serializer.gzip",
           "snapshots were gzipped at level 9: 15 s for the 19 MiB index of 1,000,000 "
           "messages, while the log (bodies included) piled up in memory behind the writer; "
-          "level 1 takes 0.1 s for the same size on disk", "bench/memory.py"),
+          "level 1 takes 0.1 s for the same size on disk", "bench/memory.py",
+          installer="cluster.raft.patches:install_snapshot_gzip", once=True),
     Patch("appends held during a leadership transfer", "_checkCommandsToApply (_Replica)",
           "pysyncobj sends TimeoutNow only to a follower with every entry, which under load "
           "never held (transfers failed for 10 s), and an entry appended after it made the "
           "others refuse the target their votes (terms climbed, the old leader won again); "
           "held for at most 0.25 + 0.5 s, transfers take 10-20 ms with 1,500 msg/s running",
-          "tests/chaos/rolling.py"),
+          "tests/chaos/rolling.py",
+          installer="cluster.raft.node:_Replica._checkCommandsToApply"),
     Patch("proposals handed over at once", "_checkCommandsToApply",
           "a batch queued in pysyncobj across the start of an election reached the new leader "
-          "ahead of older resubmitted ones", "seed 472396"),
+          "ahead of older resubmitted ones", "seed 472396",
+          installer="cluster.raft.node:RaftNode.propose"),
     Patch("linear reassembly of large entries", "append_entries transmission pieces "
           "(transport on-message callback)",
           "a follower joined a large entry's 64 KiB pieces with bytes += (quadratic: 3.3 GB "
           "copied for 20 MiB), and a premature 'finish' piece raised out of the loop",
           "issue 19 item 9: 20 MiB messages, elections and 320s on every node; "
-          "tests/integration_cluster/test_big_messages.py"),
+          "tests/integration_cluster/test_big_messages.py",
+          installer="cluster.raft.patches:hook_next_index"),
     Patch("incompressible frames stored, not deflated", "TcpConnection.send",
           "deflating a 20 MiB random body took 0.4 s of one loop turn per hop (forward, and "
           "once per follower); a frame whose sample does not shrink is stored (zlib level 0, "
-          "the receiver unchanged)", "issue 19 item 9; cluster/raft/tcp.py"),
+          "the receiver unchanged)", "issue 19 item 9; cluster/raft/tcp.py",
+          installer="cluster.raft.tcp:install_send", once=True),
     Patch("frames encoded as the socket takes them", "TcpConnection.send, __trySendBuffer",
           "a leader encrypted all 320 pieces of a 20 MiB entry for one follower, then for "
           "the next, in one loop turn (0.3 s idle, over 1 s on a busy machine: followers "
           "started elections); and bytes a send left waited for the next send to move on. "
           "Now 1 MiB per connection per turn, the rest on write events, which are asked for",
-          "issue 19 item 9; tests/cluster/test_raft_patches.py"),
+          "issue 19 item 9; tests/cluster/test_raft_patches.py",
+          installer="cluster.raft.tcp:install_send", once=True),
     Patch("a busy loop is not a silent peer", "TcpConnection.__processConnectionTimeout; "
           "__raftElectionDeadline (RaftNode.tick)",
           "after a loop stall the peers' bytes wait unread: pysyncobj dropped connections "
           "for 'no data' and followers started elections before reading the heartbeats "
           "(terms 1 to 25 in a minute of 20 MiB messages); a connection with bytes waiting "
           "stays, a follower whose leader's connection is open restarts its timer",
-          "issue 19 item 9; tests/integration_cluster/test_big_messages.py"),
+          "issue 19 item 9; tests/integration_cluster/test_big_messages.py",
+          installer="cluster.raft.tcp:install_timeout", once=True),
     Patch(
         "disk errors stop the node", "ResizableFile.write, storeMeta, fdatasync",
         "a full disk made pysyncobj's mmap'd journal die of SIGBUS (a page of a sparse file "
@@ -162,12 +191,14 @@ PATCHES: tuple[Patch, ...] = (
         "node went on: blocks are now reserved (posix_fallocate) before the mapping grows, and "
         "any write or sync error stops the node with a message (the journal in memory would "
         "no longer be the one on disk; retrying an fsync after an error is unsafe)",
-        "chaos full-disk kind"),
+        "chaos full-disk kind",
+          installer="cluster.raft.patches:install_reserving_write", once=True),
     Patch("large journal writes without page faults", "FileJournal.add, ResizableFile.write",
           "a 20 MiB entry was joined twice (length + index + command + length) and copied "
           "into the mmap page by page: ~120 ms of the event loop per entry, on every node; "
           "now three writes, the large one a pwrite (the record format is unchanged)",
-          "issue 19 hostile-tenant suite (py-spy of a node taking 20 MiB messages)"),
+          "issue 19 hostile-tenant suite (py-spy of a node taking 20 MiB messages)",
+          installer="cluster.raft.patches:install_journal_add", once=True),
 )
 
 
@@ -261,7 +292,35 @@ _MODULE_ATTRS: tuple[tuple[Any, str], ...] = (
     (ResizableFile, "write"),
     (FileJournal, "add"),
     (FileJournal, "_FileJournal__setLastRecordOffset"),
+    (FileJournal, "_destroy"),
 )
+
+# Private instance attributes the replacements read or write (cluster/raft/tcp.py,
+# _reserving_write, _journal_add, Internals): a pysyncobj whose own code no longer names
+# one (in any method of the class, as read when this module was imported, before install()
+# replaced some) fails check_version.
+_INSTANCE_ATTRS: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (TcpConnection, ("writeBuffer", "readBuffer", "socket", "poller", "processConnection",
+                     "processConnectionTimeout", "lastReadTime", "timeout", "recvBufferSize")),
+    (FileJournal, ("journal", "journalFile", "currentOffset", "metaStorer",
+                   "setLastRecordOffset")),
+    (ResizableFile, ("mm", "f", "fileName", "resizeFactor")),
+    (Serializer, ("pid", "incomingTransmissionFile")),
+)
+
+
+def _names_in(cls: type) -> frozenset[str]:
+    """The mangled private names the methods of ``cls`` use."""
+    prefix = f"_{cls.__name__}__"
+    names: set[str] = set()
+    for value in vars(cls).values():
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            names.update(n for n in code.co_names if n.startswith(prefix))
+    return frozenset(names)
+
+
+_NAMES_USED = {cls: _names_in(cls) for cls, _ in _INSTANCE_ATTRS}
 
 _installed = False
 
@@ -295,23 +354,59 @@ def check_version() -> None:
         raise PatchError(f"pysyncobj {installed} is installed; cluster/raft/patches.py "
                          f"was written for {VERSION}: review every patch before changing the pin")
     missing = [f"{getattr(o, '__name__', o)}.{a}" for o, a in _MODULE_ATTRS if not hasattr(o, a)]
+    missing += [f"{cls.__name__}.__{a}" for cls, attrs in _INSTANCE_ATTRS for a in attrs
+                if f"_{cls.__name__}__{a}" not in _NAMES_USED[cls]]
     if missing:
         raise PatchError(f"pysyncobj {installed} lacks what the patches replace: {missing}")
 
 
+def install_pickle_protocol() -> None:
+    setattr(sync_pickle, "__protocol", 5)  # noqa: B010 - a module "private" global
+
+
+def install_no_pipe_notifier() -> None:
+    syncobj_module.PIPE_NOTIFIER_ENABLED = False
+
+
+def install_durable_replace() -> None:
+    setattr(serializer_module, "atomicReplace", durable_replace)  # noqa: B010
+
+
+def install_snapshot_gzip() -> None:
+    setattr(serializer_module, "gzip", fast_gzip)  # noqa: B010
+
+
+def install_reserving_write() -> None:
+    ResizableFile.write = _reserving_write
+
+
+def install_journal_add() -> None:
+    FileJournal.add = _journal_add
+
+
+def installer_of(patch: Patch) -> Any:
+    """The function, class or method a PATCHES row names as its installer."""
+    module, _, qualname = patch.installer.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def install() -> None:
-    """Apply the module-level patches (idempotent)."""
+    """Apply the module-level patches (idempotent): the installers of the PATCHES rows
+    marked ``once``, in table order, each once."""
     global _installed
     if _installed:
         return
     check_version()
-    setattr(sync_pickle, "__protocol", 5)  # noqa: B010 - a module "private" global
-    syncobj_module.PIPE_NOTIFIER_ENABLED = False
-    setattr(serializer_module, "atomicReplace", durable_replace)  # noqa: B010
-    setattr(serializer_module, "gzip", fast_gzip)  # noqa: B010
-    ResizableFile.write = _reserving_write
-    FileJournal.add = _journal_add
-    tcp.install()
+    done: list[Any] = []
+    for patch in PATCHES:
+        if patch.once:
+            fn = installer_of(patch)
+            if fn not in done:
+                fn()
+                done.append(fn)
     _installed = True
 
 
@@ -330,10 +425,6 @@ def dumps(obj: Any) -> bytes:
     return data
 
 
-def load(file: Any) -> Any:
-    return sync_pickle.load(file)
-
-
 def loads(data: bytes) -> Any:
     return sync_pickle.loads(data)
 
@@ -347,6 +438,11 @@ _RESULTS = {
     FAIL_REASON.LEADER_CHANGED: MembershipResult.LEADER_CHANGED,
     FAIL_REASON.REQUEST_DENIED: MembershipResult.DENIED,
 }
+
+
+def close_journal(journal: FileJournal) -> None:
+    """Close a journal opened outside a SyncObj (cluster/raft/recovery.py)."""
+    journal._destroy()
 
 
 def serializer_busy(serializer: Any) -> bool:
@@ -367,9 +463,12 @@ class Internals:
               "raftLeader", "raftElectionDeadline", "raftCommitIndex", "raftNextIndex",
               "raftCurrentTerm", "leaderCommitIndex", "lastResponseTime",
               "onNodeDisconnected", "onMessageReceived", "generateRaftTimeout")
+    # SyncObj's private methods called (below) or overridden (cluster/raft/node.py _Replica)
+    _METHODS = ("_isLeader", "_getLeader", "_checkCommandsToApply", "_SyncObj__loadDumpFile")
 
     def __init__(self, obj: SyncObj) -> None:
         missing = [a for a in self._ATTRS if not hasattr(obj, "_SyncObj__" + a)]
+        missing += [m for m in self._METHODS if not callable(getattr(SyncObj, m, None))]
         parts = (getattr(obj, "_SyncObj__serializer", None), getattr(obj, "_SyncObj__raftLog", None))
         for owner, attr in ((parts[0], "_Serializer__incomingTransmissionFile"),
                             (parts[0], "_Serializer__pid"), (parts[1], "add")):
@@ -455,6 +554,22 @@ class Internals:
     @election_deadline.setter
     def election_deadline(self, value: float) -> None:
         self._set("raftElectionDeadline", value)
+
+    # private methods
+    def is_leader(self) -> bool:
+        return bool(self._obj._isLeader())
+
+    def leader(self) -> Any:
+        """The leader's node object (None: no leader known)."""
+        return self._obj._getLeader()
+
+    def check_commands_to_apply(self) -> None:
+        """Hand proposals queued in pysyncobj to the log now (leader) or forward them."""
+        self._obj._checkCommandsToApply()
+
+    def load_dump_file(self, clear_journal: bool) -> None:
+        """pysyncobj's own snapshot loading (an override of it calls this)."""
+        SyncObj._SyncObj__loadDumpFile(self._obj, clear_journal)
 
     def random_election_timeout(self) -> float:
         value: float = self._get("generateRaftTimeout")()

@@ -53,6 +53,7 @@ from pysyncobj.node import TCPNode
 
 from cluster.commands import decode_batch
 from cluster.raft import patches
+from cluster.store import load_snapshot
 
 FORCED_FILE = "members.forced"
 LOCK_FILE = "lock"
@@ -231,8 +232,10 @@ def _commands_in(command: bytes) -> list[str]:
 
 
 def _read_snapshot(path: Path) -> Any:
+    """As the node reads it (cluster/store.py load_snapshot): a snapshot from before the
+    message store keeps the bytes its entries held when it is rewritten."""
     with open(path, "rb") as f, gzip.GzipFile(fileobj=f) as g:
-        return patches.load(g)
+        return load_snapshot(g)
 
 
 def read_forced(data_dir: Path) -> tuple[str, ...] | None:
@@ -267,7 +270,7 @@ def read_data_dir(data_dir: Path) -> LogInfo:
         commit = int(journal.getRaftCommitIndex())
         current_term = int(journal.getCurrentTerm())
     finally:
-        journal._destroy()
+        patches.close_journal(journal)
     if not entries:
         raise RecoveryError(f"the journal {journal_path} is empty")
     snapshot_index = int(snapshot[1][1]) if snapshot is not None else None
@@ -303,7 +306,7 @@ def _rewrite_journal(path: Path) -> int:
     try:
         entries = [old[i] for i in range(len(old))]
     finally:
-        old._destroy()
+        patches.close_journal(old)
     changed = sum(1 for c, _, _ in entries if _entry_kind(c) == _MEMBERSHIP)
     if not changed:
         return 0
@@ -315,7 +318,7 @@ def _rewrite_journal(path: Path) -> int:
             new.add(bytes([_NO_OP]) if _entry_kind(command) == _MEMBERSHIP else command, idx, term)
         new.flush()
     finally:
-        new._destroy()
+        patches.close_journal(new)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(str(tmp) + ".meta")  # (FileJournal's meta file: the real one stays)
     patches.durable_replace(str(tmp), str(path))

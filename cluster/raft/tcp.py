@@ -16,7 +16,8 @@ the receiver is unchanged). Frames are encoded (deflated, encrypted) as the sock
 takes them, a bounded amount per loop turn, so one peer's large entry does not hold
 the loop. Receiving, a frame's token is authenticated once, not twice.
 
-Imported only by cluster/raft/patches.py (PATCHES lists each change).
+Installed through cluster/raft/patches.py: PATCHES lists each change and names
+its installer here.
 """
 
 from __future__ import annotations
@@ -261,10 +262,22 @@ def _bytes_waiting(sock: socket.socket | None) -> bool:
         return False
 
 
-def install() -> None:
-    TcpConnection.send = _send
-    setattr(TcpConnection, _P + "trySendBuffer", _try_send_buffer)
-    setattr(TcpConnection, _P + "processConnectionTimeout", _process_connection_timeout)
+# Installers of PATCHES rows (cluster/raft/patches.py), called by its install().
+
+
+def install_buffers() -> None:
+    """Linear TCP buffers."""
     setattr(TcpConnection, _P + "processSend", _process_send)
     setattr(TcpConnection, _P + "processRead", _process_read)
     setattr(TcpConnection, _P + "processParseMessage", _process_parse_message)
+
+
+def install_send() -> None:
+    """Incompressible frames stored; frames encoded as the socket takes them."""
+    TcpConnection.send = _send
+    setattr(TcpConnection, _P + "trySendBuffer", _try_send_buffer)
+
+
+def install_timeout() -> None:
+    """A busy loop is not a silent peer."""
+    setattr(TcpConnection, _P + "processConnectionTimeout", _process_connection_timeout)

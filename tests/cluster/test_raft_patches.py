@@ -27,6 +27,32 @@ def test_every_patch_says_what_why_and_who_found_it() -> None:
         assert patch.name and patch.replaces and len(patch.why) > 20 and patch.found_by
 
 
+def test_every_patch_names_its_installer() -> None:
+    """Each row carries what puts it in place; install() runs exactly the ``once`` rows'
+    installers, and no installer of this package is missing from the table."""
+    import inspect
+
+    from cluster.raft import node
+
+    named = set()
+    for patch in P.PATCHES:
+        fn = P.installer_of(patch)
+        assert callable(fn) or isinstance(fn, property), patch.name
+        named.add(patch.installer)
+        if patch.once:  # module-level: a function of patches.py or tcp.py taking nothing
+            assert patch.installer.startswith(("cluster.raft.patches:install_",
+                                               "cluster.raft.tcp:install_")), patch.name
+            assert not inspect.signature(fn).parameters, patch.name
+    for module, prefix in ((P, "cluster.raft.patches"), (tcp_patch, "cluster.raft.tcp")):
+        for name, obj in vars(module).items():
+            if name.startswith(("install_", "hook_")) and inspect.isfunction(obj):
+                assert f"{prefix}:{name}" in named, f"{name} installs a patch PATCHES lacks"
+    assert "cluster.raft.node:_Replica._SyncObj__loadDumpFile" in named
+    assert node._Replica._SyncObj__loadDumpFile is not None
+    P.install()
+    assert tcp_patch._send is tcp_patch.TcpConnection.send  # (a once row's installer ran)
+
+
 def test_install_checks_the_version(monkeypatch: pytest.MonkeyPatch) -> None:
     P.check_version()  # the pinned one is installed
     monkeypatch.setattr(P.importlib.metadata, "version", lambda name: "0.3.18")
@@ -37,6 +63,18 @@ def test_install_checks_the_version(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_missing_attribute_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(P, "_MODULE_ATTRS", (*P._MODULE_ATTRS, (P.SyncObj, "_SyncObj__gone")))
     with pytest.raises(P.PatchError, match="_SyncObj__gone"):
+        P.check_version()
+
+
+def test_a_private_attribute_pysyncobj_no_longer_uses_fails_loudly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replacements read pysyncobj's private instance attributes (its write buffer, the
+    journal's mmap...): a release whose code no longer names one is refused."""
+    P.check_version()
+    used = dict(P._NAMES_USED)
+    used[P.TcpConnection] = used[P.TcpConnection] - {"_TcpConnection__writeBuffer"}
+    monkeypatch.setattr(P, "_NAMES_USED", used)
+    with pytest.raises(P.PatchError, match="TcpConnection.__writeBuffer"):
         P.check_version()
 
 

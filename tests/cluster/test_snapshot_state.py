@@ -134,3 +134,19 @@ def test_a_snapshot_from_before_the_store_gives_up_the_bytes_its_entries_held() 
 def test_a_test_machine_reads_through_its_store() -> None:
     m = dlx_machine()
     assert stored(m.state, 1)[3] == b"a0"
+
+
+def test_force_members_reads_a_snapshot_as_the_node_does(tmp_path: Any) -> None:
+    """force-members rewrites the snapshot it read (cluster/raft/recovery.py): one from
+    before the store keeps the bytes its entries held."""
+    import gzip
+
+    from cluster.raft import recovery
+
+    state = State()
+    data = _old_pickle(({"state": with_store(state, None)}, [Msg(3, 0)]), {3: (b"b", b"")})
+    path = tmp_path / "raft.dump"
+    with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb") as g:
+        g.write(data)
+    snap = recovery._read_snapshot(path)
+    assert take_store(snap[0]["state"]).read(3) == ("", "q", b"", b"b")
