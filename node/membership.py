@@ -49,10 +49,13 @@ CHECK_EVERY_S = 0.1
 # A check this much later than the previous one follows a stall of the loop.
 ISOLATION_LATE_S = 0.5
 LEVELS_EVERY_S = 2.0  # how often command levels are looked at (announcing, enabling)
-# While the cluster's level is below this release's, announce it again this often: a member
-# that ran the previous release skipped the others' announcements (an unknown command), and
-# once its log is compacted it never learns them, so replicas' level tables differ and a
-# leader that lacks one never enables the level (rolling upgrade test, level 3).
+# Replicas' level tables can differ: a member that ran the previous release skipped the
+# others' announcements (an unknown command), and once its log is compacted it never learns
+# them; a leader lacking one never enables the level (rolling upgrade test, level 3). So while
+# the cluster's level is below this release's, a member announces its level again at the next
+# look after anything that may have lost it elsewhere: another member announced or began a
+# life (it may have restarted from such a snapshot) or the leader changed (the new one may
+# lack it). The timer is only a backstop for an announcement lost with a leader change.
 REANNOUNCE_EVERY_S = 10.0
 
 
@@ -66,6 +69,7 @@ class MembershipWatch:
         self._proposed_down: set[tuple[str, int]] = set()
         self._levels_checked = 0.0
         self._announced = 0.0
+        self._heard: object = None  # what _news saw at the previous look
 
     def check(self) -> None:
         now = time.monotonic()
@@ -121,8 +125,8 @@ class MembershipWatch:
         self._levels_checked = now
         state = b.raft.state
         me = b.cfg.raft_address
-        if state.levels.get(me, 0) < LEVEL or (
-                state.level < LEVEL and now - self._announced >= REANNOUNCE_EVERY_S):
+        if state.levels.get(me, 0) < LEVEL or (state.level < LEVEL and (
+                self._news(state) or now - self._announced >= REANNOUNCE_EVERY_S)):
             self._announced = now
             b.propose_once(Supports(b.node_id, me, LEVEL))
         if not b.raft.is_leader or not b.raft.has_quorum:
@@ -132,6 +136,19 @@ class MembershipWatch:
         if common > state.level:
             log.info("every member understands command level %d: enabling it", common)
             b.propose_once(EnableLevel(common))
+
+    def _news(self, state: machine.State) -> bool:
+        """Whether, since the previous look, another member announced a level or began a
+        life, or the leader changed (REANNOUNCE_EVERY_S says why that matters)."""
+        b = self.broker
+        heard = (b.raft.leader,
+                 frozenset((a, lv) for a, lv in state.levels.items()
+                           if a != b.cfg.raft_address),
+                 frozenset((n, i.incarnation) for n, i in machine.nodes(state).items()
+                           if n != b.node_id))
+        news = self._heard is not None and heard != self._heard
+        self._heard = heard
+        return news
 
     def _check_peers(self, now: float) -> None:
         b = self.broker
