@@ -26,6 +26,7 @@ from cluster.machine import access
 from cluster.proposer import Proposer, target
 from cluster.replica import RaftStatus, Replica
 from node.amqp.connection import AMQPConnection
+from node.amqp.flow import Backlog
 from node.amqp.login import Authenticator
 from node.amqp.passwords import SHA256, hash_password
 from node.config import Config, tls_context
@@ -47,13 +48,6 @@ STALL_S = 0.2
 TICK_MIN_INTERVAL_MS = 20
 # How often connections are checked for handshake and frame timeouts.
 SWEEP_EVERY_S = 0.5
-# Acks stopped this long ago: consumers are stuck or gone, never block publishers on them.
-ACKS_STALLED_S = 0.25
-# Flow control looks at every queue at most this often, and the scan takes at most
-# 1/FLOW_SCAN_SHARE of the loop's time: a tenant with 100,000 queues makes it look less
-# often, not stall everyone (the scan is linear in the queues).
-FLOW_CHECK_S = 0.005
-FLOW_SCAN_SHARE = 20
 # State machine faults logged at most this many times per window (the rest are counted).
 FAULT_LOG_MAX = 10
 FAULT_LOG_S = 10.0
@@ -107,14 +101,13 @@ class Broker:
         self._last_tick_ms = 0
         self._last_idle_tick = time.monotonic()
         self._swept = 0.0
-        self._flow_paused: list[AMQPConnection] = []
-        self._flow_checked = 0.0
-        self._flow_every = FLOW_CHECK_S
+        # publishers paused while a consumed queue backs up (node/amqp/flow.py)
+        self.backlog = Backlog(cfg.flow_high_water, lambda: self.metrics.acked,
+                               lambda: machine.queue_stats(self.raft.state),
+                               self.connections.values)
         self._fault_window = 0.0
         self._faults_logged = 0
         self._faults_hidden = 0
-        self._acked_seen = 0
-        self._acked_at = 0.0
         self.alarms = Alarms(
             Monitor(cfg.vm_memory_high_watermark, cfg.disk_free_limit, cfg.data_dir),
             self.node_id, self.propose, lambda: self.raft.state.alarms, self._alarm_changed)
@@ -248,7 +241,7 @@ class Broker:
 
     def _tick(self) -> None:
         if self.proposer.run():
-            self._check_flow()
+            self.backlog.check()
 
     def _unencodable(self, cmd: Command) -> None:
         self.metrics.faults += 1
@@ -269,35 +262,6 @@ class Broker:
             self._last_tick_ms = now_ms
             self.propose(Tick())
 
-    def _check_flow(self) -> None:
-        """Pause reading from publishers while a consumed queue backs up.
-
-        Without this, publishing outruns delivery on one core and end-to-end
-        latency grows without bound (measured: seconds). Queues without
-        consumers may grow freely, as in RabbitMQ, and so may queues whose
-        consumers stopped acknowledging: pausing only helps while acks flow."""
-        high = self.cfg.flow_high_water
-        now = time.monotonic()
-        if not high or now - self._flow_checked < self._flow_every:
-            return
-        self._flow_checked = now
-        if self.metrics.acked != self._acked_seen:
-            self._acked_seen, self._acked_at = self.metrics.acked, now
-        worst = max((ready for _, _, ready, _, consumers in machine.queue_stats(self.raft.state)
-                     if consumers), default=0)
-        self._flow_every = max(FLOW_CHECK_S, FLOW_SCAN_SHARE * (time.monotonic() - now))
-        if now - self._acked_at > ACKS_STALLED_S:
-            worst = 0
-        if not self._flow_paused and worst > high:
-            recent = now - 1.0
-            self._flow_paused = [c for c in self.connections.values() if c.last_publish > recent]
-            for conn in self._flow_paused:
-                conn.pause_reading("flow")
-        elif self._flow_paused and worst <= high // 2:
-            for conn in self._flow_paused:
-                conn.resume_reading("flow")
-            self._flow_paused = []
-
     def _idle_tick(self) -> None:
         now = time.monotonic()
         if now - self._last_idle_tick > STALL_S:
@@ -308,7 +272,7 @@ class Broker:
             if not self.proposer.holding:
                 self.raft.collect()  # every effect applied so far is written
             self.proposer.resubmit_late()
-            self._check_flow()
+            self.backlog.check()
             if now - self._swept >= SWEEP_EVERY_S:
                 self._swept = now
                 for conn in list(self.connections.values()):

@@ -24,6 +24,7 @@ from cluster import commands as c
 from cluster import effects as e
 from cluster.proposer import Proposer
 from cluster.replica import Replica
+from node.amqp import flow
 from node.amqp.flow import FlowControl
 from node.amqp.login import Accepted, Attempt, Authenticator, Refused
 from node.amqp.session import Session
@@ -125,7 +126,6 @@ class AMQPConnection(asyncio.Protocol):
         self.closed = False
         self._released = False  # unregistered, its ConnectionClose proposed
         self._draining = False  # close-ok sent: input is read and discarded
-        self.blocked = False  # held by an alarm (reading paused, connection.blocked sent)
         self.client_properties: dict[str, Any] = {}
         self.peer: tuple[Any, ...] | None = None
         self.tls = False
@@ -161,7 +161,7 @@ class AMQPConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
-        self.flow = FlowControl(transport, self._writable)
+        self.flow = FlowControl(transport, self._writable, self._reading_resumed)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -225,8 +225,8 @@ class AMQPConnection(asyncio.Protocol):
             self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.flow is not None and self.flow.resume_writing():
-            self._reading_resumed()
+        if self.flow is not None:
+            self.flow.resume_writing()
 
     def _writable(self, writable: bool) -> None:
         """The client stopped (or resumed) taking what we write: deliveries to it stop
@@ -235,13 +235,14 @@ class AMQPConnection(asyncio.Protocol):
             self.node.propose(c.ConnectionFlow(self.key, writable))
             self.session.set_writable(writable)
 
-    def pause_reading(self, reason: str = "flow") -> None:
+    def pause_reading(self, reason: str) -> None:
+        """Read nothing more for ``reason`` (node/amqp/flow.py REASONS) until it is lifted."""
         if self.flow is not None and not self.closed:
             self.flow.pause_reading(reason)
 
-    def resume_reading(self, reason: str = "flow") -> None:
-        if self.flow is not None and self.flow.resume_reading(reason):
-            self._reading_resumed()
+    def resume_reading(self, reason: str) -> None:
+        if self.flow is not None:
+            self.flow.resume_reading(reason)
 
     def _reading_resumed(self) -> None:
         # Our pause, not the client's silence: neither a stalled frame nor missed
@@ -255,9 +256,9 @@ class AMQPConnection(asyncio.Protocol):
         """It sent INPUT_WINDOW bytes ahead of what is applied (node/amqp/session.py): read
         no more until its commands are."""
         if hold:
-            self.pause_reading("publish")
+            self.pause_reading(flow.PUBLISH)
         else:
-            self.resume_reading("publish")
+            self.resume_reading(flow.PUBLISH)
 
     @property
     def reading_paused(self) -> bool:
@@ -318,7 +319,7 @@ class AMQPConnection(asyncio.Protocol):
         handled, one budget per loop turn (other connections and Raft in between)."""
         if not self._turn_held:
             self._turn_held = True
-            self.pause_reading("turn")
+            self.pause_reading(flow.TURN)
             self.node.loop.call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
@@ -327,7 +328,7 @@ class AMQPConnection(asyncio.Protocol):
             return
         self._process()
         if not self._turn_held:
-            self.resume_reading("turn")
+            self.resume_reading(flow.TURN)
 
     def _on_channel_zero(self, ev: Any) -> None:
         if type(ev) is MethodReceived:
@@ -369,32 +370,20 @@ class AMQPConnection(asyncio.Protocol):
 
     # --- alarms ----------------------------------------------------------------------
 
-    def alarm(self, reason: str | None, publishing: bool = False) -> None:
-        """An alarm in the cluster (``reason``) or none any more. As RabbitMQ does, only a
-        connection that publishes (``publishing``: it is sending a content now) is
-        blocked: it is no longer read (its acks neither), and a client that announced
-        the capability gets connection.blocked / unblocked."""
-        if self.closed or not self.opened:
-            return
-        if reason is None:
-            if self.blocked:
-                self.blocked = False
-                if self._announces("connection.blocked"):
-                    self._write(self.proto.send_method(0, build(spec.Connection.Unblocked)))
-                    self._flush_writes()
-                self.resume_reading("alarm")
-            return
-        if self.blocked or not (self.session.last_publish or publishing):
-            return  # not a publisher (yet): blocked at its first content frame
-        self.blocked = True
-        self.pause_reading("alarm")
-        if self._announces("connection.blocked"):
-            self._write(self.proto.send_method(0, build(spec.Connection.Blocked, reason)))
-            self._flush_writes()
+    @property
+    def blocked(self) -> bool:
+        """Held by an alarm (node/amqp/flow.py)."""
+        return self.flow is not None and self.flow.blocked
 
-    def _announces(self, capability: str) -> bool:
-        caps = self.client_properties.get("capabilities")
-        return isinstance(caps, dict) and caps.get(capability) is True
+    def alarm(self, reason: str | None, publishing: bool = False) -> None:
+        """An alarm in the cluster (``reason``) or none any more; ``publishing``: it is
+        sending a content now. Blocked or not, and told or not: node/amqp/flow.py."""
+        if self.closed or not self.opened or self.flow is None:
+            return
+        notice = self.flow.alarm(reason, publishing or bool(self.session.last_publish))
+        if notice is not None:
+            self._write(self.proto.send_method(0, notice))
+            self._flush_writes()
 
     # --- login ---------------------------------------------------------------------
 
@@ -406,6 +395,8 @@ class AMQPConnection(asyncio.Protocol):
         # RabbitMQ ignores a capabilities value that is not a table; so do we.
         self.session.cancel_notify = (isinstance(caps, dict)
                                       and caps.get("consumer_cancel_notify") is True)
+        if self.flow is not None:
+            self.flow.notify = isinstance(caps, dict) and caps.get("connection.blocked") is True
         step = self.node.auth.start(self.peer, m.mechanism, m.response, self.certificate_user)
         if isinstance(step, Refused):
             self._login_refused(step)
@@ -440,7 +431,7 @@ class AMQPConnection(asyncio.Protocol):
     def _hold(self, delay: float, then: Callable[[], None]) -> None:
         """Read nothing more (and parse nothing buffered) for ``delay`` s, then ``then``."""
         self._auth_pending = True
-        self.pause_reading("login")
+        self.pause_reading(flow.LOGIN)
 
         def resume() -> None:
             self._auth_timer = None
@@ -449,7 +440,7 @@ class AMQPConnection(asyncio.Protocol):
                 return
             then()
             if not self.closed and not self._auth_pending:
-                self.resume_reading("login")
+                self.resume_reading(flow.LOGIN)
                 self._process()  # frames the client pipelined behind its start-ok
             self._flush_writes()
 
