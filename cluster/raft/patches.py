@@ -95,7 +95,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("stale snapshot refused", "Serializer.setTransmissionData, __incomingTransmissionFile",
           "a follower installed a snapshot older than the state it had applied and re-ran "
           "every later entry's effects", "seed 1029; log_rules.snapshot_is_stale",
-          installer="cluster.raft.node:_Replica._hook_snapshot_install"),
+          installer="cluster.raft.snapshots:Snapshots.hook_install"),
     Patch("durable Raft meta", "FileJournal.__metaStorer.storeMeta",
           "term and vote were written without fsync: after a power loss a node could vote "
           "twice in one term", "seed 3000 (strict power-loss model)",
@@ -135,7 +135,7 @@ PATCHES: tuple[Patch, ...] = (
           "__pid", "the store's buffer is written out before the snapshot writer forks; store "
           "segments that died before a snapshot started are deleted once it is on disk",
           "docs/storage.md",
-          installer="cluster.raft.node:_Replica._hook_snapshot_writes"),
+          installer="cluster.raft.snapshots:Snapshots.hook_writes"),
     Patch("journal pages let go", "FileJournal.__journalFile.__mm",
           "the journal is an mmap that grows and is read back rarely: its pages, once "
           "synced, are dropped from the process (madvise) so they do not count as its "

@@ -291,4 +291,5 @@ def test_only_cluster_raft_imports_pysyncobj() -> None:
     assert {p for p in importers if not p.startswith("cluster/raft/")} == set()
     assert importers == {"cluster/raft/node.py", "cluster/raft/patches.py",
                          "cluster/raft/probe.py", "cluster/raft/recovery.py",
+                         "cluster/raft/snapshots.py",
                          "cluster/raft/tcp.py"}
