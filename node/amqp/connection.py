@@ -1,11 +1,14 @@
-"""One client connection: the socket, the handshake on channel 0, heartbeats,
-timeouts and flow control.
+"""One client connection: the socket, its timers, and the objects that decide.
 
-Bytes go to the sans-I/O :class:`protocol.connection.ServerConnection`; events on
-channels go to the connection's :class:`node.amqp.session.Session`, which turns them
-into commands for the Raft log and turns the effects of applied entries back
-into frames. What a connection needs from its node is the small
-:class:`Node` protocol (node/broker.py implements it).
+Bytes go to the sans-I/O :class:`protocol.connection.ServerConnection`. Events on
+channel 0 go to a :class:`node.amqp.handshake.Handshake` (the login, tune, open,
+close), events on other channels to the connection's
+:class:`node.amqp.session.Session`, which turns them into commands for the Raft log
+and turns the effects of applied entries back into frames. Heartbeats and timeouts
+are decided by :class:`node.amqp.heartbeat.Liveness`, flow control by
+:class:`node.amqp.flow.FlowControl`; none of them has a socket or a timer, this
+module carries out what they decide. What a connection needs from its node is the
+small :class:`Node` protocol (node/broker.py implements it).
 """
 
 from __future__ import annotations
@@ -18,40 +21,27 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from pamqp import commands as spec
-
 from cluster import commands as c
 from cluster import effects as e
 from cluster.proposer import Proposer
 from cluster.replica import Replica
 from node.amqp import flow
+from node.amqp import handshake as hs
 from node.amqp.flow import FlowControl
-from node.amqp.login import Accepted, Attempt, Authenticator, Refused
+from node.amqp.handshake import Handshake
+from node.amqp.heartbeat import MISSED, SEND, Liveness
+from node.amqp.login import Authenticator
 from node.amqp.session import Session
 from node.config import Config
 from node.services.metrics import Metrics
-from protocol.connection import ServerConnection, server_properties
-from protocol.constants import (
-    COMMAND_INVALID,
-    FRAME_ERROR,
-    INTERNAL_ERROR,
-    NOT_ALLOWED,
-)
+from protocol.connection import ServerConnection
+from protocol.constants import FRAME_ERROR, INTERNAL_ERROR
 from protocol.errors import AMQPConnectionError, BadProtocolHeader, ChannelError
-from protocol.events import (
-    NEED_DATA,
-    HeartbeatReceived,
-    MessagePublished,
-    MethodReceived,
-    ProtocolHeaderReceived,
-)
+from protocol.events import NEED_DATA, MessagePublished
 from protocol.frames import HEARTBEAT
-from protocol.methods import build
 
 log = logging.getLogger(__name__)
 
-PRODUCT = "RaftMQ"
-VERSION = "0.1.0"
 # How long a server-initiated close waits for the client's close-ok.
 CLOSE_TIMEOUT_S = 2.0
 # One connection's input handled in one loop turn: at most this long, then the rest in
@@ -112,8 +102,10 @@ class AMQPConnection(asyncio.Protocol):
             heartbeat=self.cfg.heartbeat,
         )
         self._out: list[bytes | memoryview] = []  # one writelines per flush
+        self.liveness = Liveness(self.cfg.handshake_timeout)  # node/amqp/heartbeat.py
+        self.handshake = Handshake(self.proto, node.auth, node.may_open)
         self.session = Session(self.key, self.proto, node.propose, node.after_apply,
-                               self._write, node.metrics, clock=lambda: self._last_recv,
+                               self._write, node.metrics, clock=lambda: self.liveness.last_recv,
                                flush=self._flush_writes, may_open_channel=node.may_open_channel,
                                turn=node.proposer.turn, settled=node.proposer.settled,
                                hold_reading=self._hold_for_publishes,
@@ -121,28 +113,17 @@ class AMQPConnection(asyncio.Protocol):
         self.session.max_consumers = self.cfg.max_consumers_per_channel
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
-        self.vhost = ""
         self.opened = False  # connection.open done and proposed
         self.closed = False
         self._released = False  # unregistered, its ConnectionClose proposed
         self._draining = False  # close-ok sent: input is read and discarded
-        self.client_properties: dict[str, Any] = {}
         self.peer: tuple[Any, ...] | None = None
         self.tls = False
         self.certificate_user: str | None = None  # a verified client certificate's CN
-        now = time.monotonic()
-        self.created = now
-        self._last_recv = now
-        self._last_send = now
         self._heartbeat_handle: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        # Since when an unfinished frame has made no progress (None: nothing pending).
-        self._stall_since: float | None = None
-        self._frames_seen = 0
-        # A login held back by the throttle: parsing waits for its answer.
-        self._auth_pending = False
         self._turn_held = False  # input left for the next loop turn (TURN_BUDGET_S)
-        self._auth_timer: asyncio.TimerHandle | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None  # a login held (Handshake)
 
     @property
     def user(self) -> str:
@@ -155,6 +136,19 @@ class AMQPConnection(asyncio.Protocol):
     @property
     def channels(self) -> dict[int, Any]:
         return self.session.channels
+
+    @property
+    def vhost(self) -> str:
+        return self.handshake.vhost
+
+    @property
+    def client_properties(self) -> dict[str, Any]:
+        return self.handshake.client_properties
+
+    @property
+    def created(self) -> float:
+        """When the socket was accepted (time.monotonic())."""
+        return self.liveness.created
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -171,6 +165,7 @@ class AMQPConnection(asyncio.Protocol):
         if ssl_object is not None:
             self.tls = True
             self.certificate_user = common_name(ssl_object.getpeercert())
+        self.handshake.peer, self.handshake.certificate_user = self.peer, self.certificate_user
         if self.node.isolated:
             # Cut off from the majority: send the client to another member.
             self.closed = True
@@ -187,7 +182,7 @@ class AMQPConnection(asyncio.Protocol):
         self.node.register(self)
 
     def data_received(self, data: bytes) -> None:
-        self._last_recv = time.monotonic()
+        self.liveness.received()
         if self._draining:
             return
         self.session.received(len(data))
@@ -247,10 +242,7 @@ class AMQPConnection(asyncio.Protocol):
     def _reading_resumed(self) -> None:
         # Our pause, not the client's silence: neither a stalled frame nor missed
         # heartbeats while it lasted.
-        now = time.monotonic()
-        self._last_recv = max(self._last_recv, now)
-        if self.proto.incomplete:
-            self._stall_since = now
+        self.liveness.resumed(self.proto.incomplete)
 
     def _hold_for_publishes(self, hold: bool) -> None:
         """It sent INPUT_WINDOW bytes ahead of what is applied (node/amqp/session.py): read
@@ -269,10 +261,11 @@ class AMQPConnection(asyncio.Protocol):
     def _process(self) -> None:
         """Handle every whole event buffered (until a login answer is held back)."""
         proto = self.proto
+        handshake = self.handshake
         n = 0
         deadline = time.monotonic() + TURN_BUDGET_S
         try:
-            while not self.closed and not self._auth_pending:
+            while not self.closed and not handshake.held:
                 n += 1
                 if n % TURN_CHECK_EVERY == 0 and time.monotonic() > deadline:
                     self._continue_next_turn()
@@ -287,7 +280,7 @@ class AMQPConnection(asyncio.Protocol):
                                 and not self.blocked:
                             self.alarm(self.node.alarm)
                     else:
-                        self._on_channel_zero(ev)
+                        self._do(handshake.receive(ev))
                 except ChannelError as err:
                     # Soft error: that channel closes, the rest of the input is still parsed.
                     self.session.channel_error(err.channel, err)
@@ -311,7 +304,7 @@ class AMQPConnection(asyncio.Protocol):
             # max_message_size) is not read in whole during an alarm either, so many
             # connections each sending one cannot fill the memory the alarm protects.
             self.alarm(self.node.alarm, publishing=True)
-        self._note_progress()
+        self.liveness.progress(proto.incomplete, proto.frames_parsed, self.reading_paused)
         self._flush_writes()
 
     def _continue_next_turn(self) -> None:
@@ -330,43 +323,49 @@ class AMQPConnection(asyncio.Protocol):
         if not self._turn_held:
             self.resume_reading(flow.TURN)
 
-    def _on_channel_zero(self, ev: Any) -> None:
-        if type(ev) is MethodReceived:
-            self._on_connection_method(ev.method)
-        elif type(ev) is ProtocolHeaderReceived:
-            mechanisms = "PLAIN AMQPLAIN" + (" EXTERNAL" if self.certificate_user else "")
-            self._write(self.proto.start(server_properties(PRODUCT, VERSION), mechanisms))
-        elif type(ev) is HeartbeatReceived:
-            pass
+    def _do(self, actions: list[hs.Action]) -> None:
+        """Carry out what the handshake decided (node/amqp/handshake.py)."""
+        for act in actions:
+            if type(act) is hs.Send:
+                self._write(act.data)
+            elif type(act) is hs.LoggedIn:
+                self.session.user = act.user
+                self.session.cancel_notify = self.handshake.announces("consumer_cancel_notify")
+                if self.flow is not None:
+                    self.flow.notify = self.handshake.announces("connection.blocked")
+            elif type(act) is hs.Tuned:
+                delay = self.liveness.start(act.heartbeat)
+                if delay is not None and self._heartbeat_handle is None:
+                    self._heartbeat_handle = self.node.loop.call_later(delay, self._heartbeat)
+            elif type(act) is hs.Opened:
+                self.opened = True
+                self.node.propose(c.ConnectionOpen(self.key, act.vhost, act.user))
+            elif type(act) is hs.Hold:
+                self._hold(act.delay)
+            elif type(act) is hs.Refuse:
+                self.force_close(act.code, act.text, act.class_id, act.method_id)
+            elif type(act) is hs.Closed:
+                self._flush_writes()
+                self._drain()
+            elif type(act) is hs.Drop:
+                self._drop()
 
-    def _on_connection_method(self, m: Any) -> None:
-        if isinstance(m, spec.Connection.StartOk):
-            self._authenticate(m)
-        elif isinstance(m, spec.Connection.TuneOk):
-            self._start_heartbeats(self.proto.heartbeat)
-        elif isinstance(m, spec.Connection.Open):
-            vhost = m.virtual_host or "/"
-            refused = self.node.may_open(self.user, vhost)
-            if refused is not None:
-                raise AMQPConnectionError(NOT_ALLOWED, f"NOT_ALLOWED - {refused}", 10, 40)
-            self.vhost = vhost
-            self.opened = True
-            self.node.propose(c.ConnectionOpen(self.key, vhost, self.user))
-            self._write(self.proto.open_ok())
-        elif isinstance(m, spec.Connection.Close):
-            self._write(self.proto.close_ok())
+    def _hold(self, delay: float) -> None:
+        """Read nothing more (and parse nothing buffered: ``handshake.held``) for
+        ``delay`` s, then let the handshake go on."""
+        self.pause_reading(flow.LOGIN)
+
+        def resume() -> None:
+            self._auth_timer = None
+            if self.closed:
+                return
+            self._do(self.handshake.resume())
+            if not self.closed and not self.handshake.held:
+                self.resume_reading(flow.LOGIN)
+                self._process()  # frames the client pipelined behind its start-ok
             self._flush_writes()
-            self._drain()
-        elif isinstance(m, spec.Connection.CloseOk):
-            self._drop()
-        elif isinstance(m, spec.Connection.Blocked | spec.Connection.Unblocked):
-            pass
-        elif isinstance(m, spec.Connection.UpdateSecret):
-            # Credentials here do not expire; accept the new secret as RabbitMQ does.
-            self._write(self.proto.send_method(0, build(spec.Connection.UpdateSecretOk)))
-        else:
-            raise AMQPConnectionError(COMMAND_INVALID, f"COMMAND_INVALID - unexpected {m.name}",
-                                      m.frame_id >> 16, m.frame_id & 0xFFFF)
+
+        self._auth_timer = self.node.loop.call_later(delay, resume)
 
     # --- alarms ----------------------------------------------------------------------
 
@@ -385,126 +384,42 @@ class AMQPConnection(asyncio.Protocol):
             self._write(self.proto.send_method(0, notice))
             self._flush_writes()
 
-    # --- login ---------------------------------------------------------------------
-
-    def _authenticate(self, m: Any) -> None:
-        """connection.start-ok: the login (node/amqp/login.py), answered at once or after the
-        throttle's delay; nothing more from the client is parsed meanwhile."""
-        self.client_properties = m.client_properties or {}
-        caps = self.client_properties.get("capabilities")
-        # RabbitMQ ignores a capabilities value that is not a table; so do we.
-        self.session.cancel_notify = (isinstance(caps, dict)
-                                      and caps.get("consumer_cancel_notify") is True)
-        if self.flow is not None:
-            self.flow.notify = isinstance(caps, dict) and caps.get("connection.blocked") is True
-        step = self.node.auth.start(self.peer, m.mechanism, m.response, self.certificate_user)
-        if isinstance(step, Refused):
-            self._login_refused(step)
-        elif isinstance(step, Accepted):
-            self._login_accepted(step)
-        elif step.wait > 0:
-            self._hold(step.wait, lambda: self._login_checked(step))
-        else:
-            self._login_checked(step)
-
-    def _login_checked(self, attempt: Attempt) -> None:
-        result = self.node.auth.check(attempt, self.peer)
-        if isinstance(result, Refused):
-            self._login_refused(result)
-        else:
-            self._login_accepted(result)
-
-    def _login_accepted(self, accepted: Accepted) -> None:
-        self.session.user = accepted.user
-        self._write(self.proto.tune())
-
-    def _login_refused(self, refused: Refused) -> None:
-        def refuse() -> None:
-            self._auth_pending = True  # stays held: the connection is closing
-            self.force_close(refused.code, refused.text, 10, 11)
-
-        if refused.delay > 0:
-            self._hold(refused.delay, refuse)
-        else:
-            refuse()
-
-    def _hold(self, delay: float, then: Callable[[], None]) -> None:
-        """Read nothing more (and parse nothing buffered) for ``delay`` s, then ``then``."""
-        self._auth_pending = True
-        self.pause_reading(flow.LOGIN)
-
-        def resume() -> None:
-            self._auth_timer = None
-            self._auth_pending = False
-            if self.closed:
-                return
-            then()
-            if not self.closed and not self._auth_pending:
-                self.resume_reading(flow.LOGIN)
-                self._process()  # frames the client pipelined behind its start-ok
-            self._flush_writes()
-
-        self._auth_timer = self.node.loop.call_later(delay, resume)
-
     # --- timeouts and heartbeats -----------------------------------------------------
 
-    def _note_progress(self) -> None:
-        """Track an unfinished frame that does not move (see :meth:`check_timeouts`)."""
-        proto = self.proto
-        if proto.incomplete and not self.reading_paused:
-            if self._stall_since is None or proto.frames_parsed != self._frames_seen:
-                self._stall_since = self._last_recv
-        else:
-            self._stall_since = None
-        self._frames_seen = proto.frames_parsed
-
     def check_timeouts(self, now: float) -> None:
-        """Called about once a second. A connection must finish its handshake within
-        ``--handshake-timeout`` (RabbitMQ: 10 s) and may not stall inside a frame for
-        longer (for clients with heartbeats: not longer than two heartbeats either):
-        otherwise idle, half-open and byte-a-second connections are held forever."""
+        """Called about once a second: the handshake's and a stalled frame's deadlines
+        (node/amqp/heartbeat.py)."""
         if self.closed:
             return
-        limit = self.cfg.handshake_timeout
-        if not self.opened:
-            if now - self.created > limit:
-                log.info("connection %s did not complete the AMQP handshake within %gs; "
-                         "closing it", self.peer, limit)
-                self.node.metrics.handshake_timeouts += 1
-                self._drop()
+        expired = self.liveness.expired(now, self.opened, self.reading_paused)
+        if expired is None:
             return
-        since = self._stall_since
-        if since is None or self.reading_paused:
-            return
-        heartbeat = self.proto.heartbeat
-        if heartbeat:
-            limit = max(limit, 2.0 * heartbeat)
-        if now - since > limit:
-            log.info("connection %s stalled inside a frame for %gs; closing it",
-                     self.peer, now - since)
-            self.node.metrics.frame_timeouts += 1
-            with contextlib.suppress(Exception):
-                self._write(self.proto.close_connection(
-                    FRAME_ERROR, f"FRAME_ERROR - no complete frame within {limit:g}s"))
-                self._flush_writes()
+        if expired.handshake:
+            log.info("connection %s did not complete the AMQP handshake within %gs; "
+                     "closing it", self.peer, expired.limit)
+            self.node.metrics.handshake_timeouts += 1
             self._drop()
+            return
+        log.info("connection %s stalled inside a frame for %gs; closing it",
+                 self.peer, expired.waited)
+        self.node.metrics.frame_timeouts += 1
+        with contextlib.suppress(Exception):
+            self._write(self.proto.close_connection(
+                FRAME_ERROR, f"FRAME_ERROR - no complete frame within {expired.limit:g}s"))
+            self._flush_writes()
+        self._drop()
 
-    def _start_heartbeats(self, interval: int) -> None:
-        if interval > 0 and self._heartbeat_handle is None:
-            self._heartbeat_handle = self.node.loop.call_later(interval / 2, self._heartbeat,
-                                                               interval)
-
-    def _heartbeat(self, interval: int) -> None:
-        now = time.monotonic()
-        if now - self._last_recv > 2 * interval and not self.reading_paused:
+    def _heartbeat(self) -> None:
+        beat = self.liveness.beat(self.reading_paused)
+        if beat == MISSED:
             log.info("connection %s missed heartbeats; closing", self.peer)
             self._drop()
             return
-        if now - self._last_send >= interval / 2:
+        if beat == SEND:
             self._write(HEARTBEAT)
             self._flush_writes()
-        self._heartbeat_handle = self.node.loop.call_later(interval / 2, self._heartbeat,
-                                                           interval)
+        self._heartbeat_handle = self.node.loop.call_later(self.liveness.interval / 2,
+                                                           self._heartbeat)
 
     # --- effects ---------------------------------------------------------------------
 
@@ -529,7 +444,7 @@ class AMQPConnection(asyncio.Protocol):
             return
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(self._out)
-            self._last_send = time.monotonic()
+            self.liveness.sent()
             if self.flow is not None and self.flow.write_paused:
                 self.flow.wrote()
         self._out.clear()
