@@ -1,3 +1,4 @@
-"""Serving AMQP 0-9-1 clients: one connection's socket, handshake, heartbeats and flow control
-(``connection``, ``flow``), its channels without a socket (``session``), and logins (``login``,
-``auth``, ``passwords``)."""
+"""Serving AMQP 0-9-1 clients. Without a socket: channel 0's handshake (``handshake``),
+heartbeats and deadlines (``heartbeat``), every flow-control decision
+(``flow``), a connection's channels (``session``), logins (``login``, ``auth``,
+``passwords``). With the socket and the timers, carrying those out: ``connection``."""
