@@ -7,7 +7,7 @@ the event-loop housekeeping that joins them.
   connections; one connection's failure there closes only that connection.
 * Housekeeping every 20 ms: Raft ticks when idle, late resubmissions, flow control
   (publishers paused while a consumed queue backs up), handshake and frame
-  timeouts, membership duties (node/membership.py), Tick commands that let time
+  timeouts, membership duties (node/services/membership.py), Tick commands that let time
   pass in the machine.
 """
 
@@ -30,8 +30,8 @@ from node.amqp.flow import Backlog
 from node.amqp.login import Authenticator
 from node.amqp.passwords import SHA256, hash_password
 from node.config import Config, tls_context
-from node.membership import MembershipWatch
 from node.services.alarms import Alarms, Monitor, trim_heap
+from node.services.membership import MembershipWatch
 from node.services.metrics import Metrics
 
 if TYPE_CHECKING:

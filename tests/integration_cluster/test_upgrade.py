@@ -19,7 +19,7 @@ import pytest
 from cluster.commands import LEVEL
 from harness.cluster import RaftMQCluster
 from harness.raftmq import REPO_ROOT, RaftMQNode
-from node.membership import LEVELS_EVERY_S
+from node.services.membership import LEVELS_EVERY_S
 from tests.harness.releases import previous_release
 from tests.integration_cluster.test_maintenance import QUEUE, Publisher, drain_queue
 
@@ -42,7 +42,7 @@ def levels(cluster: RaftMQCluster, node: RaftMQNode) -> dict[str, Any]:
 
 def wait_level(cluster: RaftMQCluster, node: RaftMQNode, level: int, timeout: float = 30) -> None:
     # Levels are looked at every 2 s; a member whose announcement a replica lost announces
-    # again at its next look after news (node/membership.py): enabled at most 1.9 s after the
+    # again at its next look after news (node/services/membership.py): enabled at most 1.9 s after the
     # last node was up in 20 runs under nice on 2 shared cores. The deadline is a bound only.
     cluster.wait_for(lambda: levels(cluster, node).get("cluster") == level, timeout,
                      f"command level {level} enabled")

@@ -1,4 +1,4 @@
-"""node/membership.py: when a node counts itself cut off from the majority (issue 19,
+"""node/services/membership.py: when a node counts itself cut off from the majority (issue 19,
 item 9: a node busy with a 20 MiB entry is not cut off, it has not read yet)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.config import Config
-from node.membership import CHECK_EVERY_S, MembershipWatch
+from node.services.membership import CHECK_EVERY_S, MembershipWatch
 
 
 @dataclass

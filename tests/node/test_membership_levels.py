@@ -1,4 +1,4 @@
-"""node/membership.py: command levels during a rolling upgrade (cluster/commands.py LEVEL).
+"""node/services/membership.py: command levels during a rolling upgrade (cluster/commands.py LEVEL).
 Three watches on one shared log (every proposal applied to every replica, as Raft would),
 looked at every LEVELS_EVERY_S; the replicas' level tables differ as after a real upgrade,
 where a member that ran the previous release skipped the others' announcements."""
@@ -12,7 +12,7 @@ from cluster import commands as C
 from cluster.machine import apply, new_state
 from cluster.machine.state import State
 from node.config import Config
-from node.membership import LEVELS_EVERY_S, REANNOUNCE_EVERY_S, MembershipWatch
+from node.services.membership import LEVELS_EVERY_S, REANNOUNCE_EVERY_S, MembershipWatch
 
 
 @dataclass
