@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec bench-memory chaos chaos-long rolling-restart fuzz clean install cluster cluster-stop
+.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec bench-memory bench-publish chaos chaos-long rolling-restart fuzz clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,24 +44,33 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy tests bench harness
 
-# RaftMQ and RabbitMQ (installed from Debian by the harness if missing) side by side.
+# RaftMQ and RabbitMQ (installed from Debian by the harness if missing) side by side, alternating:
+# 180 s of sustained load per broker and size on one broker process, in 30 s windows (~14 min).
+# BENCH_ARGS adds options, e.g. BENCH_ARGS="--strict --json out.json".
 bench: $(STAMP)
-	$(BIN)/python -m bench.run_bench
+	$(BIN)/python -m bench.run_bench $(BENCH_ARGS)
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m bench.run_bench --duration 5 --warmup 1 --runs 1
+	$(BIN)/python -m bench.run_bench --duration 10 --window-s 5 --warmup 1 --runs 1 $(BENCH_ARGS)
+
+# The producer alone, 500 in flight, 1 KiB, no consumer: RaftMQ vs RabbitMQ's quorum queue, 180 s
+# in 30 s windows each (the sustained form of bench-memory's publish phase; ~8 min).
+bench-publish: $(STAMP)
+	$(BIN)/python -m bench.run_bench --no-consumer --inflight 500 --sizes 1024 \
+		--rabbitmq-queue-type quorum $(BENCH_ARGS)
 
 # Deep backlogs on one node: RaftMQ vs RabbitMQ 3.10 quorum and classic lazy queues; RSS idle,
 # with 100,000 and 1,000,000 x 1 KiB queued, publish, restart after kill -9, drain (~25 min).
 bench-memory: $(STAMP)
 	$(BIN)/python -m bench.memory
 
-# 3-node clusters: RaftMQ vs RabbitMQ quorum queue, clients on non-leader nodes (~20 min; quick ~3 min)
+# 3-node clusters: RaftMQ vs RabbitMQ quorum queue, clients on non-leader nodes: 180 s throughput
+# and 90 s latency per size in 30 s windows, failovers (~25 min; quick ~4 min)
 bench-cluster: $(STAMP)
-	$(BIN)/python -m bench.run_bench_cluster
+	$(BIN)/python -m bench.run_bench_cluster $(BENCH_ARGS)
 
 bench-cluster-quick: $(STAMP)
-	$(BIN)/python -m bench.run_bench_cluster --quick
+	$(BIN)/python -m bench.run_bench_cluster --quick $(BENCH_ARGS)
 
 # Every node of a 3-node cluster drained, restarted and waited for in turn, with 1,200 msg/s of
 # confirmed publishes and a consumer per node: longest confirm gap per node (<= 1 s), lost = 0.

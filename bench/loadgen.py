@@ -10,6 +10,10 @@ connect and set up; the consumer is consuming before the producer publishes anyt
 producer publishes for ``warmup + duration`` seconds and only the last ``duration`` seconds are
 measured. Every phase has a deadline, so a stalled broker gives zeros, not a hang.
 
+With ``LoadConfig.interval`` the measured window is also cut into intervals (``--interval 30``):
+each side counts per interval and ``LoadResult.windows`` has one row each.
+``LoadConfig.consumer=False`` (``--no-consumer``) runs the producer alone.
+
 Run alone: ``python -m bench.loadgen --port 5672 --size 100 --duration 10``.
 """
 
@@ -19,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import struct
 import sys
@@ -60,6 +65,8 @@ class LoadConfig:
     setup_timeout: float = 15.0  # connect + handshake + declares, per client
     rate: float = 0.0  # publish at most this many msg/s (0: as fast as the confirm window allows)
     record: bool = False  # return every (sent, confirmed) / (sent, delivered) pair in the window
+    interval: float = 0.0  # also count per interval of this many seconds of the window (0: none)
+    consumer: bool = True  # False: the producer alone (a queue that only grows)
 
 
 @dataclass
@@ -80,8 +87,11 @@ class LoadResult:
     consumer_cpu: float = 0.0
     max_confirm_gap_ms: float | None = None  # longest time in the window without a confirm
     max_deliver_gap_ms: float | None = None  # ... without a delivery
+    sent: int = 0  # messages written by the producer inside the measured window
     stalled: bool = False
     errors: list[str] = field(default_factory=list)
+    # with LoadConfig.interval: one dict per interval of the window (see _merge_windows)
+    windows: list[dict[str, Any]] = field(default_factory=list)
     # with LoadConfig.record: (publish ns, confirm ns) of every confirm and (publish ns, deliver ns)
     # of every delivery inside the window (CLOCK_MONOTONIC); left out of as_dict()
     confirm_times: list[tuple[int, int]] | None = None
@@ -157,6 +167,31 @@ class LeanClient(asyncio.Protocol):
         self.last_progress = 0  # when the last counted confirm / delivery arrived
         self.max_gap = 0  # longest time in the window without one (ns)
         self._seen = 0
+        # per-interval counting (LoadConfig.interval): slot i covers t_begin + i*slot_ns ..
+        self.slot_ns = 1
+        self.n_slots = 1
+        self.slot = -1  # the slot of the frames being handled now (-1: outside the window)
+        self.done_slots: list[int] = [0]  # confirms / deliveries per slot
+        self.gap_slots: list[int] = [0]  # longest gap ending in each slot (ns)
+        self.lat_slots: list[list[int]] = [[]]
+
+    def set_window(self, t_begin: int, t_end: int) -> None:
+        self.t_begin, self.t_end = t_begin, t_end
+        span = max(t_end - t_begin, 1)
+        self.slot_ns = int(self.cfg.interval * 1e9) if self.cfg.interval > 0 else span
+        self.n_slots = max(1, -(-span // self.slot_ns))
+        self.done_slots = [0] * self.n_slots
+        self.gap_slots = [0] * self.n_slots
+        self.lat_slots = [[] for _ in range(self.n_slots)]
+
+    def slot_of(self, now: int) -> int:
+        if now < self.t_begin or now >= self.t_end:
+            return -1
+        return min(self.n_slots - 1, (now - self.t_begin) // self.slot_ns)
+
+    @property
+    def latencies(self) -> list[int]:
+        return [x for lat in self.lat_slots for x in lat]
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,6 +210,7 @@ class LeanClient(asyncio.Protocol):
         buf += data
         pos, n = 0, len(buf)
         now = time.monotonic_ns()
+        self.slot = self.slot_of(now)
         while n - pos >= 8:
             ftype, channel, size = _HEAD.unpack_from(buf, pos)
             end = pos + 7 + size
@@ -195,7 +231,10 @@ class LeanClient(asyncio.Protocol):
         done = self.done_count()
         if done != self._seen:
             self._seen = done
-            self.max_gap = max(self.max_gap, now - max(self.last_progress, self.t_begin))
+            gap = now - max(self.last_progress, self.t_begin)
+            self.max_gap = max(self.max_gap, gap)
+            if self.slot >= 0:
+                self.gap_slots[self.slot] = max(self.gap_slots[self.slot], gap)
             self.last_progress = now
         self.after_data(now)
         if self.out and self.transport is not None:
@@ -224,7 +263,21 @@ class LeanClient(asyncio.Protocol):
 
     def finish_window(self) -> None:
         end = min(time.monotonic_ns(), self.t_end)
-        self.max_gap = max(self.max_gap, end - max(self.last_progress, self.t_begin))
+        gap = end - max(self.last_progress, self.t_begin)
+        self.max_gap = max(self.max_gap, gap)
+        last = self.slot_of(end - 1)
+        if last >= 0:
+            self.gap_slots[last] = max(self.gap_slots[last], gap)
+
+    def slot_results(self) -> dict[str, list[Any]]:
+        """Per interval: count, p50/p99 latency (ms) and longest gap (ms)."""
+        lats = [sorted(lat) for lat in self.lat_slots]
+        return {
+            "done": list(self.done_slots),
+            "p50": [percentile_ms(lat, 0.50) for lat in lats],
+            "p99": [percentile_ms(lat, 0.99) for lat in lats],
+            "gap_ms": [g / 1e6 for g in self.gap_slots],
+        }
 
     # -- helpers ------------------------------------------------------------------------------
     def fail(self, why: str) -> None:
@@ -289,9 +342,10 @@ class Producer(LeanClient):
         self.next_tag = 1
         self.low = 1  # lowest tag that may still be unconfirmed
         self.publishing = False
-        self.latencies: list[int] = []
         self.confirmed = self.nacked = 0
         self.sent = 0  # messages published (rate mode)
+        self.sent_slots: list[int] = [0]  # messages written per interval of the window
+        self.nack_slots: list[int] = [0]
         self.pub_start = 0  # when publishing began (rate mode)
         self.last_ts = 0  # rate mode: every message gets a distinct timestamp
         self.times: list[tuple[int, int]] = []  # (publish, confirm) when cfg.record
@@ -307,14 +361,17 @@ class Producer(LeanClient):
         ts = self.pending.pop(tag, None)
         if ts is None:
             return
-        if self.t_begin <= now < self.t_end:
+        slot = self.slot_of(now)
+        if slot >= 0:
             if ok:
                 self.confirmed += 1
-                self.latencies.append(now - ts)
+                self.done_slots[slot] += 1
+                self.lat_slots[slot].append(now - ts)
                 if self.cfg.record:
                     self.times.append((ts, now))
             else:
                 self.nacked += 1
+                self.nack_slots[slot] += 1
 
     def on_fast_frame(self, ftype: int, buf: bytearray, start: int, end: int, now: int) -> None:
         if ftype != 1:
@@ -357,6 +414,7 @@ class Producer(LeanClient):
                 self.out.append(self.head + _U64.pack(ts_ns) + self.tail)
             self.next_tag = tag + want
             self.sent += want
+            self._count_sent(now, want)
             return
         ts = _U64.pack(now)
         msg = self.head + ts + self.tail
@@ -365,9 +423,20 @@ class Producer(LeanClient):
             self.pending[t] = now
         self.next_tag = tag + want
         self.out.append(msg * want)
+        self._count_sent(now, want)
+
+    def _count_sent(self, now: int, n: int) -> None:
+        slot = self.slot_of(now)
+        if slot >= 0:
+            self.sent_slots[slot] += n
+
+    def set_window(self, t_begin: int, t_end: int) -> None:
+        super().set_window(t_begin, t_end)
+        self.sent_slots = [0] * self.n_slots
+        self.nack_slots = [0] * self.n_slots
 
     def start_publishing(self, t_begin: int, t_end: int) -> None:
-        self.t_begin, self.t_end = t_begin, t_end
+        self.set_window(t_begin, t_end)
         self.publishing = True
         self.pub_start = time.monotonic_ns()
         self._publish_now()
@@ -400,7 +469,6 @@ class Consumer(LeanClient):
         self.remaining = -1  # body bytes still to come for the current delivery
         self.first_body = False
         self.sent_ts = 0
-        self.latencies: list[int] = []
         self.consumed = self.redelivered = 0
         self.redelivered_flag = False
         self.times: list[tuple[int, int]] = []  # (publish, deliver) when cfg.record
@@ -440,11 +508,13 @@ class Consumer(LeanClient):
     def delivered(self, now: int) -> None:
         self.out.append(ack_frame(self.tag))
         self.remaining = -1
-        if self.t_begin <= now < self.t_end:
+        slot = self.slot_of(now)
+        if slot >= 0:
             self.consumed += 1
+            self.done_slots[slot] += 1
             self.redelivered += self.redelivered_flag
             if self.sent_ts:
-                self.latencies.append(now - self.sent_ts)
+                self.lat_slots[slot].append(now - self.sent_ts)
                 if self.cfg.record:
                     self.times.append((self.sent_ts, now))
         self.sent_ts = 0
@@ -473,7 +543,7 @@ async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
         t_begin, t_end = pipe.recv()
     except EOFError:  # the parent gave up
         return
-    client.t_begin, client.t_end = t_begin, t_end
+    client.set_window(t_begin, t_end)
     cpu0, wall0 = time.process_time(), time.monotonic()
     if isinstance(client, Producer):
         client.start_publishing(t_begin, t_end)
@@ -499,8 +569,12 @@ async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
     }
     if client.cfg.record:
         out["times"] = client.times
+    if client.cfg.interval > 0:
+        out["slots"] = client.slot_results()
+        if isinstance(client, Producer):
+            out["slots"].update(sent=client.sent_slots, nacked=client.nack_slots)
     if isinstance(client, Producer):
-        out.update(confirmed=client.confirmed, nacked=client.nacked)
+        out.update(confirmed=client.confirmed, nacked=client.nacked, sent=sum(client.sent_slots))
     else:
         out.update(consumed=client.consumed, redelivered=client.redelivered)
     pipe.send(("result", out))
@@ -530,6 +604,39 @@ def _recv(pipe: Connection, timeout: float, who: str) -> tuple[str, Any]:
         return "error", f"{who}: process died"
 
 
+def _merge_windows(cfg: LoadConfig, slots: dict[str, dict[str, list[Any]]]) -> list[dict[str, Any]]:
+    """One dict per interval of the measured window: start_s, length_s (the last one may be
+    shorter), sent_per_s (written by the producer), confirmed_per_s, consumed_per_s, nacked,
+    confirm and e2e p50/p99 (ms), longest time without a confirm / a delivery (ms). A side
+    whose results are missing gives None."""
+    n = max(1, math.ceil(cfg.duration / cfg.interval - 1e-9))
+    prod, cons = slots.get("producer", {}), slots.get("consumer", {})
+
+    def at(d: dict[str, list[Any]], key: str, i: int) -> Any:
+        vals = d.get(key)
+        return vals[i] if vals is not None and i < len(vals) else None
+
+    out = []
+    for i in range(n):
+        length = min(cfg.interval, cfg.duration - i * cfg.interval)
+
+        def rate(d: dict[str, list[Any]], key: str, length: float = length, i: int = i) -> Any:
+            v = at(d, key, i)
+            return None if v is None else v / length
+
+        out.append({
+            "start_s": round(i * cfg.interval, 3), "length_s": round(length, 3),
+            "sent_per_s": rate(prod, "sent"), "confirmed_per_s": rate(prod, "done"),
+            "consumed_per_s": rate(cons, "done") if cfg.consumer else None,
+            "nacked": at(prod, "nacked", i),
+            "confirm_p50_ms": at(prod, "p50", i), "confirm_p99_ms": at(prod, "p99", i),
+            "e2e_p50_ms": at(cons, "p50", i), "e2e_p99_ms": at(cons, "p99", i),
+            "max_confirm_gap_ms": at(prod, "gap_ms", i),
+            "max_deliver_gap_ms": at(cons, "gap_ms", i),
+        })  # fmt: skip
+    return out
+
+
 def run_load(cfg: LoadConfig, on_start: Callable[[int, int], object] | None = None) -> LoadResult:
     """Run one producer and one consumer process against ``cfg.host:cfg.port``; always returns
     (with zeros and ``errors`` when the broker fails or stalls) and never leaves a process behind.
@@ -541,7 +648,8 @@ def run_load(cfg: LoadConfig, on_start: Callable[[int, int], object] | None = No
     procs: list[Any] = []
     pipes: dict[str, Connection] = {}
     try:
-        for role in ("consumer", "producer"):  # the consumer is consuming before anything is sent
+        roles = ("consumer", "producer") if cfg.consumer else ("producer",)
+        for role in roles:  # the consumer is consuming before anything is sent
             mine, theirs = ctx.Pipe()
             p = ctx.Process(
                 target=_child, args=(role, cfg, theirs), name=f"bench-{role}", daemon=True
@@ -562,6 +670,7 @@ def run_load(cfg: LoadConfig, on_start: Callable[[int, int], object] | None = No
         if on_start is not None:
             on_start(t_begin, t_end)
         deadline = t_end / 1e9 + RESULT_GRACE
+        slots: dict[str, dict[str, list[Any]]] = {}
         for role, pipe in pipes.items():
             kind, info = _recv(pipe, deadline - time.monotonic(), role)
             if kind != "result":
@@ -569,8 +678,11 @@ def run_load(cfg: LoadConfig, on_start: Callable[[int, int], object] | None = No
                 continue
             if info["error"]:
                 result.errors.append(f"{role}: {info['error']}")
+            if "slots" in info:
+                slots[role] = info["slots"]
             if role == "producer":
                 result.confirmed, result.nacked = info["confirmed"], info["nacked"]
+                result.sent = info["sent"]
                 result.confirm_p50_ms, result.confirm_p99_ms = info["p50"], info["p99"]
                 result.producer_cpu = info["cpu"]
                 result.max_confirm_gap_ms = info["max_gap_ms"]
@@ -583,7 +695,9 @@ def run_load(cfg: LoadConfig, on_start: Callable[[int, int], object] | None = No
                 result.deliver_times = info.get("times")
         result.published_per_s = result.confirmed / cfg.duration
         result.consumed_per_s = result.consumed / cfg.duration
-        result.stalled = result.confirmed == 0 or result.consumed == 0
+        result.stalled = result.confirmed == 0 or (cfg.consumer and result.consumed == 0)
+        if cfg.interval > 0:
+            result.windows = _merge_windows(cfg, slots)
         return result
     finally:
         for pipe in pipes.values():
@@ -615,12 +729,16 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="publish at most this many msg/s, still with confirms (0: no limit)",
     )
+    ap.add_argument("--interval", type=float, default=0.0,
+                    help="also report counts per interval of this many seconds (0: none)")
+    ap.add_argument("--no-consumer", action="store_true", help="the producer alone")
     a = ap.parse_args(argv)
     if not a.host.startswith("127."):
         ap.error("benchmarks talk to 127.0.0.0/8 only")
     cfg = LoadConfig(
         a.host, a.port, max(a.size, 8), a.duration, a.warmup, a.window, a.prefetch, a.queue,
         queue_type=a.queue_type, consumer_port=a.consumer_port, rate=a.rate,
+        interval=a.interval, consumer=not a.no_consumer,
     )  # fmt: skip
     res = run_load(cfg)
     json.dump(res.as_dict(), sys.stdout, indent=2)

@@ -1,13 +1,22 @@
-"""RaftMQ vs RabbitMQ: same load, fresh broker per trial, alternating brokers within one run.
+"""RaftMQ vs RabbitMQ under sustained load: alternating brokers within one run.
 
-    .venv/bin/python -m bench.run_bench [--sizes 100,4096] [--duration 20] [--runs 3]
+    .venv/bin/python -m bench.run_bench [--sizes 100,4096] [--duration 180] [--window-s 30]
+                                        [--runs 1] [--strict] [--json PATH]
                                         [--only raftmq|rabbitmq] [--raftmq-env KEY=VALUE ...]
+                                        [--no-consumer --inflight 500 --rabbitmq-queue-type quorum]
 
 Each trial: start a fresh broker (RaftMQ: one node via harness.raftmq.RaftMQNode; RabbitMQ 3.x:
-harness.rabbitmq.RabbitMQ, durable classic queue), note its idle RSS, run bench.loadgen (one
-confirming producer, one acking consumer), sample its RSS during the load, note RSS after,
-stop it. The table shows per-(size, broker) medians over the runs; JSON with every trial goes to
-bench/results/<timestamp>.json. Every process started is stopped on exit, Ctrl-C or error.
+harness.rabbitmq.RabbitMQ, durable classic queue unless --rabbitmq-queue-type), note its idle RSS,
+run bench.loadgen (one confirming producer, one acking consumer) on that same broker process for
+``--duration`` seconds cut into ``--window-s`` windows (bench.windows), sample its RSS during the
+load, note RSS after, stop it. Per window: messages written, confirmed and consumed per second,
+e2e latency, the broker's and the clients' CPU, and the CPU seconds other processes on the machine
+used. Per broker: the median of the windows, slowest/fastest window, and the change from the first
+window to the last; a drop of more than ``--max-drop`` (20 %) is flagged, and with ``--strict`` a
+RaftMQ drop makes the exit status 3. RaftMQ/RabbitMQ is the ratio of the medians. JSON with every
+window goes to ``--json`` (default bench/results/<timestamp>.json). ``--no-consumer`` measures the
+producer alone (the queue grows; ``--inflight`` unconfirmed messages). Every process started is
+stopped on exit, Ctrl-C or error.
 """
 
 from __future__ import annotations
@@ -30,29 +39,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench import windows as win
 from bench.loadgen import LoadConfig, run_load
-from harness.procs import cpu_seconds, rss_bytes, system_busy_seconds
+from harness.procs import rss_bytes
 from harness.rabbitmq import RabbitMQ, ensure_installed
 from harness.raftmq import REPO_ROOT, RaftMQNode
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MiB = 2**20
 IDLE_SETTLE_S = 1.0
-METRICS = (
-    "published_per_s",
-    "consumed_per_s",
-    "confirm_p50_ms",
-    "confirm_p99_ms",
-    "e2e_p50_ms",
-    "e2e_p99_ms",
-    "rss_idle_mib",
-    "rss_peak_mib",
-    "rss_after_mib",
-    "broker_cpu",
-    "other_cpu",
-    "max_confirm_gap_ms",
-    "max_deliver_gap_ms",
-)
+RSS_METRICS = ("rss_idle_mib", "rss_peak_mib", "rss_after_mib")
 
 
 @dataclass
@@ -127,19 +123,20 @@ def run_trial(
         trial["startup_s"] = round(time.monotonic() - t0, 2)
         time.sleep(IDLE_SETTLE_S)
         trial["rss_idle_mib"] = rss_bytes(broker.pid) / MiB
-        cfg = LoadConfig(port=broker.port, size=size, duration=args.duration, warmup=args.warmup)
-        cpu0, sys0, wall0 = cpu_seconds(broker.pid), system_busy_seconds(), time.monotonic()
+        cfg = LoadConfig(
+            port=broker.port, size=size, duration=args.duration, warmup=args.warmup,
+            interval=args.window_s, window=args.inflight, consumer=not args.no_consumer,
+            queue_type=args.rabbitmq_queue_type if broker_name == "rabbitmq" else "classic",
+        )  # fmt: skip
+        cpu = win.CpuWindows(lambda: [broker.pid] if broker else [], args.window_s)
         with RssSampler(broker.pid) as rss:
-            res = run_load(cfg)
-        wall = time.monotonic() - wall0
-        trial["broker_cpu"] = round((cpu_seconds(broker.pid) - cpu0) / wall, 3)
-        # everything else the machine did meanwhile (other jobs sharing the cores skew results)
-        system = (system_busy_seconds() - sys0) / wall
-        clients = res.producer_cpu + res.consumer_cpu
-        trial["other_cpu"] = round(system - trial["broker_cpu"] - clients, 3)
+            res = run_load(cfg, on_start=cpu.start)
+        cpu_windows = cpu.finish()
         trial["rss_peak_mib"] = rss.peak / MiB
         trial["rss_after_mib"] = rss_bytes(broker.pid) / MiB
         trial.update(res.as_dict())
+        trial["windows"] = win.merge(res.windows, cpu_windows)
+        trial["stats"] = win.window_stats(trial["windows"], rate_key(args), args.max_drop)
         if res.errors:
             trial["log_tail"] = broker.log_tail()
     except Exception as exc:  # a broker that does not start is a result too, not a crash
@@ -157,17 +154,25 @@ def _median(values: list[Any]) -> float | None:
     return statistics.median(nums) if nums else None
 
 
-def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def rate_key(args: argparse.Namespace) -> str:
+    """The rate the windows are judged by: consumed, or confirmed without a consumer."""
+    return "confirmed_per_s" if args.no_consumer else "consumed_per_s"
+
+
+def summarize(trials: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per (size, broker): bench.windows.pooled_stats over the windows of its trials,
+    RSS medians over trials, and for RaftMQ the ratio of its median to RabbitMQ's."""
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for t in trials:
         groups.setdefault((t["size"], t["broker"]), []).append(t)
+    key = rate_key(args)
     rows = []
     for (size, broker), ts in groups.items():
         row: dict[str, Any] = {"size": size, "broker": broker, "runs": len(ts)}
-        for m in METRICS:
-            # a broker that stalled counts as 0 msg/s; its latencies are unknown
-            default = 0.0 if m.endswith("_per_s") else None
-            row[m] = _median([t.get(m, default) for t in ts])
+        row.update(win.pooled_stats(ts, key, args.max_drop))
+        for m in RSS_METRICS:
+            row[m] = _median([t.get(m) for t in ts])
+        row["stalled"] = sum(1 for t in ts if t.get("stalled"))
         row["errors"] = sorted({e for t in ts for e in t.get("errors", [])})
         rows.append(row)
     for row in rows:
@@ -175,8 +180,8 @@ def summarize(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
             other = next(
                 (r for r in rows if r["size"] == row["size"] and r["broker"] == "rabbitmq"), None
             )
-            if other and other["consumed_per_s"]:
-                row["consumed_vs_rabbitmq"] = row["consumed_per_s"] / other["consumed_per_s"]
+            if other and other.get(key) and row.get(key) is not None:
+                row["vs_rabbitmq"] = row[key] / other[key]
     return rows
 
 
@@ -184,35 +189,47 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def print_table(rows: list[dict[str, Any]], out: Any = sys.stdout) -> None:
-    head = (
-        f"{'size':>6}  {'broker':<9} {'pub msg/s':>10} {'cons msg/s':>10}  "
-        f"{'confirm p50/p99 ms':>18}  {'e2e p50/p99 ms':>15}  {'RSS idle/peak/after MiB':>23}  {'cpu':>4}"
-    )
-    print(head, file=out)
-    print("-" * len(head), file=out)
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n // 1024} KiB"
+
+
+def print_table(
+    rows: list[dict[str, Any]],
+    trials: list[dict[str, Any]],
+    args: argparse.Namespace,
+    out: Any = sys.stdout,
+) -> None:
+    """One row per broker x window (x run), a median row per broker, then verdicts, RSS and the
+    ratio of the medians."""
+    groups = []
     for r in rows:
-        size = f"{r['size']} B" if r["size"] < 1024 else f"{r['size'] // 1024} KiB"
+        label = f"{_size(r['size']):>6} {r['broker']}"
+        ws = []
+        for t in trials:
+            if (t["size"], t["broker"]) == (r["size"], r["broker"]):
+                tag = f" r{t['run']}" if args.runs > 1 else ""
+                ws += [{**w, "tag": tag} for w in t.get("windows", [])]
+        groups.append((label, ws, r))
+    win.print_windows(groups, out, args.max_drop)
+    for r in rows:
         print(
-            f"{size:>6}  {r['broker']:<9} {_fmt(r['published_per_s'], ',.0f'):>10} "
-            f"{_fmt(r['consumed_per_s'], ',.0f'):>10}  "
-            f"{_fmt(r['confirm_p50_ms'], '.1f'):>8} / {_fmt(r['confirm_p99_ms'], '.1f'):<7}  "
-            f"{_fmt(r['e2e_p50_ms'], '.1f'):>6} / {_fmt(r['e2e_p99_ms'], '.1f'):<6}  "
-            f"{_fmt(r['rss_idle_mib'], '.0f'):>7} / {_fmt(r['rss_peak_mib'], '.0f'):>5} / "
-            f"{_fmt(r['rss_after_mib'], '.0f'):<5}  {_fmt(r['broker_cpu'], '.2f'):>4}",
+            f"{_size(r['size']):>6} {r['broker']:<15} RSS idle / peak / after "
+            f"{_fmt(r['rss_idle_mib'], '.0f')} / {_fmt(r['rss_peak_mib'], '.0f')} / "
+            f"{_fmt(r['rss_after_mib'], '.0f')} MiB",
             file=out,
         )
+    what = rate_key(args).replace("_per_s", "")
     for r in rows:
-        if "consumed_vs_rabbitmq" in r:
+        if "vs_rabbitmq" in r:
             print(
-                f"RaftMQ/RabbitMQ consumed msg/s at {r['size']} B: {r['consumed_vs_rabbitmq']:.2f}x",
+                f"RaftMQ/RabbitMQ {what} msg/s at {_size(r['size'])} (medians of windows): "
+                f"{r['vs_rabbitmq']:.2f}x",
                 file=out,
             )
     for r in rows:
         for e in r["errors"][:3]:
             print(f"! {r['broker']} {r['size']} B: {e[:300]}", file=out)
-    print("(medians over runs; cpu = broker CPU cores used during the load)", file=out)
-    worst = max((r.get("other_cpu") or 0.0 for r in rows), default=0.0)
+    worst = max((r.get("other_cpu_cores") or 0.0 for r in rows), default=0.0)
     if worst > 0.25:
         print(
             f"WARNING: other processes used ~{worst:.2f} cores during trials: noisy numbers",
@@ -243,12 +260,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--sizes", default="100,4096", help="message body sizes in bytes, comma-separated"
     )
-    ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per trial")
+    ap.add_argument(
+        "--duration", type=float, default=180.0,
+        help="measured seconds of sustained load per trial, on one broker process (rounded to "
+        "whole windows)",
+    )  # fmt: skip
+    ap.add_argument("--window-s", type=float, default=30.0, help="seconds per reported window")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before that")
     ap.add_argument(
-        "--runs", type=int, default=3, help="trials per (size, broker); medians reported"
-    )
+        "--runs", type=int, default=1,
+        help="trials per (size, broker), each on a fresh broker; medians over all their windows",
+    )  # fmt: skip
+    ap.add_argument(
+        "--max-drop", type=float, default=win.MAX_DROP,
+        help="flag a first -> last window drop larger than this fraction (0.2 = 20 %%)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--strict", action="store_true",
+        help="exit status 3 when a RaftMQ trial dropped more than --max-drop",
+    )  # fmt: skip
     ap.add_argument("--only", choices=sorted(STARTERS), help="run one broker only")
+    ap.add_argument(
+        "--no-consumer", action="store_true",
+        help="producer only (the queue grows); windows are judged by confirmed msg/s",
+    )  # fmt: skip
+    ap.add_argument("--inflight", type=int, default=100, help="unconfirmed publishes in flight")
+    ap.add_argument(
+        "--rabbitmq-queue-type", choices=("classic", "quorum"), default="classic",
+        help="RabbitMQ's queue (RaftMQ's is always its own replicated queue)",
+    )  # fmt: skip
     ap.add_argument(
         "--raftmq-env",
         action="append",
@@ -260,10 +300,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep", action="store_true", help="keep broker data/log dirs (printed at the end)"
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON results")
+    ap.add_argument("--json", type=Path, help="JSON results file (default: in --out, timestamped)")
     args = ap.parse_args(argv)
     args.sizes = [max(8, int(s)) for s in str(args.sizes).split(",") if s.strip()]
     args.raftmq_env = dict(kv.split("=", 1) for kv in args.raftmq_env)
+    whole_windows(ap, args)
     return args
+
+
+def whole_windows(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--duration`` rounded to a whole number (>= 1) of ``--window-s`` windows."""
+    if args.window_s <= 0 or args.duration <= 0:
+        ap.error("--duration and --window-s must be > 0")
+    args.window_s = min(args.window_s, args.duration)
+    args.duration = args.window_s * max(1, round(args.duration / args.window_s))
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -281,8 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         ensure_installed()
     per_trial = 60 + args.warmup + args.duration + 45
     n = args.runs * len(args.sizes) * len(brokers)
+    typical = n * (args.warmup + args.duration + 12) / 60
     print(
-        f"{n} trials, at most ~{n * per_trial / 60:.0f} min (typically ~{n * (args.warmup + args.duration + 12) / 60:.0f})",
+        f"{n} trials of {args.duration:.0f} s ({args.duration / args.window_s:.0f} x "
+        f"{args.window_s:.0f} s windows), at most ~{n * per_trial / 60:.0f} min "
+        f"(typically ~{typical:.0f})",
         file=sys.stderr,
     )
     workroot = Path(tempfile.mkdtemp(prefix="raftmq-bench-"))
@@ -294,38 +347,40 @@ def main(argv: list[str] | None = None) -> int:
                 for name in brokers:  # alternate: RaftMQ, RabbitMQ, RaftMQ, RabbitMQ...
                     t = run_trial(name, size, args, workroot, run)
                     trials.append(t)
-                    print(
-                        f"[run {run}/{args.runs}] {name:<8} {size:>6} B: "
-                        f"{t.get('consumed_per_s', 0):>9,.0f} msg/s consumed, "
-                        f"confirm p50 {_fmt(t.get('confirm_p50_ms'), '.1f')} ms, "
-                        f"longest pause {_fmt(t.get('max_deliver_gap_ms'), '.0f')} ms, "
-                        f"other load {_fmt(t.get('other_cpu'), '.2f')} cores"
-                        + (f"  ERRORS: {t['errors']}" if t.get("errors") else ""),
-                        file=sys.stderr,
-                    )
+                    label = f"[run {run}/{args.runs}] {_size(size):>6} {name}"
+                    if t.get("stats"):
+                        print(win.verdict_line(label, t["stats"], args.max_drop), file=sys.stderr)
+                    if t.get("errors"):
+                        print(f"{label} ERRORS: {t['errors']}", file=sys.stderr)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: reporting the trials done so far", file=sys.stderr)
     finally:
         if not args.keep:
             shutil.rmtree(workroot, ignore_errors=True)
-    rows = summarize(trials)
+    rows = summarize(trials, args)
     print()
-    print_table(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{started:%Y%m%d-%H%M%S}.json"
+    print_table(rows, trials, args)
+    path = args.json or args.out / f"{started:%Y%m%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "started": started.isoformat(timespec="seconds"),
         "versions": _versions(),
         "config": {
             "sizes": args.sizes,
             "duration": args.duration,
+            "window_s": args.window_s,
             "warmup": args.warmup,
+            "max_drop": args.max_drop,
+            "no_consumer": args.no_consumer,
+            "inflight": args.inflight,
+            "rabbitmq_queue_type": args.rabbitmq_queue_type,
             "runs": args.runs,
             "brokers": brokers,
             "raftmq_env": args.raftmq_env,
-            "load": "1 producer (confirms, window 100, persistent, default exchange, durable queue), "
-            "1 consumer (manual ack each, prefetch 100)",
+            "load": f"1 producer (confirms, {args.inflight} in flight, persistent, default "
+            "exchange, durable queue)"
+            + ("" if args.no_consumer else ", 1 consumer (manual ack each, prefetch 100)"),
         },
         "summary": rows,
         "trials": trials,
@@ -334,7 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nresults: {path}" + (f"\nbroker dirs kept in {workroot}" if args.keep else ""))
     if interrupted:
         return 130
-    return 0 if trials and all(not t.get("stalled") for t in trials) else 1
+    if not trials or any(t.get("stalled") for t in trials):
+        return 1
+    dropped = [r for r in rows if r["broker"] == "raftmq" and r.get("drop")]
+    if args.strict and dropped:
+        print(f"--strict: RaftMQ slowed down by more than {args.max_drop:.0%} from the first "
+              f"window to the last at {', '.join(_size(r['size']) for r in dropped)}")  # fmt: skip
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """RaftMQ vs RabbitMQ on 3-node clusters: the load of ``make bench``, clients on non-leader nodes.
 
-    .venv/bin/python -m bench.run_bench_cluster [--sizes 100,4096] [--duration 20] [--runs 3]
+    .venv/bin/python -m bench.run_bench_cluster [--sizes 100,4096] [--duration 180]
+                                                [--window-s 30] [--latency-duration 90]
+                                                [--runs 1] [--strict] [--json PATH]
                                                 [--quick] [--only raftmq|rabbitmq] ...
 
 Every run starts one fresh 3-node cluster per broker (the brokers alternate: which one goes first
@@ -9,10 +11,15 @@ changes from run to run) and on it, in this order:
 1. idle RSS of every node;
 2. throughput, per size: bench.loadgen's confirming producer (window 100) and acking consumer
    (prefetch 100) on a durable quorum queue (``x-queue-type: quorum``; RaftMQ accepts and ignores
-   it, every RaftMQ queue is replicated), producer on one non-leader node, consumer on the other;
+   it, every RaftMQ queue is replicated), producer on one non-leader node, consumer on the other,
+   for ``--duration`` s of sustained load on the same cluster, reported per ``--window-s`` window
+   (bench.windows: rates, latency, the nodes' and the clients' CPU, the CPU seconds of other
+   processes; per broker the median of the windows, slowest/fastest, first -> last change, a
+   drop past ``--max-drop`` flagged; ``--strict``: a RaftMQ drop makes the exit status 3);
    RSS of every node sampled during the run and read right after it;
 3. latency, per size: the same clients, the producer limited to ``--rate`` msg/s (1,000), still
-   with confirms (window ``--rate-window``, so the window does not set the pace);
+   with confirms (window ``--rate-window``, so the window does not set the pace), for
+   ``--latency-duration`` s, in windows too;
 4. failover (while ``--failovers`` allows): the rate-limited producer publishes 100 B messages,
    ``--kill-after`` s into the measured window the leader is killed with SIGKILL, and we measure
    from the kill to the next confirm / delivery the clients receive (and to the first confirm /
@@ -22,8 +29,9 @@ changes from run to run) and on it, in this order:
 "Leader" is, for RaftMQ, the Raft leader (``GET /api/status`` -> ``raft.leader``) and, for
 RabbitMQ 3.10, the node hosting the quorum queue's leader (``rabbitmqctl list_queues name
 leader``); every RabbitMQ queue is declared through node 1 first, so its leader starts there.
-Each trial uses its own queue, deleted afterwards. Medians over runs; JSON with every trial goes
-to bench/results/cluster-<timestamp>.json. Every process started is stopped on exit, Ctrl-C or
+Each trial uses its own queue, deleted afterwards. Rates are medians over windows (of all runs),
+failover figures medians over trials; JSON with every trial and window goes to ``--json``
+(default bench/results/cluster-<timestamp>.json). Every process started is stopped on exit, Ctrl-C or
 error. All clocks are CLOCK_MONOTONIC, shared by every process on the machine.
 """
 
@@ -49,8 +57,17 @@ from typing import Any
 
 from pamqp import commands as cmd
 
+from bench import windows as win
 from bench.loadgen import Consumer, LeanClient, LoadConfig, LoadResult, run_load
-from bench.run_bench import RESULTS_DIR, RssSampler, _fmt, _interrupt, _median, _versions
+from bench.run_bench import (
+    RESULTS_DIR,
+    RssSampler,
+    _fmt,
+    _interrupt,
+    _median,
+    _versions,
+    whole_windows,
+)
 from harness.cluster import ClusterError, RaftMQCluster
 from harness.procs import cpu_seconds, rss_bytes, system_busy_seconds
 from harness.rabbitmq import RabbitMQCluster, ensure_installed
@@ -287,9 +304,11 @@ def _rss_mib(pids: list[int | None]) -> list[float | None]:
 def load_trial(cluster: Cluster, kind: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
     """A throughput (``kind`` == "throughput") or fixed-rate latency ("latency") trial."""
     rate = args.rate if kind == "latency" else 0.0
+    duration = args.latency_duration if kind == "latency" else args.duration
     cfg = LoadConfig(
-        size=size, duration=args.duration, warmup=args.warmup, queue=f"{kind}-{size}",
+        size=size, duration=duration, warmup=args.warmup, queue=f"{kind}-{size}",
         queue_type="quorum", rate=rate, window=args.rate_window if rate else 100,
+        interval=min(args.window_s, duration),
     )  # fmt: skip
     trial: dict[str, Any] = {"kind": kind, "size": size, "rate": rate, "window": cfg.window}
     lead = cluster.prepare_queue(cfg)
@@ -301,10 +320,12 @@ def load_trial(cluster: Cluster, kind: str, size: int, args: argparse.Namespace)
     samplers = [RssSampler(p) for p in pids if p]
     cpu0 = [cpu_seconds(p) if p else 0.0 for p in pids]
     sys0, wall0 = system_busy_seconds(), time.monotonic()
+    cpu = win.CpuWindows(cluster.pids, cfg.interval)
     with contextlib.ExitStack() as stack:
         for s in samplers:
             stack.enter_context(s)
-        res = run_load(cfg)
+        res = run_load(cfg, on_start=cpu.start)
+    cpu_windows = cpu.finish()
     wall = time.monotonic() - wall0
     trial["rss_after_mib"] = _rss_mib(pids)
     trial["rss_peak_mib"] = [round(s.peak / MiB, 1) for s in samplers]
@@ -316,6 +337,8 @@ def load_trial(cluster: Cluster, kind: str, size: int, args: argparse.Namespace)
     system = (system_busy_seconds() - sys0) / wall
     trial["other_cpu"] = round(system - sum(node_cpu) - res.producer_cpu - res.consumer_cpu, 3)
     trial.update(res.as_dict())
+    trial["windows"] = win.merge(res.windows, cpu_windows)
+    trial["stats"] = win.window_stats(trial["windows"], "consumed_per_s", args.max_drop)
     trial["leader_after"] = cluster.current_leader(cfg)
     if trial["leader_after"] != lead:
         trial.setdefault("notes", []).append(
@@ -487,7 +510,19 @@ def _one_line(t: dict[str, Any]) -> str:
         f"{_fmt(t.get('e2e_p50_ms'), '.1f')}/{_fmt(t.get('e2e_p99_ms'), '.1f')} ms, confirm "
         f"p50/p99 {_fmt(t.get('confirm_p50_ms'), '.1f')}/{_fmt(t.get('confirm_p99_ms'), '.1f')} "
         f"ms, RSS after {t.get('rss_after_mib')}, other load {_fmt(t.get('other_cpu'), '.2f')}"
+        + _windows_note(t.get("stats"))
         + err
+    )
+
+
+def _windows_note(st: dict[str, Any] | None) -> str:
+    if not st:
+        return ""
+    drop = "  DROP" if st.get("drop") else ""
+    change = st.get("first_to_last")
+    return (
+        f"; {st['windows']} windows: slowest/fastest {_fmt(st.get('slowest_vs_fastest'), '.2f')}, "
+        f"first->last {'-' if change is None else f'{change * 100:+.0f} %'}{drop}"
     )
 
 
@@ -512,7 +547,7 @@ def _per_node_median(lists: list[list[float | None]]) -> list[float | None]:
     return [_median([lst[i] for lst in lists if i < len(lst)]) for i in range(N_NODES)]
 
 
-def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(trials: list[dict[str, Any]], max_drop: float = win.MAX_DROP) -> dict[str, Any]:
     out: dict[str, Any] = {"load": [], "failover": [], "idle": []}
     for broker in BROKERS:
         idle = [t for t in trials if t["broker"] == broker and t["kind"] == "idle"]
@@ -540,6 +575,13 @@ def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
             row["rss_peak_mib"] = _per_node_median([t.get("rss_peak_mib", []) for t in ts])
             row["node_cpu"] = _per_node_median([t.get("node_cpu", []) for t in ts])
             row["errors"] = sorted({e[:300] for t in ts for e in t.get("errors", [])})
+            # rates: medians of the windows of every run (latency percentiles stay per trial:
+            # over every message of the trial, medians over runs)
+            st = win.pooled_stats(ts, "consumed_per_s", max_drop)
+            row["window_stats"] = st
+            if st["windows"]:
+                row["published_per_s"] = st["confirmed_per_s"]
+                row["consumed_per_s"] = st["consumed_per_s"]
             out["load"].append(row)
     for row in out["load"]:
         if row["broker"] == "raftmq":
@@ -578,12 +620,38 @@ def _nodes(vals: list[float | None]) -> str:
     return "/".join(_fmt(v, ".0f") for v in vals) if vals else "-"
 
 
-def print_report(summary: dict[str, Any], args: argparse.Namespace, out: Any = sys.stdout) -> None:
+def print_windows(
+    summary: dict[str, Any], trials: list[dict[str, Any]], kind: str, args: argparse.Namespace,
+    out: Any,
+) -> None:  # fmt: skip
+    """bench.windows' table for the ``kind`` trials: a row per broker x window (x run)."""
+    groups = []
+    for r in summary["load"]:
+        if r["kind"] != kind or not r.get("window_stats", {}).get("windows"):
+            continue
+        ws = []
+        for t in trials:
+            if (t["broker"], t["kind"], t.get("size")) == (r["broker"], kind, r["size"]):
+                tag = f" r{t['run']}" if args.runs > 1 else ""
+                ws += [{**w, "tag": tag} for w in t.get("windows", [])]
+        groups.append((f"{_size(r['size']):>6} {r['broker']}", ws, r["window_stats"]))
+    if groups:
+        win.print_windows(groups, out, args.max_drop)
+
+
+def print_report(
+    summary: dict[str, Any], args: argparse.Namespace, out: Any = sys.stdout,
+    trials: list[dict[str, Any]] | None = None,
+) -> None:  # fmt: skip
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"3-node clusters on 127.0.0.1; clients on the two non-leader nodes; quorum queue; "
-      f"{os.cpu_count()} CPUs shared by everything; medians over runs")  # fmt: skip
+      f"{os.cpu_count()} CPUs shared by everything; rates: medians of "
+      f"{args.window_s:.0f} s windows")  # fmt: skip
     p()
-    p("1. Throughput (1 producer with confirms, window 100; 1 consumer, manual acks, prefetch 100)")
+    p(f"1. Throughput (1 producer with confirms, window 100; 1 consumer, manual acks, prefetch "
+      f"100), {args.duration:.0f} s of sustained load per size on one cluster")  # fmt: skip
+    print_windows(summary, trials or [], "throughput", args, out)
+    p()
     head = (f"{'size':>6}  {'broker':<9} {'pub msg/s':>10} {'cons msg/s':>10}  "
             f"{'confirm p50/p99 ms':>18}  {'e2e p50/p99 ms':>16}  {'node CPU':>14}  "
             f"{'RSS after (peak) MiB per node':<30}")  # fmt: skip
@@ -605,7 +673,10 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, out: Any = s
               f"   (target >= {TARGETS['ratio']:.1f}x)")  # fmt: skip
     p()
     p(f"2. Latency at {args.rate:,.0f} msg/s (rate-limited producer with confirms, window "
-      f"{args.rate_window}); e2e = publish -> deliver")  # fmt: skip
+      f"{args.rate_window}), {args.latency_duration:.0f} s per size; e2e = publish -> deliver; "
+      f"the summary's percentiles are over every message of a trial")  # fmt: skip
+    print_windows(summary, trials or [], "latency", args, out)
+    p()
     head = (f"{'size':>6}  {'broker':<9} {'pub msg/s':>10} {'e2e p50 ms':>10} {'e2e p99 ms':>10}  "
             f"{'confirm p50/p99 ms':>18}  {'longest pause ms':>16}")  # fmt: skip
     p(head)
@@ -714,9 +785,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--sizes", default="100,4096", help="message body sizes, comma-separated")
-    ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per trial")
+    ap.add_argument("--duration", type=float, default=180.0,
+                    help="measured seconds of sustained throughput load per size, on one cluster "
+                    "(rounded to whole windows)")  # fmt: skip
+    ap.add_argument("--window-s", type=float, default=30.0, help="seconds per reported window")
+    ap.add_argument("--latency-duration", type=float, default=90.0,
+                    help="measured seconds of each fixed-rate latency trial")  # fmt: skip
+    ap.add_argument("--max-drop", type=float, default=win.MAX_DROP,
+                    help="flag a first -> last window drop larger than this fraction")  # fmt: skip
+    ap.add_argument("--strict", action="store_true",
+                    help="exit status 3 when a RaftMQ trial dropped more than --max-drop")  # fmt: skip
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before that")
-    ap.add_argument("--runs", type=int, default=3, help="clusters per broker; medians reported")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="clusters per broker; medians over all their windows")  # fmt: skip
     ap.add_argument("--rate", type=float, default=1000.0, help="msg/s of the latency/failover load")
     ap.add_argument("--rate-window", type=int, default=1000,
                     help="unconfirmed messages allowed in flight at that rate")  # fmt: skip
@@ -733,15 +814,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quiet-cores", type=float, default=0.3,
                     help="'calm' = other processes use fewer cores than this")  # fmt: skip
     ap.add_argument("--quick", action="store_true",
-                    help="smoke check: 1 run, 5 s, 100 B only, failover once")  # fmt: skip
+                    help="smoke check: 1 run, 100 B only, 2 x 5 s windows per trial, failover "
+                    "once")  # fmt: skip
     ap.add_argument("--only", choices=BROKERS, help="run one broker only")
     ap.add_argument("--raftmq-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for RaftMQ nodes")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep broker data and logs")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the JSON results")
+    ap.add_argument("--json", type=Path, help="JSON results file (default: in --out, timestamped)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.runs, args.duration, args.warmup, args.sizes, args.failovers = 1, 5.0, 1.0, "100", 1
+        args.runs, args.duration, args.warmup, args.sizes, args.failovers = 1, 10.0, 1.0, "100", 1
+        args.window_s, args.latency_duration = 5.0, 10.0
+    whole_windows(ap, args)
+    if args.latency_duration <= 0:
+        ap.error("--latency-duration must be > 0")
     args.sizes = [max(8, int(s)) for s in str(args.sizes).split(",") if s.strip()]
     args.raftmq_env = dict(kv.split("=", 1) for kv in args.raftmq_env)
     if args.runs < 1 or args.rate <= 0:
@@ -768,8 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     brokers = [args.only] if args.only else list(BROKERS)
     if "rabbitmq" in brokers:
         ensure_installed()
-    trial_s = args.warmup + args.duration + 8
-    per_run = 2 * len(args.sizes) * trial_s + args.kill_after + args.failover_observe + 15
+    trial_s = 2 * args.warmup + args.duration + args.latency_duration + 16
+    per_run = len(args.sizes) * trial_s + args.kill_after + args.failover_observe + 15
     extra = max(0, args.failovers - args.runs) if "raftmq" in brokers else 0
     est = args.runs * (per_run * len(brokers) + 30) + extra * 30
     print(f"{args.runs} run(s) x {len(brokers)} broker(s), typically ~{est / 60:.0f} min",
@@ -795,11 +882,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workroot, ignore_errors=True)
-    summary = summarize(trials)
+    summary = summarize(trials, args.max_drop)
     print()
-    print_report(summary, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"cluster-{started:%Y%m%d-%H%M%S}.json"
+    print_report(summary, args, trials=trials)
+    path = args.json or args.out / f"cluster-{started:%Y%m%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now().isoformat(timespec="seconds"),
@@ -823,7 +910,16 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         return 130
     bad = [t for t in trials if t.get("stalled") or t.get("kind") == "start"]
-    return 0 if trials and not bad else 1
+    if not trials or bad:
+        return 1
+    dropped = [r for r in summary["load"]
+               if r["broker"] == "raftmq" and r.get("window_stats", {}).get("drop")]  # fmt: skip
+    if args.strict and dropped:
+        where = ", ".join(f"{r['kind']} {_size(r['size'])}" for r in dropped)
+        print(f"--strict: RaftMQ slowed down by more than {args.max_drop:.0%} from the first "
+              f"window to the last: {where}")  # fmt: skip
+        return 3
+    return 0
 
 
 if __name__ == "__main__":
