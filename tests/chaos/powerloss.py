@@ -179,6 +179,10 @@ def install() -> None:
     """Hook pysyncobj's journal writes and ``os.fdatasync``/``os.fsync`` in this process."""
     from pysyncobj import journal
 
+    # Imported before anything here wraps ResizableFile.write: the patches read the private
+    # names pysyncobj's own methods use when they are imported (check_version).
+    from cluster.raft import patches as pysyncobj_patches
+
     resizable: Any = journal.ResizableFile
     original_init = resizable.__init__
 
@@ -210,8 +214,6 @@ def install() -> None:
     # The broker's own pysyncobj patches may *replace* ResizableFile.write when a replica is
     # built (a469ccc: blocks reserved before the mmap grows): wrap it again after them, or the
     # tracker would see no journal write and a power loss would cut the journal to nothing.
-    from cluster.raft import patches as pysyncobj_patches
-
     broker_install = pysyncobj_patches.install
 
     def install_then_track() -> None:
