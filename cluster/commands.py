@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import decimal
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgpack
@@ -69,9 +69,42 @@ def _command(tag: int) -> Callable[[type[_C]], type[_C]]:
         assert tag not in _REGISTRY, tag
         _REGISTRY[tag] = cls
         cls._FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[attr-defined,arg-type]
+        _fast_init(cls)
+        cls._ENCODE = staticmethod(_encoder(cls))  # type: ignore[attr-defined]
         return cls
 
     return wrap
+
+
+def _fast_init(cls: type) -> None:
+    """Replace the frozen dataclass ``__init__`` (``object.__setattr__`` per field, ~0.8 µs
+    for six) by one that stores through the slots' own descriptors (~0.45 µs): same
+    signature and defaults, instances still frozen, equal and hashed as before. Two to
+    four commands are built per message (the session's, each replica's decoded one)."""
+    params, body, env = [], [], {}
+    for f in fields(cls):
+        env[f"_set_{f.name}"] = getattr(cls, f.name).__set__  # (the slot's member)
+        if f.default is not MISSING:
+            env[f"_dflt_{f.name}"] = f.default
+            params.append(f"{f.name}=_dflt_{f.name}")
+        else:
+            assert f.default_factory is MISSING, (cls, f.name)
+            params.append(f.name)
+        body.append(f"    _set_{f.name}(self, {f.name})\n")
+    if not body:
+        return
+    exec(f"def __init__(self, {', '.join(params)}):\n{''.join(body)}", env)  # noqa: S102
+    init = env["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+
+
+def _encoder(cls: type[Command]) -> Callable[[Any], list[Any]]:
+    """``lambda cmd: [TAG, cmd.field, ...]``: encode_command's list, without a generator
+    and a getattr per field."""
+    names = "".join(f", c.{name}" for name in cls._FIELDS)  # type: ignore[attr-defined]
+    code: Callable[[Any], list[Any]] = eval(f"lambda c: [{cls.TAG}{names}]")  # noqa: S307
+    return code
 
 
 # --- node and connection lifecycle -------------------------------------------------
@@ -502,7 +535,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def encode_command(cmd: Command) -> list[Any]:
-    return [cmd.TAG, *(getattr(cmd, f) for f in cmd._FIELDS)]  # type: ignore[attr-defined]
+    return cmd._ENCODE(cmd)  # type: ignore[attr-defined]
 
 
 class Unencodable(ValueError):
@@ -535,7 +568,7 @@ def encode_batch(batch: Batch) -> bytes:
         batch.incarnation,
         batch.seq,
         batch.timestamp_ms,
-        [encode_command(c) for c in batch.commands],
+        [c._ENCODE(c) for c in batch.commands],  # type: ignore[attr-defined]
     ]
     if batch.after:  # (entries without it decode as after=0: older nodes' format)
         payload.append(batch.after)
