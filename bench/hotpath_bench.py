@@ -24,6 +24,7 @@ import struct
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -107,11 +108,14 @@ def stages(batch: int, size: int) -> dict[str, float]:
     """µs per message of the hot path's pure stages, each the best of 7 timeit repeats:
     parse (publish + ack frames -> events), commands (Publish + Ack built), encode
     (encode_batch of both batches), pickle (pysyncobj's dumps + loads of both entries),
-    decode (decode_batch of both)."""
+    decode (decode_batch of both),
+    store (FileStore put, flush, read, release)."""
     import timeit
 
     from bench.codec_bench import open_connection
     from cluster import commands as c
+    from cluster.store import FileStore
+    from cluster.store import run as run_writes
     from protocol import NEED_DATA
 
     conn = open_connection()
@@ -131,6 +135,19 @@ def stages(batch: int, size: int) -> dict[str, float]:
     p_cmds, a_cmds = build_commands()
     entries = [c.encode_batch(c.Batch("n1", 1, s, 0, cmds)) for s, cmds in ((1, p_cmds),
                                                                           (2, a_cmds))]
+    tmp = tempfile.TemporaryDirectory()
+    store = FileStore()
+    store.attach(Path(tmp.name), restored=False)
+    next_id = iter(range(1, 1 << 62))
+
+    def store_path() -> None:  # put, flush (a tick), read for the delivery, release (ack)
+        ids = [next(next_id) for _ in range(batch)]
+        run_writes(store, [(i, "", "q", props, body, 1) for i in ids])
+        store.flush()
+        for i in ids:
+            store.read(i)
+        run_writes(store, ids)  # type: ignore[arg-type]
+
     runs: dict[str, Any] = {
         "parse": parse,
         "commands": build_commands,
@@ -138,9 +155,14 @@ def stages(batch: int, size: int) -> dict[str, float]:
                            for s, cmds in ((1, p_cmds), (2, a_cmds))],
         "pickle": lambda: [patches.loads(patches.dumps((0, (e,), {}))) for e in entries],
         "decode": lambda: [c.decode_batch(e) for e in entries],
+        "store": store_path,
     }
-    return {name: min(timeit.repeat(f, number=20, repeat=7)) / (20 * batch) * 1e6
-            for name, f in runs.items()}
+    try:
+        return {name: min(timeit.repeat(f, number=20, repeat=7)) / (20 * batch) * 1e6
+                for name, f in runs.items()}
+    finally:
+        store.close()
+        tmp.cleanup()
 
 
 def main() -> None:
