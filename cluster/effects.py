@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar, dataclass_transform
 
-from cluster.commands import ChKey, ConnKey
+from cluster.commands import ChKey, ConnKey, _fast_init
 
 
 class Effect:
@@ -23,8 +23,12 @@ _E = TypeVar("_E", bound=Effect)
 
 @dataclass_transform(frozen_default=True)
 def _ef(cls: type[_E]) -> type[_E]:
-    """Frozen slotted dataclass; spelled as a function mypy understands."""
-    return dataclass(frozen=True, slots=True)(cls)
+    """Frozen slotted dataclass; spelled as a function mypy understands. Built with the
+    commands' fast ``__init__`` (cluster/commands.py ``_fast_init``): every replica builds a
+    Deliver and a Confirm per message."""
+    made = dataclass(frozen=True, slots=True)(cls)
+    _fast_init(made)
+    return made
 
 
 # --- synchronous replies (one per command that expects one, unless nowait) -------------
