@@ -1,7 +1,7 @@
 """In-process hot-path micro-benchmark: one publish -> deliver -> ack, socket bytes to
 socket bytes, without sockets or subprocesses (issue 22, item 2).
 
-    .venv/bin/python bench/hotpath_bench.py [--rounds 200] [--batch 100] [--size 100]
+    .venv/bin/python -m tests.perf.hotpath_bench [--rounds 200] [--batch 100] [--size 100]
 
 A Broker on the in-memory log (tests/node/inproc.py): a publisher with confirms sends
 ``--batch`` publishes (100 B, persistent) in one read, the node runs its turns (parse,
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from pamqp import commands as spec  # noqa: E402
 from pamqp import frame as pframe  # noqa: E402
