@@ -52,14 +52,6 @@ from cluster.machine.state import DEFAULT_EXCHANGES
 from cluster.machine.topology import EXCHANGE_TYPES
 from node.amqp.passwords import ALGORITHMS, SHA256, valid_hash
 from node.mgmt import views
-from node.mgmt.access import (
-    MAX_TAGS,
-    USER_LIMITS,
-    VHOST_LIMITS,
-    permission_json,
-    topic_json,
-    user_json,
-)
 from node.mgmt.framework import (
     MAX_TEXT_BYTES,
     PLACEHOLDER,
@@ -67,9 +59,9 @@ from node.mgmt.framework import (
     Refusal,
     bad_request,
     body,
-    broker_of,
     error,
     needs,
+    node_of,
     product_version,
     state,
     submit,
@@ -77,6 +69,9 @@ from node.mgmt.framework import (
 from node.mgmt.input import (
     INT64_MAX,
     INT64_MIN,
+    MAX_TAGS,
+    USER_LIMITS,
+    VHOST_LIMITS,
     InputError,
     check_arguments,
     check_name,
@@ -84,6 +79,7 @@ from node.mgmt.input import (
     check_short,
     check_text,
 )
+from node.mgmt.views import permission_json, topic_json, user_json
 from protocol.errors import AMQPError
 
 log = logging.getLogger(__name__)
@@ -527,7 +523,7 @@ async def apply(request: web.Request, plan: Plan) -> None:
     loop serves everyone else between them, and no replica applies one huge entry). What
     only the machine can refuse (a queue redeclared with other arguments) stops the
     import at that item: a 400 naming it and saying how much was applied before."""
-    broker, total, done = broker_of(request), plan.size(), 0
+    node, total, done = node_of(request), plan.size(), 0
     try:
         for chunk in _chunks(plan.globals):
             await submit(request, *(cmd for _, cmd in chunk))
@@ -535,7 +531,7 @@ async def apply(request: web.Request, plan: Plan) -> None:
         for vhost, topology in plan.topology.items():
             for chunk in _chunks(topology):
                 try:
-                    await ApiSession(broker, request["user"], vhost, system=True).run(
+                    await ApiSession(node, request["user"], vhost, system=True).run(
                         *(cmd for _, cmd in chunk))
                 except Refusal as r:
                     # a channel's commands apply in order up to the one refused

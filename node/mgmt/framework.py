@@ -111,9 +111,6 @@ def node_of(request: web.Request) -> Node:
     return request.app[NODE]
 
 
-broker_of = node_of  # (its name in node/mgmt/definitions.py)
-
-
 def state(request: web.Request) -> Any:
     """The replicated state (cluster/machine/state.py State) as this node has applied it."""
     return request.app[NODE].raft.state
