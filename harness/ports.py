@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import time
@@ -76,3 +77,29 @@ def wait_amqp(
         except OSError as exc:
             last = exc
         time.sleep(0.1)
+
+
+# deploy/local-cluster.sh (make cluster) puts node i of 3 on base + offset + i for each of
+# AMQP, management, metrics and Raft.
+LOCAL_CLUSTER_OFFSETS = (0, 10000, 10020, 20000)
+
+
+def free_local_cluster_base(tries: int = 200) -> int | None:
+    """A ``CLUSTER_BASE_PORT`` whose twelve ports are all free a moment ago, below the
+    ephemeral range (Raft = base + 20000); None if ``tries`` random bases were all taken."""
+    rng = random.Random()
+    for _ in range(tries):
+        base = rng.randrange(10000, 12000)
+        if all(_bindable(base + off + i) for off in LOCAL_CLUSTER_OFFSETS for i in range(3)):
+            return base
+    return None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+

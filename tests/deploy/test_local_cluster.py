@@ -5,7 +5,6 @@ and `stop` ends exactly the processes it started. Nothing is written to ./data/c
 from __future__ import annotations
 
 import os
-import random
 import socket
 import subprocess
 import time
@@ -13,32 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from harness.ports import free_local_cluster_base
+
 pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "local-cluster.sh"
-OFFSETS = (0, 10000, 10020, 20000)  # AMQP, management, metrics, Raft
-
-
-def _all_free(base: int) -> bool:
-    for off in OFFSETS:
-        for i in range(3):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                try:
-                    s.bind(("127.0.0.1", base + off + i))
-                except OSError:
-                    return False
-    return True
-
-
 def _free_base() -> int:
-    """A base whose twelve ports are free; below the ephemeral range (Raft = base + 20000)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(10000, 12000)
-        if _all_free(base):
-            return base
-    pytest.skip("no free block of cluster ports on this machine")
+    base = free_local_cluster_base()
+    if base is None:
+        pytest.skip("no free block of cluster ports on this machine")
+    return base
 
 
 def _run(action: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -137,6 +137,12 @@ def mismatches(sample: str, output: str, variants: dict[str, str] | None = None)
     return problems
 
 
+def clean_env() -> dict[str, str]:
+    """The environment of a newcomer's shell: nothing of ours (make's variables, RAFTMQ_*)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("RAFTMQ_", "MAKE", "MFLAGS"))}
+
+
 class CommandFailed(AssertionError):
     pass
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.test_local_cluster import _free_base
+from harness.ports import free_local_cluster_base
 from tests.harness.api import Api
-from tests.readme.readme import README, REPO, Shell, block, commands, mismatches
-from tests.readme.test_readme_single_node import clean_env
+from tests.readme.readme import README, REPO, Shell, block, clean_env, commands, mismatches
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -36,7 +35,9 @@ def _kill_leftovers(data: Path) -> None:
 
 def test_cluster_walkthrough(tmp_path: Path) -> None:
     readme = README.read_text()
-    base, data = _free_base(), tmp_path / "cluster"
+    base, data = free_local_cluster_base(), tmp_path / "cluster"
+    if base is None:
+        pytest.skip("no free block of cluster ports on this machine")
     mgmt = [base + 10000 + i for i in range(3)]
     shell = Shell(REPO, {**clean_env(), "RAFTMQ_ADMIN_URL": f"http://127.0.0.1:{mgmt[0]}"},
                   {"CLUSTER_BASE_PORT=7672": f"CLUSTER_BASE_PORT={base}",

@@ -21,8 +21,15 @@ import pytest
 
 from harness.cluster import RaftMQCluster
 from harness.raftmq import RaftMQNode
-from tests.readme.readme import README, Shell, block_with, commands, mismatches, substitute
-from tests.readme.test_readme_single_node import clean_env
+from tests.readme.readme import (
+    README,
+    Shell,
+    block_with,
+    clean_env,
+    commands,
+    mismatches,
+    substitute,
+)
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -24,17 +24,20 @@ import pytest
 from harness.ports import free_port, wait_amqp
 from harness.procs import stop_group
 from tests.harness.api import Api
-from tests.readme.readme import README, REPO, VENV_BIN, Shell, block, commands, mismatches
+from tests.readme.readme import (
+    README,
+    REPO,
+    VENV_BIN,
+    Shell,
+    block,
+    clean_env,
+    commands,
+    mismatches,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
 NEW_PASSWORD = "another-long-password"  # what the Security block sets for guest
-
-
-def clean_env() -> dict[str, str]:
-    """The environment of a newcomer's shell: nothing of ours (make's variables, RAFTMQ_*)."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("RAFTMQ_", "MAKE", "MFLAGS"))}
 
 
 class MadeNode:
