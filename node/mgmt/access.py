@@ -199,9 +199,11 @@ async def put_vhost(request: web.Request) -> web.Response:
     data = await body(request)
     description = _text(data.get("description", ""), "description")
     existed = name in state(request).vhosts
-    await submit(request, C.VHostPut(name, description, _tags(data.get("tags"))))
-    if not existed:  # as RabbitMQ's API does: its creator may use the new vhost at once
-        await submit(request, C.PermissionSet(request["user"], name, ".*", ".*", ".*"))
+    put = C.VHostPut(name, description, _tags(data.get("tags")))
+    if existed:
+        await submit(request, put)
+    else:  # as RabbitMQ's API does: its creator may use the new vhost at once (one entry)
+        await submit(request, put, C.PermissionSet(request["user"], name, ".*", ".*", ".*"))
     return created_or_updated(existed)
 
 
