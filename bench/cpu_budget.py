@@ -25,8 +25,9 @@ Per node, over the measured interval (after ``--warmup`` s of the same load):
   third-party frames are neutral: msgpack under ``encode_batch`` is encoding, under
   ``decode_batch`` applying). Stage µs = the stage's share of the samples x the main thread's
   CPU µs per message; the other threads' CPU (fdatasync in the kernel) is added to "Raft append
-  + fsync" as its own line. The time spent waiting for fdatasync is latency, not CPU: it is not
-  in the budget.
+  + fsync" as its own line. The time spent waiting for the disk is latency, not CPU: it is not
+  in the budget; it is reported beside it, from the nodes' thread states read every 20 ms
+  (state D: fdatasync, a page fault on the mmap'd journal).
 
 Reports per node role (single node; cluster leader; the follower with the producer; the follower
 with the consumer): CPU µs per message, the stages with their top frames, how much of the main
@@ -272,6 +273,18 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
+def thread_states(pid: int) -> dict[int, str]:
+    """The scheduler state of every thread of ``pid`` (R running, S sleeping, D waiting on the
+    disk...), {} if it is gone."""
+    out = {}
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                out[int(tid)] = raw[raw.rindex(")") + 2]
+    return out
+
+
 def _own_cpu() -> float:
     return sum(cpu_seconds(p) for p in own_processes())
 
@@ -281,9 +294,13 @@ def py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
+STATE_PERIOD = 0.02  # s between two reads of the nodes' thread states
+
+
 class Recorder:
     """From the start of the measured window to its end: CPU per thread of every node, the
-    machine's busy time, and (if py-spy runs) one py-spy per node for the whole window."""
+    machine's busy time, every ``STATE_PERIOD`` s the state of every node thread (how long they
+    wait on the disk: fdatasync), and (if py-spy runs) one py-spy per node."""
 
     def __init__(self, pids: dict[str, int], workdir: Path, spy_rate: int) -> None:
         self.pids = pids
@@ -297,6 +314,8 @@ class Recorder:
         self.spy_seconds = 0
         self.other_cpu_s = 0.0
         self.raw: dict[str, Path] = {}
+        self.state_samples = 0
+        self.disk_waits: dict[str, Counter[int]] = {role: Counter() for role in pids}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -321,7 +340,12 @@ class Recorder:
                 spies[role] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.PIPE)  # fmt: skip
                 self.raw[role] = out
-        self._stop.wait(max(0.0, (t_end - time.monotonic_ns()) / 1e9))
+        while time.monotonic_ns() < t_end and not self._stop.wait(STATE_PERIOD):
+            self.state_samples += 1
+            for role, pid in self.pids.items():
+                for tid, state in thread_states(pid).items():
+                    if state == "D":
+                        self.disk_waits[role][tid] += 1
         self.after = {role: thread_cpu(pid) for role, pid in self.pids.items()}
         self.wall = time.monotonic() - w0
         # busy minus everything this benchmark started (nodes, clients, py-spy): other processes
@@ -354,6 +378,15 @@ def node_budget(role: str, pid: int, rec: Recorder, messages: int) -> dict[str, 
         "us_per_msg": round((main + others) * per, 2),
         "main_thread_us": round(main * per, 2), "other_threads_us": round(others * per, 2),
     }  # fmt: skip
+    if rec.state_samples:
+        # threads waiting on the disk (state D: fdatasync, a page fault on the mmap'd journal), as
+        # thread-seconds per second and as wall µs per message: latency, not CPU, not in the
+        # budget
+        waits = rec.disk_waits.get(role, Counter())
+        share = sum(waits.values()) / rec.state_samples
+        out["disk_wait_share"] = round(share, 3)
+        out["disk_wait_us"] = round(share * rec.wall * per, 2)
+        out["disk_wait_main_thread_share"] = round(waits[pid] / rec.state_samples, 3)
     raw = rec.raw.get(role)
     if raw is None or not raw.exists():
         return out
@@ -491,6 +524,7 @@ def markdown(results: dict[str, Any]) -> str:
                     [n.get("stages", {}).get("raft", {}).get("parts", {}).get(part)
                      for n in nodes])  # fmt: skip
     row("**total**", [n["us_per_msg"] for n in nodes])
+    row("disk wait, not CPU (wall µs / message)", [n.get("disk_wait_us") for n in nodes])
     rows.append("| GIL samples / main thread's CPU | " + " | ".join(
         "–" if n.get("gil_coverage") is None else f"{n['gil_coverage']:.0%}" for n in nodes) + " |")
     rates = ", ".join(f"{ROLE_TITLES.get(k, k)} part: {p['load']['consumed_per_s']:,.0f} msg/s "
@@ -516,6 +550,11 @@ def print_part(name: str, part: dict[str, Any], out: Any = sys.stdout) -> None:
               f"threads {node['other_threads_us']:.1f})"
               + (f"; {node['gil_samples']} GIL samples = {cov:.0%} of the main thread's CPU"
                  if cov is not None else ""), file=out)  # fmt: skip
+        if "disk_wait_us" in node:
+            print(f"    disk wait (not CPU): threads in state D (fdatasync, page faults) "
+                  f"{node['disk_wait_share']:.0%} of the time, {node['disk_wait_us']:.1f} µs "
+                  f"of wall per message (the loop's thread: "
+                  f"{node['disk_wait_main_thread_share']:.0%})", file=out)  # fmt: skip
         if "stages" not in node:
             print("    (no profile: stages not measured)", file=out)
             continue

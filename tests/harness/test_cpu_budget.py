@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,7 @@ def test_node_budget_scales_shares_by_the_main_threads_cpu(tmp_path: Path) -> No
     rec.before = {"leader": {100: 10.0, 101: 1.0}}
     rec.after = {"leader": {100: 12.0, 101: 1.5}}  # main thread 2 s, the fsync worker 0.5 s
     rec.wall, rec.spy_seconds, rec.raw = 4.0, 4, {"leader": raw}
+    rec.state_samples, rec.disk_waits = 200, {"leader": Counter({101: 80})}  # fsync 40 % of the time
     out = node_budget("leader", 100, rec, messages=10_000)
     assert out["us_per_msg"] == pytest.approx(250.0)
     assert (out["main_thread_us"], out["other_threads_us"]) == (200.0, 50.0)
@@ -120,5 +122,8 @@ def test_node_budget_scales_shares_by_the_main_threads_cpu(tmp_path: Path) -> No
     assert stages["raft"]["us_per_msg"] == pytest.approx(70.0)  # with the other threads' CPU
     assert stages["raft"]["parts"] == {"transport": 20.0, "fsync thread (kernel)": 50.0}
     assert sum(s["us_per_msg"] for s in stages.values()) == pytest.approx(out["us_per_msg"])
+    # not CPU: 40 % of 4 s in fdatasync over 10,000 messages
+    assert (out["disk_wait_share"], out["disk_wait_us"]) == (0.4, 160.0)
+    assert out["disk_wait_main_thread_share"] == 0.0
     # 200 samples at 100/s over 4 s = the GIL held 0.5 s/s; the main thread used 0.5 core
     assert out["gil_coverage"] == pytest.approx(1.0)
