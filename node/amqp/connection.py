@@ -50,6 +50,11 @@ CLOSE_TIMEOUT_S = 2.0
 # every replica): everyone else waited for both.
 TURN_BUDGET_S = 0.01
 TURN_CHECK_EVERY = 64  # events between looks at the clock
+# A dispatch's output goes to the socket whenever this many frames (or pieces of big
+# contents) are buffered, not only at its end: an entry of a burst applies 500 and more
+# deliveries to one consumer at once, and building them all took 10-40 ms on a busy
+# machine before the client got the first (bench/burst.py, issue 22).
+FLUSH_EVERY = 128
 # After close-ok, how long the socket stays open (its input read and discarded) for the
 # client to close it first.
 CLOSE_DRAIN_S = 5.0
@@ -428,6 +433,8 @@ class AMQPConnection(asyncio.Protocol):
             self.session.run_effect(ef)
         except AMQPConnectionError as err:  # the machine closed the connection
             self.force_close(err.reply_code, err.reply_text, err.class_id, err.method_id)
+        if len(self._out) >= FLUSH_EVERY:
+            self._flush_writes()
 
     def effects_done(self) -> None:
         self.session.effects_done()

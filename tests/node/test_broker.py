@@ -261,3 +261,35 @@ async def _consume_5000_in_one_read(node: InProcessNode) -> None:
     assert c.transport.reading
     await node.settle()
     assert names(c.frames()).count("Basic.ConsumeOk") == 5000
+
+
+async def test_a_dispatch_of_many_deliveries_reaches_the_socket_in_slices(
+    node: InProcessNode
+) -> None:
+    """300 deliveries applied at once (a no-ack consumer on a full queue, as an entry of a
+    burst does): written whenever FLUSH_EVERY frames are buffered, so the client gets the first
+    while the rest are built (issue 22, bench/burst.py), in order, each once."""
+    from node.amqp.connection import FLUSH_EVERY
+
+    c = node.client()
+    await c.open()
+    await declare(c, "many")
+    for i in range(300):
+        c.publish(1, b"%d" % i, "many")
+    await node.settle()
+    c.frames()
+    writes: list[int] = []
+    write_all = c.transport.writelines
+
+    def counting(lines: Any) -> None:
+        lines = list(lines)
+        writes.append(len(lines))
+        write_all(lines)
+
+    c.transport.writelines = counting  # type: ignore[method-assign]
+    c.method(1, build(spec.Basic.Consume, 0, "many", "t", False, True))  # no-ack
+    await node.settle()
+    frames = c.frames()
+    delivers = [f for _, f in frames if f.name == "Basic.Deliver"]
+    assert [d.delivery_tag for d in delivers] == list(range(1, 301))
+    assert len(writes) >= max(2, 300 // FLUSH_EVERY) and max(writes) < 2 * FLUSH_EVERY, writes
