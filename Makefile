@@ -72,6 +72,10 @@ bench-cluster: $(STAMP)
 bench-cluster-quick: $(STAMP)
 	$(BIN)/python -m bench.run_bench_cluster --quick $(BENCH_ARGS)
 
+# A burst of 1,024 publishes through 3-node RaftMQ / RabbitMQ (quorum) clusters and one node, per placement: longest gap between deliveries (<= 100 ms; ~6 min)
+bench-burst: $(STAMP)
+	$(BIN)/python -m bench.burst $(BENCH_ARGS)
+
 # Every node of a 3-node cluster drained, restarted and waited for in turn, with 1,200 msg/s of
 # confirmed publishes and a consumer per node: longest confirm gap per node (<= 1 s), lost = 0.
 rolling-restart: $(STAMP)
