@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-cluster bench-cluster-quick bench-codec bench-memory bench-publish chaos chaos-long rolling-restart fuzz clean install cluster cluster-stop
+.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-workloads bench-workloads-quick bench-cluster bench-cluster-quick bench-codec bench-memory bench-publish chaos chaos-long rolling-restart fuzz clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,13 +45,26 @@ typecheck: $(STAMP)
 	$(BIN)/mypy tests bench harness
 
 # RaftMQ and RabbitMQ (installed from Debian by the harness if missing) side by side, alternating:
-# 180 s of sustained load per broker and size on one broker process, in 30 s windows (~14 min).
-# BENCH_ARGS adds options, e.g. BENCH_ARGS="--strict --json out.json".
+# 180 s of sustained load per broker and size on one broker process, in 30 s windows (~14 min),
+# then the workloads users run (bench-workloads, 64 KiB only as run_bench did 100 B and 4 KiB;
+# ~30 min). BENCH_ARGS adds options to run_bench, e.g. BENCH_ARGS="--strict --json out.json";
+# WORKLOADS_ARGS to bench.workloads.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.workloads --sizes 65536 $(WORKLOADS_ARGS)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run_bench --duration 10 --window-s 5 --warmup 1 --runs 1 $(BENCH_ARGS)
+
+# The workloads users run, RaftMQ vs RabbitMQ, a fresh broker each: 10 queues x (1 producer,
+# 1 consumer), fanout 1 -> 10 queues, a topic exchange with 1,000 bindings, 1,000 idle connections,
+# 10,000 queues declared, 100 B / 4 KiB / 64 KiB bodies; 180 s in 30 s windows each (~40 min;
+# the quick form 20 s in 10 s windows, ~9 min, too long for bench-quick).
+bench-workloads: $(STAMP)
+	$(BIN)/python -m bench.workloads $(WORKLOADS_ARGS)
+
+bench-workloads-quick: $(STAMP)
+	$(BIN)/python -m bench.workloads --quick $(WORKLOADS_ARGS)
 
 # The producer alone, 500 in flight, 1 KiB, no consumer: RaftMQ vs RabbitMQ's quorum queue, 180 s
 # in 30 s windows each (the sustained form of bench-memory's publish phase; ~8 min).

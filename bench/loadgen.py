@@ -14,6 +14,12 @@ With ``LoadConfig.interval`` the measured window is also cut into intervals (``-
 each side counts per interval and ``LoadResult.windows`` has one row each.
 ``LoadConfig.consumer=False`` (``--no-consumer``) runs the producer alone.
 
+Several queues and exchanges (bench.workloads): ``LoadConfig.queues=N`` gives each side N
+connections in its one process, connection i on queue ``<queue>-i`` (counts are summed);
+``exchange`` and ``routing_keys`` make the producer publish to an exchange the caller set up,
+cycling through the keys; ``consume`` makes the consumer consume several queues, one basic.consume
+each on its one channel. The defaults keep one producer and one consumer on one queue.
+
 Run alone: ``python -m bench.loadgen --port 5672 --size 100 --duration 10``.
 """
 
@@ -29,7 +35,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
@@ -67,6 +73,10 @@ class LoadConfig:
     record: bool = False  # return every (sent, confirmed) / (sent, delivered) pair in the window
     interval: float = 0.0  # also count per interval of this many seconds of the window (0: none)
     consumer: bool = True  # False: the producer alone (a queue that only grows)
+    queues: int = 1  # > 1: N connections per side, connection i on queue "<queue>-i"
+    exchange: str = ""  # the producer publishes to this exchange (declared by the caller)
+    routing_keys: tuple[str, ...] = ()  # ... cycling through these keys (default: the queue)
+    consume: tuple[str, ...] = ()  # the consumer's queues, declared by the caller (default: queue)
 
 
 @dataclass
@@ -119,13 +129,16 @@ def _shortstr(s: str) -> bytes:
     return bytes([len(b)]) + b
 
 
-def publish_template(queue: str, size: int, frame_max: int) -> tuple[bytes, bytes]:
+def publish_template(
+    queue: str, size: int, frame_max: int, exchange: str = ""
+) -> tuple[bytes, bytes]:
     """(head, tail) such that ``head + pack('>Q', timestamp_ns) + tail`` is one complete persistent
-    basic.publish to the default exchange: method frame, content header (delivery_mode=2) and
-    body frame(s) of ``size`` bytes whose first 8 bytes are the timestamp."""
+    basic.publish to ``exchange`` (default: the default exchange) with routing key ``queue``:
+    method frame, content header (delivery_mode=2) and body frame(s) of ``size`` bytes whose first
+    8 bytes are the timestamp."""
     assert size >= 8
     method = _frame(
-        1, _CLASS_METHOD.pack(60, 40) + b"\0\0" + _shortstr("") + _shortstr(queue) + b"\0"
+        1, _CLASS_METHOD.pack(60, 40) + b"\0\0" + _shortstr(exchange) + _shortstr(queue) + b"\0"
     )
     header = _frame(2, struct.pack(">HHQH", 60, 0, size, 0x1000) + b"\x02")  # delivery-mode flag
     chunk = (frame_max or 131072) - 8  # frame payload limit: frame_max minus header and end
@@ -301,6 +314,24 @@ class LeanClient(asyncio.Protocol):
                 return value
 
     async def setup(self) -> None:
+        await self.handshake()
+        self.send(cmd.Channel.Open())
+        await self.expect(cmd.Channel.OpenOk)
+        self.send(self.declare(self.cfg.queue))
+        await self.expect(cmd.Queue.DeclareOk)
+
+    def declare(self, queue: str) -> cmd.Queue.Declare:
+        """queue.declare of a durable queue of ``cfg``'s type and mode."""
+        c = self.cfg
+        args: dict[str, Any] | None = None
+        if c.queue_type != "classic":
+            args = {"x-queue-type": c.queue_type}
+        if c.queue_mode:
+            args = {**(args or {}), "x-queue-mode": c.queue_mode}
+        return cmd.Queue.Declare(queue=queue, durable=True, arguments=args)
+
+    async def handshake(self) -> None:
+        """Protocol header to connection.open-ok (no heartbeats); no channel yet."""
         c = self.cfg
         await self.expect(cmd.Connection.Start)
         props: dict[str, Any] = {
@@ -313,15 +344,6 @@ class LeanClient(asyncio.Protocol):
         self.send(cmd.Connection.TuneOk(tune.channel_max or 2047, self.frame_max, 0), 0)
         self.send(cmd.Connection.Open(c.vhost), 0)
         await self.expect(cmd.Connection.OpenOk)
-        self.send(cmd.Channel.Open())
-        await self.expect(cmd.Channel.OpenOk)
-        args: dict[str, Any] | None = None
-        if c.queue_type != "classic":
-            args = {"x-queue-type": c.queue_type}
-        if c.queue_mode:
-            args = {**(args or {}), "x-queue-mode": c.queue_mode}
-        self.send(cmd.Queue.Declare(queue=c.queue, durable=True, arguments=args))
-        await self.expect(cmd.Queue.DeclareOk)
 
     async def close(self, timeout: float = 2.0) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -349,13 +371,24 @@ class Producer(LeanClient):
         self.pub_start = 0  # when publishing began (rate mode)
         self.last_ts = 0  # rate mode: every message gets a distinct timestamp
         self.times: list[tuple[int, int]] = []  # (publish, confirm) when cfg.record
+        self.templates: list[tuple[bytes, bytes]] = []  # (head, tail) per routing key
+
+    def _message(self, tag: int, ts: bytes) -> bytes:
+        """Message number ``tag``: its routing key is the next in the cycle."""
+        head, tail = self.templates[tag % len(self.templates)]
+        return head + ts + tail
 
     async def setup(self) -> None:
         await super().setup()
         self.send(cmd.Confirm.Select())
         self.switch_after = cmd.Confirm.SelectOk
         await self.expect(cmd.Confirm.SelectOk)
-        self.head, self.tail = publish_template(self.cfg.queue, self.cfg.size, self.frame_max)
+        c = self.cfg
+        self.templates = [
+            publish_template(key, c.size, self.frame_max, c.exchange)
+            for key in (c.routing_keys or (c.queue,))
+        ]
+        self.head, self.tail = self.templates[0]
 
     def settle(self, tag: int, ok: bool, now: int) -> None:
         ts = self.pending.pop(tag, None)
@@ -411,18 +444,20 @@ class Producer(LeanClient):
             for t in range(tag, tag + want):
                 ts_ns = self.last_ts = max(now, self.last_ts + 1)
                 self.pending[t] = ts_ns
-                self.out.append(self.head + _U64.pack(ts_ns) + self.tail)
+                self.out.append(self._message(t, _U64.pack(ts_ns)))
             self.next_tag = tag + want
             self.sent += want
             self._count_sent(now, want)
             return
         ts = _U64.pack(now)
-        msg = self.head + ts + self.tail
         tag = self.next_tag
         for t in range(tag, tag + want):
             self.pending[t] = now
         self.next_tag = tag + want
-        self.out.append(msg * want)
+        if len(self.templates) > 1:
+            self.out.extend(self._message(t, ts) for t in range(tag, tag + want))
+        else:
+            self.out.append((self.head + ts + self.tail) * want)
         self._count_sent(now, want)
 
     def _count_sent(self, now: int, n: int) -> None:
@@ -477,9 +512,13 @@ class Consumer(LeanClient):
         await super().setup()
         self.send(cmd.Basic.Qos(prefetch_count=self.cfg.prefetch))
         await self.expect(cmd.Basic.QosOk)
-        self.switch_after = cmd.Basic.ConsumeOk
-        self.send(cmd.Basic.Consume(queue=self.cfg.queue, consumer_tag="bench"))
-        await self.expect(cmd.Basic.ConsumeOk)
+        queues = self.cfg.consume or (self.cfg.queue,)
+        for i, queue in enumerate(queues):
+            if i == len(queues) - 1:  # nothing is published yet: no delivery comes before this
+                self.switch_after = cmd.Basic.ConsumeOk
+            tag = "bench" if len(queues) == 1 else f"bench-{i}"
+            self.send(cmd.Basic.Consume(queue=queue, consumer_tag=tag))
+            await self.expect(cmd.Basic.ConsumeOk)
 
     def on_fast_frame(self, ftype: int, buf: bytearray, start: int, end: int, now: int) -> None:
         if ftype == 3:  # body
@@ -523,17 +562,42 @@ class Consumer(LeanClient):
 # -- processes ----------------------------------------------------------------------------------
 
 
+def _clients(role: str, cfg: LoadConfig) -> list[Producer | Consumer]:
+    kind = Producer if role == "producer" else Consumer
+    if cfg.queues <= 1:
+        return [kind(cfg)]
+    return [kind(replace(cfg, queue=f"{cfg.queue}-{i}", queues=1)) for i in range(cfg.queues)]
+
+
+def _merged_slots(clients: list[Producer | Consumer]) -> dict[str, list[Any]]:
+    """LeanClient.slot_results over every client of the process: counts summed, latency
+    percentiles over all, the longest gap of any."""
+    if len(clients) == 1:
+        return clients[0].slot_results()
+    n = clients[0].n_slots
+    lats = [sorted(x for c in clients for x in c.lat_slots[i]) for i in range(n)]
+    return {
+        "done": [sum(c.done_slots[i] for c in clients) for i in range(n)],
+        "p50": [percentile_ms(lat, 0.50) for lat in lats],
+        "p99": [percentile_ms(lat, 0.99) for lat in lats],
+        "gap_ms": [max(c.gap_slots[i] for c in clients) / 1e6 for i in range(n)],
+    }
+
+
 async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
     loop = asyncio.get_running_loop()
-    client: Producer | Consumer = Producer(cfg) if role == "producer" else Consumer(cfg)
+    clients = _clients(role, cfg)
     port = cfg.consumer_port if role == "consumer" and cfg.consumer_port else cfg.port
+
+    async def connect(client: Producer | Consumer) -> None:
+        await loop.create_connection(lambda: client, cfg.host, port)
+        await client.setup()
+
     try:
-        await asyncio.wait_for(
-            loop.create_connection(lambda: client, cfg.host, port), cfg.setup_timeout
-        )
-        await asyncio.wait_for(client.setup(), cfg.setup_timeout)
+        await asyncio.wait_for(asyncio.gather(*map(connect, clients)), cfg.setup_timeout)
     except (TimeoutError, OSError, AmqpError) as exc:
-        pipe.send(("error", f"{role} setup: {exc!r} {client.error or ''}"))
+        why = " ".join(c.error for c in clients if c.error)
+        pipe.send(("error", f"{role} setup: {exc!r} {why}"))
         return
     pipe.send(("ready", None))
     if not pipe.poll(cfg.setup_timeout * 3):  # parent waits for the other side; nothing flows yet
@@ -543,40 +607,57 @@ async def _child_main(role: str, cfg: LoadConfig, pipe: Connection) -> None:
         t_begin, t_end = pipe.recv()
     except EOFError:  # the parent gave up
         return
-    client.set_window(t_begin, t_end)
+    for client in clients:
+        client.set_window(t_begin, t_end)
     cpu0, wall0 = time.process_time(), time.monotonic()
-    if isinstance(client, Producer):
-        client.start_publishing(t_begin, t_end)
+    for client in clients:
+        if isinstance(client, Producer):
+            client.start_publishing(t_begin, t_end)
     remaining = (t_end - time.monotonic_ns()) / 1e9
-    # run until the end of the window, or until the connection dies
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(client.closed), max(remaining, 0))
-    if isinstance(client, Producer):
-        client.publishing = False
-    client.finish_window()
+    # run until the end of the window, or until every connection died
+    await asyncio.wait([c.closed for c in clients], timeout=max(remaining, 0))
+    for client in clients:
+        if isinstance(client, Producer):
+            client.publishing = False
+        client.finish_window()
     cpu = (time.process_time() - cpu0) / max(time.monotonic() - wall0, 1e-3)
-    try:
-        await client.close()
-    except Exception as exc:  # the numbers are in; a failed goodbye must not lose them
-        client.error = client.error or f"close: {exc!r}"
-    lat = sorted(client.latencies)
+    for client in clients:
+        try:
+            await client.close()
+        except Exception as exc:  # the numbers are in; a failed goodbye must not lose them
+            client.error = client.error or f"close: {exc!r}"
+    lat = sorted(x for c in clients for x in c.latencies)
+    errors = [c.error for c in clients if c.error]
     out: dict[str, Any] = {
         "p50": percentile_ms(lat, 0.50),
         "p99": percentile_ms(lat, 0.99),
-        "error": client.error,
+        "error": "; ".join(errors[:3]) if errors else None,
         "cpu": round(cpu, 3),
-        "max_gap_ms": client.max_gap / 1e6,
+        "max_gap_ms": max(c.max_gap for c in clients) / 1e6,
     }
-    if client.cfg.record:
-        out["times"] = client.times
-    if client.cfg.interval > 0:
-        out["slots"] = client.slot_results()
-        if isinstance(client, Producer):
-            out["slots"].update(sent=client.sent_slots, nacked=client.nack_slots)
-    if isinstance(client, Producer):
-        out.update(confirmed=client.confirmed, nacked=client.nacked, sent=sum(client.sent_slots))
+    if cfg.record:
+        out["times"] = [t for c in clients for t in c.times]
+    producers = [c for c in clients if isinstance(c, Producer)]
+    consumers = [c for c in clients if isinstance(c, Consumer)]
+    if cfg.interval > 0:
+        out["slots"] = _merged_slots(clients)
+        if producers:
+            n = producers[0].n_slots
+            out["slots"].update(
+                sent=[sum(p.sent_slots[i] for p in producers) for i in range(n)],
+                nacked=[sum(p.nack_slots[i] for p in producers) for i in range(n)],
+            )
+    if producers:
+        out.update(
+            confirmed=sum(p.confirmed for p in producers),
+            nacked=sum(p.nacked for p in producers),
+            sent=sum(sum(p.sent_slots) for p in producers),
+        )
     else:
-        out.update(consumed=client.consumed, redelivered=client.redelivered)
+        out.update(
+            consumed=sum(c.consumed for c in consumers),
+            redelivered=sum(c.redelivered for c in consumers),
+        )
     pipe.send(("result", out))
 
 
@@ -732,13 +813,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.0,
                     help="also report counts per interval of this many seconds (0: none)")
     ap.add_argument("--no-consumer", action="store_true", help="the producer alone")
+    ap.add_argument("--queues", type=int, default=1,
+                    help="N producer and consumer connections, on queues QUEUE-0..QUEUE-(N-1)")
     a = ap.parse_args(argv)
     if not a.host.startswith("127."):
         ap.error("benchmarks talk to 127.0.0.0/8 only")
     cfg = LoadConfig(
         a.host, a.port, max(a.size, 8), a.duration, a.warmup, a.window, a.prefetch, a.queue,
         queue_type=a.queue_type, consumer_port=a.consumer_port, rate=a.rate,
-        interval=a.interval, consumer=not a.no_consumer,
+        interval=a.interval, consumer=not a.no_consumer, queues=a.queues,
     )  # fmt: skip
     res = run_load(cfg)
     json.dump(res.as_dict(), sys.stdout, indent=2)
