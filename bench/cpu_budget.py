@@ -30,10 +30,13 @@ Per node, over the measured interval (after ``--warmup`` s of the same load):
   (state D: fdatasync, a page fault on the mmap'd journal).
 
 Reports per node role (single node; cluster leader; the follower with the producer; the follower
-with the consumer): CPU µs per message, the stages with their top frames, how much of the main
-thread's CPU the GIL samples cover, and the CPU other processes used meanwhile (the machine is
-shared: a noisy figure says so). JSON goes to ``--json`` (default
-bench/results/cpu-budget-<timestamp>.json). Every process started is stopped on exit.
+with the consumer): CPU µs per message, the stages with their top frames (the Raft stage in
+parts: :data:`RAFT_PARTS`), the GIL-held time over the main thread's CPU (far above 100 %: the
+loop waited for a core holding the GIL, the shares are of wall time), the disk wait, and the CPU
+other processes used meanwhile (the machine is shared: a noisy figure says so); a part that
+consumed under 95 % of the offered rate is flagged. Then all of it as one markdown table
+(docs/performance.md's). JSON goes to ``--json`` (default
+bench/results/cpu-budget-<timestamp>.json), py-spy's raw profiles beside it. Every process started is stopped on exit.
 
 py-spy needs ptrace on the node (root, or ``kernel.yama.ptrace_scope`` 0); without it the CPU
 figures are still measured and the stages are left out.
@@ -525,8 +528,8 @@ def markdown(results: dict[str, Any]) -> str:
                      for n in nodes])  # fmt: skip
     row("**total**", [n["us_per_msg"] for n in nodes])
     row("disk wait, not CPU (wall µs / message)", [n.get("disk_wait_us") for n in nodes])
-    rows.append("| GIL samples / main thread's CPU | " + " | ".join(
-        "–" if n.get("gil_coverage") is None else f"{n['gil_coverage']:.0%}" for n in nodes) + " |")
+    cover = ["–" if n.get("gil_coverage") is None else f"{n['gil_coverage']:.0%}" for n in nodes]
+    rows.append("| GIL samples / main thread's CPU | " + " | ".join(cover) + " |")
     rates = ", ".join(f"{ROLE_TITLES.get(k, k)} part: {p['load']['consumed_per_s']:,.0f} msg/s "
                       f"consumed, other processes {p['other_cpu_cores']} cores"
                       for k, p in results.items())  # fmt: skip

@@ -112,7 +112,7 @@ def test_node_budget_scales_shares_by_the_main_threads_cpu(tmp_path: Path) -> No
     rec.before = {"leader": {100: 10.0, 101: 1.0}}
     rec.after = {"leader": {100: 12.0, 101: 1.5}}  # main thread 2 s, the fsync worker 0.5 s
     rec.wall, rec.spy_seconds, rec.raw = 4.0, 4, {"leader": raw}
-    rec.state_samples, rec.disk_waits = 200, {"leader": Counter({101: 80})}  # fsync 40 % of the time
+    rec.state_samples, rec.disk_waits = 200, {"leader": Counter({101: 80})}  # 40 % in fdatasync
     out = node_budget("leader", 100, rec, messages=10_000)
     assert out["us_per_msg"] == pytest.approx(250.0)
     assert (out["main_thread_us"], out["other_threads_us"]) == (200.0, 50.0)
