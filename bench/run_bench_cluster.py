@@ -404,6 +404,7 @@ def failover_trial(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]
     t_begin, t_end = killed["window"]
     confirms, delivers = res.confirm_times or [], res.deliver_times or []
     trial["kill_offset_s"] = round((k - t_begin) / 1e9, 3)
+    trial["kill_at_ns"] = k  # CLOCK_MONOTONIC, for callers that watched the cluster meanwhile
     trial["next_confirm_ms"] = _first_after(confirms, k, by_publish=False)
     trial["next_delivery_ms"] = _first_after(delivers, k, by_publish=False)
     trial["first_new_confirm_ms"] = _first_after(confirms, k, by_publish=True)
