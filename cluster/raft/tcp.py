@@ -242,12 +242,31 @@ def token_timestamp(head: bytes | bytearray) -> int:
     return int(stamp)
 
 
+# When this node last sent on a connection, and since when its peer counts as silent.
+_LAST_SEND = "_raftmq_last_send"
+_SILENT_FROM = "_raftmq_silent_from"
+
+
 def _process_connection_timeout(self: Any) -> None:
     """pysyncobj drops a connection it has read nothing from for ``connectionTimeout``
-    (checked when it sends). After this node's own loop was busy that long, the peer's
-    bytes are waiting unread in the socket: the peer was not silent, so the connection
-    stays."""
-    if _monotonic() - getattr(self, _P + "lastReadTime") <= getattr(self, _P + "timeout"):
+    (checked when it sends). Two corrections:
+
+    * A link idle both ways (two followers of a stable leader exchange nothing) is not a
+      silent peer: silence counts from the first send after the idle stretch. pysyncobj
+      dropped the link, and the vote request with it, on the first send of an election:
+      the two survivors of a leader kill split the vote and waited another election
+      timeout (failover 0.75-1.5 s; with this, 0.2-0.4 s). A black-holed peer is still
+      dropped ``connectionTimeout`` after the first unanswered send (heartbeats and vote
+      requests keep this node sending).
+    * After this node's own loop was busy that long, the peer's bytes are waiting unread
+      in the socket: the peer was not silent, so the connection stays."""
+    now = _monotonic()
+    timeout = getattr(self, _P + "timeout")
+    last_read = getattr(self, _P + "lastReadTime")
+    if now - max(getattr(self, _LAST_SEND, 0.0), last_read) > timeout:
+        setattr(self, _SILENT_FROM, now)
+    setattr(self, _LAST_SEND, now)
+    if now - max(last_read, getattr(self, _SILENT_FROM, 0.0)) <= timeout:
         return
     if not _bytes_waiting(getattr(self, _P + "socket")):
         self.disconnect()

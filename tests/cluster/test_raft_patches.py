@@ -193,12 +193,33 @@ def test_a_frame_is_authenticated_once_and_its_stamp_still_checked() -> None:
 def test_a_peer_whose_bytes_wait_unread_is_not_timed_out() -> None:
     a, b, got, poller = _pair(timeout=0.2)
     a.send({"type": "heartbeat"})  # b has not read it: its loop was busy
-    time.sleep(0.3)
+    for _ in range(6):  # b sends all along (a leader's heartbeats)
+        b._TcpConnection__processConnectionTimeout()
+        time.sleep(0.05)
     b._TcpConnection__processConnectionTimeout()
     assert b.state == CONNECTION_STATE.CONNECTED
     _pump(poller, got, 1)
-    time.sleep(0.3)  # and now truly nothing for longer than the timeout
+    for _ in range(6):  # and now truly nothing read while b sends, for longer than the timeout
+        b._TcpConnection__processConnectionTimeout()
+        time.sleep(0.05)
     b._TcpConnection__processConnectionTimeout()
+    assert b.state == CONNECTION_STATE.DISCONNECTED
+    a.disconnect()
+
+
+def test_an_idle_link_survives_its_first_send_and_a_silent_peer_is_dropped_later() -> None:
+    """Followers of a stable leader exchange nothing: the first vote request of an election
+    must not find the link "timed out" and drop it (split votes after a leader kill)."""
+    a, b, got, poller = _pair(timeout=0.2)
+    a.send({"type": "heartbeat"})
+    _pump(poller, got, 1)
+    time.sleep(0.3)  # idle both ways for longer than the timeout
+    b._TcpConnection__processConnectionTimeout()  # b sends (a vote request)
+    assert b.state == CONNECTION_STATE.CONNECTED
+    deadline = time.monotonic() + 5
+    while b.state == CONNECTION_STATE.CONNECTED and time.monotonic() < deadline:
+        time.sleep(0.05)  # b keeps sending, a never answers
+        b._TcpConnection__processConnectionTimeout()
     assert b.state == CONNECTION_STATE.DISCONNECTED
     a.disconnect()
 
