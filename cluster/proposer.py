@@ -27,9 +27,12 @@ from sockets and from pysyncobj, so they can be tested against an in-memory log
   NodeDown, a channel closed): effects wait until it has applied everything the
   leader says is committed, and then go out against that state (chaos seed
   908683).
-* **Durability**: an entry is appended in one Raft tick and made durable
-  (fdatasync) before the next, in which a leader counts its own copy toward a
-  commit; so nothing an entry causes leaves the node before it is on disk.
+* **Durability**: a leader ticks (and so counts its own copy toward a commit)
+  only when everything in its log is durable: an entry appended by a proposal or
+  in a tick is synced (fdatasync) before the next tick, so nothing an entry
+  causes leaves the node before it is on disk. (A proposal is appended at once,
+  outside any tick: until issue 22 the next tick committed it, and the confirm
+  went out, before the fdatasync.)
 """
 
 from __future__ import annotations
@@ -246,6 +249,10 @@ class Proposer:
         applied_any = False
         raft = self.raft
         while True:
+            # A leader counts its own copy toward a commit: what it appended (a proposal
+            # goes into its log at once) must be durable before it ticks.
+            if raft.must_wait:
+                raft.flush()
             effects = raft.tick()
             applied = raft.take_applied()
             for seq in applied:

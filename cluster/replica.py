@@ -67,6 +67,12 @@ class RaftLog(Protocol):
 
     def flush(self) -> None: ...
 
+    @property
+    def must_wait(self) -> bool:
+        """This node leads and has appended entries not yet durable: it must
+        :meth:`flush` before it ticks."""
+        ...
+
     def set_incarnation(self, incarnation: int) -> None: ...
 
 

@@ -13,9 +13,13 @@ asks the node for a tick, so Raft traffic is handled as soon as it arrives
 instead of on a timer.
 
 Durability: pysyncobj writes its journal through an mmap and never flushes
-it. Here the journal is ``fdatasync``ed (once per tick that wrote entries, and
-on a follower before it acknowledges entries to the leader), so an entry is
-on disk on a majority before it commits, and so before any confirm.
+it. Here the journal is ``fdatasync``ed before a leader ticks (the tick in which
+it counts its own copy toward a commit: :attr:`RaftNode.must_wait`) and before a
+follower acknowledges entries to the leader, so an entry is on disk on a
+majority before it commits, and so before any confirm. The fdatasync runs on the
+loop's thread: on a worker thread (group commit while the loop goes on) it was
+measured slower here, 26.8k against 28.0k msg/s and e2e p50 9.5 against 6.5 ms
+(a sync takes ~0.1 ms; the hand-offs between threads cost more than it).
 """
 
 from __future__ import annotations
@@ -426,8 +430,8 @@ class RaftNode:
         """Run one non-blocking pysyncobj tick; return the effects applied in it.
 
         Entries this tick appends are NOT yet durable: the caller must make
-        them so (:meth:`flush`) before the next tick, in which the leader
-        counts its own copy towards a commit."""
+        them so (:meth:`flush`) before a leader's next tick (:attr:`must_wait`),
+        in which it counts its own copy towards a commit."""
         now = monotonic_time()
         if now - self._last_tick > STALL_S:
             self._after_stall()
@@ -468,6 +472,13 @@ class RaftNode:
     def dirty(self) -> bool:
         """Entries were appended since the last flush."""
         return self._durability.dirty
+
+    @property
+    def must_wait(self) -> bool:
+        """This node leads and holds entries not yet durable (a proposal goes into the
+        leader's log at once): it must :meth:`flush` before it ticks, since a tick
+        counts the leader's own copy toward a commit."""
+        return self._durability.dirty and self._internals.is_leader()
 
     def flush(self) -> None:
         """Make every journal entry written so far durable (fdatasync), now."""

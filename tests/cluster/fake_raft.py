@@ -83,6 +83,9 @@ class FakeRaft:
         self.proposed: list[bytes] = []
         self.dirty = False
         self.flushes = 0
+        # entries of this node applied while it still had appends not made durable: a
+        # leader counts its own copy toward a commit, so this must stay 0
+        self.undurable_applies = 0
         self.catching_up = False
         self.hide_applied = False  # an apply whose callback never arrives
         self.cut_off = False  # this node sees no leader
@@ -115,6 +118,8 @@ class FakeRaft:
             out = machine.apply_batch(self.state, batch)
             run(self.store, machine.take_writes(self.state))  # as the replica does
             mine = (batch.node, batch.incarnation) == (self.node_id, self.incarnation)
+            if mine and self.dirty and self.is_leader:
+                self.undurable_applies += 1
             if out and type(out[0]) is OutOfOrder:
                 if mine:
                     self._out_of_order.append(batch.seq)
@@ -135,6 +140,10 @@ class FakeRaft:
     def flush(self) -> None:
         self.dirty = False
         self.flushes += 1
+
+    @property
+    def must_wait(self) -> bool:
+        return self.dirty and self.is_leader
 
     def set_incarnation(self, incarnation: int) -> None:
         self.incarnation = incarnation

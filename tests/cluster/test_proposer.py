@@ -80,6 +80,15 @@ def test_appends_are_durable_before_the_next_tick(node: Node) -> None:
     assert node.raft.flushes == flushes + 1 and not node.raft.dirty
 
 
+def test_a_leader_applies_its_own_entry_only_once_durable(node: Node) -> None:
+    """A leader appends a proposal at once (pysyncobj's log), and its next tick counts
+    its own copy toward the commit: the confirm must wait for the flush (a confirm sent
+    before the fdatasync was lost by a power cut)."""
+    node.turn(*(enq(CH, "q", b"m%d" % i, confirm=i + 1) for i in range(3)))
+    assert node.confirms() == [1, 2, 3]
+    assert node.raft.undurable_applies == 0
+
+
 def test_after_apply_runs_once_applied(node: Node, cluster: FakeCluster) -> None:
     ran: list[int] = []
     cluster.auto_commit = False
