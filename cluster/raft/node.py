@@ -197,6 +197,17 @@ class _Replica(SyncObj):
         if self.state is not previous:
             self.snapshots.adopt(self.state)
 
+    def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802
+        """pysyncobj's apply of the committed entries, but a leader first sends the
+        followers the new commit index, so they apply alongside it. The send pysyncobj
+        makes after the apply (appendEntriesUseBatch off) would carry nothing new."""
+        raft = self._internals()
+        if raft.is_leader() and raft.commit_index > raft.last_applied:
+            raft.send_append_entries()
+            raft.apply_log_entries()
+            return False
+        return raft.apply_log_entries()
+
     def _trim_journal_to(self, before_last: Any, last: Any) -> bool:
         """Drop the journal's head up to the snapshot; False if the journal does not hold the
         snapshot's last two entries."""
