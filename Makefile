@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-workloads bench-workloads-quick bench-cluster bench-cluster-quick bench-failover bench-codec bench-memory bench-publish chaos chaos-long rolling-restart fuzz clean install cluster cluster-stop
+.PHONY: run test lint lint-deploy typecheck bench bench-quick bench-workloads bench-workloads-quick bench-cluster bench-cluster-quick bench-failover bench-burst bench-cpu bench-codec bench-memory bench-publish chaos chaos-long rolling-restart fuzz clean install cluster cluster-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -93,6 +93,11 @@ bench-failover: $(STAMP)
 # A burst of 1,024 publishes through 3-node RaftMQ / RabbitMQ (quorum) clusters and one node, per placement: longest gap between deliveries (<= 100 ms; ~6 min)
 bench-burst: $(STAMP)
 	$(BIN)/python -m bench.burst $(BENCH_ARGS)
+
+# CPU µs per message (publish + deliver + ack) per node and per stage, at a fixed 5,000 msg/s:
+# one node, then a 3-node cluster's leader and followers (docs/performance.md; ~6 min).
+bench-cpu: $(STAMP)
+	$(BIN)/python -m bench.cpu_budget $(BENCH_ARGS)
 
 # Every node of a 3-node cluster drained, restarted and waited for in turn, with 1,200 msg/s of
 # confirmed publishes and a consumer per node: longest confirm gap per node (<= 1 s), lost = 0.
