@@ -36,7 +36,9 @@ def test_several_queues_and_an_exchange(tmp_path: Path) -> None:
         # 3 queues, a producer and a consumer connection each: every confirm is consumed
         res = run_load(LoadConfig(port=port, queue="m", queues=3, duration=1.5, warmup=0.5))
         assert res.errors == [] and not res.stalled
-        assert res.consumed > 30 and res.consumed <= res.sent
+        # counted over the measured window: what was in flight when it began (a confirm window
+        # and a prefetch per queue) may be consumed in it too
+        assert 30 < res.consumed <= res.sent + 3 * (100 + 100)
         # fanout to 3 queues, consumed on one channel: 3 deliveries per confirmed publish
         steps: list[tuple[Any, type]] = [(cmd.Exchange.Declare(exchange="f", exchange_type="fanout", durable=True),
                   cmd.Exchange.DeclareOk)]  # fmt: skip
