@@ -15,17 +15,18 @@ Per node, over the measured interval (after ``--warmup`` s of the same load):
 
 * CPU µs per message = the process's CPU seconds (/proc/PID/stat utime + stime, every thread)
   / the messages consumed in the interval (publish + deliver + ack of one message);
-  the main thread and the other threads (the Raft journal's fdatasync worker) apart
+  the loop's thread and the other threads apart
   (/proc/PID/task/TID/stat);
 * the stages: ``py-spy record --format raw --gil --idle --nonblocking`` for the whole interval.
   ``--gil`` keeps the samples in which a thread holds the GIL: Python work, i.e. CPU
   (``--idle`` so that a GIL holder py-spy thinks is not running is kept too). A thread that waits
-  (the loop in epoll, the worker in fdatasync) holds no GIL and gives no sample. Each sample goes
+  (the loop in epoll or in fdatasync) holds no GIL and gives no sample. Each sample goes
   to ONE stage: the innermost frame on its stack that :data:`RULES` gives a stage (stdlib and
   third-party frames are neutral: msgpack under ``encode_batch`` is encoding, under
   ``decode_batch`` applying). Stage µs = the stage's share of the samples x the main thread's
-  CPU µs per message; the other threads' CPU (fdatasync in the kernel) is added to "Raft append
-  + fsync" as its own line. The time spent waiting for the disk is latency, not CPU: it is not
+  CPU µs per message (the fdatasync runs on the loop's thread: its kernel CPU is in that thread's
+  CPU, spread over the stages); the other threads' CPU is added to "Raft append + fsync" as its
+  own line. The time spent waiting for the disk is latency, not CPU: it is not
   in the budget; it is reported beside it, from the nodes' thread states read every 20 ms
   (state D: fdatasync, a page fault on the mmap'd journal).
 
@@ -152,12 +153,11 @@ RULES: tuple[tuple[str, str, str | None], ...] = (
     ("cluster/raft/node.py", "RaftNode.read", "store"),
     ("cluster/raft/node.py", "RaftNode.collect", "store"),
     # Raft append + fsync: pysyncobj (append, replicate, commit, pickling of entries), its journal
-    # and transport, our patches, the fdatasync hand-off to the worker thread
+    # and transport, our patches, the journal's fdatasync (on the loop: RaftNode.flush)
     ("cluster/raft/*", "*", "raft"),
     ("pysyncobj/*", "*", "raft"),
     ("node/broker.py", "Broker.wake", "raft"),
-    # the journal's sync worker thread (its only job on the hot path: os.fdatasync, a C call, so
-    # its samples end here; a management listing on the other pool ends deeper, in node/mgmt)
+    # a worker thread's frames (a management listing's pool ends deeper, in node/mgmt)
     ("concurrent/futures/thread.py", "_worker", "raft"),
     ("concurrent/futures/thread.py", "_WorkItem.run", "raft"),
     # other: the loop's turns, timers, flow control, metrics, management, housekeeping
@@ -169,14 +169,14 @@ RULES: tuple[tuple[str, str, str | None], ...] = (
 
 # The Raft stage in parts, by the frame that decided (first match; the rest: RAFT_CORE). transport:
 # messages between members pickled, zlib'd (cluster/raft/tcp.py) and their sockets; entry
-# pickling: pysyncobj's pickle of each replicated call; the fsync thread: the CPU of the threads
-# other than the loop's (the journal's fdatasync, in the kernel).
+# pickling: pysyncobj's pickle of each replicated call; other threads: the CPU of the threads
+# other than the loop's.
 RAFT_PARTS: tuple[tuple[str, str, str], ...] = (
-    ("cluster/raft/node.py", "RaftNode.*sync*", "fsync hand-off"),
-    ("cluster/raft/node.py", "RaftNode.flush", "fsync hand-off"),
-    ("cluster/raft/node.py", "RaftNode._release_held", "fsync hand-off"),
-    ("cluster/raft/node.py", "RaftNode._journal", "fsync hand-off"),
-    ("concurrent/futures/*", "*", "fsync hand-off"),
+    ("cluster/raft/node.py", "RaftNode.*sync*", "fsync call"),
+    ("cluster/raft/node.py", "RaftNode.flush", "fsync call"),
+    ("cluster/raft/node.py", "RaftNode._release_held", "fsync call"),
+    ("cluster/raft/node.py", "RaftNode._journal", "fsync call"),
+    ("concurrent/futures/*", "*", "fsync call"),
     ("cluster/raft/tcp.py", "*", "transport"),
     ("pysyncobj/tcp_*", "*", "transport"),
     ("pysyncobj/transport.py", "*", "transport"),
@@ -191,9 +191,9 @@ RAFT_PARTS: tuple[tuple[str, str, str], ...] = (
     ("pysyncobj/journal.py", "*", "journal append"),
 )
 RAFT_CORE = "pysyncobj core"
-FSYNC_THREAD = "fsync thread (kernel)"
+FSYNC_THREAD = "other threads"
 
-RAFT_PART_ORDER = ("transport", "entry pickling", "journal append", RAFT_CORE, "fsync hand-off",
+RAFT_PART_ORDER = ("transport", "entry pickling", "journal append", RAFT_CORE, "fsync call",
                    FSYNC_THREAD)
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*):(?P<line>\d+)\)$")

@@ -73,8 +73,8 @@ def test_one_module_split_by_direction() -> None:
 
 def test_the_raft_stage_in_parts() -> None:
     assert raft_part("cluster/raft/tcp.py:compress") == "transport"
-    assert raft_part("cluster/raft/node.py:RaftNode._start_sync") == "fsync hand-off"
-    assert raft_part("concurrent/futures/thread.py:_WorkItem.run") == "fsync hand-off"
+    assert raft_part("cluster/raft/node.py:RaftNode._start_sync") == "fsync call"
+    assert raft_part("concurrent/futures/thread.py:_WorkItem.run") == "fsync call"
     assert raft_part("cluster/raft/patches.py:_reserving_write") == "journal append"
     assert raft_part("pysyncobj/pickle.py:loads") == "entry pickling"
     assert raft_part("pysyncobj/syncobj.py:SyncObj._onTick") == "pysyncobj core"
@@ -120,7 +120,7 @@ def test_node_budget_scales_shares_by_the_main_threads_cpu(tmp_path: Path) -> No
     assert stages["parse"]["us_per_msg"] == pytest.approx(150.0)
     assert stages["apply"]["us_per_msg"] == pytest.approx(30.0)
     assert stages["raft"]["us_per_msg"] == pytest.approx(70.0)  # with the other threads' CPU
-    assert stages["raft"]["parts"] == {"transport": 20.0, "fsync thread (kernel)": 50.0}
+    assert stages["raft"]["parts"] == {"transport": 20.0, "other threads": 50.0}
     assert sum(s["us_per_msg"] for s in stages.values()) == pytest.approx(out["us_per_msg"])
     # not CPU: 40 % of 4 s in fdatasync over 10,000 messages
     assert (out["disk_wait_share"], out["disk_wait_us"]) == (0.4, 160.0)
