@@ -447,7 +447,9 @@ class RaftNode:
         if now - self._last_tick > STALL_S:
             self._after_stall()
         self._last_tick = now
+        term = self._internals.term
         self._replica.doTick(0.0)
+        patches.retry_split_vote_soon(self._internals, term)
         try:
             self._replica.store.flush()  # records of entries applied in the tick
         except OSError as e:  # (the log holds them: a restart writes them again)

@@ -314,3 +314,19 @@ def test_only_cluster_raft_imports_pysyncobj() -> None:
                          "cluster/raft/probe.py", "cluster/raft/recovery.py",
                          "cluster/raft/snapshots.py",
                          "cluster/raft/tcp.py"}
+
+
+def test_a_candidate_that_split_the_vote_retries_within_a_fraction_of_the_timeout() -> None:
+    class Raft:  # the Internals attributes retry_split_vote_soon reads and writes
+        conf = type("Conf", (), {"raftMinTimeout": 0.5})()
+        term, is_candidate = 7, True
+        election_deadline = time.monotonic() + 1.25  # pysyncobj's: up to 2.5 timeouts
+
+    raft: Any = Raft()
+    P.retry_split_vote_soon(raft, term_before=7)  # did not stand in this tick: unchanged
+    assert raft.election_deadline > time.monotonic() + 1.0
+    P.retry_split_vote_soon(raft, term_before=6)  # stood: retries within 0.1-0.4 s
+    assert raft.election_deadline <= time.monotonic() + 0.4
+    raft.is_candidate, raft.election_deadline = False, time.monotonic() + 1.25
+    P.retry_split_vote_soon(raft, term_before=5)  # it won (or stepped down): unchanged
+    assert raft.election_deadline > time.monotonic() + 1.0
