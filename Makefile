@@ -86,11 +86,11 @@ bench-cluster-quick: $(STAMP)
 	$(BIN)/python -m bench.run_bench_cluster --quick $(BENCH_ARGS)
 
 # Leader kill -9 -> next confirm (target <= 1 s at p99), lost, duplicates: 20 kills on one 3-node
-# RaftMQ cluster, 5 on RabbitMQ's quorum queue, 1,000 confirmed msg/s through non-leaders (~11 min).
+# RaftMQ cluster, 5 on RabbitMQ's quorum queue, 1,000 confirmed msg/s through non-leaders (~8 min).
 bench-failover: $(STAMP)
 	$(BIN)/python -m bench.failover $(BENCH_ARGS)
 
-# A burst of 1,024 publishes through 3-node RaftMQ / RabbitMQ (quorum) clusters and one node, per placement: longest gap between deliveries (<= 100 ms; ~6 min)
+# A burst of 1,024 publishes through 3-node RaftMQ / RabbitMQ (quorum) clusters and one node, per placement: longest gap between deliveries (<= 100 ms; ~3 min)
 bench-burst: $(STAMP)
 	$(BIN)/python -m bench.burst $(BENCH_ARGS)
 
