@@ -202,7 +202,7 @@ class _Replica(SyncObj):
         followers the new commit index, so they apply alongside it. The send pysyncobj
         makes after the apply (appendEntriesUseBatch off) would carry nothing new."""
         raft = self._internals()
-        if raft.is_leader() and raft.commit_index > raft.last_applied:
+        if raft.commit_index > raft.last_applied and raft.is_leader():  # (most ticks: none)
             raft.send_append_entries()
             raft.apply_log_entries()
             return False

@@ -726,13 +726,11 @@ def hook_leader_lost(raft: Internals) -> None:
     The random spread keeps the followers from standing at the same moment (a split vote
     costs another timeout)."""
     on_disconnected = raft.on_node_disconnected
-    min_timeout = raft.conf.raftMinTimeout
 
     def disconnected(node: Any) -> None:
         on_disconnected(node)
         if raft.is_follower and raft.leader_node == node:
-            soon = monotonic_time() + min_timeout * (0.2 + 0.6 * random.random())
-            raft.election_deadline = min(raft.election_deadline, soon)
+            _elect_soon(raft)
 
     raft.transport.setOnNodeDisconnectedCallback(disconnected)
 
@@ -747,8 +745,14 @@ def retry_split_vote_soon(raft: Internals, term_before: int) -> None:
     back in milliseconds, so the shorter retry leaves them time; Raft's safety does not
     depend on timeouts."""
     if raft.term != term_before and raft.is_candidate:
-        soon = monotonic_time() + raft.conf.raftMinTimeout * (0.2 + 0.6 * random.random())
-        raft.election_deadline = min(raft.election_deadline, soon)
+        _elect_soon(raft)
+
+
+def _elect_soon(raft: Internals) -> None:
+    """Bring the next election forward to 0.2-0.8 election timeouts from now (random, so
+    two nodes seldom stand at the same moment); never put it off."""
+    soon = monotonic_time() + raft.conf.raftMinTimeout * (0.2 + 0.6 * random.random())
+    raft.election_deadline = min(raft.election_deadline, soon)
 
 
 def hook_next_index(raft: Internals, is_leader: Callable[[], bool]) -> None:
