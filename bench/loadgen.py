@@ -102,8 +102,9 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     # with LoadConfig.interval: one dict per interval of the window (see _merge_windows)
     windows: list[dict[str, Any]] = field(default_factory=list)
-    # with LoadConfig.record: (publish ns, confirm ns) of every confirm and (publish ns, deliver ns)
-    # of every delivery inside the window (CLOCK_MONOTONIC); left out of as_dict()
+    # with LoadConfig.record: (publish ns, confirm ns) of every confirm inside the window and
+    # (publish ns, deliver ns) of every delivery, also after it (CLOCK_MONOTONIC); left out of
+    # as_dict()
     confirm_times: list[tuple[int, int]] | None = None
     deliver_times: list[tuple[int, int]] | None = None
 

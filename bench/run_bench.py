@@ -128,16 +128,8 @@ def run_trial(
             interval=args.window_s, window=args.inflight, consumer=not args.no_consumer,
             queue_type=args.rabbitmq_queue_type if broker_name == "rabbitmq" else "classic",
         )  # fmt: skip
-        cpu = win.CpuWindows(lambda: [broker.pid] if broker else [], args.window_s)
-        with RssSampler(broker.pid) as rss:
-            res = run_load(cfg, on_start=cpu.start)
-        cpu_windows = cpu.finish()
-        trial["rss_peak_mib"] = rss.peak / MiB
-        trial["rss_after_mib"] = rss_bytes(broker.pid) / MiB
-        trial.update(res.as_dict())
-        trial["windows"] = win.merge(res.windows, cpu_windows)
-        trial["stats"] = win.window_stats(trial["windows"], rate_key(args), args.max_drop)
-        if res.errors:
+        trial.update(windowed_load(cfg, broker.pid, args.window_s, rate_key(args), args.max_drop))
+        if trial["errors"]:
             trial["log_tail"] = broker.log_tail()
     except Exception as exc:  # a broker that does not start is a result too, not a crash
         trial.update(stalled=True, errors=[f"{type(exc).__name__}: {exc}"])
@@ -152,6 +144,22 @@ def run_trial(
 def _median(values: list[Any]) -> float | None:
     nums = [float(v) for v in values if v is not None]
     return statistics.median(nums) if nums else None
+
+
+def windowed_load(cfg: LoadConfig, pid: int, window_s: float, rate: str,
+                  max_drop: float) -> dict[str, Any]:
+    """bench.loadgen's load on one broker process, its CPU read per window and its RSS sampled:
+    RSS peak and after, the LoadResult's figures, the windows (load and CPU) and their stats,
+    judged by ``rate``."""
+    cpu = win.CpuWindows(lambda: [pid], window_s)
+    with RssSampler(pid) as rss:
+        res = run_load(cfg, on_start=cpu.start)
+    cpu_windows = cpu.finish()
+    out: dict[str, Any] = {"rss_peak_mib": rss.peak / MiB, "rss_after_mib": rss_bytes(pid) / MiB}
+    out.update(res.as_dict())
+    out["windows"] = win.merge(res.windows, cpu_windows)
+    out["stats"] = win.window_stats(out["windows"], rate, max_drop)
+    return out
 
 
 def rate_key(args: argparse.Namespace) -> str:

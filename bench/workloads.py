@@ -52,8 +52,8 @@ from pamqp import frame as pframe
 
 from bench import run_bench
 from bench import windows as win
-from bench.loadgen import AmqpError, LeanClient, LoadConfig, run_load
-from bench.run_bench import MiB, RssSampler
+from bench.loadgen import AmqpError, LeanClient, LoadConfig
+from bench.run_bench import MiB
 from harness.procs import cpu_seconds, rss_bytes, system_busy_seconds
 from harness.rabbitmq import ensure_installed
 
@@ -279,16 +279,9 @@ def run_throughput(
         out["consumed_queues"] = len(matched)
         out["copies_per_message"] = sum(len(q) for q in routes.values()) / len(routes)
     out["rss_idle_mib"] = rss_bytes(broker.pid) / MiB
-    cpu = win.CpuWindows(lambda: [broker.pid], args.window_s)
-    with RssSampler(broker.pid) as rss:
-        res = run_load(cfg, on_start=cpu.start)
-    cpu_windows = cpu.finish()
-    out["rss_peak_mib"] = rss.peak / MiB
-    out["rss_after_mib"] = rss_bytes(broker.pid) / MiB
-    out.update(res.as_dict())
-    out["windows"] = win.merge(res.windows, cpu_windows)
-    out["stats"] = win.window_stats(out["windows"], "consumed_per_s", args.max_drop)
-    if res.errors:
+    out.update(run_bench.windowed_load(cfg, broker.pid, args.window_s, "consumed_per_s",
+                                       args.max_drop))
+    if out["errors"]:
         out["log_tail"] = broker.log_tail()
     return out
 
