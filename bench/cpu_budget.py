@@ -66,7 +66,7 @@ from typing import Any
 
 from bench.loadgen import LoadConfig, LoadResult, run_load
 from bench.run_bench import RESULTS_DIR, _interrupt, _versions
-from bench.run_bench_cluster import RaftMQBench, queue_op, wait_quiet
+from bench.run_bench_cluster import RaftMQBench, add_quiet_args, queue_op, wait_quiet
 from bench.windows import own_processes
 from harness.procs import cpu_seconds, system_busy_seconds
 from harness.raftmq import RaftMQNode
@@ -584,11 +584,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", choices=("single", "cluster"), help="run one part only")
     ap.add_argument("--quick", action="store_true",
                     help="smoke check: 10 s warm-up, 20 s measured per part")  # fmt: skip
-    ap.add_argument("--quiet-wait", type=float, default=10.0,
-                    help="before each part, wait up to this many s for other processes to "
-                    "calm down")  # fmt: skip
-    ap.add_argument("--quiet-cores", type=float, default=0.3,
-                    help="'calm' = other processes use fewer cores than this")  # fmt: skip
+    add_quiet_args(ap, "each part", 10.0)
     ap.add_argument("--raftmq-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for RaftMQ nodes")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep node data and logs")

@@ -58,6 +58,7 @@ from bench.run_bench_cluster import (
     RabbitMQBench,
     RaftMQBench,
     _git_state,
+    add_quiet_args,
     failover_trial,
     make_cluster,
 )
@@ -395,11 +396,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="seconds the window lasts after the kill")  # fmt: skip
     ap.add_argument("--catchup-timeout", type=float, default=60.0,
                     help="at most this long for a restarted node to rejoin and catch up")  # fmt: skip
-    ap.add_argument("--quiet-wait", type=float, default=5.0,
-                    help="before each kill, wait up to this many s for other processes to calm "
-                    "down")  # fmt: skip
-    ap.add_argument("--quiet-cores", type=float, default=0.3,
-                    help="'calm' = other processes use fewer cores than this")  # fmt: skip
+    add_quiet_args(ap, "each kill", 5.0)
     ap.add_argument("--raftmq-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for RaftMQ nodes")  # fmt: skip
     ap.add_argument("--watch-ms", type=float, default=0.0,

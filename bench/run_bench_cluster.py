@@ -280,6 +280,16 @@ def _clients(lead: int) -> tuple[int, int]:
     return others[0], others[1]
 
 
+def add_quiet_args(ap: argparse.ArgumentParser, before: str, wait_s: float) -> None:
+    """``--quiet-wait`` and ``--quiet-cores``, which :func:`wait_quiet` reads; ``before``
+    names what waits ("each trial")."""
+    ap.add_argument("--quiet-wait", type=float, default=wait_s,
+                    help=f"before {before}, wait up to this many s for other processes to calm "
+                    "down (they share the CPUs)")  # fmt: skip
+    ap.add_argument("--quiet-cores", type=float, default=0.3,
+                    help="'calm' = other processes use fewer cores than this")  # fmt: skip
+
+
 def wait_quiet(args: argparse.Namespace, own: list[int | None]) -> dict[str, float]:
     """Wait (at most ``--quiet-wait`` s) until processes other than the cluster's nodes use less
     than ``--quiet-cores`` cores, measured over 1 s; returns what was seen, for the record."""
@@ -809,11 +819,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="seconds into the failover window when the leader is killed")  # fmt: skip
     ap.add_argument("--failover-observe", type=float, default=9.0,
                     help="seconds the failover window lasts after the kill")  # fmt: skip
-    ap.add_argument("--quiet-wait", type=float, default=10.0,
-                    help="before each trial, wait up to this many s for other processes to calm "
-                    "down (they share the CPUs)")  # fmt: skip
-    ap.add_argument("--quiet-cores", type=float, default=0.3,
-                    help="'calm' = other processes use fewer cores than this")  # fmt: skip
+    add_quiet_args(ap, "each trial", 10.0)
     ap.add_argument("--quick", action="store_true",
                     help="smoke check: 1 run, 100 B only, 2 x 5 s windows per trial, failover "
                     "once")  # fmt: skip
