@@ -250,9 +250,10 @@ class Proposer:
         raft = self.raft
         while True:
             # A leader counts its own copy toward a commit: what it appended (a proposal
-            # goes into its log at once) must be durable before it ticks.
-            if raft.must_wait:
-                raft.flush()
+            # goes into its log at once) must be durable before it ticks. A large append
+            # is synced in the background: the tick waits for it (wake comes then).
+            if raft.must_wait and not raft.make_durable():
+                return applied_any
             effects = raft.tick()
             applied = raft.take_applied()
             for seq in applied:
@@ -274,7 +275,8 @@ class Proposer:
             applied_any = applied_any or bool(effects or applied)
             if not raft.dirty:
                 return applied_any
-            raft.flush()
+            if not raft.must_wait:  # a leader's appends: make_durable, above
+                raft.flush()
 
     def _mine(self, effects: list[Effect]) -> list[Effect]:
         node = self.node_id

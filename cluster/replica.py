@@ -69,8 +69,13 @@ class RaftLog(Protocol):
 
     @property
     def must_wait(self) -> bool:
-        """This node leads and has appended entries not yet durable: it must
-        :meth:`flush` before it ticks."""
+        """This node leads and has appended entries not yet durable: it must not tick
+        before :meth:`make_durable` returns True."""
+        ...
+
+    def make_durable(self) -> bool:
+        """Sync the appends (True), or start syncing them in the background (False: the
+        node's wake callback runs when they are durable)."""
         ...
 
     def set_incarnation(self, incarnation: int) -> None: ...

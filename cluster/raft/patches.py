@@ -478,7 +478,8 @@ class Internals:
     _ATTRS = ("serializer", "raftLog", "conf", "raftLastApplied", "transport", "raftState",
               "raftLeader", "raftElectionDeadline", "raftCommitIndex", "raftNextIndex",
               "raftCurrentTerm", "leaderCommitIndex", "lastResponseTime",
-              "onNodeDisconnected", "onMessageReceived", "generateRaftTimeout")
+              "onNodeDisconnected", "onMessageReceived", "generateRaftTimeout",
+              "newAppendEntriesTime")
     # SyncObj's private methods called (below) or overridden (cluster/raft/node.py _Replica)
     _METHODS = ("_isLeader", "_getLeader", "_checkCommandsToApply", "_SyncObj__loadDumpFile",
                 "_SyncObj__applyLogEntries", "_SyncObj__sendAppendEntries")
@@ -596,6 +597,11 @@ class Internals:
         """Leader: send every follower its next entries and the commit index, now."""
         self._obj._SyncObj__sendAppendEntries()
 
+    @property
+    def append_entries_due(self) -> bool:
+        """Leader: a heartbeat is due (pysyncobj sends one every ``appendEntriesPeriod``)."""
+        return bool(monotonic_time() > self._get("newAppendEntriesTime"))
+
     def load_dump_file(self, clear_journal: bool) -> None:
         """pysyncobj's own snapshot loading (an override of it calls this)."""
         SyncObj._SyncObj__loadDumpFile(self._obj, clear_journal)
@@ -651,6 +657,7 @@ class Durability:
 
     def __init__(self, internals: Internals, replica: Any, flush: Callable[[], None]) -> None:
         self.dirty = False
+        self.dirty_bytes = 0  # of entries appended since the journal was last synced
         self._internals = internals
         self._replica = replica  # its install_reply: set when a snapshot kept a journal tail
         self._flush = flush
@@ -660,9 +667,14 @@ class Durability:
         journal.add = self._add_entry
         transport.send = self._send_message
 
-    def _add_entry(self, *args: Any) -> Any:
+    def _add_entry(self, command: Any, *args: Any) -> Any:
         self.dirty = True
-        return self._add(*args)
+        self.dirty_bytes += len(command) if isinstance(command, bytes | bytearray) else 0
+        return self._add(command, *args)
+
+    def mark_clean(self) -> None:
+        """Every entry appended so far is about to be synced."""
+        self.dirty, self.dirty_bytes = False, 0
 
     def _send_message(self, node: Any, message: Any) -> Any:
         if not isinstance(message, dict) or message.get("type") != "next_node_idx":

@@ -145,6 +145,10 @@ class FakeRaft:
     def must_wait(self) -> bool:
         return self.dirty and self.is_leader
 
+    def make_durable(self) -> bool:
+        self.flush()
+        return True
+
     def set_incarnation(self, incarnation: int) -> None:
         self.incarnation = incarnation
 
