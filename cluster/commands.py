@@ -42,7 +42,11 @@ FORMAT_VERSION = 1  # of the batch envelope (encode_batch); never changed so far
 #   3: no new command; expiry visits only the queues that are due, through a deadline
 #      heap (cluster/machine/expiry.py): release 0.2.0 visits every timed queue, and the
 #      order can differ, so the heap waits until every member applies it
-LEVEL = 3
+#   4: the features of issue 23; each new command has SINCE = 4 and each new behaviour of
+#      an existing command applies only from ``State.level >= 4``. Tags being taken:
+#      41-44 delivery limit / delayed messages / deduplication, 45-47 direct reply-to,
+#      48-52 policies and shovels (parameters)
+LEVEL = 4
 
 Arguments = dict[str, Any]
 
