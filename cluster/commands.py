@@ -45,7 +45,7 @@ FORMAT_VERSION = 1  # of the batch envelope (encode_batch); never changed so far
 #   4: the features of issue 23; each new command has SINCE = 4 and each new behaviour of
 #      an existing command applies only from ``State.level >= 4``. Tags being taken:
 #      41-44 delivery limit / delayed messages / deduplication, 45-47 direct reply-to,
-#      48-52 policies and shovels (parameters)
+#      48-52 policies, 53-55 shovels
 LEVEL = 4
 
 Arguments = dict[str, Any]
