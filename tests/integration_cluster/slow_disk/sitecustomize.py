@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 _real = os.fdatasync
 _grown_from = float(os.environ.get("SLOW_DISK_FROM_MIB", "8")) * (1 << 20)
@@ -15,7 +16,7 @@ _delay_s = float(os.environ.get("SLOW_DISK_DELAY_S", "0.8"))
 _sizes: dict[tuple[int, int], int] = {}
 
 
-def _slow_fdatasync(fd: int) -> None:
+def _slow_fdatasync(fd: Any) -> None:  # os.fdatasync's: an fd or an object with fileno()
     st = os.fstat(fd)
     key = (st.st_dev, st.st_ino)
     before = _sizes.get(key, st.st_size)
