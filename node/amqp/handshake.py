@@ -1,7 +1,9 @@
 """Channel 0 of one connection, without a socket: the handshake and the close.
 
     protocol header -> connection.start       (EXTERNAL offered on a verified TLS client)
-    start-ok        -> the login (node/amqp/login.py), then connection.tune
+    start-ok        -> the login (node/amqp/login.py), then connection.tune; refused:
+                       connection.close 403 to a client announcing the capability
+                       authentication_failure_close, else the socket closed (RabbitMQ's way)
     tune-ok         -> heartbeats start (node/amqp/heartbeat.py)
     open            -> the node's checks (vhost, permissions, limits), then open-ok
     close           -> close-ok; close-ok (to our close) -> the socket may go
@@ -71,7 +73,8 @@ class Opened:
 @dataclass(frozen=True, slots=True)
 class Refuse:
     """The login is refused: close the connection with this (on connection.start-ok);
-    nothing more is parsed."""
+    nothing more is parsed. (A client without authentication_failure_close gets a
+    :class:`Drop` instead.)"""
 
     code: int
     text: str
@@ -86,7 +89,8 @@ class Closed:
 
 @dataclass(frozen=True, slots=True)
 class Drop:
-    """close-ok to our close: the socket may go."""
+    """close-ok to our close, or a refused login the client is not told about: the socket
+    may go."""
 
 
 Action = Send | Hold | LoggedIn | Tuned | Opened | Refuse | Closed | Drop
@@ -176,4 +180,8 @@ class Handshake:
 
     def _refuse(self, refused: Refused) -> list[Action]:
         self.held = True  # stays held: the connection is closing
+        if not self.announces("authentication_failure_close"):
+            # RabbitMQ tells only a client that announced the capability why (a
+            # connection.close 403); any other sees its socket closed, nothing said
+            return [Drop()]
         return [Refuse(refused.code, refused.text)]

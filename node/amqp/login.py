@@ -1,9 +1,9 @@
 """Logins: connection.start-ok's credentials checked against the replicated user
 table (salted hashes, node/amqp/passwords.py), through the per-address-and-user
 throttle (node/amqp/auth.py), logged and counted. PLAIN and AMQPLAIN check a
-password; EXTERNAL (on a TLS connection whose client certificate was verified)
-logs in as the certificate's common name, as RabbitMQ's
-rabbitmq_auth_mechanism_ssl does.
+password (an empty one, or an empty user name, is refused as RabbitMQ's internal backend
+refuses it); EXTERNAL (on a TLS connection whose client certificate was verified) logs in
+as the certificate's common name, as RabbitMQ's rabbitmq_auth_mechanism_ssl does.
 
 :class:`Authenticator` decides; the connection only waits when told to and then
 sends ``connection.tune`` or the refusal. Two steps because of the throttle: an
@@ -77,6 +77,12 @@ class Authenticator:
         return Attempt(key, user, password, mechanism, wait)
 
     def check(self, attempt: Attempt, peer: tuple[Any, ...] | None) -> Accepted | Refused:
+        if not attempt.password or not attempt.user:
+            # RabbitMQ's internal backend refuses an empty password whatever is stored (a
+            # user created with "" as its password cannot log in with it), as a failure;
+            # and no user has an empty name there (none may log in as one here)
+            return self._refuse(attempt.key, attempt.user, peer, attempt.mechanism,
+                                "empty password" if attempt.user else "empty user name")
         record = self.users(attempt.user)
         if record is None or not verify(attempt.password, record.password_hash, record.hashing):
             return self._refuse(attempt.key, attempt.user, peer, attempt.mechanism,

@@ -11,7 +11,8 @@ rates).
   (the same users, hashes and login throttle as AMQP). RabbitMQ's tags decide what a user
   may do: ``management`` (its own view), ``monitoring`` (everything, read-only),
   ``administrator`` (everything, including every change); refusals are RabbitMQ's ``401
-  not_authorised``.
+  not_authorised`` (``not_authorized`` for refused credentials, as RabbitMQ spells it; an
+  empty password or user name is refused, node/amqp/login.py).
 * **Input**: :func:`body` (the JSON object, node/mgmt/input.py's rules) and :func:`checked`
   (a value checked, an InputError answered as 400): bad input is a 400 with a reason,
   never a 201/204 for something not done and never a 500.
@@ -161,6 +162,11 @@ def unauthorised(reason: str, **headers: str) -> Refusal:
     return Refusal(error(401, "not_authorised", reason, **headers))
 
 
+def login_failed(**headers: str) -> Refusal:
+    """Credentials refused: RabbitMQ spells this one's error ``not_authorized``."""
+    return Refusal(error(401, "not_authorized", "Login failed", **headers))
+
+
 def unavailable(reason: str, kind: str = "unavailable") -> Refusal:
     return Refusal(error(503, kind, reason))
 
@@ -188,7 +194,7 @@ async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
     try:
         user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise unauthorised("Login failed") from None
+        raise login_failed() from None
     node = node_of(request)
     peer = request.transport.get_extra_info("peername") if request.transport else None
     auth = node.auth
@@ -201,10 +207,10 @@ async def authenticate(request: web.Request) -> tuple[str, tuple[str, ...]]:
     if isinstance(step, Refused):
         if step.delay > 0:
             await asyncio.sleep(step.delay)
-        raise unauthorised("Login failed", **challenge)
+        raise login_failed(**challenge)
     assert isinstance(step, Accepted)
     if step.user in node.cfg.loopback_users and not is_loopback(peer):
-        raise unauthorised("Login failed")
+        raise login_failed()
     record = node.raft.state.users.get(step.user)
     return step.user, tuple(record.tags) if record is not None else ()
 

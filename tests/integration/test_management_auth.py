@@ -67,7 +67,10 @@ def test_mutations_need_an_administrator(admin: Api, method: str, path: str,
                      ("user without tags", admin.as_("victim", "v"))):
         status, answer = api(method, path, body)
         assert status == 401, (who, status, answer)
-        assert answer["error"] == "not_authorised", (who, answer)
+        # (RabbitMQ spells a refused login's error with a z, the other refusals with an s)
+        refused_login = who in ("wrong password", "unknown user")
+        assert answer["error"] == ("not_authorized" if refused_login else "not_authorised"), \
+            (who, answer)
     # nothing changed
     users = {u["name"] for u in admin.ok("GET", "/api/users")}
     assert "mallory" not in users and "victim" in users

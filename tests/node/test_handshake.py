@@ -30,8 +30,10 @@ class User:
 
 def start_ok(user: str = "guest", password: str = "guest", mechanism: str = "PLAIN",
              capabilities: Any = None) -> bytes:
+    # (every usual client announces authentication_failure_close, and so is told why a
+    # login is refused)
     props: dict[str, Any] = {"product": "test", "capabilities": capabilities if capabilities is not None
-             else {"connection.blocked": True}}
+             else {"connection.blocked": True, "authentication_failure_close": True}}
     return method(0, spec.Connection.StartOk(client_properties=props, mechanism=mechanism,
                                              response=f"\0{user}\0{password}"))
 
@@ -137,6 +139,35 @@ def test_a_wrong_password_is_refused_after_the_throttles_delay() -> None:
     assert x.h.held  # and never again: the connection is closing
 
 
+def test_a_client_without_the_capability_is_not_told_why_its_socket_closes() -> None:
+    """RabbitMQ sends connection.close 403 only to a client announcing
+    authentication_failure_close; any other's socket is closed, nothing said."""
+    x = Harness()
+    x.send(HEADER)
+    got = x.send(start_ok(password="wrong", capabilities={"connection.blocked": True}))
+    assert kinds(got) == ["Hold"]
+    assert x.h.resume() == [hs.Drop()] and x.h.held
+    x = Harness()
+    x.send(HEADER)
+    got = x.send(method(0, spec.Connection.StartOk(
+        client_properties={}, mechanism="CRAM-MD5", response="x")))
+    assert got == [hs.Drop()]
+
+
+@pytest.mark.parametrize(("user", "password"), [("guest", ""), ("", ""), ("", "guest")])
+def test_an_empty_password_or_user_is_refused_as_a_wrong_password(user: str,
+                                                                   password: str) -> None:
+    """An empty password is refused even for a user whose stored hash is of "" (RabbitMQ's
+    internal backend: "empty password"), after the throttle's delay as any failure."""
+    x = Harness()
+    x.users.update({"guest": User(hash_password("")), "": User(hash_password("guest"))})
+    got = x.send(HEADER + start_ok(user=user, password=password))
+    assert kinds(got) == ["Send", "Hold"]
+    assert x.h.resume() == [hs.Refuse(ACCESS_REFUSED, "ACCESS_REFUSED - Login was refused "
+                                      "using authentication mechanism PLAIN. For details see "
+                                      "the broker logfile.", 10, 11)]
+
+
 def test_a_second_attempt_waits_for_its_slot_then_is_checked() -> None:
     """After a failure from an address and user, the next attempt (another connection)
     is held until its slot, then checked."""
@@ -157,7 +188,8 @@ def test_a_second_attempt_waits_for_its_slot_then_is_checked() -> None:
 def test_an_unknown_mechanism_is_refused_at_once() -> None:
     x = Harness()
     got = x.send(HEADER + method(0, spec.Connection.StartOk(
-        client_properties={}, mechanism="CRAM-MD5", response="x")))
+        client_properties={"capabilities": {"authentication_failure_close": True}},
+        mechanism="CRAM-MD5", response="x")))
     assert got[1] == hs.Refuse(ACCESS_REFUSED, "ACCESS_REFUSED - unsupported mechanism CRAM-MD5")
     assert x.h.held
 

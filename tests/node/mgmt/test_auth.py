@@ -27,7 +27,7 @@ async def test_the_dashboards_requests_get_no_challenge(api):
 
 async def test_a_wrong_password_and_garbage_credentials_are_refused(api):
     assert await api("GET", "/api/whoami", user=("guest", "nope")) == (
-        401, {"error": "not_authorised", "reason": "Login failed"})
+        401, {"error": "not_authorized", "reason": "Login failed"})  # (RabbitMQ's spelling)
     status, answer = await api("GET", "/api/whoami", user=None,
                                headers={"Authorization": "Basic %%%"})
     assert (status, answer["reason"]) == (401, "Login failed")
@@ -74,3 +74,13 @@ async def test_a_deleted_user_is_refused_at_once(api):
     assert (await api("GET", "/api/users", user=alice))[0] == 200
     await api.ok("DELETE", "/api/users/alice")
     assert (await api("GET", "/api/users", user=alice))[0] == 401
+
+
+async def test_an_empty_password_or_user_name_is_refused(api):
+    """RabbitMQ refuses an empty password even to a user whose password is "" (and there is
+    no user without a name)."""
+    await api.ok("PUT", "/api/users/blank", {"password": "", "tags": "administrator"})
+    for user in (("blank", ""), ("", ""), ("", "guest")):
+        status, answer = await api("GET", "/api/whoami", user=user)
+        assert (status, answer) == (401, {"error": "not_authorized", "reason": "Login failed"})
+        assert api.last_headers["WWW-Authenticate"] == 'Basic realm="RabbitMQ Management"'
