@@ -97,7 +97,7 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
         state.next_msg_id = msg_id + 1
         size = len(cmd.body)
         for q in targets:
-            if q.dlx is not None:
+            if q.dlx is not None or q.delivery_limit is not None:
                 messages.hold(state, msg_id, name, cmd.routing_key, props, size)
             if not add_message(state, q, msg_id, size, props, msg_ttl, out):
                 refused = True

@@ -165,3 +165,42 @@ def is_cycle(queue: bytes, deaths: list[Death]) -> bool:
         if dq == queue:
             return True
     return False
+
+
+# --- x-delivery-count (x-delivery-limit queues) ----------------------------------------
+
+DELIVERY_COUNT = b"x-delivery-count"
+
+
+def _rewrite_headers(props: bytes, count: int | None) -> bytes:
+    """``props`` with the x-delivery-count header set to ``count`` (None: removed), the
+    headers table sorted as rabbit_misc:set_table_value leaves it; malformed
+    properties are left as they are."""
+    try:
+        flags, extra, raw = split_properties(props)
+        headers_raw = raw[HEADERS]
+        headers = table_entries(headers_raw) if headers_raw is not None else []
+    except FieldError:
+        return props
+    if count is None:
+        if _get(headers, DELIVERY_COUNT) is None:
+            return props
+        headers = [(k, v) for k, v in headers if k != DELIVERY_COUNT]
+    else:
+        _set(headers, DELIVERY_COUNT, b"l" + _I64.pack(count))
+        headers.sort(key=lambda kv: kv[0])
+    raw[HEADERS] = encode_table(headers)
+    return join_properties(flags, extra, raw)
+
+
+def with_delivery_count(props: bytes, count: int) -> bytes:
+    """The properties a returned message of a queue with a delivery limit is
+    redelivered with: header ``x-delivery-count`` (a long) = its returns so far, as
+    RabbitMQ 3.10's quorum queues add it to a redelivery (rabbit_quorum_queue)."""
+    return _rewrite_headers(props, count)
+
+
+def without_delivery_count(props: bytes) -> bytes:
+    """The properties without x-delivery-count: a quorum queue adds it to deliveries
+    only, so a dead-lettered message does not carry it."""
+    return _rewrite_headers(props, None)

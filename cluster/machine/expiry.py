@@ -196,6 +196,6 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
     messages.copy(state, msg_id, entry_id(msg), dlx, rk, props, size, len(targets))
     state.next_msg_id = msg_id + 1
     for t in targets:
-        if t.dlx is not None:
+        if messages.holds(t):
             messages.hold(state, msg_id, dlx, rk, props, size)
         add_message(state, t, msg_id, size, props, None, out)

@@ -30,6 +30,7 @@ from typing import cast
 
 from cluster.effects import Deliver, Effect
 from cluster.machine import messages
+from cluster.machine.deadletter import without_delivery_count
 from cluster.machine.fifo import IdFifo
 from cluster.machine.state import Channel, Consumer, Entry, Msg, Queue, State, entry_id
 from protocol.fields import PRIORITY, FieldError, octet_property
@@ -116,12 +117,19 @@ def pop_head(q: Queue) -> Msg:
 
 
 def dead_letter(state: State, q: Queue, msg: Entry, reason: str) -> None:
-    """``msg`` leaves ``q`` for ``reason`` (rejected / expired / maxlen): republish it
-    to the queue's dead-letter exchange, if any, once the current command is done
-    (``expiry.flush_dead_letters``, as a new message); without one it is dropped."""
+    """``msg`` leaves ``q`` for ``reason`` (rejected / expired / maxlen /
+    delivery_limit): republish it to the queue's dead-letter exchange, if any, once the
+    current command is done (``expiry.flush_dead_letters``, as a new message); without
+    one it is dropped (and so is a message that came before a policy gave ``q`` its
+    dead-letter exchange: the machine has not kept its header)."""
     if q.dlx is not None:
-        state.dl_pending.append((q.vhost, q.name, q.dlx, q.dlrk, msg, reason,
-                                 messages.header(state, msg)))
+        hdr = messages.header(state, msg)
+        if hdr is not None:
+            if type(msg) is not int and msg.delivery_count and q.delivery_limit is not None:  # type: ignore[union-attr]
+                # returned, so its record carries x-delivery-count: the dead-lettered
+                # copy does not (a quorum queue adds it to deliveries only)
+                hdr = (hdr[0], hdr[1], without_delivery_count(hdr[2]), hdr[3])
+            state.dl_pending.append((q.vhost, q.name, q.dlx, q.dlrk, msg, reason, hdr))
     messages.let_go(state, q, entry_id(msg))  # its body is copied when republished
 
 

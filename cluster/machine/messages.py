@@ -9,10 +9,12 @@ its store after the entry (cluster/store.py ``run``), and the node reads the byt
 Deliver or GetOk by its id when it writes the frame.
 
 Dead-lettering republishes a message under its exchange, routing key and properties
-(rabbit_dead_letter), and routes on them: so for every message held by a queue with a
-dead-letter exchange the machine keeps those and the body size in ``State.headers``,
-with the number of such queues (or their unacked deliveries) that hold it. Nothing is
-read while applying.
+(rabbit_dead_letter), and routes on them; a queue with a delivery limit rewrites the
+properties of a returned message (x-delivery-count, a new record: queues.return_msg).
+So for every message held by a queue with a dead-letter exchange or a delivery limit
+(``holds``) the machine keeps those and the body size in ``State.headers``, with the
+number of such queues (or their unacked deliveries) that hold it. Nothing is read while
+applying.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cluster.machine.state import Entry, Queue, State, entry_id
-from cluster.records import Copy, Record, check_sizes
+from cluster.machine.deadletter import with_delivery_count
+from cluster.machine.state import Entry, Msg, Queue, State, entry_id
+from cluster.records import Copy, Record, RecordError, check_sizes
 
 # (exchange, routing key, properties, body size)
 Header = tuple[str, str, bytes, int]
@@ -53,21 +56,54 @@ def hold(state: State, msg_id: int, exchange: str, routing_key: str, properties:
         h[4] += 1
 
 
+def holds(q: Queue) -> bool:
+    """Whether ``q`` keeps the headers of its messages: it dead-letters them, or it
+    rewrites them when they come back (x-delivery-limit: queues.return_msg)."""
+    return q.dlx is not None or q.delivery_limit is not None
+
+
 def let_go(state: State, q: Queue, msg_id: int) -> None:
     """An entry of ``q`` (queued or delivered unacked) is gone: one reference less."""
     state.writes.append(msg_id)
-    if q.dlx is not None:
-        h = state.headers[msg_id]
+    if q.dlx is not None or q.delivery_limit is not None:
+        h = state.headers.get(msg_id)
+        if h is None:
+            return  # it came before a policy gave q a dead-letter exchange or a limit
         if h[4] == 1:
             del state.headers[msg_id]
         else:
             h[4] -= 1
 
 
-def header(state: State, msg: Entry) -> Header:
-    """The header of a message held by a queue with a dead-letter exchange."""
-    h = state.headers[entry_id(msg)]
-    return h[0], h[1], h[2], h[3]
+def header(state: State, msg: Entry) -> Header | None:
+    """The header of a message held by a queue with a dead-letter exchange or a delivery
+    limit (None: it came before a policy gave the queue one)."""
+    h = state.headers.get(entry_id(msg))
+    return None if h is None else (h[0], h[1], h[2], h[3])
+
+
+def count_return(state: State, q: Queue, msg: Msg) -> None:
+    """``msg`` comes back to ``q``, a queue with a delivery limit, with
+    ``msg.delivery_count`` returns: it becomes a new record, its body copied, with that
+    count in header x-delivery-count, and ``msg`` takes its id (so the id orders the
+    returned messages by return, as rabbit_fifo's returns queue). Only returned messages
+    of such queues pay for this; a message that came before a policy gave ``q`` its
+    limit is only counted (its header was not kept)."""
+    old = msg.id
+    h = state.headers.get(old)
+    if h is None:
+        return
+    exchange, routing_key, properties, size = h[0], h[1], h[2], h[3]
+    properties = with_delivery_count(properties, msg.delivery_count)
+    new = state.next_msg_id
+    try:
+        copy(state, new, old, exchange, routing_key, properties, size, 1)
+    except RecordError:
+        return  # (cannot happen: the same names fitted; then it keeps its record)
+    state.next_msg_id = new + 1
+    hold(state, new, exchange, routing_key, properties, size)
+    let_go(state, q, old)
+    msg.id = new
 
 
 def take_writes(state: State) -> list[Any]:
@@ -84,7 +120,7 @@ def rebuild_headers(state: State, read: Callable[[int], Record]) -> None:
         return
     held: dict[int, int] = {}
     for q in state.queues.values():
-        if q.dlx is not None and not q.deleted:
+        if holds(q) and not q.deleted:
             for m in q.ready:
                 i = entry_id(m)
                 held[i] = held.get(i, 0) + 1
@@ -92,7 +128,7 @@ def rebuild_headers(state: State, read: Callable[[int], Record]) -> None:
                 held[m.id] = held.get(m.id, 0) + 1
     for ch in state.channels.values():
         for q, m, _c in ch.unacked.values():
-            if q.dlx is not None:
+            if holds(q):
                 i = entry_id(m)
                 held[i] = held.get(i, 0) + 1
     headers: dict[int, list[Any]] = {}

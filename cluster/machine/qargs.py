@@ -199,8 +199,26 @@ def configure(q: Queue) -> None:
     q.expires = args.get("x-expires")
     q.max_priority = args.get("x-max-priority") or 0
     q.single_active = args.get("x-single-active-consumer") is True
+    q.delivery_limit = delivery_limit(args.get("x-delivery-limit"))
     if needs_slow(q) and not q.slow:
         make_slow(q)
+
+
+# A delivery limit no count reaches (x-delivery-limit that is not an integer).
+NO_DELIVERY_LIMIT = 1 << 62
+
+
+def delivery_limit(v: Any) -> int | None:
+    """x-delivery-limit (or the policy key delivery-limit, resolved into it) as a limit;
+    None when absent. RabbitMQ 3.10's quorum queues accept any value and compare the
+    delivery count with it: an integer is the limit (a negative one lets no message be
+    returned); anything else is never exceeded (Erlang orders numbers before every other
+    term), but returns are still counted and shown (x-delivery-count). (A classic queue
+    refuses the argument; RaftMQ's queues are replicated as quorum queues are, and
+    follow them.)"""
+    if v is None:
+        return None
+    return v if isinstance(v, int) and not isinstance(v, bool) else NO_DELIVERY_LIMIT
 
 
 def consumer_priority(args: dict[str, Any]) -> int:

@@ -40,6 +40,9 @@ from cluster.machine.features import (
 )
 from cluster.machine.state import Channel, Consumer, Entry, Msg, Queue, State, entry_id
 
+# The command level from which x-delivery-limit counts returns (return_msg).
+DELIVERY_LIMIT_LEVEL = 4
+
 
 def take(q: Queue) -> Entry:
     """The next message to hand out: returned ones first, in original order
@@ -83,7 +86,7 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
         ch.last_tag = tag = ch.last_tag + 1
         if c.no_ack:
             c.sent += 1
-            if q.dlx is None:
+            if q.dlx is None and q.delivery_limit is None:
                 writes.append(mid)  # let go; readable until the node has written it
             else:
                 messages.let_go(state, q, mid)
@@ -150,7 +153,14 @@ def run_touched(state: State, touched: dict[int, Queue], out: list[Effect]) -> N
 
 def return_msg(state: State, q: Queue, entry: Entry) -> None:
     """A checked-out message goes back to the queue head (redelivered); gone with its
-    queue if that was deleted meanwhile."""
+    queue if that was deleted meanwhile.
+
+    Every return counts (nack/reject with requeue, basic.recover, its channel or
+    connection closed, its node lost). From level 4, in a queue with a delivery limit
+    (x-delivery-limit, as RabbitMQ 3.10's quorum queues: rabbit_fifo's return): past the
+    limit the message is dead-lettered with reason delivery_limit, or dropped without a
+    dead-letter exchange; otherwise it is redelivered with header x-delivery-count (its
+    returns so far: messages.count_return)."""
     if q.deleted:
         messages.let_go(state, q, entry_id(entry))
         return
@@ -159,6 +169,12 @@ def return_msg(state: State, q: Queue, entry: Entry) -> None:
     assert isinstance(msg, Msg)
     msg.redelivered = True
     msg.delivery_count += 1
+    limit = q.delivery_limit
+    if limit is not None and state.level >= DELIVERY_LIMIT_LEVEL:
+        if msg.delivery_count > limit:
+            dead_letter(state, q, msg, "delivery_limit")
+            return
+        messages.count_return(state, q, msg)
     if q.slow:
         push_returned(q, msg)
     else:
@@ -240,7 +256,7 @@ def compact_service(q: Queue) -> None:
 
 def drop_ready(state: State, q: Queue) -> None:
     """Every ready message of ``q`` goes (purge, deletion), its bytes with it."""
-    if q.dlx is None:
+    if not messages.holds(q):
         writes = state.writes
         writes.extend(entry_id(entry) for entry in q.ready)
         writes.extend(msg.id for _key, msg in q.returned)

@@ -151,6 +151,9 @@ class Queue:
     max_priority: int = 0  # x-max-priority; 0: not a priority queue
     single_active: bool = False  # x-single-active-consumer
     active_consumer: tuple[ChKey, str] | None = None  # the single active one: (ch, tag)
+    # x-delivery-limit (level 4, queues.return_msg): returns a message may have
+    # before it is dead-lettered (reason delivery_limit) or dropped; None: no limit
+    delivery_limit: int | None = None
     # The queue needs the feature-aware (slower) paths: TTL, length limits, priorities,
     # consumer priorities, or it holds messages with a per-message TTL.
     slow: bool = False

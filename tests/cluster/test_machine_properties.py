@@ -12,6 +12,14 @@ copy may only leave its queue without being settled if it expired (never
 before its deadline), was dropped for length, or was rejected: then a ``qt``
 copy must turn up in ``dlq`` with an x-death for ``qt``. No expired message is
 ever delivered, and the deadline index never misses a queue.
+
+Delivery limits (level 4): ``ql`` (published to directly) has x-delivery-limit 1 and
+dead-letters to ``dlx``; ``q1`` has x-delivery-limit 2 and no dead-letter exchange. The
+model counts every return of a copy (nack/reject with requeue, recover, its channel or
+connection closed, its node lost, a channel closed by an error); a copy returned past
+its queue's limit must be gone: into ``dlq`` with an x-death of reason delivery_limit
+(``ql``), or dropped (``q1``). Every redelivery of a copy in such a queue carries
+x-delivery-count = its returns so far; a first delivery carries none.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from protocol.properties import decode_properties, encode_properties
 from tests.cluster import helpers
 from tests.cluster.helpers import guest_state, stored
 
-QT, DLQ, DLX = "qt", "dlq", "dlx"
-QUEUES = ["q0", "q1", QT, DLQ]
+QT, DLQ, DLX, QL = "qt", "dlq", "dlx", "ql"
+QUEUES = ["q0", "q1", QT, DLQ, QL]
 CHANNELS = [("n1", 1, 1), ("n1", 1, 2), ("n2", 1, 1), ("n2", 1, 2)]
 CONNS = [("n1", 1), ("n2", 1)]
 FANOUT = "fan"
@@ -42,7 +50,10 @@ QT_TTL, QT_MAX, MSG_TTL = 3, 3, 2
 ARGS: dict[str, dict[str, Any]] = {
     QT: {"x-message-ttl": QT_TTL, "x-max-length": QT_MAX, "x-dead-letter-exchange": DLX,
          "x-max-priority": 2},
+    QL: {"x-delivery-limit": 1, "x-dead-letter-exchange": DLX},
+    "q1": {"x-delivery-limit": 2},
 }
+LIMITS = {QL: 1, "q1": 2}
 
 
 def message_props(expiring: bool, priority: int | None) -> bytes:
@@ -82,6 +93,8 @@ class MachineLog(RuleBasedStateMachine):
         self.msg_ttl: dict[bytes, int] = {}  # bodies published with an expiration
         self.allow_drop: set[str] = set()  # queues whose copies may vanish in this step
         self.dead: set[bytes] = set()  # bodies dead-lettered from qt to dlq
+        self.returns: Counter[tuple[bytes, str]] = Counter()  # returns of each copy
+        self.limit_dead: set[bytes] = set()  # bodies dead-lettered from ql (delivery_limit)
         for node in ("n1", "n2"):
             self.send(node, C.NodeUp(node, 1))
         admin = CHANNELS[0]
@@ -146,12 +159,38 @@ class MachineLog(RuleBasedStateMachine):
         if not was_open:
             return
         self.model_queues.add(q)
+        if q == QL:
+            return  # published to directly: its bodies are its own
         if q != DLQ:
             self.bound.add(q)
         eff = self.ch_cmd(ch, C.QueueBind(ch, q, DLX if q == DLQ else FANOUT, "", False, {}))
         self.process(eff)
 
+    def count_return(self, body: bytes, q: str) -> None:
+        """A copy went back to its queue: past the queue's delivery limit it is gone, to
+        dlq (from ql, reason delivery_limit) or dropped."""
+        self.returns[(body, q)] += 1
+        limit = LIMITS.get(q)
+        if limit is None or self.main.level < 4 or self.returns[(body, q)] <= limit:
+            return
+        del self.ledger[(body, q)]
+        if q == QL and DLQ in self.model_queues:
+            self.ledger[(body, DLQ)] += 1
+            self.dead.add(body)
+            self.limit_dead.add(body)
+
+    def return_unacked(self, chs: list[C.ChKey]) -> None:
+        """The channels close: their unacked copies go back (counted), before the close's
+        effects are followed (which may deliver them, or their dead-lettered copies)."""
+        for ch in chs:
+            for body, q, ghost in self.tags.get(ch, {}).values():
+                if not ghost:
+                    self.count_return(body, q)
+            if ch in self.tags:
+                self.tags[ch] = {}
+
     def close_model_channel(self, ch: C.ChKey) -> None:
+        self.return_unacked([ch])  # (closed by an error: its effect comes first)
         self.open_chs.discard(ch)
         self.tags.pop(ch, None)  # unacked copies go back to their queues: still in the ledger
         self.consumers.pop(ch, None)
@@ -171,10 +210,11 @@ class MachineLog(RuleBasedStateMachine):
         for e in eff:
             if isinstance(e, E.Deliver):
                 q, no_ack = self.consumers[e.ch][e.consumer_tag]
-                self.take(e.ch, e.delivery_tag, stored(self.main, e)[3], q, no_ack)
+                self.take(e.ch, e.delivery_tag, stored(self.main, e)[3], q, no_ack, e)
             elif isinstance(e, E.GetOk):
                 assert get_cmd is not None
-                self.take(e.ch, e.delivery_tag, stored(self.main, e)[3], get_cmd.queue, get_cmd.no_ack)
+                self.take(e.ch, e.delivery_tag, stored(self.main, e)[3], get_cmd.queue,
+                          get_cmd.no_ack, e)
             elif isinstance(e, E.ConsumerCancelled):
                 del self.consumers[e.ch][e.consumer_tag]
             elif isinstance(e, E.ChannelError):
@@ -182,13 +222,18 @@ class MachineLog(RuleBasedStateMachine):
             elif isinstance(e, E.ConnectionError):
                 self.close_model_conn(e.conn)
 
-    def take(self, ch: C.ChKey, tag: int, body: bytes, q: str, no_ack: bool) -> None:
+    def take(self, ch: C.ChKey, tag: int, body: bytes, q: str, no_ack: bool,
+             ef: E.Deliver | E.GetOk) -> None:
         if q == DLQ and self.ledger[(body, DLQ)] == 0:
             self.dead_lettered(body)  # dead-lettered and delivered in the same step
         assert self.ledger[(body, q)] == 1
         assert tag not in self.tags[ch]
         deadline = self.deadline(body, q)
         assert deadline is None or self.main.now_ms < deadline, "an expired message delivered"
+        if q in LIMITS and self.main.level >= 4:
+            h = decode_properties(stored(self.main, ef)[2]).get("headers") or {}
+            n = self.returns[(body, q)]
+            assert h.get("x-delivery-count") == (n if n else None), (body, q, n, h)
         if no_ack:
             del self.ledger[(body, q)]
         else:
@@ -201,9 +246,11 @@ class MachineLog(RuleBasedStateMachine):
     def settle(self, ch: C.ChKey, tags: list[int], requeue: bool, reject: bool = False) -> None:
         for tag in tags:
             body, q, ghost = self.tags[ch].pop(tag)
-            if not requeue and not ghost:
+            if requeue and not ghost:
+                self.count_return(body, q)
+            elif not requeue and not ghost:
                 del self.ledger[(body, q)]
-                if reject and q == QT and DLQ in self.model_queues:
+                if reject and q in (QT, QL) and DLQ in self.model_queues:
                     self.ledger[(body, DLQ)] += 1  # rejected: dead-lettered to dlq
                     self.dead.add(body)
 
@@ -282,7 +329,8 @@ class MachineLog(RuleBasedStateMachine):
 
     # --- rules ----------------------------------------------------------------------
 
-    @rule(ch=channels, dest=st.sampled_from(["q0", "q0", "q1", QT, QT, DLQ, FANOUT, "nosuch"]),
+    @rule(ch=channels,
+          dest=st.sampled_from(["q0", "q0", "q1", QT, QT, DLQ, QL, QL, FANOUT, "nosuch"]),
           mandatory=st.booleans(), confirm=st.booleans(), n=st.integers(1, 4),
           expiring=st.booleans(), priority=st.sampled_from([None, 0, 1, 2, 5]))
     def publish_some(self, ch: C.ChKey, dest: str, mandatory: bool, confirm: bool,
@@ -297,6 +345,7 @@ class MachineLog(RuleBasedStateMachine):
         body = b"m%d" % self.body_n
         exchange, key = (FANOUT, "") if target == FANOUT else ("", target)
         self.pub_time[body] = self.clock
+        expiring = expiring and target != QL  # (ql's copies leave by their limit only)
         if expiring:
             self.msg_ttl[body] = MSG_TTL
         if ch in self.open_chs:
@@ -399,6 +448,23 @@ class MachineLog(RuleBasedStateMachine):
                 assert isinstance(e, E.GetEmpty)
         self.process(eff, get_cmd=cmd)
 
+    @rule(ch=channels, q=st.sampled_from([QL, QL, "q1"]), n=st.integers(1, 3),
+          how=st.sampled_from(["nack", "reject", "recover"]))
+    def bounce(self, ch: C.ChKey, q: str, n: int, how: str) -> None:
+        """Take a copy from a queue with a delivery limit and give it back, n times."""
+        for _ in range(n):
+            before = set(self.tags.get(ch, {}))
+            self.get(ch, q, False)
+            new = sorted(set(self.tags.get(ch, {})) - before)
+            if not new:
+                return
+            if how == "recover":
+                self.recover(ch)
+            else:
+                self.catch_up()
+                self.settle_rule(ch, C.Nack(ch, new[0], False, True, reject=how == "reject"),
+                                 new[0], False, True)
+
     def predictable(self, q: str) -> bool:
         """Whether the model knows q's ready count exactly (nothing in it can expire,
         nothing can be dead-lettered into it)."""
@@ -482,6 +548,7 @@ class MachineLog(RuleBasedStateMachine):
     @rule(ch=channels)
     def close_channel(self, ch: C.ChKey) -> None:
         self.catch_up()
+        self.return_unacked([ch])
         eff = self.send(ch[0], C.ChannelClose(ch))
         # effects come in order: anything expiring before the close (which may deliver
         # to this channel) first, then redeliveries of what the close returned
@@ -497,6 +564,7 @@ class MachineLog(RuleBasedStateMachine):
     @rule(conn=st.sampled_from(CONNS))
     def close_connection(self, conn: C.ConnKey) -> None:
         self.catch_up()
+        self.return_unacked([c for c in self.open_chs if c[:2] == conn])
         eff = self.send(conn[0], C.ConnectionClose(conn))
         self.follow(eff, None)
         self.close_model_conn(conn)
@@ -505,6 +573,7 @@ class MachineLog(RuleBasedStateMachine):
     @rule(down_first=st.booleans())
     def restart_n2(self, down_first: bool) -> None:
         self.catch_up()
+        self.return_unacked([c for c in self.open_chs if c[:2] == ("n2", 1)])
         if down_first:  # the leader (n1) notices n2 went away
             eff = self.send("n1", C.NodeDown("n2", self.incarnation["n2"]))
             self.follow(eff, None)
@@ -580,6 +649,18 @@ class MachineLog(RuleBasedStateMachine):
             assert held == live
             # the dead-letter headers kept while applying are those the store gives
             assert s.headers == helpers.expected_headers(s)
+
+    @invariant()
+    def delivery_limit_deaths(self) -> None:
+        """A copy dead-lettered from ql for its delivery limit says so in x-death, and
+        carries no x-delivery-count (a quorum queue adds it to deliveries only)."""
+        s = self.main
+        if DLQ not in s.vhosts["/"].queues:
+            return
+        for body, q in self.ledger:
+            if q == DLQ and body in self.limit_dead:
+                death = self.death(body)
+                assert (death["queue"], death["reason"]) == (QL, "delivery_limit")
 
     @invariant()
     def channels_and_tags_match_model(self) -> None:
