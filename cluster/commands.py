@@ -45,7 +45,7 @@ FORMAT_VERSION = 1  # of the batch envelope (encode_batch); never changed so far
 #   4: the features of issue 23; each new command has SINCE = 4 and each new behaviour of
 #      an existing command applies only from ``State.level >= 4``. Tags being taken:
 #      41-44 delivery limit / delayed messages / deduplication, 45-47 direct reply-to,
-#      48-52 policies, 53-55 shovels
+#      48-52 policies, 70-72 shovels (53-55 were taken by VHostPut..PermissionSet)
 LEVEL = 4
 
 Arguments = dict[str, Any]
@@ -478,6 +478,43 @@ class NodeDraining(Command):
     SINCE = 2
     node: str
     incarnation: int
+
+
+# --- shovels (cluster/machine/shovels.py) ----------------------------------------------
+
+
+@_command(70)
+class ShovelSet(Command):
+    """Create or replace the dynamic shovel ``name`` of ``vhost``: ``value`` is RabbitMQ's
+    shovel parameter value (src-uri, src-queue, dest-uri, ...), checked by
+    cluster.machine.shovels.definition."""
+
+    SINCE = 4
+    vhost: str
+    name: str
+    value: Arguments
+
+
+@_command(71)
+class ShovelClear(Command):
+    SINCE = 4
+    vhost: str
+    name: str
+
+
+@_command(72)
+class ShovelStatus(Command):
+    """The node running shovel ``name`` reports it: ``state`` starting / running /
+    terminated (``reason``), ``moved`` messages so far; ``state`` "restart" asks the
+    runner to restart it (DELETE /api/shovels/vhost/{vhost}/{name}/restart)."""
+
+    SINCE = 4
+    vhost: str
+    name: str
+    node: str
+    state: str
+    reason: str = ""
+    moved: int = 0
 
 
 # --- time ----------------------------------------------------------------------------

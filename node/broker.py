@@ -33,6 +33,7 @@ from node.config import Config, tls_context
 from node.services.alarms import Alarms, Monitor, trim_heap
 from node.services.membership import MembershipWatch
 from node.services.metrics import Metrics
+from node.shovel.runner import Shovels
 
 if TYPE_CHECKING:
     from node.mgmt.framework import ApiSession
@@ -98,6 +99,7 @@ class Broker:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self.draining = False  # node/services/maintenance.py: out of service until it restarts
+        self.shovels = Shovels(self)  # dynamic shovels, run while this node leads
         self._last_tick_ms = 0
         self._last_idle_tick = time.monotonic()
         self._swept = 0.0
@@ -436,11 +438,13 @@ class Broker:
                 ssl_handshake_timeout=cfg.handshake_timeout, reuse_address=True, backlog=1024))
             log.info("AMQPS listening on %s:%d (client certificates: %s)", host, cfg.tls_port,
                      cfg.tls_verify)
+        self.shovels.start()
 
     async def stop(self) -> None:
         """Close the listener and every connection (320), flush, and stop Raft."""
         for server in self._servers:
             server.close()
+        await self.shovels.stop()
         self.close_clients("CONNECTION_FORCED - broker shutdown")
         # Let the ConnectionClose commands reach the log.
         self._flush()

@@ -354,6 +354,8 @@ class State:
     n_published: int = 0  # basic.publish applied
     n_unroutable: int = 0  # of which routed to no queue
     n_confirmed: int = 0  # publisher confirms (acks and nacks)
+    # Dynamic shovels (cluster/machine/shovels.py Shovel), by (vhost, name); from level 4
+    shovels: dict[tuple[str, str], Any] = field(default_factory=dict)
     # --- upgrades (cluster/commands.py LEVEL) --------------------------------------------
     # Snapshot format: 1 for snapshots of releases before formats were numbered (read
     # through the defaults of __setstate__); a snapshot of a higher format than

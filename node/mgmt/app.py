@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from node.mgmt import access, cluster, dashboard, definitions, health, members, objects
+from node.mgmt import access, cluster, dashboard, definitions, health, members, objects, shovels
 from node.mgmt.framework import MAINTENANCE, NODE, RATES, Maintenance, Node
 from node.mgmt.rates import SAMPLE_S, Rates
 from node.services import maintenance
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESOURCES = (access, cluster, members, objects, definitions, health, dashboard)
+RESOURCES = (access, cluster, members, objects, definitions, health, dashboard, shovels)
 
 
 def app(broker: Broker, client_max_size: int) -> web.Application:

@@ -1,0 +1,185 @@
+"""Dynamic shovels on the management API, as RabbitMQ 3.10's rabbitmq_shovel_management
+has them: the ``shovel`` runtime parameters (PUT / GET / DELETE
+/api/parameters/shovel/{vhost}/{name}, body ``{"value": {...}}``) and their statuses
+(GET /api/shovels[/{vhost}], DELETE /api/shovels/vhost/{vhost}/{name}/restart).
+
+The definitions and the statuses are both in the replicated state (cluster/machine/
+shovels.py), so any member answers from its own replica: the status is what the node
+running the shovel (the leader, node/shovel/runner.py) last reported, at most a couple of
+seconds old for the message count."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from aiohttp import web
+
+from cluster import commands as C
+from cluster.machine import access as machine_access
+from cluster.machine.shovels import COMPONENT, Shovel, definition, valid_name
+from node.mgmt.framework import (
+    bad_request,
+    body,
+    created_or_updated,
+    has,
+    needs,
+    no_content,
+    not_found,
+    state,
+    submit,
+    unavailable,
+)
+from node.shovel.runner import redact
+
+routes = web.RouteTableDef()
+
+SHOVEL_LEVEL = C.ShovelSet.SINCE
+
+
+def _visible(request: web.Request, vhost: str) -> bool:
+    """Monitoring users see every vhost's shovels, others those of the vhosts they may
+    use (as RabbitMQ filters its listings)."""
+    if has(request["tags"], "monitoring"):
+        return True
+    return machine_access.vhost_access(state(request), request["user"], vhost)
+
+
+def parameter_json(sh: Shovel) -> dict[str, Any]:
+    return {"value": dict(sh.value), "vhost": sh.vhost, "component": COMPONENT,
+            "name": sh.name}
+
+
+def status_json(sh: Shovel) -> dict[str, Any]:
+    """RabbitMQ's /api/shovels entry of a dynamic shovel, and RaftMQ's message count."""
+    d = definition(sh.value)
+    at = datetime.datetime.fromtimestamp(sh.at_ms / 1000, tz=datetime.UTC)
+    entry: dict[str, Any] = {
+        "name": sh.name, "vhost": sh.vhost, "type": "dynamic", "state": sh.state,
+        "node": sh.node or None, "timestamp": at.strftime("%Y-%m-%d %H:%M:%S"),
+        "src_protocol": "amqp091", "dest_protocol": "amqp091",
+        "src_uri": redact(d.src_uris[0]), "dest_uri": redact(d.dest_uris[0]),
+        "src_queue": d.src_queue, "messages_moved": sh.moved,
+    }
+    if d.dest_queue is not None:
+        entry["dest_queue"] = d.dest_queue
+    if d.dest_exchange is not None:
+        entry["dest_exchange"] = d.dest_exchange
+    if d.dest_exchange_key is not None:
+        entry["dest_exchange_key"] = d.dest_exchange_key
+    if sh.state == "terminated":
+        entry["reason"] = sh.reason
+    return entry
+
+
+def _shovels(request: web.Request, vhost: str | None = None) -> list[Shovel]:
+    st = state(request)
+    if vhost is not None and vhost not in st.vhosts:
+        raise not_found()
+    return [sh for sh in st.shovels.values()
+            if (vhost is None or sh.vhost == vhost) and sh.vhost in st.vhosts
+            and _visible(request, sh.vhost)]
+
+
+def _one(request: web.Request) -> Shovel:
+    vhost, name = request.match_info["vhost"], request.match_info["name"]
+    sh = state(request).shovels.get((vhost, name))
+    if sh is None or vhost not in state(request).vhosts or not _visible(request, vhost):
+        raise not_found()
+    return sh
+
+
+def _level(request: web.Request) -> None:
+    if state(request).level < SHOVEL_LEVEL:
+        raise unavailable("shovels need every member of the cluster upgraded (command "
+                          f"level {SHOVEL_LEVEL}; the cluster is at {state(request).level})")
+
+
+def check(vhost: str, name: Any, value: Any, vhosts: Any) -> None:
+    """The checks of PUT /api/parameters/shovel (and of a definitions import): raises
+    ValueError with RabbitMQ's kind of reason."""
+    if vhost not in vhosts:
+        raise ValueError(f"vhost {vhost[:60]!r} does not exist")
+    if not valid_name(name):
+        raise ValueError(f"a shovel name of 1 to 255 bytes is required, not {name!r:.60}")
+    definition(value)
+
+
+# --- the parameters -------------------------------------------------------------------
+
+
+@routes.get("/api/parameters/shovel")
+@needs("management")
+async def list_parameters(request: web.Request) -> web.Response:
+    return web.json_response([parameter_json(sh) for sh in _shovels(request)])
+
+
+@routes.get("/api/parameters/shovel/{vhost}")
+@needs("management")
+async def list_vhost_parameters(request: web.Request) -> web.Response:
+    return web.json_response([parameter_json(sh)
+                              for sh in _shovels(request, request.match_info["vhost"])])
+
+
+@routes.get("/api/parameters/shovel/{vhost}/{name}")
+@needs("management")
+async def get_parameter(request: web.Request) -> web.Response:
+    return web.json_response(parameter_json(_one(request)))
+
+
+@routes.put("/api/parameters/shovel/{vhost}/{name}")
+@needs("policymaker")
+async def put_parameter(request: web.Request) -> web.Response:
+    vhost, name = request.match_info["vhost"], request.match_info["name"]
+    st = state(request)
+    if vhost not in st.vhosts:
+        raise not_found()
+    doc = await body(request)
+    if "value" not in doc:
+        raise bad_request("the body must hold the shovel's definition as \"value\"")
+    try:
+        check(vhost, name, doc["value"], st.vhosts)
+    except ValueError as e:
+        raise bad_request(f"Validation failed\n\n{e}") from None
+    _level(request)
+    existed = (vhost, name) in st.shovels
+    await submit(request, C.ShovelSet(vhost, name, doc["value"]))
+    return created_or_updated(existed)
+
+
+@routes.delete("/api/parameters/shovel/{vhost}/{name}")
+@needs("policymaker")
+async def delete_parameter(request: web.Request) -> web.Response:
+    sh = _one(request)
+    await submit(request, C.ShovelClear(sh.vhost, sh.name))
+    return no_content()
+
+
+# --- the statuses ----------------------------------------------------------------------
+
+
+@routes.get("/api/shovels")
+@needs("management")
+async def list_statuses(request: web.Request) -> web.Response:
+    return web.json_response([status_json(sh) for sh in _shovels(request)])
+
+
+@routes.get("/api/shovels/{vhost}")
+@needs("management")
+async def list_vhost_statuses(request: web.Request) -> web.Response:
+    return web.json_response([status_json(sh)
+                              for sh in _shovels(request, request.match_info["vhost"])])
+
+
+@routes.get("/api/shovels/vhost/{vhost}/{name}")
+@needs("management")
+async def get_status(request: web.Request) -> web.Response:
+    return web.json_response(status_json(_one(request)))
+
+
+@routes.delete("/api/shovels/vhost/{vhost}/{name}/restart")
+@needs("policymaker")
+async def restart(request: web.Request) -> web.Response:
+    sh = _one(request)
+    await submit(request, C.ShovelStatus(sh.vhost, sh.name, "", "restart"))
+    return no_content()

@@ -1,0 +1,171 @@
+"""Dynamic shovels (node/shovel/, node/mgmt/shovels.py) from a queue on Debian's RabbitMQ
+3.10 into RaftMQ: every message arrives, once or flagged as a possible duplicate; the
+status and parameters on the API as rabbitmq_shovel_management shows them; RabbitMQ's
+validation refusals as 400s. RabbitMQ runs no shovel plugin: RaftMQ runs the shovel."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from tests.harness.api import Api, q
+from tests.integration.helpers import close_quietly, connect, queue_depth, wait_until
+
+pytestmark = pytest.mark.raftmq_only
+
+N = 400
+
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from harness.rabbitmq import RabbitMQ
+
+    server = RabbitMQ(Path(tmp_path_factory.mktemp("rabbitmq-src")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _fill(url: str, queue: str, n: int, first: int = 0) -> None:
+    conn = connect(url)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=True)
+        ch.confirm_delivery()
+        for i in range(first, first + n):
+            ch.basic_publish("", queue, f"m{i}".encode(),
+                             pika.BasicProperties(delivery_mode=2, message_id=f"id{i}",
+                                                  headers={"i": i}))
+    finally:
+        close_quietly(conn)
+
+
+def drain(url: str, queue: str, limit: int = 100_000) -> list[tuple[bytes, bool, dict[str, Any]]]:
+    """Every message of ``queue``: (body, redelivered or flagged by the shovel, headers)."""
+    conn = connect(url)
+    out = []
+    try:
+        ch = conn.channel()
+        for _ in range(limit):
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                break
+            headers = props.headers or {}
+            out.append((body, bool(method.redelivered or headers.get("x-shovel-redelivered")),
+                        headers))
+    finally:
+        close_quietly(conn)
+    return out
+
+
+def once_or_flagged(got: list[tuple[bytes, bool, dict[str, Any]]], n: int) -> None:
+    seen: dict[bytes, int] = {}
+    for body, flagged, _ in got:
+        seen[body] = seen.get(body, 0) + 1
+        assert seen[body] == 1 or flagged, f"{body!r} arrived twice, unflagged"
+    assert set(seen) == {f"m{i}".encode() for i in range(n)}
+
+
+def depth(url: str, queue: str) -> int:
+    """The queue's ready messages, -1 while it does not exist."""
+    conn = connect(url)
+    try:
+        return queue_depth(conn.channel(), queue)
+    except pika.exceptions.ChannelClosedByBroker:
+        return -1
+    finally:
+        close_quietly(conn)
+
+
+def status(api: Api, name: str) -> dict[str, Any]:
+    return api.ok("GET", f"/api/shovels/vhost/%2F/{q(name)}")
+
+
+def test_shovel_from_rabbitmq(broker: Any, api: Api, rabbit: Any) -> None:
+    _fill(rabbit.url, "shovel-src", N)
+    value = {"src-uri": rabbit.url, "src-queue": "shovel-src", "dest-uri": "amqp://",
+             "dest-queue": "shovel-dst", "src-prefetch-count": 50}
+    assert api("PUT", "/api/parameters/shovel/%2F/mig", {"value": value})[0] == 201
+    assert api("PUT", "/api/parameters/shovel/%2F/mig", {"value": value})[0] == 204
+    wait_until(lambda: depth(broker.url, "shovel-dst") == N, timeout=30)
+    wait_until(lambda: status(api, "mig")["messages_moved"] == N, timeout=10)
+    st = status(api, "mig")
+    assert st["state"] == "running" and st["type"] == "dynamic" and st["node"] == "n1"
+    assert st["src_uri"] == rabbit.url.replace("guest:guest", "guest:***")
+    assert (st["src_queue"], st["dest_queue"]) == ("shovel-src", "shovel-dst")
+    assert [s["name"] for s in api.ok("GET", "/api/shovels")] == ["mig"]
+    assert [s["name"] for s in api.ok("GET", "/api/shovels/%2F")] == ["mig"]
+    assert api.ok("GET", "/api/parameters/shovel/%2F/mig") == \
+        {"value": value, "vhost": "/", "component": "shovel", "name": "mig"}
+    # nothing left in RabbitMQ, everything in RaftMQ once, the properties carried over
+    src = connect(rabbit.url)
+    try:
+        assert queue_depth(src.channel(), "shovel-src") == 0
+    finally:
+        close_quietly(src)
+    got = drain(broker.url, "shovel-dst")
+    once_or_flagged(got, N)
+    assert got[0][2]["i"] == 0
+    # it keeps running: what is published to RabbitMQ now moves too
+    _fill(rabbit.url, "shovel-src", 10, first=N)
+    wait_until(lambda: status(api, "mig")["messages_moved"] == N + 10, timeout=10)
+    assert sorted(b for b, _, _ in drain(broker.url, "shovel-dst")) == \
+        sorted(f"m{i}".encode() for i in range(N, N + 10))
+    # restart, then delete: the shovel stops consuming from RabbitMQ
+    assert api("DELETE", "/api/shovels/vhost/%2F/mig/restart")[0] == 204
+    wait_until(lambda: status(api, "mig")["state"] == "running", timeout=10)
+    assert api("DELETE", "/api/parameters/shovel/%2F/mig")[0] == 204
+    assert api("GET", "/api/shovels/vhost/%2F/mig")[0] == 404
+    assert api.ok("GET", "/api/shovels") == []
+
+    def consumers() -> int:
+        c = connect(rabbit.url)
+        try:
+            return int(c.channel().queue_declare("shovel-src", passive=True)
+                       .method.consumer_count)
+        finally:
+            close_quietly(c)
+
+    wait_until(lambda: consumers() == 0, timeout=10)
+
+
+def test_terminated_with_reason_then_running(broker: Any, api: Api, rabbit: Any) -> None:
+    """A source that cannot be reached: terminated with the reason, tried again every
+    reconnect-delay; once it can be, the shovel runs."""
+    bad = f"amqp://guest:wrong@127.0.0.1:{rabbit.amqp_port}/"
+    value = {"src-uri": bad, "src-queue": "shovel-src2", "dest-uri": "amqp://",
+             "dest-exchange": "amq.fanout", "reconnect-delay": 0.2}
+    api.ok("PUT", "/api/parameters/shovel/%2F/bad", {"value": value})
+    try:
+        wait_until(lambda: status(api, "bad")["state"] == "terminated", timeout=15)
+        st = status(api, "bad")
+        assert st["reason"] and "wrong" not in st["reason"] and "wrong" not in st["src_uri"]
+        value["src-uri"] = rabbit.url
+        api.ok("PUT", "/api/parameters/shovel/%2F/bad", {"value": value})
+        wait_until(lambda: status(api, "bad")["state"] == "running", timeout=15)
+    finally:
+        with contextlib.suppress(Exception):
+            api("DELETE", "/api/parameters/shovel/%2F/bad")
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ({"src-queue": "q", "dest-uri": "amqp://", "dest-queue": "d"}, "src-uri is required"),
+    ({"src-uri": "amqp://", "dest-uri": "amqp://", "dest-queue": "d"}, "src-queue"),
+    ({"src-uri": "amqp://", "src-queue": "q", "dest-uri": "amqp://", "ack-mode": "x"},
+     "ack-mode"),
+    ({"src-uri": "amqp://", "src-queue": "q", "dest-uri": "amqp://", "nope": 1},
+     "Unrecognised"),
+])
+def test_refusals(api: Api, value: dict[str, Any], reason: str) -> None:
+    status_code, answer = api("PUT", "/api/parameters/shovel/%2F/r", {"value": value})
+    assert status_code == 400 and reason in answer["reason"], answer
+    assert api("PUT", "/api/parameters/shovel/no-such-vhost/r", {"value": value})[0] == 404
+    assert api("PUT", "/api/parameters/shovel/%2F/r", {"valeur": value})[0] == 400
+    assert api("GET", "/api/parameters/shovel/%2F/r")[0] == 404
