@@ -162,6 +162,21 @@ class Return(Effect):
 
 
 @_ef
+class ReplyDeliver(Effect):
+    """A direct reply-to reply (cluster/machine/reply_to.py) for channel ``ch``: written
+    as a basic.deliver to its reply consumer if it still has one and ``routing_key`` is
+    that consumer's token (checked by the node, which alone knows the token's key).
+    Carries the message: it is never stored."""
+
+    ch: ChKey
+    delivery_tag: int
+    exchange: str
+    routing_key: str
+    properties: bytes
+    body: bytes
+
+
+@_ef
 class Confirm(Effect):
     """Publisher confirm for ``seq`` on ``ch``: ack, or nack when ``ack`` is False."""
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from cluster import machine
 from cluster.commands import LEVEL, Bootstrap, Command, NodeUp, Supports, Tick
-from cluster.effects import Deliver, Effect, Fault
+from cluster.effects import Deliver, Effect, Fault, ReplyDeliver
 from cluster.machine import access
 from cluster.proposer import Proposer, target
 from cluster.replica import RaftStatus, Replica
@@ -317,7 +317,8 @@ class Broker:
             if conn is None:
                 api = self.api_sessions.get(key[1])
                 if api is not None:
-                    api.take(ef)
+                    if type(ef) is not ReplyDeliver:  # (a forged reply-to token's)
+                        api.take(ef)
                     continue
                 if type(ef) is Fault:
                     self._log_fault(ef)

@@ -146,6 +146,10 @@ OPTIONS: tuple[Option, ...] = (
            "(530) as RabbitMQ's consumer_max_per_channel does (0: no limit, RabbitMQ's "
            "default; 1,000 is Amazon MQ's)"),
     Option("heartbeat", _positive_int, "60", "heartbeat interval offered to clients, s (0 off)"),
+    Option("consumer_timeout", _positive_int, "1800000",
+           "a channel whose oldest unacknowledged delivery is older than this is closed with "
+           "406 and its messages requeued, ms, as RabbitMQ's consumer_timeout (0: never; a "
+           "queue's x-consumer-timeout argument overrides it)"),
     Option("tls_port", _port, "5671", "AMQPS port (used when --tls-cert and --tls-key are given)"),
     Option("tls_host", str, "", "address the AMQPS listener binds (default: --amqp-host)"),
     Option("tls_cert", _readable_file, "", "PEM certificate (chain) of the AMQPS listener"),
@@ -244,6 +248,7 @@ class Config:
     max_connections: int = 0
     max_consumers_per_channel: int = 1000
     heartbeat: int = 60
+    consumer_timeout: int = 1800000  # ms; 0: none
     tls_port: int = 5671
     tls_host: str = ""
     tls_cert: str = ""

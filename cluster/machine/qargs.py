@@ -152,6 +152,12 @@ _QUEUE_CHECKS: tuple[tuple[str, _Check], ...] = (
     ("x-single-active-consumer", _bool),
 )
 
+# Checked from command level 4 only (a member of an earlier release accepts any value):
+# x-consumer-timeout (RabbitMQ 3.12's, in ms), read by the node (node/amqp/connection.py).
+_LEVEL4_QUEUE_CHECKS: tuple[tuple[str, _Check], ...] = (
+    ("x-consumer-timeout", _non_neg_int),
+)
+
 _CONSUME_CHECKS: tuple[tuple[str, _Check], ...] = (
     ("x-priority", _int),
     ("x-cancel-on-ha-failover", _bool),
@@ -168,8 +174,9 @@ def _check(kind: str, name: str, vhost: str, args: dict[str, Any],
                                 f"invalid arg '{key}' for {rs(kind, name, vhost)}: {err}", method)
 
 
-def validate_queue_args(name: str, vhost: str, args: dict[str, Any]) -> None:
-    """Raise 406 as RabbitMQ does at queue.declare (new queues only)."""
+def validate_queue_args(name: str, vhost: str, args: dict[str, Any], level: int = 4) -> None:
+    """Raise 406 as RabbitMQ does at queue.declare (new queues only); ``level``: the
+    cluster's command level (the machine passes ``State.level``)."""
     m = E.QUEUE_DECLARE
     dlx = args.get("x-dead-letter-exchange")
     if dlx is not None and not isinstance(dlx, str | bytes):
@@ -178,6 +185,8 @@ def validate_queue_args(name: str, vhost: str, args: dict[str, Any]) -> None:
                         f"invalid type '{type_name(dlx)}' for arg 'x-dead-letter-exchange' in "
                         f"{rs('queue', name, vhost)}", m)
     _check("queue", name, vhost, args, _QUEUE_CHECKS, m)
+    if level >= 4:
+        _check("queue", name, vhost, args, _LEVEL4_QUEUE_CHECKS, m)
 
 
 def validate_consume_args(name: str, vhost: str, args: dict[str, Any]) -> None:
@@ -219,6 +228,13 @@ def delivery_limit(v: Any) -> int | None:
     if v is None:
         return None
     return v if isinstance(v, int) and not isinstance(v, bool) else NO_DELIVERY_LIMIT
+
+
+def consumer_timeout(args: dict[str, Any], default_ms: int) -> int:
+    """The consumer timeout in ms that applies to a queue with these arguments (its
+    x-consumer-timeout, else the node's ``default_ms``; 0: none)."""
+    v = args.get("x-consumer-timeout")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else default_ms
 
 
 def consumer_priority(args: dict[str, Any]) -> int:

@@ -25,7 +25,7 @@ from cluster.effects import (
     QueuePurgeOk,
     QueueUnbindOk,
 )
-from cluster.machine import access
+from cluster.machine import access, reply_to
 from cluster.machine import errors as E
 from cluster.machine.access import CONFIGURE, READ, WRITE
 from cluster.machine.bindings import add_binding, delete_exchange, remove_binding
@@ -245,6 +245,9 @@ def exchange_unbind(state: State, ch: Channel, cmd: C.ExchangeUnbind, out: list[
 
 
 def queue_declare(state: State, ch: Channel, cmd: C.QueueDeclare, out: list[Effect]) -> None:
+    if state.level >= 4 and cmd.queue.startswith(reply_to.PREFIX):
+        reply_to.declare(state, ch, cmd, out)  # direct reply-to's pseudo-queue
+        return
     m = E.QUEUE_DECLARE
     vh = state.vhosts[ch.vhost]
     conn_key = ch.key[:2]
@@ -286,7 +289,7 @@ def queue_declare(state: State, ch: Channel, cmd: C.QueueDeclare, out: list[Effe
 def _create_queue(state: State, vh: VHost, ch: Channel, name: str, cmd: C.QueueDeclare) -> Queue:
     m = E.QUEUE_DECLARE
     if cmd.arguments:
-        validate_queue_args(name, vh.name, cmd.arguments)
+        validate_queue_args(name, vh.name, cmd.arguments, state.level)
         dlx = cmd.arguments.get("x-dead-letter-exchange")
         if dlx is not None:
             access.check(state, ch, READ, "queue", name, m)

@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 
 from cluster import commands as c
 from cluster import effects as e
+from cluster.machine.qargs import consumer_timeout
 from cluster.proposer import Proposer
 from cluster.replica import Replica
 from node.amqp import flow
@@ -114,7 +115,8 @@ class AMQPConnection(asyncio.Protocol):
                                flush=self._flush_writes, may_open_channel=node.may_open_channel,
                                turn=node.proposer.turn, settled=node.proposer.settled,
                                hold_reading=self._hold_for_publishes,
-                               write_parts=self._out.extend, read=node.raft.read)
+                               write_parts=self._out.extend, read=node.raft.read,
+                               level=lambda: node.raft.state.level)
         self.session.max_consumers = self.cfg.max_consumers_per_channel
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
@@ -398,6 +400,8 @@ class AMQPConnection(asyncio.Protocol):
             return
         expired = self.liveness.expired(now, self.opened, self.reading_paused)
         if expired is None:
+            if self.session.channels:
+                self.session.check_acks(now, self._oldest_unacked)
             return
         if expired.handshake:
             log.info("connection %s did not complete the AMQP handshake within %gs; "
@@ -413,6 +417,16 @@ class AMQPConnection(asyncio.Protocol):
                 FRAME_ERROR, f"FRAME_ERROR - no complete frame within {expired.limit:g}s"))
             self._flush_writes()
         self._drop()
+
+    def _oldest_unacked(self, key: c.ChKey) -> tuple[int, int] | None:
+        """The consumer timeout's view of channel ``key`` in the local replica: its oldest
+        delivery awaiting an ack (tags are in delivery order) and the timeout in ms for
+        it: its queue's x-consumer-timeout, else --consumer-timeout (0: none)."""
+        ch = self.node.raft.state.channels.get(key)
+        if ch is None or not ch.unacked:
+            return None
+        tag, entry = next(iter(ch.unacked.items()))
+        return tag, consumer_timeout(entry[0].arguments, self.cfg.consumer_timeout)
 
     def _heartbeat(self) -> None:
         beat = self.liveness.beat(self.reading_paused)

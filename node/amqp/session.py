@@ -11,6 +11,8 @@ heartbeats and flow control; tests drive a session with plain callables
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -19,13 +21,14 @@ from pamqp import commands as spec
 
 from cluster import commands as c
 from cluster import effects as e
+from cluster.machine import reply_to
 from cluster.machine.features import NOACK_WINDOW
 from cluster.records import Record
 from protocol.connection import ServerConnection
 from protocol.constants import NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITION_FAILED
 from protocol.errors import AMQPConnectionError, AMQPError, ChannelError
 from protocol.events import AckReceived, MessagePublished, MethodReceived, NackReceived
-from protocol.fields import USER_ID, FieldError, short_property
+from protocol.fields import REPLY_TO, USER_ID, FieldError, property_offset, short_property
 from protocol.frames import Frames
 from protocol.frames import ack as ack_frame
 from protocol.frames import nack as nack_frame
@@ -49,6 +52,10 @@ TX_MAX_COMMANDS = 65536
 # entries without bound. The wait is one commit round trip per 16 MiB: nothing at
 # full speed.
 INPUT_WINDOW = 16 << 20
+# Consumer timeout: a channel's delivery tags seen at each timeout check (with the time),
+# at most this many kept (past it the newest mark moves: a timeout fires late, never early).
+MARKS_MAX = 4096
+_REPLY_QUEUE = reply_to.PREFIX.encode()
 
 Propose = Callable[[c.Command], None]
 
@@ -72,7 +79,7 @@ class Channel:
 
     __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "acked_upto",
                  "unconfirmed", "early", "tx", "tx_commands", "tx_bytes", "closing",
-                 "last_turn", "sent")
+                 "last_turn", "sent", "reply_tag", "reply_rk", "last_delivered", "marked", "marks")
 
     def __init__(self, number: int, key: c.ChKey) -> None:
         self.number = number
@@ -94,6 +101,15 @@ class Channel:
         self.last_turn = 0  # the proposer's turn in which this channel last proposed
         # no-ack deliveries written per consumer tag, not yet reported with Sent
         self.sent: dict[str, int] = {}
+        # direct reply-to (cluster/machine/reply_to.py): the reply consumer's tag, and the
+        # routing key replies to it use (its token holds a random key only this node knows)
+        self.reply_tag: str | None = None
+        self.reply_rk = b""
+        # consumer timeout: the last delivery tag written that waits for an ack, and the
+        # (tag, time) of the checks that saw it grow (check_acks)
+        self.last_delivered = 0
+        self.marked = 0  # the highest tag in a mark so far
+        self.marks: deque[tuple[int, float]] = deque()
 
 
 def _no_store(msg_id: int) -> Record:
@@ -112,6 +128,7 @@ class Session:
                  hold_reading: Callable[[bool], None] = lambda hold: None,
                  write_parts: Callable[[Sequence[bytes | memoryview]], None] | None = None,
                  read: Callable[[int], Record] | None = None,
+                 level: Callable[[], int] = lambda: c.LEVEL,
                  ) -> None:
         """``write`` buffers a frame; ``flush`` sends what is buffered (needed only for
         replies sent outside a dispatch, which flushes by itself). ``turn`` and
@@ -120,7 +137,8 @@ class Session:
         stops reading the socket until ``hold_reading(False)`` (INPUT_WINDOW).
         ``write_parts`` buffers the pieces of a big content (protocol.frames.JOIN_MAX)
         unjoined (default: joined, then ``write``). ``read``: a stored message's record
-        by id (the replica's store), for Deliver and GetOk."""
+        by id (the replica's store), for Deliver and GetOk. ``level``: the cluster's enabled
+        command level (direct reply-to from 4)."""
         self.conn = conn
         self.proto = proto
         self.propose = propose
@@ -134,6 +152,7 @@ class Session:
         self.settled = settled
         self.hold_reading = hold_reading
         self.read: Callable[[int], Record] = read or _no_store
+        self.level = level
         self.max_consumers = 0  # per channel (--max-consumers-per-channel)
         self.counters: SessionCounters = counters or Counters()
         self.clock = clock  # when the event being handled arrived
@@ -253,6 +272,8 @@ class Session:
                 raise ChannelError(ch.number, PRECONDITION_FAILED,
                                    f"user_id property set to '{uid}' but authenticated user "
                                    f"was '{self.user}'", 60, 40)
+        if len(props) >= 2 and props[0] & 0x02 and self.level() >= 4:  # the reply-to flag
+            props = _reply_to(ch, props)
         seq = 0
         if ch.confirm:
             ch.publish_seq += 1
@@ -311,6 +332,45 @@ class Session:
         self.write(self.proto.close_channel(number, err.reply_code, err.reply_text,
                                             err.class_id, err.method_id))
 
+    def check_acks(self, now: float,
+                   oldest: Callable[[c.ChKey], tuple[int, int] | None]) -> None:
+        """The consumer timeout, called every few tenths of a second with the monotonic
+        ``now``: a channel whose oldest unacknowledged delivery (``oldest(key)``: its tag
+        and the timeout in ms that applies to it, 0 for none; None when nothing waits for
+        an ack) is older than the timeout is closed with 406, which requeues what it
+        holds, as RabbitMQ's channel does. Only the oldest delivery is looked at; its age
+        is measured from the first check that saw a tag as high as its own (so a timeout
+        fires up to one check late, never early)."""
+        for ch in list(self.channels.values()):
+            if ch.closing:
+                continue
+            marks = ch.marks
+            if ch.last_delivered > ch.marked:
+                ch.marked = ch.last_delivered
+                if len(marks) >= MARKS_MAX:
+                    marks[-1] = (ch.marked, now)
+                else:
+                    marks.append((ch.marked, now))
+            if not marks:
+                continue
+            found = oldest(ch.key)
+            if found is None:
+                marks.clear()  # every delivery written so far is settled
+                continue
+            tag, timeout_ms = found
+            while marks and marks[0][0] < tag:
+                marks.popleft()
+            if marks and timeout_ms and (now - marks[0][1]) * 1000 > timeout_ms:
+                self._ack_timed_out(ch, timeout_ms)
+
+    def _ack_timed_out(self, ch: Channel, timeout_ms: int) -> None:
+        ch.closing = True
+        self._take_tx(ch)
+        self.propose(c.ChannelClose(ch.key))
+        self.write(self.proto.close_channel(ch.number, PRECONDITION_FAILED,
+                                            ack_timeout_text(ch.number, timeout_ms), 0, 0))
+        self.flush()
+
     # --- node -> client ---------------------------------------------------------------
 
     def run_effect(self, ef: e.Effect) -> None:
@@ -360,6 +420,32 @@ class Session:
         if ch is None or ch.key != key or ch.closing:
             return None
         return ch
+
+
+def ack_timeout_text(channel: int, timeout_ms: int) -> str:
+    """RabbitMQ 3.10's reason for a consumer timeout (checked side by side in
+    tests/integration/test_consumer_timeout.py)."""
+    return (f"PRECONDITION_FAILED - delivery acknowledgement on channel {channel} timed out. "
+            f"Timeout value used: {timeout_ms} ms. This timeout value can be configured, see "
+            "consumers doc guide to learn more")
+
+
+def _reply_to(ch: Channel, props: bytes) -> bytes:
+    """A publish with ``reply_to = amq.rabbitmq.reply-to``: the property rewritten to the
+    channel's reply routing key (RabbitMQ's maybe_set_fast_reply_to); 406 if the channel
+    has no reply consumer. Any other reply_to is left as it is."""
+    try:
+        pos = property_offset(props, REPLY_TO)
+    except FieldError:
+        return props  # refused as the publish is (the machine reads the properties)
+    n = props[pos]
+    if props[pos + 1:pos + 1 + n] != _REPLY_QUEUE:
+        return props
+    if ch.reply_tag is None:
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - fast reply consumer does not exist", 60, 40)
+    rk = ch.reply_rk
+    return b"".join((props[:pos], bytes((len(rk),)), rk, props[pos + 1 + n:]))
 
 
 # The method a buffered command came from (for the error's class and method ids).
@@ -423,11 +509,42 @@ def _basic_qos(s: Session, ch: Channel, m: Any) -> None:
 
 
 def _basic_consume(s: Session, ch: Channel, m: Any) -> None:
+    if m.queue == reply_to.PREFIX and s.level() >= 4:
+        _reply_consume(s, ch, m)
+        return
+    if ch.reply_tag is not None and m.consumer_tag == ch.reply_tag:
+        raise AMQPConnectionError(NOT_ALLOWED, f"NOT_ALLOWED - attempt to reuse consumer tag "
+                                               f"'{m.consumer_tag}'", 60, 20)
     s.propose(c.Consume(ch.key, m.queue, m.consumer_tag or "", m.no_ack, m.exclusive, m.nowait,
                         _args(m), s.max_consumers))
 
 
+def _reply_consume(s: Session, ch: Channel, m: Any) -> None:
+    """basic.consume of ``amq.rabbitmq.reply-to``: this node's alone, nothing proposed
+    (rabbit_channel's checks, in its order)."""
+    if not m.no_ack:
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - reply consumer cannot acknowledge", 60, 20)
+    if ch.reply_tag is not None:
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - reply consumer already set", 60, 20)
+    tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
+    rk = reply_to.encode(ch.key, secrets.token_urlsafe(16)).encode()
+    if len(rk) > 255:  # a node id too long for a short string
+        raise ChannelError(ch.number, PRECONDITION_FAILED,
+                           "PRECONDITION_FAILED - node id too long for direct reply-to", 60, 20)
+    ch.reply_tag, ch.reply_rk = tag, rk
+    if not m.nowait:
+        s.reply_in_order(ch, s.proto.send_method(ch.number, build(spec.Basic.ConsumeOk, tag)))
+
+
 def _basic_cancel(s: Session, ch: Channel, m: Any) -> None:
+    if ch.reply_tag is not None and m.consumer_tag == ch.reply_tag:
+        ch.reply_tag, ch.reply_rk = None, b""
+        if not m.nowait:
+            s.reply_in_order(ch, s.proto.send_method(ch.number,
+                                                     build(spec.Basic.CancelOk, m.consumer_tag)))
+        return
     s.propose(c.Cancel(ch.key, m.consumer_tag or "", m.nowait))
 
 
@@ -548,6 +665,21 @@ def _deliver(s: Session, ef: e.Deliver) -> None:
     s.counters.delivered += 1
     if ef.no_ack:
         ch.sent[ef.consumer_tag] = ch.sent.get(ef.consumer_tag, 0) + 1
+    else:
+        ch.last_delivered = ef.delivery_tag
+
+
+def _reply_deliver(s: Session, ef: e.ReplyDeliver) -> None:
+    """A direct reply-to reply: to the channel's reply consumer, if the routing key is
+    its token (the key compared in constant time); dropped otherwise, as RabbitMQ does."""
+    ch = s.live(ef.ch)
+    if ch is None or ch.reply_tag is None:
+        return
+    if not hmac.compare_digest(ch.reply_rk, ef.routing_key.encode()):
+        return
+    s.write_content(s.proto.deliver(ch.number, ch.reply_tag, ef.delivery_tag, False,
+                                    ef.exchange, ef.routing_key, ef.properties, ef.body))
+    s.counters.delivered += 1
 
 
 def _get_ok(s: Session, ef: e.GetOk) -> None:
@@ -558,6 +690,7 @@ def _get_ok(s: Session, ef: e.GetOk) -> None:
     s.write_content(s.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, exchange,
                                    routing_key, ef.message_count, properties, body))
     s.counters.delivered += 1
+    ch.last_delivered = ef.delivery_tag  # (a no-ack get is never among the unacked)
 
 
 def _return(s: Session, ef: e.Return) -> None:
@@ -617,6 +750,7 @@ def _connection_error(s: Session, ef: e.ConnectionError) -> None:
 
 _EFFECTS: dict[type, Any] = {
     e.Deliver: _deliver,
+    e.ReplyDeliver: _reply_deliver,
     e.Confirm: _confirm,
     e.GetOk: _get_ok,
     e.GetEmpty: _reply(spec.Basic.GetEmpty),
