@@ -16,7 +16,7 @@ from cluster.effects import (
     RecoverOk,
     Return,
 )
-from cluster.machine import access, messages, reply_to
+from cluster.machine import access, delayed, messages, reply_to
 from cluster.machine import errors as E
 from cluster.machine.access import READ, WRITE
 from cluster.machine.errors import error, rs
@@ -46,7 +46,7 @@ from protocol.fields import EXPIRATION, FieldError, property_spans, short_string
 # --- publish -------------------------------------------------------------------------
 
 
-def _message_ttl(props: bytes) -> int:
+def message_ttl(props: bytes) -> int:
     """The expiration property as a TTL in ms; 406 when RabbitMQ would refuse it. The
     node validated the properties before proposing; checked again because the
     machine reads them (a malformed list is a frame error, on every replica alike)."""
@@ -83,10 +83,16 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
                             f"cannot publish to internal {rs('exchange', name, ch.vhost)}",
                             E.BASIC_PUBLISH)
         access.check_topic(state, ch, WRITE, ex, cmd.routing_key, E.BASIC_PUBLISH)
+        if ex.type == delayed.DELAYED and state.level >= delayed.DELAYED_LEVEL:
+            if cmd.properties and cmd.properties[0] & 1:
+                message_ttl(cmd.properties)  # refused now if invalid, as any publish
+            if delayed.hold(state, ch, ex, cmd):
+                _held(state, ch, cmd, out)
+                return
         targets = route(vh, ex, cmd.routing_key, cmd.properties)
     props = cmd.properties
     # the expiration property's flag bit (0x0100) is bit 0 of the first flags byte
-    msg_ttl = _message_ttl(props) if props and props[0] & 1 else None
+    msg_ttl = message_ttl(props) if props and props[0] & 1 else None
     if not targets and not name and state.level >= 4 and \
             cmd.routing_key.startswith(reply_to.TOKEN_PREFIX):
         reply_to.publish(state, ch, cmd, out)  # a direct reply-to reply: no queue
@@ -113,6 +119,18 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
         state.n_confirmed += 1
         # a queue refusing the message (x-overflow reject-publish) nacks it
         out.append(Confirm(ch.key, cmd.confirm_seq, not refused))
+
+
+def _held(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> None:
+    """A message held by an x-delayed-message exchange: routed to no queue now, so
+    returned if mandatory (the plugin does not support it), and confirmed."""
+    state.n_published += 1
+    if cmd.mandatory:
+        out.append(Return(ch.key, 312, "NO_ROUTE", cmd.exchange, cmd.routing_key,
+                          cmd.properties, cmd.body))
+    if cmd.confirm_seq:
+        state.n_confirmed += 1
+        out.append(Confirm(ch.key, cmd.confirm_seq, True))
 
 
 def _bad_publish(ch: Channel, cmd: C.Publish) -> None:

@@ -17,6 +17,7 @@ from cluster.effects import Effect
 from cluster.machine import messages
 from cluster.machine.contain import Failed, note, report
 from cluster.machine.deadletter import is_cycle, record_death
+from cluster.machine.delayed import next_release, release_due
 from cluster.machine.errors import rs
 from cluster.machine.features import expire_head, push_deadline, queue_deadline
 from cluster.machine.queues import add_message, delete_queue
@@ -48,6 +49,13 @@ def expire_due(state: State, out: list[Effect]) -> None:
     else:
         state.deadlines_built = False
         _expire_scan(state, out)
+    if state.delayed:  # x-delayed-message exchanges' held messages (level 4)
+        if state.delayed[0][0] <= state.now_ms:
+            release_due(state, out)
+            flush_dead_letters(state, out)
+        r, nd = next_release(state), state.next_due
+        if r is not None and (nd is None or r < nd):
+            state.next_due = r
 
 
 def _expire_by_heap(state: State, out: list[Effect]) -> None:

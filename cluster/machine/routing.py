@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.machine.amqp_table import is_void, message_headers, norm
+from cluster.machine.delayed import DELAYED, routing_type
 from cluster.machine.state import Dest, Exchange, Queue, VHost
 
 ROUTE_CACHE_MAX = 4096
@@ -167,17 +168,18 @@ class _Index:
 def _build(ex: Exchange) -> _Index:
     idx = _Index()
     alld: dict[Dest, None] = {}
+    t = routing_type(ex)  # (an x-delayed-message exchange's x-delayed-type)
     for (dest, key, _frozen), args in ex.bindings.items():
         alld[dest] = None
         if dest[0]:
             idx.has_exchange_dests = True
-        if ex.type == "headers":
+        if t == "headers":
             match_all, pattern = compile_headers(args)
             idx.headers.append((match_all, pattern, dest))
         else:
             idx.by_key.setdefault(key, {})[dest] = None
     idx.all = tuple(alld)
-    if ex.type == "topic":
+    if t == "topic":
         root = _TrieNode()
         for key, dests in idx.by_key.items():
             for d in dests:
@@ -200,6 +202,8 @@ def match(ex: Exchange, routing_key: str, properties: bytes) -> tuple[Dest, ...]
     """Destinations bound to ``ex`` that a message matches (one exchange, no e2e)."""
     idx = index_of(ex)
     t = ex.type
+    if t == DELAYED:
+        t = routing_type(ex)
     if t == "direct":
         return idx.by_key.get(routing_key, _EMPTY)
     if t == "fanout":

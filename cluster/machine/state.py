@@ -338,6 +338,9 @@ class State:
     deadlines: list[tuple[int, int]] = field(default_factory=list, compare=False, repr=False)
     pushed: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
     deadlines_built: bool = field(default=False, compare=False, repr=False)
+    # Messages held by x-delayed-message exchanges (cluster/machine/delayed.py, level 4):
+    # a heap of (due ms, message id, vhost, exchange, routing key, properties, body size)
+    delayed: list[Any] = field(default_factory=list)
     # Dead-lettered messages waiting to be republished within the current command
     # (always empty between commands).
     dl_pending: list[Any] = field(default_factory=list)

@@ -25,7 +25,7 @@ from cluster.effects import (
     QueuePurgeOk,
     QueueUnbindOk,
 )
-from cluster.machine import access, reply_to
+from cluster.machine import access, delayed, reply_to
 from cluster.machine import errors as E
 from cluster.machine.access import CONFIGURE, READ, WRITE
 from cluster.machine.bindings import add_binding, delete_exchange, remove_binding
@@ -138,8 +138,11 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
         if name not in vh.exchanges:
             raise E.no_exchange(name, ch.vhost, m)
     else:
-        if cmd.type not in EXCHANGE_TYPES:
+        if cmd.type not in EXCHANGE_TYPES and not (
+                cmd.type == delayed.DELAYED and state.level >= delayed.DELAYED_LEVEL):
             raise error(E.COMMAND_INVALID, f"unknown exchange type '{cmd.type}'", m)
+        if cmd.type == delayed.DELAYED:
+            delayed.check_declare(cmd.arguments, m)
         if name == "":
             raise E.default_exchange_refused(m)
         check_name("exchange name", name, ch.vhost, m)
@@ -201,7 +204,7 @@ def exchange_delete(state: State, ch: Channel, cmd: C.ExchangeDelete, out: list[
 
 
 def _check_headers_args(source: Exchange, args: dict[str, Any], m: tuple[int, int]) -> None:
-    if source.type == "headers":
+    if delayed.routing_type(source) == "headers":
         problem = x_match_valid(args)
         if problem is not None:
             raise error(E.PRECONDITION_FAILED, problem, m)

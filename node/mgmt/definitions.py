@@ -79,6 +79,7 @@ from node.mgmt.input import (
     check_short,
     check_text,
 )
+from node.mgmt.shovels import SHOVEL_COMPONENT, shovel_check, shovel_parameters
 from node.mgmt.views import permission_json, topic_json, user_json
 from protocol.errors import AMQPError
 
@@ -180,7 +181,7 @@ async def export(st: Any) -> dict[str, Any]:
         "topic_permissions": [topic_json(k, tp) for k, tp in st.topic_permissions.items()],
         "parameters": [{"value": dict(vh.limits), "vhost": vh.name,
                         "component": VHOST_LIMITS_COMPONENT, "name": "limits"}
-                       for vh in vhosts if vh.limits],
+                       for vh in vhosts if vh.limits] + shovel_parameters(st, vhosts),
         "global_parameters": [], "policies": [],
         "queues": queues, "exchanges": exchanges, "bindings": bindings,
     }
@@ -385,7 +386,11 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
     # vhost limits: after the vhosts, before the queues they count (RabbitMQ's order)
     limits: dict[str, dict[str, int]] = {}  # per vhost, what the file sets
     prs = _Items(defs, "parameters")
+    shovels: list[tuple[str, C.ShovelSet]] = []  # set after the topology they move into
     async for pr in prs.each():
+        if pr.get("component") == SHOVEL_COMPONENT:
+            shovels.append((prs.label, _shovel(prs, pr, vhosts, st)))
+            continue
         if pr.get("component") != VHOST_LIMITS_COMPONENT:
             raise prs.refuse(f"parameters other than {VHOST_LIMITS_COMPONENT} are not "
                              "supported by RaftMQ yet; remove them from the file to import "
@@ -399,7 +404,18 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
         out.globals.append((prs.label, C.LimitsSet(
             "vhost", vhost, {k: value.get(k, -1) for k in VHOST_LIMITS})))
     await _topology(defs, st, vhosts, limits, out)
+    for label, shovel in shovels:  # (a vhost's shovels: in its last entry, after its queues)
+        out.topology.setdefault(shovel.vhost, []).append((label, shovel))
     return out
+
+
+def _shovel(items: _Items, item: dict[str, Any], vhosts: set[str], st: Any) -> C.ShovelSet:
+    """A shovel parameter, checked as PUT /api/parameters/shovel checks one."""
+    vhost, name = items.text(item, "vhost", "/"), items.name(item)
+    items.check(shovel_check, vhost, name, item.get("value"), vhosts)
+    if st.level < C.ShovelSet.SINCE:
+        raise items.refuse("shovels need every member of the cluster upgraded")
+    return C.ShovelSet(vhost, name, item["value"])
 
 
 def _limits(items: _Items, value: Any, allowed: tuple[str, ...]) -> dict[str, int]:

@@ -30,6 +30,7 @@ from node.mgmt.framework import (
     submit,
     unavailable,
 )
+from node.mgmt.input import InputError
 from node.shovel.runner import redact
 
 routes = web.RouteTableDef()
@@ -103,6 +104,23 @@ def check(vhost: str, name: Any, value: Any, vhosts: Any) -> None:
     if not valid_name(name):
         raise ValueError(f"a shovel name of 1 to 255 bytes is required, not {name!r:.60}")
     definition(value)
+
+
+SHOVEL_COMPONENT = COMPONENT
+
+
+def shovel_check(vhost: str, name: Any, value: Any, vhosts: Any) -> None:
+    """:func:`check` for a definitions import (node/mgmt/definitions.py): an InputError."""
+    try:
+        check(vhost, name, value, vhosts)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def shovel_parameters(st: Any, vhosts: Any) -> list[dict[str, Any]]:
+    """The shovels of ``vhosts`` (VHost objects) as a definitions export lists them."""
+    names = {vh.name for vh in vhosts}
+    return [parameter_json(sh) for sh in list(st.shovels.values()) if sh.vhost in names]
 
 
 # --- the parameters -------------------------------------------------------------------

@@ -228,4 +228,5 @@ def held_references(state: State) -> tuple[Counter[int], Counter[int]]:
         held.update(m.id for _, m in q.returned)
     for ch in state.channels.values():
         held.update(entry_id(m) for _q, m, _c in ch.unacked.values())
+    held.update(h[1] for h in state.delayed)  # held by x-delayed-message exchanges
     return held, Counter(store_of(state).live())

@@ -169,3 +169,28 @@ def test_refusals(api: Api, value: dict[str, Any], reason: str) -> None:
     assert api("PUT", "/api/parameters/shovel/no-such-vhost/r", {"value": value})[0] == 404
     assert api("PUT", "/api/parameters/shovel/%2F/r", {"valeur": value})[0] == 400
     assert api("GET", "/api/parameters/shovel/%2F/r")[0] == 404
+
+
+def test_definitions_export_and_import(api: Api) -> None:
+    """Shovel parameters in the definitions, both ways (RabbitMQ's "parameters" items with
+    component "shovel"); a bad one refuses the import, naming it."""
+    value = {"src-uri": "amqp://guest:guest@127.0.0.1:1/", "src-queue": "defs-src",
+             "dest-uri": "amqp://", "dest-queue": "defs-dst", "reconnect-delay": 30}
+    api.ok("PUT", "/api/parameters/shovel/%2F/defs", {"value": value})
+    try:
+        exported = api.ok("GET", "/api/definitions")
+        mine = [p for p in exported["parameters"] if p["component"] == "shovel"]
+        assert mine == [{"value": value, "vhost": "/", "component": "shovel", "name": "defs"}]
+        api.ok("DELETE", "/api/parameters/shovel/%2F/defs")
+        doc = {"parameters": mine, "queues": [
+            {"name": "defs-dst", "vhost": "/", "durable": True, "auto_delete": False,
+             "arguments": {"x-max-length": 10}}]}
+        api.ok("POST", "/api/definitions", doc)
+        assert api.ok("GET", "/api/parameters/shovel/%2F/defs")["value"] == value
+        bad = {"parameters": [{**mine[0], "name": "bad", "value": {"src-uri": "amqp://"}}]}
+        status_code, answer = api("POST", "/api/definitions", bad)
+        assert status_code == 400 and "dest-uri is required" in answer["reason"], answer
+        assert api("GET", "/api/parameters/shovel/%2F/bad")[0] == 404
+    finally:
+        api("DELETE", "/api/parameters/shovel/%2F/defs")
+        api("DELETE", "/api/queues/%2F/defs-dst")
