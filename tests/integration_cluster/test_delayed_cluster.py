@@ -46,7 +46,7 @@ def test_delayed_messages_survive_a_leader_kill(
         def note(ch: object, method: object, props: pika.BasicProperties,
                  body: bytes) -> None:
             arrived.setdefault(body, time.monotonic())
-            got(ch, method, props, body)  # type: ignore[arg-type]
+            got(ch, method, props, body)
 
         cch = cconn.channel()
         cch.basic_consume(q, note)
