@@ -147,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="USER")
     p.add_argument("--vhost", default="/")
 
+    _shovel_parser(sub, common)
     lst = sub.add_parser("list", parents=[common], help="list objects of the cluster")
     lst.add_argument("what", choices=("queues", "exchanges", "bindings", "connections",
                                       "channels", "consumers", "nodes", "policies", "users",
@@ -154,6 +155,36 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("--vhost", help="only this vhost's (queues, exchanges, bindings, ...)")
     lst.add_argument("--format", choices=("table", "json"), default="table")
     return parser
+
+
+def _shovel_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                   common: argparse.ArgumentParser) -> None:
+    """``raftmq shovel list / declare / delete / restart``: dynamic shovels, RabbitMQ's
+    ``shovel`` parameters (docs/migration in README.md: "Migrating from RabbitMQ")."""
+    sh = sub.add_parser("shovel", help="dynamic shovels: move messages from a queue of any "
+                        "AMQP 0-9-1 broker (RabbitMQ) into this cluster")
+    shsub = sh.add_subparsers(dest="action", required=True)
+    p = shsub.add_parser("list", parents=[common], help="the shovels and their status")
+    p.add_argument("--vhost")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p = shsub.add_parser("declare", parents=[common], help="create or replace a shovel")
+    p.add_argument("name")
+    p.add_argument("--vhost", default="/")
+    p.add_argument("--src-uri", required=True, help="amqp://user:pass@host:port/vhost")
+    p.add_argument("--src-queue", required=True)
+    p.add_argument("--dest-uri", default="amqp://",
+                   help='default "amqp://": this cluster, as the node\'s default user')
+    p.add_argument("--dest-queue")
+    p.add_argument("--dest-exchange")
+    p.add_argument("--dest-exchange-key")
+    p.add_argument("--prefetch-count", type=int, help="src-prefetch-count (default 1000)")
+    p.add_argument("--ack-mode", choices=("on-confirm", "on-publish", "no-ack"))
+    p.add_argument("--reconnect-delay", type=float, help="seconds (default 1)")
+    p.add_argument("--delete-after", help='"never", "queue-length" or a number of messages')
+    for action in ("delete", "restart"):
+        p = shsub.add_parser(action, parents=[common], help=f"{action} a shovel")
+        p.add_argument("name")
+        p.add_argument("--vhost", default="/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +219,8 @@ def _main(argv: list[str] | None) -> int:
     from node.ops import admin
 
     api = admin.Api.from_args(args.node, args.user, args.password)
+    if args.command == "shovel":
+        return admin.shovel(api, args.action, args.vhost, vars(args))
     if args.command == "node":
         return admin.drain(api)
     if args.command == "cluster":

@@ -403,6 +403,11 @@ def import_definitions(api: Api, file: str) -> int:
     if not isinstance(defs, dict):
         raise AdminError("raftmq: a definitions file is a JSON object")
     head = {k: v for k, v in defs.items() if k not in ("exchanges", "queues", "bindings")}
+    # shovels last: one that started before its queues were declared would declare them
+    shovels = [p for p in head.get("parameters") or [] if isinstance(p, dict)
+               and p.get("component") == "shovel"]
+    if shovels:
+        head["parameters"] = [p for p in head["parameters"] if p not in shovels]
     api.request("POST", "/api/definitions", head, timeout=60)
     total = sum(len(defs.get(k) or []) for k in ("exchanges", "queues", "bindings"))
     done = 0
@@ -417,6 +422,8 @@ def import_definitions(api: Api, file: str) -> int:
                   flush=True)
     if total:
         print(file=sys.stderr)
+    if shovels:
+        api.request("POST", "/api/definitions", {"parameters": shovels}, timeout=60)
     print(f"imported {_counts(defs)} from {file}")
     return 0
 
@@ -427,3 +434,39 @@ IMPORT_CHUNK = 500
 def _counts(defs: dict[str, Any]) -> str:
     return ", ".join(f"{len(defs.get(k) or [])} {k.replace('_', ' ')}" for k in SECTIONS
                      if defs.get(k))
+
+# --- shovels (node/mgmt/shovels.py) -----------------------------------------------------------
+
+SHOVEL_OPTIONS = (("src_uri", "src-uri"), ("src_queue", "src-queue"), ("dest_uri", "dest-uri"),
+                  ("dest_queue", "dest-queue"), ("dest_exchange", "dest-exchange"),
+                  ("dest_exchange_key", "dest-exchange-key"),
+                  ("prefetch_count", "src-prefetch-count"), ("ack_mode", "ack-mode"),
+                  ("reconnect_delay", "reconnect-delay"), ("delete_after", "src-delete-after"))
+
+
+def shovel(api: Api, action: str, vhost: str | None, options: dict[str, Any]) -> int:
+    """``raftmq shovel list / declare / delete / restart``."""
+    if action == "list":
+        path = "/api/shovels" + (f"/{quote(vhost)}" if vhost is not None else "")
+        print_table(api.request("GET", path),
+                    ["vhost", "name", "state", "node", "messages_moved", "src_uri", "src_queue",
+                     "dest_uri", "dest_queue", "dest_exchange", "reason"], options["format"])
+        return 0
+    vhost = "/" if vhost is None else vhost
+    path = f"/api/parameters/shovel/{quote(vhost)}/{quote(options['name'])}"
+    if action == "declare":
+        value: dict[str, Any] = {key: options[opt] for opt, key in SHOVEL_OPTIONS
+                                 if options.get(opt) is not None}
+        after = value.get("src-delete-after")
+        if isinstance(after, str) and after.isdigit():
+            value["src-delete-after"] = int(after)
+        api.request("PUT", path, {"value": value})
+        print(f"shovel {options['name']} declared in vhost {vhost}")
+    elif action == "delete":
+        api.request("DELETE", path)
+        print(f"shovel {options['name']} deleted from vhost {vhost}")
+    else:
+        api.request("DELETE", f"/api/shovels/vhost/{quote(vhost)}/{quote(options['name'])}"
+                    "/restart")
+        print(f"shovel {options['name']} restarting")
+    return 0

@@ -194,3 +194,29 @@ def test_definitions_export_and_import(api: Api) -> None:
     finally:
         api("DELETE", "/api/parameters/shovel/%2F/defs")
         api("DELETE", "/api/queues/%2F/defs-dst")
+
+
+def test_cli(broker: Any, api: Api, rabbit: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """raftmq shovel declare / list / restart / delete."""
+    from node import cli
+
+    node = ["--node", f"127.0.0.1:{broker.node.management_port}"]
+    _fill(rabbit.url, "cli-src", 5)
+    assert cli.main(["shovel", "declare", "c", *node, "--src-uri", rabbit.url,
+                     "--src-queue", "cli-src", "--dest-queue", "cli-dst",
+                     "--prefetch-count", "2", "--delete-after", "queue-length"]) == 0
+    assert api.ok("GET", "/api/parameters/shovel/%2F/c")["value"] == {
+        "src-uri": rabbit.url, "src-queue": "cli-src", "dest-uri": "amqp://",
+        "dest-queue": "cli-dst", "src-prefetch-count": 2, "src-delete-after": "queue-length"}
+    capsys.readouterr()
+    assert cli.main(["shovel", "list", *node, "--format", "json"]) in (0,)
+    assert "cli-src" in capsys.readouterr().out
+    # src-delete-after queue-length: the 5 messages moved, then the shovel deletes itself
+    wait_until(lambda: api("GET", "/api/parameters/shovel/%2F/c")[0] == 404, timeout=15)
+    assert sorted(b for b, _, _ in drain(broker.url, "cli-dst")) == \
+        [f"m{i}".encode() for i in range(5)]
+    assert cli.main(["shovel", "declare", "c2", *node, "--src-uri", rabbit.url,
+                     "--src-queue", "cli-src", "--dest-exchange", "amq.fanout"]) == 0
+    assert cli.main(["shovel", "restart", "c2", *node]) == 0
+    assert cli.main(["shovel", "delete", "c2", *node]) == 0
+    assert api("GET", "/api/parameters/shovel/%2F/c2")[0] == 404
