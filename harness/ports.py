@@ -11,11 +11,26 @@ from collections.abc import Callable
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 
 
+# Ports this process handed out lately: the kernel may give the same free port to two
+# calls in a row (nothing listens on it yet), and a node got one port for both its metrics
+# and its Raft listener (CI: "address already in use", 2026-12-08).
+_GIVEN: dict[int, None] = {}
+_GIVEN_MAX = 4096
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a port that was free on ``host`` a moment ago (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """Return a port that was free on ``host`` a moment ago (bind port 0, read it, close),
+    and that this process has not handed out lately."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            break
+    _GIVEN[port] = None
+    if len(_GIVEN) > _GIVEN_MAX:
+        del _GIVEN[next(iter(_GIVEN))]
+    return port
 
 
 def _check_alive(alive: Callable[[], bool] | None, what: str) -> None:
