@@ -517,6 +517,33 @@ class ShovelStatus(Command):
     moved: int = 0
 
 
+# --- direct reply-to (cluster/machine/reply_to.py) -----------------------------------
+
+
+@_command(45)
+class ReplyConsume(Command):
+    """basic.consume of ``amq.rabbitmq.reply-to`` on ``ch``: its reply consumer, known to
+    the machine by ``digest``, the SHA-256 of the random key in its token (the key itself
+    never leaves the channel's node)."""
+
+    SINCE = 4
+    ch: ChKey
+    consumer_tag: str
+    digest: bytes
+    no_ack: bool = True
+    nowait: bool = False
+
+
+@_command(46)
+class ReplyCancel(Command):
+    """basic.cancel of the reply consumer ``consumer_tag`` on ``ch``."""
+
+    SINCE = 4
+    ch: ChKey
+    consumer_tag: str
+    nowait: bool = False
+
+
 # --- time ----------------------------------------------------------------------------
 
 

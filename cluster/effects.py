@@ -163,10 +163,10 @@ class Return(Effect):
 
 @_ef
 class ReplyDeliver(Effect):
-    """A direct reply-to reply (cluster/machine/reply_to.py) for channel ``ch``: written
-    as a basic.deliver to its reply consumer if it still has one and ``routing_key`` is
-    that consumer's token (checked by the node, which alone knows the token's key).
-    Carries the message: it is never stored."""
+    """A direct reply-to reply (cluster/machine/reply_to.py) for channel ``ch``, whose
+    reply consumer ``routing_key`` names (its key's digest checked by the machine): written
+    as a basic.deliver to that consumer if the node, which alone knows the key, finds the
+    whole token its consumer's. Carries the message: it is never stored."""
 
     ch: ChKey
     delivery_tag: int

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 from cluster import commands as C
 from cluster.effects import ChannelError, ConnectionError, Effect, Fault, OutOfOrder
-from cluster.machine import access, basic, expiry, lifecycle, shovels, topology
+from cluster.machine import access, basic, expiry, lifecycle, reply_to, shovels, topology
 from cluster.machine.errors import INTERNAL_ERROR, AMQPError
 from cluster.machine.expiry import expire_due, flush_dead_letters
 from cluster.machine.lifecycle import close_channel, close_connection
@@ -27,6 +27,8 @@ _CHANNEL_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.Qos: basic.qos,
     C.Flow: basic.flow,
     C.Sent: basic.sent,
+    C.ReplyConsume: reply_to.consume,
+    C.ReplyCancel: reply_to.cancel,
     C.ExchangeDeclare: topology.exchange_declare,
     C.ExchangeDelete: topology.exchange_delete,
     C.ExchangeBind: topology.exchange_bind,

@@ -271,6 +271,9 @@ class Channel:
     paused: bool = False  # its connection's socket takes no more writes (ConnectionFlow)
     user: str = ""  # the connection's user, for permission checks
     system: bool = False  # of a system connection: no permission checks
+    # direct reply-to (cluster/machine/reply_to.py): the reply consumer's tag and the
+    # SHA-256 of its token's key
+    reply: tuple[str, bytes] | None = None
     # Permission decisions already taken, valid while State.acl_version is acl_version.
     acl: dict[tuple[str, str, str], bool] = field(default_factory=dict, compare=False,
                                                  repr=False)

@@ -102,7 +102,8 @@ class Channel:
         # no-ack deliveries written per consumer tag, not yet reported with Sent
         self.sent: dict[str, int] = {}
         # direct reply-to (cluster/machine/reply_to.py): the reply consumer's tag, and the
-        # routing key replies to it use (its token holds a random key only this node knows)
+        # routing key replies to it use (its token holds a random key only this node
+        # knows; the machine has its digest)
         self.reply_tag: str | None = None
         self.reply_rk = b""
         # consumer timeout: the last delivery tag written that waits for an ack, and the
@@ -520,30 +521,24 @@ def _basic_consume(s: Session, ch: Channel, m: Any) -> None:
 
 
 def _reply_consume(s: Session, ch: Channel, m: Any) -> None:
-    """basic.consume of ``amq.rabbitmq.reply-to``: this node's alone, nothing proposed
-    (rabbit_channel's checks, in its order)."""
-    if not m.no_ack:
-        raise ChannelError(ch.number, PRECONDITION_FAILED,
-                           "PRECONDITION_FAILED - reply consumer cannot acknowledge", 60, 20)
-    if ch.reply_tag is not None:
-        raise ChannelError(ch.number, PRECONDITION_FAILED,
-                           "PRECONDITION_FAILED - reply consumer already set", 60, 20)
+    """basic.consume of ``amq.rabbitmq.reply-to``: a key of 128 random bits for the
+    channel's token, kept here; the machine gets its digest and checks the consumer
+    (cluster/machine/reply_to.py consume: a refusal closes the channel or connection)."""
     tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
-    rk = reply_to.encode(ch.key, secrets.token_urlsafe(16)).encode()
+    key = secrets.token_urlsafe(16)
+    rk = reply_to.encode(ch.key, key).encode()
     if len(rk) > 255:  # a node id too long for a short string
         raise ChannelError(ch.number, PRECONDITION_FAILED,
                            "PRECONDITION_FAILED - node id too long for direct reply-to", 60, 20)
-    ch.reply_tag, ch.reply_rk = tag, rk
-    if not m.nowait:
-        s.reply_in_order(ch, s.proto.send_method(ch.number, build(spec.Basic.ConsumeOk, tag)))
+    if ch.reply_tag is None:  # (a second one is refused by the machine)
+        ch.reply_tag, ch.reply_rk = tag, rk
+    s.propose(c.ReplyConsume(ch.key, tag, reply_to.digest(key), m.no_ack, m.nowait))
 
 
 def _basic_cancel(s: Session, ch: Channel, m: Any) -> None:
     if ch.reply_tag is not None and m.consumer_tag == ch.reply_tag:
         ch.reply_tag, ch.reply_rk = None, b""
-        if not m.nowait:
-            s.reply_in_order(ch, s.proto.send_method(ch.number,
-                                                     build(spec.Basic.CancelOk, m.consumer_tag)))
+        s.propose(c.ReplyCancel(ch.key, m.consumer_tag, m.nowait))
         return
     s.propose(c.Cancel(ch.key, m.consumer_tag or "", m.nowait))
 
