@@ -16,7 +16,7 @@ from cluster.effects import (
     RecoverOk,
     Return,
 )
-from cluster.machine import access, delayed, messages, reply_to
+from cluster.machine import access, dedup, delayed, messages, reply_to
 from cluster.machine import errors as E
 from cluster.machine.access import READ, WRITE
 from cluster.machine.errors import error, rs
@@ -39,7 +39,7 @@ from cluster.machine.queues import (
     take,
 )
 from cluster.machine.routing import route
-from cluster.machine.state import Channel, Consumer, Queue, State, entry_id
+from cluster.machine.state import Channel, Consumer, Exchange, Queue, State, entry_id
 from cluster.machine.topology import generate_name, lookup_queue, resolve_queue_name
 from protocol.fields import EXPIRATION, FieldError, property_spans, short_string
 
@@ -71,6 +71,7 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
     if name_problem(cmd.routing_key) is not None or name_problem(name) is not None:
         _bad_publish(ch, cmd)
     access.check(state, ch, WRITE, "exchange", name, E.BASIC_PUBLISH)
+    dd: Exchange | None = None  # an x-message-deduplication exchange (dedup.py)
     if name == "":
         q = vh.queues.get(cmd.routing_key)
         targets = [q] if q is not None else []
@@ -89,10 +90,14 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
             if delayed.hold(state, ch, ex, cmd):
                 _held(state, ch, cmd, out)
                 return
+        if ex.type == dedup.DEDUP and state.level >= dedup.DEDUP_LEVEL:
+            dd = ex
         targets = route(vh, ex, cmd.routing_key, cmd.properties)
     props = cmd.properties
     # the expiration property's flag bit (0x0100) is bit 0 of the first flags byte
     msg_ttl = message_ttl(props) if props and props[0] & 1 else None
+    if dd is not None and dedup.duplicate(state, dd, props):
+        targets = []  # a duplicate: routed nowhere (confirmed, returned if mandatory)
     if not targets and not name and state.level >= 4 and \
             cmd.routing_key.startswith(reply_to.TOKEN_PREFIX):
         reply_to.publish(state, ch, cmd, out)  # a direct reply-to reply: no queue

@@ -30,6 +30,7 @@ from cluster.effects import Effect
 from cluster.machine import errors as E
 from cluster.machine import messages
 from cluster.machine.deadletter import join_properties, split_properties
+from cluster.machine.dedup import DEDUP
 from cluster.machine.errors import error
 from cluster.machine.state import Channel, Exchange, Queue, State
 from protocol.fields import (
@@ -68,7 +69,7 @@ def routing_type(ex: Exchange) -> str:
     """The type ``ex`` routes as: its own, or an x-delayed-message exchange's x-delayed-type."""
     t = ex.type
     if t != DELAYED:
-        return t
+        return "fanout" if t == DEDUP else t  # (an x-message-deduplication exchange)
     v = ex.arguments.get("x-delayed-type")
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.machine.amqp_table import is_void, message_headers, norm
-from cluster.machine.delayed import DELAYED, routing_type
+from cluster.machine.delayed import routing_type
 from cluster.machine.state import Dest, Exchange, Queue, VHost
 
 ROUTE_CACHE_MAX = 4096
@@ -202,7 +202,7 @@ def match(ex: Exchange, routing_key: str, properties: bytes) -> tuple[Dest, ...]
     """Destinations bound to ``ex`` that a message matches (one exchange, no e2e)."""
     idx = index_of(ex)
     t = ex.type
-    if t == DELAYED:
+    if t[:2] == "x-":  # x-delayed-message, x-message-deduplication
         t = routing_type(ex)
     if t == "direct":
         return idx.by_key.get(routing_key, _EMPTY)

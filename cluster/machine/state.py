@@ -196,6 +196,9 @@ class Exchange:
     # (node, incarnation) of the declaring connection: a transient exchange
     # goes when that node's life ends, as a transient queue does.
     home: tuple[str, int] = ("", 0)
+    # An x-message-deduplication exchange's cache (cluster/machine/dedup.py, level 4):
+    # header value -> expiry ms (-1: none), oldest first
+    dedup: dict[bytes, int] | None = None
     # Derived indexes, rebuilt from ``bindings`` on demand.
     index: Any = field(default=None, compare=False, repr=False)
 

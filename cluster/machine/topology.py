@@ -25,7 +25,7 @@ from cluster.effects import (
     QueuePurgeOk,
     QueueUnbindOk,
 )
-from cluster.machine import access, delayed, reply_to
+from cluster.machine import access, dedup, delayed, reply_to
 from cluster.machine import errors as E
 from cluster.machine.access import CONFIGURE, READ, WRITE
 from cluster.machine.bindings import add_binding, delete_exchange, remove_binding
@@ -139,10 +139,12 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
             raise E.no_exchange(name, ch.vhost, m)
     else:
         if cmd.type not in EXCHANGE_TYPES and not (
-                cmd.type == delayed.DELAYED and state.level >= delayed.DELAYED_LEVEL):
+                cmd.type in (delayed.DELAYED, dedup.DEDUP) and state.level >= 4):
             raise error(E.COMMAND_INVALID, f"unknown exchange type '{cmd.type}'", m)
         if cmd.type == delayed.DELAYED:
             delayed.check_declare(cmd.arguments, m)
+        elif cmd.type == dedup.DEDUP:
+            dedup.check_declare(cmd.arguments, m)
         if name == "":
             raise E.default_exchange_refused(m)
         check_name("exchange name", name, ch.vhost, m)
