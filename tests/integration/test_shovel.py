@@ -6,6 +6,8 @@ validation refusals as 400s. RabbitMQ runs no shovel plugin: RaftMQ runs the sho
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import pika
 import pytest
 
+from harness.ports import free_port
 from tests.harness.api import Api, q
 from tests.integration.helpers import close_quietly, connect, queue_depth, wait_until
 
@@ -25,7 +28,8 @@ N = 400
 def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from harness.rabbitmq import RabbitMQ
 
-    server = RabbitMQ(Path(tmp_path_factory.mktemp("rabbitmq-src")))
+    # (with its management API: test_migration exports its definitions)
+    server = RabbitMQ(Path(tmp_path_factory.mktemp("rabbitmq-src")), management_port=free_port())
     server.start()
     try:
         yield server
@@ -220,3 +224,147 @@ def test_cli(broker: Any, api: Api, rabbit: Any, capsys: pytest.CaptureFixture[s
     assert cli.main(["shovel", "restart", "c2", *node]) == 0
     assert cli.main(["shovel", "delete", "c2", *node]) == 0
     assert api("GET", "/api/parameters/shovel/%2F/c2")[0] == 404
+
+
+# --- the migration (README.md "Migrating from RabbitMQ") ---------------------------------
+# Moving a live workload from RabbitMQ 3.10 (Debian's) to RaftMQ without downtime, as
+# README.md's "Migrating from RabbitMQ" says: a queue holding messages and a producer
+# running on RabbitMQ; RabbitMQ's definitions exported and imported into RaftMQ; a shovel
+# from RabbitMQ's queue into RaftMQ's; the consumer moved to RaftMQ, then the producer.
+# Every message published (to either broker) is consumed from RaftMQ, exactly once or
+# flagged as a possible duplicate (redelivered, or ``x-shovel-redelivered``).
+
+PREFILLED = 300
+AFTER_SWITCH = 200
+
+
+class Producer(threading.Thread):
+    """Publishes p0, p1, ... with confirms to ``exchange``, to RabbitMQ until ``switch``
+    is set, then to RaftMQ; ``published`` holds every confirmed one."""
+
+    def __init__(self, first: int, rabbit_url: str, raftmq_url: str, exchange: str) -> None:
+        super().__init__(daemon=True)
+        self.next, self.urls, self.exchange = first, [rabbit_url, raftmq_url], exchange
+        self.switch, self.stop, self.switched = threading.Event(), threading.Event(), 0
+        self.published: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for target, url in enumerate(self.urls):
+                conn = connect(url)
+                try:
+                    ch = conn.channel()
+                    ch.confirm_delivery()
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        if (target == 0 and self.switch.is_set()) or self.stop.is_set():
+                            break
+                        body = f"p{self.next}"
+                        ch.basic_publish(self.exchange, "order.new", body.encode(),
+                                         pika.BasicProperties(delivery_mode=2))
+                        self.published.append(body)
+                        self.next += 1
+                        if target == 1:
+                            self.switched += 1
+                        conn.sleep(0.002)
+                finally:
+                    close_quietly(conn)
+        except BaseException as e:  # noqa: BLE001 (reported by the test)
+            self.error = e
+
+
+class Consumer(threading.Thread):
+    def __init__(self, url: str, queue: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.queue = url, queue
+        self.stop = threading.Event()
+        self.got: list[tuple[str, bool]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = connect(self.url)
+            try:
+                ch = conn.channel()
+                ch.basic_qos(prefetch_count=100)
+                deadline = time.monotonic() + 90
+                for method, props, body in ch.consume(self.queue, inactivity_timeout=0.1):
+                    if self.stop.is_set() or time.monotonic() > deadline:
+                        break
+                    if method is None:
+                        continue
+                    flagged = method.redelivered or \
+                        bool((props.headers or {}).get("x-shovel-redelivered"))
+                    self.got.append((body.decode(), flagged))
+                    ch.basic_ack(method.delivery_tag)
+                ch.cancel()
+            finally:
+                close_quietly(conn)
+        except BaseException as e:  # noqa: BLE001 (reported by the test)
+            self.error = e
+
+
+def test_migrate_a_live_workload(broker: Any, api: Api, rabbit: Any) -> None:
+    producer = consumer = None
+    try:
+        rapi = Api(rabbit.management_port)
+        # the workload on RabbitMQ: a topic exchange, a queue bound to it, messages waiting
+        conn = connect(rabbit.url)
+        try:
+            ch = conn.channel()
+            ch.exchange_declare("shop", "topic", durable=True)
+            ch.queue_declare("orders", durable=True, arguments={"x-max-length": 100_000})
+            ch.queue_bind("orders", "shop", "order.*")
+        finally:
+            close_quietly(conn)
+        producer = Producer(0, rabbit.url, broker.url, "shop")
+        producer.start()
+        wait_until(lambda: len(producer.published) >= PREFILLED, timeout=30)
+        # 1. RabbitMQ's definitions into RaftMQ
+        defs = rapi.ok("GET", "/api/definitions")
+        assert "orders" in [q["name"] for q in defs["queues"]]
+        api.ok("POST", "/api/definitions", defs)
+        assert api.ok("GET", "/api/queues/%2F/orders")["arguments"] == {"x-max-length": 100_000}
+        # 2. a shovel from RabbitMQ's queue into RaftMQ's
+        api.ok("PUT", "/api/parameters/shovel/%2F/orders-from-rabbitmq", {"value": {
+            "src-uri": rabbit.url, "src-queue": "orders", "dest-uri": "amqp://",
+            "dest-queue": "orders", "src-prefetch-count": 100}})
+        # 3. the consumer moves to RaftMQ
+        consumer = Consumer(broker.url, "orders")
+        consumer.start()
+        wait_until(lambda: len(consumer.got) >= 100, timeout=30)
+        # 4. then the producer
+        producer.switch.set()
+        wait_until(lambda: producer.switched >= AFTER_SWITCH or producer.error, timeout=30)
+        producer.stop.set()
+        producer.join(10)
+        assert producer.error is None, producer.error
+        published = set(producer.published)
+        assert len(published) == len(producer.published) > PREFILLED + AFTER_SWITCH
+        wait_until(lambda: {b for b, _ in consumer.got} >= published or consumer.error,
+                   timeout=60)
+        consumer.stop.set()
+        consumer.join(10)
+        assert consumer.error is None, consumer.error
+        seen: dict[str, int] = {}
+        for body, flagged in consumer.got:
+            seen[body] = seen.get(body, 0) + 1
+            assert seen[body] == 1 or flagged, f"{body} consumed twice, unflagged"
+        assert set(seen) == published
+        # RabbitMQ is left empty: it can be retired once the shovel is deleted
+        conn = connect(rabbit.url)
+        try:
+            assert conn.channel().queue_declare("orders", passive=True).method.message_count == 0
+        finally:
+            close_quietly(conn)
+        assert api.ok("GET", "/api/shovels/vhost/%2F/orders-from-rabbitmq")["state"] == "running"
+        api.ok("DELETE", "/api/parameters/shovel/%2F/orders-from-rabbitmq")
+    finally:
+        for t in (producer, consumer):
+            if t is not None:
+                t.stop.set()
+                t.join(10)
+        api("DELETE", "/api/parameters/shovel/%2F/orders-from-rabbitmq")
+        api("DELETE", "/api/queues/%2F/orders")
+        api("DELETE", "/api/exchanges/%2F/shop")
