@@ -301,12 +301,15 @@ class Worker:
             trace["dest-exchange-key"] = d.dest_exchange_key
         return trace
 
-    def report(self, now: float) -> C.ShovelStatus | None:
+    def report(self, now: float, replicated: Shovel | None = None) -> C.ShovelStatus | None:
         """The status to replicate now, if it changed (its message count: at most every
-        REPORT_S)."""
+        REPORT_S), or if the replicated one says otherwise (a report of the node that ran
+        it before, applied after this one's): again, at most every REPORT_S."""
         moved = self.base + self.moved
         current = (self.state, self.reason, moved)
-        if current == self.reported:
+        agreed = replicated is None or (replicated.state, replicated.reason, replicated.node) \
+            == (self.state, self.reason, self.host.node_id)
+        if current == self.reported and (agreed or now - self.reported_at < REPORT_S):
             return None
         if self.reported is not None and self.reported[:2] == current[:2] and \
                 now - self.reported_at < REPORT_S:
@@ -375,7 +378,7 @@ class Shovels:
                 self.host.propose(C.ShovelClear(w.vhost, w.name))
         self._done.clear()
         now = time.monotonic()
-        for w in self.workers.values():
-            status = w.report(now)
+        for key, w in self.workers.items():
+            status = w.report(now, st.shovels.get(key))
             if status is not None:
                 self.host.propose(status)
