@@ -161,6 +161,19 @@ OPTIONS: tuple[Option, ...] = (
            "RabbitMQ's verify_peer) or required (verify_peer + fail_if_no_peer_cert); "
            "a verified certificate allows the EXTERNAL login as its common name"),
     Option("tls_ciphers", str, "", "OpenSSL cipher list for TLS 1.2 (default: Python's)"),
+    # The management API over HTTPS: RabbitMQ's management.ssl.* (port, certfile, keyfile,
+    # cacertfile, verify + fail_if_no_peer_cert), beside the plain port or instead of it.
+    Option("management_tls_port", _port, "15671",
+           "HTTPS port of the management API (used when --management-tls-cert and "
+           "--management-tls-key are given)"),
+    Option("management_tls_cert", _readable_file, "",
+           "PEM certificate (chain) of the management API's HTTPS listener"),
+    Option("management_tls_key", _readable_file, "", "PEM private key of --management-tls-cert"),
+    Option("management_tls_ca", _readable_file, "",
+           "PEM CA bundle that the management API's client certificates are verified against"),
+    Option("management_tls_verify", _tls_verify, "none",
+           "the management API's client certificates: none, optional or required (as "
+           "--tls-verify; a certificate does not log in: requests still need basic auth)"),
     Option("handshake_timeout", _seconds, "10",
            "a client must complete the AMQP handshake within this long, and may not stall "
            "inside a frame for longer (with heartbeats: nor for two heartbeat intervals), s"),
@@ -256,6 +269,11 @@ class Config:
     tls_ca: str = ""
     tls_verify: str = "none"
     tls_ciphers: str = ""
+    management_tls_port: int = 15671
+    management_tls_cert: str = ""
+    management_tls_key: str = ""
+    management_tls_ca: str = ""
+    management_tls_verify: str = "none"
     handshake_timeout: float = 10.0
     http_request_timeout: float = 30.0
     http_keepalive_timeout: float = 75.0
@@ -338,24 +356,29 @@ def _replace(cfg: Config, **changes: Any) -> Config:
     return Config(**data)
 
 
-def tls_context(cfg: Config) -> ssl.SSLContext | None:
+def tls_context(cfg: Config, prefix: str = "tls") -> ssl.SSLContext | None:
     """The AMQPS listener's context (None without --tls-cert): TLS 1.2 at least, the
-    certificate and key, client certificates as --tls-verify says."""
-    if not cfg.tls_cert:
+    certificate and key, client certificates as --tls-verify says. ``prefix``
+    "management_tls": the management API's HTTPS listener's, from its own options (and
+    the AMQPS cipher list)."""
+    cert, key, ca, verify = (getattr(cfg, f"{prefix}_{name}")
+                             for name in ("cert", "key", "ca", "verify"))
+    flag = "--" + prefix.replace("_", "-")
+    if not cert:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+        ctx.load_cert_chain(cert, key or None)
     except (ssl.SSLError, OSError) as e:
-        raise ConfigError(f"--tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: {e}") from None
-    if cfg.tls_ca:
+        raise ConfigError(f"{flag}-cert {cert} / {flag}-key {key}: {e}") from None
+    if ca:
         try:
-            ctx.load_verify_locations(cfg.tls_ca)
+            ctx.load_verify_locations(ca)
         except (ssl.SSLError, OSError) as e:
-            raise ConfigError(f"--tls-ca {cfg.tls_ca}: {e}") from None
+            raise ConfigError(f"{flag}-ca {ca}: {e}") from None
     ctx.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
-                       "required": ssl.CERT_REQUIRED}[cfg.tls_verify]
+                       "required": ssl.CERT_REQUIRED}[verify]
     if cfg.tls_ciphers:
         try:
             ctx.set_ciphers(cfg.tls_ciphers)
@@ -375,6 +398,17 @@ def _check(cfg: Config) -> None:
         raise ConfigError("--amqp-port 0 turns the plain listener off: give --tls-cert and "
                           "--tls-key for an AMQPS one, or no client can connect")
     tls_context(cfg)  # a certificate that does not load stops start-up here
+    if bool(cfg.management_tls_cert) != bool(cfg.management_tls_key):
+        raise ConfigError("--management-tls-cert and --management-tls-key go together: give "
+                          "both or neither")
+    if cfg.management_tls_verify != "none" and not cfg.management_tls_ca:
+        raise ConfigError(f"--management-tls-verify {cfg.management_tls_verify} needs "
+                          "--management-tls-ca")
+    if cfg.management_tls_cert and cfg.management_tls_port and \
+            cfg.management_tls_port == cfg.management_port:
+        raise ConfigError(f"--management-tls-port {cfg.management_tls_port} is the plain "
+                          "--management-port too")
+    tls_context(cfg, "management_tls")
     if cfg.peers and not cfg.cluster_secret:
         raise ConfigError(
             "--peers given without --cluster-secret (RAFTMQ_CLUSTER_SECRET): a multi-node "

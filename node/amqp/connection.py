@@ -33,6 +33,7 @@ from node.amqp.handshake import Handshake
 from node.amqp.heartbeat import MISSED, SEND, Liveness
 from node.amqp.login import Authenticator
 from node.amqp.session import Session
+from node.amqp.stats import Octets
 from node.config import Config
 from node.services.metrics import Metrics
 from protocol.connection import ServerConnection
@@ -108,6 +109,7 @@ class AMQPConnection(asyncio.Protocol):
             heartbeat=self.cfg.heartbeat,
         )
         self._out: list[bytes | memoryview] = []  # one writelines per flush
+        self.octets = Octets()  # the management API's recv_oct, send_oct, ... (node/amqp/stats.py)
         self.liveness = Liveness(self.cfg.handshake_timeout)  # node/amqp/heartbeat.py
         self.handshake = Handshake(self.proto, node.auth, node.may_open)
         self.session = Session(self.key, self.proto, node.propose, node.after_apply,
@@ -190,6 +192,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.liveness.received()
+        self.octets.received(len(data))
         if self._draining:
             return
         self.session.received(len(data))
@@ -465,6 +468,7 @@ class AMQPConnection(asyncio.Protocol):
             return
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(self._out)
+            self.octets.sent(self._out)
             self.liveness.sent()
             if self.flow is not None and self.flow.write_paused:
                 self.flow.wrote()

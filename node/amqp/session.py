@@ -24,6 +24,7 @@ from cluster import effects as e
 from cluster.machine import reply_to
 from cluster.machine.features import NOACK_WINDOW
 from cluster.records import Record
+from node.amqp.stats import ChannelStats, Declared
 from protocol.connection import ServerConnection
 from protocol.constants import NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITION_FAILED
 from protocol.errors import AMQPConnectionError, AMQPError, ChannelError
@@ -77,11 +78,12 @@ class Counters:
 class Channel:
     """Node-side channel state (the replicated part lives in the machine)."""
 
-    __slots__ = ("number", "key", "confirm", "publish_seq", "confirm_upto", "acked_upto",
+    __slots__ = ("stats", "number", "key", "confirm", "publish_seq", "confirm_upto", "acked_upto",
                  "unconfirmed", "early", "tx", "tx_commands", "tx_bytes", "closing",
                  "last_turn", "sent", "reply_tag", "reply_rk", "last_delivered", "marked", "marks")
 
     def __init__(self, number: int, key: c.ChKey) -> None:
+        self.stats = ChannelStats()  # the management API's message_stats (node/amqp/stats.py)
         self.number = number
         self.key = key
         self.confirm = False
@@ -184,6 +186,7 @@ class Session:
                 self._propose(ch, c.Ack(ch.key, ev.delivery_tag, ev.multiple))
                 self.last_ack = self.clock()
                 self.counters.acked += 1
+                ch.stats.ack += 1
         elif t is NackReceived:
             ch = self._open(ev.channel)
             if ch is not None:
@@ -284,6 +287,7 @@ class Session:
                                     props, ev.body, seq), len(ev.body) + len(props))
         self.last_publish = self.clock()
         self.counters.published += 1
+        ch.stats.publish += 1
 
     def _on_method(self, number: int, m: Any) -> None:
         if isinstance(m, spec.Channel.Open):
@@ -658,6 +662,7 @@ def _deliver(s: Session, ef: e.Deliver) -> None:
     s.write_content(s.proto.deliver(ch.number, ef.consumer_tag, ef.delivery_tag,
                                     ef.redelivered, exchange, routing_key, properties, body))
     s.counters.delivered += 1
+    ch.stats.delivered(ef.no_ack, ef.redelivered)
     if ef.no_ack:
         ch.sent[ef.consumer_tag] = ch.sent.get(ef.consumer_tag, 0) + 1
     else:
@@ -675,6 +680,7 @@ def _reply_deliver(s: Session, ef: e.ReplyDeliver) -> None:
     s.write_content(s.proto.deliver(ch.number, ch.reply_tag, ef.delivery_tag, False,
                                     ef.exchange, ef.routing_key, ef.properties, ef.body))
     s.counters.delivered += 1
+    ch.stats.delivered(True, False)
 
 
 def _get_ok(s: Session, ef: e.GetOk) -> None:
@@ -685,6 +691,7 @@ def _get_ok(s: Session, ef: e.GetOk) -> None:
     s.write_content(s.proto.get_ok(ch.number, ef.delivery_tag, ef.redelivered, exchange,
                                    routing_key, ef.message_count, properties, body))
     s.counters.delivered += 1
+    ch.stats.got(ef.redelivered)
     ch.last_delivered = ef.delivery_tag  # (a no-ack get is never among the unacked)
 
 
@@ -692,6 +699,7 @@ def _return(s: Session, ef: e.Return) -> None:
     ch = s.live(ef.ch)
     if ch is None:
         return
+    ch.stats.return_unroutable += 1
     if ch.confirm_upto:
         s._send_confirm_acks(ch)
     s.write_content(s.proto.basic_return(ch.number, ef.reply_code, ef.reply_text, ef.exchange,
@@ -713,6 +721,7 @@ def _confirm(s: Session, ef: e.Confirm) -> None:
     else:
         return  # a confirm seen twice (effects can repeat across a leader change)
     s.counters.confirmed += 1
+    ch.stats.confirm += 1
     if not ef.ack:
         if ch.confirm_upto:
             s._send_confirm_acks(ch)
@@ -743,19 +752,35 @@ def _connection_error(s: Session, ef: e.ConnectionError) -> None:
     raise AMQPConnectionError(ef.reply_code, ef.reply_text, ef.class_id, ef.method_id)
 
 
+_reply_get_empty = _reply(spec.Basic.GetEmpty)
+_reply_declare_ok = _reply(spec.Queue.DeclareOk,
+                           lambda ef: (ef.queue, ef.message_count, ef.consumer_count))
+
+
+def _get_empty(s: Session, ef: e.GetEmpty) -> None:
+    ch = s.live(ef.ch)
+    if ch is not None:
+        ch.stats.get_empty += 1
+    _reply_get_empty(s, ef)
+
+
+def _queue_declare_ok(s: Session, ef: e.QueueDeclareOk) -> None:
+    Declared.count(s.conn[0])  # the overview's churn_rates.queue_declared
+    _reply_declare_ok(s, ef)
+
+
 _EFFECTS: dict[type, Any] = {
     e.Deliver: _deliver,
     e.ReplyDeliver: _reply_deliver,
     e.Confirm: _confirm,
     e.GetOk: _get_ok,
-    e.GetEmpty: _reply(spec.Basic.GetEmpty),
+    e.GetEmpty: _get_empty,
     e.Return: _return,
     e.ExchangeDeclareOk: _reply(spec.Exchange.DeclareOk),
     e.ExchangeDeleteOk: _reply(spec.Exchange.DeleteOk),
     e.ExchangeBindOk: _reply(spec.Exchange.BindOk),
     e.ExchangeUnbindOk: _reply(spec.Exchange.UnbindOk),
-    e.QueueDeclareOk: _reply(spec.Queue.DeclareOk,
-                             lambda ef: (ef.queue, ef.message_count, ef.consumer_count)),
+    e.QueueDeclareOk: _queue_declare_ok,
     e.QueueBindOk: _reply(spec.Queue.BindOk),
     e.QueueUnbindOk: _reply(spec.Queue.UnbindOk),
     e.QueuePurgeOk: _reply(spec.Queue.PurgeOk, lambda ef: (ef.message_count,)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -23,18 +24,51 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 RESOURCES = (access, cluster, members, objects, definitions, health, dashboard, shovels)
 
 
 def app(broker: Broker, client_max_size: int) -> web.Application:
-    application = web.Application(client_max_size=client_max_size)
+    application = web.Application(client_max_size=client_max_size,
+                                  middlewares=[unrouted])
     node: Node = broker
     application[NODE] = node
     application[MAINTENANCE] = operations(broker)
     for module in RESOURCES:
         application.add_routes(module.routes)
+        application.add_routes(with_trailing_slash(module.routes))
     _sample_rates(application, node)
     return application
+
+
+def with_trailing_slash(routes: Iterable[web.AbstractRouteDef]) -> list[web.RouteDef]:
+    """Every API route again with a trailing slash: RabbitMQ's router (cowboy) ignores one
+    (``GET /api/connections/`` is ``GET /api/connections``; clients rely on it). Only one:
+    ``/api/connections//`` names the connection "", which does not exist (404 on both)."""
+    return [web.RouteDef(r.method, r.path + "/", r.handler, r.kwargs) for r in routes
+            if isinstance(r, web.RouteDef) and r.path.startswith("/api/")]
+
+
+# RabbitMQ's answer to a path it does not know (its catch-all resource allows only GET,
+# HEAD and OPTIONS): 404 with its error body, to anyone; any other method 405, no body.
+NOT_FOUND_BODY = {"error": "Object Not Found", "reason": "Not Found"}
+CATCH_ALL_METHODS = "HEAD, GET, OPTIONS"
+
+
+@web.middleware
+async def unrouted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests no route takes answered as RabbitMQ 3.10's management plugin answers them:
+    an unknown path is a JSON 404 to GET/HEAD and a 405 to anything else; a known path with
+    a method it does not allow is a 405 with its ``Allow`` header and no body."""
+    refused = request.match_info.http_exception
+    if isinstance(refused, web.HTTPMethodNotAllowed):
+        return web.Response(status=405, headers={"Allow": refused.headers.get("Allow", "")})
+    if isinstance(refused, web.HTTPNotFound):
+        if request.method in ("GET", "HEAD"):
+            return web.json_response(NOT_FOUND_BODY, status=404)
+        return web.Response(status=405, headers={"Allow": CATCH_ALL_METHODS})
+    return await handler(request)
 
 
 def operations(broker: Broker) -> Maintenance:
@@ -52,7 +86,8 @@ def operations(broker: Broker) -> Maintenance:
 
 def _sample_rates(application: web.Application, node: Node) -> None:
     """Message rates (node/mgmt/rates.py), sampled while the API is served."""
-    rates = application[RATES] = Rates(lambda: node.raft.state)
+    rates = application[RATES] = Rates(lambda: node.raft.state,
+                                       local_of=lambda: objects.local_counts(node))
     handle: list[asyncio.TimerHandle] = []
 
     def tick() -> None:

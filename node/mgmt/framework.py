@@ -80,6 +80,7 @@ class Node(Protocol):
     proposer: Proposer  # (which commands of a turn were left out: propose_and_wait)
     auth: Authenticator
     alarms: Alarms
+    metrics: Any  # node/services/metrics.py's counters (connections and channels opened)
     connections: dict[int, AMQPConnection]  # this node's client connections, by number
     api_sessions: dict[int, ApiSession]  # the API's own connections, by number
 

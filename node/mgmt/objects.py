@@ -24,6 +24,7 @@ from aiohttp import web
 from cluster import commands as C
 from cluster import effects as E
 from cluster.machine.state import State
+from node.amqp.stats import Declared
 from node.mgmt import listing as L
 from node.mgmt import views
 from node.mgmt.framework import (
@@ -53,6 +54,7 @@ from node.mgmt.framework import (
     unauthorised,
 )
 from node.mgmt.input import check_arguments, check_name, check_short
+from node.mgmt.rates import Local, Rates
 from protocol.fields import check_properties
 from protocol.properties import decode_properties, encode_properties
 
@@ -136,11 +138,29 @@ async def overview(request: web.Request) -> web.Response:
         "message_stats": rates(request).overview(
             _seconds(request, "msg_rates_age"), _seconds(request, "msg_rates_incr") or 1.0,
             None if who.monitor else who.vhosts),
+        "churn_rates": rates(request).churn_rates(local_churn(node)),
         "listeners": [{"node": node.node_id, "protocol": "amqp", "ip_address": cfg.amqp_host,
                        "port": cfg.amqp_port}],
         "contexts": [{"node": node.node_id, "description": "RaftMQ Management",
                       "path": "/", "port": str(cfg.management_port)}],
     })
+
+
+def local_churn(node: Node) -> tuple[int, ...]:
+    """This node's churn counts (node/mgmt/rates.py CHURN, the first five)."""
+    m = node.metrics
+    live = sum(len(conn.session.channels) for conn in list(node.connections.values()))
+    return (m.connections_opened, m.connections_closed, m.channels_opened,
+            max(0, m.channels_opened - live), Declared.of(node.node_id))
+
+
+def local_counts(node: Node) -> Local:
+    """What node/mgmt/rates.py samples of this node's own clients."""
+    conns = list(node.connections.values())
+    return Local(local_churn(node),
+                 {ch.key: ch.stats.counts() for conn in conns
+                  for ch in list(conn.session.channels.values())},
+                 {conn.key: conn.octets.counts() for conn in conns})
 
 
 # --- queues --------------------------------------------------------------------------------
@@ -591,9 +611,9 @@ async def list_consumers(request: web.Request) -> web.Response:
 @routes.get("/api/vhosts/{vhost}/channels")
 @needs("management")
 async def list_channels(request: web.Request) -> web.Response:
-    return await listing(request, views.channels(
+    return await listing(request, _with_local(request, views.channels(
         state(request), _vhost_param(request, monitors_see_all=True), _peers(request),
-        viewer(request)))
+        viewer(request))))
 
 
 @routes.get("/api/channels/{name}")
@@ -607,8 +627,8 @@ async def get_channel(request: web.Request) -> web.Response:
     for ch in st.conns[key].channels:
         full = (*key, ch)
         if sep and number == f"{views.channel_number(full)})" and full in st.channels:
-            return web.json_response(views.channel_json(st, full, st.channels[full],
-                                                        _peers(request)))
+            return web.json_response(next(_with_local(request, [views.channel_json(
+                st, full, st.channels[full], _peers(request))])))
     raise not_found()
 
 
@@ -618,10 +638,29 @@ async def connection_channels(request: web.Request) -> web.Response:
     key = _connection_key(request)
     st = state(request)
     peers = _peers(request)
-    return await listing(request, (views.channel_json(st, (*key, ch), st.channels[(*key, ch)],
-                                                      peers)
-                                   for ch in list(st.conns[key].channels)
-                                   if (*key, ch) in st.channels))
+    return await listing(request, _with_local(request, (
+        views.channel_json(st, (*key, ch), st.channels[(*key, ch)], peers)
+        for ch in list(st.conns[key].channels) if (*key, ch) in st.channels)))
+
+
+def _with_local(request: web.Request,
+                rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Channels with what only the node holding them knows (its own: confirm and
+    transaction state, message_stats; node/amqp/stats.py)."""
+    node, r = node_of(request), rates(request)
+    mine = {views.channel_name(ch.key): ch for conn in list(node.connections.values())
+            for ch in list(conn.session.channels.values())}
+    for row in rows:
+        row["user_who_performed_action"] = row["user"]
+        ch = mine.get(row["name"])
+        if ch is not None:
+            kinds = [type(cmd) for cmd in ch.tx_commands]
+            row.update(confirm=ch.confirm, transactional=ch.tx,
+                       messages_unconfirmed=max(0, len(ch.unconfirmed) - len(ch.early)),
+                       messages_uncommitted=kinds.count(C.Publish),
+                       acks_uncommitted=kinds.count(C.Ack),
+                       message_stats=r.channel(ch.key, ch.stats.counts()))
+        yield row
 
 
 def _seconds(request: web.Request, name: str) -> float:
@@ -636,8 +675,8 @@ def _peers(request: web.Request) -> views.Peers:
             if c.peer and len(c.peer) >= 2}
 
 
-def connections(node: Node, vhost: str | None = None,
-                who: views.Viewer | None = None) -> Iterator[dict[str, Any]]:
+def connections(node: Node, vhost: str | None = None, who: views.Viewer | None = None,
+                r: Rates | None = None) -> Iterator[dict[str, Any]]:
     """Every client connection in the cluster that ``who`` may see (the state knows user,
     vhost, channels); this node adds what only it knows of its own (peer, client
     properties, TLS)."""
@@ -649,13 +688,15 @@ def connections(node: Node, vhost: str | None = None,
             continue
         if key[0] == node.node_id and key[1] in node.api_sessions:
             continue
-        yield connection_json(node, key, conn)
+        yield connection_json(node, key, conn, r)
 
 
-def connection_json(node: Node, key: C.ConnKey, conn: Any) -> dict[str, Any]:
+def connection_json(node: Node, key: C.ConnKey, conn: Any,
+                    r: Rates | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "name": views.connection_name(key), "node": key[0], "vhost": conn.vhost,
-        "user": conn.user, "channels": len(conn.channels), "state": "running",
+        "user": conn.user, "user_who_performed_action": conn.user,
+        "channels": len(conn.channels), "state": "running",
         "protocol": "AMQP 0-9-1", "type": "network",
     }
     mine = node.connections.get(key[1]) if key[0] == node.node_id else None
@@ -671,8 +712,25 @@ def connection_json(node: Node, key: C.ConnKey, conn: Any) -> dict[str, Any]:
                     connected_at=int((time.time() - (time.monotonic() - mine.created))
                                      * 1000),
                     blocked=mine.blocked,
-                    send_pend=mine.flow.buffered if mine.flow is not None else 0)
+                    send_pend=mine.flow.buffered if mine.flow is not None else 0,
+                    **_tls_json(mine))
+        name = mine.client_properties.get("connection_name")
+        if isinstance(name, str | bytes):
+            info["user_provided_name"] = views.jsonable(name)
+        if r is not None:
+            info.update(r.connection(key, mine.octets.counts()))
     return info
+
+
+def _tls_json(conn: Any) -> dict[str, Any]:
+    """RabbitMQ's ssl_* fields of a connection (null on a plain one)."""
+    ssl_object = conn.transport.get_extra_info("ssl_object") if conn.tls and \
+        conn.transport is not None else None
+    cipher = ssl_object.cipher() if ssl_object is not None else None
+    if ssl_object is None or cipher is None:
+        return dict.fromkeys(("ssl_protocol", "ssl_cipher", "ssl_key_exchange", "ssl_hash"))
+    return {"ssl_protocol": str(ssl_object.version()).lower(),
+            "ssl_cipher": cipher[0], "ssl_key_exchange": None, "ssl_hash": None}
 
 
 @routes.get("/api/connections")
@@ -680,7 +738,8 @@ def connection_json(node: Node, key: C.ConnKey, conn: Any) -> dict[str, Any]:
 @needs("management")
 async def list_connections(request: web.Request) -> web.Response:
     return await listing(request, connections(
-        node_of(request), _vhost_param(request, monitors_see_all=True), viewer(request)))
+        node_of(request), _vhost_param(request, monitors_see_all=True), viewer(request),
+        rates(request)))
 
 
 def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
@@ -704,7 +763,8 @@ def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
 async def get_connection(request: web.Request) -> web.Response:
     key = _connection_key(request)
     node = node_of(request)
-    return web.json_response(connection_json(node, key, state(request).conns[key]))
+    return web.json_response(connection_json(node, key, state(request).conns[key],
+                                             rates(request)))
 
 
 @routes.delete("/api/connections/{name}")

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
+
+from node.amqp.stats import CHANNEL, OCTETS
 
 SAMPLE_S = 1.0
 # A sample walks every queue: with a tenant's 100,000 queues it takes ~0.3 s, so samples
@@ -74,10 +77,40 @@ def vhost_counts(state: Any, vhosts: Collection[str] | None = None) -> dict[str,
     return out
 
 
+# RabbitMQ's overview churn_rates. What this node counts: the connections and channels
+# of its own clients, and the queue.declare-oks it sent (every declaration, a queue that
+# existed already too); the queues created and deleted are the cluster's, from the
+# replicated state (the queue ids given out, less the queues there are).
+CHURN = ("connection_created", "connection_closed", "channel_created", "channel_closed",
+         "queue_declared", "queue_created", "queue_deleted")
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """What only this node counts (node/amqp/stats.py), as the sampler reads it."""
+
+    churn: tuple[int, ...]  # CHURN
+    channels: dict[Any, tuple[int, ...]]  # channel key -> its ChannelStats counts
+    connections: dict[Any, tuple[int, ...]]  # connection key -> its Octets counts
+
+
+def _churn_counts(state: Any, local: tuple[int, ...]) -> tuple[int, ...]:
+    """The node's counts (the first five of CHURN) and the cluster's queues created and
+    deleted."""
+    created = state.next_qid - 1
+    live = sum(1 for q in state.queues.values() if not q.deleted)
+    return (*local[:5], created, max(0, created - live))
+
+
 class Rates:
-    def __init__(self, state_of: Any, clock: Any = time.monotonic) -> None:
+    def __init__(self, state_of: Any, clock: Any = time.monotonic,
+                 local_of: Callable[[], Local] | None = None) -> None:
         self.state_of = state_of  # () -> the current State
         self.clock = clock
+        self.local_of = local_of  # () -> this node's own counts (None: none)
+        self.churn: deque[Sample] = deque(maxlen=PER_QUEUE)
+        self.channels: dict[Any, deque[Sample]] = {}
+        self.connections: dict[Any, deque[Sample]] = {}
         self.history: deque[Sample] = deque(maxlen=int(HISTORY_S / SAMPLE_S))
         self.queues: dict[int, deque[Sample]] = {}
         # vhost -> its samples: always a suffix of ``history``'s times (taken together)
@@ -105,6 +138,43 @@ class Rates:
         for name in state.vhosts:
             self.vhosts.setdefault(name, deque(maxlen=self.history.maxlen)).append(
                 (now, tuple(per_vhost.get(name, zero))))
+        if self.local_of is not None:
+            local = self.local_of()
+            self.churn.append((now, _churn_counts(state, local.churn)))
+            for samples, counts in ((self.channels, local.channels),
+                                    (self.connections, local.connections)):
+                for key in [k for k in samples if k not in counts]:
+                    del samples[key]
+                for key, c in counts.items():
+                    samples.setdefault(key, deque(maxlen=PER_QUEUE)).append((now, c))
+
+    def churn_rates(self, local: tuple[int, ...]) -> dict[str, Any]:
+        """The overview's churn_rates (CHURN), ``local`` this node's counts now."""
+        now = (self.clock(), _churn_counts(self.state_of(), local))
+        return stats(CHURN, now[1], _rate(self.churn, now))
+
+    def channel(self, key: Any, counts: tuple[int, ...]) -> dict[str, Any]:
+        """A channel's message_stats (node/amqp/stats.py CHANNEL, and deliver_get)."""
+        return self._local(self.channels, key, CHANNEL, counts)
+
+    def connection(self, key: Any, counts: tuple[int, ...]) -> dict[str, Any]:
+        """A connection's recv_oct, recv_cnt, send_oct, send_cnt (the octets with their
+        _details, as RabbitMQ gives them)."""
+        out = self._local(self.connections, key, OCTETS, counts)
+        del out["recv_cnt_details"], out["send_cnt_details"]
+        return out
+
+    def _local(self, samples: dict[Any, deque[Sample]], key: Any, names: tuple[str, ...],
+               counts: tuple[int, ...]) -> dict[str, Any]:
+        if names is CHANNEL:
+            d = dict(zip(names, counts, strict=True))
+            names = (*names, "deliver_get")
+            counts = (*counts, d["deliver"] + d["deliver_no_ack"] + d["get"] + d["get_no_ack"])
+            past = deque((t, (*c, c[4] + c[5] + c[6] + c[7])) for t, c in
+                         samples.get(key, ()))
+        else:
+            past = samples.get(key, deque())
+        return stats(names, counts, _rate(past, (self.clock(), counts)))
 
     def overview(self, age: float = 0.0, incr: float = SAMPLE_S,
                  vhosts: Collection[str] | None = None) -> dict[str, Any]:

@@ -4,7 +4,9 @@
   (readiness: up, sees a leader and a quorum, not isolated) and ``/livez``. Open:
   they change nothing, and Prometheus and Kubernetes probes must reach them.
 * **Management port** (``--management-port``, 15672): the authenticated API under
-  ``/api`` (node/mgmt/), RabbitMQ's paths and JSON.
+  ``/api`` (node/mgmt/), RabbitMQ's paths and JSON; over HTTPS on
+  ``--management-tls-port`` (15671) with ``--management-tls-cert`` / ``-key`` (RabbitMQ's
+  management.ssl.*), the same app on both ports or on that one alone.
 
 aiohttp was chosen over the hand-written HTTP/1.0 handler it replaces: a maintained
 server with request-size limits, keep-alive, routing and JSON, on the same loop.
@@ -38,6 +40,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from node.amqp.auth import RateLimitedLog
+from node.config import tls_context
 from node.mgmt import app as management
 
 if TYPE_CHECKING:
@@ -342,20 +345,26 @@ def metrics_app(broker: Broker) -> web.Application:
 
 async def start(app: web.Application, host: str, port: int,
                 ssl_context: ssl.SSLContext | None = None,
-                limits: HttpLimits = HttpLimits()) -> web.AppRunner:
-    """Serve ``app`` on ``host:port`` behind a :class:`Guard` (the runner's site's
-    ``guard``)."""
+                limits: HttpLimits = HttpLimits(),
+                tls_site: tuple[str, int, ssl.SSLContext] | None = None,
+                plain: bool = True) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` (``plain`` False: not there) and, with ``tls_site``
+    (host, port, context), over HTTPS there too: each port behind its own :class:`Guard`
+    (its site's ``guard``), the same app and handlers behind both."""
     server_log = logging.getLogger("aiohttp.server")
     if _client_errors not in server_log.filters:
         server_log.addFilter(_client_errors)
-    guard = Guard(limits, f"HTTP port {port}")
-    app.middlewares[:0] = [unexpected_errors, guard.middleware()]
+    sites = ([(host, port, ssl_context)] if plain else []) + ([tls_site] if tls_site else [])
+    guards = [Guard(limits, f"HTTP{'S' if ctx else ''} port {p}") for _h, p, ctx in sites]
+    # (a guard's middleware passes by the requests of another guard's port)
+    app.middlewares[:0] = [unexpected_errors, *(g.middleware() for g in guards)]
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            max_line_size=MAX_LINE, max_field_size=MAX_LINE,
                            keepalive_timeout=limits.keepalive_timeout)
     await runner.setup()
-    guard.server = runner.server
-    await _GuardedSite(runner, guard, host, port, ssl_context).start()
+    for guard, (h, p, ctx) in zip(guards, sites, strict=True):
+        guard.server = runner.server
+        await _GuardedSite(runner, guard, h, p, ctx).start()
     return runner
 
 
@@ -372,10 +381,18 @@ async def serve(broker: Broker) -> list[web.AppRunner]:
         runners.append(await start(metrics_app(broker), cfg.metrics_host, cfg.metrics_port,
                                    limits=limits(cfg)))
         log.info("Prometheus metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
-    if cfg.management_port:
+    tls = tls_context(cfg, "management_tls")
+    tls_site = (cfg.management_host, cfg.management_tls_port, tls) \
+        if tls is not None and cfg.management_tls_port else None
+    if cfg.management_port or tls_site:
         app = management.app(broker, client_max_size=MAX_BODY)
         runners.append(await start(app, cfg.management_host, cfg.management_port,
-                                   limits=limits(cfg)))
-        log.info("management API on http://%s:%d/api", cfg.management_host,
-                 cfg.management_port)
+                                   limits=limits(cfg), tls_site=tls_site,
+                                   plain=bool(cfg.management_port)))
+        if cfg.management_port:
+            log.info("management API on http://%s:%d/api", cfg.management_host,
+                     cfg.management_port)
+        if tls_site:
+            log.info("management API on https://%s:%d/api", cfg.management_host,
+                     cfg.management_tls_port)
     return runners

@@ -25,7 +25,9 @@ OWN = {"node", "memory", "reductions", "garbage_collection", "idle_since", "stat
        "owner_pid_details", "message_stats", "messages_details", "messages_ready_details",
        "messages_unacknowledged_details", "consumer_utilisation", "consumer_capacity",
        "user_who_performed_action", "effective_policy_definition", "message_bytes_ready",
-       "connected_at", "port"}
+       "connected_at", "port",
+       # a connection's bytes: each broker's handshake and server properties are its own
+       "recv_oct", "send_oct", "recv_cnt", "send_cnt", "recv_oct_details", "send_oct_details"}
 missing_fields: dict[str, set[str]] = {}
 
 
