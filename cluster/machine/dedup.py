@@ -109,3 +109,27 @@ def duplicate(state: State, ex: Exchange, props: bytes) -> bool:
         del cache[next(iter(cache))]  # full: the oldest entry gives way
     cache[key] = now + ttl if ttl is not None else NO_EXPIRY
     return False
+
+
+# --- queue level: x-message-deduplication = true ------------------------------------------
+# As the plugin's deduplication queues: a message whose x-deduplication-header value is
+# that of a message the queue holds (ready, or delivered and not yet acknowledged) is not
+# enqueued; the value is free again once that message is acknowledged or leaves the queue
+# otherwise (dropped, expired, dead-lettered, purged, fetched without ack). A message
+# requeued keeps it. The values are the queue's (Queue.dedup_ids / dedup_keys), forgotten
+# where every message leaving a queue passes (messages.let_go).
+
+
+def for_queues(targets: list[Any], props: bytes) -> tuple[list[Any], bytes | None]:
+    """The queues among ``targets`` that take the message (a deduplication queue holding
+    its value does not), and its deduplication value."""
+    key, _ttl = _headers(props)
+    if key is None:
+        return targets, None
+    return [q for q in targets if q.dedup_keys is None or key not in q.dedup_keys], key
+
+
+def remember(q: Any, key: bytes, msg_id: int) -> None:
+    """``msg_id`` enters ``q``, a deduplication queue, with value ``key``."""
+    q.dedup_ids[msg_id] = key
+    q.dedup_keys[key] = msg_id

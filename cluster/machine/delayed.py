@@ -30,7 +30,7 @@ from cluster.effects import Effect
 from cluster.machine import errors as E
 from cluster.machine import messages
 from cluster.machine.deadletter import join_properties, split_properties
-from cluster.machine.dedup import DEDUP
+from cluster.machine.dedup import DEDUP, for_queues, remember
 from cluster.machine.errors import error
 from cluster.machine.state import Channel, Exchange, Queue, State
 from protocol.fields import (
@@ -150,8 +150,11 @@ def release_due(state: State, out: list[Effect]) -> None:
             ex = vh.exchanges.get(exchange) if vh is not None else None
             targets: list[Queue] = route(vh, ex, routing_key, props) if (
                 vh is not None and ex is not None) else []
+            key = None
+            if any(q.dedup_ids is not None for q in targets):
+                targets, key = for_queues(targets, props)  # (x-message-deduplication queues)
             if not targets:
-                state.writes.append(msg_id)  # routed nowhere: dropped
+                state.writes.append(msg_id)  # routed nowhere, or a duplicate: dropped
                 continue
             ttl = message_ttl(props) if props[0] & 1 else None
             mid = msg_id
@@ -164,6 +167,8 @@ def release_due(state: State, out: list[Effect]) -> None:
             for q in targets:
                 if messages.holds(q):
                     messages.hold(state, mid, exchange, routing_key, props, size)
+                if key is not None and q.dedup_ids is not None:
+                    remember(q, key, mid)
                 add_message(state, q, mid, size, props, ttl, out)
         except Exception as exc:
             failed = note(failed, f"delayed message {msg_id} of exchange '{exchange}'", exc)

@@ -17,6 +17,7 @@ from cluster.effects import Effect
 from cluster.machine import messages
 from cluster.machine.contain import Failed, note, report
 from cluster.machine.deadletter import is_cycle, record_death
+from cluster.machine.dedup import DEDUP_LEVEL, for_queues, remember
 from cluster.machine.delayed import next_release, release_due
 from cluster.machine.errors import rs
 from cluster.machine.features import expire_head, push_deadline, queue_deadline
@@ -196,6 +197,9 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
     if reason != "rejected":
         # a message back in a queue it died in, with no rejection since, is dropped
         targets = [t for t in targets if not is_cycle(t.name.encode(), deaths)]
+    key = None
+    if state.level >= DEDUP_LEVEL and any(t.dedup_ids is not None for t in targets):
+        targets, key = for_queues(targets, props)  # (x-message-deduplication queues)
     if not targets:
         return
     msg_id = state.next_msg_id
@@ -206,4 +210,6 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
     for t in targets:
         if messages.holds(t):
             messages.hold(state, msg_id, dlx, rk, props, size)
+        if key is not None and t.dedup_ids is not None:
+            remember(t, key, msg_id)
         add_message(state, t, msg_id, size, props, None, out)

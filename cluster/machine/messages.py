@@ -62,9 +62,20 @@ def holds(q: Queue) -> bool:
     return q.dlx is not None or q.delivery_limit is not None
 
 
+def tracked(q: Queue) -> bool:
+    """Whether every message leaving ``q`` must go through :func:`let_go`: it keeps their
+    headers, or their deduplication values (x-message-deduplication)."""
+    return q.dlx is not None or q.delivery_limit is not None or q.dedup_ids is not None
+
+
 def let_go(state: State, q: Queue, msg_id: int) -> None:
     """An entry of ``q`` (queued or delivered unacked) is gone: one reference less."""
     state.writes.append(msg_id)
+    ids = q.dedup_ids
+    if ids is not None:  # its deduplication value may come again (dedup.py)
+        key = ids.pop(msg_id, None)
+        if key is not None:
+            del q.dedup_keys[key]  # type: ignore[union-attr]
     if q.dlx is not None or q.delivery_limit is not None:
         h = state.headers.get(msg_id)
         if h is None:
@@ -102,8 +113,13 @@ def count_return(state: State, q: Queue, msg: Msg) -> None:
         return  # (cannot happen: the same names fitted; then it keeps its record)
     state.next_msg_id = new + 1
     hold(state, new, exchange, routing_key, properties, size)
+    ids = q.dedup_ids
+    key = ids.pop(old, None) if ids is not None else None
     let_go(state, q, old)
     msg.id = new
+    if key is not None:  # the same message under its new id (x-message-deduplication)
+        ids[new] = key  # type: ignore[index]
+        q.dedup_keys[key] = new  # type: ignore[index]
 
 
 def take_writes(state: State) -> list[Any]:

@@ -209,6 +209,10 @@ def configure(q: Queue) -> None:
     q.max_priority = args.get("x-max-priority") or 0
     q.single_active = args.get("x-single-active-consumer") is True
     q.delivery_limit = delivery_limit(args.get("x-delivery-limit"))
+    if args.get("x-message-deduplication") is not True:
+        q.dedup_ids = q.dedup_keys = None
+    elif q.dedup_ids is None:  # (kept when the queue is configured again: policies)
+        q.dedup_ids, q.dedup_keys = {}, {}
     if needs_slow(q) and not q.slow:
         make_slow(q)
 

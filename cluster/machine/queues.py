@@ -86,7 +86,7 @@ def run_fast(state: State, q: Queue, out: list[Effect]) -> None:
         ch.last_tag = tag = ch.last_tag + 1
         if c.no_ack:
             c.sent += 1
-            if q.dlx is None and q.delivery_limit is None:
+            if q.dlx is None and q.delivery_limit is None and q.dedup_ids is None:
                 writes.append(mid)  # let go; readable until the node has written it
             else:
                 messages.let_go(state, q, mid)
@@ -256,7 +256,7 @@ def compact_service(q: Queue) -> None:
 
 def drop_ready(state: State, q: Queue) -> None:
     """Every ready message of ``q`` goes (purge, deletion), its bytes with it."""
-    if not messages.holds(q):
+    if not messages.tracked(q):
         writes = state.writes
         writes.extend(entry_id(entry) for entry in q.ready)
         writes.extend(msg.id for _key, msg in q.returned)

@@ -154,6 +154,10 @@ class Queue:
     # x-delivery-limit (level 4, queues.return_msg): returns a message may have
     # before it is dead-lettered (reason delivery_limit) or dropped; None: no limit
     delivery_limit: int | None = None
+    # x-message-deduplication (level 4, cluster/machine/dedup.py): the deduplication header
+    # value of each message the queue holds (ready or unacked), both ways; None: off
+    dedup_ids: dict[int, bytes] | None = None
+    dedup_keys: dict[bytes, int] | None = None
     # The queue needs the feature-aware (slower) paths: TTL, length limits, priorities,
     # consumer priorities, or it holds messages with a per-message TTL.
     slow: bool = False

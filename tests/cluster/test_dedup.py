@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from cluster import commands as C
 from cluster.effects import ChannelError, Confirm, ConnectionError, GetEmpty, GetOk, Return
+from protocol.properties import decode_properties
 from tests.cluster import helpers
 from tests.cluster.helpers import CH, Machine, bind, of_type, props, pub, q_declare, x_declare
 
@@ -162,3 +163,147 @@ def test_routed_exactly_when_not_a_duplicate(size: int, ttl: int | None,
         assert replica.state == m.state
     held, live = helpers.held_references(m.state)
     assert held == live
+
+
+# --- queue level ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dq(m: Machine) -> Machine:
+    m.run(q_declare(CH, "q", arguments={"x-message-deduplication": True}))
+    return m
+
+
+def enq_k(key: Any, confirm: int = 0, mandatory: bool = False) -> C.Publish:
+    return pub(CH, "", "q", b"m", props=keyed(key), confirm=confirm, mandatory=mandatory)
+
+
+def depth(m: Machine, q: str = "q") -> int:
+    return m.state.vhosts["/"].queues[q].ready_count()
+
+
+def get_tag(m: Machine, no_ack: bool = False) -> int:
+    (e,) = of_type(m.run(C.Get(CH, "q", no_ack)), GetOk)
+    return int(e.delivery_tag)
+
+
+def test_queue_drops_a_value_it_holds(dq: Machine) -> None:
+    dq.run(enq_k("a"))
+    eff = dq.run(enq_k("a", confirm=7, mandatory=True))
+    assert eff == [Confirm(CH, 7, True)]  # dropped, confirmed, not returned (it was routed)
+    assert depth(dq) == 1
+    dq.run(pub(CH, "", "q", b"m", props=props()), pub(CH, "", "q", b"m", props=props()))
+    assert depth(dq) == 3  # without the header: always enqueued
+
+
+def test_queue_frees_a_value_when_its_message_goes(dq: Machine) -> None:
+    dq.run(enq_k("a"))
+    tag = get_tag(dq)
+    dq.run(enq_k("a"))
+    assert depth(dq) == 0  # delivered, not acknowledged: still held
+    dq.run(C.Nack(CH, tag, False, True))  # requeued: still held
+    dq.run(enq_k("a"))
+    assert depth(dq) == 1
+    tag = get_tag(dq)
+    dq.run(C.Ack(CH, tag, False))
+    dq.run(enq_k("a"))
+    assert depth(dq) == 1  # acknowledged: free again
+    get_tag(dq, no_ack=True)
+    dq.run(enq_k("a"))
+    assert depth(dq) == 1  # fetched without ack: free again
+    dq.run(C.QueuePurge(CH, "q", False), enq_k("a"))
+    assert depth(dq) == 1
+    dq.run(C.Nack(CH, get_tag(dq), False, False), enq_k("a"))  # rejected: free
+    assert depth(dq) == 1
+    q = dq.state.vhosts["/"].queues["q"]
+    assert q.dedup_keys is not None and len(q.dedup_keys) == 1
+
+
+def test_only_the_deduplication_queue_drops_it(dq: Machine) -> None:
+    dq.run(q_declare(CH, "plain"), x_declare(CH, "f", "fanout"), bind(CH, "q", "f"),
+           bind(CH, "plain", "f"))
+    dq.run(*[pub(CH, "f", "", b"m", props=keyed("a")) for _ in range(2)])
+    assert (depth(dq), depth(dq, "plain")) == (1, 2)
+
+
+def test_expired_and_dead_lettered_into_a_deduplication_queue(m: Machine) -> None:
+    m.run(x_declare(CH, "dlx", "fanout"),
+          q_declare(CH, "dlq", arguments={"x-message-deduplication": True}),
+          bind(CH, "dlq", "dlx"),
+          q_declare(CH, "q", arguments={"x-message-ttl": 10, "x-dead-letter-exchange": "dlx",
+                                        "x-message-deduplication": True}))
+    m.at(0, enq_k("a"))
+    m.at(5, enq_k("a"))  # held in q
+    m.at(10, enq_k("a"))  # the first expired (to dlq) before this one: q takes it
+    assert (depth(m, "q"), depth(m, "dlq")) == (1, 1)
+    m.at(20)  # that one expires too: dlq already holds "a"
+    assert (depth(m, "q"), depth(m, "dlq")) == (0, 1)
+    held, live = helpers.held_references(m.state)
+    assert held == live
+
+
+def test_with_a_delivery_limit_a_returned_message_keeps_its_value(m: Machine) -> None:
+    m.run(q_declare(CH, "q", arguments={"x-message-deduplication": True,
+                                        "x-delivery-limit": 5}), enq_k("a"))
+    m.run(C.Nack(CH, get_tag(m), False, True))  # returned: a new record, same value
+    m.run(enq_k("a"))
+    assert depth(m) == 1
+    m.run(C.Ack(CH, get_tag(m), False), enq_k("a"))
+    assert depth(m) == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["pub", "get", "getna", "ack", "nack", "reject",
+                                           "close", "tick"]),
+                          st.sampled_from([None, "a", "b", "c"])),
+                min_size=1, max_size=40))
+def test_queue_values_are_those_of_the_messages_it_holds(
+        ops: list[tuple[str, str | None]]) -> None:
+    """Whatever happens, a deduplication queue's values are exactly those of the messages
+    it holds (ready or unacked), each once; a replica restored midway stays equal."""
+    m = Machine()
+    m.open(CH)
+    m.run(q_declare(CH, "q", arguments={"x-message-deduplication": True, "x-delivery-limit": 2,
+                                        "x-message-ttl": 25}))
+    replica: Machine | None = None
+    now = 0
+    for i, (op, key) in enumerate(ops):
+        now += 3
+        if op == "pub":
+            hdr = {} if key is None else {"x-deduplication-header": key}
+            cmds: tuple[C.Command, ...] = (pub(CH, "", "q", b"%d" % i, props=props(headers=hdr)),)
+        elif op in ("get", "getna"):
+            cmds = (C.Get(CH, "q", op == "getna"),)
+        elif op == "close":
+            cmds = (C.ChannelClose(CH), C.ChannelOpen(CH))
+        elif op == "tick":
+            cmds = (C.Tick(),)
+        else:
+            tags = sorted(m.state.channels[CH].unacked)
+            if not tags:
+                continue
+            cmds = (C.Ack(CH, tags[0], False) if op == "ack" else
+                    C.Nack(CH, tags[0], False, op == "nack"),)
+        eff = m.at(now, *cmds)
+        if replica is not None:
+            assert replica.at(now, *cmds) == eff
+        elif i == len(ops) // 2:
+            replica = Machine(helpers.clone(m.state))
+        q = m.state.vhosts["/"].queues["q"]
+        present: list[bytes] = []
+        ids = [e if isinstance(e, int) else e.id for e in q.ready]
+        ids += [e.id for _k, e in q.returned]
+        ids += [e if isinstance(e, int) else e.id for qq, e, _c in
+                m.state.channels[CH].unacked.values() if qq is q]
+        for mid in ids:
+            h = decode_properties(helpers.stored(m.state, mid)[2]).get("headers") or {}
+            if "x-deduplication-header" in h:
+                present.append(h["x-deduplication-header"].encode())
+        assert len(present) == len(set(present)), present
+        assert q.dedup_keys is not None and q.dedup_ids is not None
+        assert sorted(k[5:] for k in q.dedup_keys) == sorted(present)  # (b"S" + length)
+        assert sorted(q.dedup_ids) == sorted(q.dedup_keys.values())
+        held, live = helpers.held_references(m.state)
+        assert held == live
+    if replica is not None:
+        assert replica.state == m.state

@@ -37,3 +37,27 @@ def test_declare_needs_a_cache_size(conn: pika.BlockingConnection, names: Names)
     err = expect_channel_error(406, lambda: conn.channel().exchange_declare(
         names.exchange(), "x-message-deduplication"))
     assert "'x-cache-size' must be an integer greater than 0" in err.reply_text
+
+
+def test_a_queue_drops_a_value_it_holds_until_acked(conn: pika.BlockingConnection,
+                                                    names: Names) -> None:
+    ch = conn.channel()
+    q = names.queue()
+    ch.queue_declare(q, arguments={"x-message-deduplication": True})
+    ch.confirm_delivery()
+
+    def send(key: str) -> None:
+        ch.basic_publish("", q, key.encode(), pika.BasicProperties(
+            headers={"x-deduplication-header": key}), mandatory=True)  # never returned
+
+    send("a")
+    send("a")
+    send("b")
+    assert queue_depth(ch, q) == 2
+    method, _p, body = ch.basic_get(q)
+    assert body == b"a"
+    send("a")  # unacked: still held
+    assert queue_depth(ch, q) == 1
+    ch.basic_ack(method.delivery_tag)
+    send("a")  # acknowledged: free again
+    assert queue_depth(ch, q) == 2
