@@ -480,6 +480,35 @@ class NodeDraining(Command):
     incarnation: int
 
 
+# --- policies (cluster/machine/policies.py) ---------------------------------------------
+
+
+@_command(48)
+class SetPolicy(Command):
+    """Create or replace the policy (``operator``: operator policy) ``name`` of ``vhost``,
+    as RabbitMQ's set_policy: queues / exchanges whose name ``pattern`` matches, of the kind
+    ``apply_to`` names (queues, exchanges, all), take the highest-``priority`` one's
+    ``definition``. Checked by cluster.machine.policies.problem at the edge and again when
+    applied (a command that does not pass is ignored)."""
+
+    SINCE = 4
+    vhost: str
+    name: str
+    pattern: str
+    apply_to: str
+    priority: Any
+    definition: Arguments
+    operator: bool = False
+
+
+@_command(49)
+class ClearPolicy(Command):
+    SINCE = 4
+    vhost: str
+    name: str
+    operator: bool = False
+
+
 # --- shovels (cluster/machine/shovels.py) ----------------------------------------------
 
 

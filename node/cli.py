@@ -133,6 +133,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("limit")
     p.add_argument("value", type=int)
 
+    for kind, helptext in (("policy", "a policy (rabbitmqctl set_policy): queues / "
+                                      "exchanges whose name PATTERN matches take DEFINITION"),
+                           ("operator-policy", "an operator policy: its limits cap the "
+                                               "policies' and the clients' (administrator)")):
+        p = ssub.add_parser(kind, parents=[common], help=helptext)
+        p.add_argument("name")
+        p.add_argument("pattern", help="a regular expression (RE2) searched in names")
+        p.add_argument("definition", help='JSON, e.g. \'{"max-length": 1000}\'')
+        p.add_argument("--vhost", default="/")
+        p.add_argument("--priority", type=int, default=0)
+        p.add_argument("--apply-to", choices=("queues", "exchanges", "all"), default="all")
+
     for name, what in (("vm-memory-high-watermark", "memory alarm threshold: a fraction "
                         "such as 0.4 or a size such as 2GiB"),
                        ("disk-free-limit", "disk alarm threshold: a size such as 1GB, or "
@@ -141,16 +153,21 @@ def _parser() -> argparse.ArgumentParser:
                             help=f"this node's {what} (until it restarts)")
         p.add_argument("value")
 
-    clear = sub.add_parser("clear", help="clear a user's permissions in a vhost")
+    clear = sub.add_parser("clear", help="clear a user's permissions in a vhost, a policy")
     csub2 = clear.add_subparsers(dest="what", required=True)
     p = csub2.add_parser("permissions", parents=[common])
     p.add_argument("name", metavar="USER")
     p.add_argument("--vhost", default="/")
+    for kind in ("policy", "operator-policy"):
+        p = csub2.add_parser(kind, parents=[common])
+        p.add_argument("name")
+        p.add_argument("--vhost", default="/")
 
     _shovel_parser(sub, common)
     lst = sub.add_parser("list", parents=[common], help="list objects of the cluster")
     lst.add_argument("what", choices=("queues", "exchanges", "bindings", "connections",
-                                      "channels", "consumers", "nodes", "policies", "users",
+                                      "channels", "consumers", "nodes", "policies",
+                                      "operator-policies", "users",
                                       "vhosts", "permissions", "topic-permissions"))
     lst.add_argument("--vhost", help="only this vhost's (queues, exchanges, bindings, ...)")
     lst.add_argument("--format", choices=("table", "json"), default="table")
@@ -257,10 +274,15 @@ def _main(argv: list[str] | None) -> int:
             return admin.set_user_tags(api, args.name, args.tags)
         if args.what == "password":
             return admin.change_password(api, args.name, args.new_password)
+        if args.what in ("policy", "operator-policy"):
+            return admin.set_policy(api, args.what, args.vhost, args.name, args.pattern,
+                                    args.definition, args.priority, args.apply_to)
         if args.what in ("vm-memory-high-watermark", "disk-free-limit"):
             return admin.set_node_limit(api, args.what, args.value)
         return admin.set_limit(api, args.kind, args.name, args.limit, args.value)
     if args.command == "clear":
+        if args.what in ("policy", "operator-policy"):
+            return admin.clear_policy(api, args.what, args.vhost, args.name)
         return admin.clear_permissions(api, args.name, args.vhost)
     if args.command == "list":
         return admin.list_items(api, args.what, args.format, args.vhost)

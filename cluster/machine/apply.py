@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 from cluster import commands as C
 from cluster.effects import ChannelError, ConnectionError, Effect, Fault, OutOfOrder
-from cluster.machine import access, basic, expiry, lifecycle, reply_to, shovels, topology
+from cluster.machine import access, basic, expiry, lifecycle, policies, reply_to, shovels, topology
 from cluster.machine.errors import INTERNAL_ERROR, AMQPError
 from cluster.machine.expiry import expire_due, flush_dead_letters
 from cluster.machine.lifecycle import close_channel, close_connection
@@ -64,6 +64,8 @@ _OTHER_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.Supports: lifecycle.supports,
     C.EnableLevel: lifecycle.enable_level,
     C.NodeDraining: lifecycle.node_draining,
+    C.SetPolicy: policies.set_policy,
+    C.ClearPolicy: policies.clear_policy,
     C.ShovelSet: shovels.shovel_set,
     C.ShovelClear: shovels.shovel_clear,
     C.ShovelStatus: shovels.shovel_status,

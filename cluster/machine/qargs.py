@@ -193,9 +193,10 @@ def validate_consume_args(name: str, vhost: str, args: dict[str, Any]) -> None:
     _check("queue", name, vhost, args, _CONSUME_CHECKS, E.BASIC_CONSUME)
 
 
-def configure(q: Queue) -> None:
-    """Set the queue's feature fields from its (validated) arguments."""
-    args = q.arguments
+def configure(q: Queue, args: dict[str, Any] | None = None) -> None:
+    """Set the queue's feature fields from its (validated) arguments, or from ``args``: its
+    arguments with its policies' values resolved in (cluster/machine/policies.py)."""
+    args = q.arguments if args is None else args
     q.message_ttl = args.get("x-message-ttl")
     if "x-dead-letter-exchange" in args:
         q.dlx = text(args["x-dead-letter-exchange"])

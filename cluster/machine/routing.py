@@ -232,6 +232,8 @@ def match(ex: Exchange, routing_key: str, properties: bytes) -> tuple[Dest, ...]
 
 def alternate_exchange(ex: Exchange) -> str | None:
     ae = ex.arguments.get("alternate-exchange") if ex.arguments else None
+    if ae is None:
+        ae = ex.policy_ae  # a policy's (cluster/machine/policies.py): the argument wins
     if isinstance(ae, bytes):
         return ae.decode("utf-8", "replace")
     return ae if isinstance(ae, str) else None
@@ -244,7 +246,7 @@ def route(vh: VHost, ex: Exchange, routing_key: str, properties: bytes) -> list[
     (rabbit_exchange:route's process_alternate), also cycle-safe."""
     dests = match(ex, routing_key, properties)
     queues = vh.queues
-    if not index_of(ex).has_exchange_dests and (dests or not ex.arguments):
+    if not index_of(ex).has_exchange_dests and (dests or not (ex.arguments or ex.policy_ae)):
         return [queues[name] for _, name in dests]
     found: dict[str, Queue] = {}
     seen = {ex.name}

@@ -169,6 +169,9 @@ class Queue:
     n_delivered: int = 0  # deliveries and basic.get-oks, redeliveries included
     n_redelivered: int = 0
     n_acked: int = 0
+    # The policy and operator policy applied (cluster/machine/policies.py), by name.
+    policy: str | None = None
+    operator_policy: str | None = None
     # Derived: single active consumer's succession order (features.next_active), rebuilt
     # from ``consumers`` on demand; not pickled.
     sac: Any = field(default=None, compare=False, repr=False)
@@ -203,6 +206,10 @@ class Exchange:
     # An x-message-deduplication exchange's cache (cluster/machine/dedup.py, level 4):
     # header value -> expiry ms (-1: none), oldest first
     dedup: dict[bytes, int] | None = None
+    # The policy applied (cluster/machine/policies.py), and its alternate-exchange where
+    # the exchange's own arguments have none.
+    policy: str | None = None
+    policy_ae: str | None = None
     # Derived indexes, rebuilt from ``bindings`` on demand.
     index: Any = field(default=None, compare=False, repr=False)
 
@@ -223,6 +230,17 @@ def _fill_defaults(cls: Any, d: dict[str, Any]) -> None:
 
 
 @dataclass(eq=True)
+class Policy:
+    """A policy or operator policy, as RabbitMQ's set_policy takes it."""
+
+    name: str
+    pattern: str  # a regular expression (RE2) searched in queue / exchange names
+    apply_to: str  # queues / exchanges / all
+    priority: Any  # a JSON number
+    definition: dict[str, Any]
+
+
+@dataclass(eq=True)
 class VHost:
     name: str
     exchanges: dict[str, Exchange] = field(default_factory=dict)
@@ -231,6 +249,9 @@ class VHost:
     tags: tuple[str, ...] = ()
     # RabbitMQ's vhost limits: max-connections, max-queues (absent: no limit)
     limits: dict[str, int] = field(default_factory=dict)
+    # Policies and operator policies by name (cluster/machine/policies.py)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    operator_policies: dict[str, Policy] = field(default_factory=dict)
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         _fill_defaults(VHost, d)

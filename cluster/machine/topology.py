@@ -25,7 +25,7 @@ from cluster.effects import (
     QueuePurgeOk,
     QueueUnbindOk,
 )
-from cluster.machine import access, dedup, delayed, reply_to
+from cluster.machine import access, dedup, delayed, policies, reply_to
 from cluster.machine import errors as E
 from cluster.machine.access import CONFIGURE, READ, WRITE
 from cluster.machine.bindings import add_binding, delete_exchange, remove_binding
@@ -169,9 +169,10 @@ def exchange_declare(state: State, ch: Channel, cmd: C.ExchangeDeclare, out: lis
                 access.check(state, ch, READ, "exchange", name, m)
                 access.check(state, ch, WRITE, "exchange", text(ae), m)
             conn = state.conns[ch.key[:2]]
-            vh.exchanges[name] = Exchange(name, cmd.type, cmd.durable, cmd.auto_delete,
-                                          cmd.internal, dict(cmd.arguments),
-                                          home=(conn.key[0], conn.incarnation))
+            ex = vh.exchanges[name] = Exchange(name, cmd.type, cmd.durable, cmd.auto_delete,
+                                               cmd.internal, dict(cmd.arguments),
+                                               home=(conn.key[0], conn.incarnation))
+            policies.declared(state, vh, ex=ex)
         else:
             for field, current, received in (
                 ("type", ex.type, cmd.type),
@@ -315,6 +316,7 @@ def _create_queue(state: State, vh: VHost, ch: Channel, name: str, cmd: C.QueueD
     if cmd.arguments:
         configure(q)
         touch(state, q)
+    policies.declared(state, vh, q=q)
     return q
 
 

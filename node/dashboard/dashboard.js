@@ -209,6 +209,7 @@ async function queues() {
       ["Vhost", (q) => q.vhost], ["Type", (q) => q.type],
       ["Ready", (q) => q.messages_ready, "num"], ["Unacked", (q) => q.messages_unacknowledged, "num"],
       ["Total", (q) => q.messages, "num"], ["Consumers", (q) => q.consumers, "num"],
+      ["Policy", (q) => [q.policy, q.operator_policy].filter((p) => p).join(" / ")],
       ["Incoming", (q) => rate(q.message_stats, "publish")],
       ["Delivered", (q) => rate(q.message_stats, "deliver_get")],
     ], list),
@@ -348,6 +349,35 @@ async function admin() {
   ];
 }
 
+// Policies and operator policies (cluster/machine/policies.py): the highest-priority match
+// applies; the operator policy's limits cap the policy's and the clients'.
+async function policies() {
+  const [list, ops] = await Promise.all([api("GET", "/api/policies"),
+    api("GET", "/api/operator-policies")]);
+  const columns = [["Name", (p) => p.name], ["Vhost", (p) => p.vhost], ["Pattern", (p) => p.pattern],
+    ["Apply to", (p) => p["apply-to"]], ["Priority", (p) => p.priority, "num"],
+    ["Definition", (p) => JSON.stringify(p.definition)]];
+  const del = (path, what) => (p) => h("button", { class: "danger", onclick: () =>
+    act(`${what} ${p.name} deleted`, () => api("DELETE", `${path}/${enc(p.vhost)}/${enc(p.name)}`)) },
+  "Delete");
+  const setForm = (id, path, what) => form(id, [["name", "Name", { required: true }],
+    ["vhost", "Vhost", { value: "/" }], ["pattern", "Pattern", { required: true, placeholder: "^orders\\." }],
+    ["apply", "Apply to", { options: ["queues", "exchanges", "all"] }],
+    ["priority", "Priority", { value: "0", type: "number" }],
+    ["definition", "Definition (JSON)", { required: true, placeholder: '{"max-length": 1000}' }]],
+  `Set ${what}`, (v) => act(`${what} ${v.name} set`, () => api("PUT",
+    `${path}/${enc(v.vhost)}/${enc(v.name)}`, { pattern: v.pattern, "apply-to": v.apply,
+      priority: Number(v.priority || 0), definition: JSON.parse(v.definition) })));
+  return [
+    h("h2", {}, "Policies"),
+    table("policies", columns, list, del("/api/policies", "policy")),
+    setForm("set-policy", "/api/policies", "policy"),
+    h("h2", {}, "Operator policies"),
+    table("operator-policies", columns, ops, del("/api/operator-policies", "operator policy")),
+    setForm("set-operator-policy", "/api/operator-policies", "operator policy"),
+  ];
+}
+
 async function cluster() {
   const nodes = await api("GET", "/api/nodes");
   const me = nodes.find((n) => n.raft) || {};
@@ -371,7 +401,7 @@ async function cluster() {
 const ROUTES = [
   [/^#?\/?$/, overview], [/^#\/queues$/, queues], [/^#\/queue\/([^/]*)\/(.*)$/, queuePage],
   [/^#\/exchanges$/, exchanges], [/^#\/connections$/, connections], [/^#\/channels$/, channels],
-  [/^#\/admin$/, admin], [/^#\/cluster$/, cluster],
+  [/^#\/policies$/, policies], [/^#\/admin$/, admin], [/^#\/cluster$/, cluster],
 ];
 
 // ``refresh``: a timed redraw, skipped while someone is typing in one of the page's forms.

@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from node.mgmt import access, cluster, dashboard, definitions, health, members, objects, shovels
+from node.mgmt import (
+    access,
+    cluster,
+    dashboard,
+    definitions,
+    health,
+    members,
+    objects,
+    policies,
+    shovels,
+)
 from node.mgmt.framework import MAINTENANCE, NODE, RATES, Maintenance, Node
 from node.mgmt.rates import SAMPLE_S, Rates
 from node.services import maintenance
@@ -26,7 +36,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-RESOURCES = (access, cluster, members, objects, definitions, health, dashboard, shovels)
+RESOURCES = (access, cluster, members, objects, definitions, health, dashboard, shovels,
+             policies)
 
 
 def app(broker: Broker, client_max_size: int) -> web.Application:

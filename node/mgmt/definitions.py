@@ -27,9 +27,10 @@ The export holds what RabbitMQ 3.10's does (tests/integration/test_definitions_r
 compares every kind both ways): non-exclusive queues and exchanges, transient ones too,
 and bindings naming a standard exchange (amq.direct...), which an import takes as existing
 in every vhost, a new one too. What RaftMQ cannot keep is refused, the whole file, naming
-it, rather than dropped: policies (issue 23), global parameters other than RabbitMQ's
-identity, runtime parameters other than vhost-limits (federation upstreams, shovels...),
-and a vhost's ``default_queue_type`` other than classic (a 3.11 export's).
+it, rather than dropped: global parameters other than RabbitMQ's identity, runtime
+parameters other than vhost-limits (federation upstreams, shovels...), and a vhost's
+``default_queue_type`` other than classic (a 3.11 export's). Policies are exported and
+imported as RabbitMQ's (node/mgmt/policies.py's JSON, checked as PUT /api/policies).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from cluster import commands as C
+from cluster.machine import policies as P
 from cluster.machine import qargs
 from cluster.machine.state import DEFAULT_EXCHANGES
 from cluster.machine.topology import EXCHANGE_TYPES
@@ -80,7 +82,7 @@ from node.mgmt.input import (
     check_text,
 )
 from node.mgmt.shovels import SHOVEL_COMPONENT, shovel_check, shovel_parameters
-from node.mgmt.views import permission_json, topic_json, user_json
+from node.mgmt.views import permission_json, policy_json, topic_json, user_json
 from protocol.errors import AMQPError
 
 log = logging.getLogger(__name__)
@@ -182,7 +184,8 @@ async def export(st: Any) -> dict[str, Any]:
         "parameters": [{"value": dict(vh.limits), "vhost": vh.name,
                         "component": VHOST_LIMITS_COMPONENT, "name": "limits"}
                        for vh in vhosts if vh.limits] + shovel_parameters(st, vhosts),
-        "global_parameters": [], "policies": [],
+        "global_parameters": [],
+        "policies": [policy_json(vh.name, p) for vh in vhosts for p in list(vh.policies.values())],
         "queues": queues, "exchanges": exchanges, "bindings": bindings,
     }
 
@@ -334,9 +337,6 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
     """Every item of ``defs`` checked (types, names, arguments, patterns, references to
     users, vhosts, exchanges and queues, queue arguments as the machine checks them)
     before anything is applied; a 400 naming the first bad item."""
-    if _Items(defs, "policies").items:
-        raise bad_request("policies are not supported by RaftMQ yet; remove them from the "
-                          "file to import the rest")
     gps = _Items(defs, "global_parameters")
     async for gp in gps.each():
         if gp.get("name") not in IGNORED_GLOBALS:
@@ -403,10 +403,41 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
         # replaces the vhost's limits, as RabbitMQ's import of the parameter does
         out.globals.append((prs.label, C.LimitsSet(
             "vhost", vhost, {k: value.get(k, -1) for k in VHOST_LIMITS})))
+    await _policies(defs, st, vhosts, out)
     await _topology(defs, st, vhosts, limits, out)
     for label, shovel in shovels:  # (a vhost's shovels: in its last entry, after its queues)
         out.topology.setdefault(shovel.vhost, []).append((label, shovel))
     return out
+
+
+async def _policies(defs: dict[str, Any], st: Any, vhosts: set[str], out: Plan) -> None:
+    """Policies (RabbitMQ exports them as {vhost, name, pattern, apply-to, definition,
+    priority}), checked as PUT /api/policies checks one; applied before the queues and
+    exchanges they apply to, as RabbitMQ's import orders them."""
+    pols = _Items(defs, "policies")
+    async for p in pols.each():
+        vhost, name = pols.text(p, "vhost", "/"), pols.name(p)
+        if vhost not in vhosts:
+            raise pols.refuse(f"vhost {vhost[:60]!r} does not exist (and is not in the file)")
+        apply_to = p.get("apply-to")
+        priority = p.get("priority")
+        definition = p.get("definition")
+        if isinstance(definition, str):  # (older exports held it as a JSON string)
+            try:
+                definition = json.loads(definition)
+            except ValueError:
+                raise pols.refuse("definition is not a JSON object") from None
+        if not isinstance(definition, dict):
+            raise pols.refuse("definition must be a JSON object")
+        reason = P.problem(p.get("pattern"), "all" if apply_to is None else apply_to,
+                           0 if priority is None else priority, definition)
+        if reason is not None:
+            raise pols.refuse(reason)
+        if st.level < C.SetPolicy.SINCE:
+            raise pols.refuse("policies need every cluster member at release level 4")
+        out.globals.append((pols.label, C.SetPolicy(
+            vhost, name, p["pattern"], "all" if apply_to is None else apply_to,
+            0 if priority is None else priority, dict(definition))))
 
 
 def _shovel(items: _Items, item: dict[str, Any], vhosts: set[str], st: Any) -> C.ShovelSet:

@@ -795,26 +795,3 @@ _NO_VHOST: Any = type("NoVHost", (), {"queues": {}, "exchanges": {}})()
 
 def _ch(request: web.Request) -> C.ChKey:
     return PLACEHOLDER
-
-
-# --- policies: none yet -------------------------------------------------------------------
-
-
-@routes.get("/api/policies")
-@routes.get("/api/policies/{vhost}")
-@routes.get("/api/operator-policies")
-@routes.get("/api/operator-policies/{vhost}")
-@needs("management")
-async def list_policies(request: web.Request) -> web.Response:
-    """RaftMQ has no policies (queue features come from queue arguments): the list is
-    empty, as RabbitMQ's is with none; setting one is refused (below)."""
-    _vhost_param(request)
-    return web.json_response([])
-
-
-@routes.put("/api/policies/{vhost}/{name}")
-@routes.put("/api/operator-policies/{vhost}/{name}")
-@needs("administrator")
-async def put_policy(request: web.Request) -> web.Response:
-    raise bad_request("policies are not supported by RaftMQ yet: set queue features with "
-                      "queue arguments (x-message-ttl, ...)")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.machine.policies import effective_definition
 from cluster.machine.state import Exchange, Queue, State, VHost
 
 RATE = {"rate": 0.0}
@@ -66,6 +67,12 @@ def user_json(u: Any) -> dict[str, Any]:
 def permission_json(key: tuple[str, str], p: Any) -> dict[str, Any]:
     return {"user": key[0], "vhost": key[1], "configure": p.configure, "write": p.write,
             "read": p.read}
+
+
+def policy_json(vhost: str, p: Any) -> dict[str, Any]:
+    """A policy or operator policy (cluster/machine/state.py Policy), as RabbitMQ's API."""
+    return {"vhost": vhost, "name": p.name, "pattern": p.pattern, "apply-to": p.apply_to,
+            "definition": jsonable(p.definition), "priority": p.priority}
 
 
 def topic_json(key: tuple[str, str, str], tp: tuple[str, str]) -> dict[str, Any]:
@@ -124,7 +131,10 @@ def queue_json(state: State, node: str, q: Queue,
         "messages_details": RATE, "messages_ready_details": RATE,
         "messages_unacknowledged_details": RATE,
         "message_bytes_ready": q.ready_bytes if q.max_length_bytes is not None else None,
-        "policy": None, "operator_policy": None, "effective_policy_definition": {},
+        "policy": q.policy, "operator_policy": q.operator_policy,
+        "effective_policy_definition": jsonable(effective_definition(
+            state.vhosts[q.vhost], q.policy, q.operator_policy))
+        if q.policy or q.operator_policy else {},
         "message_stats": stats(q) if stats is not None else {},
     }
 
@@ -143,7 +153,7 @@ def exchange_json(vhost: str, x: Exchange) -> dict[str, Any]:
             "auto_delete": x.auto_delete, "internal": x.internal,
             "arguments": jsonable(x.arguments), "user_who_performed_action": "rmq-internal"
             if x.name == "" or x.name.startswith("amq.") else "",
-            "policy": None}
+            "policy": x.policy}
 
 
 def exchanges(state: State, vhost: str | None = None,

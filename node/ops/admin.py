@@ -237,6 +237,31 @@ def set_topic_permissions(api: Api, user: str, vhost: str, exchange: str, write:
     return 0
 
 
+def _policies_path(kind: str) -> str:
+    return "/api/policies" if kind == "policy" else "/api/operator-policies"
+
+
+def set_policy(api: Api, kind: str, vhost: str, name: str, pattern: str, definition: str,
+               priority: int, apply_to: str) -> int:
+    """``kind`` policy or operator-policy, as rabbitmqctl set_policy takes one."""
+    try:
+        value = json.loads(definition)
+    except ValueError as e:
+        raise AdminError(f"raftmq: the definition is not JSON: {e}") from None
+    api.request("PUT", f"{_policies_path(kind)}/{quote(vhost)}/{quote(name)}",
+                {"pattern": pattern, "definition": value, "priority": priority,
+                 "apply-to": apply_to})
+    print(f"{kind} {name} in vhost {vhost}: {apply_to} matching {_typed(pattern)}, priority "
+          f"{priority}: {json.dumps(value)}")
+    return 0
+
+
+def clear_policy(api: Api, kind: str, vhost: str, name: str) -> int:
+    api.request("DELETE", f"{_policies_path(kind)}/{quote(vhost)}/{quote(name)}")
+    print(f"{kind} {name} in vhost {vhost} cleared")
+    return 0
+
+
 def _typed(pattern: str) -> str:
     """A regex in quotes as the user typed it (repr() would double its backslashes)."""
     return f"'{pattern}'"
@@ -329,6 +354,8 @@ LISTS: dict[str, tuple[str, list[str]]] = {
                              "disk_free_alarm"]),
     "policies": ("/api/policies", ["vhost", "name", "pattern", "apply-to", "definition",
                                    "priority"]),
+    "operator-policies": ("/api/operator-policies", ["vhost", "name", "pattern", "apply-to",
+                                                     "definition", "priority"]),
     "users": ("/api/users", ["name", "tags"]),
     "vhosts": ("/api/vhosts", ["name", "description", "messages"]),
     "permissions": ("/api/permissions", ["user", "vhost", "configure", "write", "read"]),
@@ -337,7 +364,8 @@ LISTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-_PER_VHOST = {"queues", "exchanges", "bindings", "connections", "consumers", "policies"}
+_PER_VHOST = {"queues", "exchanges", "bindings", "connections", "consumers", "policies",
+              "operator-policies"}
 
 
 def list_items(api: Api, what: str, fmt: str, vhost: str | None = None) -> int:
@@ -372,8 +400,8 @@ def close_connection(api: Api, name: str, reason: str) -> int:
     return 0
 
 
-SECTIONS = ("users", "vhosts", "permissions", "topic_permissions", "exchanges", "queues",
-            "bindings")
+SECTIONS = ("users", "vhosts", "permissions", "topic_permissions", "policies", "exchanges",
+            "queues", "bindings")
 
 
 def export_definitions(api: Api, file: str) -> int:

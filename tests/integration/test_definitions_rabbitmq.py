@@ -7,7 +7,7 @@ items, RabbitMQ's own identity (the ``internal_cluster_id`` global parameter), a
 empty ``"limits"`` (3.10 writes ``{}``, we leave it out) and the vhost entries' extra
 fields (3.10 writes ``{"name"}`` alone; ours also has ``"metadata"``, which 3.10 imports:
 its description and tags are compared through /api/vhosts). What RaftMQ does not support
-yet is refused whole with a 400 naming it, nothing applied: policies (issue 23), global
+yet is refused whole with a 400 naming it, nothing applied: global
 parameters other than RabbitMQ's identity, runtime parameters other than vhost-limits,
 and a vhost default queue type other than classic.
 """
@@ -65,8 +65,8 @@ def sha512_hash(password: str, salt: bytes = b"\x01\x02\x03\x04") -> str:
 
 
 def build(api: Api, rabbitmq: bool) -> None:
-    """Every kind through the broker's own API (policies and a global parameter only on
-    RabbitMQ: RaftMQ has neither)."""
+    """Every kind through the broker's own API (a global parameter only on RabbitMQ:
+    RaftMQ has none)."""
     v = q(V)
     api.ok("PUT", f"/api/vhosts/{v}", {"description": "every kind", "tags": "a,b"})
     api.ok("PUT", f"/api/users/{ADMIN}", {"password": "pw-a",
@@ -85,10 +85,10 @@ def build(api: Api, rabbitmq: bool) -> None:
            {"exchange": "defs-topic", "write": "^w\\.", "read": ".*"})
     api.ok("PUT", f"/api/vhost-limits/{v}/max-queues", {"value": 50})
     api.ok("PUT", f"/api/vhost-limits/{v}/max-connections", {"value": 100})
+    api.ok("PUT", f"/api/policies/{v}/defs-policy", {
+        "pattern": "^defs-q", "definition": {"max-length": 10}, "priority": 1,
+        "apply-to": "queues"})
     if rabbitmq:
-        api.ok("PUT", f"/api/policies/{v}/defs-policy", {
-            "pattern": "^defs-q", "definition": {"max-length": 10}, "priority": 1,
-            "apply-to": "queues"})
         api.ok("PUT", "/api/global-parameters/defs-param", {"value": {"a": 1}})
     exchanges: list[tuple[str, dict[str, Any]]] = [
         ("defs-topic", {"type": "topic", "arguments": {"alternate-exchange": "defs-ae"}}),
@@ -165,9 +165,7 @@ def test_rabbitmq_export_imported_here_exports_the_same(both):
     assert any(b["source"] == "amq.direct" for b in original["bindings"]) and \
         any(x["name"] == "defs-transient" for x in original["exchanges"])  # (3.10 has them)
 
-    status, answer = ours("POST", "/api/definitions", original)
-    assert status == 400 and "policies are not supported" in answer["reason"], answer
-    doc = dict(original, policies=[])
+    doc = dict(original)
     status, answer = ours("POST", "/api/definitions", doc)
     assert status == 400 and "'defs-param'" in answer["reason"], answer
     assert ours("GET", f"/api/vhosts/{q(V)}")[0] == 404  # nothing applied
@@ -178,7 +176,7 @@ def test_rabbitmq_export_imported_here_exports_the_same(both):
     assert ours("POST", "/api/definitions", doc)[0] == 204
     exported = ours.ok("GET", "/api/definitions")
     assert_same_kinds(exported, doc)
-    assert exported["global_parameters"] == [] and kind(exported, "policies") == []
+    assert exported["global_parameters"] == [] and kind(exported, "policies")
     assert can_log_in(ours, ADMIN, "pw-a") and can_log_in(ours, SHA512, "pw-5")
     assert not can_log_in(ours, NO_PASSWORD, "")
     # 3.10 does not export a vhost's description and tags: nothing to carry over

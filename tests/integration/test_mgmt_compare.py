@@ -382,14 +382,21 @@ def test_management_user_sees_only_its_vhosts(apis: tuple[Api, Api],
         raft("DELETE", "/api/users/mgr")
 
 
-def test_policies_none_yet(apis: tuple[Api, Api]) -> None:
-    """RaftMQ has no policies: the lists agree (empty), and setting one is refused with a
-    reason instead of being accepted and ignored."""
-    assert both(apis, "GET", "/api/policies") == ([], [])
-    assert both(apis, "GET", f"/api/policies/{V}") == ([], [])
-    status, answer = apis[0]("PUT", f"/api/policies/{V}/ttl",
-                             {"pattern": ".*", "definition": {"message-ttl": 1000}})
-    assert status == 400 and "not supported" in answer["reason"]
+def test_policies_listed_alike(apis: tuple[Api, Api]) -> None:
+    """Policies (compared in depth in test_policies_compare.py): a policy set on both is
+    listed alike, and a queue shows it alike."""
+    body = {"pattern": "^cmp-pol$", "definition": {"message-ttl": 1000}, "apply-to": "queues"}
+    both(apis, "PUT", f"/api/policies/{V}/cmp-ttl", body)
+    both(apis, "PUT", f"/api/queues/{V}/cmp-pol", {"durable": True})
+    ours, theirs = both(apis, "GET", f"/api/policies/{V}/cmp-ttl")
+    assert ours == theirs
+    _wait(lambda: apis[1]("GET", f"/api/queues/{V}/cmp-pol")[1].get("policy") == "cmp-ttl")
+    fields = ("policy", "operator_policy", "arguments")
+    ours_q = apis[0].ok("GET", f"/api/queues/{V}/cmp-pol")
+    theirs_q = apis[1].ok("GET", f"/api/queues/{V}/cmp-pol")
+    assert {k: ours_q[k] for k in fields} == {k: theirs_q[k] for k in fields}
+    both(apis, "DELETE", f"/api/queues/{V}/cmp-pol")
+    both(apis, "DELETE", f"/api/policies/{V}/cmp-ttl")
 
 
 def test_publish_with_bad_properties_is_a_400(apis: tuple[Api, Api]) -> None:

@@ -14,7 +14,8 @@ from node.mgmt import app
 PACKAGE = Path(node.mgmt.__file__).parent
 PURE = {"views", "listing", "input", "rates"}  # state -> JSON, query rules, input rules
 FRAMEWORK = "framework"
-RESOURCES = {"access", "cluster", "members", "objects", "health", "definitions", "dashboard"}
+RESOURCES = {"access", "cluster", "members", "objects", "health", "definitions", "dashboard",
+             "policies"}
 LAZY = {("members", "cluster.raft.probe")}  # (module, what it imports in a function)
 
 

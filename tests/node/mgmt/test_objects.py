@@ -196,9 +196,18 @@ async def test_overview_counts_what_the_user_may_see(api):
     assert (await api("GET", "/api/overview?msg_rates_age=soon"))[0] == 400
 
 
-async def test_policies_are_none_and_refused(api):
+async def test_policies(api):
+    """(node/mgmt/policies.py; compared with RabbitMQ in test_policies_compare.py)"""
     assert await api.ok("GET", "/api/policies") == []
     assert await api.ok("GET", "/api/operator-policies/%2F") == []
     assert await api("GET", "/api/policies/nowhere") == (404, NOT_FOUND)
     status, answer = await api("PUT", "/api/policies/%2F/p", {"pattern": ".*"})
-    assert (status, answer["error"]) == (400, "bad_request")
+    assert (status, answer) == (400, {"error": "bad_request",
+                                      "reason": "[{key_missing,definition}]"})
+    body = {"pattern": "^p", "definition": {"max-length": 1}}
+    assert (await api("PUT", "/api/policies/%2F/p", body))[0] == 201
+    assert await api.ok("GET", "/api/policies/%2F/p") == {
+        "vhost": "/", "name": "p", "pattern": "^p", "apply-to": "all",
+        "definition": {"max-length": 1}, "priority": 0}
+    assert (await api("DELETE", "/api/policies/%2F/p"))[0] == 204
+    assert await api("DELETE", "/api/policies/%2F/p") == (404, NOT_FOUND)
