@@ -67,18 +67,29 @@ NOT_FOUND_BODY = {"error": "Object Not Found", "reason": "Not Found"}
 CATCH_ALL_METHODS = "HEAD, GET, OPTIONS"
 
 
+ALLOW_ORDER = ("HEAD", "GET", "PUT", "POST", "DELETE", "OPTIONS")
+
+
 @web.middleware
 async def unrouted(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Requests no route takes answered as RabbitMQ 3.10's management plugin answers them:
     an unknown path is a JSON 404 to GET/HEAD and a 405 to anything else; a known path with
-    a method it does not allow is a 405 with its ``Allow`` header and no body."""
+    a method it does not allow is a 405 with its ``Allow`` header and no body; OPTIONS is a
+    200 with the ``Allow`` header, to anyone (a browser's CORS preflight)."""
     refused = request.match_info.http_exception
+    allow = CATCH_ALL_METHODS
     if isinstance(refused, web.HTTPMethodNotAllowed):
-        return web.Response(status=405, headers={"Allow": refused.headers.get("Allow", "")})
+        methods = {*refused.allowed_methods, "HEAD", "OPTIONS"} if "GET" in \
+            refused.allowed_methods else {*refused.allowed_methods, "OPTIONS"}
+        allow = ", ".join(m for m in ALLOW_ORDER if m in methods)
+    if request.method == "OPTIONS" and refused is not None:
+        return web.Response(status=200, headers={"Allow": allow})
+    if isinstance(refused, web.HTTPMethodNotAllowed):
+        return web.Response(status=405, headers={"Allow": allow})
     if isinstance(refused, web.HTTPNotFound):
         if request.method in ("GET", "HEAD"):
             return web.json_response(NOT_FOUND_BODY, status=404)
-        return web.Response(status=405, headers={"Allow": CATCH_ALL_METHODS})
+        return web.Response(status=405, headers={"Allow": allow})
     return await handler(request)
 
 

@@ -53,3 +53,13 @@ async def test_the_overview_has_churn_rates(api):
     assert set(churn) == {*CHURN, *(f"{k}_details" for k in CHURN)}
     assert churn["queue_created"] >= 1 and churn["queue_deleted"] >= 1
     assert all(churn[f"{k}_details"] == {"rate": churn[f"{k}_details"]["rate"]} for k in CHURN)
+
+
+async def test_options_answers_what_the_path_allows_to_anyone(api):
+    """(RabbitMQ: 200 with Allow, no credentials needed: a browser's CORS preflight.)"""
+    for path, allow in (("/api/queues/%2F/q", "HEAD, GET, PUT, DELETE, OPTIONS"),
+                        ("/api/queues/%2F/q/", "HEAD, GET, PUT, DELETE, OPTIONS"),
+                        ("/api/overview", "HEAD, GET, OPTIONS"),
+                        ("/api/nosuch", "HEAD, GET, OPTIONS")):
+        assert await api("OPTIONS", path, user=None) == (200, None)
+        assert api.last_headers["Allow"] == allow, path
