@@ -20,6 +20,11 @@ connection closed, its node lost, a channel closed by an error); a copy returned
 its queue's limit must be gone: into ``dlq`` with an x-death of reason delivery_limit
 (``ql``), or dropped (``q1``). Every redelivery of a copy in such a queue carries
 x-delivery-count = its returns so far; a first delivery carries none.
+
+Delayed messages (level 4): ``dx`` is an x-delayed-message exchange (routing as fanout)
+bound to ``q0``; a message published to it with an x-delay is held until due, then
+reaches ``q0`` if ``q0`` exists then (released by the Tick that catches up), else it is
+dropped; without one it reaches ``q0`` at once.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ QUEUES = ["q0", "q1", QT, DLQ, QL]
 CHANNELS = [("n1", 1, 1), ("n1", 1, 2), ("n2", 1, 1), ("n2", 1, 2)]
 CONNS = [("n1", 1), ("n2", 1)]
 FANOUT = "fan"
+DX = "dx"  # x-delayed-message, x-delayed-type fanout, bound to q0
 QT_TTL, QT_MAX, MSG_TTL = 3, 3, 2
 ARGS: dict[str, dict[str, Any]] = {
     QT: {"x-message-ttl": QT_TTL, "x-max-length": QT_MAX, "x-dead-letter-exchange": DLX,
@@ -95,6 +101,7 @@ class MachineLog(RuleBasedStateMachine):
         self.dead: set[bytes] = set()  # bodies dead-lettered from qt to dlq
         self.returns: Counter[tuple[bytes, str]] = Counter()  # returns of each copy
         self.limit_dead: set[bytes] = set()  # bodies dead-lettered from ql (delivery_limit)
+        self.pending: dict[bytes, int] = {}  # bodies held by dx -> due now_ms
         for node in ("n1", "n2"):
             self.send(node, C.NodeUp(node, 1))
         admin = CHANNELS[0]
@@ -102,6 +109,8 @@ class MachineLog(RuleBasedStateMachine):
         for x in (FANOUT, DLX):
             self.send("n1", C.ExchangeDeclare(admin, x, "fanout", False, True, False, False,
                                               False, {}))
+        self.send("n1", C.ExchangeDeclare(admin, DX, "x-delayed-message", False, True, False,
+                                          False, False, {"x-delayed-type": "fanout"}))
         for q in QUEUES:
             self.declare(admin, q)
         for ch in CHANNELS[1:]:
@@ -117,6 +126,10 @@ class MachineLog(RuleBasedStateMachine):
         self.clock += 1
         nd = next_deadline(self.main)
         if nd is not None and nd <= self.clock:
+            for body in [b for b, due in self.pending.items() if due <= self.clock]:
+                del self.pending[body]  # released by this Tick: to q0, if it is there
+                if "q0" in self.model_queues:
+                    self.ledger[(body, "q0")] += 1
             self.process(self.send("n1", C.Tick()))
 
     def send(self, node: str, cmd: C.Command) -> list[E.Effect]:
@@ -165,6 +178,8 @@ class MachineLog(RuleBasedStateMachine):
             self.bound.add(q)
         eff = self.ch_cmd(ch, C.QueueBind(ch, q, DLX if q == DLQ else FANOUT, "", False, {}))
         self.process(eff)
+        if q == "q0":
+            self.process(self.ch_cmd(ch, C.QueueBind(ch, q, DX, "", False, {})))
 
     def count_return(self, body: bytes, q: str) -> None:
         """A copy went back to its queue: past the queue's delivery limit it is gone, to
@@ -330,31 +345,43 @@ class MachineLog(RuleBasedStateMachine):
     # --- rules ----------------------------------------------------------------------
 
     @rule(ch=channels,
-          dest=st.sampled_from(["q0", "q0", "q1", QT, QT, DLQ, QL, QL, FANOUT, "nosuch"]),
+          dest=st.sampled_from(["q0", "q0", "q1", QT, QT, DLQ, QL, QL, FANOUT, DX, DX,
+                                "nosuch"]),
           mandatory=st.booleans(), confirm=st.booleans(), n=st.integers(1, 4),
-          expiring=st.booleans(), priority=st.sampled_from([None, 0, 1, 2, 5]))
+          expiring=st.booleans(), priority=st.sampled_from([None, 0, 1, 2, 5]),
+          delay=st.sampled_from([None, 0, 1, 2, 5, 12]))
     def publish_some(self, ch: C.ChKey, dest: str, mandatory: bool, confirm: bool,
-                     n: int, expiring: bool, priority: int | None) -> None:
+                     n: int, expiring: bool, priority: int | None, delay: int | None) -> None:
         self.catch_up()
         for _ in range(n):
-            self.publish(ch, dest, mandatory, confirm, expiring, priority)
+            self.publish(ch, dest, mandatory, confirm, expiring, priority, delay)
 
     def publish(self, ch: C.ChKey, target: str, mandatory: bool, confirm: bool,
-                expiring: bool = False, priority: int | None = None) -> None:
+                expiring: bool = False, priority: int | None = None,
+                delay: int | None = None) -> None:
         self.body_n += 1
         body = b"m%d" % self.body_n
-        exchange, key = (FANOUT, "") if target == FANOUT else ("", target)
+        exchange, key = (target, "") if target in (FANOUT, DX) else ("", target)
         self.pub_time[body] = self.clock
-        expiring = expiring and target != QL  # (ql's copies leave by their limit only)
+        # (ql's copies leave by their limit only; dx's are published without a TTL)
+        expiring = expiring and target not in (QL, DX)
         if expiring:
             self.msg_ttl[body] = MSG_TTL
+        props = message_props(expiring, priority)
+        if target == DX:
+            props = encode_properties(headers={} if delay is None else {"x-delay": delay})
         if ch in self.open_chs:
-            dests = sorted(self.bound) if target == FANOUT else (
-                [target] if target in self.model_queues else [])
+            if target == DX:
+                held = delay is not None and delay > 0
+                if held:
+                    self.pending[body] = self.clock + delay  # type: ignore[operator]
+                dests = ["q0"] if "q0" in self.model_queues and not held else []
+            else:
+                dests = sorted(self.bound) if target == FANOUT else (
+                    [target] if target in self.model_queues else [])
             for q in dests:
                 self.ledger[(body, q)] += 1
-        eff = self.ch_cmd(ch, C.Publish(ch, exchange, key, mandatory,
-                                        message_props(expiring, priority), body,
+        eff = self.ch_cmd(ch, C.Publish(ch, exchange, key, mandatory, props, body,
                                         self.body_n if confirm else 0))
         self.process(eff)
         if ch in self.open_chs:
