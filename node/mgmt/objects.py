@@ -10,6 +10,7 @@ client's, and the reply or channel error that comes back becomes the HTTP answer
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
@@ -34,11 +35,13 @@ from node.mgmt.framework import (
     ApiSession,
     Node,
     Refusal,
+    Unreachable,
     bad_request,
     body,
     checked,
     error,
     flag,
+    forward,
     forward_to,
     gather,
     in_worker,
@@ -611,9 +614,10 @@ async def list_consumers(request: web.Request) -> web.Response:
 @routes.get("/api/vhosts/{vhost}/channels")
 @needs("management")
 async def list_channels(request: web.Request) -> web.Response:
-    return await listing(request, _with_local(request, views.channels(
+    rows = _with_local(request, views.channels(
         state(request), _vhost_param(request, monitors_see_all=True), _peers(request),
-        viewer(request))))
+        viewer(request)))
+    return await listing(request, await _with_others(request, "/api/channels", rows))
 
 
 @routes.get("/api/channels/{name}")
@@ -623,6 +627,11 @@ async def get_channel(request: web.Request) -> web.Response:
     may not see is as missing as one that does not exist."""
     conn_name, sep, number = request.match_info["name"].rpartition(" (")
     key = _connection_key(request, conn_name)
+    if key[0] != node_of(request).node_id:
+        try:
+            return await forward_to(request, key[0])
+        except Refusal:
+            pass  # (its node does not answer: what the state knows)
     st = state(request)
     for ch in st.conns[key].channels:
         full = (*key, ch)
@@ -737,9 +746,47 @@ def _tls_json(conn: Any) -> dict[str, Any]:
 @routes.get("/api/vhosts/{vhost}/connections")
 @needs("management")
 async def list_connections(request: web.Request) -> web.Response:
-    return await listing(request, connections(
-        node_of(request), _vhost_param(request, monitors_see_all=True), viewer(request),
-        rates(request)))
+    rows = connections(node_of(request), _vhost_param(request, monitors_see_all=True),
+                       viewer(request), rates(request))
+    return await listing(request, await _with_others(request, "/api/connections", rows))
+
+
+# What only the node holding a client knows of it (the peer, the client properties, the
+# bytes, a channel's message_stats) is asked of the other members: for a listing
+# ``?raftmq_own=true`` lists a node's own clients only, and the others' rows replace the
+# skeletons the replicated state gives here; one connection or channel is the answer of
+# the node holding it. A member that does not answer within OTHERS_TIMEOUT_S
+# leaves its clients' rows as the state has them.
+OWN_FLAG = "raftmq_own"
+OTHERS_TIMEOUT_S = 2.0
+
+
+async def _with_others(request: web.Request, path: str,
+                       rows: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """``rows`` with each other member's own clients' rows (as it shows them) in place of
+    the state's; only this node's own rows with ``?raftmq_own=true``."""
+    here = node_of(request)
+    if flag(request, OWN_FLAG):
+        return (row for row in rows if row.get("node") == here.node_id)
+    st = state(request)
+    asked = [info.http_address for nid, info in list(st.nodes.items())
+             if nid != here.node_id and info.http_address and not info.down
+             and any(key[0] == nid for key in st.conns)]
+    if not asked:
+        return rows
+
+    async def own_rows(address: str) -> list[Any]:
+        try:
+            answer = await forward(request, address, path, method="GET",
+                                   params={OWN_FLAG: "true"}, timeout=OTHERS_TIMEOUT_S)
+            found = answer.json() if answer.status == 200 else []
+        except (Unreachable, ValueError):
+            return []
+        return found if isinstance(found, list) else []
+
+    theirs = {row["name"]: row for found in await asyncio.gather(*map(own_rows, asked))
+              for row in found if isinstance(row, dict) and isinstance(row.get("name"), str)}
+    return (theirs.get(row["name"], row) for row in rows)
 
 
 def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
@@ -763,6 +810,11 @@ def _connection_key(request: web.Request, name: str | None = None) -> C.ConnKey:
 async def get_connection(request: web.Request) -> web.Response:
     key = _connection_key(request)
     node = node_of(request)
+    if key[0] != node.node_id:
+        try:
+            return await forward_to(request, key[0])
+        except Refusal:
+            pass  # (its node does not answer: what the state knows)
     return web.json_response(connection_json(node, key, state(request).conns[key],
                                              rates(request)))
 
