@@ -151,6 +151,17 @@ def definition(value: Any) -> Definition:
                       prefetch, ack_mode, float(delay), delete_after, flags[0], flags[1])
 
 
+def redact(uri: str) -> str:
+    """``uri`` without its password (statuses, logs, x-shovelled headers), as RabbitMQ shows
+    a shovel's URIs."""
+    scheme, sep, rest = uri.partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return uri
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{host}{rest[end:]}"
+
+
 def valid_name(name: Any) -> bool:
     return isinstance(name, str) and 0 < len(name.encode()) <= MAX_NAME_BYTES
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from cluster import commands as C
 from cluster.machine import access as machine_access
-from cluster.machine.shovels import COMPONENT, Shovel, definition, valid_name
+from cluster.machine.shovels import COMPONENT, Shovel, definition, redact, valid_name
 from node.mgmt.framework import (
     bad_request,
     body,
@@ -31,7 +31,6 @@ from node.mgmt.framework import (
     unavailable,
 )
 from node.mgmt.input import InputError
-from node.shovel.runner import redact
 
 routes = web.RouteTableDef()
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from cluster import commands as C
-from cluster.machine.shovels import Definition, Shovel, definition
+from cluster.machine.shovels import Definition, Shovel, definition, redact
 
 if TYPE_CHECKING:
     import aiormq
@@ -79,16 +79,6 @@ def local_uri(uri: str, cfg: Config) -> str:
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}:{cfg.amqp_port}"
     vhost = parts.path or "/%2F"  # amqp:// is the default vhost "/"
     return urlunsplit(("amqp", netloc, vhost, parts.query, ""))
-
-
-def redact(uri: str) -> str:
-    """A URI without its password, for statuses and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def _reason(exc: BaseException, secrets: tuple[str, ...]) -> str:

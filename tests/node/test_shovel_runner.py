@@ -12,9 +12,9 @@ import pytest
 
 from cluster import commands as C
 from cluster.machine import apply, new_state
-from cluster.machine.shovels import Shovel
+from cluster.machine.shovels import Shovel, redact
 from node.config import Config
-from node.shovel.runner import REPORT_S, Shovels, Worker, local_uri, redact
+from node.shovel.runner import REPORT_S, Shovels, Worker, local_uri
 
 pytestmark = [pytest.mark.timeout(30)]
 
