@@ -98,15 +98,6 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
     msg_ttl = message_ttl(props) if props and props[0] & 1 else None
     if dd is not None and dedup.duplicate(state, dd, props):
         targets = []  # a duplicate: routed nowhere (confirmed, returned if mandatory)
-    key = None
-    for q in targets:
-        if q.dedup_ids is not None and state.level >= dedup.DEDUP_LEVEL:
-            # a deduplication queue: not enqueued where its value already is (dedup.py)
-            targets, key = dedup.for_queues(targets, props)
-            if not targets:
-                _duplicate(state, ch, cmd, out)
-                return
-            break
     if not targets and not name and state.level >= 4 and \
             cmd.routing_key.startswith(reply_to.TOKEN_PREFIX):
         reply_to.publish(state, ch, cmd, out)  # a direct reply-to reply: no queue
@@ -121,10 +112,14 @@ def publish(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> Non
         state.next_msg_id = msg_id + 1
         size = len(cmd.body)
         for q in targets:
+            if q.dedup_ids is not None and state.level >= dedup.DEDUP_LEVEL and \
+                    dedup.enter(q, props, msg_id):
+                # a deduplication queue holding its value: not enqueued (still routed, so
+                # confirmed and never returned); its reference let go
+                state.writes.append(msg_id)
+                continue
             if q.dlx is not None or q.delivery_limit is not None:
                 messages.hold(state, msg_id, name, cmd.routing_key, props, size)
-            if key is not None and q.dedup_ids is not None:
-                dedup.remember(q, key, msg_id)
             if not add_message(state, q, msg_id, size, props, msg_ttl, out):
                 refused = True
     if not targets:
@@ -144,15 +139,6 @@ def _held(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> None:
     if cmd.mandatory:
         out.append(Return(ch.key, 312, "NO_ROUTE", cmd.exchange, cmd.routing_key,
                           cmd.properties, cmd.body))
-    if cmd.confirm_seq:
-        state.n_confirmed += 1
-        out.append(Confirm(ch.key, cmd.confirm_seq, True))
-
-
-def _duplicate(state: State, ch: Channel, cmd: C.Publish, out: list[Effect]) -> None:
-    """Every queue the message reached holds one with its deduplication value: it is
-    dropped, and confirmed (routed, so never returned)."""
-    state.n_published += 1
     if cmd.confirm_seq:
         state.n_confirmed += 1
         out.append(Confirm(ch.key, cmd.confirm_seq, True))

@@ -129,6 +129,18 @@ def for_queues(targets: list[Any], props: bytes) -> tuple[list[Any], bytes | Non
     return [q for q in targets if q.dedup_keys is None or key not in q.dedup_keys], key
 
 
+def enter(q: Any, props: bytes, msg_id: int) -> bool:
+    """A message published to ``q``, a deduplication queue: True if the queue holds its
+    value (a duplicate: not enqueued); else its value, if any, is remembered."""
+    key, _ttl = _headers(props)
+    if key is None:
+        return False
+    if key in q.dedup_keys:
+        return True
+    remember(q, key, msg_id)
+    return False
+
+
 def remember(q: Any, key: bytes, msg_id: int) -> None:
     """``msg_id`` enters ``q``, a deduplication queue, with value ``key``."""
     q.dedup_ids[msg_id] = key
