@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -107,3 +109,22 @@ def test_bad_options_stop_start_up_naming_them(ca: TestCA, env: dict[str, str],
                for k, v in env.items()}
     with pytest.raises(config.ConfigError, match=says):
         config.load(None, environ)
+
+
+def test_rabbitmqadmin_over_https(https_node: RaftMQNode, ca: TestCA) -> None:
+    """RabbitMQ's own rabbitmqadmin (Debian's, unmodified) with --ssl and the CA."""
+    exe = shutil.which("rabbitmqadmin")
+    if exe is None:
+        pytest.skip("rabbitmqadmin is not installed")
+    port = https_node.extra_env["RAFTMQ_MANAGEMENT_TLS_PORT"]
+
+    def adm(*args: str) -> str:
+        res = subprocess.run([exe, "-H", "localhost", "-P", port, "-s",
+                              f"--ssl-ca-cert-file={ca.ca_path}", "-u", "guest", "-p", "guest",
+                              *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    assert "queue declared" in adm("declare", "queue", "name=over-https")
+    assert "over-https" in adm("list", "queues", "name")
+    adm("delete", "queue", "name=over-https")
