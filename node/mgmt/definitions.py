@@ -28,9 +28,10 @@ compares every kind both ways): non-exclusive queues and exchanges, transient on
 and bindings naming a standard exchange (amq.direct...), which an import takes as existing
 in every vhost, a new one too. What RaftMQ cannot keep is refused, the whole file, naming
 it, rather than dropped: global parameters other than RabbitMQ's identity, runtime
-parameters other than vhost-limits (federation upstreams, shovels...), and a vhost's
+parameters other than vhost-limits and shovel (federation upstreams...), and a vhost's
 ``default_queue_type`` other than classic (a 3.11 export's). Policies are exported and
-imported as RabbitMQ's (node/mgmt/policies.py's JSON, checked as PUT /api/policies).
+imported as RabbitMQ's (node/mgmt/policies.py's JSON, checked as PUT /api/policies), and so
+are shovels (checked as PUT /api/parameters/shovel, set after their vhost's queues).
 """
 
 from __future__ import annotations
@@ -392,7 +393,8 @@ async def plan(defs: dict[str, Any], st: Any) -> Plan:
             shovels.append((prs.label, _shovel(prs, pr, vhosts, st)))
             continue
         if pr.get("component") != VHOST_LIMITS_COMPONENT:
-            raise prs.refuse(f"parameters other than {VHOST_LIMITS_COMPONENT} are not "
+            raise prs.refuse(f"parameters other than {VHOST_LIMITS_COMPONENT} and "
+                             f"{SHOVEL_COMPONENT} are not "
                              "supported by RaftMQ yet; remove them from the file to import "
                              "the rest")
         vhost = prs.text(pr, "vhost", "/")
