@@ -20,7 +20,11 @@ Recomputed for every queue and exchange of the vhost when a policy is set or cle
 for a queue or exchange when it is declared. A live change acts as RabbitMQ's classic
 queues do: a lower max-length drops (dead-letters, ``maxlen``) the excess at once; a new
 message-ttl applies to messages arriving from then on (those already there keep the
-expiry they entered with: checked against RabbitMQ 3.10); expires restarts its timer.
+expiry they entered with: checked against RabbitMQ 3.10); expires restarts its timer. The machine
+keeps the headers it needs to republish a message only while the message sits in a queue
+with a dead-letter exchange (messages.py): a message that came before a policy gave its
+queue one is dropped, not dead-lettered, if it dies there (unless another such queue holds
+it too); RabbitMQ would dead-letter it.
 
 Patterns are RE2 (linear time in the name, whatever a tenant writes: a policymaker is a
 tenant, and matching runs in the machine, on every member, for every declare). A pattern
@@ -34,10 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import re2
 
+from cluster.machine import messages
 from cluster.machine.features import enforce_max_length, expire_head, schedule, touch
 from cluster.machine.names import name_problem
 from cluster.machine.qargs import configure
-from cluster.machine.state import Exchange, Policy, Queue, State, VHost
+from cluster.machine.state import Exchange, Policy, Queue, State, VHost, entry_id
 
 if TYPE_CHECKING:
     from cluster import commands as C
@@ -299,15 +304,41 @@ def apply_queue(state: State, vh: VHost, q: Queue) -> None:
     q.operator_policy = op.name if op is not None else None
     args = queue_arguments(q, effective_definition(vh, q.policy, q.operator_policy))
     had_expires = q.expires
+    held = messages.holds(q)
     q.dlx = q.dlrk = None
     q.overflow = "drop-head"
     configure(q, args)
+    if messages.holds(q) != held:
+        _rehold(state, q, not held)
     if q.expires is not None and q.expires != had_expires:
         touch(state, q)  # a new expiry counts from now, as RabbitMQ's new timer does
     if q.slow:
         enforce_max_length(state, q)  # a lower limit drops the excess at once
         expire_head(state, q)
         schedule(state, q)
+
+
+def _rehold(state: State, q: Queue, holds: bool) -> None:
+    """``q`` starts (``holds``) or stops keeping the headers of its messages (a policy gave
+    it, or took away, a dead-letter exchange or a delivery limit): count it as a holder of
+    every message it has (ready or unacked) whose header another queue keeps, or no more.
+    A message whose header nobody kept (it came before) stays without one: dropped, not
+    dead-lettered, if it dies here (messages.header)."""
+    ids = [entry_id(m) for m in q.ready] + [m.id for _key, m in q.returned]
+    if q.unacked:
+        ids.extend(entry_id(m) for ch in state.channels.values()
+                   for uq, m, _c in ch.unacked.values() if uq is q)
+    headers = state.headers
+    for i in ids:
+        h = headers.get(i)
+        if h is None:
+            continue
+        if holds:
+            h[4] += 1
+        elif h[4] == 1:
+            del headers[i]
+        else:
+            h[4] -= 1
 
 
 def apply_exchange(vh: VHost, ex: Exchange) -> None:

@@ -215,6 +215,14 @@ def test_old_vhost_and_queue_pickles_load_without_policies() -> None:
 _QUEUES = ["q0", "q1", "dlq"]
 _cmds = st.one_of(
     st.builds(lambda q, b: enq(CH, q, b), st.sampled_from(_QUEUES), st.binary(max_size=3)),
+    st.builds(lambda b: C.Publish(CH, "fan", "", False, b"\x00\x00", b, 0),
+              st.binary(max_size=3)),
+    st.builds(lambda q: C.QueueBind(CH, q, "fan", "", False, {}), st.sampled_from(_QUEUES)),
+    st.builds(lambda q: q_declare(CH, q, arguments={"x-dead-letter-exchange": "",
+                                                    "x-dead-letter-routing-key": "dlq"}),
+              st.sampled_from(_QUEUES)),
+    st.builds(lambda q: C.Get(CH, q, False), st.sampled_from(_QUEUES)),
+    st.builds(lambda t, rq: C.Nack(CH, t, False, rq), st.integers(1, 20), st.booleans()),
     st.builds(lambda q: q_declare(CH, q), st.sampled_from(_QUEUES)),
     st.builds(lambda q: C.Get(CH, q, True), st.sampled_from(_QUEUES)),
     st.builds(lambda q: C.QueueDelete(CH, q, False, False, False), st.sampled_from(_QUEUES)),
@@ -228,14 +236,36 @@ _cmds = st.one_of(
     st.builds(lambda n, op: C.ClearPolicy("/", n, op), st.sampled_from(["p1", "p2"]),
               st.booleans()),
     st.just(C.Tick()),
+    st.just(C.ChannelOpen(CH)),  # again after a channel error (ignored while open)
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _headers_counted(state: Any) -> None:
+    """Every header the machine keeps counts exactly the queues (and their unacked
+    deliveries) that keep it (messages.rebuild_headers' count)."""
+    from cluster.machine import messages
+    from cluster.machine.state import entry_id
+
+    held: dict[int, int] = {}
+    for q in state.queues.values():
+        if messages.holds(q) and not q.deleted:
+            for i in [entry_id(m) for m in q.ready] + [m.id for _k, m in q.returned]:
+                held[i] = held.get(i, 0) + 1
+    for ch in state.channels.values():
+        for q, m, _c in ch.unacked.values():
+            if messages.holds(q):
+                held[entry_id(m)] = held.get(entry_id(m), 0) + 1
+    for i, h in state.headers.items():
+        assert h[4] == held.get(i), (i, h, held.get(i))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(_cmds, st.integers(0, 40)), max_size=40), st.integers(0, 40))
 def test_replicas_equal_with_policies_interleaved(steps: list[tuple[C.Command, int]],
                                                   cut: int) -> None:
     a, b = machine(), machine()
+    for m in (a, b):
+        m.run(x_declare(CH, "fan", "fanout"))
     now = 0
     for i, (cmd, dt) in enumerate(steps):
         now += dt
@@ -244,6 +274,7 @@ def test_replicas_equal_with_policies_interleaved(steps: list[tuple[C.Command, i
         ea, eb = a.at(now, cmd), b.at(now, cmd)
         assert [type(e) for e in ea] == [type(e) for e in eb]
         assert not [e for e in ea if isinstance(e, E.Fault)], ea
+        _headers_counted(a.state)
     assert a.state == b.state
     assert pickle.loads(pickle.dumps(a.state)) == a.state
     vh = a.state.vhosts["/"]
@@ -252,3 +283,30 @@ def test_replicas_equal_with_policies_interleaved(steps: list[tuple[C.Command, i
         assert q.policy == (p.name if p else None)
         if q.max_length is not None:
             assert q.ready_count() <= q.max_length
+
+
+def test_headers_follow_a_policy_given_or_taken_dlx() -> None:
+    """A message held by two queues, one with a dead-letter exchange of its own: a policy
+    gives the other one a dead-letter exchange, then the message dies in both, and both
+    copies are dead-lettered; a policy taking a dead-letter exchange away lets go of the
+    headers it kept."""
+    m = machine()
+    m.run(x_declare(CH, "fan", "fanout"), q_declare(CH, "dlq"),
+          q_declare(CH, "q1", arguments={"x-dead-letter-exchange": "",
+                                         "x-dead-letter-routing-key": "dlq"}),
+          q_declare(CH, "q2"),
+          C.QueueBind(CH, "q1", "fan", "", False, {}), C.QueueBind(CH, "q2", "fan", "", False, {}),
+          C.Publish(CH, "fan", "", False, b"\x00\x00", b"both", 0))
+    m.run(setp("dl", "^q2$", {"dead-letter-exchange": "", "dead-letter-routing-key": "dlq",
+                              "max-length": 0}))
+    assert queue(m, "q2").ready_count() == 0 and queue(m, "dlq").ready_count() == 1
+    out = m.run(C.Get(CH, "q1", False))
+    tag = next(e for e in out if isinstance(e, E.GetOk)).delivery_tag
+    m.run(C.Nack(CH, tag, False, False, True))
+    assert queue(m, "dlq").ready_count() == 2
+    assert not m.state.headers
+    m.run(q_declare(CH, "q3"), setp("dl3", "^q3$", {"dead-letter-exchange": "x"}),
+          enq(CH, "q3", b"held"))
+    assert len(m.state.headers) == 1
+    m.run(C.ClearPolicy("/", "dl3"))
+    assert not m.state.headers
