@@ -28,6 +28,7 @@ from node.mgmt.framework import (
     not_found,
     state,
     submit,
+    unauthorised,
     unavailable,
 )
 from node.mgmt.input import InputError
@@ -87,6 +88,14 @@ def _one(request: web.Request) -> Shovel:
     if sh is None or vhost not in state(request).vhosts or not _visible(request, vhost):
         raise not_found()
     return sh
+
+
+def _may_change(request: web.Request, vhost: str) -> None:
+    """A policymaker changes the shovels of the vhosts it may use only (an administrator:
+    every vhost's), as RabbitMQ's runtime parameters."""
+    if not has(request["tags"], "administrator") and \
+            not machine_access.vhost_access(state(request), request["user"], vhost):
+        raise unauthorised("Access refused.")
 
 
 def _level(request: web.Request) -> None:
@@ -151,6 +160,7 @@ async def put_parameter(request: web.Request) -> web.Response:
     st = state(request)
     if vhost not in st.vhosts:
         raise not_found()
+    _may_change(request, vhost)
     doc = await body(request)
     if "value" not in doc:
         raise bad_request("the body must hold the shovel's definition as \"value\"")
@@ -168,6 +178,7 @@ async def put_parameter(request: web.Request) -> web.Response:
 @needs("policymaker")
 async def delete_parameter(request: web.Request) -> web.Response:
     sh = _one(request)
+    _may_change(request, sh.vhost)
     await submit(request, C.ShovelClear(sh.vhost, sh.name))
     return no_content()
 
@@ -198,5 +209,6 @@ async def get_status(request: web.Request) -> web.Response:
 @needs("policymaker")
 async def restart(request: web.Request) -> web.Response:
     sh = _one(request)
+    _may_change(request, sh.vhost)
     await submit(request, C.ShovelStatus(sh.vhost, sh.name, "", "restart"))
     return no_content()

@@ -368,3 +368,27 @@ def test_migrate_a_live_workload(broker: Any, api: Api, rabbit: Any) -> None:
         api("DELETE", "/api/parameters/shovel/%2F/orders-from-rabbitmq")
         api("DELETE", "/api/queues/%2F/orders")
         api("DELETE", "/api/exchanges/%2F/shop")
+
+
+def test_who_may_change_shovels(api: Api) -> None:
+    """RabbitMQ's rights on runtime parameters: a policymaker in the vhosts it may use, an
+    administrator anywhere; management users see the shovels of their vhosts only."""
+    value = {"src-uri": "amqp://u:p@127.0.0.1:1/", "src-queue": "q", "dest-uri": "amqp://",
+             "dest-queue": "d", "reconnect-delay": 30}
+    for user, tags in (("shovel-pm", "policymaker"), ("shovel-mg", "management")):
+        api.ok("PUT", f"/api/users/{user}", {"password": "pw", "tags": tags})
+    try:
+        pm, mg = api.as_("shovel-pm", "pw"), api.as_("shovel-mg", "pw")
+        assert pm("PUT", "/api/parameters/shovel/%2F/p", {"value": value})[0] == 401
+        assert mg("PUT", "/api/parameters/shovel/%2F/p", {"value": value})[0] == 401
+        api.ok("PUT", "/api/permissions/%2F/shovel-pm",
+               {"configure": ".*", "write": ".*", "read": ".*"})
+        assert pm("PUT", "/api/parameters/shovel/%2F/p", {"value": value})[0] == 201
+        assert mg("GET", "/api/shovels") == (200, [])  # no access to "/"
+        assert [s["name"] for s in pm.ok("GET", "/api/shovels")] == ["p"]
+        assert mg("DELETE", "/api/parameters/shovel/%2F/p")[0] == 401
+        assert pm("DELETE", "/api/parameters/shovel/%2F/p")[0] == 204
+    finally:
+        api("DELETE", "/api/parameters/shovel/%2F/p")
+        for user in ("shovel-pm", "shovel-mg"):
+            api("DELETE", f"/api/users/{user}")
