@@ -192,3 +192,41 @@ def test_below_level_4_returns_are_not_limited(lim: Machine) -> None:
         assert isinstance(e, GetOk) and headers(lim, e) is None
         lim.run(nack(CH, e.delivery_tag))
     assert isinstance(get(lim, "dlq"), GetEmpty)
+
+
+def setp(definition: dict[str, Any]) -> C.SetPolicy:
+    return C.SetPolicy("/", "p", "^q$", "queues", 0, definition, False)
+
+
+def test_policy_delivery_limit_and_the_lower_wins(dlx: Machine) -> None:
+    m = dlx
+    m.run(q_declare(CH, "q", arguments={"x-delivery-limit": 5, "x-dead-letter-exchange": "dlx"}),
+          setp({"delivery-limit": 0}))
+    assert m.state.vhosts["/"].queues["q"].delivery_limit == 0
+    m.run(enq(CH, "q", b"a"))
+    e = get(m)
+    assert isinstance(e, GetOk)
+    m.run(nack(CH, e.delivery_tag))
+    assert isinstance(get(m), GetEmpty)
+    dead = get(m, "dlq")
+    assert isinstance(dead, GetOk)
+    (death,) = (headers(m, dead) or {})["x-death"]
+    assert death["reason"] == "delivery_limit"
+    m.run(C.ClearPolicy("/", "p", False))
+    assert m.state.vhosts["/"].queues["q"].delivery_limit == 5
+
+
+def test_a_limit_by_policy_counts_messages_already_queued(m: Machine) -> None:
+    """A message queued before a policy gave its queue a limit: the machine kept no copy
+    of its properties, so it is counted and limited but shown no x-delivery-count."""
+    m.run(q_declare(CH, "q"), enq(CH, "q", b"a"), setp({"delivery-limit": 1}))
+    counts = []
+    for _ in range(3):
+        e = get(m)
+        if not isinstance(e, GetOk):
+            break
+        counts.append((headers(m, e) or {}).get("x-delivery-count"))
+        m.run(nack(CH, e.delivery_tag))
+    assert counts == [None, None]
+    held, live = helpers.held_references(m.state)
+    assert held == live and not live
