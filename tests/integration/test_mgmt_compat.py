@@ -17,10 +17,12 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from pamqp import commands
 
 from harness.ports import free_port
 from harness.raftmq import RaftMQNode
 from tests.harness.api import Api, q
+from tests.integration.rawclient import PROTOCOL_HEADER, ConnectionClosedError, RawClient
 
 pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(180)]
 
@@ -161,6 +163,38 @@ def test_an_empty_password_or_user_name_is_refused_alike(brokers: tuple[Any, Any
     assert answers[0][0].startswith("ACCESS_REFUSED - Login was refused using authentication "
                                     "mechanism PLAIN")
     assert answers[0][1] == (401, {"error": "not_authorized", "reason": "Login failed"})
+
+
+def _refusal(port: int, capability: bool) -> str:
+    """What a raw client sees after a start-ok with an empty password: the connection.close
+    it gets, or "closed" (the socket closed, nothing sent)."""
+    props: dict[str, Any] = {"product": "raw"}
+    if capability:
+        props["capabilities"] = {"authentication_failure_close": True}
+    with RawClient("127.0.0.1", port, timeout=8) as c:
+        c.send(PROTOCOL_HEADER)
+        _, start = c.recv_method()
+        assert isinstance(start, commands.Connection.Start)
+        c.send_frame(0, commands.Connection.StartOk(client_properties=props, mechanism="PLAIN",
+                                                    response="\0guest\0", locale="en_US"))
+        try:
+            _, m = c.recv_method()
+        except ConnectionClosedError:
+            return "closed"
+        assert isinstance(m, commands.Connection.Close)
+        return f"{m.reply_code} {m.reply_text}"
+
+
+@pytest.mark.parametrize("capability", [True, False])
+def test_the_refusal_is_said_only_to_a_client_announcing_the_capability(
+        brokers: tuple[Any, Any], capability: bool) -> None:
+    """RabbitMQ sends connection.close 403 to a client that announced
+    authentication_failure_close, and closes any other's socket saying nothing."""
+    ours, theirs = (_refusal(b.amqp_port, capability) for b in brokers)
+    assert ours == theirs
+    assert ours.startswith("403 ACCESS_REFUSED - Login was refused") if capability else \
+        ours == "closed"
+
 
 
 def _flat(d: Any, pre: str = "") -> set[str]:
