@@ -50,6 +50,10 @@ if TYPE_CHECKING:
 
 APPLY_TO = ("queues", "exchanges", "all")
 MAX_PATTERN_BYTES = 4096
+# Each policy is searched in the name of every queue declared in its vhost, in the machine
+# that every tenant shares: the API bounds how many a vhost has (RabbitMQ has no bound; a
+# vhost rarely needs more than a few).
+MAX_PER_VHOST = 200
 
 # --- validation (rabbit_policies / rabbit_mirror_queue_misc / rabbit_queue_location, 3.10) ---
 
@@ -359,12 +363,27 @@ def declared(state: State, vh: VHost, q: Queue | None = None,
         apply_exchange(vh, ex)
 
 
-def _reapply(state: State, vh: VHost) -> None:
+def _applies(p: Policy, kind: str, name: str) -> bool:
+    return (p.apply_to == "all" or p.apply_to == kind) and _search(p.pattern, name)
+
+
+def _reapply(state: State, vh: VHost, name: str, operator: bool,
+             changed: Policy | None) -> None:
+    """The policy ``name`` changed (``changed``: as it is now; None: cleared): recompute the
+    queues and exchanges it applied to or may apply to now. No other's can change, so a
+    change costs one search of its pattern per name, not one per policy."""
     for q in list(vh.queues.values()):
-        if not q.deleted:
+        if q.deleted:
+            continue
+        if (q.operator_policy if operator else q.policy) == name or (
+                changed is not None and _applies(changed, "queues", q.name)):
             apply_queue(state, vh, q)
+    if operator:
+        return  # (operator policies have no exchange keys)
     for ex in vh.exchanges.values():
-        apply_exchange(vh, ex)
+        if ex.policy == name or (changed is not None and _applies(changed, "exchanges",
+                                                                  ex.name)):
+            apply_exchange(vh, ex)
 
 
 def set_policy(state: State, cmd: C.SetPolicy, out: list[Effect]) -> None:
@@ -373,9 +392,9 @@ def set_policy(state: State, cmd: C.SetPolicy, out: list[Effect]) -> None:
             cmd.pattern, cmd.apply_to, cmd.priority, cmd.definition, cmd.operator) is not None:
         return  # the edge refuses these: a bug there or another release's proposer
     table = vh.operator_policies if cmd.operator else vh.policies
-    table[cmd.name] = Policy(cmd.name, cmd.pattern, cmd.apply_to, cmd.priority,
-                             dict(cmd.definition))
-    _reapply(state, vh)
+    p = table[cmd.name] = Policy(cmd.name, cmd.pattern, cmd.apply_to, cmd.priority,
+                                 dict(cmd.definition))
+    _reapply(state, vh, cmd.name, cmd.operator, p)
 
 
 def clear_policy(state: State, cmd: C.ClearPolicy, out: list[Effect]) -> None:
@@ -384,4 +403,4 @@ def clear_policy(state: State, cmd: C.ClearPolicy, out: list[Effect]) -> None:
         return
     table = vh.operator_policies if cmd.operator else vh.policies
     if table.pop(cmd.name, None) is not None:
-        _reapply(state, vh)
+        _reapply(state, vh, cmd.name, cmd.operator, None)

@@ -417,10 +417,17 @@ async def _policies(defs: dict[str, Any], st: Any, vhosts: set[str], out: Plan) 
     priority}), checked as PUT /api/policies checks one; applied before the queues and
     exchanges they apply to, as RabbitMQ's import orders them."""
     pols = _Items(defs, "policies")
+    names: dict[str, set[str]] = {}  # per vhost, the policies it will have
     async for p in pols.each():
         vhost, name = pols.text(p, "vhost", "/"), pols.name(p)
         if vhost not in vhosts:
             raise pols.refuse(f"vhost {vhost[:60]!r} does not exist (and is not in the file)")
+        have = names.setdefault(vhost, set(st.vhosts[vhost].policies)
+                                if vhost in st.vhosts else set())
+        have.add(name)
+        if len(have) > P.MAX_PER_VHOST:
+            raise pols.refuse(f"vhost {vhost[:60]!r} would have more than "
+                              f"{P.MAX_PER_VHOST} policies")
         apply_to = p.get("apply-to")
         priority = p.get("priority")
         definition = p.get("definition")

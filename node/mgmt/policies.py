@@ -39,7 +39,7 @@ from node.mgmt.input import check_name
 
 routes = web.RouteTableDef()
 
-MAX_POLICIES_PER_VHOST = 1000  # each one is matched against every queue declared there
+
 
 
 def policies(st: State, operator: bool, vhost: str | None = None,
@@ -162,8 +162,8 @@ async def _put(request: web.Request) -> web.Response:
     if reason is not None:
         raise _refused(operator, reason)
     table = vh.operator_policies if operator else vh.policies
-    if existing is None and len(table) >= MAX_POLICIES_PER_VHOST:
-        raise bad_request(f"vhost '{vh.name}' has {MAX_POLICIES_PER_VHOST} policies already")
+    if existing is None and len(table) >= P.MAX_PER_VHOST:
+        raise bad_request(f"vhost '{vh.name}' has {P.MAX_PER_VHOST} policies already")
     if state(request).level < C.SetPolicy.SINCE:
         raise Refusal(error(503, "unavailable", "policies need every cluster member at "
                                                 "release level 4 (raftmq cluster status)"))

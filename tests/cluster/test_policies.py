@@ -280,7 +280,8 @@ def test_replicas_equal_with_policies_interleaved(steps: list[tuple[C.Command, i
     vh = a.state.vhosts["/"]
     for q in vh.queues.values():  # every queue carries what matching says now
         p = P.match(vh.policies, "queues", q.name)
-        assert q.policy == (p.name if p else None)
+        op = P.match(vh.operator_policies, "queues", q.name)
+        assert (q.policy, q.operator_policy) == (p.name if p else None, op.name if op else None)
         if q.max_length is not None:
             assert q.ready_count() <= q.max_length
 
