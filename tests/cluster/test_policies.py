@@ -311,3 +311,13 @@ def test_headers_follow_a_policy_given_or_taken_dlx() -> None:
     assert len(m.state.headers) == 1
     m.run(C.ClearPolicy("/", "dl3"))
     assert not m.state.headers
+
+
+def test_delivery_limit_by_policy_the_lower_wins() -> None:
+    m = machine()
+    m.run(setp("dl", "^q", {"delivery-limit": 2}), q_declare(CH, "q1"),
+          q_declare(CH, "q2", arguments={"x-delivery-limit": 5}),
+          q_declare(CH, "q3", arguments={"x-delivery-limit": 1}))
+    assert [queue(m, n).delivery_limit for n in ("q1", "q2", "q3")] == [2, 2, 1]
+    m.run(C.ClearPolicy("/", "dl"))
+    assert [queue(m, n).delivery_limit for n in ("q1", "q2", "q3")] == [None, 5, 1]
