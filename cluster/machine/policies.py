@@ -307,13 +307,18 @@ def apply_queue(state: State, vh: VHost, q: Queue) -> None:
     q.policy = p.name if p is not None else None
     q.operator_policy = op.name if op is not None else None
     args = queue_arguments(q, effective_definition(vh, q.policy, q.operator_policy))
-    had_expires = q.expires
+    had_expires, had_bytes_limit = q.expires, q.max_length_bytes
     held = messages.holds(q)
     q.dlx = q.dlrk = None
     q.overflow = "drop-head"
     configure(q, args)
     if messages.holds(q) != held:
         _rehold(state, q, not held)
+    if q.max_length_bytes is not None and had_bytes_limit is None:
+        # ready_bytes is kept only while there is a limit: count what is there now (the
+        # messages of a queue that was plain count 0: their sizes were not kept)
+        q.ready_bytes = sum(m.size for m in q.ready if type(m) is not int) + sum(
+            m.size for _key, m in q.returned)
     if q.expires is not None and q.expires != had_expires:
         touch(state, q)  # a new expiry counts from now, as RabbitMQ's new timer does
     if q.slow:

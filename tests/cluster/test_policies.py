@@ -226,13 +226,14 @@ _cmds = st.one_of(
     st.builds(lambda q: q_declare(CH, q), st.sampled_from(_QUEUES)),
     st.builds(lambda q: C.Get(CH, q, True), st.sampled_from(_QUEUES)),
     st.builds(lambda q: C.QueueDelete(CH, q, False, False, False), st.sampled_from(_QUEUES)),
-    st.builds(lambda n, pat, ml, ttl, prio, op: setp(
-        n, pat, {k: v for k, v in (("max-length", ml), ("message-ttl", ttl)) if v is not None}
+    st.builds(lambda n, pat, ml, ttl, prio, op, mb: setp(
+        n, pat, {k: v for k, v in (("max-length", ml), ("message-ttl", ttl),
+                                   ("max-length-bytes", mb)) if v is not None}
         | ({} if op else {"dead-letter-exchange": "", "dead-letter-routing-key": "dlq"}),
         priority=prio, operator=op),
         st.sampled_from(["p1", "p2"]), st.sampled_from(["^q", "q1", ".*", "dl"]),
         st.one_of(st.none(), st.integers(0, 3)), st.integers(0, 50), st.integers(0, 2),
-        st.booleans()),
+        st.booleans(), st.one_of(st.none(), st.integers(0, 6))),
     st.builds(lambda n, op: C.ClearPolicy("/", n, op), st.sampled_from(["p1", "p2"]),
               st.booleans()),
     st.just(C.Tick()),
@@ -284,6 +285,9 @@ def test_replicas_equal_with_policies_interleaved(steps: list[tuple[C.Command, i
         assert (q.policy, q.operator_policy) == (p.name if p else None, op.name if op else None)
         if q.max_length is not None:
             assert q.ready_count() <= q.max_length
+        if q.max_length_bytes is not None:
+            assert q.ready_bytes == sum(m.size for m in q.ready if type(m) is not int) + sum(
+                m.size for _k, m in q.returned)
 
 
 def test_headers_follow_a_policy_given_or_taken_dlx() -> None:
@@ -321,3 +325,15 @@ def test_delivery_limit_by_policy_the_lower_wins() -> None:
     assert [queue(m, n).delivery_limit for n in ("q1", "q2", "q3")] == [2, 2, 1]
     m.run(C.ClearPolicy("/", "dl"))
     assert [queue(m, n).delivery_limit for n in ("q1", "q2", "q3")] == [None, 5, 1]
+
+
+def test_a_bytes_limit_by_policy_counts_what_is_there() -> None:
+    m = machine()
+    m.run(q_declare(CH, "q", arguments={"x-message-ttl": 60000}),
+          *(enq(CH, "q", b"x" * 10) for _ in range(3)))
+    m.run(setp("b", "^q$", {"max-length-bytes": 25}))
+    q = queue(m, "q")
+    assert (q.ready_count(), q.ready_bytes) == (2, 20)
+    m.run(C.Get(CH, "q", True), C.Get(CH, "q", True), C.ClearPolicy("/", "b"),
+          enq(CH, "q", b"y" * 10), setp("b", "^q$", {"max-length-bytes": 100}))
+    assert (q.ready_count(), q.ready_bytes) == (1, 10)
