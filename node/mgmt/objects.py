@@ -130,7 +130,6 @@ async def overview(request: web.Request) -> web.Response:
     rates of what it may see only (its vhosts, its own connections)."""
     node = node_of(request)
     st: State = state(request)
-    cfg = node.cfg
     who = viewer(request)
     return web.json_response({
         "management_version": "3.10.8", "rabbitmq_version": "3.10.8",
@@ -142,11 +141,28 @@ async def overview(request: web.Request) -> web.Response:
             _seconds(request, "msg_rates_age"), _seconds(request, "msg_rates_incr") or 1.0,
             None if who.monitor else who.vhosts),
         "churn_rates": rates(request).churn_rates(local_churn(node)),
-        "listeners": [{"node": node.node_id, "protocol": "amqp", "ip_address": cfg.amqp_host,
-                       "port": cfg.amqp_port}],
-        "contexts": [{"node": node.node_id, "description": "RaftMQ Management",
-                      "path": "/", "port": str(cfg.management_port)}],
+        **_listeners(node),
     })
+
+
+def _listeners(node: Node) -> dict[str, Any]:
+    """The overview's listeners and contexts (RabbitMQ's protocol names: amqp, amqp/ssl,
+    http, https; a context per management port, "ssl": "true" on the HTTPS one)."""
+    cfg = node.cfg
+    ports = [("amqp", cfg.amqp_host, cfg.amqp_port)]
+    if cfg.tls_cert and cfg.tls_port:
+        ports.append(("amqp/ssl", cfg.tls_host or cfg.amqp_host, cfg.tls_port))
+    if cfg.management_port:
+        ports.append(("http", cfg.management_host, cfg.management_port))
+    if cfg.management_tls_cert and cfg.management_tls_port:
+        ports.append(("https", cfg.management_host, cfg.management_tls_port))
+    contexts: list[dict[str, Any]] = [
+        {"node": node.node_id, "description": "RaftMQ Management", "path": "/",
+         "port": str(port), **({"ssl": "true"} if protocol == "https" else {})}
+        for protocol, _host, port in ports if protocol in ("http", "https")]
+    return {"listeners": [{"node": node.node_id, "protocol": protocol, "ip_address": host,
+                           "port": port} for protocol, host, port in ports if port],
+            "contexts": contexts}
 
 
 def local_churn(node: Node) -> tuple[int, ...]:

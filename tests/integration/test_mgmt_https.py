@@ -71,6 +71,16 @@ def test_the_api_answers_over_https_as_over_http(https_node: RaftMQNode, ca: Tes
     assert https(https_node, "/api/whoami", ctx, None)[0] == 401  # (basic auth still)
 
 
+def test_the_overview_lists_both_management_ports(https_node: RaftMQNode, ca: TestCA) -> None:
+    port = int(https_node.extra_env["RAFTMQ_MANAGEMENT_TLS_PORT"])
+    _, overview = https(https_node, "/api/overview", ca.client_context())
+    assert {(x["protocol"], x["port"]) for x in overview["listeners"]} == {
+        ("amqp", https_node.amqp_port), ("http", https_node.management_port),
+        ("https", port)}
+    assert [(c["port"], c.get("ssl")) for c in overview["contexts"]] == [
+        (str(https_node.management_port), None), (str(port), "true")]
+
+
 def test_a_client_certificate_is_verified_when_presented(https_node: RaftMQNode,
                                                          ca: TestCA) -> None:
     trusted = ca.issue("api-client")
