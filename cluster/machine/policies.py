@@ -42,7 +42,7 @@ from cluster.machine import messages
 from cluster.machine.features import enforce_max_length, expire_head, schedule, touch
 from cluster.machine.names import name_problem
 from cluster.machine.qargs import configure
-from cluster.machine.state import Exchange, Policy, Queue, State, VHost, entry_id
+from cluster.machine.state import Exchange, Msg, Policy, Queue, State, VHost, entry_id
 
 if TYPE_CHECKING:
     from cluster import commands as C
@@ -317,7 +317,7 @@ def apply_queue(state: State, vh: VHost, q: Queue) -> None:
     if q.max_length_bytes is not None and had_bytes_limit is None:
         # ready_bytes is kept only while there is a limit: count what is there now (the
         # messages of a queue that was plain count 0: their sizes were not kept)
-        q.ready_bytes = sum(m.size for m in q.ready if type(m) is not int) + sum(
+        q.ready_bytes = sum(m.size for m in q.ready if isinstance(m, Msg)) + sum(
             m.size for _key, m in q.returned)
     if q.expires is not None and q.expires != had_expires:
         touch(state, q)  # a new expiry counts from now, as RabbitMQ's new timer does

@@ -15,7 +15,7 @@ from cluster import commands as C
 from cluster import effects as E
 from cluster.machine import policies as P
 from cluster.machine import restore, snapshot
-from cluster.machine.state import VHost
+from cluster.machine.state import Msg, VHost
 from tests.cluster.helpers import (
     CH,
     Machine,
@@ -286,7 +286,7 @@ def test_replicas_equal_with_policies_interleaved(steps: list[tuple[C.Command, i
         if q.max_length is not None:
             assert q.ready_count() <= q.max_length
         if q.max_length_bytes is not None:
-            assert q.ready_bytes == sum(m.size for m in q.ready if type(m) is not int) + sum(
+            assert q.ready_bytes == sum(m.size for m in q.ready if isinstance(m, Msg)) + sum(
                 m.size for _k, m in q.returned)
 
 
