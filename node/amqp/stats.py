@@ -5,7 +5,7 @@ queue declarations (its overview's ``churn_rates.queue_declared``).
 
 Only the node a client is connected to sees its bytes and its channel's methods, so these
 are node-local, as the peer address and the client properties are (node/mgmt/objects.py
-``connection_json``). Plain counters, incremented on the hot path: no locks (one event
+``connection_json``; another node's listing asks this one for them). Plain counters, incremented on the hot path: no locks (one event
 loop), no allocation per count. Rates are sampled by node/mgmt/rates.py.
 """
 
