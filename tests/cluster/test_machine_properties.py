@@ -25,6 +25,10 @@ Delayed messages (level 4): ``dx`` is an x-delayed-message exchange (routing as 
 bound to ``q0``; a message published to it with an x-delay is held until due, then
 reaches ``q0`` if ``q0`` exists then (released by the Tick that catches up), else it is
 dropped; without one it reaches ``q0`` at once.
+
+Deduplication (level 4): ``ddx`` is an x-message-deduplication exchange (cache size 2,
+TTL 4 ms) bound to ``q0``; a model cache (oldest out when full, entries expiring at their
+TTL) says which publishes with an x-deduplication-header are duplicates: routed nowhere.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ CHANNELS = [("n1", 1, 1), ("n1", 1, 2), ("n2", 1, 1), ("n2", 1, 2)]
 CONNS = [("n1", 1), ("n2", 1)]
 FANOUT = "fan"
 DX = "dx"  # x-delayed-message, x-delayed-type fanout, bound to q0
+DDX, DD_SIZE, DD_TTL = "ddx", 2, 4  # x-message-deduplication, bound to q0
 QT_TTL, QT_MAX, MSG_TTL = 3, 3, 2
 ARGS: dict[str, dict[str, Any]] = {
     QT: {"x-message-ttl": QT_TTL, "x-max-length": QT_MAX, "x-dead-letter-exchange": DLX,
@@ -102,6 +107,7 @@ class MachineLog(RuleBasedStateMachine):
         self.returns: Counter[tuple[bytes, str]] = Counter()  # returns of each copy
         self.limit_dead: set[bytes] = set()  # bodies dead-lettered from ql (delivery_limit)
         self.pending: dict[bytes, int] = {}  # bodies held by dx -> due now_ms
+        self.dd_cache: dict[str, int] = {}  # ddx's values -> expiry now_ms, oldest first
         for node in ("n1", "n2"):
             self.send(node, C.NodeUp(node, 1))
         admin = CHANNELS[0]
@@ -111,6 +117,9 @@ class MachineLog(RuleBasedStateMachine):
                                               False, {}))
         self.send("n1", C.ExchangeDeclare(admin, DX, "x-delayed-message", False, True, False,
                                           False, False, {"x-delayed-type": "fanout"}))
+        self.send("n1", C.ExchangeDeclare(admin, DDX, "x-message-deduplication", False, True,
+                                          False, False, False,
+                                          {"x-cache-size": DD_SIZE, "x-cache-ttl": DD_TTL}))
         for q in QUEUES:
             self.declare(admin, q)
         for ch in CHANNELS[1:]:
@@ -180,6 +189,21 @@ class MachineLog(RuleBasedStateMachine):
         self.process(eff)
         if q == "q0":
             self.process(self.ch_cmd(ch, C.QueueBind(ch, q, DX, "", False, {})))
+            self.process(self.ch_cmd(ch, C.QueueBind(ch, q, DDX, "", False, {})))
+
+    def duplicate(self, key: str | None) -> bool:
+        """The model of ddx's cache: whether a value is a duplicate (else remembered)."""
+        if key is None:
+            return False
+        cache = self.dd_cache
+        if key in cache:
+            if cache[key] > self.clock:
+                return True
+            del cache[key]
+        while len(cache) >= DD_SIZE:
+            del cache[next(iter(cache))]
+        cache[key] = self.clock + DD_TTL
+        return False
 
     def count_return(self, body: bytes, q: str) -> None:
         """A copy went back to its queue: past the queue's delivery limit it is gone, to
@@ -346,7 +370,7 @@ class MachineLog(RuleBasedStateMachine):
 
     @rule(ch=channels,
           dest=st.sampled_from(["q0", "q0", "q1", QT, QT, DLQ, QL, QL, FANOUT, DX, DX,
-                                "nosuch"]),
+                                DDX, DDX, "nosuch"]),
           mandatory=st.booleans(), confirm=st.booleans(), n=st.integers(1, 4),
           expiring=st.booleans(), priority=st.sampled_from([None, 0, 1, 2, 5]),
           delay=st.sampled_from([None, 0, 1, 2, 5, 12]))
@@ -361,21 +385,29 @@ class MachineLog(RuleBasedStateMachine):
                 delay: int | None = None) -> None:
         self.body_n += 1
         body = b"m%d" % self.body_n
-        exchange, key = (target, "") if target in (FANOUT, DX) else ("", target)
+        exchange, key = (target, "") if target in (FANOUT, DX, DDX) else ("", target)
         self.pub_time[body] = self.clock
         # (ql's copies leave by their limit only; dx's are published without a TTL)
-        expiring = expiring and target not in (QL, DX)
+        expiring = expiring and target not in (QL, DX, DDX)
         if expiring:
             self.msg_ttl[body] = MSG_TTL
         props = message_props(expiring, priority)
         if target == DX:
             props = encode_properties(headers={} if delay is None else {"x-delay": delay})
+        # a value for ddx: the three in turn (a burst of four evicts and finds duplicates)
+        dd_key = None if priority is None else "abc"[(self.body_n + priority) % 3]
+        if target == DDX:
+            props = encode_properties(
+                headers={} if dd_key is None else {"x-deduplication-header": dd_key})
         if ch in self.open_chs:
             if target == DX:
                 held = delay is not None and delay > 0
                 if held:
                     self.pending[body] = self.clock + delay  # type: ignore[operator]
                 dests = ["q0"] if "q0" in self.model_queues and not held else []
+            elif target == DDX:
+                dup = self.duplicate(dd_key)  # (remembered whether or not q0 is bound)
+                dests = ["q0"] if "q0" in self.model_queues and not dup else []
             else:
                 dests = sorted(self.bound) if target == FANOUT else (
                     [target] if target in self.model_queues else [])
@@ -491,6 +523,15 @@ class MachineLog(RuleBasedStateMachine):
                 self.catch_up()
                 self.settle_rule(ch, C.Nack(ch, new[0], False, True, reject=how == "reject"),
                                  new[0], False, True)
+
+    @rule(ch=channels, keys=st.lists(st.sampled_from([None, 0, 1, 2]), min_size=1, max_size=6),
+          mandatory=st.booleans())
+    def dedup_burst(self, ch: C.ChKey, keys: list[int | None], mandatory: bool) -> None:
+        """Publishes to ddx in one step, with values drawn from three (or none)."""
+        self.catch_up()
+        for k in keys:  # (publish's value for ddx is "abc"[(body_n + priority) % 3])
+            self.publish(ch, DDX, mandatory, True, False,
+                         None if k is None else (k - self.body_n - 1) % 3)
 
     def predictable(self, q: str) -> bool:
         """Whether the model knows q's ready count exactly (nothing in it can expire,
