@@ -32,7 +32,9 @@ def test_delayed_then_delivered_in_due_order(conn: pika.BlockingConnection,
     for body, delay in ((b"slow", 1200), (b"fast", 600)):
         ch.basic_publish(x, "k", body, pika.BasicProperties(headers={"x-delay": delay}))
     ch.basic_publish(x, "k", b"now")  # no x-delay: routed at once
-    assert queue_depth(ch, q) == 1
+    depth = queue_depth(ch, q)
+    if time.monotonic() - t0 < 0.55:  # (on a loaded machine "fast" may be due already)
+        assert depth == 1
     got = Collector(ack=True)
     ch.basic_consume(q, got)
     pump(conn, lambda: len(got) == 3, 10, what="the delayed messages")
