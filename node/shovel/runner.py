@@ -92,7 +92,9 @@ def _reason(exc: BaseException, secrets: tuple[str, ...]) -> str:
 class Worker:
     """One shovel's sessions, one after the other until it is stopped."""
 
-    def __init__(self, host: Host, sh: Shovel, finished: Callable[[Worker], None]) -> None:
+    def __init__(self, host: Host, sh: Shovel, finished: Callable[[Worker], None],
+                 changed: Callable[[Worker], None] = lambda _: None) -> None:
+        """``finished``: src-delete-after reached; ``changed``: its state changed."""
         self.host = host
         self.vhost, self.name = sh.vhost, sh.name
         self.value, self.generation = sh.value, sh.generation
@@ -103,7 +105,7 @@ class Worker:
         self.reported: tuple[str, str, int] | None = None
         self.reported_at = 0.0
         self.attempt = 0
-        self._finished = finished
+        self._finished, self._changed = finished, changed
         self._conns: list[aiormq.abc.AbstractConnection] = []
         self._failed: asyncio.Future[BaseException | None] | None = None
         self._limit: int | None = None  # src-delete-after: messages this worker moves
@@ -133,12 +135,14 @@ class Worker:
     async def _run(self) -> None:
         while True:
             self.state, self.reason = "starting", ""
+            self._changed(self)
             try:
                 done = await self._session()
             except asyncio.CancelledError:
                 raise
             except BaseException as e:  # noqa: BLE001 (a shovel's failure stays in its status)
                 self.state, self.reason = "terminated", _reason(e, self._secrets())
+                self._changed(self)
                 log.info("shovel %r in vhost %r: %s", self.name, self.vhost, self.reason)
             else:
                 if done:  # src-delete-after reached: RabbitMQ deletes the shovel
@@ -201,6 +205,7 @@ class Worker:
 
         await into.basic_consume(d.src_queue, on_message, no_ack=d.ack_mode == "no-ack")
         self.state = "running"
+        self._changed(self)
         watch = [asyncio.ensure_future(f) for f in (src.closing, dst.closing, into.closing,
                                                      out.closing)]
         try:
@@ -348,6 +353,13 @@ class Shovels:
                 log.exception("shovel supervision failed")  # tried again next check
             await asyncio.sleep(CHECK_S)
 
+    def _report(self, w: Worker) -> None:
+        """A worker's state changed: replicated now rather than at the next check."""
+        if self.workers.get(w.key) is w and self.runs_here():
+            status = w.report(time.monotonic(), self.host.raft.state.shovels.get(w.key))
+            if status is not None:
+                self.host.propose(status)
+
     async def reconcile(self) -> None:
         """Start, restart and stop workers to match the replicated definitions, and
         replicate their statuses."""
@@ -358,12 +370,17 @@ class Shovels:
         for key, w in list(self.workers.items()):
             sh = want.get(key)
             if sh is None or (sh.generation, sh.value) != (w.generation, w.value):
+                log.info("shovel %r in vhost %r stopped here (%s)", w.name, w.vhost,
+                         "redefined or restarted" if sh is not None else
+                         "deleted" if key in st.shovels else "not the leader")
                 del self.workers[key]
                 await w.stop()
         for key, sh in want.items():
             if key not in self.workers:
                 try:
-                    self.workers[key] = Worker(self.host, sh, self._done.append).start()
+                    self.workers[key] = Worker(self.host, sh, self._done.append,
+                                               self._report).start()
+                    log.info("shovel %r in vhost %r started here", sh.name, sh.vhost)
                 except ValueError as e:  # (the machine only keeps valid definitions)
                     log.error("shovel %r in vhost %r not started: %s", sh.name, sh.vhost, e)
         for w in self._done:
