@@ -61,7 +61,7 @@ class Definition:
 def _uris(value: dict[str, Any], key: str) -> tuple[str, ...]:
     raw = value.get(key)
     if raw is None:
-        raise ValueError(f"{key} is required")
+        raise ValueError(f'Key "{key}" not found in shovel')
     uris = (raw,) if isinstance(raw, str) else raw
     if not isinstance(uris, list | tuple) or not uris:
         raise ValueError(f"{key}: a URI or a non-empty list of URIs is required")
@@ -90,6 +90,12 @@ def _name(value: dict[str, Any], key: str) -> str | None:
     return name
 
 
+def _shown(value: Any) -> str:
+    """A value in a refusal, shortened (RabbitMQ quotes the value it refused)."""
+    text = f'"{value}"' if isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _first(value: dict[str, Any], *keys: str) -> Any:
     for key in keys:
         if key in value:
@@ -113,13 +119,14 @@ def definition(value: Any) -> Definition:
     if value.get("src-exchange") is not None:
         raise ValueError("src-exchange is not supported by RaftMQ's shovel: give src-queue")
     if src_queue is None:
-        raise ValueError("src-queue is required")
+        raise ValueError("Must specify 'src-exchange' or 'src-queue'")
     dest_queue = _name(value, "dest-queue")
     dest_exchange = _name(value, "dest-exchange")
     dest_key = _name(value, "dest-exchange-key")
-    if dest_queue is not None and (dest_exchange is not None or dest_key is not None):
-        raise ValueError("dest-queue cannot be combined with dest-exchange or "
-                         "dest-exchange-key")
+    if dest_queue is not None and dest_exchange is not None:
+        raise ValueError("Cannot specify 'dest-exchange' and 'dest-queue'")
+    if dest_queue is not None and dest_key is not None:
+        raise ValueError("Cannot specify 'dest-exchange-key' and 'dest-queue'")
     if _first(value, "dest-publish-properties", "publish-properties") not in (None, {}):
         raise ValueError("dest-publish-properties is not supported by RaftMQ's shovel")
     prefetch = _first(value, "src-prefetch-count", "prefetch-count")
@@ -129,7 +136,8 @@ def definition(value: Any) -> Definition:
         raise ValueError(f"src-prefetch-count: an integer from 1 to {MAX_PREFETCH}")
     ack_mode = value.get("ack-mode", "on-confirm")
     if ack_mode not in ACK_MODES:
-        raise ValueError(f"ack-mode: one of {', '.join(ACK_MODES)}")
+        raise ValueError(f'ack-mode should be one of ["no-ack","on-publish","on-confirm"], '
+                         f"actually was {_shown(ack_mode)}")
     delay = value.get("reconnect-delay", DEFAULT_RECONNECT_S)
     if not isinstance(delay, int | float) or isinstance(delay, bool) or \
             not 0 <= delay <= 3600:
@@ -139,7 +147,8 @@ def definition(value: Any) -> Definition:
     if not (delete_after in ("never", "queue-length") or (
             isinstance(delete_after, int) and not isinstance(delete_after, bool)
             and 0 <= delete_after < 1 << 63)):
-        raise ValueError('src-delete-after: "never", "queue-length" or a number of messages')
+        raise ValueError('src-delete-after should be a number greater than or equal to 0, '
+                         f'"never" or "queue-length", actually was {_shown(delete_after)}')
     flags = []
     for keys in (("dest-add-forward-headers", "add-forward-headers"),
                  ("dest-add-timestamp-header",)):

@@ -57,7 +57,8 @@ def status_json(sh: Shovel) -> dict[str, Any]:
     at = datetime.datetime.fromtimestamp(sh.at_ms / 1000, tz=datetime.UTC)
     entry: dict[str, Any] = {
         "name": sh.name, "vhost": sh.vhost, "type": "dynamic", "state": sh.state,
-        "node": sh.node or None, "timestamp": at.strftime("%Y-%m-%d %H:%M:%S"),
+        # (RabbitMQ's format: the hour not padded)
+        "node": sh.node or None, "timestamp": f"{at:%Y-%m-%d} {at.hour}:{at:%M:%S}",
         "src_protocol": "amqp091", "dest_protocol": "amqp091",
         "src_uri": redact(d.src_uris[0]), "dest_uri": redact(d.dest_uris[0]),
         "src_queue": d.src_queue, "messages_moved": sh.moved,

@@ -41,18 +41,18 @@ def test_defaults_are_rabbitmqs() -> None:
 
 
 @pytest.mark.parametrize(("change", "reason"), [
-    ({"src-uri": None}, "src-uri is required"),
+    ({"src-uri": None}, 'Key "src-uri" not found in shovel'),
     ({"dest-uri": []}, "dest-uri"),
     ({"src-uri": "http://h/"}, "not an amqp"),
     ({"src-uri": "amqp://h:99999/"}, "not a valid URI"),
-    ({"src-queue": None}, "src-queue is required"),
+    ({"src-queue": None}, "Must specify 'src-exchange' or 'src-queue'"),
     ({"src-exchange": "x"}, "src-exchange is not supported"),
-    ({"dest-exchange": "x"}, "cannot be combined"),
-    ({"ack-mode": "later"}, "ack-mode"),
+    ({"dest-exchange": "x"}, "Cannot specify 'dest-exchange' and 'dest-queue'"),
+    ({"ack-mode": "later"}, 'actually was "later"'),
     ({"src-prefetch-count": 0}, "src-prefetch-count"),
     ({"src-prefetch-count": True}, "src-prefetch-count"),
     ({"reconnect-delay": -1}, "reconnect-delay"),
-    ({"src-delete-after": "soon"}, "src-delete-after"),
+    ({"src-delete-after": "soon"}, 'or "queue-length", actually was "soon"'),
     ({"src-protocol": "amqp10"}, "only amqp091"),
     ({"dest-add-forward-headers": "yes"}, "true or false"),
     ({"dest-publish-properties": {"delivery_mode": 2}}, "not supported"),
