@@ -55,7 +55,7 @@ _OTHER_HANDLERS: dict[type[C.Command], Callable[..., None]] = {
     C.UserPut: access.user_put,
     C.UserDelete: access.user_delete,
     C.VHostPut: access.vhost_put,
-    C.VHostDelete: access.vhost_delete,
+    C.VHostDelete: shovels.vhost_delete,  # (access.vhost_delete, and its shovels)
     C.PermissionSet: access.permission_set,
     C.PermissionClear: access.permission_clear,
     C.TopicPermissionSet: access.topic_permission_set,

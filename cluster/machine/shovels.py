@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cluster.machine import access
+
 if TYPE_CHECKING:
     from cluster import commands as C
     from cluster.effects import Effect
@@ -207,6 +209,15 @@ def shovel_set(state: State, cmd: C.ShovelSet, out: list[Effect]) -> None:
         return  # the same definition again: it keeps running as it is
     state.shovels[key] = Shovel(cmd.vhost, cmd.name, value, at_ms=state.now_ms,
                                 generation=old.generation + 1 if old is not None else 0)
+
+
+def vhost_delete(state: State, cmd: C.VHostDelete, out: list[Effect]) -> None:
+    """access.vhost_delete, and the vhost's shovels go with it, as RabbitMQ's runtime
+    parameters do (before level 4 there are none: the same as before)."""
+    access.vhost_delete(state, cmd, out)
+    if cmd.name not in state.vhosts:
+        for key in [k for k in state.shovels if k[0] == cmd.name]:
+            del state.shovels[key]
 
 
 def shovel_clear(state: State, cmd: C.ShovelClear, out: list[Effect]) -> None:

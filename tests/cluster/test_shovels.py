@@ -130,3 +130,14 @@ def test_through_a_raft_entry_and_a_snapshot() -> None:
 def test_commands_need_level_4() -> None:
     assert C.ShovelSet.SINCE == C.ShovelClear.SINCE == C.ShovelStatus.SINCE == 4
     assert {C.ShovelSet.TAG, C.ShovelClear.TAG, C.ShovelStatus.TAG} == {70, 71, 72}
+
+
+def test_a_deleted_vhost_takes_its_shovels() -> None:
+    st = _state()
+    apply(st, 1, C.VHostPut("v"), [])
+    apply(st, 2, C.ShovelSet("v", "s", value()), [])
+    apply(st, 3, C.ShovelSet("/", "s", value()), [])
+    apply(st, 4, C.VHostDelete("v"), [])
+    assert list(st.shovels) == [("/", "s")]
+    apply(st, 5, C.VHostPut("v"), [])  # a new vhost of that name has none
+    assert list(st.shovels) == [("/", "s")]
