@@ -97,6 +97,13 @@ async def test_only_the_leader_runs_shovels() -> None:
     assert bad and "secret" not in bad[0].reason, host.proposed
     worker = shovels.workers[("/", "s")]
     assert worker.attempt >= 1
+    # a worker whose task ended by itself (a bug) is started again
+    assert worker._task is not None
+    worker._task.cancel()
+    await asyncio.sleep(0)
+    await shovels.reconcile()
+    assert shovels.workers[("/", "s")] is not worker
+    worker = shovels.workers[("/", "s")]
     # a new definition restarts it; leadership lost stops it
     apply(st, 2, C.ShovelSet("/", "s", {**VALUE, "src-prefetch-count": 5}), [])
     await shovels.reconcile()
