@@ -54,6 +54,8 @@ FAULT_LOG_MAX = 10
 FAULT_LOG_S = 10.0
 # How often the node measures its memory and free disk (node/services/alarms.py).
 ALARM_CHECK_S = 1.0
+# How long a starting node waits for the cluster to enable the level every member announced.
+LEVEL_SETTLE_S = 5.0
 
 
 def _default_raft(cfg: Config) -> Replica:
@@ -391,8 +393,28 @@ class Broker:
                                else max(1.0, deadline - time.monotonic()))
         self.ready = True
         self.proposer.leader_seen()
+        await self._settle_level()
         log.info("node %s up (incarnation %d); state has %d queues", self.node_id,
                  self.incarnation, sum(1 for _ in machine.queue_stats(self.raft.state)))
+
+    async def _settle_level(self) -> None:
+        """A new cluster's state starts at command level 1; the leader enables what every
+        member announced (cluster/commands.py LEVEL). Wait for that, a bounded while,
+        before clients come: a first client found this release's features refused (503)
+        in 1 start in 15. A member that has not announced (down, or of an older
+        release) keeps the level where it is, and there is nothing to wait for."""
+        end = time.monotonic() + LEVEL_SETTLE_S
+        asked = 0.0
+        while self.raft.state.level < self.membership.common_level():
+            now = time.monotonic()
+            if now >= end:
+                log.info("command level %d not enabled yet; serving clients at level %d",
+                         self.membership.common_level(), self.raft.state.level)
+                return
+            if now - asked >= 0.2:
+                asked = now
+                self.membership.enable_level()  # the leader's part; a follower waits
+            await asyncio.sleep(0.01)
 
     def _propose_node_up(self) -> None:
         # where the management API of this node answers (raftmq cluster status, forwarding)

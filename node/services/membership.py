@@ -129,11 +129,22 @@ class MembershipWatch:
                 self._news(state) or now - self._announced >= REANNOUNCE_EVERY_S)):
             self._announced = now
             b.propose_once(Supports(b.node_id, me, LEVEL))
+        self.enable_level()
+
+    def common_level(self) -> int:
+        """The highest level every member announced (this release's at most)."""
+        b = self.broker
+        state = b.raft.state
+        members = [b.cfg.raft_address, *b.raft.peers()]
+        return min(min(state.levels.get(m, 1) for m in members), LEVEL)
+
+    def enable_level(self) -> None:
+        """Leader: enable the highest level every member announced, if it is not yet."""
+        b = self.broker
         if not b.raft.is_leader or not b.raft.has_quorum:
             return
-        members = [me, *b.raft.peers()]
-        common = min(min(state.levels.get(m, 1) for m in members), LEVEL)
-        if common > state.level:
+        common = self.common_level()
+        if common > b.raft.state.level:
             log.info("every member understands command level %d: enabling it", common)
             b.propose_once(EnableLevel(common))
 
