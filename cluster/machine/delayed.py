@@ -13,7 +13,7 @@ at publish time, so a mandatory one is returned (and still delivered when due).
 
 Unlike the plugin, which keeps delayed messages in one node's Mnesia table, they are in
 the replicated state: a node lost, even the leader, loses none, and the new leader's
-Tick releases them (``expiry.expire_due`` calls :func:`release_due`). The machine keeps
+Tick releases them (``expiry.expire_due`` calls ``expiry.release_delayed``). The machine keeps
 per message what routing needs (exchange, routing key, properties, body size) in
 ``State.delayed``, a heap by due time; the body is the store's, as a queued message's.
 A message due when its exchange (or vhost) is gone is dropped.
@@ -26,13 +26,12 @@ import struct
 from typing import Any
 
 from cluster import commands as C
-from cluster.effects import Effect
 from cluster.machine import errors as E
 from cluster.machine import messages
 from cluster.machine.deadletter import join_properties, split_properties
-from cluster.machine.dedup import DEDUP, for_queues, remember
+from cluster.machine.dedup import DEDUP
 from cluster.machine.errors import error
-from cluster.machine.state import Channel, Exchange, Queue, State
+from cluster.machine.state import Channel, Exchange, State
 from protocol.fields import (
     HEADERS,
     FieldError,
@@ -131,48 +130,6 @@ def hold(state: State, ch: Channel, ex: Exchange, cmd: C.Publish) -> bool:
 
 def next_release(state: State) -> int | None:
     return state.delayed[0][0] if state.delayed else None
-
-
-def release_due(state: State, out: list[Effect]) -> None:
-    """Route every held message that is due, in due order (then publish order)."""
-    from cluster.machine.basic import message_ttl  # (basic imports this module)
-    from cluster.machine.contain import Failed, note, report
-    from cluster.machine.queues import add_message
-    from cluster.machine.routing import route
-
-    heap = state.delayed
-    now = state.now_ms
-    failed: Failed | None = None
-    while heap and heap[0][0] <= now:
-        due, msg_id, vhost, exchange, routing_key, props, size = heapq.heappop(heap)
-        try:
-            vh = state.vhosts.get(vhost)
-            ex = vh.exchanges.get(exchange) if vh is not None else None
-            targets: list[Queue] = route(vh, ex, routing_key, props) if (
-                vh is not None and ex is not None) else []
-            key = None
-            if any(q.dedup_ids is not None for q in targets):
-                targets, key = for_queues(targets, props)  # (x-message-deduplication queues)
-            if not targets:
-                state.writes.append(msg_id)  # routed nowhere, or a duplicate: dropped
-                continue
-            ttl = message_ttl(props) if props[0] & 1 else None
-            mid = msg_id
-            if len(targets) > 1:  # one reference per queue: a record with as many
-                mid = state.next_msg_id
-                messages.copy(state, mid, msg_id, exchange, routing_key, props, size,
-                              len(targets))
-                state.next_msg_id = mid + 1
-                state.writes.append(msg_id)
-            for q in targets:
-                if messages.holds(q):
-                    messages.hold(state, mid, exchange, routing_key, props, size)
-                if key is not None and q.dedup_ids is not None:
-                    remember(q, key, mid)
-                add_message(state, q, mid, size, props, ttl, out)
-        except Exception as exc:
-            failed = note(failed, f"delayed message {msg_id} of exchange '{exchange}'", exc)
-    report(state, failed, "releasing delayed messages", out)
 
 
 def count(state: State, vhost: str, exchange: str) -> int:

@@ -15,10 +15,11 @@ import heapq
 from cluster import commands as C
 from cluster.effects import Effect
 from cluster.machine import messages
+from cluster.machine.basic import message_ttl
 from cluster.machine.contain import Failed, note, report
 from cluster.machine.deadletter import is_cycle, record_death
 from cluster.machine.dedup import DEDUP_LEVEL, for_queues, remember
-from cluster.machine.delayed import next_release, release_due
+from cluster.machine.delayed import next_release
 from cluster.machine.errors import rs
 from cluster.machine.features import expire_head, push_deadline, queue_deadline
 from cluster.machine.queues import add_message, delete_queue
@@ -52,7 +53,7 @@ def expire_due(state: State, out: list[Effect]) -> None:
         _expire_scan(state, out)
     if state.delayed:  # x-delayed-message exchanges' held messages (level 4)
         if state.delayed[0][0] <= state.now_ms:
-            release_due(state, out)
+            release_delayed(state, out)
             flush_dead_letters(state, out)
         r, nd = next_release(state), state.next_due
         if r is not None and (nd is None or r < nd):
@@ -213,3 +214,41 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
         if key is not None and t.dedup_ids is not None:
             remember(t, key, msg_id)
         add_message(state, t, msg_id, size, props, None, out)
+
+
+def release_delayed(state: State, out: list[Effect]) -> None:
+    """Route every message an x-delayed-message exchange holds that is due, in due order (then
+    publish order) (cluster/machine/delayed.py holds them)."""
+    heap = state.delayed
+    now = state.now_ms
+    failed: Failed | None = None
+    while heap and heap[0][0] <= now:
+        due, msg_id, vhost, exchange, routing_key, props, size = heapq.heappop(heap)
+        try:
+            vh = state.vhosts.get(vhost)
+            ex = vh.exchanges.get(exchange) if vh is not None else None
+            targets: list[Queue] = route(vh, ex, routing_key, props) if (
+                vh is not None and ex is not None) else []
+            key = None
+            if any(q.dedup_ids is not None for q in targets):
+                targets, key = for_queues(targets, props)  # (x-message-deduplication queues)
+            if not targets:
+                state.writes.append(msg_id)  # routed nowhere, or a duplicate: dropped
+                continue
+            ttl = message_ttl(props) if props[0] & 1 else None
+            mid = msg_id
+            if len(targets) > 1:  # one reference per queue: a record with as many
+                mid = state.next_msg_id
+                messages.copy(state, mid, msg_id, exchange, routing_key, props, size,
+                              len(targets))
+                state.next_msg_id = mid + 1
+                state.writes.append(msg_id)
+            for q in targets:
+                if messages.holds(q):
+                    messages.hold(state, mid, exchange, routing_key, props, size)
+                if key is not None and q.dedup_ids is not None:
+                    remember(q, key, mid)
+                add_message(state, q, mid, size, props, ttl, out)
+        except Exception as exc:
+            failed = note(failed, f"delayed message {msg_id} of exchange '{exchange}'", exc)
+    report(state, failed, "releasing delayed messages", out)
