@@ -38,6 +38,8 @@ from cluster.machine.routing import freeze, x_match_valid
 from cluster.machine.state import BindKey, Channel, Exchange, Queue, State, VHost
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+# The community plugins' types RaftMQ builds in (from level 4): delayed.py, dedup.py
+PLUGIN_EXCHANGE_TYPES = (delayed.DELAYED, dedup.DEDUP)
 
 # Queue arguments RabbitMQ 3.10 checks for equivalence on redeclare (others are ignored).
 QUEUE_EQUIV_ARGS = (

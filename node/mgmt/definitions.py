@@ -52,7 +52,7 @@ from cluster import commands as C
 from cluster.machine import policies as P
 from cluster.machine import qargs
 from cluster.machine.state import DEFAULT_EXCHANGES
-from cluster.machine.topology import EXCHANGE_TYPES
+from cluster.machine.topology import EXCHANGE_TYPES, PLUGIN_EXCHANGE_TYPES
 from node.amqp.passwords import ALGORITHMS, SHA256, valid_hash
 from node.mgmt import views
 from node.mgmt.framework import (
@@ -506,7 +506,7 @@ async def _topology(defs: dict[str, Any], st: Any, vhosts: set[str],
     async for x in xs.each():
         vhost, name = vhost_of(xs, x), xs.name(x)
         kind = xs.text(x, "type", short=True)
-        if kind not in EXCHANGE_TYPES:
+        if kind not in EXCHANGE_TYPES + PLUGIN_EXCHANGE_TYPES:
             raise xs.refuse(f"unknown exchange type {kind!r}")
         vh = existing(vhost)
         current = vh.exchanges.get(name) if vh is not None else None

@@ -18,6 +18,8 @@ async def _populate(api) -> None:
                                                      "read": ".*"})
     await api.ok("PUT", "/api/vhost-limits/v/max-queues", {"value": 10})
     await api.ok("PUT", "/api/exchanges/v/events", {"type": "topic"})
+    await api.ok("PUT", "/api/exchanges/v/later", {  # a built-in plugin's type
+        "type": "x-delayed-message", "arguments": {"x-delayed-type": "direct"}})
     await api.ok("PUT", "/api/queues/v/audit", {"arguments": {"x-max-length": 100}})
     await api.ok("POST", "/api/bindings/v/e/events/q/audit", {"routing_key": "#"})
 
@@ -36,6 +38,7 @@ async def test_an_export_imports_whole_into_another_cluster(api):
         st = other.broker.raft.state
         assert "alice" in st.users and st.vhosts["v"].limits == {"max-queues": 10}
         assert "audit" in st.vhosts["v"].queues and "events" in st.vhosts["v"].exchanges
+        assert st.vhosts["v"].exchanges["later"].type == "x-delayed-message"
         again = await other_api.ok("GET", "/api/definitions")
         assert again["queues"] == exported["queues"]
         assert again["bindings"] == exported["bindings"]
