@@ -84,6 +84,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "max-in-memory-length": (_int_at_least(0), "is not a valid maximum memory in bytes"),
     "max-in-memory-bytes": (_int_at_least(0), "is not a valid maximum memory in bytes"),
     "delivery-limit": (_int_at_least(0), "is not a valid delivery limit"),
+    # RabbitMQ 3.12's key (3.10 has only the node's setting): node/amqp/connection.py
+    "consumer-timeout": (_int_at_least(0), "is not a valid consumer timeout"),
     "queue-mode": (_one_of("default", "lazy"), "is not a valid queue-mode value"),
     "overflow": (_one_of("drop-head", "reject-publish", "reject-publish-dlx"),
                  "is not a valid overflow value"),
@@ -124,6 +126,7 @@ QUEUE_KEYS: dict[str, tuple[str, bool]] = {
     "dead-letter-routing-key": ("x-dead-letter-routing-key", False),
     "overflow": ("x-overflow", False),
     "queue-mode": ("x-queue-mode", False),
+    "consumer-timeout": ("x-consumer-timeout", False),
 }
 
 
@@ -277,6 +280,13 @@ def effective_definition(vh: VHost, policy: str | None,
         for k, v in op.definition.items():
             d[k] = min(d[k], v) if k in d else v
     return d
+
+
+def effective_arguments(vh: VHost, q: Queue) -> dict[str, Any]:
+    """``q``'s arguments with its policy's and operator policy's values resolved in."""
+    if q.policy is None and q.operator_policy is None:
+        return q.arguments
+    return queue_arguments(q, effective_definition(vh, q.policy, q.operator_policy))
 
 
 def queue_arguments(q: Queue, definition: dict[str, Any]) -> dict[str, Any]:

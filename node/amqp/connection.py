@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 
 from cluster import commands as c
 from cluster import effects as e
+from cluster.machine import policies
 from cluster.machine.qargs import consumer_timeout
 from cluster.proposer import Proposer
 from cluster.replica import Replica
@@ -424,12 +425,17 @@ class AMQPConnection(asyncio.Protocol):
     def _oldest_unacked(self, key: c.ChKey) -> tuple[int, int] | None:
         """The consumer timeout's view of channel ``key`` in the local replica: its oldest
         delivery awaiting an ack (tags are in delivery order) and the timeout in ms for
-        it: its queue's x-consumer-timeout, else --consumer-timeout (0: none)."""
-        ch = self.node.raft.state.channels.get(key)
+        it: its queue's x-consumer-timeout (or its policy's consumer-timeout), else
+        --consumer-timeout (0: none)."""
+        state = self.node.raft.state
+        ch = state.channels.get(key)
         if ch is None or not ch.unacked:
             return None
         tag, entry = next(iter(ch.unacked.items()))
-        return tag, consumer_timeout(entry[0].arguments, self.cfg.consumer_timeout)
+        q = entry[0]
+        vh = state.vhosts.get(q.vhost)
+        args = policies.effective_arguments(vh, q) if vh is not None else q.arguments
+        return tag, consumer_timeout(args, self.cfg.consumer_timeout)
 
     def _heartbeat(self) -> None:
         beat = self.liveness.beat(self.reading_paused)

@@ -5,7 +5,10 @@ consumer_timeout = 1000 (and its channel tick at 200 ms, so that it checks as of
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from tests.integration.helpers import (
 
 TIMEOUT_MS = 1000
 pytestmark = pytest.mark.timeout(60)
+MGMT: dict[str, str] = {}  # RaftMQ's management API address, for the policy case
 
 
 def _text(channel: int) -> str:
@@ -60,6 +64,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     node = RaftMQNode(base / "data", log_path=base / "node.log",
                       extra_env={"RAFTMQ_CONSUMER_TIMEOUT": str(TIMEOUT_MS)})
     node.start(wait=True, timeout=30)
+    MGMT["url"] = f"http://127.0.0.1:{node.management_port}"
     try:
         yield node.url
     finally:
@@ -157,3 +162,33 @@ def test_queue_argument(conn: Any) -> None:
         err = expect_channel_error(406, lambda b=bad, c=ch3: c.queue_declare(  # type: ignore[misc]
             unique("ct"), arguments={"x-consumer-timeout": b}))
         assert "invalid arg 'x-consumer-timeout'" in err.reply_text
+
+
+@pytest.mark.skipif(BROKER_KIND == "rabbitmq", reason="the policy key is RabbitMQ 3.12's")
+def test_policy_key(conn: Any) -> None:
+    """A policy's consumer-timeout (RabbitMQ 3.12's key) applies to the queues it matches;
+    a queue's own x-consumer-timeout wins over it."""
+    name = unique("ctp")
+    req = urllib.request.Request(
+        f"{MGMT['url']}/api/policies/%2F/{name}", method="PUT",
+        data=json.dumps({"pattern": f"^{name}", "apply-to": "queues",
+                         "definition": {"consumer-timeout": 300}}).encode())
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status in (201, 204)
+    ch = conn.channel()
+    own = f"{name}.own"  # its argument wins over the policy
+    ch.queue_declare(own, auto_delete=True, arguments={"x-consumer-timeout": 60000})
+    ch.basic_publish("", own, b"m")
+    got: list[bytes] = []
+    ch.basic_consume(own, lambda _c, _m, _p, b: got.append(b))
+    ch2 = conn.channel()
+    ch2.queue_declare(f"{name}.q", auto_delete=True)
+    ch2.basic_publish("", f"{name}.q", b"m")
+    closed = _closed_by(ch2)
+    ch2.basic_consume(f"{name}.q", lambda *_a: None)
+    pump(conn, lambda: bool(closed), timeout=5, what="the channel's close")
+    assert "Timeout value used: 300 ms" in closed[0].reply_text
+    conn.process_data_events(1.6 * TIMEOUT_MS / 1000)
+    assert got and ch.is_open
