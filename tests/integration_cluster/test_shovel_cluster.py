@@ -72,6 +72,10 @@ def test_shovel_taken_over_when_its_node_dies(
             return status == 200 and st["node"] == new.node_id and st["state"] == "running"
 
         wait_until(taken_over, timeout=20)
+        # any member answers from its replica
+        other = next(nd for nd in cluster.alive() if nd is not new)
+        wait_until(lambda: Api(other.management_port).ok(
+            "GET", "/api/shovels")[0]["node"] == new.node_id, timeout=10)
         # everything arrives: drain as it comes, until every message was seen
         seen: dict[bytes, int] = {}
         conn = connect(new.url)
