@@ -135,21 +135,33 @@ def shovel_parameters(st: Any, vhosts: Any) -> list[dict[str, Any]]:
 # --- the parameters -------------------------------------------------------------------
 
 
+@routes.get("/api/parameters")
+@needs("policymaker")
+async def list_all_parameters(request: web.Request) -> web.Response:
+    """Every runtime parameter RaftMQ has, as RabbitMQ lists them (``rabbitmqadmin list
+    parameters``): the vhosts' limits, then the shovels."""
+    st = state(request)
+    limits = [{"value": dict(vh.limits), "vhost": vh.name, "component": "vhost-limits",
+               "name": "limits"} for vh in list(st.vhosts.values())
+              if vh.limits and _visible(request, vh.name)]
+    return web.json_response(limits + [parameter_json(sh) for sh in _shovels(request)])
+
+
 @routes.get("/api/parameters/shovel")
-@needs("management")
+@needs("policymaker")
 async def list_parameters(request: web.Request) -> web.Response:
     return web.json_response([parameter_json(sh) for sh in _shovels(request)])
 
 
 @routes.get("/api/parameters/shovel/{vhost}")
-@needs("management")
+@needs("policymaker")
 async def list_vhost_parameters(request: web.Request) -> web.Response:
     return web.json_response([parameter_json(sh)
                               for sh in _shovels(request, request.match_info["vhost"])])
 
 
 @routes.get("/api/parameters/shovel/{vhost}/{name}")
-@needs("management")
+@needs("policymaker")
 async def get_parameter(request: web.Request) -> web.Response:
     return web.json_response(parameter_json(_one(request)))
 

@@ -6,6 +6,10 @@ validation refusals as 400s. RabbitMQ runs no shovel plugin: RaftMQ runs the sho
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -410,6 +414,22 @@ def test_who_may_change_shovels(api: Api) -> None:
         assert mg("GET", "/api/shovels") == (200, [])  # no access to "/"
         assert [s["name"] for s in pm.ok("GET", "/api/shovels")] == ["p"]
         assert mg("DELETE", "/api/parameters/shovel/%2F/p")[0] == 401
+        assert mg("GET", "/api/parameters/shovel/%2F/p")[0] == 401  # policymaker's
+        assert [p["name"] for p in pm.ok("GET", "/api/parameters")] == ["p"]
+        # RabbitMQ's rabbitmqadmin (Debian's, unmodified): list, declare, delete parameters
+        admin = shutil.which("rabbitmqadmin")
+        if admin is not None:
+            port = ["-P", api.base.rpartition(":")[2], "-u", "shovel-pm", "-p", "pw"]
+            run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=30)
+            listed = run([admin, *port, "-f", "raw_json", "list", "parameters"])
+            assert json.loads(listed.stdout)[0]["name"] == "p", listed
+            declared = run([admin, *port, "declare", "parameter", "component=shovel",
+                            "name=p2", "value=" + json.dumps(value)])
+            assert declared.returncode == 0, declared
+            assert pm.ok("GET", "/api/parameters/shovel/%2F/p2")["value"] == value
+            assert run([admin, *port, "delete", "parameter", "component=shovel",
+                        "name=p2"]).returncode == 0
+            assert pm("GET", "/api/parameters/shovel/%2F/p2")[0] == 404
         assert pm("DELETE", "/api/parameters/shovel/%2F/p")[0] == 204
     finally:
         api("DELETE", "/api/parameters/shovel/%2F/p")
