@@ -186,6 +186,30 @@ def test_source_connection_lost_mid_transfer(broker: Any, api: Api, rabbit: Any)
     once_or_flagged(got, n)
 
 
+def test_destination_connection_closed_mid_transfer(broker: Any, api: Api,
+                                                     rabbit: Any) -> None:
+    """RaftMQ closes the shovel's own connection (DELETE /api/connections/...) with
+    publishes unconfirmed: not acked upstream, so RabbitMQ gives them again; every message
+    arrives, once or flagged."""
+    n = 5000
+    _fill(rabbit.url, "dclose-src", n)
+    api.ok("PUT", "/api/parameters/shovel/%2F/dclose", {"value": {
+        "src-uri": rabbit.url, "src-queue": "dclose-src", "dest-uri": "amqp://",
+        "dest-queue": "dclose-dst", "src-prefetch-count": 50, "reconnect-delay": 0.1}})
+    try:
+        wait_until(lambda: depth(broker.url, "dclose-dst") >= 100, timeout=20)
+        mine = [c["name"] for c in api.ok("GET", "/api/connections")
+                if "aiormq" in str((c.get("client_properties") or {}).get("product", ""))]
+        assert len(mine) == 1, mine
+        assert api("DELETE", f"/api/connections/{q(mine[0])}")[0] == 204
+        assert depth(broker.url, "dclose-dst") < n, "moved everything before the close"
+        wait_until(lambda: depth(broker.url, "dclose-dst") >= n and
+                   depth(rabbit.url, "dclose-src") == 0, timeout=30)
+    finally:
+        api("DELETE", "/api/parameters/shovel/%2F/dclose")
+    once_or_flagged(drain(broker.url, "dclose-dst"), n)
+
+
 @pytest.mark.parametrize(("value", "reason"), [
     ({"src-queue": "q", "dest-uri": "amqp://", "dest-queue": "d"}, 'Key "src-uri" not found'),
     ({"src-uri": "amqp://", "dest-uri": "amqp://", "dest-queue": "d"}, "src-queue"),
