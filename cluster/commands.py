@@ -43,9 +43,9 @@ FORMAT_VERSION = 1  # of the batch envelope (encode_batch); never changed so far
 #      heap (cluster/machine/expiry.py): release 0.2.0 visits every timed queue, and the
 #      order can differ, so the heap waits until every member applies it
 #   4: the features of issue 23; each new command has SINCE = 4 and each new behaviour of
-#      an existing command applies only from ``State.level >= 4``. Tags being taken:
-#      41-44 delivery limit / delayed messages / deduplication, 45-47 direct reply-to,
-#      48-52 policies, 70-72 shovels (53-55 were taken by VHostPut..PermissionSet)
+#      an existing command applies only from ``State.level >= 4``: ReplyConsume (45),
+#      ReplyCancel (46), SetPolicy (48), ClearPolicy (49), ShovelSet / ShovelClear /
+#      ShovelStatus (70-72). Tags 41-44, 47 and 63-69 are free (50-62: Bootstrap...).
 LEVEL = 4
 
 Arguments = dict[str, Any]
