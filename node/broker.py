@@ -391,9 +391,9 @@ class Broker:
         self.after_apply(up)
         await asyncio.wait_for(done, timeout=None if deadline is None
                                else max(1.0, deadline - time.monotonic()))
-        self.ready = True
         self.proposer.leader_seen()
         await self._settle_level()
+        self.ready = True  # (status "ready": clients may come, the AMQP listener opens next)
         log.info("node %s up (incarnation %d); state has %d queues", self.node_id,
                  self.incarnation, sum(1 for _ in machine.queue_stats(self.raft.state)))
 
@@ -404,16 +404,12 @@ class Broker:
         in 1 start in 15. A member that has not announced (down, or of an older
         release) keeps the level where it is, and there is nothing to wait for."""
         end = time.monotonic() + LEVEL_SETTLE_S
-        asked = 0.0
         while self.raft.state.level < self.membership.common_level():
-            now = time.monotonic()
-            if now >= end:
+            if time.monotonic() >= end:
                 log.info("command level %d not enabled yet; serving clients at level %d",
                          self.membership.common_level(), self.raft.state.level)
                 return
-            if now - asked >= 0.2:
-                asked = now
-                self.membership.enable_level()  # the leader's part; a follower waits
+            self.membership.enable_level()  # the leader's part; a follower waits for it
             await asyncio.sleep(0.01)
 
     def _propose_node_up(self) -> None:

@@ -177,6 +177,22 @@ def valid_name(name: Any) -> bool:
     return isinstance(name, str) and 0 < len(name.encode()) <= MAX_NAME_BYTES
 
 
+def check_parameter(vhost: str, name: Any, value: Any, vhosts: Any) -> None:
+    """The checks of PUT /api/parameters/shovel and of a definitions import: raises
+    ValueError with RabbitMQ's kind of reason."""
+    if vhost not in vhosts:
+        raise ValueError(f"vhost {vhost[:60]!r} does not exist")
+    if not valid_name(name):
+        raise ValueError(f"a shovel name of 1 to 255 bytes is required, not {name!r:.60}")
+    definition(value)
+
+
+def parameter_json(sh: Shovel) -> dict[str, Any]:
+    """A shovel as RabbitMQ's runtime parameter (the API's and a definitions export's)."""
+    return {"value": dict(sh.value), "vhost": sh.vhost, "component": COMPONENT,
+            "name": sh.name}
+
+
 @dataclass(eq=True)
 class Shovel:
     """One shovel: its definition (the parameter value as given) and its last status."""

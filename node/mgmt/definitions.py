@@ -51,6 +51,8 @@ from aiohttp import web
 from cluster import commands as C
 from cluster.machine import policies as P
 from cluster.machine import qargs
+from cluster.machine.shovels import COMPONENT as SHOVEL_COMPONENT
+from cluster.machine.shovels import check_parameter, parameter_json
 from cluster.machine.state import DEFAULT_EXCHANGES
 from cluster.machine.topology import EXCHANGE_TYPES, PLUGIN_EXCHANGE_TYPES
 from node.amqp.passwords import ALGORITHMS, SHA256, valid_hash
@@ -82,7 +84,6 @@ from node.mgmt.input import (
     check_short,
     check_text,
 )
-from node.mgmt.shovels import SHOVEL_COMPONENT, shovel_check, shovel_parameters
 from node.mgmt.views import permission_json, policy_json, topic_json, user_json
 from protocol.errors import AMQPError
 
@@ -184,7 +185,7 @@ async def export(st: Any) -> dict[str, Any]:
         "topic_permissions": [topic_json(k, tp) for k, tp in st.topic_permissions.items()],
         "parameters": [{"value": dict(vh.limits), "vhost": vh.name,
                         "component": VHOST_LIMITS_COMPONENT, "name": "limits"}
-                       for vh in vhosts if vh.limits] + shovel_parameters(st, vhosts),
+                       for vh in vhosts if vh.limits] + _shovel_parameters(st, vhosts),
         "global_parameters": [],
         "policies": [policy_json(vh.name, p) for vh in vhosts for p in list(vh.policies.values())],
         "queues": queues, "exchanges": exchanges, "bindings": bindings,
@@ -449,10 +450,24 @@ async def _policies(defs: dict[str, Any], st: Any, vhosts: set[str], out: Plan) 
             0 if priority is None else priority, dict(definition))))
 
 
+def _shovel_check(vhost: str, name: Any, value: Any, vhosts: Any) -> None:
+    try:
+        check_parameter(vhost, name, value, vhosts)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _shovel_parameters(st: Any, vhosts: Any) -> list[dict[str, Any]]:
+    """The shovels of ``vhosts`` (VHost objects) as an export lists them."""
+    names = {vh.name for vh in vhosts}
+    return [parameter_json(sh) for sh in list(st.shovels.values())
+            if sh.vhost in names]
+
+
 def _shovel(items: _Items, item: dict[str, Any], vhosts: set[str], st: Any) -> C.ShovelSet:
     """A shovel parameter, checked as PUT /api/parameters/shovel checks one."""
     vhost, name = items.text(item, "vhost", "/"), items.name(item)
-    items.check(shovel_check, vhost, name, item.get("value"), vhosts)
+    items.check(_shovel_check, vhost, name, item.get("value"), vhosts)
     if st.level < C.ShovelSet.SINCE:
         raise items.refuse("shovels need every member of the cluster upgraded")
     return C.ShovelSet(vhost, name, item["value"])

@@ -17,7 +17,13 @@ from aiohttp import web
 
 from cluster import commands as C
 from cluster.machine import access as machine_access
-from cluster.machine.shovels import COMPONENT, Shovel, definition, redact, valid_name
+from cluster.machine.shovels import (
+    Shovel,
+    check_parameter,
+    definition,
+    parameter_json,
+    redact,
+)
 from node.mgmt.framework import (
     bad_request,
     body,
@@ -31,7 +37,6 @@ from node.mgmt.framework import (
     unauthorised,
     unavailable,
 )
-from node.mgmt.input import InputError
 
 routes = web.RouteTableDef()
 
@@ -44,11 +49,6 @@ def _visible(request: web.Request, vhost: str) -> bool:
     if has(request["tags"], "monitoring"):
         return True
     return machine_access.vhost_access(state(request), request["user"], vhost)
-
-
-def parameter_json(sh: Shovel) -> dict[str, Any]:
-    return {"value": dict(sh.value), "vhost": sh.vhost, "component": COMPONENT,
-            "name": sh.name}
 
 
 def status_json(sh: Shovel) -> dict[str, Any]:
@@ -105,33 +105,6 @@ def _level(request: web.Request) -> None:
                           f"level {SHOVEL_LEVEL}; the cluster is at {state(request).level})")
 
 
-def check(vhost: str, name: Any, value: Any, vhosts: Any) -> None:
-    """The checks of PUT /api/parameters/shovel (and of a definitions import): raises
-    ValueError with RabbitMQ's kind of reason."""
-    if vhost not in vhosts:
-        raise ValueError(f"vhost {vhost[:60]!r} does not exist")
-    if not valid_name(name):
-        raise ValueError(f"a shovel name of 1 to 255 bytes is required, not {name!r:.60}")
-    definition(value)
-
-
-SHOVEL_COMPONENT = COMPONENT
-
-
-def shovel_check(vhost: str, name: Any, value: Any, vhosts: Any) -> None:
-    """:func:`check` for a definitions import (node/mgmt/definitions.py): an InputError."""
-    try:
-        check(vhost, name, value, vhosts)
-    except ValueError as e:
-        raise InputError(str(e)) from None
-
-
-def shovel_parameters(st: Any, vhosts: Any) -> list[dict[str, Any]]:
-    """The shovels of ``vhosts`` (VHost objects) as a definitions export lists them."""
-    names = {vh.name for vh in vhosts}
-    return [parameter_json(sh) for sh in list(st.shovels.values()) if sh.vhost in names]
-
-
 # --- the parameters -------------------------------------------------------------------
 
 
@@ -178,7 +151,7 @@ async def put_parameter(request: web.Request) -> web.Response:
     if "value" not in doc:
         raise bad_request("the body must hold the shovel's definition as \"value\"")
     try:
-        check(vhost, name, doc["value"], st.vhosts)
+        check_parameter(vhost, name, doc["value"], st.vhosts)
     except ValueError as e:
         raise bad_request(f"Validation failed\n\n{e}") from None
     _level(request)

@@ -57,6 +57,7 @@ LEVELS_EVERY_S = 2.0  # how often command levels are looked at (announcing, enab
 # life (it may have restarted from such a snapshot) or the leader changed (the new one may
 # lack it). The timer is only a backstop for an announcement lost with a leader change.
 REANNOUNCE_EVERY_S = 10.0
+LEVEL_ASK_S = 0.5  # a leader's EnableLevel proposed again after this (lost with a leader)
 
 
 class MembershipWatch:
@@ -68,6 +69,7 @@ class MembershipWatch:
         self._lost_since: dict[str, float] = {}
         self._proposed_down: set[tuple[str, int]] = set()
         self._levels_checked = 0.0
+        self._level_asked = 0.0
         self._announced = 0.0
         self._heard: object = None  # what _news saw at the previous look
 
@@ -80,6 +82,8 @@ class MembershipWatch:
         self._check_own_life()
         self._check_peers(now)
         self._check_levels(now)
+        # at every check (cheap): a starting member waits for it before it serves clients
+        self.enable_level(now)
 
     def _check_isolation(self, now: float) -> None:
         """Cut off for ``isolation_timeout`` of the time this node could look: a check
@@ -129,7 +133,7 @@ class MembershipWatch:
                 self._news(state) or now - self._announced >= REANNOUNCE_EVERY_S)):
             self._announced = now
             b.propose_once(Supports(b.node_id, me, LEVEL))
-        self.enable_level()
+        self.enable_level(now)
 
     def common_level(self) -> int:
         """The highest level every member announced (this release's at most)."""
@@ -138,13 +142,16 @@ class MembershipWatch:
         members = [b.cfg.raft_address, *b.raft.peers()]
         return min(min(state.levels.get(m, 1) for m in members), LEVEL)
 
-    def enable_level(self) -> None:
-        """Leader: enable the highest level every member announced, if it is not yet."""
+    def enable_level(self, now: float | None = None) -> None:
+        """Leader: enable the highest level every member announced, if it is not yet (at
+        most once per LEVEL_ASK_S while the EnableLevel is on its way)."""
         b = self.broker
         if not b.raft.is_leader or not b.raft.has_quorum:
             return
         common = self.common_level()
-        if common > b.raft.state.level:
+        now = time.monotonic() if now is None else now
+        if common > b.raft.state.level and now - self._level_asked >= LEVEL_ASK_S:
+            self._level_asked = now
             log.info("every member understands command level %d: enabling it", common)
             b.propose_once(EnableLevel(common))
 

@@ -112,8 +112,9 @@ BAD = [
     {"pattern": "x", "definition": {"expires": {"a": 1}}},
     {"pattern": "x", "definition": {"ha-mode": "exactly"}},
     {"pattern": "x", "definition": {"ha-sync-mode": "automatic"}},
-    {"pattern": "x", "definition": {"consumer-timeout": 1}},
 ]
+# (not compared: {"consumer-timeout": 1}, which RabbitMQ 3.10 refuses as an unknown key and
+# 3.12 takes, as RaftMQ does: tests/integration/test_consumer_timeout.py)
 
 
 @pytest.mark.parametrize("body", BAD)

@@ -15,7 +15,7 @@ PACKAGE = Path(node.mgmt.__file__).parent
 PURE = {"views", "listing", "input", "rates"}  # state -> JSON, query rules, input rules
 FRAMEWORK = "framework"
 RESOURCES = {"access", "cluster", "members", "objects", "health", "definitions", "dashboard",
-             "policies"}
+             "policies", "shovels"}
 LAZY = {("members", "cluster.raft.probe")}  # (module, what it imports in a function)
 
 
