@@ -176,6 +176,12 @@ class RaftMQCluster:
                        f"running={nd.is_running()} status={brief}\n{nd.log_tail(log_lines)}")
         return "\n".join(out)
 
+    def wait_level(self, level: int, timeout: float = 30.0) -> None:
+        """Until the cluster has enabled command ``level`` (a starting node waits for it
+        itself, 5 s at most, before it serves clients: this is the tests' guard)."""
+        self.wait_for(lambda: (self.status(self.leader()).get("levels") or {}).get(
+            "cluster") == level, timeout, f"command level {level} enabled")
+
     def wait_for(self, pred: Callable[[], Any], timeout: float, what: str,
                  interval: float = 0.1) -> Any:
         """Poll ``pred`` until truthy; ``ClusterError`` (with the cluster's state) after ``timeout``."""

@@ -45,9 +45,6 @@ if TYPE_CHECKING:
     from node.config import Config
 
 log = logging.getLogger(__name__)
-# aiormq logs every failed connection attempt as an ERROR: a shovel's failures are in its
-# status (and logged once per attempt here, at INFO)
-logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
 
 CHECK_S = 1.0  # how often the node compares what it runs with the definitions
 REPORT_S = 2.0  # at most one message-count report per shovel this often
@@ -340,6 +337,11 @@ class Shovels:
 
     def start(self) -> None:
         if self._task is None:
+            # aiormq logs every failed connection attempt as an ERROR: a shovel's failures
+            # are in its status (and logged once per attempt here, at INFO). Set when the
+            # node starts its shovels, not on import: a process that only imports this
+            # module (a test) keeps aiormq's warnings (CI: aio-pika's "blocked" log lost)
+            logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
             self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     async def stop(self) -> None:

@@ -136,7 +136,7 @@ async def test_aio_pika_publish_waits_while_blocked(alarm_node: RaftMQNode, api:
         ch = await conn.channel()  # publisher confirms
         q = await ch.declare_queue("aio-alarm-q")
         await ch.default_exchange.publish(aio_pika.Message(b"first"), "aio-alarm-q")
-        with caplog.at_level(logging.WARNING, logger="aiormq"):
+        with caplog.at_level(logging.WARNING, logger="aiormq.connection"):
             await asyncio.to_thread(set_limits, api, vm_memory_high_watermark="1MiB")
             await asyncio.sleep(1.0)
             publish = asyncio.ensure_future(

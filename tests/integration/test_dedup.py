@@ -4,27 +4,13 @@ RabbitMQ 3.10 has no such plugin: RaftMQ only."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pika
 import pytest
 
-from tests.integration.helpers import Names, expect_channel_error, queue_depth, wait_until
+from tests.integration.helpers import Names, expect_channel_error, queue_depth
 
-pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _level_4(broker: Any) -> None:
-    """A new RaftMQ node enables this release's command level moments after it answers
-    AMQP (node/services/membership.py looks every 2 s): until then the level-4 features
-    are refused or inactive."""
-    if broker.node is None:
-        return
-    from harness.cluster import http_json
-
-    wait_until(lambda: (http_json(broker.node.management_url + "/api/status").get("levels")
-                        or {}).get("cluster") == 4, 10, what="command level 4")
+pytestmark = [pytest.mark.raftmq_only, pytest.mark.timeout(60),
+              pytest.mark.usefixtures("level_4")]
 
 
 def test_a_duplicate_is_confirmed_and_dropped(conn: pika.BlockingConnection,

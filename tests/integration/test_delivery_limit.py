@@ -27,23 +27,9 @@ from tests.integration.helpers import (
     pump,
     queue_depth,
     wait_depth,
-    wait_until,
 )
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _level_4(broker: Any) -> None:
-    """A new RaftMQ node enables this release's command level moments after it answers
-    AMQP (node/services/membership.py looks every 2 s): until then the level-4 features
-    are refused or inactive."""
-    if broker.node is None:
-        return
-    from harness.cluster import http_json
-
-    wait_until(lambda: (http_json(broker.node.management_url + "/api/status").get("levels")
-                        or {}).get("cluster") == 4, 10, what="command level 4")
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("level_4")]
 
 
 def declare(ch: BlockingChannel, name: str, limit: Any, dlx: str | None = None) -> None:

@@ -15,17 +15,10 @@ from tests.integration.helpers import close_quietly, connect, queue_depth, uniqu
 pytestmark = pytest.mark.timeout(90)
 
 
-def wait_level_4(c: RaftMQCluster) -> None:
-    """A new cluster enables this release's command level within seconds of its start
-    (levels are looked at every 2 s): until then the level-4 features are refused."""
-    c.wait_for(lambda: (c.status(c.leader()).get("levels") or {}).get("cluster") == 4, 30,
-               "command level 4 enabled")
-
-
 def test_a_duplicate_on_another_node_after_a_leader_kill(
         make_cluster: Callable[..., RaftMQCluster]) -> None:
     c = make_cluster(3)
-    wait_level_4(c)
+    c.wait_level(4)
     leader = c.leader()
     a, b = c.others(leader)
     x, q, dq = unique("dedup-x"), unique("dedup-q"), unique("dedup-dq")

@@ -18,17 +18,10 @@ pytestmark = pytest.mark.timeout(90)
 FAILOVER_BUDGET_S = 5.0
 
 
-def wait_level_4(c: RaftMQCluster) -> None:
-    """A new cluster enables this release's command level within seconds of its start
-    (levels are looked at every 2 s): until then the level-4 features are refused."""
-    c.wait_for(lambda: (c.status(c.leader()).get("levels") or {}).get("cluster") == 4, 30,
-               "command level 4 enabled")
-
-
 def test_delayed_messages_survive_a_leader_kill(
         make_cluster: Callable[..., RaftMQCluster]) -> None:
     c = make_cluster(3)
-    wait_level_4(c)
+    c.wait_level(4)
     leader = c.leader()
     p_node, c_node = c.others(leader)
     x, q = unique("delayed-x"), unique("delayed-q")

@@ -25,17 +25,10 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.timeout(90)
 
 
-def wait_level_4(c: RaftMQCluster) -> None:
-    """A new cluster enables this release's command level within seconds of its start
-    (levels are looked at every 2 s): until then the level-4 features are refused."""
-    c.wait_for(lambda: (c.status(c.leader()).get("levels") or {}).get("cluster") == 4, 30,
-               "command level 4 enabled")
-
-
 def test_a_node_lost_with_the_message_unacked_counts(
         make_cluster: Callable[..., RaftMQCluster]) -> None:
     c = make_cluster(3, node_down_after=1.5)
-    wait_level_4(c)
+    c.wait_level(4)
     victim = c.leader()
     other = c.others(victim)[0]
     q, dlq, dlx = unique("dl-limit"), unique("dl-limit-dlq"), unique("dl-limit-dlx")
