@@ -208,12 +208,20 @@ def _republish(state: State, vhost: str, qname: str, dlx: str, dlrk: str | None,
     # entry, so still readable); raises before any change
     messages.copy(state, msg_id, entry_id(msg), dlx, rk, props, size, len(targets))
     state.next_msg_id = msg_id + 1
-    for t in targets:
-        if messages.holds(t):
-            messages.hold(state, msg_id, dlx, rk, props, size)
-        if key is not None and t.dedup_ids is not None:
-            remember(t, key, msg_id)
-        add_message(state, t, msg_id, size, props, None, out)
+    _enqueue(state, targets, msg_id, dlx, rk, props, size, None, key, out)
+
+
+def _enqueue(state: State, targets: list[Queue], msg_id: int, exchange: str, rk: str,
+             props: bytes, size: int, ttl: int | None, key: bytes | None,
+             out: list[Effect]) -> None:
+    """A routed message (dead-lettered or released from a delay) into each target queue:
+    its routing data kept where the queue keeps it, its deduplication value remembered."""
+    for q in targets:
+        if messages.holds(q):
+            messages.hold(state, msg_id, exchange, rk, props, size)
+        if key is not None and q.dedup_ids is not None:
+            remember(q, key, msg_id)
+        add_message(state, q, msg_id, size, props, ttl, out)
 
 
 def release_delayed(state: State, out: list[Effect]) -> None:
@@ -243,12 +251,7 @@ def release_delayed(state: State, out: list[Effect]) -> None:
                               len(targets))
                 state.next_msg_id = mid + 1
                 state.writes.append(msg_id)
-            for q in targets:
-                if messages.holds(q):
-                    messages.hold(state, mid, exchange, routing_key, props, size)
-                if key is not None and q.dedup_ids is not None:
-                    remember(q, key, mid)
-                add_message(state, q, mid, size, props, ttl, out)
+            _enqueue(state, targets, mid, exchange, routing_key, props, size, ttl, key, out)
         except Exception as exc:
             failed = note(failed, f"delayed message {msg_id} of exchange '{exchange}'", exc)
     report(state, failed, "releasing delayed messages", out)
